@@ -1,0 +1,180 @@
+-- name: insert_content_and_job
+-- Store new content with its first job in one statement; nothing when the owner already has this resource.
+WITH new_content AS (
+    INSERT INTO menos.content (content_id, owner, content_type, resource_key, source_url, title,
+                               tags, body, source_metadata, pipeline_version, latest_job_id)
+    VALUES ($1::uuid, $2, $3, coalesce($4, 'cid:' || $1::uuid::text), $5, $6, $7, $8, $9, $10,
+            $11)
+    ON CONFLICT ON CONSTRAINT content_owner_resource_key_key DO NOTHING
+    RETURNING content_id, resource_key
+)
+INSERT INTO menos.pipeline_job (job_id, content_id, owner, resource_key, data_tier, callback_url,
+                                pipeline_version, priority)
+SELECT $11, content_id, $2, resource_key, $12, $13, $10, $14 FROM new_content
+RETURNING job_id, content_id, resource_key;
+
+-- name: find_resource
+-- The owner's known content for a resource key, with its active job, else its latest job.
+SELECT c.content_id, c.content_type, c.resource_key, j.job_id,
+       coalesce(j.status, c.processing_status) AS status
+  FROM menos.content c
+  LEFT JOIN LATERAL (
+      SELECT job_id, status FROM menos.pipeline_job
+       WHERE content_id = c.content_id
+       ORDER BY status IN ('pending', 'processing') DESC, created_at DESC
+       LIMIT 1
+  ) AS j ON true
+ WHERE c.owner = $1 AND c.resource_key = $2;
+
+-- name: claim_jobs
+-- Claim up to $2 pending jobs for worker $1, never more than $3 processing in all (see the function).
+SELECT * FROM menos.claim_jobs($1, $2, $3, $4, $5::timestamptz, $6);
+
+-- name: contents_by_id
+-- The content rows of claimed jobs.
+SELECT * FROM menos.content WHERE content_id = ANY($1::uuid[]);
+
+-- name: heartbeat
+-- Extend the leases of the jobs this worker still holds, record their stage; returns those still held.
+UPDATE menos.pipeline_job j
+   SET lease_expires_at = coalesce($5::timestamptz, now()) + make_interval(secs => $6),
+       current_stage = h.stage,
+       stages = coalesce($4::jsonb -> h.job_id::text, j.stages)
+  FROM unnest($1::uuid[], $2::integer[], $3::text[]) AS h (job_id, attempts, stage)
+ WHERE j.job_id = h.job_id AND j.status = 'processing' AND j.worker_id = $7
+   AND j.attempts = h.attempts
+RETURNING j.job_id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
+
+-- name: save_fetched
+-- Store what the fetch stage got, while this worker still holds the job.
+UPDATE menos.content c
+   SET body = $4, title = coalesce(c.title, $5), source_metadata = c.source_metadata || $6,
+       updated_at = now()
+  FROM menos.pipeline_job j
+ WHERE j.job_id = $1 AND j.status = 'processing' AND j.worker_id = $2 AND j.attempts = $3
+   AND c.content_id = j.content_id
+RETURNING c.content_id;
+
+-- name: complete_job
+-- Persist a run: result on the content, job completed (guarded), owner tag counts; the status trigger mirrors and writes the outbox row.
+WITH job AS (
+    UPDATE menos.pipeline_job
+       SET status = 'completed', finished_at = coalesce($4::timestamptz, now()), stages = $5,
+           diagnostics = $6, full_payload = $7, lease_expires_at = NULL
+     WHERE job_id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
+    RETURNING job_id, content_id, owner, pipeline_version
+), saved AS (
+    UPDATE menos.content c
+       SET result = $8, pipeline_version = job.pipeline_version, updated_at = now()
+      FROM job
+     WHERE c.content_id = job.content_id
+    RETURNING c.content_id
+), counted AS (
+    INSERT INTO menos.owner_tag AS t (owner, tag)
+    SELECT job.owner, tag FROM job, unnest($9::text[]) AS tag
+    ON CONFLICT (owner, tag) DO UPDATE SET uses = t.uses + 1
+)
+SELECT job_id FROM job;
+
+-- name: fail_job
+-- End a run as failed with its error, while this worker still holds it.
+UPDATE menos.pipeline_job
+   SET status = 'failed', finished_at = coalesce($4::timestamptz, now()), error_code = $5,
+       error_stage = $6, error_message = $7, stages = $8, diagnostics = $9, full_payload = $10,
+       lease_expires_at = NULL
+ WHERE job_id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
+RETURNING job_id;
+
+-- name: cancel_claimed_job
+-- End a run as cancelled at a stage boundary, while this worker still holds it.
+UPDATE menos.pipeline_job
+   SET status = 'cancelled', finished_at = coalesce($4::timestamptz, now()), stages = $5,
+       diagnostics = $6, lease_expires_at = NULL
+ WHERE job_id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
+RETURNING job_id;
+
+-- name: release_job
+-- Give a claim back on graceful stop: pending again, the attempt not counted.
+UPDATE menos.pipeline_job
+   SET status = 'pending', attempts = attempts - 1, worker_id = NULL, lease_expires_at = NULL,
+       started_at = NULL, current_stage = NULL, stages = '[]'
+ WHERE job_id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
+RETURNING job_id;
+
+-- name: rescue_expired
+-- Return expired-lease jobs to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked).
+WITH expired AS (
+    SELECT job_id FROM menos.pipeline_job
+     WHERE status = 'processing' AND lease_expires_at < coalesce($1::timestamptz, now())
+     ORDER BY lease_expires_at
+     LIMIT 500
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE menos.pipeline_job j
+   SET status = CASE
+           WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+           WHEN j.attempts >= $2 THEN 'failed'
+           ELSE 'pending' END,
+       error_code = CASE
+           WHEN j.cancel_requested_at IS NULL AND j.attempts >= $2 THEN 'WORKER_LOST' END,
+       error_stage = CASE
+           WHEN j.cancel_requested_at IS NULL AND j.attempts >= $2
+           THEN coalesce(j.current_stage, 'fetch') END,
+       error_message = CASE
+           WHEN j.cancel_requested_at IS NULL AND j.attempts >= $2
+           THEN format('the worker running this job was lost %s times (lease expired)', j.attempts)
+           END,
+       finished_at = CASE
+           WHEN j.cancel_requested_at IS NOT NULL OR j.attempts >= $2
+           THEN coalesce($1::timestamptz, now()) END,
+       worker_id = NULL, lease_expires_at = NULL
+  FROM expired
+ WHERE j.job_id = expired.job_id
+RETURNING j.job_id, j.content_id, j.status, j.attempts;
+
+-- name: request_cancel
+-- Cancel a pending job at once, or flag a processing one for its worker; returns the status before and after.
+WITH target AS (
+    SELECT job_id, status FROM menos.pipeline_job
+     WHERE job_id = $1 AND ($2::text IS NULL OR owner = $2)
+       FOR UPDATE
+), changed AS (
+    UPDATE menos.pipeline_job j
+       SET status = CASE WHEN t.status = 'pending' THEN 'cancelled' ELSE j.status END,
+           finished_at = CASE WHEN t.status = 'pending' THEN coalesce($3::timestamptz, now())
+                              ELSE j.finished_at END,
+           cancel_requested_at = coalesce(j.cancel_requested_at, $3::timestamptz, now())
+      FROM target t
+     WHERE j.job_id = t.job_id AND t.status IN ('pending', 'processing')
+    RETURNING j.job_id, j.status
+), notified AS (
+    SELECT pg_notify('menos_cancel', job_id::text) FROM changed WHERE status = 'processing'
+)
+SELECT t.job_id, t.status AS previous, coalesce(c.status, t.status) AS status,
+       (SELECT count(*) FROM notified) AS notified
+  FROM target t LEFT JOIN changed c USING (job_id);
+
+-- name: job_by_id
+-- One job, if the caller ($2, null for admin) may see it.
+SELECT * FROM menos.pipeline_job WHERE job_id = $1 AND ($2::text IS NULL OR owner = $2);
+
+-- name: callback_of_job
+-- The callback event of a job, if one was written.
+SELECT event_id, url, status, attempts, last_status_code, last_error, delivered_at
+  FROM menos.callback_outbox WHERE job_id = $1;
+
+-- name: content_by_id
+-- One content item, if the caller ($2, null for admin) may see it.
+SELECT * FROM menos.content WHERE content_id = $1 AND ($2::text IS NULL OR owner = $2);
+
+-- name: owner_vocabulary
+-- The owner's most used result tags, most used first.
+SELECT tag FROM menos.owner_tag WHERE owner = $1 ORDER BY uses DESC, tag LIMIT $2;
+
+-- name: owner_known_tags
+-- Which of these tags the owner has used before.
+SELECT tag FROM menos.owner_tag WHERE owner = $1 AND tag = ANY($2::text[]);
+
+-- name: pending_count
+-- How many jobs wait.
+SELECT count(*) FROM menos.pipeline_job WHERE status = 'pending';

@@ -1,0 +1,46 @@
+-- name: ensure_owner
+-- Create an owner with its webhook secret unless it exists; returns the owner's secret.
+WITH inserted AS (
+    INSERT INTO menos.owner (name, webhook_secret) VALUES ($1, $2)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING webhook_secret
+)
+SELECT webhook_secret FROM inserted
+UNION ALL
+SELECT webhook_secret FROM menos.owner WHERE name = $1
+LIMIT 1;
+
+-- name: insert_api_key
+-- Store a new key by its hash.
+INSERT INTO menos.api_key (key_id, owner, role, key_hash) VALUES ($1, $2, $3, $4)
+RETURNING created_at;
+
+-- name: principal_by_hash
+-- The live key with this hash.
+SELECT key_id, owner, role FROM menos.api_key WHERE key_hash = $1 AND revoked_at IS NULL;
+
+-- name: list_api_keys
+-- Every key, optionally of one owner.
+SELECT key_id, owner, role, created_at, revoked_at FROM menos.api_key
+ WHERE $1::text IS NULL OR owner = $1
+ ORDER BY created_at, key_id;
+
+-- name: revoke_api_key
+-- Revoke a key; returns it when it was live.
+UPDATE menos.api_key SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL
+RETURNING key_id;
+
+-- name: rotate_owner_secret
+-- Replace an owner's webhook secret; the previous one keeps signing until $3.
+UPDATE menos.owner
+   SET previous_webhook_secret = webhook_secret, previous_secret_expires_at = $3,
+       webhook_secret = $2
+ WHERE name = $1
+RETURNING name;
+
+-- name: owner_secrets
+-- The secrets that sign an owner's callbacks now.
+SELECT webhook_secret,
+       CASE WHEN previous_secret_expires_at > coalesce($2::timestamptz, now())
+            THEN previous_webhook_secret END AS previous_webhook_secret
+  FROM menos.owner WHERE name = $1;

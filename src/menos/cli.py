@@ -1,0 +1,405 @@
+"""Argument parsing for every bin/ entry; builds the services and runs them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import structlog
+
+from menos import db, embedded, errors, settings, versions
+from menos import logging as menos_logging
+from menos.pipeline import analyzers, ssrf, stages
+from menos.pipeline.analyzers import builtin, openai
+from menos.queue import repository, worker
+
+log = structlog.get_logger("menos.cli")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+# -- database resolution ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def database(conf: settings.Settings) -> Iterator[str]:
+    """The DSN to use: MENOS_DATABASE_URL, else the embedded server (attached or started)."""
+    if conf.database_url:
+        yield conf.database_url
+        return
+    server = embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
+    running = server.running()
+    if running is not None:
+        yield running.dsn
+        return
+    started = server.start(detached=False)
+    try:
+        yield started.dsn
+    finally:
+        if server.owns_server():
+            server.stop()
+
+
+async def _with_repo(dsn: str, use: Callable[[repository.Repository], Awaitable[int]],
+                     *, max_size: int = 4) -> int:  # fmt: skip
+    pool = await db.create_pool(dsn, min_size=1, max_size=max_size)
+    try:
+        return await use(repository.Repository(pool, db.Queries()))
+    finally:
+        await pool.close()
+
+
+async def _migrate(dsn: str) -> list[int]:
+    conn = await db.connect(dsn)
+    try:
+        return await db.migrate(conn, db.Queries())
+    finally:
+        await conn.close()
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_migrate(conf: settings.Settings, args: argparse.Namespace) -> int:
+    with database(conf) as dsn:
+        applied = asyncio.run(_migrate(dsn))
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from menos.http import app as http_app
+
+    with database(conf) as dsn:
+        applied = asyncio.run(_migrate(dsn))
+        log.info("migrations_applied", versions=applied)
+        conf = settings.with_overrides(conf, database_url=dsn)
+        server = uvicorn.Server(uvicorn.Config(
+            http_app.create_app(conf), host=conf.host, port=conf.port, log_config=None,
+            access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+        ))  # fmt: skip
+        server.run()
+    return 0
+
+
+def _analyzer(conf: settings.Settings, client: httpx.AsyncClient) -> analyzers.Analyzer:
+    if conf.analyzer == "openai":
+        return openai.OpenAIAnalyzer(
+            client, base_url=conf.llm_base_url, model=conf.llm_model,
+            api_key=conf.llm_api_key, timeout_s=conf.llm_timeout_s,
+            max_chars=conf.pipeline_max_chars,
+        )  # fmt: skip
+    return builtin.BuiltinAnalyzer()
+
+
+async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
+    stop = _stop_event()
+    conn = await db.connect(dsn)
+    try:
+        pending = await db.pending_migrations(conn, db.Queries())
+    finally:
+        await conn.close()
+    if pending:
+        raise errors.SchemaOutdated(
+            f"migrations {pending} are not applied; run `bin/menos migrate` first"
+        )
+    pool = await db.create_pool(dsn, min_size=1, max_size=conf.worker_concurrency + 3)
+    pinned = httpx.AsyncClient(
+        transport=ssrf.PinnedTransport(allow_private=conf.callback_allow_private),
+        follow_redirects=False, timeout=10.0,
+        headers={"user-agent": f"menos/{versions.app_version()}"},
+    )  # fmt: skip
+    plain = httpx.AsyncClient(timeout=conf.llm_timeout_s,
+                              headers={"user-agent": f"menos/{versions.app_version()}"})  # fmt: skip
+    try:
+        ctx = stages.Context(
+            http=pinned, metadata_http=plain, analyzer=_analyzer(conf, plain),
+            max_body_bytes=conf.max_body_bytes, oembed_url=conf.youtube_oembed_url,
+            youtube_languages=conf.youtube_languages,
+        )  # fmt: skip
+        config = worker.WorkerConfig(
+            worker_id=worker_id, concurrency=conf.worker_concurrency,
+            max_processing=conf.max_concurrency, lease_s=conf.job_lease_s,
+            max_attempts=conf.job_max_attempts, poll_s=conf.worker_poll_s,
+            shutdown_grace_s=conf.worker_shutdown_grace_s,
+            pipeline_version=versions.app_version(),
+        )  # fmt: skip
+        await worker.Worker(
+            config, repository.Repository(pool, db.Queries()), ctx, dsn=dsn
+        ).run(stop)
+    finally:
+        await pinned.aclose()
+        await plain.aclose()
+        await pool.close()
+    return 0
+
+
+def cmd_worker(conf: settings.Settings, args: argparse.Namespace) -> int:
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            print("--concurrency must be a positive integer", file=sys.stderr)
+            return EXIT_USAGE
+        conf = settings.with_overrides(conf, worker_concurrency=args.concurrency)
+    worker_id = args.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    with database(conf) as dsn:
+        return asyncio.run(_run_worker(conf, dsn, worker_id))
+
+
+def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
+    async def create(repo: repository.Repository) -> int:
+        key = await repo.create_key(args.owner, "admin" if args.admin else "user")
+        if args.json:
+            print(json.dumps({"key_id": str(key.key_id), "owner": key.owner, "role": key.role,
+                              "api_key": key.api_key, "webhook_secret": key.webhook_secret},
+                             separators=(",", ":")))  # fmt: skip
+        else:
+            print(f"key_id:         {key.key_id}\nowner:          {key.owner} ({key.role})\n"
+                  f"api_key:        {key.api_key}\nwebhook_secret: {key.webhook_secret}\n"
+                  "Keep both: they are shown only once.")  # fmt: skip
+        return 0
+
+    async def listing(repo: repository.Repository) -> int:
+        for key in await repo.list_keys(args.owner):
+            state = "revoked" if key.revoked_at else "active"
+            print(f"{key.key_id}  {key.owner}  {key.role}  {state}  {key.created_at.isoformat()}")
+        return 0
+
+    async def revoke(repo: repository.Repository) -> int:
+        try:
+            key_id = uuid.UUID(args.key_id)
+        except ValueError:
+            print(f"not a key id: {args.key_id}", file=sys.stderr)
+            return EXIT_USAGE
+        if not await repo.revoke_key(key_id):
+            print(f"no active key {key_id}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"revoked {key_id}")
+        return 0
+
+    async def rotate(repo: repository.Repository) -> int:
+        secret = await repo.rotate_secret(args.owner)
+        if secret is None:
+            print(f"no owner {args.owner}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(secret)
+        return 0
+
+    action = {"create": create, "list": listing, "revoke": revoke, "rotate-secret": rotate}
+    with database(conf) as dsn:
+        asyncio.run(_migrate(dsn))
+        return asyncio.run(_with_repo(dsn, action[args.keys_command]))
+
+
+def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
+    if conf.database_url:
+        if args.db_command == "url":
+            print(conf.database_url)
+            return 0
+        print("MENOS_DATABASE_URL is set: there is no embedded database to manage",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    server = embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
+    if args.db_command == "start":
+        running = server.running() or server.start(detached=True)
+        print(running.dsn)
+        return 0
+    if args.db_command == "stop":
+        stopped = server.stop()
+        print("stopped" if stopped else "not running")
+        return 0
+    running = server.running()
+    if running is None:
+        print(f"the embedded database under {conf.home} is not running (bin/menos db start)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    print(running.dsn)
+    return 0
+
+
+# -- dev: everything in the foreground ---------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _dev_key(conf: settings.Settings, dsn: str) -> str:
+    key_file = conf.home / "dev_api_key"
+
+    async def ensure(repo: repository.Repository) -> int:
+        if key_file.exists():
+            existing = key_file.read_text(encoding="utf-8").strip()
+            if await repo.principal(existing) is not None:
+                return 0
+        created = await repo.create_key("local", "admin")
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(created.api_key + "\n")
+        return 0
+
+    asyncio.run(_with_repo(dsn, ensure))
+    return key_file.read_text(encoding="utf-8").strip()
+
+
+def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
+    conf.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with database(conf) as dsn:
+        asyncio.run(_migrate(dsn))
+        key = _dev_key(conf, dsn)
+        env = {**os.environ, "MENOS_DATABASE_URL": dsn, "MENOS_LOG_FORMAT": conf.log_format}
+        children = {
+            name: subprocess.Popen(
+                [sys.executable, "-m", "menos", name], env=env, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent, start_new_session=True,
+            )
+            for name in ("api", "worker")
+        }  # fmt: skip
+        stopping = False
+
+        def stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        base = f"http://{conf.host}:{conf.port}"
+        if _wait_http(f"{base}/health", children["api"]):
+            print(
+                f"\nmenos {versions.app_version()} is running\n"
+                f"  API:      {base}/api/v1\n  docs:     {base}/schema/swagger\n"
+                f"  API key:  {key}\n\nTry it:\n"
+                f"  curl -s -X POST {base}/api/v1/content -H 'Authorization: Bearer {key}' "
+                "-H 'Content-Type: application/json' "
+                "-d '{\"text\": \"# Hello menos\\n\\nMy first note, ingested by a worker.\"}'\n"
+                f"  then: curl -s {base}/api/v1/jobs/<job_id> -H 'Authorization: Bearer {key}'\n"
+                "\nCtrl-C stops everything.",
+                flush=True,
+            )  # fmt: skip
+        code = 0
+        while not stopping:
+            exited = [name for name, proc in children.items() if proc.poll() is not None]
+            if exited:
+                print(f"menos: {', '.join(exited)} exited; stopping", file=sys.stderr, flush=True)
+                code = EXIT_FAILURE
+                break
+            try:
+                children["api"].wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in children.values():
+            try:
+                proc.wait(timeout=conf.worker_shutdown_grace_s + 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return code
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
+    """The command tree of `bin/menos` (other bin/ entries are its subcommands)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="menos: self-hosted content ingest on a PostgreSQL job queue.",
+        epilog="Configuration comes from MENOS_* environment variables (see docs/operations.md). "
+        "Exit codes: 0 success, 1 failure, 2 usage error.",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("dev", help="embedded database, migrations, API and a worker in the foreground")
+    sub.add_parser("migrate", help="apply pending database migrations")
+    sub.add_parser("api", help="serve the HTTP API (applies migrations first)")
+    w = sub.add_parser("worker", help="claim and run jobs until SIGTERM/SIGINT")
+    w.add_argument("--concurrency", type=int, help="job slots in this process "
+                   "(default MENOS_WORKER_CONCURRENCY)")  # fmt: skip
+    w.add_argument("--worker-id", help="name shown in jobs and logs (default host:pid:random)")
+
+    keys = sub.add_parser("keys", help="API keys and webhook secrets")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kc = ksub.add_parser("create", help="create a key (prints the key and webhook secret once)")
+    kc.add_argument("--owner", required=True)
+    kc.add_argument("--admin", action="store_true", help="the key sees and acts on everything")
+    kc.add_argument("--json", action="store_true", help="print one compact JSON line")
+    kl = ksub.add_parser("list", help="list keys (never the keys themselves)")
+    kl.add_argument("--owner")
+    kr = ksub.add_parser("revoke", help="revoke a key by its key_id")
+    kr.add_argument("key_id")
+    ks = ksub.add_parser("rotate-secret", help="new webhook secret; the old one signs for 24 h")
+    ks.add_argument("--owner", required=True)
+
+    dbp = sub.add_parser("db", help="the embedded PostgreSQL under MENOS_HOME")
+    dsub = dbp.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dsub.add_parser("start", help="start it in the background and print its DSN")
+    dsub.add_parser("stop", help="stop it")
+    dsub.add_parser("url", help="print the DSN of the running server")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[settings.Settings, argparse.Namespace], int]] = {
+    "dev": cmd_dev,
+    "migrate": cmd_migrate,
+    "api": cmd_api,
+    "worker": cmd_worker,
+    "keys": cmd_keys,
+    "db": cmd_db,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m menos`."""
+    args = build_parser().parse_args(argv)
+    try:
+        conf = settings.from_env()
+    except errors.SettingsError as exc:
+        print(f"menos: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    menos_logging.configure(conf.log_format)
+    try:
+        return COMMANDS[args.command](conf, args)
+    except errors.MenosError as exc:
+        print(f"menos: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+

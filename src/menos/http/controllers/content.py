@@ -1,0 +1,109 @@
+"""Content routes: markdown upload, one item."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import UploadFile
+from litestar.di import Provide
+
+from menos import errors, markdown, versions
+from menos.http import auth, schemas, validate
+from menos.http import errors as http_errors
+from menos.queue import models, repository
+from menos.settings import Settings
+
+
+class ContentController(Controller):
+    """`/api/v1/content`."""
+
+    path = "/api/v1/content"
+    dependencies = {"who": Provide(auth.principal)}  # noqa: RUF012
+
+    @post("/", status_code=202)
+    async def upload(
+        self, request: Request[Any, Any, Any], who: models.Principal
+    ) -> schemas.Submitted:
+        """Upload a markdown note (JSON `{text, …}` or multipart with `file`); 202 with its job."""
+        settings: Settings = request.app.state.settings
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        filename: str | None = None
+        if media == "application/json":
+            body = schemas.decode(await request.body(), schemas.ContentText)
+            raw, title, tag_values = body.text, body.title, body.tags or []
+            callback, tier, text_field = body.callback_url, body.data_tier, "text"
+        elif media == "multipart/form-data":
+            form = await request.form()
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise errors.InvalidInput("file", "a markdown file is required")
+            filename = upload.filename or None
+            data = await upload.read()
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise http_errors.UnsupportedMedia("file: the file is not UTF-8 text") from None
+            title = _form_text(form.get("title"), "title")
+            tag_values = [
+                _form_text(v, "tags") or "" for v in form.getall("tags", [])
+            ]
+            callback = _form_text(form.get("callback_url"), "callback_url")
+            tier_text = _form_text(form.get("data_tier"), "data_tier")
+            if tier_text not in (None, "compact", "full"):
+                raise errors.InvalidInput("data_tier", "must be compact or full")
+            tier = tier_text  # type: ignore[assignment]
+            text_field = "file"
+        else:
+            raise http_errors.UnsupportedMedia(
+                "send application/json or multipart/form-data"
+            )
+        note_text = validate.text(text_field, raw, max_chars=settings.max_body_bytes,
+                                  required=True)  # fmt: skip
+        assert note_text is not None
+        note = markdown.parse(note_text)
+        chosen_title = markdown.choose_title(
+            validate.text("title", title, max_chars=validate.MAX_TITLE), note, filename
+        )
+        tags = validate.tags(
+            markdown.merge_tags(
+                markdown.split_tags(tag_values), markdown.frontmatter_tags(note.metadata)
+            )
+        )
+        callback_url = await validate.callback_url(
+            callback, allow_private=settings.callback_allow_private
+        )
+        repo: repository.Repository = request.app.state.repo
+        enqueued = await repo.enqueue(
+            models.NewContent(
+                owner=who.owner, content_type="markdown", resource_key=None, source_url=None,
+                title=(chosen_title or "")[: validate.MAX_TITLE] or None, tags=tags,
+                body=note_text, source_metadata={"frontmatter": note.metadata}
+                if note.metadata else {}, callback_url=callback_url,
+                data_tier=tier or settings.data_tier, pipeline_version=versions.app_version(),
+            )
+        )  # fmt: skip
+        return schemas.submitted(enqueued)
+
+    @get("/{content_id:uuid}")
+    async def show(
+        self, request: Request[Any, Any, Any], who: models.Principal, content_id: uuid.UUID
+    ) -> schemas.ContentView:
+        """One content item with its result."""
+        repo: repository.Repository = request.app.state.repo
+        found = await repo.content(content_id, owner=auth.scope(who))
+        if found is None:
+            raise errors.NotFound(f"no content {content_id}")
+        return schemas.content_view(found)
+
+
+def _form_text(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise errors.InvalidInput(field, "must be a text field, not a file")
+    return value
+
+
+__all__ = ["ContentController", "Response"]

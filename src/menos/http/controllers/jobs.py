@@ -1,0 +1,64 @@
+"""Job routes: one job (minimal or verbose) and cancel."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.di import Provide
+
+from menos import errors
+from menos.http import auth, schemas
+from menos.queue import models, repository
+
+
+class JobsController(Controller):
+    """`/api/v1/jobs`."""
+
+    path = "/api/v1/jobs"
+    dependencies = {"who": Provide(auth.principal)}  # noqa: RUF012
+
+    @get("/{job_id:uuid}")
+    async def show(
+        self, request: Request[Any, Any, Any], who: models.Principal, job_id: uuid.UUID,
+        verbose: bool = False,
+    ) -> schemas.JobView | schemas.JobVerboseView:  # fmt: skip
+        """One job; `?verbose=true` adds stages, diagnostics, callback state (audited)."""
+        repo: repository.Repository = request.app.state.repo
+        job = await repo.job(job_id, owner=auth.scope(who))
+        if job is None:
+            raise errors.NotFound(f"no job {job_id}")
+        if not verbose:
+            return schemas.job_view(job)
+        await repo.audit(
+            "audit.full_tier_access", owner=job.owner, actor_key_id=who.key_id,
+            subject=job.job_id, detail={"data_tier": job.data_tier, "actor_owner": who.owner},
+        )  # fmt: skip
+        return schemas.job_verbose_view(job, await repo.callback(job.job_id))
+
+    @post("/{job_id:uuid}/cancel", status_code=200)
+    async def cancel(
+        self, request: Request[Any, Any, Any], who: models.Principal, job_id: uuid.UUID
+    ) -> Response[schemas.CancelView]:
+        """Cancel: pending → 200 cancelled; processing → 202 cancel requested; terminal → 409."""
+        repo: repository.Repository = request.app.state.repo
+        outcome = await repo.request_cancel(job_id, owner=auth.scope(who))
+        if outcome is None:
+            raise errors.NotFound(f"no job {job_id}")
+        result = {"pending": "cancelled", "processing": "cancel_requested"}.get(
+            outcome.previous, "refused"
+        )
+        await repo.audit(
+            "audit.cancellation", owner=None if who.is_admin else who.owner,
+            actor_key_id=who.key_id, subject=job_id,
+            detail={"outcome": result, "previous_status": outcome.previous},
+        )  # fmt: skip
+        if outcome.previous == "pending":
+            return Response(schemas.CancelView(job_id=job_id, status="cancelled"), status_code=200)
+        if outcome.previous == "processing":
+            return Response(
+                schemas.CancelView(job_id=job_id, status="processing", cancel_requested=True),
+                status_code=202,
+            )
+        raise errors.Conflict(f"job {job_id} is already {outcome.previous}")

@@ -1,0 +1,119 @@
+"""The one table from errors to HTTP statuses, and RFC 9457 problem-details responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import MediaType, Request, Response
+from litestar import exceptions as lexc
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from menos import errors
+
+log = structlog.get_logger("menos.http")
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS: dict[type[errors.MenosError], tuple[int, str]] = {
+    errors.InvalidInput: (400, "Invalid input"),
+    errors.Unauthorized: (401, "Unauthorized"),
+    errors.NotFound: (404, "Not found"),
+    errors.Conflict: (409, "Conflict"),
+    errors.DatabaseUnavailable: (503, "Database unavailable"),
+    errors.SchemaOutdated: (503, "Database schema outdated"),
+}
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    """One invalid field of a request."""
+
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An RFC 9457 problem-details body."""
+
+    title: str
+    status: int
+    detail: str
+    type: str = "about:blank"
+    errors: list[FieldError] = msgspec.field(default_factory=list)
+
+
+class BadFields(errors.InvalidInput):
+    """Several invalid fields at once."""
+
+    def __init__(self, fields: list[FieldError]) -> None:
+        super().__init__(fields[0].field, fields[0].message)
+        self.fields = fields
+
+
+class TooLarge(errors.MenosError):
+    """The request body is over the limit."""
+
+
+class UnsupportedMedia(errors.MenosError):
+    """The request's media type (or encoding) is not accepted."""
+
+
+STATUS[TooLarge] = (413, "Request body too large")
+STATUS[UnsupportedMedia] = (415, "Unsupported media type")
+
+
+def problem(status: int, title: str, detail: str, fields: list[FieldError] | None = None,
+            headers: dict[str, str] | None = None) -> Response[Any]:  # fmt: skip
+    """A problem-details response."""
+    body = Problem(title=title, status=status, detail=detail, errors=fields or [])
+    return Response(
+        content=msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON,
+        headers=headers,
+    )  # fmt: skip
+
+
+def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, errors.MenosError)
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            status, title = STATUS[kind]  # type: ignore[index]
+            break
+    else:
+        status, title = 500, "Internal error"
+    fields: list[FieldError] = []
+    if isinstance(exc, BadFields):
+        fields = exc.fields
+    elif isinstance(exc, errors.InvalidInput):
+        fields = [FieldError(field=exc.field, message=exc.message)]
+    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        log.warning("request_database_unavailable", path=request.url.path, error=str(exc))
+    return problem(status, title, str(exc), fields, headers)
+
+
+def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, lexc.ValidationException):
+        fields = [
+            FieldError(field=str(item.get("key") or item.get("source") or "request"),
+                       message=str(item.get("message", "invalid")))  # fmt: skip
+            for item in (exc.extra if isinstance(exc.extra, list) else [])
+            if isinstance(item, dict)
+        ]
+        return problem(400, "Invalid input", exc.detail, fields)
+    if isinstance(exc, lexc.HTTPException):
+        status = exc.status_code
+        title = {404: "Not found", 405: "Method not allowed", 413: "Request body too large",
+                 415: "Unsupported media type"}.get(status, "Request error")  # fmt: skip
+        return problem(status, title, exc.detail, headers=exc.headers)
+    log.error("request_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
+    return problem(HTTP_500_INTERNAL_SERVER_ERROR, "Internal error", "unexpected error")
+
+
+HANDLERS: dict[type[Exception], Any] = {
+    errors.MenosError: _menos_error,
+    lexc.HTTPException: _litestar_error,
+    Exception: _litestar_error,
+}
+
+__all__ = ["HANDLERS", "PROBLEM_JSON", "BadFields", "FieldError", "MediaType", "problem"]

@@ -1,0 +1,215 @@
+"""Wire structs: request bodies and response views (never the storage models themselves)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from menos import errors
+from menos.queue import models
+
+T = TypeVar("T")
+
+DataTier = Literal["compact", "full"]
+_AT = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+class ContentText(msgspec.Struct, frozen=True):
+    """`POST /api/v1/content` as JSON."""
+
+    text: str
+    title: str | None = None
+    tags: list[str] | None = None
+    callback_url: str | None = None
+    data_tier: DataTier | None = None
+
+
+class IngestRequest(msgspec.Struct, frozen=True):
+    """`POST /api/v1/ingest`."""
+
+    url: str
+    transcript_text: str | None = None
+    title: str | None = None
+    tags: list[str] | None = None
+    callback_url: str | None = None
+    data_tier: DataTier | None = None
+
+
+class Submitted(msgspec.Struct, frozen=True):
+    """The answer to a submission."""
+
+    job_id: uuid.UUID | None
+    content_id: uuid.UUID
+    content_type: str
+    resource_key: str
+    status: str
+    deduplicated: bool
+
+
+class ContentView(msgspec.Struct, frozen=True):
+    """A content item as the API shows it."""
+
+    content_id: uuid.UUID
+    content_type: str
+    title: str | None
+    source_url: str | None
+    resource_key: str
+    tags: list[str]
+    processing_status: str
+    processed_at: dt.datetime
+    pipeline_version: str
+    result: dict[str, Any] | None
+    latest_job_id: uuid.UUID | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class JobView(msgspec.Struct, frozen=True):
+    """The minimal job view."""
+
+    job_id: uuid.UUID
+    content_id: uuid.UUID
+    status: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    error_code: str | None
+
+
+class StageView(msgspec.Struct, frozen=True):
+    """One stage's timing."""
+
+    name: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    duration_ms: float | None
+
+
+class CallbackView(msgspec.Struct, frozen=True):
+    """The state of a job's callback event."""
+
+    url: str
+    event_id: uuid.UUID
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: dt.datetime | None
+
+
+class JobVerboseView(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The verbose job view (`?verbose=true`); `full_payload` only for the full tier."""
+
+    job_id: uuid.UUID
+    content_id: uuid.UUID
+    status: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    error_code: str | None
+    resource_key: str
+    pipeline_version: str
+    attempts: int
+    worker_id: str | None
+    current_stage: str | None
+    cancel_requested_at: dt.datetime | None
+    error_stage: str | None
+    error_message: str | None
+    data_tier: str
+    stages: list[StageView]
+    diagnostics: dict[str, Any]
+    callback: CallbackView | None
+    full_payload: dict[str, Any] | None = None
+
+
+class CancelView(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The answer to a cancel request."""
+
+    job_id: uuid.UUID
+    status: str
+    cancel_requested: bool = False
+
+
+class Health(msgspec.Struct, frozen=True):
+    """`GET /health`."""
+
+    status: str
+    app_version: str
+
+
+class Ready(msgspec.Struct, frozen=True):
+    """`GET /ready`."""
+
+    status: str
+    database: str
+    pending_migrations: list[int]
+
+
+def decode(body: bytes, into: type[T]) -> T:
+    """Decode a JSON body; InvalidInput naming the field on any problem."""
+    try:
+        return msgspec.json.decode(body, type=into)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        missing = _MISSING.search(text)
+        at = _AT.search(text)
+        field = missing.group(1) if missing else (at.group(1) if at else "body")
+        raise errors.InvalidInput(field or "body", text) from None
+    except msgspec.DecodeError as exc:
+        raise errors.InvalidInput("body", f"not valid JSON: {exc}") from None
+
+
+def content_view(content: models.Content) -> ContentView:
+    """The API view of a content item."""
+    return ContentView(
+        content_id=content.content_id, content_type=content.content_type, title=content.title,
+        source_url=content.source_url, resource_key=content.resource_key, tags=content.tags,
+        processing_status=content.processing_status, processed_at=content.processed_at,
+        pipeline_version=content.pipeline_version, result=content.result,
+        latest_job_id=content.latest_job_id, created_at=content.created_at,
+        updated_at=content.updated_at,
+    )  # fmt: skip
+
+
+def job_view(job: models.Job) -> JobView:
+    """The minimal API view of a job."""
+    return JobView(
+        job_id=job.job_id, content_id=job.content_id, status=job.status,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        error_code=job.error_code,
+    )  # fmt: skip
+
+
+def job_verbose_view(job: models.Job, callback: models.Callback | None) -> JobVerboseView:
+    """The verbose API view of a job."""
+    return JobVerboseView(
+        job_id=job.job_id, content_id=job.content_id, status=job.status,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        error_code=job.error_code, resource_key=job.resource_key,
+        pipeline_version=job.pipeline_version, attempts=job.attempts, worker_id=job.worker_id,
+        current_stage=job.current_stage, cancel_requested_at=job.cancel_requested_at,
+        error_stage=job.error_stage, error_message=job.error_message, data_tier=job.data_tier,
+        stages=[StageView(name=s.name, started_at=s.started_at, finished_at=s.finished_at,
+                          duration_ms=s.duration_ms) for s in job.stages],
+        diagnostics=job.diagnostics,
+        callback=CallbackView(
+            url=callback.url, event_id=callback.event_id, status=callback.status,
+            attempts=callback.attempts, last_status_code=callback.last_status_code,
+            last_error=callback.last_error, delivered_at=callback.delivered_at,
+        ) if callback else None,
+        full_payload=job.full_payload if job.data_tier == "full" else None,
+    )  # fmt: skip
+
+
+def submitted(enqueued: models.Enqueued) -> Submitted:
+    """The API answer for a submission."""
+    return Submitted(
+        job_id=enqueued.job_id, content_id=enqueued.content_id,
+        content_type=enqueued.content_type, resource_key=enqueued.resource_key,
+        status=enqueued.status, deduplicated=enqueued.deduplicated,
+    )  # fmt: skip

@@ -1,0 +1,46 @@
+"""Field checks shared by the submission routes; each failure names its field."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from menos import errors
+from menos.pipeline import ssrf
+
+MAX_TITLE = 500
+MAX_TAG = 100
+MAX_TAGS = 50
+
+
+def text(field: str, value: str | None, *, max_chars: int, required: bool = False) -> str | None:
+    """A text field: no NUL characters, within its size; blank counts as missing."""
+    if value is None or not value.strip():
+        if required or (value is not None and field == "transcript_text"):
+            raise errors.InvalidInput(field, "must not be blank")
+        return None
+    if "\x00" in value:
+        raise errors.InvalidInput(field, "must not contain NUL characters")
+    if len(value) > max_chars:
+        raise errors.InvalidInput(field, f"must be at most {max_chars} characters")
+    return value
+
+
+def tags(values: Sequence[str] | None, field: str = "tags") -> list[str]:
+    """Submitter tags: trimmed, non-blank, at most 50 of at most 100 characters each."""
+    cleaned = []
+    for index, value in enumerate(values or []):
+        tag = text(f"{field}[{index}]", value, max_chars=MAX_TAG)
+        if tag is not None:
+            cleaned.append(tag.strip())
+    if len(cleaned) > MAX_TAGS:
+        raise errors.InvalidInput(field, f"at most {MAX_TAGS} tags")
+    return list(dict.fromkeys(cleaned))
+
+
+async def callback_url(value: str | None, *, allow_private: bool) -> str | None:
+    """A callback URL that passes the SSRF rule (400 when refused or unresolvable)."""
+    url = text("callback_url", value, max_chars=2048)
+    if url is None:
+        return None
+    await ssrf.resolve_checked(url.strip(), allow_private=allow_private, field="callback_url")
+    return url.strip()

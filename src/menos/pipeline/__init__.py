@@ -1,0 +1,1 @@
+"""The staged ingest pipeline: fetch, prepare, analyze, parse, persist."""

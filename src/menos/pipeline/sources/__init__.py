@@ -1,0 +1,1 @@
+"""Sources: where a job's text and metadata come from."""

@@ -1,0 +1,218 @@
+"""Stage names, what a stage may ask of its worker, and the runner that walks the five stages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+import httpx
+import msgspec
+import structlog
+
+from menos import errors, markdown
+from menos.pipeline import analyzers, result
+from menos.pipeline.sources import fetched as fetched_mod
+from menos.pipeline.sources import web, youtube
+
+Stage = Literal["fetch", "prepare", "analyze", "parse", "persist"]
+STAGES: tuple[Stage, ...] = ("fetch", "prepare", "analyze", "parse", "persist")
+EXCERPT_CHARS = 2000
+_SPACES = re.compile(r"[ \t\f\v\u00a0]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+log = structlog.get_logger("menos.pipeline")
+
+
+class Cancelled(Exception):
+    """Cancellation was requested: stop at this boundary."""
+
+
+class Lost(Exception):
+    """The worker no longer holds the job: drop the work silently."""
+
+
+class Item(msgspec.Struct, frozen=True, kw_only=True):
+    """The content a run works on, as stored when the job was claimed."""
+
+    owner: str
+    content_type: Literal["youtube", "web", "markdown"]
+    resource_key: str
+    source_url: str | None
+    title: str | None
+    tags: list[str]
+    body: str | None
+    source_metadata: dict[str, Any]
+
+
+class Port(Protocol):
+    """What the pipeline needs from the worker running it; Lost/Cancelled come from here."""
+
+    async def boundary(self, stage: Stage) -> None: ...
+
+    async def save_fetched(self, body: str, title: str | None, metadata: dict[str, Any]) -> None: ...
+
+    async def vocabulary(self) -> list[str]: ...
+
+    async def known_tags(self, tags: list[str]) -> set[str]: ...
+
+    async def persist(self, result: dict[str, Any], tags: list[str]) -> None: ...
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything stages use that is not the item: built once per worker."""
+
+    http: httpx.AsyncClient  # for user-submitted URLs: SSRF-checked and pinned
+    metadata_http: httpx.AsyncClient  # for operator-configured endpoints (oEmbed)
+    analyzer: analyzers.Analyzer
+    max_body_bytes: int
+    oembed_url: str
+    youtube_languages: tuple[str, ...]
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+
+class Run:
+    """The record of one run: stage timings, compact diagnostics, the optional full payload."""
+
+    def __init__(self, *, full: bool, clock: Callable[[], dt.datetime]) -> None:
+        self.stages: list[Any] = []  # StageTiming-shaped dicts, in order
+        self.current: Stage | None = None
+        self.diagnostics: dict[str, Any] = {}
+        self.full_payload: dict[str, Any] | None = {} if full else None
+        self._clock = clock
+        self._started = 0.0
+
+    def begin(self, stage: Stage) -> None:
+        self.current = stage
+        self._started = time.perf_counter()
+        self.stages.append({"name": stage, "started_at": self._clock(), "finished_at": None,
+                            "duration_ms": None})  # fmt: skip
+
+    def end(self) -> float:
+        duration_ms = round((time.perf_counter() - self._started) * 1000, 3)
+        self.stages[-1] = {**self.stages[-1], "finished_at": self._clock(),
+                           "duration_ms": duration_ms}  # fmt: skip
+        return duration_ms
+
+    def keep(self, **values: Any) -> None:
+        """Add to the full payload (full tier only)."""
+        if self.full_payload is not None:
+            self.full_payload.update(values)
+
+
+class _State:
+    """What flows between stages within one run."""
+
+    def __init__(self, item: Item) -> None:
+        self.item = item
+        self.text = ""
+        self.title = item.title
+        self.answer: analyzers.Answer | None = None
+        self.request: analyzers.Request | None = None
+        self.result: result.Result | None = None
+
+
+def normalize_whitespace(text: str) -> str:
+    """Collapse runs of spaces, trim lines, keep paragraphs."""
+    lines = [_SPACES.sub(" ", line).strip() for line in text.replace("\r\n", "\n").split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+async def _fetch(state: _State, port: Port, ctx: Context, run: Run) -> None:
+    item = state.item
+    if item.content_type == "markdown":
+        note = markdown.parse(item.body or "")
+        state.text = note.text
+        run.diagnostics["frontmatter_keys"] = sorted(note.metadata)
+        return
+    if item.body:  # supplied transcript, or fetched by an earlier run: never fetched again
+        state.text = item.body
+        run.diagnostics["fetch"] = "stored body"
+        return
+    got: fetched_mod.Fetched
+    if item.content_type == "youtube":
+        got = await youtube.fetch_video(
+            ctx.metadata_http, item.resource_key.removeprefix("yt:"), item.source_url or "",
+            oembed_url=ctx.oembed_url, languages=list(ctx.youtube_languages), transcript=None,
+        )  # fmt: skip
+    else:
+        got = await web.fetch_page(ctx.http, item.source_url or "", max_bytes=ctx.max_body_bytes)
+    state.text = got.body
+    state.title = item.title or got.title
+    run.diagnostics["fetched_chars"] = len(got.body)
+    await port.save_fetched(got.body, got.title, got.metadata)
+
+
+async def _prepare(state: _State, port: Port, ctx: Context, run: Run) -> None:
+    state.text = normalize_whitespace(state.text)
+    run.diagnostics["prepared_chars"] = len(state.text)
+    if not state.text:
+        raise errors.PipelineError("CONTENT_EMPTY", "the content has no readable text")
+    run.keep(source_excerpt=state.text[:EXCERPT_CHARS])
+
+
+async def _analyze(state: _State, port: Port, ctx: Context, run: Run) -> None:
+    item = state.item
+    state.request = analyzers.Request(
+        text=state.text, title=state.title, content_type=item.content_type, tags=item.tags,
+        vocabulary=await port.vocabulary(),
+    )  # fmt: skip
+    state.answer = await ctx.analyzer.analyze(state.request)
+    run.diagnostics["analyzer"] = ctx.analyzer.name
+    run.diagnostics["model"] = state.answer.model
+    if state.answer.usage is not None:
+        run.diagnostics["usage"] = state.answer.usage
+    run.keep(prompt=state.answer.prompt, raw_answer=state.answer.text)
+
+
+async def _parse(state: _State, port: Port, ctx: Context, run: Run) -> None:
+    assert state.answer is not None and state.request is not None
+    raw = result.extract_json(state.answer.text)
+    run.diagnostics["repair_call"] = raw is None
+    if raw is None:
+        repaired = await ctx.analyzer.repair(state.request, state.answer)
+        run.keep(repair_prompt=repaired.prompt, repair_answer=repaired.text)
+        if repaired.usage is not None:
+            run.diagnostics["repair_usage"] = repaired.usage
+        raw = result.extract_json(repaired.text)
+        if raw is None:
+            raise errors.PipelineError(
+                "EMPTY_RESPONSE", "the analyzer gave no JSON object, also after one repair call"
+            )
+    candidates = raw.get("tags") if isinstance(raw.get("tags"), list) else []
+    known = await port.known_tags(
+        [str(tag).strip().lower().replace(" ", "-").replace("_", "-") for tag in candidates or []]
+    )
+    state.result = result.coerce(
+        raw, known_tags=known, model=state.answer.model, processed_at=ctx.clock()
+    )
+
+
+async def _persist(state: _State, port: Port, ctx: Context, run: Run) -> None:
+    assert state.result is not None
+    await port.persist(msgspec.to_builtins(state.result), list(state.result.tags))
+
+
+_RUNNERS = {
+    "fetch": _fetch,
+    "prepare": _prepare,
+    "analyze": _analyze,
+    "parse": _parse,
+    "persist": _persist,
+}
+
+
+async def run_pipeline(item: Item, port: Port, ctx: Context, run: Run) -> None:
+    """Walk the five stages; checks the boundary (cancel, lease) before each.
+
+    Raises PipelineError (a job failure), Cancelled or Lost; `run.current` names the stage.
+    """
+    state = _State(item)
+    for stage in STAGES:
+        await port.boundary(stage)
+        run.begin(stage)
+        await _RUNNERS[stage](state, port, ctx, run)
+        duration_ms = run.end()
+        log.info("stage_finished", stage=stage, duration_ms=duration_ms)

@@ -1,0 +1,1 @@
+"""The PostgreSQL job queue: models, repository, worker, rescuer, dispatcher, maintenance."""

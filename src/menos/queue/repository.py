@@ -1,0 +1,335 @@
+"""The only runtime code that runs SQL: jobs, content, keys, audit events and the outbox.
+
+Rows stop here: every method returns frozen structs from `models`. Driver errors are
+translated into the MenosError tree. Writes after a claim are guarded by (job, worker,
+attempts): a False or empty answer means the job was lost and the caller drops its work.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+
+from menos import db, errors
+from menos.queue import models
+
+T = TypeVar("T")
+
+SECRET_OVERLAP = dt.timedelta(hours=24)
+
+
+def _row(row: asyncpg.Record, into: type[T]) -> T:
+    return msgspec.convert(dict(row.items()), into, strict=False)
+
+
+def _timings(stages: Sequence[models.StageTiming]) -> list[dict[str, Any]]:
+    return [msgspec.to_builtins(stage) for stage in stages]
+
+
+def hash_key(api_key: str) -> bytes:
+    """What is stored for an API key: its SHA-256 (keys carry 256 random bits)."""
+    return hashlib.sha256(api_key.encode()).digest()
+
+
+def new_webhook_secret() -> str:
+    """`whsec_` + standard base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class Guard(msgspec.Struct, frozen=True):
+    """What every write after a claim checks: the job is still ours, at this attempt."""
+
+    job_id: models.JobId
+    worker_id: str
+    attempts: int
+
+
+class CreatedKey(msgspec.Struct, frozen=True):
+    """A new API key, shown once."""
+
+    key_id: uuid.UUID
+    owner: str
+    role: models.Role
+    api_key: str
+    webhook_secret: str
+
+
+class Rescued(msgspec.Struct, frozen=True):
+    """A job the rescuer took back from a lost worker."""
+
+    job_id: models.JobId
+    content_id: models.ContentId
+    status: models.JobStatus
+    attempts: int
+
+
+class CancelOutcome(msgspec.Struct, frozen=True):
+    """What a cancel request found and did."""
+
+    job_id: models.JobId
+    previous: models.JobStatus
+    status: models.JobStatus
+
+
+class Repository:
+    """Named queries over one asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], queries: db.Queries) -> None:
+        self._pool = pool
+        self._q = queries
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except db.CONNECTION_ERRORS as exc:
+            raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._conn() as conn:
+            return list(await conn.fetch(self._q[name], *args))
+
+    async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        async with self._conn() as conn:
+            return await conn.fetchrow(self._q[name], *args)
+
+    async def _fetchval(self, name: str, *args: Any) -> Any:
+        async with self._conn() as conn:
+            return await conn.fetchval(self._q[name], *args)
+
+    # -- schema ---------------------------------------------------------------------------
+
+    async def pending_migrations(self) -> list[int]:
+        """Migration versions not yet applied."""
+        async with self._conn() as conn:
+            return await db.pending_migrations(conn, self._q)  # type: ignore[arg-type]
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless the database answers."""
+        async with self._conn() as conn:
+            await conn.fetchval("SELECT 1")
+
+    # -- submissions ----------------------------------------------------------------------
+
+    async def enqueue(self, new: models.NewContent) -> models.Enqueued:
+        """Store content and its first job, or answer the owner's known resource (dedup).
+
+        Concurrent identical submissions meet on the content's unique (owner, resource_key):
+        exactly one inserts, the others see its row.
+        """
+        content_id = models.ContentId(models.new_id())
+        job_id = models.JobId(models.new_id())
+        for _ in range(3):
+            row = await self._fetchrow(
+                "insert_content_and_job",
+                content_id, new.owner, new.content_type, new.resource_key, new.source_url,
+                new.title, new.tags, new.body, new.source_metadata, new.pipeline_version,
+                job_id, new.data_tier, new.callback_url, new.priority,
+            )  # fmt: skip
+            if row is not None:
+                return models.Enqueued(
+                    job_id=job_id, content_id=content_id, content_type=new.content_type,
+                    resource_key=row["resource_key"], status="pending", deduplicated=False,
+                )  # fmt: skip
+            assert new.resource_key is not None  # markdown keys are always new
+            known = await self._fetchrow("find_resource", new.owner, new.resource_key)
+            if known is not None:
+                return models.Enqueued(
+                    job_id=known["job_id"], content_id=known["content_id"],
+                    content_type=known["content_type"], resource_key=known["resource_key"],
+                    status=known["status"], deduplicated=True,
+                )  # fmt: skip
+        raise errors.Conflict("the resource changed during submission; retry")
+
+    # -- worker side ----------------------------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, limit: int, *, max_processing: int, lease_s: float,
+        pipeline_version: str, now: dt.datetime | None = None,
+    ) -> list[models.Claimed]:  # fmt: skip
+        """Claim up to `limit` jobs (never more than `max_processing` running in all)."""
+        async with self._conn() as conn:
+            jobs = [
+                _row(r, models.Job)
+                for r in await conn.fetch(
+                    self._q["claim_jobs"], worker_id, limit, max_processing, lease_s, now,
+                    pipeline_version,
+                )  # fmt: skip
+            ]
+            if not jobs:
+                return []
+            contents = {
+                r["content_id"]: _row(r, models.Content)
+                for r in await conn.fetch(
+                    self._q["contents_by_id"], [job.content_id for job in jobs]
+                )
+            }
+        return [models.Claimed(job=job, content=contents[job.content_id]) for job in jobs]
+
+    async def heartbeat(
+        self, worker_id: str, held: Sequence[tuple[Guard, str | None, list[models.StageTiming]]],
+        *, lease_s: float, now: dt.datetime | None = None,
+    ) -> dict[models.JobId, bool]:  # fmt: skip
+        """Extend the leases of held jobs; answers {job still held: cancel requested}."""
+        if not held:
+            return {}
+        rows = await self._fetch(
+            "heartbeat",
+            [guard.job_id for guard, _, _ in held],
+            [guard.attempts for guard, _, _ in held],
+            [stage for _, stage, _ in held],
+            {str(guard.job_id): _timings(stages) for guard, _, stages in held},
+            now, lease_s, worker_id,
+        )  # fmt: skip
+        return {row["job_id"]: row["cancel_requested"] for row in rows}
+
+    async def save_fetched(
+        self, guard: Guard, *, body: str, title: str | None, metadata: Mapping[str, Any]
+    ) -> bool:
+        """Store the fetch stage's text and metadata while the job is still ours."""
+        row = await self._fetchrow(
+            "save_fetched", guard.job_id, guard.worker_id, guard.attempts, body, title,
+            dict(metadata),
+        )  # fmt: skip
+        return row is not None
+
+    async def complete(
+        self, guard: Guard, *, result: Mapping[str, Any], tags: Sequence[str],
+        stages: Sequence[models.StageTiming], diagnostics: Mapping[str, Any],
+        full_payload: Mapping[str, Any] | None, now: dt.datetime | None = None,
+    ) -> bool:  # fmt: skip
+        """Persist a run all-or-nothing: result, completed job, tag counts, outbox row."""
+        try:
+            row = await self._fetchrow(
+                "complete_job", guard.job_id, guard.worker_id, guard.attempts, now,
+                _timings(stages), dict(diagnostics),
+                dict(full_payload) if full_payload is not None else None, dict(result), list(tags),
+            )  # fmt: skip
+        except asyncpg.PostgresError as exc:
+            raise errors.PipelineError("PERSIST_ERROR", f"could not persist: {exc}") from exc
+        return row is not None
+
+    async def fail(
+        self, guard: Guard, *, code: str, stage: str, message: str,
+        stages: Sequence[models.StageTiming], diagnostics: Mapping[str, Any],
+        full_payload: Mapping[str, Any] | None, now: dt.datetime | None = None,
+    ) -> bool:  # fmt: skip
+        """End a run as failed, with the outbox row when it has a callback."""
+        row = await self._fetchrow(
+            "fail_job", guard.job_id, guard.worker_id, guard.attempts, now, code, stage,
+            message[: errors.MAX_ERROR_MESSAGE], _timings(stages), dict(diagnostics),
+            dict(full_payload) if full_payload is not None else None,
+        )  # fmt: skip
+        return row is not None
+
+    async def cancel_claimed(
+        self, guard: Guard, *, stages: Sequence[models.StageTiming],
+        diagnostics: Mapping[str, Any], now: dt.datetime | None = None,
+    ) -> bool:  # fmt: skip
+        """End a run as cancelled at a stage boundary."""
+        row = await self._fetchrow(
+            "cancel_claimed_job", guard.job_id, guard.worker_id, guard.attempts, now,
+            _timings(stages), dict(diagnostics),
+        )  # fmt: skip
+        return row is not None
+
+    async def release(self, guard: Guard) -> bool:
+        """Give a claim back (graceful stop): pending again, attempt not counted."""
+        row = await self._fetchrow("release_job", guard.job_id, guard.worker_id, guard.attempts)
+        return row is not None
+
+    async def rescue_expired(
+        self, *, max_attempts: int, now: dt.datetime | None = None
+    ) -> list[Rescued]:
+        """Take back jobs whose lease expired (see the `rescue_expired` query)."""
+        return [_row(r, Rescued) for r in await self._fetch("rescue_expired", now, max_attempts)]
+
+    async def vocabulary(self, owner: str, limit: int = 50) -> list[str]:
+        """The owner's most used result tags."""
+        return [r["tag"] for r in await self._fetch("owner_vocabulary", owner, limit)]
+
+    async def known_tags(self, owner: str, tags: Iterable[str]) -> set[str]:
+        """Which of `tags` the owner used before."""
+        return {r["tag"] for r in await self._fetch("owner_known_tags", owner, list(tags))}
+
+    # -- reading and control --------------------------------------------------------------
+
+    async def job(self, job_id: uuid.UUID, *, owner: str | None) -> models.Job | None:
+        """One job if visible to `owner` (None: admin)."""
+        row = await self._fetchrow("job_by_id", job_id, owner)
+        return _row(row, models.Job) if row else None
+
+    async def callback(self, job_id: uuid.UUID) -> models.Callback | None:
+        """The delivery state of a job's callback event."""
+        row = await self._fetchrow("callback_of_job", job_id)
+        return _row(row, models.Callback) if row else None
+
+    async def content(self, content_id: uuid.UUID, *, owner: str | None) -> models.Content | None:
+        """One content item if visible to `owner` (None: admin)."""
+        row = await self._fetchrow("content_by_id", content_id, owner)
+        return _row(row, models.Content) if row else None
+
+    async def request_cancel(
+        self, job_id: uuid.UUID, *, owner: str | None, now: dt.datetime | None = None
+    ) -> CancelOutcome | None:
+        """Cancel a pending job, flag a processing one; None when not visible."""
+        row = await self._fetchrow("request_cancel", job_id, owner, now)
+        return _row(row, CancelOutcome) if row else None
+
+    async def audit(
+        self, event: str, *, owner: str | None, actor_key_id: uuid.UUID | None,
+        subject: uuid.UUID | None, detail: Mapping[str, Any],
+    ) -> None:  # fmt: skip
+        """Store an audit event."""
+        async with self._conn() as conn:
+            await conn.execute(
+                self._q["insert_audit_event"], event, owner, actor_key_id, subject, dict(detail)
+            )
+
+    # -- keys and owners ------------------------------------------------------------------
+
+    async def create_key(self, owner: str, role: models.Role) -> CreatedKey:
+        """A new API key for `owner` (created with its webhook secret if new)."""
+        api_key = "menos_" + secrets.token_urlsafe(32)
+        key_id = models.new_id()
+        async with self._conn() as conn, conn.transaction():
+            try:
+                secret = await conn.fetchval(self._q["ensure_owner"], owner, new_webhook_secret())
+            except asyncpg.CheckViolationError:
+                raise errors.InvalidInput(
+                    "owner", "use 1-64 characters of letters, digits, '.', '_' or '-'"
+                ) from None
+            await conn.execute(self._q["insert_api_key"], key_id, owner, role, hash_key(api_key))
+        return CreatedKey(
+            key_id=key_id, owner=owner, role=role, api_key=api_key, webhook_secret=secret
+        )
+
+    async def principal(self, api_key: str) -> models.Principal | None:
+        """Who a presented key belongs to; None when unknown or revoked."""
+        row = await self._fetchrow("principal_by_hash", hash_key(api_key))
+        return _row(row, models.Principal) if row else None
+
+    async def list_keys(self, owner: str | None) -> list[models.ApiKey]:
+        """Every key (never the key itself), optionally of one owner."""
+        return [_row(r, models.ApiKey) for r in await self._fetch("list_api_keys", owner)]
+
+    async def revoke_key(self, key_id: uuid.UUID) -> bool:
+        """Revoke a key; False when unknown or already revoked."""
+        return await self._fetchrow("revoke_api_key", key_id) is not None
+
+    async def rotate_secret(self, owner: str, now: dt.datetime | None = None) -> str | None:
+        """A new webhook secret for `owner`; the previous one signs too for 24 h."""
+        secret = new_webhook_secret()
+        expires = (now or dt.datetime.now(dt.UTC)) + SECRET_OVERLAP
+        row = await self._fetchrow("rotate_owner_secret", owner, secret, expires)
+        return secret if row else None

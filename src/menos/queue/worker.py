@@ -1,0 +1,320 @@
+"""The worker: claims jobs with SKIP LOCKED, runs the pipeline in N slots, heartbeats leases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+import traceback
+import uuid
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+
+from menos import db, errors
+from menos.pipeline import stages
+from menos.queue import models, repository, rescuer
+
+log = structlog.get_logger("menos.worker")
+
+CHANNEL_JOBS = "menos_jobs"
+CHANNEL_CANCEL = "menos_cancel"
+
+
+class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How one worker process behaves."""
+
+    worker_id: str
+    concurrency: int
+    max_processing: int
+    lease_s: float
+    max_attempts: int
+    poll_s: float
+    shutdown_grace_s: float
+    pipeline_version: str
+    default_full_tier: bool = False
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.max_processing < 1:
+            raise ValueError("concurrency and max_processing must be >= 1")
+        if self.lease_s <= 0 or self.poll_s <= 0 or self.shutdown_grace_s <= 0:
+            raise ValueError("lease_s, poll_s and shutdown_grace_s must be > 0")
+
+
+class _Slot(stages.Port):
+    """One claimed job being run: the pipeline's port onto the queue."""
+
+    def __init__(self, worker: Worker, claimed: models.Claimed, ctx: stages.Context) -> None:
+        job = claimed.job
+        self.worker = worker
+        self.claimed = claimed
+        self.guard = repository.Guard(job.job_id, worker.config.worker_id, job.attempts)
+        self.run = stages.Run(full=job.data_tier == "full", clock=ctx.clock)
+        self.cancel_requested = job.cancel_requested_at is not None
+        self.lost = False
+        self.held_until = time.monotonic() + worker.config.lease_s
+        self.releasing = False
+
+    async def boundary(self, stage: stages.Stage) -> None:
+        if self.lost or time.monotonic() > self.held_until:
+            raise stages.Lost()
+        if self.cancel_requested:
+            raise stages.Cancelled()
+
+    async def save_fetched(self, body: str, title: str | None, metadata: dict[str, Any]) -> None:
+        if not await self.worker.repo.save_fetched(
+            self.guard, body=body, title=title, metadata=metadata
+        ):
+            raise stages.Lost()
+
+    async def vocabulary(self) -> list[str]:
+        return await self.worker.repo.vocabulary(self.claimed.job.owner)
+
+    async def known_tags(self, tags: list[str]) -> set[str]:
+        return await self.worker.repo.known_tags(self.claimed.job.owner, tags)
+
+    async def persist(self, result: dict[str, Any], tags: list[str]) -> None:
+        if self.lost:
+            raise stages.Lost()
+        if not await self.worker.repo.complete(
+            self.guard, result=result, tags=tags, stages=self.timings(close=True),
+            diagnostics=self.run.diagnostics, full_payload=self.run.full_payload,
+        ):  # fmt: skip
+            raise stages.Lost()
+
+    def timings(self, *, close: bool = False) -> list[models.StageTiming]:
+        """Stage timings so far; `close` ends the running stage now (for the final write)."""
+        rows = list(self.run.stages)
+        if close and rows and rows[-1]["finished_at"] is None:
+            started: dt.datetime = rows[-1]["started_at"]
+            finished = dt.datetime.now(dt.UTC)
+            rows[-1] = {**rows[-1], "finished_at": finished,
+                        "duration_ms": round((finished - started).total_seconds() * 1000, 3)}  # fmt: skip
+        return [msgspec.convert(row, models.StageTiming) for row in rows]
+
+
+class Worker:
+    """Claims and runs jobs until stopped; then lets running jobs finish within the grace."""
+
+    def __init__(
+        self, config: WorkerConfig, repo: repository.Repository, ctx: stages.Context, *, dsn: str
+    ) -> None:
+        self.config = config
+        self.repo = repo
+        self.ctx = ctx
+        self._dsn = dsn
+        self._slots: dict[models.JobId, _Slot] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    async def run_once(self, now: dt.datetime | None = None) -> int:
+        """Claim into the free slots and start the jobs; returns how many were claimed."""
+        free = self.config.concurrency - len(self._tasks)
+        if free <= 0:
+            return 0
+        claimed = await self.repo.claim(
+            self.config.worker_id, free, max_processing=self.config.max_processing,
+            lease_s=self.config.lease_s, pipeline_version=self.config.pipeline_version, now=now,
+        )  # fmt: skip
+        for item in claimed:
+            slot = _Slot(self, item, self.ctx)
+            self._slots[item.job.job_id] = slot
+            task = asyncio.create_task(self._run_job(slot), name=f"job-{item.job.job_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._job_done)
+        return len(claimed)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Wait for every running job (tests and benchmarks)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The worker loop: claim, wait for NOTIFY or the poll interval, repeat until stop."""
+        log.info("worker_started", worker_id=self.config.worker_id,
+                 concurrency=self.config.concurrency)  # fmt: skip
+        background = [
+            asyncio.create_task(self._listen(stop), name="listen"),
+            asyncio.create_task(self._heartbeat(stop), name="heartbeat"),
+            asyncio.create_task(
+                rescuer.Rescuer(
+                    self.repo, max_attempts=self.config.max_attempts,
+                    interval_s=self.config.lease_s / 3,
+                ).run(stop),
+                name="rescuer",
+            ),  # fmt: skip
+        ]
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    claimed = await self.run_once()
+                except errors.DatabaseUnavailable as exc:
+                    log.warning("claim_database_unavailable", error=str(exc))
+                    claimed = 0
+                except Exception:
+                    log.exception("claim_failed")
+                    claimed = 0
+                if claimed and len(self._tasks) < self.config.concurrency:
+                    continue  # there may be more waiting
+                await _first(self._wake.wait(), stop.wait(), timeout=self.config.poll_s)
+            await self._shutdown()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+        log.info("worker_stopped", worker_id=self.config.worker_id)
+
+    async def _shutdown(self) -> None:
+        if not self._tasks:
+            return
+        log.info("worker_stopping", running=len(self._tasks),
+                 grace_s=self.config.shutdown_grace_s)  # fmt: skip
+        _, unfinished = await asyncio.wait(
+            list(self._tasks), timeout=self.config.shutdown_grace_s
+        )
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+
+    # -- background duties ------------------------------------------------------------------
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        interval = self.config.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            slots = [slot for slot in self._slots.values() if not slot.lost]
+            if not slots:
+                continue
+            sent_at = time.monotonic()
+            try:
+                held = await self.repo.heartbeat(
+                    self.config.worker_id,
+                    [(slot.guard, slot.run.current, slot.timings()) for slot in slots],
+                    lease_s=self.config.lease_s,
+                )  # fmt: skip
+            except Exception as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+                continue
+            for slot in slots:
+                if slot.guard.job_id not in held:
+                    slot.lost = True
+                    continue
+                slot.held_until = sent_at + self.config.lease_s
+                slot.cancel_requested = slot.cancel_requested or held[slot.guard.job_id]
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN for new jobs and cancellations; reconnect after any connection loss."""
+        while not stop.is_set():
+            conn: asyncpg.Connection[Any] | None = None
+            closed = asyncio.Event()
+            try:
+                conn = await db.connect(self._dsn)
+                conn.add_termination_listener(lambda _c: closed.set())
+                await conn.add_listener(CHANNEL_JOBS, self._on_jobs)
+                await conn.add_listener(CHANNEL_CANCEL, self._on_cancel)
+                self._wake.set()  # claim once after (re)connecting: NOTIFYs may have been missed
+                await _first(closed.wait(), stop.wait(), timeout=None)
+            except Exception as exc:
+                log.warning("listen_failed", error=str(exc) or type(exc).__name__)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=2)
+            await _first(stop.wait(), timeout=self.config.poll_s)
+
+    def _on_jobs(self, *_args: object) -> None:
+        self._wake.set()
+
+    def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        with contextlib.suppress(ValueError):
+            slot = self._slots.get(models.JobId(uuid.UUID(str(payload))))
+            if slot is not None:
+                slot.cancel_requested = True
+
+    # -- one job ----------------------------------------------------------------------------
+
+    async def _run_job(self, slot: _Slot) -> None:
+        job, content = slot.claimed.job, slot.claimed.content
+        structlog.contextvars.bind_contextvars(
+            job_id=str(job.job_id), content_id=str(content.content_id),
+            worker_id=self.config.worker_id,
+        )  # fmt: skip
+        started = time.perf_counter()
+        outcome = "completed"
+        log.info("job_claimed", attempts=job.attempts, content_type=content.content_type)
+        item = stages.Item(
+            owner=content.owner, content_type=content.content_type,
+            resource_key=content.resource_key, source_url=content.source_url,
+            title=content.title, tags=content.tags, body=content.body,
+            source_metadata=content.source_metadata,
+        )  # fmt: skip
+        try:
+            await stages.run_pipeline(item, slot, self.ctx, slot.run)
+        except stages.Cancelled:
+            outcome = "cancelled"
+            if not await self.repo.cancel_claimed(
+                slot.guard, stages=slot.timings(close=True), diagnostics=slot.run.diagnostics
+            ):
+                outcome = "lost"
+        except stages.Lost:
+            outcome = "lost"
+        except errors.PipelineError as exc:
+            outcome = "failed"
+            await self._fail(slot, exc.code, exc.message)
+        except asyncio.CancelledError:
+            outcome = "released"
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.repo.release(slot.guard))
+            raise
+        except errors.DatabaseUnavailable as exc:
+            outcome = "lost"  # the lease runs out and the rescuer returns the job
+            log.warning("job_database_unavailable", error=str(exc))
+        except Exception as exc:
+            outcome = "failed"
+            slot.run.diagnostics["traceback"] = traceback.format_exc()[-4000:]
+            log.exception("job_exception")
+            await self._fail(slot, "PIPELINE_EXCEPTION", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._slots.pop(job.job_id, None)
+            log.info(
+                "job_finished", outcome=outcome,
+                stage=slot.run.current,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )  # fmt: skip
+            structlog.contextvars.unbind_contextvars("job_id", "content_id", "worker_id")
+
+    async def _fail(self, slot: _Slot, code: str, message: str) -> None:
+        stage = slot.run.current or "fetch"
+        slot.run.diagnostics["error"] = {"code": code, "stage": stage, "message": message}
+        try:
+            written = await self.repo.fail(
+                slot.guard, code=code, stage=stage, message=message,
+                stages=slot.timings(close=True), diagnostics=slot.run.diagnostics,
+                full_payload=slot.run.full_payload,
+            )  # fmt: skip
+        except errors.DatabaseUnavailable as exc:
+            log.warning("job_fail_not_recorded", error=str(exc))
+            return
+        if not written:
+            log.info("job_lost_before_fail")
+
+
+async def _first(*aws: Any, timeout: float | None) -> None:
+    """Wait until the first awaitable finishes or `timeout` passes; cancel the rest."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

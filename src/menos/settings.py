@@ -1,0 +1,184 @@
+"""Typed settings parsed once from the environment (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import msgspec
+
+from menos import errors
+
+T = TypeVar("T")
+
+Analyzer = Literal["builtin", "openai"]
+DataTier = Literal["compact", "full"]
+LogFormat = Literal["console", "json"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob of menos; built by `from_env`, passed down explicitly."""
+
+    database_url: str | None = None
+    home: Path = Path(".menos")
+    pg_bindir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_concurrency: int = 4
+    worker_concurrency: int = 4
+    job_lease_s: float = 60.0
+    job_max_attempts: int = 3
+    analyzer: Analyzer = "builtin"
+    llm_base_url: str = "http://127.0.0.1:11434/v1"
+    llm_model: str = "llama3.1"
+    llm_api_key: str | None = None
+    llm_timeout_s: float = 120.0
+    pipeline_max_chars: int = 10000
+    callback_timeout_s: float = 10.0
+    callback_backoff_s: float = 2.0
+    callback_allow_private: bool = False
+    data_tier: DataTier = "compact"
+    retention_compact_days: int = 180
+    retention_full_days: int = 60
+    log_format: LogFormat = "json"
+    youtube_languages: tuple[str, ...] = ("en",)
+    youtube_oembed_url: str = "https://www.youtube.com/oembed"
+    worker_poll_s: float = 2.0
+    worker_shutdown_grace_s: float = 30.0
+    max_body_bytes: int = 5 * 1024 * 1024
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise errors.SettingsError(name, f"expected a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise errors.SettingsError(name, f"expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise errors.SettingsError(name, f"expected a positive integer, got {raw!r}") from None
+    if value <= 0:
+        raise errors.SettingsError(name, f"expected a positive integer, got {raw!r}")
+    return value
+
+
+def _port(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > 65535:
+        raise errors.SettingsError(name, f"expected a TCP port (1-65535), got {raw!r}")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise errors.SettingsError(name, f"expected true or false, got {raw!r}")
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in allowed:
+            raise errors.SettingsError(name, f"expected one of {', '.join(allowed)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _url(name: str, raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise errors.SettingsError(name, f"expected an http(s) URL, got {raw!r}")
+    return raw.rstrip("/") if name == "MENOS_LLM_BASE_URL" else raw
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise errors.SettingsError(name, "must not be blank")
+    return raw.strip()
+
+
+def _languages(name: str, raw: str) -> tuple[str, ...]:
+    langs = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not langs:
+        raise errors.SettingsError(name, "expected comma-separated language codes")
+    return langs
+
+
+# variable → (field, parser)
+_FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "MENOS_DATABASE_URL": ("database_url", _text),
+    "MENOS_HOME": ("home", lambda n, r: Path(_text(n, r))),
+    "MENOS_PG_BINDIR": ("pg_bindir", lambda n, r: Path(_text(n, r))),
+    "MENOS_HOST": ("host", _text),
+    "MENOS_PORT": ("port", _port),
+    "MENOS_MAX_CONCURRENCY": ("max_concurrency", _positive_int),
+    "MENOS_WORKER_CONCURRENCY": ("worker_concurrency", _positive_int),
+    "MENOS_JOB_LEASE_S": ("job_lease_s", _seconds),
+    "MENOS_JOB_MAX_ATTEMPTS": ("job_max_attempts", _positive_int),
+    "MENOS_ANALYZER": ("analyzer", _choice("builtin", "openai")),
+    "MENOS_LLM_BASE_URL": ("llm_base_url", _url),
+    "MENOS_LLM_MODEL": ("llm_model", _text),
+    "MENOS_LLM_API_KEY": ("llm_api_key", _text),
+    "MENOS_LLM_TIMEOUT_S": ("llm_timeout_s", _seconds),
+    "MENOS_PIPELINE_MAX_CHARS": ("pipeline_max_chars", _positive_int),
+    "MENOS_CALLBACK_TIMEOUT_S": ("callback_timeout_s", _seconds),
+    "MENOS_CALLBACK_BACKOFF_S": ("callback_backoff_s", _seconds),
+    "MENOS_CALLBACK_ALLOW_PRIVATE": ("callback_allow_private", _bool),
+    "MENOS_DATA_TIER": ("data_tier", _choice("compact", "full")),
+    "MENOS_RETENTION_COMPACT_DAYS": ("retention_compact_days", _positive_int),
+    "MENOS_RETENTION_FULL_DAYS": ("retention_full_days", _positive_int),
+    "MENOS_LOG_FORMAT": ("log_format", _choice("console", "json")),
+    "MENOS_YOUTUBE_LANGUAGES": ("youtube_languages", _languages),
+    "MENOS_YOUTUBE_OEMBED_URL": ("youtube_oembed_url", _url),
+    "MENOS_WORKER_POLL_S": ("worker_poll_s", _seconds),
+    "MENOS_WORKER_SHUTDOWN_GRACE_S": ("worker_shutdown_grace_s", _seconds),
+    "MENOS_MAX_BODY_BYTES": ("max_body_bytes", _positive_int),
+}
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a `.env` file of KEY=VALUE lines (comments and blank lines ignored)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or "=" not in stripped:
+            continue
+        key, _, value = stripped.removeprefix("export ").partition("=")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def from_env(environ: Mapping[str, str] | None = None, *, dotenv: Path | None = None) -> Settings:
+    """Build settings from the environment; an invalid value raises SettingsError naming it.
+
+    Real environment variables win over the `.env` file.
+    """
+    env: dict[str, str] = read_dotenv(dotenv or Path(".env"))
+    env.update(os.environ if environ is None else environ)
+    values: dict[str, object] = {
+        "log_format": "console" if sys.stderr.isatty() else "json",
+    }
+    for variable, (field, parse) in _FIELDS.items():
+        raw = env.get(variable)
+        if raw is None or (raw == "" and variable != "MENOS_CALLBACK_ALLOW_PRIVATE"):
+            continue
+        values[field] = parse(variable, raw)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def with_overrides(settings: Settings, **changes: T) -> Settings:
+    """A copy of `settings` with some fields replaced (used by command-line flags)."""
+    return msgspec.structs.replace(settings, **changes)
