@@ -1,0 +1,170 @@
+"""Submitted URLs to content types and resource keys (DESIGN §3, "Resource keys")."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import unicodedata
+import urllib.parse
+from typing import Literal
+
+import msgspec
+
+from menos import errors
+
+MAX_URL_LENGTH = 2048
+
+_FIELD = "url"
+_VIDEO_ID = re.compile(r"[A-Za-z0-9_-]{11}")
+_YOUTUBE_HOSTS = frozenset(
+    {
+        "youtube.com",
+        "www.youtube.com",
+        "m.youtube.com",
+        "music.youtube.com",
+        "youtube-nocookie.com",
+        "www.youtube-nocookie.com",
+    }
+)
+_YOUTU_BE = "youtu.be"
+# Characters no host name or IP literal contains once urllib has removed brackets and user-info.
+_BAD_HOST_CHAR = re.compile(r"[<>\"{}|^`\[\]%/?#@\\]")
+# Path prefixes on the YouTube hosts whose next segment is the video id.
+_ID_PATH_PREFIXES = frozenset({"shorts", "embed", "live", "v"})
+_TRACKING_EXACT = frozenset(
+    {
+        "msclkid",
+        "mc_cid",
+        "mc_eid",
+        "_ga",
+        "_gl",
+        "gbraid",
+        "wbraid",
+        "igshid",
+        "_hsenc",
+        "_hsmi",
+    }
+)
+
+
+class Identified(msgspec.Struct, frozen=True):
+    """What a submitted URL is: its content type, resource key and the URL to fetch."""
+
+    content_type: Literal["youtube", "web"]
+    resource_key: str
+    source_url: str
+
+
+def identify(url: str) -> Identified:
+    """Classify `url` as a YouTube video or a web page; raise InvalidInput("url") if invalid."""
+    parts = _split(url)
+    source_url = url.split("#", 1)[0]
+    host = _host(parts)
+    if host in _YOUTUBE_HOSTS or host == _YOUTU_BE:
+        video_id = _video_id(host, parts)
+        if video_id is None:
+            raise errors.InvalidInput(
+                _FIELD,
+                "YouTube URL without a valid video id (expected 11 characters of"
+                " A-Z, a-z, 0-9, _ or -)",
+            )
+        return Identified(
+            content_type="youtube", resource_key=f"yt:{video_id}", source_url=source_url
+        )
+    return Identified(
+        content_type="web", resource_key=web_resource_key(_normalize(parts)), source_url=source_url
+    )
+
+
+def normalize_url(url: str) -> str:
+    """Normalize a web-page URL as DESIGN §3 prescribes; raise InvalidInput("url") if invalid."""
+    return _normalize(_split(url))
+
+
+def web_resource_key(normalized_url: str) -> str:
+    """`url:` + unpadded base64url of the first 12 bytes of SHA-256 of the normalized URL."""
+    digest = hashlib.sha256(normalized_url.encode("utf-8")).digest()[:12]
+    return "url:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _split(url: str) -> urllib.parse.SplitResult:
+    """Parse and validate a submitted URL; every rejection is an InvalidInput naming `url`."""
+    if not url:
+        raise errors.InvalidInput(_FIELD, "URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise errors.InvalidInput(_FIELD, f"URL is longer than {MAX_URL_LENGTH} characters")
+    if any(_forbidden_char(char) for char in url):
+        raise errors.InvalidInput(_FIELD, "URL contains whitespace or control characters")
+    # WHATWG parsers read a backslash as "/", urllib does not: refuse the ambiguity outright.
+    if "\\" in url:
+        raise errors.InvalidInput(_FIELD, "URL contains a backslash")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise errors.InvalidInput(_FIELD, f"URL cannot be parsed: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise errors.InvalidInput(_FIELD, "only http and https URLs are accepted")
+    host = _host(parts)
+    if not host:
+        raise errors.InvalidInput(_FIELD, "URL has no host")
+    if _BAD_HOST_CHAR.search(host):
+        raise errors.InvalidInput(_FIELD, "URL host contains characters a host name cannot have")
+    if port == 0:
+        raise errors.InvalidInput(_FIELD, "URL has port 0")
+    return parts
+
+
+def _forbidden_char(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+
+def _host(parts: urllib.parse.SplitResult) -> str:
+    """The host without user-info, lower-cased and without a trailing dot (IPv6 unbracketed)."""
+    host = (parts.hostname or "").lower()
+    return host[:-1] if host.endswith(".") else host
+
+
+def _video_id(host: str, parts: urllib.parse.SplitResult) -> str | None:
+    segments = parts.path.split("/")[1:]
+    # One trailing slash is tolerated: /shorts/ID/ is still /shorts/ID.
+    if len(segments) > 1 and segments[-1] == "":
+        segments = segments[:-1]
+    candidate: str | None = None
+    if host == _YOUTU_BE:
+        if len(segments) == 1:
+            candidate = segments[0]
+    elif segments == ["watch"]:
+        values = urllib.parse.parse_qs(parts.query, keep_blank_values=True).get("v")
+        candidate = values[0] if values else None
+    elif len(segments) == 2 and segments[0] in _ID_PATH_PREFIXES:
+        candidate = segments[1]
+    if candidate is not None and _VIDEO_ID.fullmatch(candidate):
+        return candidate
+    return None
+
+
+def _normalize(parts: urllib.parse.SplitResult) -> str:
+    host = _host(parts)
+    if host.startswith("www."):
+        host = host[len("www.") :]
+    if not host:
+        raise errors.InvalidInput(_FIELD, "URL has no host")
+    netloc = f"[{host}]" if ":" in host else host
+    port = parts.port
+    if port is not None and port not in (80, 443):
+        netloc = f"{netloc}:{port}"
+    path = parts.path.rstrip("/") or "/"
+    pairs = [
+        (key, value)
+        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if not _is_tracking_key(key)
+    ]
+    query = urllib.parse.urlencode(sorted(pairs))
+    return f"https://{netloc}{path}?{query}" if query else f"https://{netloc}{path}"
+
+
+def _is_tracking_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered.startswith("utm_") or lowered.endswith("clid") or lowered in _TRACKING_EXACT

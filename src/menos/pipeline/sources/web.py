@@ -1,0 +1,224 @@
+"""Web-page source: fetch a page over httpx (capped, redirect hops counted) and keep its text."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import html
+import re
+from typing import Any
+
+import httpx
+import trafilatura
+
+from menos import errors
+from menos.pipeline.sources import fetched
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_GONE_STATUSES = frozenset({404, 410})
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_VERBATIM_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
+_ACCEPT = "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8"
+# Only the start of a document may declare its encoding in a <meta> tag.
+_META_CHARSET_WINDOW = 2048
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+_TAG_NAME = re.compile(r"/?([A-Za-z][A-Za-z0-9]*)")
+# Elements whose content is never visible text, and elements that end a line of text.
+_INVISIBLE_TAGS = frozenset({"script", "style", "noscript", "template", "head", "svg"})
+_BLOCK_TAGS = frozenset(
+    {"p", "div", "br", "li", "tr", "section", "article", "blockquote", "h1", "h2", "h3", "h4"}
+    | {"h5", "h6", "pre", "table", "ul", "ol", "header", "footer", "main", "aside", "nav"}
+)
+
+
+async def fetch_page(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    max_bytes: int,
+    timeout_s: float = 10.0,
+    max_redirects: int = 5,
+) -> fetched.Fetched:
+    """Fetch `url` and return its readable text; every failure is a PipelineError.
+
+    Redirects are followed here, at most `max_redirects` hops, each a new request through
+    `client` (so a `ssrf.PinnedTransport` checks every hop). `timeout_s` bounds the whole
+    fetch, all hops included; the body is streamed and abandoned past `max_bytes`.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _fetch(client, url, max_bytes, timeout_s, max_redirects)
+    except TimeoutError:
+        raise errors.PipelineError(
+            "FETCH_FAILED", f"timed out after {timeout_s:g} s fetching the page"
+        ) from None
+
+
+async def _fetch(
+    client: httpx.AsyncClient, url: str, max_bytes: int, timeout_s: float, max_redirects: int
+) -> fetched.Fetched:
+    current = url
+    for _hop in range(max_redirects + 1):
+        try:
+            async with client.stream(
+                "GET",
+                current,
+                headers={"accept": _ACCEPT},
+                follow_redirects=False,
+                timeout=timeout_s,
+            ) as response:
+                location = response.headers.get("location")
+                if response.status_code in _REDIRECT_STATUSES and location:
+                    current = _redirect_target(response.url, location)
+                    continue
+                return await _read_page(response, current, max_bytes)
+        except errors.InvalidInput as exc:
+            raise errors.PipelineError(
+                "FETCH_FAILED", f"blocked by the SSRF rule: {exc.message}"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise errors.PipelineError(
+                "FETCH_FAILED", f"timed out after {timeout_s:g} s fetching the page"
+            ) from exc
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            raise errors.PipelineError(
+                "FETCH_FAILED", f"could not fetch the page: {type(exc).__name__}: {exc}"
+            ) from exc
+    raise errors.PipelineError("FETCH_FAILED", f"more than {max_redirects} redirects")
+
+
+def _redirect_target(base: httpx.URL, location: str) -> str:
+    target = base.join(location).copy_with(fragment=None)
+    if target.scheme not in ("http", "https"):
+        raise errors.PipelineError(
+            "FETCH_FAILED", f"redirected to a non-HTTP URL ({target.scheme})"
+        )
+    return str(target)
+
+
+async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> fetched.Fetched:
+    status = response.status_code
+    if status in _GONE_STATUSES:
+        raise errors.PipelineError("SOURCE_NOT_FOUND", f"page not found (HTTP {status})")
+    if not 200 <= status < 300:
+        raise errors.PipelineError("FETCH_FAILED", f"the server answered HTTP {status}")
+    content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type and content_type not in _HTML_TYPES and content_type not in _VERBATIM_TYPES:
+        raise errors.PipelineError(
+            "CONTENT_EMPTY", f"nothing readable: unsupported content type {content_type}"
+        )
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    is_html = content_type not in _VERBATIM_TYPES
+    text = raw.decode(_encoding(response, raw, is_html=is_html), errors="replace")
+    if is_html:
+        # trafilatura parses with lxml, CPU-bound on large pages: keep the event loop free.
+        body, title = await asyncio.to_thread(_readable_html, text)
+    else:
+        body, title = text.strip(), _markdown_title(text, content_type)
+    if not body.strip():
+        raise errors.PipelineError("CONTENT_EMPTY", "the page has no readable text")
+    metadata: dict[str, Any] = {
+        "final_url": url,
+        "status_code": status,
+        "content_type": content_type or None,
+        "bytes": size,
+    }
+    return fetched.Fetched(body=body, title=title, metadata=metadata)
+
+
+def _too_large(max_bytes: int) -> errors.PipelineError:
+    return errors.PipelineError("FETCH_FAILED", f"page larger than {max_bytes} bytes")
+
+
+def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool) -> str:
+    """The header's charset, else an HTML <meta> charset, else UTF-8; unknown names are UTF-8."""
+    candidate = response.charset_encoding
+    if candidate is None and is_html:
+        match = _META_CHARSET.search(raw[:_META_CHARSET_WINDOW])
+        candidate = match.group(1).decode("ascii") if match else None
+    if candidate:
+        try:
+            return codecs.lookup(candidate).name
+        except LookupError:
+            pass
+    return "utf-8"
+
+
+def _readable_html(page: str) -> tuple[str, str | None]:
+    """Readable text and title of an HTML page: trafilatura first, a plain tag strip if empty."""
+    text = ""
+    title: str | None = None
+    try:
+        document = trafilatura.bare_extraction(
+            page, with_metadata=True, include_comments=False, include_tables=True
+        )
+        if document is not None and not isinstance(document, dict):
+            text = document.text or ""
+            title = document.title
+        else:
+            # No main text found: trafilatura's metadata still knows <title> and og:title.
+            metadata = trafilatura.extract_metadata(page)
+            title = metadata.title if metadata is not None else None
+    # trafilatura raises assorted parser errors on hostile markup; the tag strip covers them.
+    except Exception:
+        pass
+    if not text.strip():
+        text = _strip_tags(page)
+    return text.strip(), _clean(title)
+
+
+def _strip_tags(page: str) -> str:
+    """Visible text of HTML without a parser, in one linear pass (no regex backtracking)."""
+    lower = page.lower()
+    pieces: list[str] = []
+    position, end = 0, len(page)
+    while position < end:
+        opening = page.find("<", position)
+        if opening < 0:
+            pieces.append(page[position:])
+            break
+        pieces.append(page[position:opening])
+        if page.startswith("<!--", opening):
+            closing = page.find("-->", opening + 4)
+            position = end if closing < 0 else closing + 3
+            continue
+        tag_end = page.find(">", opening + 1)
+        if tag_end < 0:
+            break
+        name = _TAG_NAME.match(page, opening + 1, tag_end)
+        tag = name.group(1).lower() if name else ""
+        position = tag_end + 1
+        if tag in _INVISIBLE_TAGS and not page.startswith("</", opening):
+            closing = lower.find(f"</{tag}", position)
+            after = lower.find(">", closing) if closing >= 0 else -1
+            position = end if after < 0 else after + 1
+        pieces.append("\n" if tag in _BLOCK_TAGS else " ")
+    text = html.unescape("".join(pieces))
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def _markdown_title(text: str, content_type: str) -> str | None:
+    """The first `# heading` of a markdown page."""
+    if content_type == "text/plain":
+        return None
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return _clean(line[2:].strip().rstrip("#"))
+    return None
+
+
+def _clean(title: str | None) -> str | None:
+    if title is None:
+        return None
+    return " ".join(title.split()) or None

@@ -1,0 +1,235 @@
+"""YouTube source: the transcript from youtube-transcript-api, title and channel from oEmbed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import msgspec
+import requests
+import requests.adapters
+import youtube_transcript_api
+
+from menos import errors
+from menos.pipeline.sources import fetched
+
+_OEMBED_TIMEOUT_S = 10.0
+# The transcript library sends requests without a timeout; its own Session gets this one.
+_TRANSCRIPT_TIMEOUT_S = 30.0
+# A pause this long between caption snippets starts a new paragraph.
+_PARAGRAPH_PAUSE_S = 2.0
+# Paragraphs end at a sentence end once this long, and at any snippet once twice as long.
+_PARAGRAPH_CHARS = 500
+_SENTENCE_END = (".", "?", "!", "…")
+# Library failures meaning the video or its transcript does not exist for us.
+_NOT_FOUND = (
+    youtube_transcript_api.NoTranscriptFound,
+    youtube_transcript_api.TranscriptsDisabled,
+    youtube_transcript_api.VideoUnavailable,
+    youtube_transcript_api.VideoUnplayable,
+    youtube_transcript_api.AgeRestricted,
+    youtube_transcript_api.InvalidVideoId,
+)
+
+
+class _OEmbed(msgspec.Struct):
+    title: str | None = None
+    author_name: str | None = None
+
+
+class _Snippet(msgspec.Struct, frozen=True):
+    text: str
+    start: float
+    duration: float
+
+
+class _Transcript(msgspec.Struct, frozen=True):
+    snippets: list[_Snippet]
+    language_code: str
+    is_generated: bool
+
+
+def canonical_url(video_id: str) -> str:
+    """The watch URL of a video, as oEmbed and users know it."""
+    return f"https://www.youtube.com/watch?v={video_id}"
+
+
+async def fetch_video(
+    client: httpx.AsyncClient,
+    video_id: str,
+    source_url: str,
+    *,
+    oembed_url: str,
+    languages: list[str],
+    transcript: str | None,
+    transcript_http: requests.Session | None = None,
+) -> fetched.Fetched:
+    """Fetch a video's transcript (unless `transcript` is supplied) and its oEmbed title/channel.
+
+    The transcript library is blocking; it runs in a worker thread with `transcript_http`
+    (a requests.Session, used by one call at a time) or a fresh Session. oEmbed failures
+    are not fatal: they are noted in `metadata["oembed_error"]`. Transcript failures raise
+    PipelineError: SOURCE_NOT_FOUND when there is no transcript, FETCH_FAILED otherwise.
+    `source_url` is what the user submitted; the video itself is looked up by `video_id`.
+    """
+    metadata: dict[str, Any] = {
+        "video_id": video_id,
+        "canonical_url": canonical_url(video_id),
+    }
+    if transcript is not None:
+        body = transcript.strip()
+        metadata["transcript_source"] = "supplied"
+    else:
+        downloaded = await _download_transcript(video_id, languages, transcript_http)
+        body = _paragraphs(downloaded.snippets)
+        metadata["transcript_source"] = "youtube"
+        metadata["language"] = downloaded.language_code
+        metadata["transcript_generated"] = downloaded.is_generated
+        if downloaded.snippets:
+            metadata["duration"] = round(
+                max(snippet.start + snippet.duration for snippet in downloaded.snippets), 3
+            )
+    if not body:
+        raise errors.PipelineError("CONTENT_EMPTY", f"the transcript of video {video_id} is empty")
+    title: str | None = None
+    try:
+        oembed = await _oembed(client, oembed_url, canonical_url(video_id))
+    except _OEmbedFailed as exc:
+        metadata["oembed_error"] = str(exc)
+    else:
+        title = oembed.title
+        if oembed.author_name:
+            metadata["channel"] = oembed.author_name
+    return fetched.Fetched(body=body, title=title, metadata=metadata)
+
+
+class _OEmbedFailed(Exception):
+    """The oEmbed lookup failed; the message says how (never fatal to the job)."""
+
+
+async def _oembed(client: httpx.AsyncClient, oembed_url: str, watch_url: str) -> _OEmbed:
+    try:
+        response = await client.get(
+            oembed_url,
+            params={"url": watch_url, "format": "json"},
+            timeout=_OEMBED_TIMEOUT_S,
+            follow_redirects=True,
+        )
+    except (httpx.HTTPError, httpx.InvalidURL, errors.InvalidInput) as exc:
+        raise _OEmbedFailed(f"oEmbed request failed: {type(exc).__name__}: {exc}") from exc
+    if response.status_code != 200:
+        raise _OEmbedFailed(f"oEmbed answered HTTP {response.status_code}")
+    try:
+        oembed = msgspec.json.decode(response.content, type=_OEmbed)
+    except msgspec.DecodeError as exc:
+        raise _OEmbedFailed(f"oEmbed answer is not the expected JSON: {exc}") from exc
+    return _OEmbed(
+        title=" ".join((oembed.title or "").split()) or None,
+        author_name=" ".join((oembed.author_name or "").split()) or None,
+    )
+
+
+async def _download_transcript(
+    video_id: str, languages: list[str], http: requests.Session | None
+) -> _Transcript:
+    try:
+        return await asyncio.to_thread(_download_blocking, video_id, list(languages), http)
+    except _NOT_FOUND as exc:
+        raise errors.PipelineError("SOURCE_NOT_FOUND", _not_found_message(exc, languages)) from exc
+    except youtube_transcript_api.CouldNotRetrieveTranscript as exc:
+        # The library's own messages run to pages of advice; its cause line is what matters.
+        cause = exc.cause.strip().splitlines()[0] if exc.cause.strip() else type(exc).__name__
+        raise errors.PipelineError(
+            "FETCH_FAILED", f"could not retrieve the transcript of video {video_id}: {cause}"
+        ) from exc
+    except requests.RequestException as exc:
+        raise errors.PipelineError(
+            "FETCH_FAILED", f"network error fetching the transcript of video {video_id}: {exc}"
+        ) from exc
+    # The library parses YouTube's pages; whatever else it raises is a failed fetch.
+    except Exception as exc:
+        raise errors.PipelineError(
+            "FETCH_FAILED",
+            f"transcript library failed for video {video_id}: {type(exc).__name__}: {exc}",
+        ) from exc
+
+
+def _not_found_message(exc: Exception, languages: list[str]) -> str:
+    video_id = getattr(exc, "video_id", "")
+    match exc:
+        case youtube_transcript_api.NoTranscriptFound():
+            wanted = ", ".join(languages) or "(none)"
+            return f"video {video_id} has no transcript in the languages {wanted}"
+        case youtube_transcript_api.TranscriptsDisabled():
+            return f"video {video_id} has transcripts disabled"
+        case youtube_transcript_api.AgeRestricted():
+            return f"video {video_id} is age-restricted; its transcript needs a login"
+        case youtube_transcript_api.VideoUnplayable():
+            return f"video {video_id} is unplayable: {exc.reason or 'no reason given'}"
+        case _:
+            return f"video {video_id} is unavailable"
+
+
+def _download_blocking(
+    video_id: str, languages: list[str], http: requests.Session | None
+) -> _Transcript:
+    """Runs in a worker thread: the library is synchronous and its Session not thread-safe."""
+    session = http if http is not None else _default_session()
+    try:
+        api = youtube_transcript_api.YouTubeTranscriptApi(http_client=session)
+        result = api.fetch(video_id, languages=languages)
+        return _Transcript(
+            snippets=[
+                _Snippet(text=item.text, start=float(item.start), duration=float(item.duration))
+                for item in result.snippets
+            ],
+            language_code=str(result.language_code),
+            is_generated=bool(result.is_generated),
+        )
+    finally:
+        if http is None:
+            session.close()
+
+
+class _TimeoutAdapter(requests.adapters.HTTPAdapter):
+    """Gives every request a timeout, since the transcript library sets none."""
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = _TRANSCRIPT_TIMEOUT_S
+        return super().send(request, *args, **kwargs)
+
+
+def _default_session() -> requests.Session:
+    session = requests.Session()
+    adapter = _TimeoutAdapter()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def _paragraphs(snippets: list[_Snippet]) -> str:
+    """Join caption snippets into paragraphs, breaking at pauses and at sentence ends."""
+    paragraphs: list[str] = []
+    current: list[str] = []
+    length = 0
+    previous_end: float | None = None
+    for snippet in snippets:
+        text = " ".join(snippet.text.split())
+        if not text:
+            continue
+        paused = previous_end is not None and snippet.start - previous_end >= _PARAGRAPH_PAUSE_S
+        if current and paused:
+            paragraphs.append(" ".join(current))
+            current, length = [], 0
+        current.append(text)
+        length += len(text) + 1
+        previous_end = snippet.start + snippet.duration
+        sentence_done = length >= _PARAGRAPH_CHARS and text.endswith(_SENTENCE_END)
+        if sentence_done or length >= 2 * _PARAGRAPH_CHARS:
+            paragraphs.append(" ".join(current))
+            current, length = [], 0
+    if current:
+        paragraphs.append(" ".join(current))
+    return "\n\n".join(paragraphs)

@@ -1,0 +1,201 @@
+"""The SSRF rule of DESIGN §6: only public addresses, checked once and then connected to."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import types
+
+import httpx
+import msgspec
+
+from menos import errors
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_DEFAULT_PORTS = types.MappingProxyType({"http": 80, "https": 443})
+
+# IPv4 ranges refused whatever the running Python's ipaddress tables say.
+_REFUSED_V4 = tuple(
+    ipaddress.IPv4Network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network", includes the unspecified address
+        "10.0.0.0/8",  # RFC 1918
+        "100.64.0.0/10",  # carrier-grade NAT
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, includes cloud metadata 169.254.169.254
+        "172.16.0.0/12",  # RFC 1918
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # documentation
+        "192.88.99.0/24",  # 6to4 relay anycast (deprecated)
+        "192.168.0.0/16",  # RFC 1918
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation
+        "203.0.113.0/24",  # documentation
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, includes broadcast 255.255.255.255
+    )
+)
+
+# IPv6 ranges refused outright; forms embedding an IPv4 address are judged by that address.
+_REFUSED_V6 = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "::/96",  # unspecified, loopback and IPv4-compatible (deprecated)
+        "::ffff:0:0/96",  # IPv4-mapped
+        "64:ff9b:1::/48",  # local-use NAT64
+        "100::/64",  # discard-only
+        "2001:2::/48",  # benchmarking
+        "2001:10::/28",  # ORCHID (deprecated)
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
+    )
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class Pinned(msgspec.Struct, frozen=True):
+    """A URL whose host resolved only to allowed addresses, and the address to connect to."""
+
+    url: str
+    host: str
+    address: str
+    port: int
+
+
+def is_public_address(ip: IPAddress) -> bool:
+    """True when `ip` may be connected to under the SSRF rule (a public unicast address)."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _is_public_v4(ip)
+    if ip.ipv4_mapped is not None or any(ip in net for net in _REFUSED_V6):
+        return False
+    embedded: list[ipaddress.IPv4Address] = []
+    if ip.sixtofour is not None:
+        embedded.append(ip.sixtofour)
+    if ip.teredo is not None:
+        embedded.extend(ip.teredo)
+    if ip in _NAT64:
+        embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if not all(_is_public_v4(inner) for inner in embedded):
+        return False
+    return not (
+        ip.is_loopback
+        or ip.is_link_local
+        or ip.is_site_local
+        or ip.is_multicast
+        or ip.is_unspecified
+        or ip.is_private
+    )
+
+
+def _is_public_v4(ip: ipaddress.IPv4Address) -> bool:
+    if any(ip in net for net in _REFUSED_V4):
+        return False
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+async def resolve_checked(url: str, *, allow_private: bool, field: str = "url") -> Pinned:
+    """Check `url` against the SSRF rule and return the address to connect to.
+
+    Every address the host resolves to must be public unless `allow_private`; the first
+    one is returned so the caller connects to exactly what was checked. Any refusal, an
+    unparsable URL or an unresolvable host raises InvalidInput naming `field`.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise errors.InvalidInput(field, f"URL cannot be parsed: {exc}") from None
+    scheme = parsed.scheme
+    if scheme not in _DEFAULT_PORTS:
+        raise errors.InvalidInput(field, "only http and https URLs are allowed")
+    if parsed.userinfo:
+        raise errors.InvalidInput(field, "URLs with user-info (user:password@) are not allowed")
+    try:
+        host = parsed.raw_host.decode("ascii").rstrip(".").lower()
+    except UnicodeDecodeError:
+        raise errors.InvalidInput(field, "URL host is not a valid host name") from None
+    if not host:
+        raise errors.InvalidInput(field, "URL has no host")
+    port = parsed.port or _DEFAULT_PORTS[scheme]
+    addresses = await _resolve(host, port, field)
+    if not allow_private:
+        for address in addresses:
+            if not is_public_address(address):
+                raise errors.InvalidInput(
+                    field, f"host {host} resolves to a non-public address ({address})"
+                )
+    return Pinned(url=url, host=host, address=str(addresses[0]), port=port)
+
+
+async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
+    """IP literals as they are, names through the system resolver, in resolver order."""
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise errors.InvalidInput(field, f"host {host} cannot be resolved: {exc}") from None
+    addresses: list[IPAddress] = []
+    for family, _type, _proto, _canonname, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        address = ipaddress.ip_address(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise errors.InvalidInput(field, f"host {host} resolves to no IP address")
+    return addresses
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that applies the SSRF rule to every request and pins the address.
+
+    Each request (so each redirect hop, when the caller follows redirects itself) is
+    resolved and checked by `resolve_checked`, then sent to the checked IP with the
+    original `Host` header and, for https, the original name as TLS SNI and certificate
+    name, so no second DNS lookup can change the destination. A refused address raises
+    `errors.InvalidInput("url", …)`; callers translate it.
+    """
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport | None = None, *, allow_private: bool
+    ) -> None:
+        self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self._allow_private = allow_private
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Check and pin `request.url`, then hand the rewritten request to the inner transport."""
+        pinned = await resolve_checked(str(request.url), allow_private=self._allow_private)
+        extensions = dict(request.extensions)
+        if request.url.scheme == "https":
+            extensions["sni_hostname"] = pinned.host
+        headers = request.headers.copy()
+        if "host" not in headers:
+            headers["host"] = request.url.netloc.decode("ascii")
+        pinned_request = httpx.Request(
+            request.method,
+            request.url.copy_with(host=pinned.address),
+            headers=headers,
+            stream=request.stream,
+            extensions=extensions,
+        )
+        return await self._inner.handle_async_request(pinned_request)
+
+    async def aclose(self) -> None:
+        """Close the inner transport and its connection pool."""
+        await self._inner.aclose()

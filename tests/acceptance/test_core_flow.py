@@ -1,0 +1,189 @@
+"""A newcomer's path and the queue's guarantees, with real processes and real HTTP."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from tests.support import fake_llm, processes
+from tests.support.processes import Menos, sql, wait_for
+
+
+def job_status(client: Any, job_id: str) -> str:
+    return str(client.get(f"/api/v1/jobs/{job_id}").json()["status"])
+
+
+def test_note_submitted_over_http_completes_with_a_result(menos: Menos) -> None:
+    """A markdown note posted to the API is processed by a worker into a valid result."""
+    menos.api()
+    menos.worker()
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        text = ("---\ntitle: Queues\ntags: [databases]\n---\n# Durable queues\n\n"
+                "PostgreSQL can be a reliable job queue. Workers claim jobs with SKIP LOCKED, "
+                "heartbeat their leases and write results in one transaction.\n")  # fmt: skip
+        answer = client.post("/api/v1/content", json={"text": text, "tags": ["notes"]})
+        assert answer.status_code == 202, answer.text
+        body = answer.json()
+        assert body["status"] == "pending" and body["deduplicated"] is False
+        assert body["resource_key"] == f"cid:{body['content_id']}"
+        wait_for(lambda: job_status(client, body["job_id"]) == "completed",
+                 what="the job to complete")  # fmt: skip
+        content = client.get(f"/api/v1/content/{body['content_id']}").json()
+    assert content["title"] == "Queues"
+    assert content["tags"] == ["notes", "databases"]
+    assert content["processing_status"] == "completed"
+    assert content["latest_job_id"] == body["job_id"]
+    result = content["result"]
+    assert result["summary"] and result["model"] == "builtin"
+    assert result["tier"] in {"S", "A", "B", "C", "D"}
+    assert 1 <= result["quality_score"] <= 100
+    assert all(tag == tag.lower() for tag in result["tags"])
+
+
+def test_multipart_upload_takes_title_from_file_name(menos: Menos) -> None:
+    """A file upload without title or frontmatter is titled by its file name."""
+    menos.api()
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        answer = client.post(
+            "/api/v1/content",
+            files={"file": ("reading-list.md", b"Some text without a heading.", "text/markdown")},
+            data={"tags": ["a,b", "c"]},
+        )
+        assert answer.status_code == 202, answer.text
+        content = client.get(f"/api/v1/content/{answer.json()['content_id']}").json()
+    assert content["title"] == "reading-list"
+    assert content["tags"] == ["a", "b", "c"]
+
+
+def test_sigkilled_worker_job_is_finished_by_another(
+    menos: Menos, llm: fake_llm.FakeLLM
+) -> None:
+    """Killing a worker mid-job loses nothing: another worker completes it, one result persisted."""
+    slow = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url,
+            "MENOS_LLM_MODEL": "slow-3", "MENOS_JOB_LEASE_S": "1.5"}  # fmt: skip
+    menos.api()
+    first = menos.worker("--worker-id", "doomed", **slow)
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        job_id = client.post("/api/v1/content", json={"text": "kill me softly"}).json()["job_id"]
+        wait_for(lambda: sql(menos.database_url,
+                             "SELECT 1 FROM menos.pipeline_job WHERE worker_id = 'doomed' "
+                             "AND current_stage = 'analyze'"),
+                 what="the first worker to be analyzing")  # fmt: skip
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        menos.worker("--worker-id", "rescuer", **{**slow, "MENOS_LLM_MODEL": "good"})
+        wait_for(lambda: job_status(client, job_id) == "completed", timeout=60,
+                 what="the job to complete on the second worker")  # fmt: skip
+        job = client.get(f"/api/v1/jobs/{job_id}", params={"verbose": "true"}).json()
+    assert job["worker_id"] == "rescuer" and job["attempts"] == 2
+    rows = sql(menos.database_url, "SELECT result FROM menos.content WHERE result IS NOT NULL")
+    assert len(rows) == 1
+    jobs = sql(menos.database_url, "SELECT status FROM menos.pipeline_job")
+    assert [j["status"] for j in jobs] == ["completed"]
+
+
+def test_global_cap_holds_across_three_workers(menos: Menos, llm: fake_llm.FakeLLM) -> None:
+    """With MENOS_MAX_CONCURRENCY=2, three workers never have more than 2 jobs processing."""
+    env = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url,
+           "MENOS_LLM_MODEL": "slow-0.4", "MENOS_MAX_CONCURRENCY": "2"}  # fmt: skip
+    menos.api()
+    for index in range(3):
+        menos.worker("--concurrency", "2", "--worker-id", f"w{index}", **env)
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        for index in range(10):
+            assert client.post("/api/v1/content", json={"text": f"note {index}"}).status_code == 202
+    seen: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        counts = sql(menos.database_url,
+                     "SELECT count(*) FILTER (WHERE status = 'processing') AS processing, "
+                     "count(*) FILTER (WHERE status = 'completed') AS completed "
+                     "FROM menos.pipeline_job")[0]  # fmt: skip
+        seen.append(counts["processing"])
+        if counts["completed"] == 10:
+            break
+        time.sleep(0.02)
+    assert max(seen) == 2, seen
+    assert counts["completed"] == 10
+
+
+def test_sigterm_lets_the_running_job_complete(menos: Menos, llm: fake_llm.FakeLLM) -> None:
+    """SIGTERM stops claiming but the job in progress completes before the worker exits."""
+    env = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url,
+           "MENOS_LLM_MODEL": "slow-1.5"}  # fmt: skip
+    menos.api()
+    worker = menos.worker("--worker-id", "polite", **env)
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        job_id = client.post("/api/v1/content", json={"text": "finish me"}).json()["job_id"]
+        wait_for(lambda: job_status(client, job_id) == "processing", what="processing")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert job_status(client, job_id) == "completed"
+
+
+def test_sigterm_past_the_grace_gives_the_job_back(menos: Menos, llm: fake_llm.FakeLLM) -> None:
+    """A job still running when the grace period ends goes back to pending, attempt uncounted."""
+    env = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url,
+           "MENOS_LLM_MODEL": "slow-5", "MENOS_WORKER_SHUTDOWN_GRACE_S": "0.5"}  # fmt: skip
+    menos.api()
+    worker = menos.worker(**env)
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        job_id = client.post("/api/v1/content", json={"text": "too slow"}).json()["job_id"]
+        wait_for(lambda: job_status(client, job_id) == "processing", what="processing")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    row = sql(menos.database_url, "SELECT status, attempts, worker_id FROM menos.pipeline_job")[0]
+    assert row == {"status": "pending", "attempts": 0, "worker_id": None}
+
+
+def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> None:
+    """Each kind of bad request answers its 4xx problem and leaves no row behind."""
+    menos.api()
+    alice = menos.key("alice")
+    bob = menos.key("bob")
+    with menos.client(alice["api_key"]) as client:
+        def post(**kw: Any) -> Any:
+            return client.post("/api/v1/content", **kw)
+
+        not_json = post(content=b"{nope", headers={"content-type": "application/json"})
+        assert not_json.status_code == 400
+        assert not_json.headers["content-type"].startswith("application/problem+json")
+        missing = post(json={"title": "no text"})
+        assert missing.status_code == 400
+        assert missing.json()["errors"][0]["field"] == "text"
+        wrong_type = post(json={"text": 5})
+        assert wrong_type.status_code == 400 and wrong_type.json()["errors"][0]["field"] == "text"
+        blank = post(json={"text": "   "})
+        assert blank.status_code == 400
+        too_big = post(content=b'{"text": "' + b"a" * (6 * 1024 * 1024) + b'"}',
+                       headers={"content-type": "application/json"})  # fmt: skip
+        assert too_big.status_code == 413
+        latin1 = post(files={"file": ("n.md", "café".encode("latin-1"), "text/markdown")})
+        assert latin1.status_code in (400, 415)
+        assert "UTF-8" in latin1.json()["detail"]
+        form = post(content=b"text=hi", headers={"content-type": "text/plain"})
+        assert form.status_code == 415
+        bad_tier = post(json={"text": "x", "data_tier": "huge"})
+        assert bad_tier.status_code == 400 and bad_tier.json()["errors"][0]["field"] == "data_tier"
+        nul = post(json={"text": "a\u0000b"})
+        assert nul.status_code == 400
+        unknown = client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000")
+        assert unknown.status_code == 404
+        not_uuid = client.get("/api/v1/jobs/not-a-uuid")
+        assert 400 <= not_uuid.status_code < 500
+    assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.content")[0]["n"] == 0
+    with menos.client(bob["api_key"]) as bob_client:
+        job_id = bob_client.post("/api/v1/content", json={"text": "bob's"}).json()["job_id"]
+    with menos.client(alice["api_key"]) as client:
+        assert client.get(f"/api/v1/jobs/{job_id}").status_code == 404
+        assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 404
+    with menos.client("menos_not-a-real-key-at-all") as stranger:
+        assert stranger.get(f"/api/v1/jobs/{job_id}").status_code == 401
+    assert processes.httpx.get(f"{menos.base_url}/api/v1/jobs/{job_id}").status_code == 401

@@ -1,0 +1,205 @@
+"""The SQL rules of the queue, one per test, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import asyncpg
+
+from menos import db
+from menos.queue import models, repository
+from tests.integration import helpers
+
+LEASE = 30.0
+
+
+async def claim(repo: repository.Repository, worker: str, n: int, cap: int = 1000,
+                now: dt.datetime | None = None) -> list[models.Claimed]:  # fmt: skip
+    return await repo.claim(worker, n, max_processing=cap, lease_s=LEASE,
+                            pipeline_version=helpers.VERSION, now=now)  # fmt: skip
+
+
+async def test_two_claimers_never_get_the_same_job(repo: repository.Repository) -> None:
+    """Concurrent claimers split the pending jobs: no job is handed to two workers."""
+    await helpers.owner(repo)
+    for _round in range(15):
+        for _ in range(20):
+            await repo.enqueue(helpers.note())
+        batches = await asyncio.gather(*(claim(repo, f"w{i}", 3) for i in range(8)))
+        ids = [c.job.job_id for batch in batches for c in batch]
+        assert len(ids) == len(set(ids)) == 20
+        for batch in batches:
+            for c in batch:
+                guard = repository.Guard(c.job.job_id, c.job.worker_id or "", c.job.attempts)
+                assert await repo.fail(guard, code="PIPELINE_EXCEPTION", stage="fetch",
+                                       message="done", stages=[], diagnostics={},
+                                       full_payload=None)  # fmt: skip
+
+
+async def test_concurrent_identical_submissions_make_one_job(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """Twenty simultaneous submissions of one URL give one new job and 19 deduplicated answers."""
+    await helpers.owner(repo)
+    answers = await asyncio.gather(
+        *(repo.enqueue(helpers.note(key="url:same")) for _ in range(20))
+    )
+    assert sum(not a.deduplicated for a in answers) == 1
+    assert len({a.job_id for a in answers}) == 1
+    assert len({a.content_id for a in answers}) == 1
+    assert await pool.fetchval("SELECT count(*) FROM menos.pipeline_job") == 1
+
+
+async def test_global_cap_holds_with_several_claimers(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """However many workers claim at once, no more than the cap are processing."""
+    await helpers.owner(repo)
+    for _ in range(40):
+        await repo.enqueue(helpers.note())
+    for _round in range(5):
+        await asyncio.gather(*(claim(repo, f"w{i}", 4, cap=3) for i in range(10)))
+        processing = await pool.fetchval(
+            "SELECT count(*) FROM menos.pipeline_job WHERE status = 'processing'"
+        )
+        assert processing == 3
+    assert len(await claim(repo, "late", 4, cap=3)) == 0
+
+
+async def test_guarded_complete_after_rescue_changes_nothing(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A worker whose lease expired and was rescued cannot complete the job any more."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note(callback_url="https://example.com/hook"))
+    (held,) = await claim(repo, "slow", 1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LEASE + 1)
+    rescued = await repo.rescue_expired(max_attempts=3, now=later)
+    assert [r.status for r in rescued] == ["pending"]
+    guard = repository.Guard(held.job.job_id, "slow", held.job.attempts)
+    done = await repo.complete(guard, result={"summary": "late"}, tags=[], stages=[],
+                               diagnostics={}, full_payload=None)  # fmt: skip
+    assert done is False
+    row = await pool.fetchrow("SELECT status, attempts FROM menos.pipeline_job")
+    assert (row["status"], row["attempts"]) == ("pending", 1)
+    assert await pool.fetchval("SELECT count(*) FROM menos.callback_outbox") == 0
+    assert await pool.fetchval("SELECT result FROM menos.content") is None
+
+
+async def test_rescuer_fails_job_worker_lost_after_max_attempts(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A job whose worker keeps disappearing ends failed WORKER_LOST in the stage it was in."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    now = dt.datetime.now(dt.UTC)
+    for attempt in range(1, 3):
+        (held,) = await claim(repo, f"w{attempt}", 1, now=now)
+        await repo.heartbeat(
+            f"w{attempt}", [(repository.Guard(held.job.job_id, f"w{attempt}", attempt),
+                             "analyze", [])], lease_s=LEASE, now=now,
+        )  # fmt: skip
+        now += dt.timedelta(seconds=LEASE + 1)
+        await repo.rescue_expired(max_attempts=2, now=now)
+    row = await pool.fetchrow(
+        "SELECT status, error_code, error_stage, attempts FROM menos.pipeline_job"
+    )
+    assert dict(row) == {"status": "failed", "error_code": "WORKER_LOST",
+                         "error_stage": "analyze", "attempts": 2}  # fmt: skip
+    status = await pool.fetchval("SELECT processing_status FROM menos.content")
+    assert status == "failed"
+
+
+async def test_outbox_row_exists_iff_terminal_transition_committed(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A completed job with a callback has exactly one outbox event; a refused write leaves none."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note(callback_url="https://example.com/a"))
+    await repo.enqueue(helpers.note(callback_url="https://example.com/b"))
+    first, second = await claim(repo, "w", 2)
+    ok = await repo.complete(
+        repository.Guard(first.job.job_id, "w", first.job.attempts),
+        result={"summary": "s", "tags": ["x"], "tier": "B", "quality_score": 70},
+        tags=["x"], stages=[], diagnostics={}, full_payload=None,
+    )  # fmt: skip
+    assert ok
+    refused = await repo.complete(
+        repository.Guard(second.job.job_id, "someone-else", second.job.attempts),
+        result={"summary": "s"}, tags=[], stages=[], diagnostics={}, full_payload=None,
+    )  # fmt: skip
+    assert not refused
+    rows = await pool.fetch("SELECT job_id, event_type, payload FROM menos.callback_outbox")
+    assert [(r["job_id"], r["event_type"]) for r in rows] == [(first.job.job_id, "job.completed")]
+    payload = rows[0]["payload"]
+    assert payload["data"]["result_summary"] == {
+        "summary": "s", "tags": ["x"], "tier": "B", "quality_score": 70
+    }
+    assert payload["event_id"] and payload["type"] == "job.completed"
+    # A transition rolled back with its transaction leaves no event either.
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("UPDATE menos.pipeline_job SET status = 'failed' WHERE job_id = $1",
+                           second.job.job_id)  # fmt: skip
+        assert await conn.fetchval("SELECT count(*) FROM menos.callback_outbox") == 2
+        await tx.rollback()
+    assert await pool.fetchval("SELECT count(*) FROM menos.callback_outbox") == 1
+
+
+async def test_graceful_release_does_not_count_an_attempt(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A claim given back on shutdown leaves the job pending with its attempts unchanged."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    (held,) = await claim(repo, "w", 1)
+    assert await repo.release(repository.Guard(held.job.job_id, "w", held.job.attempts))
+    row = await pool.fetchrow("SELECT status, attempts, worker_id FROM menos.pipeline_job")
+    assert dict(row) == {"status": "pending", "attempts": 0, "worker_id": None}
+
+
+async def test_cancel_pending_is_terminal_and_never_claimed(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """Cancelling a pending job ends it at once; no worker ever gets it."""
+    await helpers.owner(repo)
+    enq = await repo.enqueue(helpers.note())
+    assert enq.job_id is not None
+    outcome = await repo.request_cancel(enq.job_id, owner="alice")
+    assert outcome is not None and (outcome.previous, outcome.status) == ("pending", "cancelled")
+    assert await claim(repo, "w", 5) == []
+    assert await pool.fetchval("SELECT processing_status FROM menos.content") == "cancelled"
+    again = await repo.request_cancel(enq.job_id, owner="alice")
+    assert again is not None and again.previous == "cancelled"
+    assert await repo.request_cancel(enq.job_id, owner="mallory") is None
+
+
+async def test_migrations_apply_twice_cleanly(database_url: str) -> None:
+    """Running migrations on a migrated database applies nothing and fails nothing."""
+    conn = await db.connect(database_url)
+    try:
+        assert await db.migrate(conn, db.Queries()) == []
+        assert await db.pending_migrations(conn, db.Queries()) == []
+        versions = await conn.fetch("SELECT version FROM menos.schema_migrations")
+        assert [r["version"] for r in versions] == [v for v, _, _ in db.migrations()]
+    finally:
+        await conn.close()
+
+
+async def test_migrations_from_empty_database_in_parallel(pg_admin_dsn: str) -> None:
+    """Several processes migrating a new database at once end with one clean schema."""
+    from tests.support import postgres
+
+    name = await postgres.create_database(pg_admin_dsn)
+    dsn = postgres.with_database(pg_admin_dsn, name)
+    try:
+        conns = [await db.connect(dsn) for _ in range(3)]
+        applied = await asyncio.gather(*(db.migrate(c, db.Queries()) for c in conns))
+        for c in conns:
+            await c.close()
+        assert sorted(v for batch in applied for v in batch) == [v for v, _, _ in db.migrations()]
+    finally:
+        await postgres.drop_database(pg_admin_dsn, name)

@@ -1,0 +1,298 @@
+"""The openai analyzer: one chat-completions call per analysis, errors mapped to the taxonomy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from menos import errors
+from menos.pipeline import analyzers
+from menos.pipeline.analyzers import openai
+
+ANSWER = '{"summary": "s", "tags": ["a"], "tier": "B"}'
+USAGE = {"prompt_tokens": 321, "completion_tokens": 45, "total_tokens": 366}
+
+Handler = Callable[[httpx.Request], Any]
+
+
+def completion(content: object = ANSWER, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+    }
+    body.update(extra)
+    return body
+
+
+def request(text: str = "Some text to read.", **fields: Any) -> analyzers.Request:
+    values: dict[str, Any] = {
+        "text": text,
+        "title": "A title",
+        "content_type": "web",
+        "tags": [],
+        "vocabulary": [],
+    }
+    values.update(fields)
+    return analyzers.Request(**values)
+
+
+class Server:
+    """Records what the analyzer sends and answers with the given handler."""
+
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.requests: list[httpx.Request] = []
+        self.handler = handler or (lambda _: httpx.Response(200, json=completion()))
+
+    async def __call__(self, sent: httpx.Request) -> httpx.Response:
+        self.requests.append(sent)
+        answer = self.handler(sent)
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        assert isinstance(answer, httpx.Response)
+        return answer
+
+    def body(self, index: int = 0) -> dict[str, Any]:
+        decoded: dict[str, Any] = json.loads(self.requests[index].content)
+        return decoded
+
+
+class Make:
+    """Builds analyzers on mock transports and closes their clients after the test."""
+
+    def __init__(self) -> None:
+        self.clients: list[httpx.AsyncClient] = []
+
+    def __call__(
+        self,
+        server: Server,
+        *,
+        base_url: str = "http://llm.test/v1/",
+        api_key: str | None = "sk-secret-key",
+        timeout_s: float = 5.0,
+        max_chars: int = 1000,
+    ) -> openai.OpenAIAnalyzer:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(server))
+        self.clients.append(client)
+        return openai.OpenAIAnalyzer(
+            client,
+            base_url=base_url,
+            model="qwen2.5:7b",
+            api_key=api_key,
+            timeout_s=timeout_s,
+            max_chars=max_chars,
+        )
+
+
+@pytest.fixture
+async def analyzer() -> AsyncIterator[Make]:
+    make = Make()
+    yield make
+    for client in make.clients:
+        await client.aclose()
+
+
+async def test_request_shape(analyzer: Make) -> None:
+    """One POST to {base_url}/chat/completions: model, two messages, temperature 0, JSON mode."""
+    server = Server()
+    await analyzer(server).analyze(request())
+    assert len(server.requests) == 1
+    sent = server.requests[0]
+    assert sent.method == "POST"
+    assert str(sent.url) == "http://llm.test/v1/chat/completions"
+    assert sent.headers["authorization"] == "Bearer sk-secret-key"
+    body = server.body()
+    assert body["model"] == "qwen2.5:7b"
+    assert body["temperature"] == 0
+    assert body["response_format"] == {"type": "json_object"}
+    assert [message["role"] for message in body["messages"]] == ["system", "user"]
+
+
+async def test_system_prompt_asks_for_every_result_field(analyzer: Make) -> None:
+    """The model is told to answer JSON only with every result field of the stored result."""
+    server = Server()
+    await analyzer(server).analyze(request())
+    system = server.body()["messages"][0]["content"]
+    assert "JSON" in system
+    for field in (
+        "summary",
+        "tags",
+        "tier",
+        "tier_explanation",
+        "quality_score",
+        "score_explanation",
+        "topics",
+        "hierarchy",
+        "confidence",
+        "entities",
+    ):
+        assert f'"{field}"' in system
+
+
+async def test_vocabulary_is_offered_as_preferred_tags(analyzer: Make) -> None:
+    """The owner's most used tags are listed in the prompt as preferred tags."""
+    server = Server()
+    await analyzer(server).analyze(request(vocabulary=["postgresql", "job-queue"]))
+    system = server.body()["messages"][0]["content"]
+    assert "postgresql, job-queue" in system
+
+
+async def test_user_message_has_title_and_text(analyzer: Make) -> None:
+    """The user message carries the title and the full text when it fits."""
+    server = Server()
+    await analyzer(server).analyze(request("Hello there.", title="Greeting"))
+    user = server.body()["messages"][1]["content"]
+    assert "Greeting" in user
+    assert user.endswith("Hello there.")
+    assert "truncated" not in user
+
+
+async def test_long_text_is_cut_with_a_visible_marker(analyzer: Make) -> None:
+    """Text over max_chars is cut and the model is told how much it sees."""
+    server = Server()
+    await analyzer(server, max_chars=100).analyze(request("x" * 250))
+    user = server.body()["messages"][1]["content"]
+    assert "x" * 100 + "\n[… truncated: 100 of 250 characters shown]" in user
+    assert "x" * 101 not in user
+
+
+async def test_answer_carries_content_model_prompt_and_usage(analyzer: Make) -> None:
+    """The answer text, the server's model name, the prompt sent and token usage are returned."""
+    server = Server(
+        lambda _: httpx.Response(200, json=completion(model="qwen2.5:7b-instruct", usage=USAGE))
+    )
+    answer = await analyzer(server).analyze(request("Body text."))
+    assert answer.text == ANSWER
+    assert answer.model == "qwen2.5:7b-instruct"
+    assert answer.usage == USAGE
+    assert answer.prompt is not None
+    assert "Body text." in answer.prompt
+    assert "JSON" in answer.prompt
+
+
+async def test_missing_model_and_usage_fall_back(analyzer: Make) -> None:
+    """Without a model name or usage in the response, the configured model and None are used."""
+    answer = await analyzer(Server()).analyze(request())
+    assert answer.model == "qwen2.5:7b"
+    assert answer.usage is None
+
+
+async def test_no_api_key_sends_no_authorization(analyzer: Make) -> None:
+    """A local server without a key gets no Authorization header."""
+    server = Server()
+    await analyzer(server, api_key=None, base_url="http://llm.test/v1").analyze(request())
+    assert "authorization" not in server.requests[0].headers
+    assert str(server.requests[0].url) == "http://llm.test/v1/chat/completions"
+
+
+async def test_repair_shows_the_first_answer(analyzer: Make) -> None:
+    """The repair call replays the conversation with the model's first answer and asks again."""
+    server = Server()
+    analyzer_ = analyzer(server)
+    first = analyzers.Answer(text="Sure! Here is a summary of the text.", model="m")
+    answer = await analyzer_.repair(request(), first)
+    assert answer.text == ANSWER
+    messages = server.body()["messages"]
+    assert [message["role"] for message in messages] == ["system", "user", "assistant", "user"]
+    assert messages[2]["content"] == first.text
+    assert "JSON object only" in messages[3]["content"]
+    assert server.body()["response_format"] == {"type": "json_object"}
+
+
+async def test_transport_timeout_is_llm_timeout(analyzer: Make) -> None:
+    """A server that does not answer in time fails the job with LLM_TIMEOUT."""
+
+    def handler(sent: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=sent)
+
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(Server(handler)).analyze(request())
+    assert caught.value.code == "LLM_TIMEOUT"
+
+
+async def test_slow_server_is_cut_off_after_timeout_s(analyzer: Make) -> None:
+    """A server slower than timeout_s fails with LLM_TIMEOUT instead of holding the worker."""
+
+    async def handler(_: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return httpx.Response(200, json=completion())
+
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(Server(handler), timeout_s=0.05).analyze(request())
+    assert caught.value.code == "LLM_TIMEOUT"
+
+
+async def test_server_error_is_llm_call_error_with_status(analyzer: Make) -> None:
+    """An HTTP 500 fails the job with LLM_CALL_ERROR naming the status code."""
+    server = Server(lambda _: httpx.Response(500, json={"error": {"message": "model crashed"}}))
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert "500" in caught.value.message
+    assert "model crashed" in caught.value.message
+
+
+async def test_error_message_is_short_and_never_shows_the_key(analyzer: Make) -> None:
+    """A 401 that echoes the API key yields a short message with the key masked."""
+    body = {"error": {"message": "Incorrect API key provided: sk-secret-key. " + "x" * 2000}}
+    server = Server(lambda _: httpx.Response(401, json=body))
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert "401" in caught.value.message
+    assert "sk-secret-key" not in caught.value.message
+    assert len(caught.value.message) <= 500
+
+
+async def test_connection_error_is_llm_call_error(analyzer: Make) -> None:
+    """An unreachable server fails the job with LLM_CALL_ERROR."""
+
+    def handler(sent: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=sent)
+
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(Server(handler)).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert "Connection refused" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(200, text="<html>gateway</html>"),
+        httpx.Response(200, json={"choices": []}),
+        httpx.Response(200, json={"result": "ok"}),
+        httpx.Response(200, json=[1, 2]),
+        httpx.Response(200, json={"choices": [{"text": "legacy completion"}]}),
+        httpx.Response(200, json=completion(content=42)),
+    ],
+)
+async def test_body_that_is_not_a_chat_completion_is_llm_call_error(
+    response: httpx.Response, analyzer: Make
+) -> None:
+    """A 200 whose body is not a chat completion fails with LLM_CALL_ERROR."""
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(Server(lambda _: response)).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+
+
+@pytest.mark.parametrize("content", [None, "", "   \n"])
+async def test_empty_content_is_returned_for_the_parse_stage(
+    content: str | None, analyzer: Make
+) -> None:
+    """An empty answer is not an HTTP failure: it is returned so parsing can report it."""
+    server = Server(lambda _: httpx.Response(200, json=completion(content=content)))
+    answer = await analyzer(server).analyze(request())
+    assert answer.text.strip() == ""
+
+
+async def test_content_parts_are_joined(analyzer: Make) -> None:
+    """Servers answering with a list of text parts are read as the concatenated text."""
+    parts = [{"type": "text", "text": '{"summary": '}, {"type": "text", "text": '"s"}'}]
+    server = Server(lambda _: httpx.Response(200, json=completion(content=parts)))
+    assert (await analyzer(server).analyze(request())).text == '{"summary": "s"}'

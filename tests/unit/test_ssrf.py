@@ -1,0 +1,307 @@
+"""The SSRF rule of DESIGN §6: only public addresses, and the connection goes where was checked."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import pathlib
+import shutil
+import ssl
+import subprocess
+
+import httpx
+import pytest
+
+from menos import errors
+from menos.pipeline import ssrf
+
+REFUSED = [
+    "0.0.0.0",
+    "0.1.2.3",
+    "10.0.0.1",
+    "10.255.255.255",
+    "100.64.0.1",
+    "100.127.255.254",
+    "127.0.0.1",
+    "127.8.9.10",
+    "169.254.169.254",
+    "169.254.0.1",
+    "172.16.0.1",
+    "172.31.255.254",
+    "192.0.0.8",
+    "192.0.2.10",
+    "192.168.0.1",
+    "198.18.0.1",
+    "198.51.100.7",
+    "203.0.113.9",
+    "224.0.0.1",
+    "239.255.255.250",
+    "240.0.0.1",
+    "255.255.255.255",
+    "::",
+    "::1",
+    "::127.0.0.1",
+    "::8.8.8.8",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:8.8.8.8",
+    "fc00::1",
+    "fd12:3456:789a::1",
+    "fe80::1",
+    "fe80::1%eth0",
+    "febf::1",
+    "fec0::1",
+    "ff02::1",
+    "ff05::1:3",
+    "2001:db8::1",
+    "2002:7f00:1::1",
+    "2002:a9fe:a9fe::1",
+    "2002:c0a8:101::1",
+    "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe",
+    "64:ff9b:1::1",
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",
+    "100::1",
+]
+
+PUBLIC = [
+    "1.1.1.1",
+    "8.8.8.8",
+    "93.184.215.14",
+    "11.0.0.1",
+    "100.63.255.255",
+    "100.128.0.1",
+    "172.32.0.1",
+    "192.169.0.1",
+    "223.255.255.254",
+    "2606:4700:4700::1111",
+    "2a00:1450:4001:80b::200e",
+    "2002:808:808::1",
+    "64:ff9b::808:808",
+]
+
+
+@pytest.mark.parametrize("address", REFUSED)
+def test_non_public_addresses_are_refused(address: str) -> None:
+    """Loopback, private, link-local, CGNAT, multicast, reserved and embedded forms are refused."""
+    assert not ssrf.is_public_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+def test_public_addresses_are_allowed(address: str) -> None:
+    """Ordinary internet addresses (and 6to4/NAT64 forms of them) may be fetched."""
+    assert ssrf.is_public_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://127.0.0.1:8000/admin",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/",
+        "http://[::1]:8080/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[fe80::1]/",
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://localhost/",
+        "http://LOCALHOST./",
+    ],
+)
+async def test_private_targets_refused_by_resolve_checked(url: str) -> None:
+    """A URL pointing at this machine, the LAN or cloud metadata is refused, naming the field."""
+    with pytest.raises(errors.InvalidInput) as caught:
+        await ssrf.resolve_checked(url, allow_private=False)
+    assert caught.value.field == "url"
+    assert "non-public" in caught.value.message
+
+
+async def test_public_ip_literal_is_pinned_without_dns() -> None:
+    """A public IP literal is accepted and connected to as is, on the scheme's default port."""
+    pinned = await ssrf.resolve_checked("https://8.8.8.8/dns-query", allow_private=False)
+    assert pinned == ssrf.Pinned(
+        url="https://8.8.8.8/dns-query", host="8.8.8.8", address="8.8.8.8", port=443
+    )
+
+
+async def test_public_ipv6_literal_is_pinned() -> None:
+    """A public IPv6 literal keeps its explicit port."""
+    pinned = await ssrf.resolve_checked("http://[2606:4700:4700::1111]:8080/", allow_private=False)
+    assert (pinned.address, pinned.port) == ("2606:4700:4700::1111", 8080)
+
+
+async def test_allow_private_lifts_the_rule() -> None:
+    """With MENOS_CALLBACK_ALLOW_PRIVATE the loopback address and `localhost` are allowed."""
+    literal = await ssrf.resolve_checked("http://127.0.0.1:8000/hook", allow_private=True)
+    assert (literal.address, literal.port, literal.host) == ("127.0.0.1", 8000, "127.0.0.1")
+    named = await ssrf.resolve_checked("http://localhost/hook", allow_private=True)
+    assert named.host == "localhost"
+    assert ipaddress.ip_address(named.address).is_loopback
+    assert named.port == 80
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("ftp://8.8.8.8/file", "http"),
+        ("file:///etc/passwd", "http"),
+        ("https://user:secret@8.8.8.8/", "user-info"),
+        ("https://user@8.8.8.8/", "user-info"),
+        ("http:///path", "no host"),
+        ("http://does-not-exist.invalid/", "cannot be resolved"),
+    ],
+)
+async def test_unusable_urls_are_invalid_input(url: str, fragment: str) -> None:
+    """Other schemes, user-info, a missing host or an unresolvable host are refused clearly."""
+    with pytest.raises(errors.InvalidInput) as caught:
+        await ssrf.resolve_checked(url, allow_private=True)
+    assert fragment in caught.value.message
+
+
+async def test_refusal_names_the_callers_field() -> None:
+    """A refused callback URL is reported on the `callback_url` field."""
+    with pytest.raises(errors.InvalidInput) as caught:
+        await ssrf.resolve_checked(
+            "http://169.254.169.254/", allow_private=False, field="callback_url"
+        )
+    assert caught.value.field == "callback_url"
+
+
+def _recording_transport(
+    seen: list[httpx.Request], response: httpx.Response | None = None
+) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return response if response is not None else httpx.Response(200, text="ok")
+
+    return httpx.MockTransport(handler)
+
+
+async def test_transport_sends_to_the_checked_address_keeping_host() -> None:
+    """The request goes to the address that was checked, with the original Host header."""
+    seen: list[httpx.Request] = []
+    transport = ssrf.PinnedTransport(_recording_transport(seen), allow_private=True)
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.get("http://localhost:8080/page?q=1")
+    assert response.text == "ok"
+    assert str(response.url) == "http://localhost:8080/page?q=1"
+    [sent] = seen
+    assert ipaddress.ip_address(sent.url.host).is_loopback
+    assert sent.url.port == 8080
+    assert sent.url.raw_path == b"/page?q=1"
+    assert sent.headers["host"] == "localhost:8080"
+    assert "sni_hostname" not in sent.extensions
+
+
+async def test_transport_sets_tls_name_for_https() -> None:
+    """For https the certificate is verified against the real host name, not the IP."""
+    seen: list[httpx.Request] = []
+    transport = ssrf.PinnedTransport(_recording_transport(seen), allow_private=True)
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.get("https://localhost/secure")
+    [sent] = seen
+    assert sent.extensions["sni_hostname"] == "localhost"
+    assert sent.headers["host"] == "localhost"
+    assert sent.url.scheme == "https"
+    assert ipaddress.ip_address(sent.url.host).is_loopback
+
+
+async def test_transport_refuses_private_address_before_sending() -> None:
+    """Without allow_private nothing is sent to a private address."""
+    seen: list[httpx.Request] = []
+    transport = ssrf.PinnedTransport(_recording_transport(seen), allow_private=False)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(errors.InvalidInput):
+            await client.get("http://localhost/")
+    assert seen == []
+
+
+async def test_transport_checks_every_redirect_hop() -> None:
+    """A public page redirecting to cloud metadata is refused at the redirect hop."""
+    seen: list[httpx.Request] = []
+    redirect = httpx.Response(302, headers={"location": "http://169.254.169.254/latest/"})
+    transport = ssrf.PinnedTransport(_recording_transport(seen, redirect), allow_private=False)
+    async with httpx.AsyncClient(transport=transport, follow_redirects=True) as client:
+        with pytest.raises(errors.InvalidInput) as caught:
+            await client.get("http://93.184.215.14/start")
+    assert "169.254.169.254" in caught.value.message
+    assert [request.url.host for request in seen] == ["93.184.215.14"]
+
+
+async def test_transport_reaches_a_real_server_by_name() -> None:
+    """Through the real httpx transport, a pinned request reaches the server and keeps Host."""
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    # Listen on the address `localhost` resolves to first: the one the transport pins.
+    address = (await ssrf.resolve_checked("http://localhost/", allow_private=True)).address
+    server = await asyncio.start_server(serve, host=address, port=0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        transport = ssrf.PinnedTransport(allow_private=True)
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get(f"http://localhost:{port}/x")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert response.text == "hello"
+    assert f"host: localhost:{port}".encode() in received[0].lower()
+
+
+@pytest.fixture
+def localhost_cert(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A self-signed certificate for the name `localhost` only (no IP address in it)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_certificate_is_verified_against_the_name_not_the_ip(
+    localhost_cert: tuple[pathlib.Path, pathlib.Path],
+) -> None:
+    """A pinned https request verifies the site's certificate for its real name."""
+    cert, key = localhost_cert
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecure")
+        await writer.drain()
+        writer.close()
+
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    address = (await ssrf.resolve_checked("https://localhost/", allow_private=True)).address
+    server = await asyncio.start_server(serve, host=address, port=0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    inner = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=str(cert)))
+    try:
+        async with httpx.AsyncClient(
+            transport=ssrf.PinnedTransport(inner, allow_private=True)
+        ) as client:
+            response = await client.get(f"https://localhost:{port}/")
+            assert response.text == "secure"
+            # The same certificate does not cover the bare IP: verification is really on.
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                literal = f"[{address}]" if ":" in address else address
+                await client.get(f"https://{literal}:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()

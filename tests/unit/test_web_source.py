@@ -1,0 +1,333 @@
+"""Fetching web pages: readable text, redirects, size cap, SSRF per hop and error codes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+
+import httpx
+import pytest
+
+from menos import errors
+from menos.pipeline import ssrf
+from menos.pipeline.sources import web
+
+Handler = (
+    Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+)
+
+PUBLIC = "http://93.184.215.14"
+MAX = 5 * 1024 * 1024
+
+ARTICLE = """<!doctype html>
+<html><head>
+<title>Plain Title | Example Site</title>
+<meta property="og:title" content="The Real Headline">
+<script>var tracking = "SCRIPT-NOISE";</script>
+<style>.x { color: red }</style>
+</head><body>
+<nav><a href="/">Home</a> <a href="/about">About</a></nav>
+<article>
+<h1>The Real Headline</h1>
+<p>Menos keeps the readable part of a page: this first paragraph explains the idea in
+enough words that an extractor recognises it as the main content of the document.</p>
+<p>A second paragraph adds more detail, so the article has a body worth summarising
+later in the pipeline, well beyond a single short line of text.</p>
+</article>
+<footer>Copyright notice</footer>
+</body></html>"""
+
+
+def _client(handler: Handler, *, pinned: bool = False) -> httpx.AsyncClient:
+    transport: httpx.AsyncBaseTransport = httpx.MockTransport(handler)
+    if pinned:
+        transport = ssrf.PinnedTransport(transport, allow_private=False)
+    return httpx.AsyncClient(transport=transport, follow_redirects=False)
+
+
+def _html(body: str | bytes, content_type: str = "text/html; charset=utf-8") -> httpx.Response:
+    content = body.encode() if isinstance(body, str) else body
+    return httpx.Response(200, headers={"content-type": content_type}, content=content)
+
+
+async def _fetch_error(
+    handler: Handler,
+    url: str = f"{PUBLIC}/",
+    *,
+    pinned: bool = False,
+    max_bytes: int = MAX,
+    timeout_s: float = 10.0,
+) -> errors.PipelineError:
+    async with _client(handler, pinned=pinned) as client:
+        with pytest.raises(errors.PipelineError) as caught:
+            await web.fetch_page(client, url, max_bytes=max_bytes, timeout_s=timeout_s)
+    return caught.value
+
+
+async def test_html_page_becomes_readable_text_with_title_and_metadata() -> None:
+    """An article page yields its paragraphs (no scripts or menus), its headline and metadata."""
+    async with _client(lambda request: _html(ARTICLE)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/article", max_bytes=MAX)
+    assert "first paragraph explains the idea" in page.body
+    assert "A second paragraph adds more detail" in page.body
+    assert "SCRIPT-NOISE" not in page.body
+    assert "color: red" not in page.body
+    assert page.title == "The Real Headline"
+    assert page.metadata == {
+        "final_url": f"{PUBLIC}/article",
+        "status_code": 200,
+        "content_type": "text/html",
+        "bytes": len(ARTICLE.encode()),
+    }
+
+
+async def test_title_falls_back_to_the_title_tag() -> None:
+    """A page without og:title still gets its <title>."""
+    page_html = (
+        "<html><head><title> My   Notes </title></head><body><p>Some text.</p></body></html>"
+    )
+    async with _client(lambda request: _html(page_html)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.title == "My Notes"
+    assert "Some text." in page.body
+
+
+async def test_tag_strip_fallback_when_extractor_finds_nothing() -> None:
+    """A page whose only text the extractor discards still yields that text."""
+    page_html = "<html><body><footer>Only footer text &amp; nothing else</footer></body></html>"
+    async with _client(lambda request: _html(page_html)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == "Only footer text & nothing else"
+
+
+async def test_plain_text_is_taken_as_is() -> None:
+    """A text/plain page is stored verbatim, even when it looks like markup."""
+    text = "Line one <b>not html</b>\n\nLine two"
+    async with _client(lambda request: _html(text, "text/plain")) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/notes.txt", max_bytes=MAX)
+    assert page.body == text
+    assert page.title is None
+    assert page.metadata["content_type"] == "text/plain"
+
+
+async def test_markdown_is_taken_as_is_with_its_heading_as_title() -> None:
+    """A text/markdown page keeps its markdown, and its first heading becomes the title."""
+    text = "# Release notes\n\n- **fast** now\n- [docs](https://example.com)\n"
+    async with _client(lambda request: _html(text, "text/markdown; charset=utf-8")) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/README.md", max_bytes=MAX)
+    assert page.body == text.strip()
+    assert page.title == "Release notes"
+
+
+async def test_response_charset_is_honoured() -> None:
+    """A Latin-1 page declared in its Content-Type reads correctly."""
+    body = "Un café très crème".encode("iso-8859-1")
+    async with _client(lambda request: _html(body, "text/plain; charset=ISO-8859-1")) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == "Un café très crème"
+
+
+async def test_meta_charset_is_honoured_when_header_has_none() -> None:
+    """An HTML page declaring windows-1252 in a <meta> tag reads correctly."""
+    page_html = '<html><head><meta charset="windows-1252"></head><body><p>Caf\xe9 “quotes”</p>'
+    body = page_html.encode("windows-1252")
+    async with _client(lambda request: _html(body, "text/html")) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert "Café “quotes”" in page.body
+
+
+async def test_unknown_charset_falls_back_to_utf8() -> None:
+    """A bogus charset does not fail the fetch; undecodable bytes are replaced."""
+    body = "naïve".encode() + b"\xff"
+    async with _client(lambda request: _html(body, "text/plain; charset=no-such-codec")) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == "naïve\ufffd"
+
+
+async def test_redirects_are_followed_and_final_url_recorded() -> None:
+    """Up to five redirects (relative or absolute) are followed; the last URL is recorded."""
+    hops = {
+        "/a": "/b",
+        "/b": f"{PUBLIC}/c",
+        "/c": "d",
+        "/d": "/e?x=1",
+        "/e": "/final#frag",
+    }
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        target = hops.get(request.url.path)
+        if target is not None:
+            return httpx.Response(302 if len(seen) % 2 else 301, headers={"location": target})
+        return _html("<html><body><p>Arrived at the final page.</p></body></html>")
+
+    async with _client(handler, pinned=True) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/a", max_bytes=MAX)
+    assert seen == ["/a", "/b", "/c", "/d", "/e?x=1", "/final"]
+    assert page.metadata["final_url"] == f"{PUBLIC}/final"
+    assert "Arrived at the final page." in page.body
+
+
+async def test_more_than_five_redirects_fail() -> None:
+    """A sixth redirect fails the fetch instead of looping."""
+    count = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal count
+        count += 1
+        return httpx.Response(307, headers={"location": f"/hop{count}"})
+
+    error = await _fetch_error(handler)
+    assert error.code == "FETCH_FAILED"
+    assert "redirects" in error.message
+    assert count == 6
+
+
+async def test_redirect_to_a_private_address_is_refused() -> None:
+    """A public page redirecting to cloud metadata fails, and metadata is never requested."""
+    hosts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        return httpx.Response(302, headers={"location": "http://169.254.169.254/latest/"})
+
+    error = await _fetch_error(handler, pinned=True)
+    assert error.code == "FETCH_FAILED"
+    assert "SSRF" in error.message
+    assert hosts == ["93.184.215.14"]
+
+
+async def test_private_page_url_is_refused() -> None:
+    """A page on a private address is never requested."""
+    hosts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        return _html("<p>internal</p>")
+
+    error = await _fetch_error(handler, url="http://192.168.1.1/admin", pinned=True)
+    assert error.code == "FETCH_FAILED"
+    assert hosts == []
+
+
+async def test_redirect_to_other_scheme_fails() -> None:
+    """A redirect to a non-HTTP URL fails the fetch."""
+    error = await _fetch_error(
+        lambda request: httpx.Response(301, headers={"location": "file:///etc/passwd"})
+    )
+    assert error.code == "FETCH_FAILED"
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_missing_page_is_source_not_found(status: int) -> None:
+    """A 404 or 410 page fails with SOURCE_NOT_FOUND."""
+    error = await _fetch_error(lambda request: httpx.Response(status, text="gone"))
+    assert error.code == "SOURCE_NOT_FOUND"
+    assert str(status) in error.message
+
+
+@pytest.mark.parametrize("status", [500, 503, 403, 401, 429, 304, 302])
+async def test_other_error_statuses_are_fetch_failed(status: int) -> None:
+    """Server errors, refusals and redirects without a Location fail with FETCH_FAILED."""
+    error = await _fetch_error(lambda request: httpx.Response(status, text="nope"))
+    assert error.code == "FETCH_FAILED"
+    assert str(status) in error.message
+
+
+async def test_streamed_page_over_the_cap_is_refused() -> None:
+    """A page growing past the byte cap is abandoned with FETCH_FAILED naming the limit."""
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        while True:
+            sent += 1024
+            yield b"x" * 1024
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/plain"}, content=endless())
+
+    error = await _fetch_error(handler, max_bytes=10_000)
+    assert error.code == "FETCH_FAILED"
+    assert error.message == "page larger than 10000 bytes"
+    assert sent <= 11 * 1024
+
+
+async def test_declared_length_over_the_cap_is_refused() -> None:
+    """A Content-Length above the cap is refused before reading the body."""
+    error = await _fetch_error(
+        lambda request: httpx.Response(
+            200, headers={"content-type": "text/plain", "content-length": "20"}, content=b"y" * 20
+        ),
+        max_bytes=10,
+    )
+    assert error.message == "page larger than 10 bytes"
+
+
+async def test_page_exactly_at_the_cap_is_accepted() -> None:
+    """A page of exactly the cap is still fetched."""
+    async with _client(lambda request: _html(b"z" * 64, "text/plain")) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=64)
+    assert page.metadata["bytes"] == 64
+
+
+async def test_network_error_is_fetch_failed() -> None:
+    """A connection failure fails with FETCH_FAILED."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    error = await _fetch_error(handler)
+    assert error.code == "FETCH_FAILED"
+    assert "connection refused" in error.message
+
+
+async def test_transport_timeout_is_fetch_failed() -> None:
+    """An httpx timeout fails with FETCH_FAILED saying it timed out."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    error = await _fetch_error(handler)
+    assert error.code == "FETCH_FAILED"
+    assert "timed out" in error.message
+
+
+async def test_whole_fetch_is_bounded_by_the_timeout() -> None:
+    """A server that never answers fails within the fetch timeout."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return _html("late")
+
+    error = await _fetch_error(handler, timeout_s=0.05)
+    assert error.code == "FETCH_FAILED"
+    assert "timed out" in error.message
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("<html><head><title>Empty</title></head><body>   </body></html>", "text/html"),
+        ("<html><body><script>only()</script></body></html>", "text/html"),
+        ("   \n\t ", "text/plain"),
+        ("", "text/html"),
+    ],
+)
+async def test_blank_page_is_content_empty(body: str, content_type: str) -> None:
+    """A page with nothing readable fails with CONTENT_EMPTY."""
+    error = await _fetch_error(lambda request: _html(body, content_type))
+    assert error.code == "CONTENT_EMPTY"
+
+
+async def test_unsupported_content_type_is_content_empty() -> None:
+    """A PDF or image is not read as text: CONTENT_EMPTY naming the type."""
+    error = await _fetch_error(
+        lambda request: httpx.Response(
+            200, headers={"content-type": "application/pdf"}, content=b"%PDF-1.7"
+        )
+    )
+    assert error.code == "CONTENT_EMPTY"
+    assert "application/pdf" in error.message

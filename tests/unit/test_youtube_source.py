@@ -1,0 +1,297 @@
+"""Fetching YouTube videos: transcripts through the transcript library, titles through oEmbed."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import pytest
+import requests
+import requests.adapters
+import requests.structures
+
+from menos import errors
+from menos.pipeline.sources import fetched, youtube
+
+VIDEO_ID = "dQw4w9WgXcQ"
+OEMBED_URL = "http://oembed.test/oembed"
+SOURCE_URL = f"https://youtu.be/{VIDEO_ID}"
+API_KEY = "fake-innertube-key"
+
+CAPTIONS_EN = """<?xml version="1.0" encoding="utf-8" ?><transcript>
+<text start="0.0" dur="2.5">Hello and welcome</text>
+<text start="2.5" dur="2.0">to the show,
+everyone.</text>
+<text start="10.0" dur="3.0">After a pause, a new thought &amp;amp; more.</text>
+</transcript>"""
+
+CAPTIONS_DE = """<?xml version="1.0" encoding="utf-8" ?><transcript>
+<text start="0.0" dur="4.0">Hallo zusammen.</text>
+</transcript>"""
+
+
+def _track(language: str, name: str, *, generated: bool = False) -> dict[str, Any]:
+    track: dict[str, Any] = {
+        "baseUrl": f"https://www.youtube.com/api/timedtext?v={VIDEO_ID}&lang={language}",
+        "name": {"runs": [{"text": name}]},
+        "languageCode": language,
+        "isTranslatable": False,
+    }
+    if generated:
+        track["kind"] = "asr"
+    return track
+
+
+def _player(tracks: list[dict[str, Any]] | None) -> dict[str, Any]:
+    player: dict[str, Any] = {"playabilityStatus": {"status": "OK"}}
+    if tracks is not None:
+        player["captions"] = {"playerCaptionsTracklistRenderer": {"captionTracks": tracks}}
+    return player
+
+
+class FakeYouTube(requests.adapters.BaseAdapter):
+    """A requests adapter answering like YouTube's watch page, player API and caption files."""
+
+    def __init__(
+        self,
+        *,
+        player: Mapping[str, Any] | None = None,
+        captions: Mapping[str, str] | None = None,
+        watch_status: int = 200,
+        fail_with: Exception | None = None,
+    ) -> None:
+        super().__init__()
+        self.player = player if player is not None else _player([_track("en", "English")])
+        self.captions = captions if captions is not None else {"en": CAPTIONS_EN}
+        self.watch_status = watch_status
+        self.fail_with = fail_with
+        self.calls: list[str] = []
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        """Answer one request the way YouTube would."""
+        url = urllib.parse.urlsplit(request.url or "")
+        self.calls.append(f"{request.method} {url.path}")
+        if self.fail_with is not None:
+            raise self.fail_with
+        query = urllib.parse.parse_qs(url.query)
+        if url.path == "/watch":
+            page = f'<html><script>var cfg = {{"INNERTUBE_API_KEY": "{API_KEY}"}};</script></html>'
+            return self._response(request, self.watch_status, page.encode())
+        if url.path == "/youtubei/v1/player" and query.get("key") == [API_KEY]:
+            return self._response(request, 200, json.dumps(self.player).encode())
+        if url.path == "/api/timedtext":
+            language = query["lang"][0]
+            return self._response(request, 200, self.captions[language].encode())
+        return self._response(request, 404, b"not found")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    @staticmethod
+    def _response(request: requests.PreparedRequest, status: int, body: bytes) -> requests.Response:
+        response = requests.Response()
+        response.status_code = status
+        response._content = body
+        response.headers = requests.structures.CaseInsensitiveDict({"content-type": "text/plain"})
+        response.encoding = "utf-8"
+        response.url = request.url or ""
+        response.request = request
+        return response
+
+
+def _session(fake: FakeYouTube) -> requests.Session:
+    session = requests.Session()
+    session.mount("https://", fake)
+    session.mount("http://", fake)
+    return session
+
+
+def _oembed_client(
+    response: httpx.Response | Exception | None = None, seen: list[httpx.Request] | None = None
+) -> httpx.AsyncClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        if isinstance(response, Exception):
+            raise response
+        if response is not None:
+            return response
+        return httpx.Response(
+            200,
+            json={
+                "title": "Never  Gonna Give You Up",
+                "author_name": "Rick Astley",
+                "type": "video",
+            },
+        )
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+async def _fetch(
+    fake: FakeYouTube,
+    *,
+    languages: list[str] | None = None,
+    transcript: str | None = None,
+    oembed: httpx.AsyncClient | None = None,
+) -> fetched.Fetched:
+    session = _session(fake)
+    async with oembed if oembed is not None else _oembed_client() as client:
+        try:
+            return await youtube.fetch_video(
+                client,
+                VIDEO_ID,
+                SOURCE_URL,
+                oembed_url=OEMBED_URL,
+                languages=languages if languages is not None else ["en"],
+                transcript=transcript,
+                transcript_http=session,
+            )
+        finally:
+            session.close()
+
+
+async def test_transcript_title_and_channel_are_fetched() -> None:
+    """A video yields its transcript as paragraphs, its title, channel and metadata."""
+    seen: list[httpx.Request] = []
+    fake = FakeYouTube()
+    video = await _fetch(fake, oembed=_oembed_client(seen=seen))
+    assert video.body == (
+        "Hello and welcome to the show, everyone.\n\nAfter a pause, a new thought & more."
+    )
+    assert video.title == "Never Gonna Give You Up"
+    assert video.metadata == {
+        "video_id": VIDEO_ID,
+        "canonical_url": f"https://www.youtube.com/watch?v={VIDEO_ID}",
+        "channel": "Rick Astley",
+        "language": "en",
+        "transcript_generated": False,
+        "duration": 13.0,
+        "transcript_source": "youtube",
+    }
+    [request] = seen
+    assert request.url.copy_with(query=None) == httpx.URL(OEMBED_URL)
+    assert request.url.params["url"] == f"https://www.youtube.com/watch?v={VIDEO_ID}"
+    assert request.url.params["format"] == "json"
+    assert fake.calls[0] == "GET /watch"
+
+
+async def test_language_preference_is_followed() -> None:
+    """The first configured language that has a transcript is used."""
+    fake = FakeYouTube(
+        player=_player([_track("en", "English", generated=True), _track("de", "Deutsch")]),
+        captions={"en": CAPTIONS_EN, "de": CAPTIONS_DE},
+    )
+    video = await _fetch(fake, languages=["fr", "de", "en"])
+    assert video.body == "Hallo zusammen."
+    assert video.metadata["language"] == "de"
+    assert video.metadata["duration"] == 4.0
+
+
+async def test_no_transcript_in_wanted_languages_is_source_not_found() -> None:
+    """A video without a transcript in the configured languages fails with SOURCE_NOT_FOUND."""
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(FakeYouTube(), languages=["fr", "es"])
+    assert caught.value.code == "SOURCE_NOT_FOUND"
+    assert "fr, es" in caught.value.message
+    assert len(caught.value.message) < 200
+
+
+async def test_transcripts_disabled_is_source_not_found() -> None:
+    """A video with captions turned off fails with SOURCE_NOT_FOUND."""
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(FakeYouTube(player=_player(None)))
+    assert caught.value.code == "SOURCE_NOT_FOUND"
+    assert "disabled" in caught.value.message
+
+
+async def test_unavailable_video_is_source_not_found() -> None:
+    """A removed or private video fails with SOURCE_NOT_FOUND."""
+    player = {"playabilityStatus": {"status": "ERROR", "reason": "This video is unavailable"}}
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(FakeYouTube(player=player))
+    assert caught.value.code == "SOURCE_NOT_FOUND"
+    assert VIDEO_ID in caught.value.message
+
+
+@pytest.mark.parametrize("status", [500, 429])
+async def test_youtube_http_errors_are_fetch_failed(status: int) -> None:
+    """YouTube answering with an error or blocking us fails with FETCH_FAILED."""
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(FakeYouTube(watch_status=status))
+    assert caught.value.code == "FETCH_FAILED"
+    assert len(caught.value.message) <= 500
+
+
+async def test_network_error_is_fetch_failed() -> None:
+    """A network failure reaching YouTube fails with FETCH_FAILED."""
+    fake = FakeYouTube(fail_with=requests.ConnectionError("network is unreachable"))
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(fake)
+    assert caught.value.code == "FETCH_FAILED"
+    assert "network is unreachable" in caught.value.message
+
+
+async def test_unexpected_youtube_answer_is_fetch_failed() -> None:
+    """A player answer the library cannot read fails with FETCH_FAILED, not a crash."""
+    broken = _player([{"bad": 1}])
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(FakeYouTube(player=broken))
+    assert caught.value.code == "FETCH_FAILED"
+
+
+async def test_supplied_transcript_skips_the_download() -> None:
+    """A supplied transcript is used as is and YouTube is not asked for one."""
+    fake = FakeYouTube()
+    video = await _fetch(fake, transcript="  My own transcript.\n\nSecond part.  ")
+    assert fake.calls == []
+    assert video.body == "My own transcript.\n\nSecond part."
+    assert video.title == "Never Gonna Give You Up"
+    assert video.metadata["transcript_source"] == "supplied"
+    assert "language" not in video.metadata
+    assert "duration" not in video.metadata
+
+
+async def test_blank_supplied_transcript_is_content_empty() -> None:
+    """A blank supplied transcript fails with CONTENT_EMPTY rather than storing nothing."""
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(FakeYouTube(), transcript="   ")
+    assert caught.value.code == "CONTENT_EMPTY"
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (httpx.Response(404, text="Not Found"), "HTTP 404"),
+        (httpx.Response(200, text="<html>not json</html>"), "JSON"),
+        (httpx.Response(200, json={"title": 5}), "JSON"),
+        (httpx.ConnectError("refused"), "ConnectError"),
+    ],
+)
+async def test_oembed_failure_is_not_fatal(answer: httpx.Response | Exception, reason: str) -> None:
+    """Without oEmbed the video still gets its transcript; the reason is noted in metadata."""
+    video = await _fetch(FakeYouTube(), oembed=_oembed_client(answer))
+    assert video.body.startswith("Hello and welcome")
+    assert video.title is None
+    assert "channel" not in video.metadata
+    assert reason in video.metadata["oembed_error"]
+
+
+async def test_long_transcripts_are_split_into_paragraphs() -> None:
+    """A long unbroken transcript is split at sentence ends into readable paragraphs."""
+    sentence = "This sentence is part of a long talk without pauses between captions."
+    lines = "\n".join(
+        f'<text start="{index * 3}.0" dur="3.0">{sentence}</text>' for index in range(40)
+    )
+    fake = FakeYouTube(captions={"en": f"<transcript>{lines}</transcript>"})
+    video = await _fetch(fake)
+    paragraphs = video.body.split("\n\n")
+    assert len(paragraphs) > 3
+    assert all(paragraph.endswith(".") for paragraph in paragraphs)
+    assert all(len(paragraph) <= 1000 for paragraph in paragraphs)
+    assert video.metadata["duration"] == 120.0
