@@ -1,0 +1,195 @@
+"""The openai analyzer: one chat-completions call to any OpenAI-compatible server, JSON only."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import msgspec
+
+from menos import errors
+from menos.pipeline import analyzers
+
+SYSTEM_PROMPT = """You analyze content for a personal knowledge base.
+Answer with one JSON object and nothing else: no prose, no code fences.
+The object has exactly these fields:
+- "summary": string, 2 to 4 sentences saying what the content is about and why it matters.
+- "tags": array of at most 10 lower-case tags; words joined by "-" (for example "job-queue").
+- "tier": one of "S", "A", "B", "C", "D" (S exceptional, A very good, B good, C ordinary, D poor).
+- "tier_explanation": array of short strings saying why that tier.
+- "quality_score": integer from 1 to 100.
+- "score_explanation": array of short strings saying why that score.
+- "topics": array of at most 7 objects {"name": string, "hierarchy": array of strings from the
+  broadest to the narrowest (for example ["Computing", "Databases", "PostgreSQL"]),
+  "confidence": number from 0 to 1}.
+- "entities": array of objects {"type": string (person, organization, place, product,
+  technology, work or event), "name": string}."""
+
+VOCABULARY_PROMPT = (
+    "The owner already uses these tags; prefer them when they fit and add at most 3 new ones: "
+)
+
+REPAIR_PROMPT = (
+    "Your answer could not be read as a JSON object. Reply with the JSON object only, with the "
+    "fields described above: no prose, no code fences, no reasoning."
+)
+
+MAX_DETAIL = 200
+
+
+class OpenAIAnalyzer:
+    """Analyzer backed by an OpenAI-compatible `/chat/completions` endpoint."""
+
+    name: str = "openai"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        timeout_s: float,
+        max_chars: int,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        if max_chars <= 0:
+            raise ValueError("max_chars must be positive")
+        self._client = client
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._model = model
+        self._api_key = api_key or None
+        self._timeout_s = timeout_s
+        self._max_chars = max_chars
+
+    async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
+        """Ask the model for the result object; one HTTP call."""
+        return await self._complete(self._messages(request))
+
+    async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
+        """Show the model its first answer and ask for the JSON object only; one HTTP call."""
+        messages = [
+            *self._messages(request),
+            {"role": "assistant", "content": first.text},
+            {"role": "user", "content": REPAIR_PROMPT},
+        ]
+        return await self._complete(messages)
+
+    def _messages(self, request: analyzers.Request) -> list[dict[str, str]]:
+        """The system and user messages for one request."""
+        system = SYSTEM_PROMPT
+        if request.vocabulary:
+            system += "\n\n" + VOCABULARY_PROMPT + ", ".join(request.vocabulary)
+        lines = [f"Title: {request.title or '(none)'}", f"Content type: {request.content_type}"]
+        if request.tags:
+            lines.append(f"Tags given by the submitter: {', '.join(request.tags)}")
+        lines += ["", "Text:", truncate(request.text, self._max_chars)]
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "\n".join(lines)},
+        ]
+
+    async def _complete(self, messages: list[dict[str, str]]) -> analyzers.Answer:
+        """POST the messages and read the answer; errors become PipelineError codes."""
+        body = {
+            "model": self._model,
+            "messages": messages,
+            "temperature": 0,
+            "response_format": {"type": "json_object"},
+        }
+        headers = {"Accept": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        try:
+            # httpx timeouts bound each phase; asyncio bounds the whole call, so a server that
+            # trickles bytes cannot hold a worker past timeout_s.
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._client.post(
+                    self._url, json=body, headers=headers, timeout=self._timeout_s
+                )
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise errors.PipelineError(
+                "LLM_TIMEOUT", f"the model server did not answer within {self._timeout_s:g} s"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise errors.PipelineError(
+                "LLM_CALL_ERROR",
+                f"the call to the model server failed: {type(exc).__name__}: "
+                f"{self._redact(str(exc))[:MAX_DETAIL]}",
+            ) from exc
+        if not response.is_success:
+            raise errors.PipelineError(
+                "LLM_CALL_ERROR",
+                f"the model server answered HTTP {response.status_code}"
+                + self._error_detail(response),
+            )
+        text, model, usage = self._read(response)
+        return analyzers.Answer(text=text, model=model, prompt=render_prompt(messages), usage=usage)
+
+    def _read(self, response: httpx.Response) -> tuple[str, str, dict[str, Any] | None]:
+        """Content, model name and usage of a chat-completions body."""
+        try:
+            data = msgspec.json.decode(response.content)
+            message = data["choices"][0]["message"]
+            content = message.get("content")
+        except (msgspec.DecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise errors.PipelineError(
+                "LLM_CALL_ERROR", "the model server's answer is not a chat completion"
+            ) from exc
+        if content is None:
+            text = ""
+        elif isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            # Some servers answer with content parts: keep the text ones, in order.
+            text = "".join(
+                part["text"]
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
+        else:
+            raise errors.PipelineError(
+                "LLM_CALL_ERROR", "the model server's answer has no text content"
+            )
+        model = data.get("model")
+        usage = data.get("usage")
+        return (
+            text,
+            model if isinstance(model, str) and model else self._model,
+            usage if isinstance(usage, dict) else None,
+        )
+
+    def _error_detail(self, response: httpx.Response) -> str:
+        """A short reason from an error body (`error.message` when present), secrets removed."""
+        try:
+            data = msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            detail = response.text
+        else:
+            error = data.get("error") if isinstance(data, dict) else None
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                detail = error["message"]
+            elif isinstance(error, str):
+                detail = error
+            else:
+                detail = response.text
+        detail = " ".join(self._redact(detail).split())[:MAX_DETAIL]
+        return f": {detail}" if detail else ""
+
+    def _redact(self, text: str) -> str:
+        """Text with the API key masked, should a server echo it."""
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def truncate(text: str, max_chars: int) -> str:
+    """Cut text to max_chars characters and say so visibly; shorter text is unchanged."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}\n[… truncated: {max_chars} of {len(text)} characters shown]"
+
+
+def render_prompt(messages: list[dict[str, str]]) -> str:
+    """The messages as one readable text, as recorded in diagnostics."""
+    return "\n\n".join(f"[{message['role']}]\n{message['content']}" for message in messages)

@@ -1,0 +1,298 @@
+"""Parse stage: find the JSON object in an analyzer's answer and coerce it into a Result (§5.4)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+from collections.abc import Collection
+from typing import Any
+
+import msgspec
+
+from menos import errors
+
+RESULT_FIELDS = frozenset(
+    {
+        "summary",
+        "tags",
+        "tier",
+        "tier_explanation",
+        "quality_score",
+        "score_explanation",
+        "topics",
+        "entities",
+    }
+)
+TIERS = ("S", "A", "B", "C", "D")
+DEFAULT_TIER = "C"
+DEFAULT_SCORE = 50
+DEFAULT_CONFIDENCE = 0.5
+MAX_TAGS = 10
+MAX_NEW_TAGS = 3
+MAX_TOPICS = 7
+TAG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
+
+_THINK_BLOCK = re.compile(r"<think\b[^>]*>.*?</think\s*>", re.IGNORECASE | re.DOTALL)
+_THINK_CLOSE = re.compile(r"</think\s*>", re.IGNORECASE)
+_THINK_OPEN = re.compile(r"^\s*<think\b[^>]*>", re.IGNORECASE)
+# Fence markers only at a line start or end: a JSON string cannot span a raw newline, so these
+# never cut into a string value.
+_FENCE_OPEN = re.compile(r"^[ \t]*```[\w.+-]*", re.MULTILINE)
+_FENCE_CLOSE = re.compile(r"```[ \t]*$", re.MULTILINE)
+
+
+class Topic(msgspec.Struct, frozen=True):
+    """A subject the content is about; `hierarchy` runs from broadest to narrowest."""
+
+    name: str
+    hierarchy: list[str]
+    confidence: float
+
+
+class Entity(msgspec.Struct, frozen=True):
+    """A named thing the content mentions."""
+
+    type: str
+    name: str
+
+
+class Result(msgspec.Struct, frozen=True):
+    """The validated analysis stored in `content.result`."""
+
+    summary: str
+    tags: list[str]
+    new_tags: list[str]
+    tier: str
+    tier_explanation: list[str]
+    quality_score: int
+    score_explanation: list[str]
+    topics: list[Topic]
+    entities: list[Entity]
+    model: str
+    processed_at: datetime.datetime
+
+
+def strip_noise(text: str) -> str:
+    """Remove `<think>` blocks (an unclosed leading one runs to the end) and code fence markers."""
+    text = _THINK_BLOCK.sub("", text)
+    # A stray closing tag means the opening one was in the chat template: drop what precedes it.
+    closes = list(_THINK_CLOSE.finditer(text))
+    if closes:
+        text = text[closes[-1].end() :]
+    if _THINK_OPEN.match(text):
+        return ""
+    text = _FENCE_OPEN.sub("", text)
+    return _FENCE_CLOSE.sub("", text)
+
+
+def extract_json(text: str) -> dict[str, Any] | None:
+    """Return the first balanced `{…}` that parses as a JSON object after stripping noise."""
+    cleaned = strip_noise(text)
+    decoder = json.JSONDecoder()
+    start = cleaned.find("{")
+    while start != -1:
+        try:
+            # raw_decode reads one JSON value and stops at its end, so braces inside strings
+            # and trailing prose are handled by the JSON grammar itself.
+            value, _ = decoder.raw_decode(cleaned, start)
+        except ValueError:
+            pass
+        else:
+            if isinstance(value, dict):
+                return value
+        start = cleaned.find("{", start + 1)
+    return None
+
+
+def coerce(
+    raw: dict[str, Any],
+    *,
+    known_tags: Collection[str],
+    model: str,
+    processed_at: datetime.datetime,
+) -> Result:
+    """Coerce a model's JSON object into a Result; fields of the wrong type take their default.
+
+    Raises PipelineError("PARSE_FAILED") when the object has none of the result fields.
+    """
+    if not RESULT_FIELDS.intersection(raw):
+        keys = ", ".join(sorted(str(key) for key in raw)[:10]) or "none"
+        raise errors.PipelineError(
+            "PARSE_FAILED", f"the JSON object has none of the result fields (keys: {keys})"
+        )
+    tags = coerce_tags(raw.get("tags"), known_tags=known_tags)
+    known = set(known_tags)
+    return Result(
+        summary=_string(raw.get("summary")),
+        tags=tags,
+        new_tags=[tag for tag in tags if tag not in known],
+        tier=coerce_tier(raw.get("tier")),
+        tier_explanation=coerce_explanation(raw.get("tier_explanation")),
+        quality_score=coerce_score(raw.get("quality_score")),
+        score_explanation=coerce_explanation(raw.get("score_explanation")),
+        topics=coerce_topics(raw.get("topics")),
+        entities=coerce_entities(raw.get("entities")),
+        model=model,
+        processed_at=processed_at,
+    )
+
+
+def coerce_tier(value: object) -> str:
+    """Upper-case a tier; anything outside S A B C D becomes C."""
+    if isinstance(value, str) and value.strip().upper() in TIERS:
+        return value.strip().upper()
+    return DEFAULT_TIER
+
+
+def coerce_score(value: object) -> int:
+    """Round a number or numeric string and clamp it to 1..100; anything else becomes 50."""
+    number: float
+    if isinstance(value, bool):
+        return DEFAULT_SCORE
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return DEFAULT_SCORE
+    else:
+        return DEFAULT_SCORE
+    if not math.isfinite(number):
+        return DEFAULT_SCORE
+    return max(1, min(100, round(number)))
+
+
+def normalize_tag(value: str) -> str | None:
+    """Lower-case a tag and turn spaces and underscores into `-`; None when it is not valid."""
+    tag = value.strip().lower().replace(" ", "-").replace("_", "-")
+    return tag if TAG_PATTERN.match(tag) else None
+
+
+def coerce_tags(value: object, *, known_tags: Collection[str]) -> list[str]:
+    """Valid, distinct tags in answer order: at most 10, of which at most 3 the owner never used."""
+    if not isinstance(value, list):
+        return []
+    known = set(known_tags)
+    kept: list[str] = []
+    new_count = 0
+    for item in value:
+        if len(kept) >= MAX_TAGS:
+            break
+        if not isinstance(item, str):
+            continue
+        tag = normalize_tag(item)
+        if tag is None or tag in kept:
+            continue
+        if tag not in known:
+            if new_count >= MAX_NEW_TAGS:
+                continue
+            new_count += 1
+        kept.append(tag)
+    return kept
+
+
+def coerce_explanation(value: object) -> list[str]:
+    """A string or a list of strings as a list of non-blank strings."""
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    if isinstance(value, list):
+        return [item.strip() for item in value if isinstance(item, str) and item.strip()]
+    return []
+
+
+def coerce_confidence(value: object) -> float:
+    """A number, numeric string or high/medium/low (0.9/0.7/0.5), clamped to 0..1."""
+    number: float
+    if isinstance(value, bool):
+        return DEFAULT_CONFIDENCE
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        match value.strip().lower():
+            case "high":
+                return 0.9
+            case "medium":
+                return 0.7
+            case "low":
+                return 0.5
+            case other:
+                try:
+                    number = float(other)
+                except ValueError:
+                    return DEFAULT_CONFIDENCE
+    else:
+        return DEFAULT_CONFIDENCE
+    if not math.isfinite(number):
+        return DEFAULT_CONFIDENCE
+    return max(0.0, min(1.0, number))
+
+
+def split_hierarchy(value: str) -> list[str]:
+    """Split `a > b > c` into its non-blank parts."""
+    return [part.strip() for part in value.split(">") if part.strip()]
+
+
+def coerce_topic(value: object) -> Topic | None:
+    """One topic from a dict (or a bare name); None when it has no usable name."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        return None
+    name = value.get("name")
+    if not isinstance(name, str) or not name.strip():
+        return None
+    name = name.strip()
+    given = value.get("hierarchy")
+    hierarchy: list[str] = []
+    if isinstance(given, str):
+        hierarchy = split_hierarchy(given)
+    elif isinstance(given, list):
+        hierarchy = [
+            part for item in given if isinstance(item, str) for part in split_hierarchy(item)
+        ]
+    if not hierarchy:
+        hierarchy = split_hierarchy(name)
+    return Topic(
+        name=name,
+        hierarchy=hierarchy,
+        confidence=coerce_confidence(value.get("confidence", DEFAULT_CONFIDENCE)),
+    )
+
+
+def coerce_topics(value: object) -> list[Topic]:
+    """The first seven usable topics."""
+    if not isinstance(value, list):
+        return []
+    topics: list[Topic] = []
+    for item in value:
+        topic = coerce_topic(item)
+        if topic is not None:
+            topics.append(topic)
+            if len(topics) >= MAX_TOPICS:
+                break
+    return topics
+
+
+def coerce_entities(value: object) -> list[Entity]:
+    """Distinct `{type, name}` entities; nameless ones are dropped, a missing type is `other`."""
+    if not isinstance(value, list):
+        return []
+    entities: list[Entity] = []
+    for item in value:
+        if not isinstance(item, dict):
+            continue
+        name = _string(item.get("name"))
+        if not name:
+            continue
+        entity = Entity(type=_string(item.get("type")) or "other", name=name)
+        if entity not in entities:
+            entities.append(entity)
+    return entities
+
+
+def _string(value: object) -> str:
+    """A stripped string, or empty when the value is not a string."""
+    return value.strip() if isinstance(value, str) else ""
