@@ -174,7 +174,3 @@ SELECT tag FROM menos.owner_tag WHERE owner = $1 ORDER BY uses DESC, tag LIMIT $
 -- name: owner_known_tags
 -- Which of these tags the owner has used before.
 SELECT tag FROM menos.owner_tag WHERE owner = $1 AND tag = ANY($2::text[]);
-
--- name: pending_count
--- How many jobs wait.
-SELECT count(*) FROM menos.pipeline_job WHERE status = 'pending';

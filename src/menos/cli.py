@@ -14,7 +14,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 
 import httpx
 import structlog
@@ -53,8 +52,9 @@ def database(conf: settings.Settings) -> Iterator[str]:
             server.stop()
 
 
-async def _with_repo(dsn: str, use: Callable[[repository.Repository], Awaitable[int]],
-                     *, max_size: int = 4) -> int:  # fmt: skip
+async def _with_repo(
+    dsn: str, use: Callable[[repository.Repository], Awaitable[int]], *, max_size: int = 4
+) -> int:
     pool = await db.create_pool(dsn, min_size=1, max_size=max_size)
     try:
         return await use(repository.Repository(pool, db.Queries()))
@@ -98,10 +98,17 @@ def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
         applied = asyncio.run(_migrate(dsn))
         log.info("migrations_applied", versions=applied)
         conf = settings.with_overrides(conf, database_url=dsn)
-        server = uvicorn.Server(uvicorn.Config(
-            http_app.create_app(conf), host=conf.host, port=conf.port, log_config=None,
-            access_log=False, lifespan="on", timeout_graceful_shutdown=5,
-        ))  # fmt: skip
+        server = uvicorn.Server(
+            uvicorn.Config(
+                http_app.create_app(conf),
+                host=conf.host,
+                port=conf.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=5,
+            )
+        )
         server.run()
     return 0
 
@@ -109,10 +116,13 @@ def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
 def _analyzer(conf: settings.Settings, client: httpx.AsyncClient) -> analyzers.Analyzer:
     if conf.analyzer == "openai":
         return openai.OpenAIAnalyzer(
-            client, base_url=conf.llm_base_url, model=conf.llm_model,
-            api_key=conf.llm_api_key, timeout_s=conf.llm_timeout_s,
+            client,
+            base_url=conf.llm_base_url,
+            model=conf.llm_model,
+            api_key=conf.llm_api_key,
+            timeout_s=conf.llm_timeout_s,
             max_chars=conf.pipeline_max_chars,
-        )  # fmt: skip
+        )
     return builtin.BuiltinAnalyzer()
 
 
@@ -130,27 +140,35 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
     pool = await db.create_pool(dsn, min_size=1, max_size=conf.worker_concurrency + 3)
     pinned = httpx.AsyncClient(
         transport=ssrf.PinnedTransport(allow_private=conf.callback_allow_private),
-        follow_redirects=False, timeout=10.0,
+        follow_redirects=False,
+        timeout=10.0,
         headers={"user-agent": f"menos/{versions.app_version()}"},
-    )  # fmt: skip
-    plain = httpx.AsyncClient(timeout=conf.llm_timeout_s,
-                              headers={"user-agent": f"menos/{versions.app_version()}"})  # fmt: skip
+    )
+    plain = httpx.AsyncClient(
+        timeout=conf.llm_timeout_s, headers={"user-agent": f"menos/{versions.app_version()}"}
+    )
     try:
         ctx = stages.Context(
-            http=pinned, metadata_http=plain, analyzer=_analyzer(conf, plain),
-            max_body_bytes=conf.max_body_bytes, oembed_url=conf.youtube_oembed_url,
+            http=pinned,
+            metadata_http=plain,
+            analyzer=_analyzer(conf, plain),
+            max_body_bytes=conf.max_body_bytes,
+            oembed_url=conf.youtube_oembed_url,
             youtube_languages=conf.youtube_languages,
-        )  # fmt: skip
+        )
         config = worker.WorkerConfig(
-            worker_id=worker_id, concurrency=conf.worker_concurrency,
-            max_processing=conf.max_concurrency, lease_s=conf.job_lease_s,
-            max_attempts=conf.job_max_attempts, poll_s=conf.worker_poll_s,
+            worker_id=worker_id,
+            concurrency=conf.worker_concurrency,
+            max_processing=conf.max_concurrency,
+            lease_s=conf.job_lease_s,
+            max_attempts=conf.job_max_attempts,
+            poll_s=conf.worker_poll_s,
             shutdown_grace_s=conf.worker_shutdown_grace_s,
             pipeline_version=versions.app_version(),
-        )  # fmt: skip
-        await worker.Worker(
-            config, repository.Repository(pool, db.Queries()), ctx, dsn=dsn
-        ).run(stop)
+        )
+        await worker.Worker(config, repository.Repository(pool, db.Queries()), ctx, dsn=dsn).run(
+            stop
+        )
     finally:
         await pinned.aclose()
         await plain.aclose()
@@ -173,13 +191,24 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
     async def create(repo: repository.Repository) -> int:
         key = await repo.create_key(args.owner, "admin" if args.admin else "user")
         if args.json:
-            print(json.dumps({"key_id": str(key.key_id), "owner": key.owner, "role": key.role,
-                              "api_key": key.api_key, "webhook_secret": key.webhook_secret},
-                             separators=(",", ":")))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "key_id": str(key.key_id),
+                        "owner": key.owner,
+                        "role": key.role,
+                        "api_key": key.api_key,
+                        "webhook_secret": key.webhook_secret,
+                    },
+                    separators=(",", ":"),
+                )
+            )
         else:
-            print(f"key_id:         {key.key_id}\nowner:          {key.owner} ({key.role})\n"
-                  f"api_key:        {key.api_key}\nwebhook_secret: {key.webhook_secret}\n"
-                  "Keep both: they are shown only once.")  # fmt: skip
+            print(
+                f"key_id:         {key.key_id}\nowner:          {key.owner} ({key.role})\n"
+                f"api_key:        {key.api_key}\nwebhook_secret: {key.webhook_secret}\n"
+                "Keep both: they are shown only once."
+            )
         return 0
 
     async def listing(repo: repository.Repository) -> int:
@@ -219,24 +248,24 @@ def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
         if args.db_command == "url":
             print(conf.database_url)
             return 0
-        print("MENOS_DATABASE_URL is set: there is no embedded database to manage",
-              file=sys.stderr)  # fmt: skip
+        print("MENOS_DATABASE_URL is set: there is no embedded database to manage", file=sys.stderr)
         return EXIT_FAILURE
     server = embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
     if args.db_command == "start":
-        running = server.running() or server.start(detached=True)
-        print(running.dsn)
+        print((server.running() or server.start(detached=True)).dsn)
         return 0
     if args.db_command == "stop":
         stopped = server.stop()
         print("stopped" if stopped else "not running")
         return 0
-    running = server.running()
-    if running is None:
-        print(f"the embedded database under {conf.home} is not running (bin/menos db start)",
-              file=sys.stderr)  # fmt: skip
+    found = server.running()
+    if found is None:
+        print(
+            f"the embedded database under {conf.home} is not running (bin/menos db start)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
-    print(running.dsn)
+    print(found.dsn)
     return 0
 
 
@@ -273,11 +302,14 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
         env = {**os.environ, "MENOS_DATABASE_URL": dsn, "MENOS_LOG_FORMAT": conf.log_format}
         children = {
             name: subprocess.Popen(
-                [sys.executable, "-m", "menos", name], env=env, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent, start_new_session=True,
+                [sys.executable, "-m", "menos", name],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
             )
             for name in ("api", "worker")
-        }  # fmt: skip
+        }
         stopping = False
 
         def stop(*_: object) -> None:
@@ -294,11 +326,11 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 f"  API key:  {key}\n\nTry it:\n"
                 f"  curl -s -X POST {base}/api/v1/content -H 'Authorization: Bearer {key}' "
                 "-H 'Content-Type: application/json' "
-                "-d '{\"text\": \"# Hello menos\\n\\nMy first note, ingested by a worker.\"}'\n"
+                '-d \'{"text": "# Hello menos\\n\\nMy first note, ingested by a worker."}\'\n'
                 f"  then: curl -s {base}/api/v1/jobs/<job_id> -H 'Authorization: Bearer {key}'\n"
                 "\nCtrl-C stops everything.",
                 flush=True,
-            )  # fmt: skip
+            )
         code = 0
         while not stopping:
             exited = [name for name, proc in children.items() if proc.poll() is not None]
@@ -306,10 +338,8 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 print(f"menos: {', '.join(exited)} exited; stopping", file=sys.stderr, flush=True)
                 code = EXIT_FAILURE
                 break
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 children["api"].wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                pass
         for proc in children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -342,17 +372,21 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0)
 def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     """The command tree of `bin/menos` (other bin/ entries are its subcommands)."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="menos: self-hosted content ingest on a PostgreSQL job queue.",
+        prog=prog,
+        description="menos: self-hosted content ingest on a PostgreSQL job queue.",
         epilog="Configuration comes from MENOS_* environment variables (see docs/operations.md). "
         "Exit codes: 0 success, 1 failure, 2 usage error.",
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("dev", help="embedded database, migrations, API and a worker in the foreground")
     sub.add_parser("migrate", help="apply pending database migrations")
     sub.add_parser("api", help="serve the HTTP API (applies migrations first)")
     w = sub.add_parser("worker", help="claim and run jobs until SIGTERM/SIGINT")
-    w.add_argument("--concurrency", type=int, help="job slots in this process "
-                   "(default MENOS_WORKER_CONCURRENCY)")  # fmt: skip
+    w.add_argument(
+        "--concurrency",
+        type=int,
+        help="job slots in this process (default MENOS_WORKER_CONCURRENCY)",
+    )
     w.add_argument("--worker-id", help="name shown in jobs and logs (default host:pid:random)")
 
     keys = sub.add_parser("keys", help="API keys and webhook secrets")
@@ -402,4 +436,3 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
-

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import msgspec
 
-from menos import errors
+from menos import db, errors
 
 _PR_SET_PDEATHSIG = 1
 _CLONE_NEWUSER = 0x10000000
@@ -53,7 +53,7 @@ def default_bindir() -> Path:
 
 
 def _unprivileged_uid() -> tuple[int, int]:
-    """An existing non-root uid/gid to appear as inside the namespace (initdb needs a passwd entry)."""
+    """A non-root uid/gid to appear as inside the namespace (initdb needs a passwd entry)."""
     try:
         entry = pwd.getpwnam("nobody")
         return entry.pw_uid, entry.pw_gid
@@ -107,8 +107,9 @@ class EmbeddedPostgres:
         if not (self.bindir / "postgres").exists():
             raise errors.EmbeddedError(f"no postgres binary in {self.bindir} (MENOS_PG_BINDIR)")
 
-    def _spawn(self, argv: list[str], *, die_with_parent: bool, detached: bool,
-               log: int | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, argv: list[str], *, die_with_parent: bool, detached: bool, log: int | None = None
+    ) -> subprocess.Popen[bytes]:
         as_root = os.geteuid() == 0
         uid, gid = _unprivileged_uid() if as_root else (os.geteuid(), os.getegid())
         return subprocess.Popen(
@@ -144,11 +145,21 @@ class EmbeddedPostgres:
         with self.log_file.open("ab") as log:
             process = self._spawn(
                 [
-                    str(self.bindir / "initdb"), "-D", str(staging), "-U", USER,
-                    "--auth=scram-sha-256", f"--pwfile={self.password_file}",
-                    "-E", "UTF8", "--no-locale", "--no-sync",
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(staging),
+                    "-U",
+                    USER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={self.password_file}",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
                 ],
-                die_with_parent=True, detached=False, log=log.fileno(),
+                die_with_parent=True,
+                detached=False,
+                log=log.fileno(),
             )
             if process.wait() != 0:
                 raise errors.EmbeddedError(f"initdb failed; see {self.log_file}")
@@ -190,12 +201,25 @@ class EmbeddedPostgres:
         try:
             self._process = self._spawn(
                 [
-                    str(self.bindir / "postgres"), "-D", str(self.data_dir),
-                    "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
-                    "-c", "unix_socket_directories=", "-c", "max_connections=200",
-                    "-c", "fsync=on", "-c", "log_min_messages=warning",
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(self.data_dir),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"port={port}",
+                    "-c",
+                    "unix_socket_directories=",
+                    "-c",
+                    "max_connections=200",
+                    "-c",
+                    "fsync=on",
+                    "-c",
+                    "log_min_messages=warning",
                 ],
-                die_with_parent=not detached, detached=detached, log=log.fileno(),
+                die_with_parent=not detached,
+                detached=detached,
+                log=log.fileno(),
             )
         finally:
             log.close()
@@ -222,15 +246,16 @@ class EmbeddedPostgres:
 
         async def create() -> None:
             conn = await asyncpg.connect(
-                host="127.0.0.1", port=port, user=USER, password=self._password(),
+                host="127.0.0.1",
+                port=port,
+                user=USER,
+                password=self._password(),
                 database="postgres",
             )
             try:
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM pg_database WHERE datname = $1", DATABASE
-                )
-                if not exists:
-                    await conn.execute(f'CREATE DATABASE "{DATABASE}"')  # constant name
+                queries = db.Queries()
+                if not await conn.fetchval(queries["embedded_database_exists"]):
+                    await conn.execute(queries["embedded_create_database"])
             finally:
                 await conn.close()
 

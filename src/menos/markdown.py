@@ -26,7 +26,9 @@ def parse(raw: str) -> Note:
     except Exception:  # malformed YAML: the note is still readable as it is
         return Note(metadata={}, text=raw)
     metadata = {str(k): v for k, v in post.metadata.items()}
-    return Note(metadata=msgspec.to_builtins(metadata, str_keys=True, enc_hook=str), text=post.content)
+    return Note(
+        metadata=msgspec.to_builtins(metadata, str_keys=True, enc_hook=str), text=post.content
+    )
 
 
 def first_heading(text: str) -> str | None:
@@ -59,9 +61,7 @@ def merge_tags(*groups: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def choose_title(
-    requested: str | None, note: Note, filename: str | None
-) -> str | None:
+def choose_title(requested: str | None, note: Note, filename: str | None) -> str | None:
     """The request's title, else the frontmatter's, else the file name or first heading."""
     if requested and requested.strip():
         return requested.strip()

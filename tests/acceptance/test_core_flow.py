@@ -20,16 +20,19 @@ def test_note_submitted_over_http_completes_with_a_result(menos: Menos) -> None:
     menos.worker()
     key = menos.key("alice")
     with menos.client(key["api_key"]) as client:
-        text = ("---\ntitle: Queues\ntags: [databases]\n---\n# Durable queues\n\n"
-                "PostgreSQL can be a reliable job queue. Workers claim jobs with SKIP LOCKED, "
-                "heartbeat their leases and write results in one transaction.\n")  # fmt: skip
+        text = (
+            "---\ntitle: Queues\ntags: [databases]\n---\n# Durable queues\n\n"
+            "PostgreSQL can be a reliable job queue. Workers claim jobs with SKIP LOCKED, "
+            "heartbeat their leases and write results in one transaction.\n"
+        )
         answer = client.post("/api/v1/content", json={"text": text, "tags": ["notes"]})
         assert answer.status_code == 202, answer.text
         body = answer.json()
         assert body["status"] == "pending" and body["deduplicated"] is False
         assert body["resource_key"] == f"cid:{body['content_id']}"
-        wait_for(lambda: job_status(client, body["job_id"]) == "completed",
-                 what="the job to complete")  # fmt: skip
+        wait_for(
+            lambda: job_status(client, body["job_id"]) == "completed", what="the job to complete"
+        )
         content = client.get(f"/api/v1/content/{body['content_id']}").json()
     assert content["title"] == "Queues"
     assert content["tags"] == ["notes", "databases"]
@@ -58,26 +61,35 @@ def test_multipart_upload_takes_title_from_file_name(menos: Menos) -> None:
     assert content["tags"] == ["a", "b", "c"]
 
 
-def test_sigkilled_worker_job_is_finished_by_another(
-    menos: Menos, llm: fake_llm.FakeLLM
-) -> None:
+def test_sigkilled_worker_job_is_finished_by_another(menos: Menos, llm: fake_llm.FakeLLM) -> None:
     """Killing a worker mid-job loses nothing: another worker completes it, one result persisted."""
-    slow = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url,
-            "MENOS_LLM_MODEL": "slow-3", "MENOS_JOB_LEASE_S": "1.5"}  # fmt: skip
+    slow = {
+        "MENOS_ANALYZER": "openai",
+        "MENOS_LLM_BASE_URL": llm.url,
+        "MENOS_LLM_MODEL": "slow-3",
+        "MENOS_JOB_LEASE_S": "1.5",
+    }
     menos.api()
     first = menos.worker("--worker-id", "doomed", **slow)
     key = menos.key("alice")
     with menos.client(key["api_key"]) as client:
         job_id = client.post("/api/v1/content", json={"text": "kill me softly"}).json()["job_id"]
-        wait_for(lambda: sql(menos.database_url,
-                             "SELECT 1 FROM menos.pipeline_job WHERE worker_id = 'doomed' "
-                             "AND current_stage = 'analyze'"),
-                 what="the first worker to be analyzing")  # fmt: skip
+        wait_for(
+            lambda: sql(
+                menos.database_url,
+                "SELECT 1 FROM menos.pipeline_job WHERE worker_id = 'doomed' "
+                "AND current_stage = 'analyze'",
+            ),
+            what="the first worker to be analyzing",
+        )
         first.send_signal(signal.SIGKILL)
         first.wait()
         menos.worker("--worker-id", "rescuer", **{**slow, "MENOS_LLM_MODEL": "good"})
-        wait_for(lambda: job_status(client, job_id) == "completed", timeout=60,
-                 what="the job to complete on the second worker")  # fmt: skip
+        wait_for(
+            lambda: job_status(client, job_id) == "completed",
+            timeout=60,
+            what="the job to complete on the second worker",
+        )
         job = client.get(f"/api/v1/jobs/{job_id}", params={"verbose": "true"}).json()
     assert job["worker_id"] == "rescuer" and job["attempts"] == 2
     rows = sql(menos.database_url, "SELECT result FROM menos.content WHERE result IS NOT NULL")
@@ -88,8 +100,12 @@ def test_sigkilled_worker_job_is_finished_by_another(
 
 def test_global_cap_holds_across_three_workers(menos: Menos, llm: fake_llm.FakeLLM) -> None:
     """With MENOS_MAX_CONCURRENCY=2, three workers never have more than 2 jobs processing."""
-    env = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url,
-           "MENOS_LLM_MODEL": "slow-0.4", "MENOS_MAX_CONCURRENCY": "2"}  # fmt: skip
+    env = {
+        "MENOS_ANALYZER": "openai",
+        "MENOS_LLM_BASE_URL": llm.url,
+        "MENOS_LLM_MODEL": "slow-0.4",
+        "MENOS_MAX_CONCURRENCY": "2",
+    }
     menos.api()
     for index in range(3):
         menos.worker("--concurrency", "2", "--worker-id", f"w{index}", **env)
@@ -100,10 +116,12 @@ def test_global_cap_holds_across_three_workers(menos: Menos, llm: fake_llm.FakeL
     seen: list[int] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        counts = sql(menos.database_url,
-                     "SELECT count(*) FILTER (WHERE status = 'processing') AS processing, "
-                     "count(*) FILTER (WHERE status = 'completed') AS completed "
-                     "FROM menos.pipeline_job")[0]  # fmt: skip
+        counts = sql(
+            menos.database_url,
+            "SELECT count(*) FILTER (WHERE status = 'processing') AS processing, "
+            "count(*) FILTER (WHERE status = 'completed') AS completed "
+            "FROM menos.pipeline_job",
+        )[0]
         seen.append(counts["processing"])
         if counts["completed"] == 10:
             break
@@ -114,8 +132,7 @@ def test_global_cap_holds_across_three_workers(menos: Menos, llm: fake_llm.FakeL
 
 def test_sigterm_lets_the_running_job_complete(menos: Menos, llm: fake_llm.FakeLLM) -> None:
     """SIGTERM stops claiming but the job in progress completes before the worker exits."""
-    env = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url,
-           "MENOS_LLM_MODEL": "slow-1.5"}  # fmt: skip
+    env = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url, "MENOS_LLM_MODEL": "slow-1.5"}
     menos.api()
     worker = menos.worker("--worker-id", "polite", **env)
     key = menos.key("alice")
@@ -129,8 +146,12 @@ def test_sigterm_lets_the_running_job_complete(menos: Menos, llm: fake_llm.FakeL
 
 def test_sigterm_past_the_grace_gives_the_job_back(menos: Menos, llm: fake_llm.FakeLLM) -> None:
     """A job still running when the grace period ends goes back to pending, attempt uncounted."""
-    env = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url,
-           "MENOS_LLM_MODEL": "slow-5", "MENOS_WORKER_SHUTDOWN_GRACE_S": "0.5"}  # fmt: skip
+    env = {
+        "MENOS_ANALYZER": "openai",
+        "MENOS_LLM_BASE_URL": llm.url,
+        "MENOS_LLM_MODEL": "slow-5",
+        "MENOS_WORKER_SHUTDOWN_GRACE_S": "0.5",
+    }
     menos.api()
     worker = menos.worker(**env)
     key = menos.key("alice")
@@ -149,6 +170,7 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
     alice = menos.key("alice")
     bob = menos.key("bob")
     with menos.client(alice["api_key"]) as client:
+
         def post(**kw: Any) -> Any:
             return client.post("/api/v1/content", **kw)
 
@@ -162,8 +184,10 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
         assert wrong_type.status_code == 400 and wrong_type.json()["errors"][0]["field"] == "text"
         blank = post(json={"text": "   "})
         assert blank.status_code == 400
-        too_big = post(content=b'{"text": "' + b"a" * (6 * 1024 * 1024) + b'"}',
-                       headers={"content-type": "application/json"})  # fmt: skip
+        too_big = post(
+            content=b'{"text": "' + b"a" * (6 * 1024 * 1024) + b'"}',
+            headers={"content-type": "application/json"},
+        )
         assert too_big.status_code == 413
         latin1 = post(files={"file": ("n.md", "café".encode("latin-1"), "text/markdown")})
         assert latin1.status_code in (400, 415)

@@ -7,15 +7,27 @@ from menos.queue import models, repository
 VERSION = "0.0.0-test"
 
 
-def note(owner: str = "alice", *, key: str | None = None, callback_url: str | None = None,
-         body: str = "# Note\n\nSome text about queues.") -> models.NewContent:  # fmt: skip
+def note(
+    owner: str = "alice",
+    *,
+    key: str | None = None,
+    callback_url: str | None = None,
+    body: str = "# Note\n\nSome text about queues.",
+) -> models.NewContent:
     """A submission; `key` makes it a web resource (dedup applies), else markdown."""
     return models.NewContent(
-        owner=models.Owner(owner), content_type="web" if key else "markdown", resource_key=key,
-        source_url="https://example.com/" if key else None, title=None, tags=[], body=body,
-        source_metadata={}, callback_url=callback_url, data_tier="compact",
+        owner=models.Owner(owner),
+        content_type="web" if key else "markdown",
+        resource_key=key,
+        source_url="https://example.com/" if key else None,
+        title=None,
+        tags=[],
+        body=body,
+        source_metadata={},
+        callback_url=callback_url,
+        data_tier="compact",
         pipeline_version=VERSION,
-    )  # fmt: skip
+    )
 
 
 async def owner(repo: repository.Repository, name: str = "alice") -> None:

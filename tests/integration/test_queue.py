@@ -15,10 +15,16 @@ from tests.integration import helpers
 LEASE = 30.0
 
 
-async def claim(repo: repository.Repository, worker: str, n: int, cap: int = 1000,
-                now: dt.datetime | None = None) -> list[models.Claimed]:  # fmt: skip
-    return await repo.claim(worker, n, max_processing=cap, lease_s=LEASE,
-                            pipeline_version=helpers.VERSION, now=now)  # fmt: skip
+async def claim(
+    repo: repository.Repository,
+    worker: str,
+    n: int,
+    cap: int = 1000,
+    now: dt.datetime | None = None,
+) -> list[models.Claimed]:
+    return await repo.claim(
+        worker, n, max_processing=cap, lease_s=LEASE, pipeline_version=helpers.VERSION, now=now
+    )
 
 
 async def test_two_claimers_never_get_the_same_job(repo: repository.Repository) -> None:
@@ -33,9 +39,15 @@ async def test_two_claimers_never_get_the_same_job(repo: repository.Repository) 
         for batch in batches:
             for c in batch:
                 guard = repository.Guard(c.job.job_id, c.job.worker_id or "", c.job.attempts)
-                assert await repo.fail(guard, code="PIPELINE_EXCEPTION", stage="fetch",
-                                       message="done", stages=[], diagnostics={},
-                                       full_payload=None)  # fmt: skip
+                assert await repo.fail(
+                    guard,
+                    code="PIPELINE_EXCEPTION",
+                    stage="fetch",
+                    message="done",
+                    stages=[],
+                    diagnostics={},
+                    full_payload=None,
+                )
 
 
 async def test_concurrent_identical_submissions_make_one_job(
@@ -43,9 +55,7 @@ async def test_concurrent_identical_submissions_make_one_job(
 ) -> None:
     """Twenty simultaneous submissions of one URL give one new job and 19 deduplicated answers."""
     await helpers.owner(repo)
-    answers = await asyncio.gather(
-        *(repo.enqueue(helpers.note(key="url:same")) for _ in range(20))
-    )
+    answers = await asyncio.gather(*(repo.enqueue(helpers.note(key="url:same")) for _ in range(20)))
     assert sum(not a.deduplicated for a in answers) == 1
     assert len({a.job_id for a in answers}) == 1
     assert len({a.content_id for a in answers}) == 1
@@ -79,8 +89,9 @@ async def test_guarded_complete_after_rescue_changes_nothing(
     rescued = await repo.rescue_expired(max_attempts=3, now=later)
     assert [r.status for r in rescued] == ["pending"]
     guard = repository.Guard(held.job.job_id, "slow", held.job.attempts)
-    done = await repo.complete(guard, result={"summary": "late"}, tags=[], stages=[],
-                               diagnostics={}, full_payload=None)  # fmt: skip
+    done = await repo.complete(
+        guard, result={"summary": "late"}, tags=[], stages=[], diagnostics={}, full_payload=None
+    )
     assert done is False
     row = await pool.fetchrow("SELECT status, attempts FROM menos.pipeline_job")
     assert (row["status"], row["attempts"]) == ("pending", 1)
@@ -98,16 +109,22 @@ async def test_rescuer_fails_job_worker_lost_after_max_attempts(
     for attempt in range(1, 3):
         (held,) = await claim(repo, f"w{attempt}", 1, now=now)
         await repo.heartbeat(
-            f"w{attempt}", [(repository.Guard(held.job.job_id, f"w{attempt}", attempt),
-                             "analyze", [])], lease_s=LEASE, now=now,
-        )  # fmt: skip
+            f"w{attempt}",
+            [(repository.Guard(held.job.job_id, f"w{attempt}", attempt), "analyze", [])],
+            lease_s=LEASE,
+            now=now,
+        )
         now += dt.timedelta(seconds=LEASE + 1)
         await repo.rescue_expired(max_attempts=2, now=now)
     row = await pool.fetchrow(
         "SELECT status, error_code, error_stage, attempts FROM menos.pipeline_job"
     )
-    assert dict(row) == {"status": "failed", "error_code": "WORKER_LOST",
-                         "error_stage": "analyze", "attempts": 2}  # fmt: skip
+    assert dict(row) == {
+        "status": "failed",
+        "error_code": "WORKER_LOST",
+        "error_stage": "analyze",
+        "attempts": 2,
+    }
     status = await pool.fetchval("SELECT processing_status FROM menos.content")
     assert status == "failed"
 
@@ -123,27 +140,38 @@ async def test_outbox_row_exists_iff_terminal_transition_committed(
     ok = await repo.complete(
         repository.Guard(first.job.job_id, "w", first.job.attempts),
         result={"summary": "s", "tags": ["x"], "tier": "B", "quality_score": 70},
-        tags=["x"], stages=[], diagnostics={}, full_payload=None,
-    )  # fmt: skip
+        tags=["x"],
+        stages=[],
+        diagnostics={},
+        full_payload=None,
+    )
     assert ok
     refused = await repo.complete(
         repository.Guard(second.job.job_id, "someone-else", second.job.attempts),
-        result={"summary": "s"}, tags=[], stages=[], diagnostics={}, full_payload=None,
-    )  # fmt: skip
+        result={"summary": "s"},
+        tags=[],
+        stages=[],
+        diagnostics={},
+        full_payload=None,
+    )
     assert not refused
     rows = await pool.fetch("SELECT job_id, event_type, payload FROM menos.callback_outbox")
     assert [(r["job_id"], r["event_type"]) for r in rows] == [(first.job.job_id, "job.completed")]
     payload = rows[0]["payload"]
     assert payload["data"]["result_summary"] == {
-        "summary": "s", "tags": ["x"], "tier": "B", "quality_score": 70
+        "summary": "s",
+        "tags": ["x"],
+        "tier": "B",
+        "quality_score": 70,
     }
     assert payload["event_id"] and payload["type"] == "job.completed"
     # A transition rolled back with its transaction leaves no event either.
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
-        await conn.execute("UPDATE menos.pipeline_job SET status = 'failed' WHERE job_id = $1",
-                           second.job.job_id)  # fmt: skip
+        await conn.execute(
+            "UPDATE menos.pipeline_job SET status = 'failed' WHERE job_id = $1", second.job.job_id
+        )
         assert await conn.fetchval("SELECT count(*) FROM menos.callback_outbox") == 2
         await tx.rollback()
     assert await pool.fetchval("SELECT count(*) FROM menos.callback_outbox") == 1

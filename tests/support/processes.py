@@ -25,8 +25,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(check: Callable[[], T | None], *, timeout: float = 30.0, every: float = 0.1,
-             what: str = "condition") -> T:  # fmt: skip
+def wait_for(
+    check: Callable[[], T | None],
+    *,
+    timeout: float = 30.0,
+    every: float = 0.1,
+    what: str = "condition",
+) -> T:
     """Poll `check` until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,9 +62,13 @@ class Menos:
     def spawn(self, *argv: str, **env: str) -> subprocess.Popen[bytes]:
         with (self.workdir / f"{Path(argv[0]).name}-{len(self.procs)}.log").open("wb") as log:
             proc = subprocess.Popen(
-                [str(a) for a in argv], env={**self.env, **env}, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-            )  # fmt: skip
+                [str(a) for a in argv],
+                env={**self.env, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
         self.procs.append(proc)
         return proc
 
@@ -84,9 +93,14 @@ class Menos:
 
     def command(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "menos"), *args], env={**self.env, **env}, capture_output=True,
-            text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=self.workdir,
-        )  # fmt: skip
+            [str(BIN / "menos"), *args],
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+        )
 
     def key(self, owner: str, *, admin: bool = False) -> dict[str, Any]:
         args = ["keys", "create", "--owner", owner, "--json"] + (["--admin"] if admin else [])
@@ -98,8 +112,9 @@ class Menos:
         return created
 
     def client(self, api_key: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=30,
-                            headers={"authorization": f"Bearer {api_key}"})  # fmt: skip
+        return httpx.Client(
+            base_url=self.base_url, timeout=30, headers={"authorization": f"Bearer {api_key}"}
+        )
 
     def logs(self) -> str:
         return "\n".join(
@@ -123,10 +138,10 @@ def sql(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
     """Run one query from synchronous test code."""
     import asyncio
 
-    import asyncpg
+    from menos import db
 
     async def run() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(dsn)
+        conn = await db.connect(dsn)
         try:
             return [dict(r) for r in await conn.fetch(query, *args)]
         finally:

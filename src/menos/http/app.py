@@ -13,7 +13,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from menos import db, versions
 from menos.http import errors as http_errors
-from menos.http.controllers import content, health, jobs
+from menos.http.controllers import content, health, ingest, jobs
 from menos.queue import repository
 from menos.settings import Settings
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
         route_handlers=[
             content.ContentController,
             jobs.JobsController,
+            ingest.ingest,
             health.health,
             health.ready,
         ],

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from litestar import Request
+from litestar.di import Provide
 
 from menos import errors
 from menos.queue import models, repository
@@ -30,3 +31,6 @@ async def principal(request: Request[Any, Any, Any]) -> models.Principal:
 def scope(who: models.Principal) -> str | None:
     """The owner filter for queries: None (everything) for admins."""
     return None if who.is_admin else who.owner
+
+
+PROVIDE = Provide(principal)

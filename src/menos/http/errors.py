@@ -63,21 +63,28 @@ STATUS[TooLarge] = (413, "Request body too large")
 STATUS[UnsupportedMedia] = (415, "Unsupported media type")
 
 
-def problem(status: int, title: str, detail: str, fields: list[FieldError] | None = None,
-            headers: dict[str, str] | None = None) -> Response[Any]:  # fmt: skip
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    fields: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Any]:
     """A problem-details response."""
     body = Problem(title=title, status=status, detail=detail, errors=fields or [])
     return Response(
-        content=msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON,
+        content=msgspec.json.encode(body),
+        status_code=status,
+        media_type=PROBLEM_JSON,
         headers=headers,
-    )  # fmt: skip
+    )
 
 
 def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     assert isinstance(exc, errors.MenosError)
     for kind in type(exc).__mro__:
         if kind in STATUS:
-            status, title = STATUS[kind]  # type: ignore[index]
+            status, title = STATUS[kind]
             break
     else:
         status, title = 500, "Internal error"
@@ -95,22 +102,28 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
 def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, lexc.ValidationException):
         fields = [
-            FieldError(field=str(item.get("key") or item.get("source") or "request"),
-                       message=str(item.get("message", "invalid")))  # fmt: skip
+            FieldError(
+                field=str(item.get("key") or item.get("source") or "request"),
+                message=str(item.get("message", "invalid")),
+            )
             for item in (exc.extra if isinstance(exc.extra, list) else [])
             if isinstance(item, dict)
         ]
         return problem(400, "Invalid input", exc.detail, fields)
     if isinstance(exc, lexc.HTTPException):
         status = exc.status_code
-        title = {404: "Not found", 405: "Method not allowed", 413: "Request body too large",
-                 415: "Unsupported media type"}.get(status, "Request error")  # fmt: skip
+        title = {
+            404: "Not found",
+            405: "Method not allowed",
+            413: "Request body too large",
+            415: "Unsupported media type",
+        }.get(status, "Request error")
         return problem(status, title, exc.detail, headers=exc.headers)
     log.error("request_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
     return problem(HTTP_500_INTERNAL_SERVER_ERROR, "Internal error", "unexpected error")
 
 
-HANDLERS: dict[type[Exception], Any] = {
+HANDLERS: dict[int | type[Exception], Any] = {
     errors.MenosError: _menos_error,
     lexc.HTTPException: _litestar_error,
     Exception: _litestar_error,

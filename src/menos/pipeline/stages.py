@@ -52,7 +52,9 @@ class Port(Protocol):
 
     async def boundary(self, stage: Stage) -> None: ...
 
-    async def save_fetched(self, body: str, title: str | None, metadata: dict[str, Any]) -> None: ...
+    async def save_fetched(
+        self, body: str, title: str | None, metadata: dict[str, Any]
+    ) -> None: ...
 
     async def vocabulary(self) -> list[str]: ...
 
@@ -87,13 +89,17 @@ class Run:
     def begin(self, stage: Stage) -> None:
         self.current = stage
         self._started = time.perf_counter()
-        self.stages.append({"name": stage, "started_at": self._clock(), "finished_at": None,
-                            "duration_ms": None})  # fmt: skip
+        self.stages.append(
+            {"name": stage, "started_at": self._clock(), "finished_at": None, "duration_ms": None}
+        )
 
     def end(self) -> float:
         duration_ms = round((time.perf_counter() - self._started) * 1000, 3)
-        self.stages[-1] = {**self.stages[-1], "finished_at": self._clock(),
-                           "duration_ms": duration_ms}  # fmt: skip
+        self.stages[-1] = {
+            **self.stages[-1],
+            "finished_at": self._clock(),
+            "duration_ms": duration_ms,
+        }
         return duration_ms
 
     def keep(self, **values: Any) -> None:
@@ -127,16 +133,23 @@ async def _fetch(state: _State, port: Port, ctx: Context, run: Run) -> None:
         state.text = note.text
         run.diagnostics["frontmatter_keys"] = sorted(note.metadata)
         return
-    if item.body:  # supplied transcript, or fetched by an earlier run: never fetched again
+    fetched_before = "video_id" in item.source_metadata or "final_url" in item.source_metadata
+    if item.body and (fetched_before or item.content_type == "web"):
+        # Stored by an earlier run (or supplied for a page): never fetched again.
         state.text = item.body
         run.diagnostics["fetch"] = "stored body"
         return
     got: fetched_mod.Fetched
     if item.content_type == "youtube":
+        # A supplied transcript is used as it is; oEmbed still gives the title and channel.
         got = await youtube.fetch_video(
-            ctx.metadata_http, item.resource_key.removeprefix("yt:"), item.source_url or "",
-            oembed_url=ctx.oembed_url, languages=list(ctx.youtube_languages), transcript=None,
-        )  # fmt: skip
+            ctx.metadata_http,
+            item.resource_key.removeprefix("yt:"),
+            item.source_url or "",
+            oembed_url=ctx.oembed_url,
+            languages=list(ctx.youtube_languages),
+            transcript=item.body or None,
+        )
     else:
         got = await web.fetch_page(ctx.http, item.source_url or "", max_bytes=ctx.max_body_bytes)
     state.text = got.body
@@ -156,9 +169,12 @@ async def _prepare(state: _State, port: Port, ctx: Context, run: Run) -> None:
 async def _analyze(state: _State, port: Port, ctx: Context, run: Run) -> None:
     item = state.item
     state.request = analyzers.Request(
-        text=state.text, title=state.title, content_type=item.content_type, tags=item.tags,
+        text=state.text,
+        title=state.title,
+        content_type=item.content_type,
+        tags=item.tags,
         vocabulary=await port.vocabulary(),
-    )  # fmt: skip
+    )
     state.answer = await ctx.analyzer.analyze(state.request)
     run.diagnostics["analyzer"] = ctx.analyzer.name
     run.diagnostics["model"] = state.answer.model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 
 import structlog
@@ -34,9 +35,12 @@ class Rescuer:
         rescued = await self._repo.rescue_expired(max_attempts=self._max_attempts, now=now)
         for job in rescued:
             log.warning(
-                "job_rescued", job_id=str(job.job_id), content_id=str(job.content_id),
-                status=job.status, attempts=job.attempts,
-            )  # fmt: skip
+                "job_rescued",
+                job_id=str(job.job_id),
+                content_id=str(job.content_id),
+                status=job.status,
+                attempts=job.attempts,
+            )
         return len(rescued)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -48,7 +52,5 @@ class Rescuer:
                 log.warning("rescuer_database_unavailable", error=str(exc))
             except Exception:
                 log.exception("rescuer_failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
-            except TimeoutError:
-                pass

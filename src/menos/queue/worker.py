@@ -80,9 +80,13 @@ class _Slot(stages.Port):
         if self.lost:
             raise stages.Lost()
         if not await self.worker.repo.complete(
-            self.guard, result=result, tags=tags, stages=self.timings(close=True),
-            diagnostics=self.run.diagnostics, full_payload=self.run.full_payload,
-        ):  # fmt: skip
+            self.guard,
+            result=result,
+            tags=tags,
+            stages=self.timings(close=True),
+            diagnostics=self.run.diagnostics,
+            full_payload=self.run.full_payload,
+        ):
             raise stages.Lost()
 
     def timings(self, *, close: bool = False) -> list[models.StageTiming]:
@@ -91,8 +95,11 @@ class _Slot(stages.Port):
         if close and rows and rows[-1]["finished_at"] is None:
             started: dt.datetime = rows[-1]["started_at"]
             finished = dt.datetime.now(dt.UTC)
-            rows[-1] = {**rows[-1], "finished_at": finished,
-                        "duration_ms": round((finished - started).total_seconds() * 1000, 3)}  # fmt: skip
+            rows[-1] = {
+                **rows[-1],
+                "finished_at": finished,
+                "duration_ms": round((finished - started).total_seconds() * 1000, 3),
+            }
         return [msgspec.convert(row, models.StageTiming) for row in rows]
 
 
@@ -118,9 +125,13 @@ class Worker:
         if free <= 0:
             return 0
         claimed = await self.repo.claim(
-            self.config.worker_id, free, max_processing=self.config.max_processing,
-            lease_s=self.config.lease_s, pipeline_version=self.config.pipeline_version, now=now,
-        )  # fmt: skip
+            self.config.worker_id,
+            free,
+            max_processing=self.config.max_processing,
+            lease_s=self.config.lease_s,
+            pipeline_version=self.config.pipeline_version,
+            now=now,
+        )
         for item in claimed:
             slot = _Slot(self, item, self.ctx)
             self._slots[item.job.job_id] = slot
@@ -140,18 +151,20 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """The worker loop: claim, wait for NOTIFY or the poll interval, repeat until stop."""
-        log.info("worker_started", worker_id=self.config.worker_id,
-                 concurrency=self.config.concurrency)  # fmt: skip
+        log.info(
+            "worker_started", worker_id=self.config.worker_id, concurrency=self.config.concurrency
+        )
         background = [
             asyncio.create_task(self._listen(stop), name="listen"),
             asyncio.create_task(self._heartbeat(stop), name="heartbeat"),
             asyncio.create_task(
                 rescuer.Rescuer(
-                    self.repo, max_attempts=self.config.max_attempts,
+                    self.repo,
+                    max_attempts=self.config.max_attempts,
                     interval_s=self.config.lease_s / 3,
                 ).run(stop),
                 name="rescuer",
-            ),  # fmt: skip
+            ),
         ]
         try:
             while not stop.is_set():
@@ -177,11 +190,8 @@ class Worker:
     async def _shutdown(self) -> None:
         if not self._tasks:
             return
-        log.info("worker_stopping", running=len(self._tasks),
-                 grace_s=self.config.shutdown_grace_s)  # fmt: skip
-        _, unfinished = await asyncio.wait(
-            list(self._tasks), timeout=self.config.shutdown_grace_s
-        )
+        log.info("worker_stopping", running=len(self._tasks), grace_s=self.config.shutdown_grace_s)
+        _, unfinished = await asyncio.wait(list(self._tasks), timeout=self.config.shutdown_grace_s)
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
@@ -201,7 +211,7 @@ class Worker:
                     self.config.worker_id,
                     [(slot.guard, slot.run.current, slot.timings()) for slot in slots],
                     lease_s=self.config.lease_s,
-                )  # fmt: skip
+                )
             except Exception as exc:
                 log.warning("heartbeat_failed", error=str(exc))
                 continue
@@ -219,7 +229,7 @@ class Worker:
             closed = asyncio.Event()
             try:
                 conn = await db.connect(self._dsn)
-                conn.add_termination_listener(lambda _c: closed.set())
+                conn.add_termination_listener(lambda _c, lost=closed: lost.set())
                 await conn.add_listener(CHANNEL_JOBS, self._on_jobs)
                 await conn.add_listener(CHANNEL_CANCEL, self._on_cancel)
                 self._wake.set()  # claim once after (re)connecting: NOTIFYs may have been missed
@@ -246,18 +256,23 @@ class Worker:
     async def _run_job(self, slot: _Slot) -> None:
         job, content = slot.claimed.job, slot.claimed.content
         structlog.contextvars.bind_contextvars(
-            job_id=str(job.job_id), content_id=str(content.content_id),
+            job_id=str(job.job_id),
+            content_id=str(content.content_id),
             worker_id=self.config.worker_id,
-        )  # fmt: skip
+        )
         started = time.perf_counter()
         outcome = "completed"
         log.info("job_claimed", attempts=job.attempts, content_type=content.content_type)
         item = stages.Item(
-            owner=content.owner, content_type=content.content_type,
-            resource_key=content.resource_key, source_url=content.source_url,
-            title=content.title, tags=content.tags, body=content.body,
+            owner=content.owner,
+            content_type=content.content_type,
+            resource_key=content.resource_key,
+            source_url=content.source_url,
+            title=content.title,
+            tags=content.tags,
+            body=content.body,
             source_metadata=content.source_metadata,
-        )  # fmt: skip
+        )
         try:
             await stages.run_pipeline(item, slot, self.ctx, slot.run)
         except stages.Cancelled:
@@ -287,10 +302,11 @@ class Worker:
         finally:
             self._slots.pop(job.job_id, None)
             log.info(
-                "job_finished", outcome=outcome,
+                "job_finished",
+                outcome=outcome,
                 stage=slot.run.current,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )  # fmt: skip
+            )
             structlog.contextvars.unbind_contextvars("job_id", "content_id", "worker_id")
 
     async def _fail(self, slot: _Slot, code: str, message: str) -> None:
@@ -298,10 +314,14 @@ class Worker:
         slot.run.diagnostics["error"] = {"code": code, "stage": stage, "message": message}
         try:
             written = await self.repo.fail(
-                slot.guard, code=code, stage=stage, message=message,
-                stages=slot.timings(close=True), diagnostics=slot.run.diagnostics,
+                slot.guard,
+                code=code,
+                stage=stage,
+                message=message,
+                stages=slot.timings(close=True),
+                diagnostics=slot.run.diagnostics,
                 full_payload=slot.run.full_payload,
-            )  # fmt: skip
+            )
         except errors.DatabaseUnavailable as exc:
             log.warning("job_fail_not_recorded", error=str(exc))
             return

@@ -20,7 +20,7 @@ class ContentController(Controller):
     """`/api/v1/content`."""
 
     path = "/api/v1/content"
-    dependencies = {"who": Provide(auth.principal)}  # noqa: RUF012
+    dependencies = {"who": Provide(auth.principal)}
 
     @post("/", status_code=202)
     async def upload(
@@ -46,9 +46,7 @@ class ContentController(Controller):
             except UnicodeDecodeError:
                 raise http_errors.UnsupportedMedia("file: the file is not UTF-8 text") from None
             title = _form_text(form.get("title"), "title")
-            tag_values = [
-                _form_text(v, "tags") or "" for v in form.getall("tags", [])
-            ]
+            tag_values = [_form_text(v, "tags") or "" for v in form.getall("tags", [])]
             callback = _form_text(form.get("callback_url"), "callback_url")
             tier_text = _form_text(form.get("data_tier"), "data_tier")
             if tier_text not in (None, "compact", "full"):
@@ -56,11 +54,8 @@ class ContentController(Controller):
             tier = tier_text  # type: ignore[assignment]
             text_field = "file"
         else:
-            raise http_errors.UnsupportedMedia(
-                "send application/json or multipart/form-data"
-            )
-        note_text = validate.text(text_field, raw, max_chars=settings.max_body_bytes,
-                                  required=True)  # fmt: skip
+            raise http_errors.UnsupportedMedia("send application/json or multipart/form-data")
+        note_text = validate.text(text_field, raw, max_chars=settings.max_body_bytes, required=True)
         assert note_text is not None
         note = markdown.parse(note_text)
         chosen_title = markdown.choose_title(
@@ -77,13 +72,19 @@ class ContentController(Controller):
         repo: repository.Repository = request.app.state.repo
         enqueued = await repo.enqueue(
             models.NewContent(
-                owner=who.owner, content_type="markdown", resource_key=None, source_url=None,
-                title=(chosen_title or "")[: validate.MAX_TITLE] or None, tags=tags,
-                body=note_text, source_metadata={"frontmatter": note.metadata}
-                if note.metadata else {}, callback_url=callback_url,
-                data_tier=tier or settings.data_tier, pipeline_version=versions.app_version(),
+                owner=who.owner,
+                content_type="markdown",
+                resource_key=None,
+                source_url=None,
+                title=(chosen_title or "")[: validate.MAX_TITLE] or None,
+                tags=tags,
+                body=note_text,
+                source_metadata={"frontmatter": note.metadata} if note.metadata else {},
+                callback_url=callback_url,
+                data_tier=tier or settings.data_tier,
+                pipeline_version=versions.app_version(),
             )
-        )  # fmt: skip
+        )
         return schemas.submitted(enqueued)
 
     @get("/{content_id:uuid}")

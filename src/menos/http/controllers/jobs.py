@@ -17,13 +17,16 @@ class JobsController(Controller):
     """`/api/v1/jobs`."""
 
     path = "/api/v1/jobs"
-    dependencies = {"who": Provide(auth.principal)}  # noqa: RUF012
+    dependencies = {"who": Provide(auth.principal)}
 
     @get("/{job_id:uuid}")
     async def show(
-        self, request: Request[Any, Any, Any], who: models.Principal, job_id: uuid.UUID,
+        self,
+        request: Request[Any, Any, Any],
+        who: models.Principal,
+        job_id: uuid.UUID,
         verbose: bool = False,
-    ) -> schemas.JobView | schemas.JobVerboseView:  # fmt: skip
+    ) -> schemas.JobView | schemas.JobVerboseView:
         """One job; `?verbose=true` adds stages, diagnostics, callback state (audited)."""
         repo: repository.Repository = request.app.state.repo
         job = await repo.job(job_id, owner=auth.scope(who))
@@ -32,9 +35,12 @@ class JobsController(Controller):
         if not verbose:
             return schemas.job_view(job)
         await repo.audit(
-            "audit.full_tier_access", owner=job.owner, actor_key_id=who.key_id,
-            subject=job.job_id, detail={"data_tier": job.data_tier, "actor_owner": who.owner},
-        )  # fmt: skip
+            "audit.full_tier_access",
+            owner=job.owner,
+            actor_key_id=who.key_id,
+            subject=job.job_id,
+            detail={"data_tier": job.data_tier, "actor_owner": who.owner},
+        )
         return schemas.job_verbose_view(job, await repo.callback(job.job_id))
 
     @post("/{job_id:uuid}/cancel", status_code=200)
@@ -50,10 +56,12 @@ class JobsController(Controller):
             outcome.previous, "refused"
         )
         await repo.audit(
-            "audit.cancellation", owner=None if who.is_admin else who.owner,
-            actor_key_id=who.key_id, subject=job_id,
+            "audit.cancellation",
+            owner=None if who.is_admin else who.owner,
+            actor_key_id=who.key_id,
+            subject=job_id,
             detail={"outcome": result, "previous_status": outcome.previous},
-        )  # fmt: skip
+        )
         if outcome.previous == "pending":
             return Response(schemas.CancelView(job_id=job_id, status="cancelled"), status_code=200)
         if outcome.previous == "processing":

@@ -1,0 +1,49 @@
+"""The ingest route: YouTube videos and web pages by URL, stored and enqueued, never fetched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+
+from menos import versions
+from menos.http import auth, schemas, validate
+from menos.pipeline import resource_keys
+from menos.queue import models, repository
+from menos.settings import Settings
+
+
+@post("/api/v1/ingest", dependencies={"who": auth.PROVIDE})
+async def ingest(
+    request: Request[Any, Any, Any], who: models.Principal
+) -> Response[schemas.Submitted]:
+    """Submit a URL: 202 with a new job, or 200 `deduplicated: true` for a known resource."""
+    settings: Settings = request.app.state.settings
+    body = schemas.decode(await request.body(), schemas.IngestRequest)
+    validate.text("url", body.url, max_chars=resource_keys.MAX_URL_LENGTH, required=True)
+    identified = resource_keys.identify(body.url.strip())
+    transcript = validate.text(
+        "transcript_text", body.transcript_text, max_chars=settings.max_body_bytes
+    )
+    title = validate.text("title", body.title, max_chars=validate.MAX_TITLE)
+    tags = validate.tags(body.tags)
+    callback_url = await validate.callback_url(
+        body.callback_url, allow_private=settings.callback_allow_private
+    )
+    repo: repository.Repository = request.app.state.repo
+    enqueued = await repo.enqueue(
+        models.NewContent(
+            owner=who.owner,
+            content_type=identified.content_type,
+            resource_key=identified.resource_key,
+            source_url=identified.source_url,
+            title=title.strip() if title else None,
+            tags=tags,
+            body=transcript,
+            source_metadata={"transcript_source": "supplied"} if transcript else {},
+            callback_url=callback_url,
+            data_tier=body.data_tier or settings.data_tier,
+            pipeline_version=versions.app_version(),
+        )
+    )
+    return Response(schemas.submitted(enqueued), status_code=200 if enqueued.deduplicated else 202)

@@ -1,0 +1,36 @@
+"""Every named SQL query is used by the code, and every name the code uses exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from menos import db
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "menos"
+USE = re.compile(r"""(?:_q|queries|self\._q)\[\s*["']([a-z_0-9]+)["']\s*\]|_fetch(?:row|val)?\(\s*["']([a-z_0-9]+)["']""")
+
+
+def used_names() -> set[str]:
+    names: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        for match in USE.finditer(path.read_text(encoding="utf-8")):
+            names.add(match.group(1) or match.group(2))
+    return names
+
+
+def test_every_named_query_is_used_and_every_used_name_exists() -> None:
+    """No dead SQL lies in sql/queries, and no code asks for a query that is not there."""
+    defined = set(db.Queries())
+    used = used_names()
+    assert used - defined == set(), "used but not defined"
+    assert defined - used == set(), "defined but never used"
+
+
+def test_no_sql_is_formatted_with_identifiers_in_runtime_code() -> None:
+    """Runtime code never builds SQL with f-strings (identifiers are never formatted in)."""
+    pattern = re.compile(r"""f["'](?:SELECT|INSERT|UPDATE|DELETE|CREATE|DROP)\b""", re.I)
+    offenders = [
+        str(path) for path in SRC.rglob("*.py") if pattern.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
