@@ -174,3 +174,52 @@ SELECT tag FROM menos.owner_tag WHERE owner = $1 ORDER BY uses DESC, tag LIMIT $
 -- name: owner_known_tags
 -- Which of these tags the owner has used before.
 SELECT tag FROM menos.owner_tag WHERE owner = $1 AND tag = ANY($2::text[]);
+
+-- name: lock_content
+-- Lock one content item visible to the caller ($2, null for admin) while a reprocess is decided.
+SELECT content_id, owner, resource_key, processing_status, pipeline_version
+  FROM menos.content
+ WHERE content_id = $1 AND ($2::text IS NULL OR owner = $2)
+   FOR UPDATE;
+
+-- name: active_job_of_content
+-- The content's pending or processing job, if any.
+SELECT job_id, status FROM menos.pipeline_job
+ WHERE content_id = $1 AND status IN ('pending', 'processing');
+
+-- name: insert_reprocess_job
+-- A new pending job for known content, made its latest; nothing when another job is already active.
+WITH job AS (
+    INSERT INTO menos.pipeline_job (job_id, content_id, owner, resource_key, data_tier,
+                                    callback_url, pipeline_version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (owner, resource_key) WHERE status IN ('pending', 'processing') DO NOTHING
+    RETURNING job_id, content_id
+)
+UPDATE menos.content c
+   SET latest_job_id = job.job_id, processing_status = 'pending', processed_at = now(),
+       updated_at = now(), body = coalesce($8, c.body)
+  FROM job
+ WHERE c.content_id = job.content_id
+RETURNING job.job_id;
+
+-- name: list_jobs
+-- A page of jobs visible to the caller, newest first, after the cursor (created_at, job_id).
+SELECT * FROM menos.pipeline_job
+ WHERE ($1::text IS NULL OR owner = $1)
+   AND ($2::text IS NULL OR status = $2)
+   AND ($3::uuid IS NULL OR content_id = $3)
+   AND ($4::timestamptz IS NULL OR (created_at, job_id) < ($4, $5::uuid))
+ ORDER BY created_at DESC, job_id DESC
+ LIMIT $6;
+
+-- name: list_content
+-- A page of content visible to the caller, newest first, after the cursor (created_at, content_id).
+SELECT * FROM menos.content
+ WHERE ($1::text IS NULL OR owner = $1)
+   AND ($2::text IS NULL OR processing_status = $2)
+   AND ($3::text IS NULL OR content_type = $3)
+   AND ($4::text IS NULL OR tags @> ARRAY[$4::text] OR coalesce(result -> 'tags', '[]') ? $4)
+   AND ($5::timestamptz IS NULL OR (created_at, content_id) < ($5, $6::uuid))
+ ORDER BY created_at DESC, content_id DESC
+ LIMIT $7;

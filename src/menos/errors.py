@@ -1,15 +1,15 @@
 """The MenosError tree: every error menos raises on purpose.
 
-    MenosError
-    ├── SettingsError        invalid environment variable (names it)
-    ├── DatabaseUnavailable  PostgreSQL cannot be reached
-    ├── SchemaOutdated       migrations not applied
-    ├── EmbeddedError        the embedded PostgreSQL could not start or stop
-    ├── InvalidInput         a request field is invalid (names it)
-    ├── NotFound             unknown or not visible to the caller
-    ├── Conflict             the state forbids the action (names the current status)
-    ├── Unauthorized         missing, unknown or revoked API key
-    └── PipelineError        a job failed; carries the error code of the taxonomy
+MenosError
+├── SettingsError        invalid environment variable (names it)
+├── DatabaseUnavailable  PostgreSQL cannot be reached
+├── SchemaOutdated       migrations not applied
+├── EmbeddedError        the embedded PostgreSQL could not start or stop
+├── InvalidInput         a request field is invalid (names it)
+├── NotFound             unknown or not visible to the caller
+├── Conflict             the state forbids the action (names the current status)
+├── Unauthorized         missing, unknown or revoked API key
+└── PipelineError        a job failed; carries the error code of the taxonomy
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def ingest(client: Any, **body: Any) -> dict[str, Any]:
 
 
 def test_web_page_is_fetched_reduced_and_deduplicated(menos: Menos, site: web_server.Site) -> None:
-    """A page is fetched by the worker (through redirects), titled, and a re-submit is deduplicated."""
+    """A page is fetched by the worker through redirects, titled; a re-submit is deduplicated."""
     menos.api()
     menos.worker()
     key = menos.key("alice")
@@ -72,7 +72,7 @@ def test_web_page_is_fetched_reduced_and_deduplicated(menos: Menos, site: web_se
 def test_unfetchable_pages_fail_in_fetch_with_their_code(
     menos: Menos, site: web_server.Site, path: str, code: str
 ) -> None:
-    """Missing, oversized, endlessly redirecting and erroring pages fail with the documented code."""
+    """Missing, oversized, endlessly redirecting and erroring pages fail with their code."""
     menos.api()
     menos.worker()
     key = menos.key("alice")

@@ -52,8 +52,9 @@ def server(home: Path) -> Iterator[tuple[str, str]]:
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield "testcontainers", container.get_connection_url()
         return
-    pg = embedded.EmbeddedPostgres(home, Path(os.environ["MENOS_PG_BINDIR"])
-                                   if os.environ.get("MENOS_PG_BINDIR") else None)  # fmt: skip
+    pg = embedded.EmbeddedPostgres(
+        home, Path(os.environ["MENOS_PG_BINDIR"]) if os.environ.get("MENOS_PG_BINDIR") else None
+    )
     running = pg.start(detached=False)
     try:
         yield "embedded", running.dsn

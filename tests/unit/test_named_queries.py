@@ -8,7 +8,10 @@ from pathlib import Path
 from menos import db
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "menos"
-USE = re.compile(r"""(?:_q|queries|self\._q)\[\s*["']([a-z_0-9]+)["']\s*\]|_fetch(?:row|val)?\(\s*["']([a-z_0-9]+)["']""")
+USE = re.compile(
+    r"""(?:_q|queries)\[\s*["']([a-z_0-9]+)["']\s*\]"""
+    r"""|_fetch(?:row|val)?\(\s*["']([a-z_0-9]+)["']"""
+)
 
 
 def used_names() -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -15,6 +16,7 @@ from menos import errors
 log = structlog.get_logger("menos.http")
 
 PROBLEM_JSON = "application/problem+json"
+_MISSING = re.compile(r"missing required field `([^`]+)`")
 
 STATUS: dict[type[errors.MenosError], tuple[int, str]] = {
     errors.InvalidInput: (400, "Invalid input"),
@@ -99,26 +101,44 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     return problem(status, title, str(exc), fields, headers)
 
 
+def _field_error(item: dict[str, Any]) -> FieldError:
+    message = str(item.get("message", "invalid"))
+    missing = _MISSING.search(message)
+    key = str(item.get("key") or "")
+    if missing:
+        key = missing.group(1) if key in ("", "data") else f"{key}.{missing.group(1)}"
+    elif key == "data" and message == "'data'":
+        key, message = "body", "a JSON body is required"
+    return FieldError(field="body" if key in ("", "data") else key, message=message)
+
+
 def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, lexc.ValidationException):
-        fields = [
-            FieldError(
-                field=str(item.get("key") or item.get("source") or "request"),
-                message=str(item.get("message", "invalid")),
-            )
-            for item in (exc.extra if isinstance(exc.extra, list) else [])
-            if isinstance(item, dict)
-        ]
-        return problem(400, "Invalid input", exc.detail, fields)
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        fields = [_field_error(item) for item in extra if isinstance(item, dict)]
+        return problem(
+            400,
+            "Invalid input",
+            exc.detail,
+            fields or [FieldError(field="body", message=exc.detail)],
+        )
     if isinstance(exc, lexc.HTTPException):
         status = exc.status_code
-        title = {
+        titles = {
+            400: "Invalid input",
             404: "Not found",
             405: "Method not allowed",
             413: "Request body too large",
             415: "Unsupported media type",
-        }.get(status, "Request error")
-        return problem(status, title, exc.detail, headers=exc.headers)
+        }
+        body_fields = [FieldError(field="body", message=exc.detail)] if status == 400 else []
+        return problem(
+            status,
+            titles.get(status, "Request error"),
+            exc.detail,
+            body_fields,
+            headers=exc.headers,
+        )
     log.error("request_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
     return problem(HTTP_500_INTERNAL_SERVER_ERROR, "Internal error", "unexpected error")
 

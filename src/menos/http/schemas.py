@@ -40,6 +40,22 @@ class IngestRequest(msgspec.Struct, frozen=True):
     data_tier: DataTier | None = None
 
 
+class ReprocessRequest(msgspec.Struct, frozen=True):
+    """`POST /api/v1/content/{id}/reprocess` (every field optional)."""
+
+    callback_url: str | None = None
+    data_tier: DataTier | None = None
+    transcript_text: str | None = None
+
+
+class ReprocessView(msgspec.Struct, frozen=True):
+    """The answer to a reprocess request."""
+
+    job_id: uuid.UUID | None
+    content_id: uuid.UUID
+    status: str
+
+
 class Submitted(msgspec.Struct, frozen=True):
     """The answer to a submission."""
 
@@ -64,6 +80,23 @@ class ContentView(msgspec.Struct, frozen=True):
     processed_at: dt.datetime
     pipeline_version: str
     result: dict[str, Any] | None
+    latest_job_id: uuid.UUID | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ContentItem(msgspec.Struct, frozen=True):
+    """A content item in a list (no result, no body)."""
+
+    content_id: uuid.UUID
+    content_type: str
+    title: str | None
+    source_url: str | None
+    resource_key: str
+    tags: list[str]
+    processing_status: str
+    processed_at: dt.datetime
+    pipeline_version: str
     latest_job_id: uuid.UUID | None
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -177,6 +210,24 @@ def content_view(content: models.Content) -> ContentView:
         processed_at=content.processed_at,
         pipeline_version=content.pipeline_version,
         result=content.result,
+        latest_job_id=content.latest_job_id,
+        created_at=content.created_at,
+        updated_at=content.updated_at,
+    )
+
+
+def content_item(content: models.Content) -> ContentItem:
+    """The list view of a content item."""
+    return ContentItem(
+        content_id=content.content_id,
+        content_type=content.content_type,
+        title=content.title,
+        source_url=content.source_url,
+        resource_key=content.resource_key,
+        tags=content.tags,
+        processing_status=content.processing_status,
+        processed_at=content.processed_at,
+        pipeline_version=content.pipeline_version,
         latest_job_id=content.latest_job_id,
         created_at=content.created_at,
         updated_at=content.updated_at,

@@ -14,7 +14,7 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
 import msgspec
@@ -70,6 +70,21 @@ class Rescued(msgspec.Struct, frozen=True):
     content_id: models.ContentId
     status: models.JobStatus
     attempts: int
+
+
+class Reprocessed(msgspec.Struct, frozen=True):
+    """What a reprocess request did: `submitted`, `already_active` or `already_completed`."""
+
+    status: Literal["submitted", "already_active", "already_completed"]
+    job_id: models.JobId | None
+    content_id: models.ContentId
+
+
+class Page(msgspec.Struct, Generic[T], frozen=True):
+    """One page of a newest-first list and the key of its last item."""
+
+    items: list[T]
+    last: tuple[dt.datetime, uuid.UUID] | None  # set when a next page may exist
 
 
 class CancelOutcome(msgspec.Struct, frozen=True):
@@ -132,39 +147,68 @@ class Repository:
         for _ in range(3):
             row = await self._fetchrow(
                 "insert_content_and_job",
-                content_id, new.owner, new.content_type, new.resource_key, new.source_url,
-                new.title, new.tags, new.body, new.source_metadata, new.pipeline_version,
-                job_id, new.data_tier, new.callback_url, new.priority,
-            )  # fmt: skip
+                content_id,
+                new.owner,
+                new.content_type,
+                new.resource_key,
+                new.source_url,
+                new.title,
+                new.tags,
+                new.body,
+                new.source_metadata,
+                new.pipeline_version,
+                job_id,
+                new.data_tier,
+                new.callback_url,
+                new.priority,
+            )
             if row is not None:
                 return models.Enqueued(
-                    job_id=job_id, content_id=content_id, content_type=new.content_type,
-                    resource_key=row["resource_key"], status="pending", deduplicated=False,
-                )  # fmt: skip
+                    job_id=job_id,
+                    content_id=content_id,
+                    content_type=new.content_type,
+                    resource_key=row["resource_key"],
+                    status="pending",
+                    deduplicated=False,
+                )
             assert new.resource_key is not None  # markdown keys are always new
             known = await self._fetchrow("find_resource", new.owner, new.resource_key)
             if known is not None:
                 return models.Enqueued(
-                    job_id=known["job_id"], content_id=known["content_id"],
-                    content_type=known["content_type"], resource_key=known["resource_key"],
-                    status=known["status"], deduplicated=True,
-                )  # fmt: skip
+                    job_id=known["job_id"],
+                    content_id=known["content_id"],
+                    content_type=known["content_type"],
+                    resource_key=known["resource_key"],
+                    status=known["status"],
+                    deduplicated=True,
+                )
         raise errors.Conflict("the resource changed during submission; retry")
 
     # -- worker side ----------------------------------------------------------------------
 
     async def claim(
-        self, worker_id: str, limit: int, *, max_processing: int, lease_s: float,
-        pipeline_version: str, now: dt.datetime | None = None,
-    ) -> list[models.Claimed]:  # fmt: skip
+        self,
+        worker_id: str,
+        limit: int,
+        *,
+        max_processing: int,
+        lease_s: float,
+        pipeline_version: str,
+        now: dt.datetime | None = None,
+    ) -> list[models.Claimed]:
         """Claim up to `limit` jobs (never more than `max_processing` running in all)."""
         async with self._conn() as conn:
             jobs = [
                 _row(r, models.Job)
                 for r in await conn.fetch(
-                    self._q["claim_jobs"], worker_id, limit, max_processing, lease_s, now,
+                    self._q["claim_jobs"],
+                    worker_id,
+                    limit,
+                    max_processing,
+                    lease_s,
+                    now,
                     pipeline_version,
-                )  # fmt: skip
+                )
             ]
             if not jobs:
                 return []
@@ -177,9 +221,13 @@ class Repository:
         return [models.Claimed(job=job, content=contents[job.content_id]) for job in jobs]
 
     async def heartbeat(
-        self, worker_id: str, held: Sequence[tuple[Guard, str | None, list[models.StageTiming]]],
-        *, lease_s: float, now: dt.datetime | None = None,
-    ) -> dict[models.JobId, bool]:  # fmt: skip
+        self,
+        worker_id: str,
+        held: Sequence[tuple[Guard, str | None, list[models.StageTiming]]],
+        *,
+        lease_s: float,
+        now: dt.datetime | None = None,
+    ) -> dict[models.JobId, bool]:
         """Extend the leases of held jobs; answers {job still held: cancel requested}."""
         if not held:
             return {}
@@ -189,8 +237,10 @@ class Repository:
             [guard.attempts for guard, _, _ in held],
             [stage for _, stage, _ in held],
             {str(guard.job_id): _timings(stages) for guard, _, stages in held},
-            now, lease_s, worker_id,
-        )  # fmt: skip
+            now,
+            lease_s,
+            worker_id,
+        )
         return {row["job_id"]: row["cancel_requested"] for row in rows}
 
     async def save_fetched(
@@ -198,49 +248,91 @@ class Repository:
     ) -> bool:
         """Store the fetch stage's text and metadata while the job is still ours."""
         row = await self._fetchrow(
-            "save_fetched", guard.job_id, guard.worker_id, guard.attempts, body, title,
+            "save_fetched",
+            guard.job_id,
+            guard.worker_id,
+            guard.attempts,
+            body,
+            title,
             dict(metadata),
-        )  # fmt: skip
+        )
         return row is not None
 
     async def complete(
-        self, guard: Guard, *, result: Mapping[str, Any], tags: Sequence[str],
-        stages: Sequence[models.StageTiming], diagnostics: Mapping[str, Any],
-        full_payload: Mapping[str, Any] | None, now: dt.datetime | None = None,
-    ) -> bool:  # fmt: skip
+        self,
+        guard: Guard,
+        *,
+        result: Mapping[str, Any],
+        tags: Sequence[str],
+        stages: Sequence[models.StageTiming],
+        diagnostics: Mapping[str, Any],
+        full_payload: Mapping[str, Any] | None,
+        now: dt.datetime | None = None,
+    ) -> bool:
         """Persist a run all-or-nothing: result, completed job, tag counts, outbox row."""
         try:
             row = await self._fetchrow(
-                "complete_job", guard.job_id, guard.worker_id, guard.attempts, now,
-                _timings(stages), dict(diagnostics),
-                dict(full_payload) if full_payload is not None else None, dict(result), list(tags),
-            )  # fmt: skip
+                "complete_job",
+                guard.job_id,
+                guard.worker_id,
+                guard.attempts,
+                now,
+                _timings(stages),
+                dict(diagnostics),
+                dict(full_payload) if full_payload is not None else None,
+                dict(result),
+                list(tags),
+            )
         except asyncpg.PostgresError as exc:
             raise errors.PipelineError("PERSIST_ERROR", f"could not persist: {exc}") from exc
         return row is not None
 
     async def fail(
-        self, guard: Guard, *, code: str, stage: str, message: str,
-        stages: Sequence[models.StageTiming], diagnostics: Mapping[str, Any],
-        full_payload: Mapping[str, Any] | None, now: dt.datetime | None = None,
-    ) -> bool:  # fmt: skip
+        self,
+        guard: Guard,
+        *,
+        code: str,
+        stage: str,
+        message: str,
+        stages: Sequence[models.StageTiming],
+        diagnostics: Mapping[str, Any],
+        full_payload: Mapping[str, Any] | None,
+        now: dt.datetime | None = None,
+    ) -> bool:
         """End a run as failed, with the outbox row when it has a callback."""
         row = await self._fetchrow(
-            "fail_job", guard.job_id, guard.worker_id, guard.attempts, now, code, stage,
-            message[: errors.MAX_ERROR_MESSAGE], _timings(stages), dict(diagnostics),
+            "fail_job",
+            guard.job_id,
+            guard.worker_id,
+            guard.attempts,
+            now,
+            code,
+            stage,
+            message[: errors.MAX_ERROR_MESSAGE],
+            _timings(stages),
+            dict(diagnostics),
             dict(full_payload) if full_payload is not None else None,
-        )  # fmt: skip
+        )
         return row is not None
 
     async def cancel_claimed(
-        self, guard: Guard, *, stages: Sequence[models.StageTiming],
-        diagnostics: Mapping[str, Any], now: dt.datetime | None = None,
-    ) -> bool:  # fmt: skip
+        self,
+        guard: Guard,
+        *,
+        stages: Sequence[models.StageTiming],
+        diagnostics: Mapping[str, Any],
+        now: dt.datetime | None = None,
+    ) -> bool:
         """End a run as cancelled at a stage boundary."""
         row = await self._fetchrow(
-            "cancel_claimed_job", guard.job_id, guard.worker_id, guard.attempts, now,
-            _timings(stages), dict(diagnostics),
-        )  # fmt: skip
+            "cancel_claimed_job",
+            guard.job_id,
+            guard.worker_id,
+            guard.attempts,
+            now,
+            _timings(stages),
+            dict(diagnostics),
+        )
         return row is not None
 
     async def release(self, guard: Guard) -> bool:
@@ -286,10 +378,93 @@ class Repository:
         row = await self._fetchrow("request_cancel", job_id, owner, now)
         return _row(row, CancelOutcome) if row else None
 
+    async def reprocess(
+        self,
+        content_id: uuid.UUID,
+        *,
+        owner: str | None,
+        force: bool,
+        pipeline_version: str,
+        callback_url: str | None,
+        data_tier: models.DataTier,
+        transcript: str | None,
+    ) -> Reprocessed | None:
+        """Start a new run of known content unless one is active or it is current; None: unseen.
+
+        The content row is locked for the decision; the partial unique index on active jobs
+        is the last word when two requests race anyway.
+        """
+        async with self._conn() as conn, conn.transaction():
+            content = await conn.fetchrow(self._q["lock_content"], content_id, owner)
+            if content is None:
+                return None
+            active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
+            if active is not None:
+                return Reprocessed("already_active", active["job_id"], content["content_id"])
+            current = content["pipeline_version"] == pipeline_version
+            if content["processing_status"] == "completed" and current and not force:
+                return Reprocessed("already_completed", None, content["content_id"])
+            job_id = await conn.fetchval(
+                self._q["insert_reprocess_job"],
+                models.new_id(),
+                content_id,
+                content["owner"],
+                content["resource_key"],
+                data_tier,
+                callback_url,
+                pipeline_version,
+                transcript,
+            )
+            if job_id is None:
+                active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
+                return Reprocessed("already_active", active["job_id"] if active else None,
+                                   content["content_id"])  # fmt: skip
+            return Reprocessed("submitted", job_id, content["content_id"])
+
+    async def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        status: str | None,
+        content_id: uuid.UUID | None,
+        after: tuple[dt.datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> Page[models.Job]:
+        """Jobs newest first, strictly after the `after` key (keyset pagination)."""
+        rows = await self._fetch(
+            "list_jobs", owner, status, content_id, *(after or (None, None)), limit + 1
+        )
+        items = [_row(r, models.Job) for r in rows[:limit]]
+        last = (items[-1].created_at, items[-1].job_id) if len(rows) > limit else None
+        return Page(items=items, last=last)
+
+    async def list_content(
+        self,
+        *,
+        owner: str | None,
+        status: str | None,
+        content_type: str | None,
+        tag: str | None,
+        after: tuple[dt.datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> Page[models.Content]:
+        """Content newest first, strictly after the `after` key (keyset pagination)."""
+        rows = await self._fetch(
+            "list_content", owner, status, content_type, tag, *(after or (None, None)), limit + 1
+        )
+        items = [_row(r, models.Content) for r in rows[:limit]]
+        last = (items[-1].created_at, items[-1].content_id) if len(rows) > limit else None
+        return Page(items=items, last=last)
+
     async def audit(
-        self, event: str, *, owner: str | None, actor_key_id: uuid.UUID | None,
-        subject: uuid.UUID | None, detail: Mapping[str, Any],
-    ) -> None:  # fmt: skip
+        self,
+        event: str,
+        *,
+        owner: str | None,
+        actor_key_id: uuid.UUID | None,
+        subject: uuid.UUID | None,
+        detail: Mapping[str, Any],
+    ) -> None:
         """Store an audit event."""
         async with self._conn() as conn:
             await conn.execute(

@@ -10,7 +10,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import Provide
 
 from menos import errors, markdown, versions
-from menos.http import auth, schemas, validate
+from menos.http import auth, pagination, schemas, validate
 from menos.http import errors as http_errors
 from menos.queue import models, repository
 from menos.settings import Settings
@@ -86,6 +86,80 @@ class ContentController(Controller):
             )
         )
         return schemas.submitted(enqueued)
+
+    @get("/")
+    async def index(
+        self,
+        request: Request[Any, Any, Any],
+        who: models.Principal,
+        processing_status: str | None = None,
+        content_type: str | None = None,
+        tag: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> pagination.PageView[schemas.ContentItem]:
+        """Content newest first; filters `processing_status`, `content_type`, `tag`."""
+        if processing_status is not None and processing_status not in models.JOB_STATUSES:
+            raise errors.InvalidInput(
+                "processing_status", "must be one of " + ", ".join(models.JOB_STATUSES)
+            )
+        if content_type is not None and content_type not in ("youtube", "web", "markdown"):
+            raise errors.InvalidInput("content_type", "must be one of youtube, web, markdown")
+        repo: repository.Repository = request.app.state.repo
+        page = await repo.list_content(
+            owner=auth.scope(who),
+            status=processing_status,
+            content_type=content_type,
+            tag=validate.text("tag", tag, max_chars=validate.MAX_TAG),
+            after=pagination.decode(cursor),
+            limit=pagination.limit(limit),
+        )
+        return pagination.PageView(
+            items=[schemas.content_item(item) for item in page.items],
+            next_cursor=pagination.encode(page.last),
+        )
+
+    @post("/{content_id:uuid}/reprocess", status_code=202)
+    async def reprocess(
+        self,
+        request: Request[Any, Any, Any],
+        who: models.Principal,
+        content_id: uuid.UUID,
+        force: bool = False,
+        data: schemas.ReprocessRequest | None = None,
+    ) -> Response[schemas.ReprocessView]:
+        """Run the pipeline again: 202 submitted, or 200 already_active / already_completed."""
+        settings: Settings = request.app.state.settings
+        body = data or schemas.ReprocessRequest()
+        transcript = validate.text(
+            "transcript_text", body.transcript_text, max_chars=settings.max_body_bytes
+        )
+        callback_url = await validate.callback_url(
+            body.callback_url, allow_private=settings.callback_allow_private
+        )
+        repo: repository.Repository = request.app.state.repo
+        outcome = await repo.reprocess(
+            content_id,
+            owner=auth.scope(who),
+            force=force,
+            pipeline_version=versions.app_version(),
+            callback_url=callback_url,
+            data_tier=body.data_tier or settings.data_tier,
+            transcript=transcript,
+        )
+        if outcome is None:
+            raise errors.NotFound(f"no content {content_id}")
+        await repo.audit(
+            "audit.reprocess_trigger",
+            owner=None if who.is_admin else who.owner,
+            actor_key_id=who.key_id,
+            subject=content_id,
+            detail={"outcome": outcome.status, "job_id": outcome.job_id, "force": force},
+        )
+        view = schemas.ReprocessView(
+            job_id=outcome.job_id, content_id=outcome.content_id, status=outcome.status
+        )
+        return Response(view, status_code=202 if outcome.status == "submitted" else 200)
 
     @get("/{content_id:uuid}")
     async def show(

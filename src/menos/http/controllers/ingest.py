@@ -15,11 +15,11 @@ from menos.settings import Settings
 
 @post("/api/v1/ingest", dependencies={"who": auth.PROVIDE})
 async def ingest(
-    request: Request[Any, Any, Any], who: models.Principal
+    request: Request[Any, Any, Any], who: models.Principal, data: schemas.IngestRequest
 ) -> Response[schemas.Submitted]:
     """Submit a URL: 202 with a new job, or 200 `deduplicated: true` for a known resource."""
     settings: Settings = request.app.state.settings
-    body = schemas.decode(await request.body(), schemas.IngestRequest)
+    body = data
     validate.text("url", body.url, max_chars=resource_keys.MAX_URL_LENGTH, required=True)
     identified = resource_keys.identify(body.url.strip())
     transcript = validate.text(

@@ -9,7 +9,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 
 from menos import errors
-from menos.http import auth, schemas
+from menos.http import auth, pagination, schemas
 from menos.queue import models, repository
 
 
@@ -18,6 +18,32 @@ class JobsController(Controller):
 
     path = "/api/v1/jobs"
     dependencies = {"who": Provide(auth.principal)}
+
+    @get("/")
+    async def index(
+        self,
+        request: Request[Any, Any, Any],
+        who: models.Principal,
+        status: str | None = None,
+        content_id: uuid.UUID | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> pagination.PageView[schemas.JobView]:
+        """Jobs newest first; filters `status` and `content_id`; `limit` and `cursor` page."""
+        if status is not None and status not in models.JOB_STATUSES:
+            raise errors.InvalidInput("status", "must be one of " + ", ".join(models.JOB_STATUSES))
+        repo: repository.Repository = request.app.state.repo
+        page = await repo.list_jobs(
+            owner=auth.scope(who),
+            status=status,
+            content_id=content_id,
+            after=pagination.decode(cursor),
+            limit=pagination.limit(limit),
+        )
+        return pagination.PageView(
+            items=[schemas.job_view(job) for job in page.items],
+            next_cursor=pagination.encode(page.last),
+        )
 
     @get("/{job_id:uuid}")
     async def show(

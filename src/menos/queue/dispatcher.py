@@ -1,0 +1,372 @@
+"""The dispatcher: delivers the outbox's callback events, signed, at least once (DESIGN §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import structlog
+
+from menos import db, errors, versions
+from menos.pipeline import ssrf
+from menos.queue import models, outbox_repository, signing
+from menos.settings import Settings
+
+log = structlog.get_logger("menos.dispatcher")
+
+CHANNEL_OUTBOX = "menos_outbox"
+MIN_WAIT_S = 0.05  # never spin: an event due now may be locked by another dispatcher's claim
+ERROR_SNIPPET_CHARS = 200
+
+
+class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How one dispatcher process behaves; times in seconds."""
+
+    timeout_s: float  # one attempt, from connecting to the last byte read
+    backoff_s: float  # before attempt 2; attempt 3 comes 4 times that after attempt 2
+    poll_s: float  # the longest sleep between looks at the outbox
+    app_version: str  # sent as `user-agent: menos/<version>`
+    batch_size: int = 32  # deliveries in flight at once; a claim takes up to the free part
+    max_attempts: int = 3
+    hold_margin_s: float = 2.0  # a claim holds its event for timeout_s plus this
+    max_response_bytes: int = 64 * 1024  # more of a receiver's answer is never read
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.backoff_s <= 0 or self.poll_s <= 0:
+            raise ValueError("timeout_s, backoff_s and poll_s must be > 0")
+        if self.hold_margin_s <= 0:
+            raise ValueError("hold_margin_s must be > 0")
+        if self.batch_size < 1 or self.max_attempts < 1 or self.max_response_bytes < 0:
+            raise ValueError("batch_size and max_attempts must be >= 1, max_response_bytes >= 0")
+
+    @property
+    def hold_s(self) -> float:
+        """How long a claim keeps its event from other claims: the attempt surely ended by then."""
+        return self.timeout_s + self.hold_margin_s
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    """What one request to a receiver gave: its status code and, unless 2xx, why it failed."""
+
+    status_code: int | None
+    error: str | None
+
+
+class Dispatcher:
+    """Claims due events with SKIP LOCKED, sends them signed, records every attempt.
+
+    Several dispatchers may run at once. A claim counts the attempt and commits before the
+    request is sent; the outcome is recorded guarded by (event, attempt). A dispatcher that
+    dies mid-delivery loses nothing: its events are claimed again once their hold runs out,
+    or end `failed` when that was their last attempt.
+    """
+
+    def __init__(
+        self,
+        config: DispatcherConfig,
+        repo: outbox_repository.OutboxRepository,
+        client: httpx.AsyncClient,
+        *,
+        dsn: str,
+    ) -> None:
+        self.config = config
+        self.repo = repo
+        self.client = client
+        self._dsn = dsn
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    async def run_once(self, now: dt.datetime | None = None) -> int:
+        """Sweep lost last attempts, then attempt every due event once; returns attempts made.
+
+        Each claimed batch is delivered concurrently and awaited before the next claim.
+        """
+        await self.sweep(now)
+        made = 0
+        while True:
+            events = await self._claim(self.config.batch_size, now)
+            if events:
+                secrets = await self._secrets(events, now)
+                await asyncio.gather(
+                    *(self.deliver(event, secrets[event.owner], now) for event in events)
+                )
+            made += len(events)
+            if len(events) < self.config.batch_size:
+                return made
+
+    async def sweep(self, now: dt.datetime | None = None) -> int:
+        """End `failed` the events whose last attempt was never recorded; returns how many."""
+        swept = await self.repo.sweep_exhausted(max_attempts=self.config.max_attempts, now=now)
+        for event in swept:
+            log.warning(
+                "audit.callback_delivery",
+                event_id=str(event.event_id),
+                job_id=str(event.job_id),
+                owner=event.owner,
+                attempt=event.attempts,
+                outcome="lost",
+                error=event.last_error,
+                status="failed",
+            )
+        return len(swept)
+
+    async def _claim(self, limit: int, now: dt.datetime | None) -> list[models.OutboxEvent]:
+        return await self.repo.claim_due(
+            limit,
+            max_attempts=self.config.max_attempts,
+            backoff_s=self.config.backoff_s,
+            hold_s=self.config.hold_s,
+            now=now,
+        )
+
+    async def _secrets(
+        self, events: Iterable[models.OutboxEvent], now: dt.datetime | None
+    ) -> dict[str, list[str]]:
+        owners = {event.owner for event in events}
+        return {owner: await self.repo.owner_secrets(owner, now=now) for owner in owners}
+
+    async def deliver(
+        self, event: models.OutboxEvent, secrets: list[str], now: dt.datetime | None = None
+    ) -> None:
+        """Send one claimed event once and record the outcome (errors are recorded, not raised)."""
+        started = time.perf_counter()
+        attempt = await self.attempt(event, secrets)
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        status: str | None
+        try:
+            if attempt.error is None:
+                assert attempt.status_code is not None
+                recorded = await self.repo.record_delivered(
+                    event, status_code=attempt.status_code, duration_ms=duration_ms, now=now
+                )
+                status = "delivered" if recorded else None
+            else:
+                status = await self.repo.record_failure(
+                    event,
+                    status_code=attempt.status_code,
+                    error=attempt.error,
+                    duration_ms=duration_ms,
+                    max_attempts=self.config.max_attempts,
+                    backoff_s=self.config.backoff_s,
+                    now=now,
+                )
+        except errors.DatabaseUnavailable as exc:
+            # The event stays held, then is claimed again: at least once, never lost.
+            log.warning(
+                "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(exc)
+            )
+            status = None
+        log_at = log.info if attempt.error is None else log.warning
+        log_at(
+            "audit.callback_delivery",
+            event_id=str(event.event_id),
+            job_id=str(event.job_id),
+            owner=event.owner,
+            attempt=event.attempts,
+            outcome="delivered" if attempt.error is None else "failed",
+            status_code=attempt.status_code,
+            error=attempt.error,
+            duration_ms=duration_ms,
+            status=status,  # None: not recorded (the event moved on, or the database was away)
+        )
+
+    async def attempt(self, event: models.OutboxEvent, secrets: list[str]) -> Attempt:
+        """POST the stored body once, signed now; success only on 2xx, no redirects followed."""
+        if not secrets:
+            return Attempt(None, f"owner {event.owner} has no webhook secret to sign with")
+        body = event.payload.encode()
+        try:
+            headers = signing.headers(
+                msg_id=str(event.event_id),
+                timestamp=int(time.time()),
+                body=body,
+                secrets=secrets,
+                app_version=self.config.app_version,
+            )
+        except ValueError as exc:
+            return Attempt(None, f"owner {event.owner}'s webhook secret cannot sign: {exc}")
+        headers["accept-encoding"] = "identity"  # the capped read below is of plain bytes
+        try:
+            async with (
+                asyncio.timeout(self.config.timeout_s),
+                self.client.stream(
+                    "POST",
+                    event.url,
+                    content=body,
+                    headers=headers,
+                    timeout=self.config.timeout_s,
+                    follow_redirects=False,
+                ) as response,
+            ):
+                answer = await _read_capped(response, self.config.max_response_bytes)
+        except (TimeoutError, httpx.TimeoutException):
+            return Attempt(None, f"no answer within {self.config.timeout_s:g} s")
+        except errors.InvalidInput as exc:
+            return Attempt(None, f"callback URL refused: {exc.message}")
+        except httpx.HTTPError as exc:
+            return Attempt(None, f"request failed: {type(exc).__name__}: {exc}".rstrip(": "))
+        except Exception as exc:
+            log.exception("callback_attempt_error", event_id=str(event.event_id))
+            return Attempt(None, f"request failed: {type(exc).__name__}: {exc}".rstrip(": "))
+        code = response.status_code
+        if 200 <= code < 300:
+            return Attempt(code, None)
+        if 300 <= code < 400:
+            where = response.headers.get("location", "")
+            return Attempt(code, f"HTTP {code}: redirects are not followed (location: {where})")
+        snippet = " ".join(answer.decode("utf-8", errors="replace").split())
+        return Attempt(code, f"HTTP {code}: {snippet[:ERROR_SNIPPET_CHARS]}".rstrip(": "))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set, sleeping until the earliest due event, a NOTIFY or poll_s.
+
+        On stop, deliveries in flight finish (each is bounded by timeout_s); errors are logged
+        and the loop goes on.
+        """
+        log.info("dispatcher_started", batch_size=self.config.batch_size)
+        listener = asyncio.create_task(self._listen(stop), name="listen")
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                wait = self.config.poll_s
+                try:
+                    await self.sweep()
+                    free = self.config.batch_size - len(self._tasks)
+                    if free > 0:
+                        if await self._start(free) == free:
+                            continue  # there may be more due
+                        due_in = await self.repo.next_due_in()
+                        if due_in is not None:
+                            wait = min(wait, max(due_in, MIN_WAIT_S))
+                except errors.DatabaseUnavailable as exc:
+                    log.warning("dispatcher_database_unavailable", error=str(exc))
+                except Exception:
+                    log.exception("dispatcher_failed")
+                await _first(self._wake.wait(), stop.wait(), timeout=wait)
+            if self._tasks:
+                log.info("dispatcher_stopping", in_flight=len(self._tasks))
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            for task in list(self._tasks):
+                task.cancel()  # only when run() itself is cancelled: held events are retried
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        log.info("dispatcher_stopped")
+
+    async def _start(self, free: int) -> int:
+        """Claim up to `free` events and start their deliveries; returns how many."""
+        events = await self._claim(free, None)
+        if not events:
+            return 0
+        secrets = await self._secrets(events, None)
+        for event in events:
+            task = asyncio.create_task(
+                self.deliver(event, secrets[event.owner]), name=f"callback-{event.event_id}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._delivery_done)
+        return len(events)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """LISTEN for new outbox events; reconnect after any connection loss."""
+        while not stop.is_set():
+            conn: asyncpg.Connection[Any] | None = None
+            closed = asyncio.Event()
+            try:
+                conn = await db.connect(self._dsn)
+                conn.add_termination_listener(lambda _c, lost=closed: lost.set())
+                await conn.add_listener(CHANNEL_OUTBOX, self._on_outbox)
+                self._wake.set()  # look once after (re)connecting: NOTIFYs may have been missed
+                await _first(closed.wait(), stop.wait(), timeout=None)
+            except Exception as exc:
+                log.warning("listen_failed", error=str(exc) or type(exc).__name__)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=2)
+            await _first(stop.wait(), timeout=self.config.poll_s)
+
+    def _on_outbox(self, *_args: object) -> None:
+        self._wake.set()
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """At most `limit` bytes of the answer's body, as sent (the rest is never read)."""
+    received = bytearray()
+    if limit <= 0:
+        return b""
+    try:
+        async for chunk in response.aiter_raw():  # raw: no decompression to blow up
+            received += chunk[: limit - len(received)]
+            if len(received) >= limit:
+                break
+    except httpx.StreamConsumed:  # an answer already in memory (httpx.MockTransport)
+        return response.content[:limit]
+    return bytes(received)
+
+
+async def _first(*aws: Any, timeout: float | None) -> None:
+    """Wait until the first awaitable finishes or `timeout` passes; cancel the rest."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def config_from(settings: Settings) -> DispatcherConfig:
+    """The dispatcher's config from menos settings (MENOS_CALLBACK_*, MENOS_WORKER_POLL_S)."""
+    return DispatcherConfig(
+        timeout_s=settings.callback_timeout_s,
+        backoff_s=settings.callback_backoff_s,
+        poll_s=settings.worker_poll_s,
+        app_version=versions.app_version(),
+    )
+
+
+async def serve(settings: Settings, dsn: str, stop: asyncio.Event) -> None:
+    """Run one dispatcher on `dsn` until `stop` is set: the body of `bin/dispatcher`.
+
+    Raises SchemaOutdated when migrations are missing, DatabaseUnavailable when the database
+    cannot be reached at start.
+    """
+    config = config_from(settings)
+    queries = db.Queries()
+    conn = await db.connect(dsn)
+    try:
+        pending = await db.pending_migrations(conn, queries)
+    finally:
+        await conn.close()
+    if pending:
+        raise errors.SchemaOutdated(
+            f"migrations {pending} are not applied; run `bin/menos migrate` first"
+        )
+    pool = await db.create_pool(dsn, min_size=1, max_size=max(4, config.batch_size // 4))
+    client = httpx.AsyncClient(
+        transport=ssrf.PinnedTransport(allow_private=settings.callback_allow_private),
+        follow_redirects=False,
+        timeout=config.timeout_s,
+        trust_env=False,  # no proxy or .netrc credentials on callbacks
+        headers={"user-agent": f"menos/{config.app_version}"},
+    )
+    try:
+        await Dispatcher(
+            config, outbox_repository.OutboxRepository(pool, queries), client, dsn=dsn
+        ).run(stop)
+    finally:
+        await client.aclose()
+        await pool.close()

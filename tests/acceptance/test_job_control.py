@@ -1,0 +1,213 @@
+"""Running menos entirely over REST: cancel, reprocess, lists, ownership, hard edges."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tests.support import fake_llm, tcp_proxy
+from tests.support.processes import Menos, sql, wait_for
+
+
+def status_of(client: Any, job_id: str) -> str:
+    return str(client.get(f"/api/v1/jobs/{job_id}").json()["status"])
+
+
+def test_cancel_mid_analyze_ends_cancelled_without_result(
+    menos: Menos, llm: fake_llm.FakeLLM
+) -> None:
+    """Cancelling a job while the model is thinking ends it cancelled; no result is written."""
+    menos.api()
+    menos.worker(MENOS_ANALYZER="openai", MENOS_LLM_BASE_URL=llm.url, MENOS_LLM_MODEL="slow-2")
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        answer = client.post("/api/v1/content", json={"text": "cancel me"}).json()
+        job_id = answer["job_id"]
+        wait_for(lambda: status_of(client, job_id) == "processing", what="processing")
+        time.sleep(0.3)  # the 2-second model call is under way
+        cancel = client.post(f"/api/v1/jobs/{job_id}/cancel")
+        assert cancel.status_code == 202
+        assert cancel.json() == {"job_id": job_id, "status": "processing", "cancel_requested": True}
+        wait_for(lambda: status_of(client, job_id) == "cancelled", what="cancelled")
+        content = client.get(f"/api/v1/content/{answer['content_id']}").json()
+        again = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert content["processing_status"] == "cancelled" and content["result"] is None
+    assert again.status_code == 409 and "cancelled" in again.json()["detail"]
+    audits = sql(
+        menos.database_url,
+        "SELECT detail FROM menos.audit_event WHERE event = 'audit.cancellation' ORDER BY at",
+    )
+    assert [a["detail"]["outcome"] for a in audits] == ["cancel_requested", "refused"]
+
+
+def test_cancel_pending_is_immediate(menos: Menos) -> None:
+    """A pending job cancelled before any worker runs is cancelled at once and never runs."""
+    menos.api()
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        job_id = client.post("/api/v1/content", json={"text": "never"}).json()["job_id"]
+        cancel = client.post(f"/api/v1/jobs/{job_id}/cancel")
+        assert (cancel.status_code, cancel.json()) == (
+            200,
+            {"job_id": job_id, "status": "cancelled"},
+        )
+        menos.worker()
+        assert status_of(client, job_id) == "cancelled"
+
+
+def test_reprocess_rules(menos: Menos) -> None:
+    """Reprocess answers already_active, already_completed, or submits a new job when forced."""
+    menos.api()
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        first = client.post("/api/v1/content", json={"text": "# Again\n\nand again"}).json()
+        cid = first["content_id"]
+        active = client.post(f"/api/v1/content/{cid}/reprocess")
+        assert (active.status_code, active.json()) == (
+            200,
+            {"job_id": first["job_id"], "content_id": cid, "status": "already_active"},
+        )
+        assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.pipeline_job")[0]["n"] == 1
+        menos.worker()
+        wait_for(lambda: status_of(client, first["job_id"]) == "completed", what="completed")
+        current = client.post(f"/api/v1/content/{cid}/reprocess")
+        assert (current.status_code, current.json()) == (
+            200,
+            {"job_id": None, "content_id": cid, "status": "already_completed"},
+        )
+        forced = client.post(
+            f"/api/v1/content/{cid}/reprocess", params={"force": "true"}, json={"data_tier": "full"}
+        )
+        assert forced.status_code == 202 and forced.json()["status"] == "submitted"
+        new_id = forced.json()["job_id"]
+        wait_for(lambda: status_of(client, new_id) == "completed", what="rerun")
+        content = client.get(f"/api/v1/content/{cid}").json()
+        verbose = client.get(f"/api/v1/jobs/{new_id}?verbose=true").json()
+    assert content["latest_job_id"] == new_id
+    assert verbose["data_tier"] == "full" and "source_excerpt" in verbose["full_payload"]
+    events = sql(
+        menos.database_url,
+        "SELECT count(*) AS n FROM menos.audit_event WHERE event = 'audit.reprocess_trigger'",
+    )
+    assert events[0]["n"] == 3
+
+
+def test_pagination_is_stable_under_concurrent_inserts(menos: Menos) -> None:
+    """Paging through 250 items while others are added skips and repeats nothing."""
+    menos.api()
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        original = {
+            client.post("/api/v1/content", json={"text": f"n{i}"}).json()["content_id"]
+            for i in range(250)
+        }
+        stop = threading.Event()
+
+        def keep_inserting() -> None:
+            with menos.client(key["api_key"]) as other:
+                while not stop.is_set():
+                    other.post("/api/v1/content", json={"text": "late"})
+
+        writer = threading.Thread(target=keep_inserting)
+        writer.start()
+        try:
+            seen: list[str] = []
+            cursor = None
+            pages = 0
+            while True:
+                params: dict[str, Any] = {"limit": 17}
+                if cursor:
+                    params["cursor"] = cursor
+                page = client.get("/api/v1/content", params=params).json()
+                seen += [item["content_id"] for item in page["items"]]
+                assert all("result" not in item and "body" not in item for item in page["items"])
+                pages += 1
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+        finally:
+            stop.set()
+            writer.join()
+        jobs = client.get("/api/v1/jobs", params={"limit": 100}).json()
+    assert len(seen) == len(set(seen))
+    assert original <= set(seen)
+    assert pages >= 15
+    created = [j["created_at"] for j in jobs["items"]]
+    assert created == sorted(created, reverse=True) and jobs["next_cursor"]
+
+
+def test_list_filters_and_their_errors(menos: Menos) -> None:
+    """Lists filter by status, type and tag; an unknown status names the allowed values."""
+    menos.api()
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        tagged = client.post("/api/v1/content", json={"text": "x", "tags": ["keep"]}).json()
+        other = client.post("/api/v1/content", json={"text": "y"}).json()
+        client.post(f"/api/v1/jobs/{other['job_id']}/cancel")
+        by_tag = client.get("/api/v1/content", params={"tag": "keep"}).json()["items"]
+        cancelled = client.get("/api/v1/jobs", params={"status": "cancelled"}).json()["items"]
+        by_content = client.get("/api/v1/jobs", params={"content_id": tagged["content_id"]})
+        bad_status = client.get("/api/v1/jobs", params={"status": "done"})
+        bad_limit = client.get("/api/v1/jobs", params={"limit": 101})
+        bad_cursor = client.get("/api/v1/jobs", params={"cursor": "garbage"})
+        bad_type = client.get("/api/v1/content", params={"content_type": "pdf"})
+    assert [c["content_id"] for c in by_tag] == [tagged["content_id"]]
+    assert [j["job_id"] for j in cancelled] == [other["job_id"]]
+    assert [j["job_id"] for j in by_content.json()["items"]] == [tagged["job_id"]]
+    assert bad_status.status_code == 400
+    assert bad_status.json()["errors"][0]["field"] == "status"
+    assert "pending, processing, completed, failed, cancelled" in bad_status.text
+    for bad, field in ((bad_limit, "limit"), (bad_cursor, "cursor"), (bad_type, "content_type")):
+        assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == field
+
+
+def test_owners_see_only_their_own_and_admins_everything(menos: Menos) -> None:
+    """Every route answers 404 for another owner's items; an admin key sees and acts on all."""
+    menos.api()
+    alice, bob, admin = menos.key("alice"), menos.key("bob"), menos.key("root", admin=True)
+    with menos.client(alice["api_key"]) as client:
+        mine = client.post("/api/v1/content", json={"text": "alice's"}).json()
+    cid, jid = mine["content_id"], mine["job_id"]
+    with menos.client(bob["api_key"]) as client:
+        assert client.get(f"/api/v1/content/{cid}").status_code == 404
+        assert client.get(f"/api/v1/jobs/{jid}").status_code == 404
+        assert client.get(f"/api/v1/jobs/{jid}?verbose=true").status_code == 404
+        assert client.post(f"/api/v1/jobs/{jid}/cancel").status_code == 404
+        assert client.post(f"/api/v1/content/{cid}/reprocess").status_code == 404
+        assert client.get("/api/v1/content").json()["items"] == []
+        assert client.get("/api/v1/jobs").json()["items"] == []
+        same_url = client.post("/api/v1/ingest", json={"url": "https://example.com/a"})
+        assert same_url.status_code == 202
+    with menos.client(admin["api_key"]) as client:
+        assert client.get(f"/api/v1/content/{cid}").status_code == 200
+        assert len(client.get("/api/v1/jobs").json()["items"]) == 2
+        assert client.post(f"/api/v1/jobs/{jid}/cancel").status_code == 200
+    revoked = menos.command("keys", "revoke", alice["key_id"])
+    assert revoked.returncode == 0
+    with menos.client(alice["api_key"]) as client:
+        assert client.get(f"/api/v1/content/{cid}").status_code == 401
+    listing = menos.command("keys", "list", "--owner", "alice")
+    assert alice["key_id"] in listing.stdout and "revoked" in listing.stdout
+    assert alice["api_key"] not in listing.stdout
+
+
+def test_database_outage_answers_503_and_recovers(menos: Menos) -> None:
+    """While the database is unreachable routes answer 503; they recover by themselves."""
+    parts = urlsplit(menos.database_url)
+    with tcp_proxy.running(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+        menos.api(MENOS_DATABASE_URL=urlunsplit(parts._replace(netloc=netloc)))
+        key = menos.key("alice")
+        with menos.client(key["api_key"]) as client:
+            assert client.get("/ready").status_code == 200
+            proxy.cut()
+            down = client.get("/api/v1/jobs")
+            assert down.status_code == 503
+            assert down.headers["content-type"].startswith("application/problem+json")
+            assert client.get("/ready").status_code == 503
+            assert client.get("/health").status_code == 200
+            proxy.restore()
+            wait_for(lambda: client.get("/api/v1/jobs").status_code == 200, what="recovery")
+            assert client.get("/ready").status_code == 200

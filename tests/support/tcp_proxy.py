@@ -1,0 +1,80 @@
+"""A TCP proxy on 127.0.0.1 that can be cut and restored: the database "goes down" for one client."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Proxy:
+    """Forwards connections to (host, port) while `up`; `cut()` drops every connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.up = True
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def cut(self) -> None:
+        """Refuse new connections and close the open ones."""
+        self.up = False
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.close()
+            self._conns.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            if not self.up:
+                client.close()
+                upstream.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+    for sock in (src, dst):  # one side ended: end the whole connection (shutdown wakes recv)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+@contextmanager
+def running(host: str, port: int) -> Iterator[Proxy]:
+    """A proxy to host:port for the duration of the block."""
+    proxy = Proxy(host, port)
+    thread = threading.Thread(target=proxy.serve, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.cut()
+        proxy.listener.close()
