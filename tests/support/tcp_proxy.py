@@ -1,4 +1,4 @@
-"""A TCP proxy on 127.0.0.1 that can be cut and restored: the database "goes down" for one client."""
+"""A TCP proxy on 127.0.0.1 that can be cut and restored: the database "goes down"."""
 
 from __future__ import annotations
 

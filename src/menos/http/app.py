@@ -13,6 +13,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from menos import db, versions
 from menos.http import errors as http_errors
+from menos.http import openapi
 from menos.http.controllers import content, health, ingest, jobs
 from menos.queue import repository
 from menos.settings import Settings
@@ -51,6 +52,8 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> 
             title="menos",
             version=versions.app_version(),
             path="/schema",
+            components=openapi.COMPONENTS,
+            security=openapi.SECURITY,
             render_plugins=[SwaggerRenderPlugin(path="/swagger")],
         ),
         state=_state(settings),

@@ -10,7 +10,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import Provide
 
 from menos import errors, markdown, versions
-from menos.http import auth, pagination, schemas, validate
+from menos.http import auth, openapi, pagination, schemas, validate
 from menos.http import errors as http_errors
 from menos.queue import models, repository
 from menos.settings import Settings
@@ -22,7 +22,12 @@ class ContentController(Controller):
     path = "/api/v1/content"
     dependencies = {"who": Provide(auth.principal)}
 
-    @post("/", status_code=202)
+    @post(
+        "/",
+        status_code=202,
+        operation_class=openapi.UploadOperation,
+        responses=openapi.PROBLEMS,
+    )
     async def upload(
         self, request: Request[Any, Any, Any], who: models.Principal
     ) -> schemas.Submitted:
@@ -87,7 +92,7 @@ class ContentController(Controller):
         )
         return schemas.submitted(enqueued)
 
-    @get("/")
+    @get("/", responses=openapi.PROBLEMS)
     async def index(
         self,
         request: Request[Any, Any, Any],
@@ -119,7 +124,11 @@ class ContentController(Controller):
             next_cursor=pagination.encode(page.last),
         )
 
-    @post("/{content_id:uuid}/reprocess", status_code=202)
+    @post(
+        "/{content_id:uuid}/reprocess",
+        status_code=202,
+        responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.ReprocessView)},
+    )
     async def reprocess(
         self,
         request: Request[Any, Any, Any],
@@ -161,7 +170,7 @@ class ContentController(Controller):
         )
         return Response(view, status_code=202 if outcome.status == "submitted" else 200)
 
-    @get("/{content_id:uuid}")
+    @get("/{content_id:uuid}", responses=openapi.PROBLEMS)
     async def show(
         self, request: Request[Any, Any, Any], who: models.Principal, content_id: uuid.UUID
     ) -> schemas.ContentView:

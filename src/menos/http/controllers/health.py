@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 
 from menos import errors, versions
 from menos.http import schemas
@@ -17,7 +18,10 @@ def health() -> schemas.Health:
     return schemas.Health(status="ok", app_version=versions.app_version())
 
 
-@get("/ready")
+@get(
+    "/ready",
+    responses={503: ResponseSpec(schemas.Ready, description="Database down or schema outdated")},
+)
 async def ready(request: Request[Any, Any, Any]) -> Response[schemas.Ready]:
     """200 when the database answers and migrations are current, else 503."""
     repo: repository.Repository = request.app.state.repo

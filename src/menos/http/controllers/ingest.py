@@ -7,13 +7,18 @@ from typing import Any
 from litestar import Request, Response, post
 
 from menos import versions
-from menos.http import auth, schemas, validate
+from menos.http import auth, openapi, schemas, validate
 from menos.pipeline import resource_keys
 from menos.queue import models, repository
 from menos.settings import Settings
 
 
-@post("/api/v1/ingest", dependencies={"who": auth.PROVIDE})
+@post(
+    "/api/v1/ingest",
+    status_code=202,
+    dependencies={"who": auth.PROVIDE},
+    responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.Submitted)},
+)
 async def ingest(
     request: Request[Any, Any, Any], who: models.Principal, data: schemas.IngestRequest
 ) -> Response[schemas.Submitted]:

@@ -9,7 +9,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 
 from menos import errors
-from menos.http import auth, pagination, schemas
+from menos.http import auth, openapi, pagination, schemas
 from menos.queue import models, repository
 
 
@@ -19,7 +19,7 @@ class JobsController(Controller):
     path = "/api/v1/jobs"
     dependencies = {"who": Provide(auth.principal)}
 
-    @get("/")
+    @get("/", responses=openapi.PROBLEMS)
     async def index(
         self,
         request: Request[Any, Any, Any],
@@ -45,7 +45,7 @@ class JobsController(Controller):
             next_cursor=pagination.encode(page.last),
         )
 
-    @get("/{job_id:uuid}")
+    @get("/{job_id:uuid}", responses=openapi.PROBLEMS)
     async def show(
         self,
         request: Request[Any, Any, Any],
@@ -69,7 +69,15 @@ class JobsController(Controller):
         )
         return schemas.job_verbose_view(job, await repo.callback(job.job_id))
 
-    @post("/{job_id:uuid}/cancel", status_code=200)
+    @post(
+        "/{job_id:uuid}/cancel",
+        status_code=200,
+        responses={
+            **openapi.PROBLEMS,
+            **openapi.CONFLICT,
+            202: openapi.ResponseSpec(schemas.CancelView),
+        },
+    )
     async def cancel(
         self, request: Request[Any, Any, Any], who: models.Principal, job_id: uuid.UUID
     ) -> Response[schemas.CancelView]:

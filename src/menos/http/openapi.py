@@ -1,0 +1,90 @@
+"""OpenAPI details Litestar cannot infer: error responses, the upload body, bearer security."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
+
+from menos.http import errors as http_errors
+
+
+def _problem(description: str) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=http_errors.Problem,
+        description=description,
+        media_type=http_errors.PROBLEM_JSON,
+        generate_examples=False,
+    )
+
+
+__all__ = ["CONFLICT", "PROBLEMS", "ResponseSpec", "UploadOperation"]
+
+PROBLEMS: dict[int, ResponseSpec] = {
+    400: _problem("Invalid input; `errors` names each invalid field"),
+    401: _problem("Missing, unknown or revoked API key"),
+    404: _problem("Unknown, or not visible to this key"),
+    413: _problem("Request body over MENOS_MAX_BODY_BYTES"),
+    415: _problem("Unsupported media type or encoding"),
+    503: _problem("Database unavailable"),
+}
+CONFLICT = {409: _problem("The job is already terminal")}
+
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+COMPONENTS = Components(
+    security_schemes={
+        "bearer": SecurityScheme(type="http", scheme="bearer", description="menos API key")
+    }
+)
+
+_TEXT = Schema(type=OpenAPIType.STRING)
+_TIER = Schema(type=OpenAPIType.STRING, enum=["compact", "full"])
+_TAGS = Schema(type=OpenAPIType.ARRAY, items=_TEXT)
+
+
+@dataclass
+class UploadOperation(Operation):
+    """`POST /api/v1/content`: a JSON note or a multipart file upload."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description="A markdown note as JSON, or as a multipart `file` upload (UTF-8).",
+            content={
+                "application/json": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["text"],
+                        properties={
+                            "text": _TEXT,
+                            "title": _TEXT,
+                            "tags": _TAGS,
+                            "callback_url": _TEXT,
+                            "data_tier": _TIER,
+                        },
+                    )
+                ),
+                "multipart/form-data": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["file"],
+                        properties={
+                            "file": Schema(type=OpenAPIType.STRING, format="binary"),  # type: ignore[arg-type]
+                            "title": _TEXT,
+                            "tags": _TAGS,
+                            "callback_url": _TEXT,
+                            "data_tier": _TIER,
+                        },
+                    )
+                ),
+            },
+        )
