@@ -223,3 +223,24 @@ SELECT * FROM menos.content
    AND ($5::timestamptz IS NULL OR (created_at, content_id) < ($5, $6::uuid))
  ORDER BY created_at DESC, content_id DESC
  LIMIT $7;
+
+-- name: contents_by_resource_key
+-- Content items with this resource key, optionally of one owner.
+SELECT * FROM menos.content
+ WHERE resource_key = $1 AND ($2::text IS NULL OR owner = $2)
+ ORDER BY created_at;
+
+-- name: classify_candidates
+-- A page of content to re-run, by id after $6: pending or failed (or $3 status only), or completed by another version when $4; no active job.
+SELECT c.content_id, c.owner, c.processing_status, c.pipeline_version
+  FROM menos.content c
+ WHERE ($1::text IS NULL OR c.owner = $1)
+   AND ($2::text IS NULL OR c.content_type = $2)
+   AND (   ($3::text IS NULL AND c.processing_status IN ('pending', 'failed'))
+        OR c.processing_status = $3
+        OR ($4 AND c.processing_status = 'completed' AND c.pipeline_version <> $5))
+   AND NOT EXISTS (SELECT 1 FROM menos.pipeline_job j
+                    WHERE j.content_id = c.content_id AND j.status IN ('pending', 'processing'))
+   AND ($6::uuid IS NULL OR c.content_id > $6)
+ ORDER BY c.content_id
+ LIMIT $7;

@@ -14,15 +14,16 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import httpx
 import structlog
 
-from menos import db, embedded, errors, settings, versions
+from menos import db, embedded, errors, settings, tools, versions
 from menos import logging as menos_logging
 from menos.pipeline import analyzers, ssrf, stages
 from menos.pipeline.analyzers import builtin, openai
-from menos.queue import repository, worker
+from menos.queue import dispatcher, maintenance, models, repository, worker
 
 log = structlog.get_logger("menos.cli")
 
@@ -166,9 +167,9 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
             shutdown_grace_s=conf.worker_shutdown_grace_s,
             pipeline_version=versions.app_version(),
         )
-        await worker.Worker(config, repository.Repository(pool, db.Queries()), ctx, dsn=dsn).run(
-            stop
-        )
+        repo = repository.Repository(pool, db.Queries())
+        purger = maintenance.Purger(_purge_config(conf), repo)
+        await worker.Worker(config, repo, ctx, dsn=dsn, duties=[purger.run]).run(stop)
     finally:
         await pinned.aclose()
         await plain.aclose()
@@ -185,6 +186,152 @@ def cmd_worker(conf: settings.Settings, args: argparse.Namespace) -> int:
     worker_id = args.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     with database(conf) as dsn:
         return asyncio.run(_run_worker(conf, dsn, worker_id))
+
+
+def _purge_config(conf: settings.Settings) -> maintenance.PurgeConfig:
+    return maintenance.PurgeConfig(
+        compact_days=conf.retention_compact_days, full_days=conf.retention_full_days
+    )
+
+
+def cmd_dispatcher(conf: settings.Settings, args: argparse.Namespace) -> int:
+    async def run(dsn: str) -> int:
+        await _require_schema(dsn)
+        await dispatcher.serve(conf, dsn, _stop_event())
+        return 0
+
+    with database(conf) as dsn:
+        return asyncio.run(run(dsn))
+
+
+async def _require_schema(dsn: str) -> None:
+    conn = await db.connect(dsn)
+    try:
+        pending = await db.pending_migrations(conn, db.Queries())
+    finally:
+        await conn.close()
+    if pending:
+        raise errors.SchemaOutdated(
+            f"migrations {pending} are not applied; run `bin/menos migrate` first"
+        )
+
+
+def _repo_command(
+    conf: settings.Settings, use: Callable[[repository.Repository], Awaitable[int]]
+) -> int:
+    async def run(dsn: str) -> int:
+        await _require_schema(dsn)
+        return await _with_repo(dsn, use)
+
+    with database(conf) as dsn:
+        return asyncio.run(run(dsn))
+
+
+def cmd_reprocess(conf: settings.Settings, args: argparse.Namespace) -> int:
+    return _repo_command(
+        conf,
+        lambda repo: tools.reprocess(
+            repo,
+            args.target,
+            owner=args.owner,
+            force=args.force,
+            wait=args.wait,
+            callback_url=args.callback_url,
+            version=versions.app_version(),
+            data_tier=conf.data_tier,
+            out=sys.stdout,
+        ),
+    )
+
+
+def cmd_classify(conf: settings.Settings, args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        print("--limit must be a positive integer", file=sys.stderr)
+        return EXIT_USAGE
+    return _repo_command(
+        conf,
+        lambda repo: tools.classify(
+            repo,
+            owner=args.owner,
+            content_type=args.content_type,
+            status=args.status,
+            stale=args.stale,
+            limit=args.limit,
+            dry_run=args.dry_run,
+            version=versions.app_version(),
+            data_tier=conf.data_tier,
+            out=sys.stdout,
+        ),
+    )
+
+
+def cmd_export(conf: settings.Settings, args: argparse.Namespace) -> int:
+    return _repo_command(
+        conf,
+        lambda repo: tools.export(
+            repo,
+            owner=args.owner,
+            fmt=args.format,
+            out=args.out,
+            content_id=args.content_id,
+            stdout=sys.stdout,
+        ),
+    )
+
+
+def cmd_purge(conf: settings.Settings, args: argparse.Namespace) -> int:
+    return _repo_command(
+        conf,
+        lambda repo: tools.purge(
+            maintenance.Purger(_purge_config(conf), repo), dry_run=args.dry_run, out=sys.stdout
+        ),
+    )
+
+
+def cmd_jobs(conf: settings.Settings, args: argparse.Namespace) -> int:
+    async def listing(repo: repository.Repository) -> int:
+        page = await repo.list_jobs(
+            owner=args.owner, status=args.status, content_id=None, after=None, limit=args.limit
+        )
+        for job in page.items:
+            print(
+                f"{job.job_id}  {job.status:<10}  {job.current_stage or '-':<8}  "
+                f"{job.owner}  {job.created_at.isoformat()}  {job.error_code or ''}".rstrip()
+            )
+        return 0
+
+    async def show(repo: repository.Repository) -> int:
+        job = await repo.job(args.job_id, owner=None)
+        if job is None:
+            print(f"no job {args.job_id}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(tools.job_json(job, await repo.callback(job.job_id)))
+        return 0
+
+    async def cancel(repo: repository.Repository) -> int:
+        outcome = await repo.request_cancel(args.job_id, owner=None)
+        if outcome is None:
+            print(f"no job {args.job_id}", file=sys.stderr)
+            return EXIT_FAILURE
+        result = {"pending": "cancelled", "processing": "cancel_requested"}.get(
+            outcome.previous, "refused"
+        )
+        await repo.audit(
+            "audit.cancellation",
+            owner=None,
+            actor_key_id=None,
+            subject=args.job_id,
+            detail={"outcome": result, "via": "bin/menos", "previous_status": outcome.previous},
+        )
+        print(
+            json.dumps(
+                {"job_id": str(args.job_id), "previous": outcome.previous, "outcome": result}
+            )
+        )
+        return 0 if result != "refused" else EXIT_FAILURE
+
+    action = {"list": listing, "show": show, "cancel": cancel}[args.jobs_command]
+    return _repo_command(conf, action)
 
 
 def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
@@ -308,7 +455,7 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 preexec_fn=_die_with_parent,
                 start_new_session=True,
             )
-            for name in ("api", "worker")
+            for name in ("api", "worker", "dispatcher")
         }
         stopping = False
 
@@ -402,6 +549,50 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     ks = ksub.add_parser("rotate-secret", help="new webhook secret; the old one signs for 24 h")
     ks.add_argument("--owner", required=True)
 
+    sub.add_parser("dispatcher", help="deliver callback events from the outbox until stopped")
+    rp = sub.add_parser(
+        "reprocess", help="re-run one item (exit 0 completed, 1 failed, 2 cancelled with --wait)"
+    )
+    rp.add_argument("target", metavar="CONTENT_ID|URL")
+    rp.add_argument("--owner", help="the owner, when a URL is known to several")
+    rp.add_argument("--force", action="store_true", help="re-run even if current")
+    rp.add_argument("--wait", action="store_true", help="follow the job's stages until it ends")
+    rp.add_argument("--callback-url", help="send a callback when the run ends")
+    cp = sub.add_parser("classify", help="bulk re-run pending, failed or stale content")
+    cp.add_argument("--owner")
+    cp.add_argument("--content-type", choices=["youtube", "web", "markdown"])
+    cp.add_argument(
+        "--status",
+        choices=list(models.JOB_STATUSES),
+        help="only content in this status (default: pending and failed)",
+    )
+    cp.add_argument(
+        "--stale", action="store_true", help="also content completed by an older pipeline_version"
+    )
+    cp.add_argument("--limit", type=int, help="at most N items")
+    cp.add_argument("--dry-run", action="store_true", help="list the content ids, enqueue nothing")
+    ep = sub.add_parser("export-summaries", help="export completed results")
+    ep.add_argument("--owner")
+    ep.add_argument("--format", choices=["jsonl", "csv", "markdown"], default="jsonl")
+    ep.add_argument(
+        "--out",
+        type=Path,
+        help="file (jsonl, csv) or directory (markdown); default stdout or ./export",
+    )
+    ep.add_argument("--content-id", type=uuid.UUID)
+    pp = sub.add_parser("purge", help="apply retention now (MENOS_RETENTION_*_DAYS)")
+    pp.add_argument("--dry-run", action="store_true", help="count what would be removed")
+    jp = sub.add_parser("jobs", help="inspect and cancel jobs")
+    jsub = jp.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    jl = jsub.add_parser("list", help="newest jobs first")
+    jl.add_argument("--owner")
+    jl.add_argument("--status", choices=list(models.JOB_STATUSES))
+    jl.add_argument("--limit", type=int, default=50)
+    js = jsub.add_parser("show", help="one job as JSON (verbose view)")
+    js.add_argument("job_id", type=uuid.UUID)
+    jc = jsub.add_parser("cancel", help="cancel a job (pending: at once; processing: requested)")
+    jc.add_argument("job_id", type=uuid.UUID)
+
     dbp = sub.add_parser("db", help="the embedded PostgreSQL under MENOS_HOME")
     dsub = dbp.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     dsub.add_parser("start", help="start it in the background and print its DSN")
@@ -417,6 +608,12 @@ COMMANDS: dict[str, Callable[[settings.Settings, argparse.Namespace], int]] = {
     "worker": cmd_worker,
     "keys": cmd_keys,
     "db": cmd_db,
+    "dispatcher": cmd_dispatcher,
+    "reprocess": cmd_reprocess,
+    "classify": cmd_classify,
+    "export-summaries": cmd_export,
+    "purge": cmd_purge,
+    "jobs": cmd_jobs,
 }
 
 

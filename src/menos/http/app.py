@@ -6,7 +6,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -19,7 +18,7 @@ from menos.queue import repository
 from menos.settings import Settings
 
 
-def create_app(settings: Settings, *, pool: asyncpg.Pool[Any] | None = None) -> Litestar:
+def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
     """Build the API; without `pool` one is made from `settings.database_url` at startup."""
 
     @contextlib.asynccontextmanager

@@ -87,6 +87,14 @@ class Page(msgspec.Struct, Generic[T], frozen=True):
     last: tuple[dt.datetime, uuid.UUID] | None  # set when a next page may exist
 
 
+class PurgeCounts(msgspec.Struct, frozen=True):
+    """Rows a purge removed (or, in a preview, would remove)."""
+
+    jobs: int = 0
+    full_payloads: int = 0
+    audit_events: int = 0
+
+
 class CancelOutcome(msgspec.Struct, frozen=True):
     """What a cancel request found and did."""
 
@@ -456,6 +464,31 @@ class Repository:
         last = (items[-1].created_at, items[-1].content_id) if len(rows) > limit else None
         return Page(items=items, last=last)
 
+    async def contents_by_resource_key(
+        self, resource_key: str, *, owner: str | None
+    ) -> list[models.Content]:
+        """Content with this resource key (one per owner), optionally of one owner."""
+        rows = await self._fetch("contents_by_resource_key", resource_key, owner)
+        return [_row(r, models.Content) for r in rows]
+
+    async def classify_candidates(
+        self,
+        *,
+        owner: str | None,
+        content_type: str | None,
+        status: str | None,
+        stale: bool,
+        pipeline_version: str,
+        after: uuid.UUID | None,
+        limit: int,
+    ) -> list[tuple[models.ContentId, str]]:
+        """(content id, owner) of items `classify` would re-run, by id after `after`."""
+        rows = await self._fetch(
+            "classify_candidates", owner, content_type, status, stale, pipeline_version, after,
+            limit,
+        )
+        return [(r["content_id"], r["owner"]) for r in rows]
+
     async def audit(
         self,
         event: str,
@@ -508,3 +541,38 @@ class Repository:
         expires = (now or dt.datetime.now(dt.UTC)) + SECRET_OVERLAP
         row = await self._fetchrow("rotate_owner_secret", owner, secret, expires)
         return secret if row else None
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def leader(self, duty: str) -> AsyncIterator[bool]:
+        """Hold the advisory lock of a periodic duty for the block; yields False if taken."""
+        async with self._conn() as conn:
+            held = bool(await conn.fetchval(self._q["try_leader_lock"], duty))
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.fetchval(self._q["release_leader_lock"], duty)
+
+    async def purge_batch(
+        self,
+        kind: Literal["jobs", "full_payloads", "audit_events"],
+        before: dt.datetime,
+        batch: int,
+    ) -> int:
+        """One batch of one purge step; returns rows touched (fewer than `batch`: done)."""
+        query = {
+            "jobs": "purge_jobs",
+            "full_payloads": "purge_full_payloads",
+            "audit_events": "purge_audit_events",
+        }[kind]
+        return len(await self._fetch(query, before, batch))
+
+    async def purge_preview(
+        self, jobs_before: dt.datetime, full_before: dt.datetime
+    ) -> PurgeCounts:
+        """What a purge would remove now."""
+        row = await self._fetchrow("purge_preview", jobs_before, full_before)
+        assert row is not None
+        return _row(row, PurgeCounts)

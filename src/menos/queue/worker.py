@@ -8,6 +8,7 @@ import datetime as dt
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import asyncpg
@@ -107,12 +108,19 @@ class Worker:
     """Claims and runs jobs until stopped; then lets running jobs finish within the grace."""
 
     def __init__(
-        self, config: WorkerConfig, repo: repository.Repository, ctx: stages.Context, *, dsn: str
+        self,
+        config: WorkerConfig,
+        repo: repository.Repository,
+        ctx: stages.Context,
+        *,
+        dsn: str,
+        duties: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.config = config
         self.repo = repo
         self.ctx = ctx
         self._dsn = dsn
+        self._duties = duties
         self._slots: dict[models.JobId, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -165,6 +173,7 @@ class Worker:
                 ).run(stop),
                 name="rescuer",
             ),
+            *(asyncio.create_task(duty(stop)) for duty in self._duties),
         ]
         try:
             while not stop.is_set():
@@ -199,7 +208,9 @@ class Worker:
     # -- background duties ------------------------------------------------------------------
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
-        interval = self.config.lease_s / 3
+        # At least every second: keeps `current_stage` near-live for watchers, and a lease
+        # is still renewed three times within its length.
+        interval = min(self.config.lease_s / 3, 1.0)
         while True:
             await asyncio.sleep(interval)
             slots = [slot for slot in self._slots.values() if not slot.lost]

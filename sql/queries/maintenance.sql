@@ -1,0 +1,52 @@
+-- name: try_leader_lock
+-- Become the one process running a periodic duty ($1 names it); false when another holds it.
+SELECT pg_try_advisory_lock(hashtext($1));
+
+-- name: release_leader_lock
+-- Give up the duty's lock.
+SELECT pg_advisory_unlock(hashtext($1));
+
+-- name: purge_jobs
+-- Delete up to $2 terminal jobs finished before $1 whose callback event is not still pending (outbox rows go with them).
+WITH doomed AS (
+    SELECT j.job_id FROM menos.pipeline_job j
+     WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at < $1
+       AND NOT EXISTS (SELECT 1 FROM menos.callback_outbox o
+                        WHERE o.job_id = j.job_id AND o.status = 'pending')
+     ORDER BY j.finished_at
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM menos.pipeline_job j USING doomed WHERE j.job_id = doomed.job_id
+RETURNING j.job_id;
+
+-- name: purge_full_payloads
+-- Clear up to $2 full-tier payloads of jobs finished before $1.
+WITH doomed AS (
+    SELECT job_id FROM menos.pipeline_job
+     WHERE full_payload IS NOT NULL AND finished_at < $1
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE menos.pipeline_job j SET full_payload = NULL FROM doomed
+ WHERE j.job_id = doomed.job_id
+RETURNING j.job_id;
+
+-- name: purge_audit_events
+-- Delete up to $2 audit events older than $1.
+WITH doomed AS (
+    SELECT audit_id FROM menos.audit_event WHERE at < $1 ORDER BY at LIMIT $2
+)
+DELETE FROM menos.audit_event a USING doomed WHERE a.audit_id = doomed.audit_id
+RETURNING a.audit_id;
+
+-- name: purge_preview
+-- What a purge at these cut-offs ($1 jobs and audit, $2 full payloads) would touch.
+SELECT
+    (SELECT count(*) FROM menos.pipeline_job j
+      WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at < $1
+        AND NOT EXISTS (SELECT 1 FROM menos.callback_outbox o
+                         WHERE o.job_id = j.job_id AND o.status = 'pending')) AS jobs,
+    (SELECT count(*) FROM menos.pipeline_job
+      WHERE full_payload IS NOT NULL AND finished_at < $2) AS full_payloads,
+    (SELECT count(*) FROM menos.audit_event WHERE at < $1) AS audit_events;

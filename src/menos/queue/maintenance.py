@@ -1,0 +1,86 @@
+"""Retention: the batched, idempotent purge, run hourly by one worker at a time and on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+
+import msgspec
+import structlog
+
+from menos import errors
+from menos.queue import repository
+
+log = structlog.get_logger("menos.maintenance")
+
+DUTY = "menos.purge"
+
+
+class PurgeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Retention periods (DESIGN §8) and how the purge runs."""
+
+    compact_days: int
+    full_days: int
+    batch: int = 1000
+    interval_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.compact_days < 1 or self.full_days < 1 or self.batch < 1 or self.interval_s <= 0:
+            raise ValueError("retention days, batch and interval must be positive")
+
+
+class Purger:
+    """Deletes expired jobs (with their delivered or failed outbox rows) and audit events,
+    and clears expired full-tier payloads; a job whose callback is still pending stays."""
+
+    def __init__(self, config: PurgeConfig, repo: repository.Repository) -> None:
+        self._config = config
+        self._repo = repo
+
+    def cutoffs(self, now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
+        """(jobs and audit events before, full payloads before)."""
+        at = now or dt.datetime.now(dt.UTC)
+        return (
+            at - dt.timedelta(days=self._config.compact_days),
+            at - dt.timedelta(days=self._config.full_days),
+        )
+
+    async def preview(self, now: dt.datetime | None = None) -> repository.PurgeCounts:
+        """What `run_once` would remove now (`purge --dry-run`)."""
+        return await self._repo.purge_preview(*self.cutoffs(now))
+
+    async def run_once(self, now: dt.datetime | None = None) -> repository.PurgeCounts:
+        """Purge everything expired, batch by batch; running it again removes nothing more."""
+        jobs_before, full_before = self.cutoffs(now)
+        counts: dict[str, int] = {}
+        steps = (
+            ("full_payloads", full_before),
+            ("jobs", jobs_before),
+            ("audit_events", jobs_before),
+        )
+        for kind, before in steps:
+            total = 0
+            while True:
+                done = await self._repo.purge_batch(kind, before, self._config.batch)  # type: ignore[arg-type]
+                total += done
+                if done < self._config.batch:
+                    break
+            counts[kind] = total
+        purged = repository.PurgeCounts(**counts)
+        log.info("purge_finished", **msgspec.to_builtins(purged))
+        return purged
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Every interval, purge if no other process is purging; errors are logged."""
+        while not stop.is_set():
+            try:
+                async with self._repo.leader(DUTY) as leading:
+                    if leading:
+                        await self.run_once()
+            except errors.DatabaseUnavailable as exc:
+                log.warning("purge_database_unavailable", error=str(exc))
+            except Exception:
+                log.exception("purge_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._config.interval_s)

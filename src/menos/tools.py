@@ -1,0 +1,357 @@
+"""Operator commands over the repository: reprocess, classify, export, jobs, purge."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import re
+import sys
+import unicodedata
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+import structlog
+import yaml
+from tqdm import tqdm
+
+from menos import errors
+from menos.pipeline import resource_keys
+from menos.queue import maintenance, models, repository
+
+log = structlog.get_logger("menos.tools")
+
+STAGES = ("fetch", "prepare", "analyze", "parse", "persist")
+EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 2
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+async def resolve_content(
+    repo: repository.Repository, target: str, owner: str | None
+) -> models.Content:
+    """The content a CONTENT_ID or URL names; errors when unknown or ambiguous."""
+    try:
+        content_id = uuid.UUID(target)
+    except ValueError:
+        key = resource_keys.identify(target).resource_key
+        found = await repo.contents_by_resource_key(key, owner=owner)
+        if not found:
+            raise errors.NotFound(f"no content for {target} ({key})") from None
+        if len(found) > 1:
+            owners = ", ".join(sorted(c.owner for c in found))
+            raise errors.InvalidInput(
+                "--owner", f"{target} is known to several owners: {owners}"
+            ) from None
+        return found[0]
+    content = await repo.content(content_id, owner=owner)
+    if content is None:
+        raise errors.NotFound(f"no content {content_id}")
+    return content
+
+
+async def reprocess(
+    repo: repository.Repository,
+    target: str,
+    *,
+    owner: str | None,
+    force: bool,
+    wait: bool,
+    callback_url: str | None,
+    version: str,
+    data_tier: models.DataTier,
+    out: TextIO,
+) -> int:
+    """Re-run one item by the API's rules; with `wait`, follow it and exit 0/1/2."""
+    content = await resolve_content(repo, target, owner)
+    outcome = await repo.reprocess(
+        content.content_id,
+        owner=None,
+        force=force,
+        pipeline_version=version,
+        callback_url=callback_url,
+        data_tier=data_tier,
+        transcript=None,
+    )
+    assert outcome is not None
+    await repo.audit(
+        "audit.reprocess_trigger",
+        owner=content.owner,
+        actor_key_id=None,
+        subject=content.content_id,
+        detail={"outcome": outcome.status, "job_id": outcome.job_id, "via": "bin/reprocess"},
+    )
+    print(
+        json.dumps(
+            {
+                "job_id": str(outcome.job_id) if outcome.job_id else None,
+                "content_id": str(content.content_id),
+                "status": outcome.status,
+            }
+        ),
+        file=out,
+        flush=True,
+    )
+    if not wait or outcome.job_id is None:
+        return EXIT_OK
+    return await follow(repo, outcome.job_id)
+
+
+async def follow(repo: repository.Repository, job_id: uuid.UUID, poll_s: float = 0.25) -> int:
+    """Show a job's stage progress on stderr until it ends; its exit code (0/1/2)."""
+    bar = tqdm(
+        total=len(STAGES),
+        desc="pending",
+        unit="stage",
+        file=sys.stderr,
+        bar_format="{desc:<22} {bar} {n_fmt}/{total_fmt} stages [{elapsed}]",
+    )
+    try:
+        while True:
+            job = await repo.job(job_id, owner=None)
+            if job is None:
+                raise errors.NotFound(f"job {job_id} disappeared")
+            done = len([s for s in job.stages if s.finished_at is not None])
+            if job.status == "completed":
+                done = len(STAGES)
+            bar.n = done
+            bar.set_description_str(
+                f"{job.status}: {job.current_stage}"
+                if job.status == "processing" and job.current_stage
+                else job.status
+            )
+            bar.refresh()
+            match job.status:
+                case "completed":
+                    return EXIT_OK
+                case "failed":
+                    bar.write(
+                        f"failed in {job.error_stage}: {job.error_code}: {job.error_message}",
+                        file=sys.stderr,
+                    )
+                    return EXIT_FAILED
+                case "cancelled":
+                    return EXIT_CANCELLED
+            await asyncio.sleep(poll_s)
+    finally:
+        bar.close()
+
+
+async def classify(
+    repo: repository.Repository,
+    *,
+    owner: str | None,
+    content_type: str | None,
+    status: str | None,
+    stale: bool,
+    limit: int | None,
+    dry_run: bool,
+    version: str,
+    data_tier: models.DataTier,
+    out: TextIO,
+) -> int:
+    """Enqueue re-runs for pending, failed or stale content; never a second active job."""
+    submitted = skipped = seen = 0
+    after: uuid.UUID | None = None
+    bar = tqdm(desc="classify", unit="item", file=sys.stderr, total=limit)
+    try:
+        while limit is None or seen < limit:
+            batch = await repo.classify_candidates(
+                owner=owner,
+                content_type=content_type,
+                status=status,
+                stale=stale,
+                pipeline_version=version,
+                after=after,
+                limit=min(200, limit - seen) if limit else 200,
+            )
+            if not batch:
+                break
+            for content_id, _ in batch:
+                seen += 1
+                after = content_id
+                if dry_run:
+                    print(str(content_id), file=out)
+                else:
+                    outcome = await repo.reprocess(
+                        content_id,
+                        owner=None,
+                        force=stale,
+                        pipeline_version=version,
+                        callback_url=None,
+                        data_tier=data_tier,
+                        transcript=None,
+                    )
+                    if outcome is not None and outcome.status == "submitted":
+                        submitted += 1
+                    else:
+                        skipped += 1
+                bar.update(1)
+    finally:
+        bar.close()
+    summary = {"candidates": seen, "submitted": submitted, "skipped": skipped, "dry_run": dry_run}
+    print(json.dumps(summary), file=sys.stderr if dry_run else out)
+    return EXIT_OK
+
+
+async def _completed(
+    repo: repository.Repository, owner: str | None, content_id: uuid.UUID | None
+) -> list[models.Content]:
+    if content_id is not None:
+        one = await repo.content(content_id, owner=owner)
+        if one is None or one.result is None:
+            raise errors.NotFound(f"no completed content {content_id}")
+        return [one]
+    items: list[models.Content] = []
+    after = None
+    while True:
+        page = await repo.list_content(
+            owner=owner, status="completed", content_type=None, tag=None, after=after, limit=100
+        )
+        items += [c for c in page.items if c.result is not None]
+        if page.last is None:
+            return items
+        after = page.last
+
+
+def _record(content: models.Content) -> dict[str, Any]:
+    return {
+        "content_id": str(content.content_id),
+        "owner": content.owner,
+        "content_type": content.content_type,
+        "title": content.title,
+        "source_url": content.source_url,
+        "resource_key": content.resource_key,
+        "tags": content.tags,
+        "pipeline_version": content.pipeline_version,
+        "processed_at": content.processed_at.isoformat(),
+        "result": content.result,
+    }
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A safe file-name stem: ASCII letters, digits and dashes only."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return _SLUG.sub("-", ascii_text.lower()).strip("-")[:limit].strip("-") or "untitled"
+
+
+def markdown_document(content: models.Content) -> str:
+    """One item as markdown with YAML frontmatter (safe_dump: it parses back to the same data)."""
+    result = content.result or {}
+    front = {
+        "title": content.title,
+        "content_id": str(content.content_id),
+        "content_type": content.content_type,
+        "source_url": content.source_url,
+        "owner": content.owner,
+        "tags": list(dict.fromkeys([*content.tags, *result.get("tags", [])])),
+        "tier": result.get("tier"),
+        "quality_score": result.get("quality_score"),
+        "pipeline_version": content.pipeline_version,
+        "processed_at": content.processed_at.isoformat(),
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# {content.title or content.resource_key}",
+        "",
+        str(result.get("summary", "")),
+    ]
+    topics = [t.get("name") for t in result.get("topics", []) if isinstance(t, dict)]
+    if topics:
+        lines += ["", "## Topics", "", *(f"- {name}" for name in topics)]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(items: list[models.Content]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        [
+            "content_id",
+            "owner",
+            "content_type",
+            "title",
+            "source_url",
+            "tags",
+            "tier",
+            "quality_score",
+            "result_tags",
+            "summary",
+            "processed_at",
+        ]
+    )
+    for c in items:
+        r = c.result or {}
+        writer.writerow(
+            [
+                c.content_id,
+                c.owner,
+                c.content_type,
+                c.title or "",
+                c.source_url or "",
+                ";".join(c.tags),
+                r.get("tier", ""),
+                r.get("quality_score", ""),
+                ";".join(r.get("tags", [])),
+                r.get("summary", ""),
+                c.processed_at.isoformat(),
+            ]
+        )
+    yield buffer.getvalue()
+
+
+async def export(
+    repo: repository.Repository,
+    *,
+    owner: str | None,
+    fmt: str,
+    out: Path | None,
+    content_id: uuid.UUID | None,
+    stdout: TextIO,
+) -> int:
+    """Write completed results as jsonl, csv, or one markdown file per item."""
+    items = await _completed(repo, owner, content_id)
+    if fmt == "markdown":
+        directory = out or Path("export")
+        directory.mkdir(parents=True, exist_ok=True)
+        for content in items:
+            stem = f"{slug(content.title or content.resource_key)}-{str(content.content_id)[:8]}"
+            path = directory / f"{stem}.md"
+            path.write_text(markdown_document(content), encoding="utf-8")
+            print(str(path), file=stdout)
+        log.info("export_finished", items=len(items), directory=str(directory))
+        return EXIT_OK
+    chunks = (
+        _csv(items)
+        if fmt == "csv"
+        else (json.dumps(_record(c), ensure_ascii=False) + "\n" for c in items)
+    )
+    if out is None:
+        for chunk in chunks:
+            stdout.write(chunk)
+    else:
+        with out.open("w", encoding="utf-8", newline="") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+    log.info("export_finished", items=len(items), format=fmt)
+    return EXIT_OK
+
+
+def job_json(job: models.Job, callback: models.Callback | None) -> str:
+    """A job as one JSON document (the verbose view)."""
+    data = msgspec.to_builtins(job)
+    data["callback"] = msgspec.to_builtins(callback) if callback else None
+    return json.dumps(data)
+
+
+async def purge(purger: maintenance.Purger, *, dry_run: bool, out: TextIO) -> int:
+    """Run the retention purge now (or show what it would remove)."""
+    counts = await (purger.preview() if dry_run else purger.run_once())
+    print(json.dumps({"dry_run": dry_run, **msgspec.to_builtins(counts)}), file=out)
+    return EXIT_OK

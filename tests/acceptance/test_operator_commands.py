@@ -1,0 +1,250 @@
+"""The operator's command line, each command run as a subprocess against a real database."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support import fake_llm
+from tests.support.processes import Menos, sql, wait_for
+
+
+def submit(menos: Menos, key: str, text: str, **extra: Any) -> dict[str, Any]:
+    with menos.client(key) as client:
+        answer = client.post("/api/v1/content", json={"text": text, **extra})
+        assert answer.status_code == 202, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+
+def completed(menos: Menos, job_id: str) -> None:
+    wait_for(
+        lambda: (
+            sql(
+                menos.database_url,
+                "SELECT 1 FROM menos.pipeline_job WHERE job_id = $1 AND status = 'completed'",
+                job_id,
+            )
+            != []
+        ),
+        what="completion",
+    )
+
+
+def test_every_command_explains_itself() -> None:
+    """Each bin/ command answers --help with its usage and exits 0."""
+    import subprocess
+
+    from tests.support.processes import BIN
+
+    for name in (
+        "api",
+        "worker",
+        "dispatcher",
+        "reprocess",
+        "classify",
+        "export-summaries",
+        "menos",
+    ):
+        done = subprocess.run(
+            [str(BIN / name), "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, (name, done.stderr)
+        assert "usage:" in done.stdout
+
+
+def test_reprocess_wait_exit_codes(menos: Menos, llm: fake_llm.FakeLLM) -> None:
+    """bin/reprocess --wait follows the run and exits 0 completed, 1 failed, 2 cancelled."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    first = submit(menos, key, "# One\n\nA note to run again.")
+    worker = menos.worker()
+    completed(menos, first["job_id"])
+    again = menos.command("reprocess", first["content_id"], "--force", "--wait")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[0])["status"] == "submitted"
+    same = menos.command("reprocess", first["content_id"])
+    assert json.loads(same.stdout)["status"] == "already_completed"
+    worker.terminate()
+    worker.wait()
+    menos.worker(MENOS_ANALYZER="openai", MENOS_LLM_BASE_URL=llm.url, MENOS_LLM_MODEL="error500")
+    failed = menos.command("reprocess", first["content_id"], "--force", "--wait")
+    assert failed.returncode == 1
+    assert "LLM_CALL_ERROR" in failed.stderr
+    unknown = menos.command("reprocess", "00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode == 1 and "no content" in unknown.stderr
+
+
+def test_reprocess_wait_reports_cancellation(menos: Menos, llm: fake_llm.FakeLLM) -> None:
+    """A job cancelled while bin/reprocess --wait follows it makes the command exit 2."""
+    import subprocess
+    import time
+
+    from tests.support.processes import BIN
+
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    first = submit(menos, key, "cancel while waiting")
+    menos.command("jobs", "cancel", first["job_id"])
+    menos.worker(MENOS_ANALYZER="openai", MENOS_LLM_BASE_URL=llm.url, MENOS_LLM_MODEL="slow-3")
+    follower = subprocess.Popen(
+        [str(BIN / "reprocess"), first["content_id"], "--wait"],
+        env=menos.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    job_id = wait_for(
+        lambda: sql(
+            menos.database_url, "SELECT job_id FROM menos.pipeline_job WHERE status = 'processing'"
+        ),
+        what="processing",
+    )[0]["job_id"]
+    time.sleep(0.3)
+    cancel = menos.command("jobs", "cancel", str(job_id))
+    assert json.loads(cancel.stdout)["outcome"] == "cancel_requested"
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 2, (out, err)
+
+
+def test_classify_enqueues_failed_and_stale_once(menos: Menos) -> None:
+    """classify re-runs failed and (with --stale) outdated items, and a rerun adds nothing."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    items = [submit(menos, key, f"# Note {i}\n\ntext {i}") for i in range(4)]
+    menos.worker()
+    for item in items:
+        completed(menos, item["job_id"])
+    sql(
+        menos.database_url,
+        "UPDATE menos.content SET pipeline_version = '0.0.1' WHERE content_id = $1",
+        items[0]["content_id"],
+    )
+    sql(
+        menos.database_url,
+        "UPDATE menos.content SET processing_status = 'failed' WHERE content_id = $1",
+        items[1]["content_id"],
+    )
+    dry = menos.command("classify", "--stale", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert set(dry.stdout.split()) == {items[0]["content_id"], items[1]["content_id"]}
+    assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.pipeline_job")[0]["n"] == 4
+    run = menos.command("classify", "--stale")
+    assert json.loads(run.stdout.strip().splitlines()[-1])["submitted"] == 2
+    rerun = menos.command("classify", "--stale")
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])["submitted"] == 0
+    active = sql(
+        menos.database_url,
+        "SELECT content_id, count(*) AS n FROM menos.pipeline_job "
+        "WHERE status IN ('pending', 'processing') GROUP BY content_id",
+    )
+    assert all(row["n"] == 1 for row in active)
+
+
+def test_export_formats(menos: Menos, tmp_path: Path) -> None:
+    """Completed results export as jsonl, csv, and markdown files whose YAML parses back."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    items = [
+        submit(menos, key, text, title=title)
+        for text, title in (
+            ("# A\n\nFirst note about databases.", 'Quotes "and": colons / slashes'),
+            ("# B\n\nSecond note about queues.", "Café — ünïcode"),
+        )
+    ]
+    menos.worker()
+    for item in items:
+        completed(menos, item["job_id"])
+    jsonl = menos.command("export-summaries", "--format", "jsonl")
+    records = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert {r["content_id"] for r in records} == {i["content_id"] for i in items}
+    assert all(r["result"]["summary"] for r in records)
+    table = menos.command("export-summaries", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert {r["title"] for r in rows} == {'Quotes "and": colons / slashes', "Café — ünïcode"}
+    out = tmp_path / "md"
+    md = menos.command("export-summaries", "--format", "markdown", "--out", str(out))
+    assert md.returncode == 0, md.stderr
+    files = sorted(out.glob("*.md"))
+    assert len(files) == 2 and all(f.name.isascii() and " " not in f.name for f in files)
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        front = yaml.safe_load(text.split("---\n")[1])
+        assert front["content_id"] in {i["content_id"] for i in items}
+        assert front["title"] in {'Quotes "and": colons / slashes', "Café — ünïcode"}
+    one = menos.command("export-summaries", "--content-id", items[0]["content_id"])
+    assert len(one.stdout.splitlines()) == 1
+
+
+def test_jobs_list_show_cancel(menos: Menos) -> None:
+    """bin/menos jobs lists, shows and cancels jobs."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    item = submit(menos, key, "inspect me")
+    listing = menos.command("jobs", "list", "--status", "pending")
+    assert item["job_id"] in listing.stdout
+    shown = json.loads(menos.command("jobs", "show", item["job_id"]).stdout)
+    assert shown["status"] == "pending" and shown["content_id"] == item["content_id"]
+    cancel = menos.command("jobs", "cancel", item["job_id"])
+    assert json.loads(cancel.stdout)["outcome"] == "cancelled"
+    refused = menos.command("jobs", "cancel", item["job_id"])
+    assert refused.returncode == 1
+    missing = menos.command("jobs", "show", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 1
+
+
+def test_purge_removes_only_expired_and_is_idempotent(menos: Menos) -> None:
+    """purge deletes old finished jobs and audit events, keeps recent, active and undelivered."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    old = submit(menos, key, "old one")
+    old_pending_callback = submit(
+        menos, key, "old with callback", callback_url="http://127.0.0.1:9/hook"
+    )
+    recent = submit(menos, key, "recent one")
+    menos.worker()
+    for item in (old, old_pending_callback, recent):
+        completed(menos, item["job_id"])
+    active = submit(menos, key, "still waiting")
+    sql(
+        menos.database_url,
+        "UPDATE menos.pipeline_job SET status = 'pending' WHERE job_id = $1",
+        active["job_id"],
+    )
+    sql(
+        menos.database_url,
+        "UPDATE menos.pipeline_job SET finished_at = now() - interval "
+        "'200 days', full_payload = '{}' WHERE job_id = ANY($1::uuid[])",
+        [old["job_id"], old_pending_callback["job_id"]],
+    )
+    sql(
+        menos.database_url,
+        "UPDATE menos.callback_outbox SET status = 'pending', "
+        "next_attempt_at = now() + interval '1 day'",
+    )
+    sql(
+        menos.database_url,
+        "INSERT INTO menos.audit_event (event, at) VALUES "
+        "('audit.old', now() - interval '400 days'), ('audit.new', now())",
+    )
+    preview = json.loads(menos.command("purge", "--dry-run").stdout)
+    assert preview == {"dry_run": True, "jobs": 1, "full_payloads": 2, "audit_events": 1}
+    purged = json.loads(menos.command("purge").stdout)
+    assert (purged["jobs"], purged["audit_events"]) == (1, 1)
+    remaining = {
+        r["job_id"] for r in sql(menos.database_url, "SELECT job_id::text FROM menos.pipeline_job")
+    }
+    assert remaining == {old_pending_callback["job_id"], recent["job_id"], active["job_id"]}
+    content = sql(
+        menos.database_url,
+        "SELECT latest_job_id, result FROM menos.content WHERE content_id = $1",
+        old["content_id"],
+    )[0]
+    assert content["latest_job_id"] is None and content["result"] is not None
+    again = json.loads(menos.command("purge").stdout)
+    assert again == {"dry_run": False, "jobs": 0, "full_payloads": 0, "audit_events": 0}
