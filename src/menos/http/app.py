@@ -12,7 +12,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from menos import db, versions
 from menos.http import errors as http_errors
-from menos.http import openapi
+from menos.http import metrics, openapi
 from menos.http.controllers import content, health, ingest, jobs
 from menos.queue import repository
 from menos.settings import Settings
@@ -36,6 +36,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             if own_pool:
                 await used.close()
 
+    http_metrics = metrics.HttpMetrics()
     return Litestar(
         route_handlers=[
             content.ContentController,
@@ -43,7 +44,9 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             ingest.ingest,
             health.health,
             health.ready,
+            metrics.metrics,
         ],
+        middleware=[http_metrics.middleware],
         lifespan=[lifespan],
         exception_handlers=http_errors.HANDLERS,
         request_max_body_size=settings.max_body_bytes,
@@ -55,12 +58,12 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             security=openapi.SECURITY,
             render_plugins=[SwaggerRenderPlugin(path="/swagger")],
         ),
-        state=_state(settings),
+        state=_state(settings, http_metrics),
         debug=False,
     )
 
 
-def _state(settings: Settings) -> Any:
+def _state(settings: Settings, http_metrics: metrics.HttpMetrics) -> Any:
     from litestar.datastructures import State
 
-    return State({"settings": settings})
+    return State({"settings": settings, "http_metrics": http_metrics})

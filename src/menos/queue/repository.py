@@ -18,11 +18,13 @@ from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
 import msgspec
+import structlog
 
 from menos import db, errors
 from menos.queue import models
 
 T = TypeVar("T")
+log = structlog.get_logger("menos.audit")
 
 SECRET_OVERLAP = dt.timedelta(hours=24)
 
@@ -93,6 +95,22 @@ class PurgeCounts(msgspec.Struct, frozen=True):
     jobs: int = 0
     full_payloads: int = 0
     audit_events: int = 0
+
+
+class StatusCount(msgspec.Struct, frozen=True):
+    """Jobs in one status, and for pending the age of the oldest."""
+
+    status: models.JobStatus
+    jobs: int
+    oldest_age_s: float | None
+
+
+class MetricTotal(msgspec.Struct, frozen=True):
+    """One metric summed over every process that flushed it."""
+
+    name: str
+    labels: str
+    value: float
 
 
 class CancelOutcome(msgspec.Struct, frozen=True):
@@ -484,7 +502,13 @@ class Repository:
     ) -> list[tuple[models.ContentId, str]]:
         """(content id, owner) of items `classify` would re-run, by id after `after`."""
         rows = await self._fetch(
-            "classify_candidates", owner, content_type, status, stale, pipeline_version, after,
+            "classify_candidates",
+            owner,
+            content_type,
+            status,
+            stale,
+            pipeline_version,
+            after,
             limit,
         )
         return [(r["content_id"], r["owner"]) for r in rows]
@@ -498,7 +522,14 @@ class Repository:
         subject: uuid.UUID | None,
         detail: Mapping[str, Any],
     ) -> None:
-        """Store an audit event."""
+        """Log and store an audit event."""
+        log.info(
+            event,
+            owner=owner,
+            actor_key_id=str(actor_key_id) if actor_key_id else None,
+            subject=str(subject) if subject else None,
+            **dict(detail),
+        )
         async with self._conn() as conn:
             await conn.execute(
                 self._q["insert_audit_event"], event, owner, actor_key_id, subject, dict(detail)
@@ -576,3 +607,26 @@ class Repository:
         row = await self._fetchrow("purge_preview", jobs_before, full_before)
         assert row is not None
         return _row(row, PurgeCounts)
+
+    # -- metrics --------------------------------------------------------------------------
+
+    async def flush_stats(self, process_id: str, samples: Sequence[tuple[str, str, float]]) -> None:
+        """Store this process's cumulative metric values."""
+        if not samples:
+            return
+        async with self._conn() as conn:
+            await conn.execute(
+                self._q["upsert_metric_samples"],
+                process_id,
+                [s[0] for s in samples],
+                [s[1] for s in samples],
+                [float(s[2]) for s in samples],
+            )
+
+    async def metric_totals(self) -> list[MetricTotal]:
+        """Every flushed metric summed over processes."""
+        return [_row(r, MetricTotal) for r in await self._fetch("metric_totals")]
+
+    async def status_counts(self) -> list[StatusCount]:
+        """Jobs per status (all five), with the oldest pending job's age."""
+        return [_row(r, StatusCount) for r in await self._fetch("job_status_counts")]

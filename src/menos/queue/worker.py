@@ -17,7 +17,7 @@ import structlog
 
 from menos import db, errors
 from menos.pipeline import stages
-from menos.queue import models, repository, rescuer
+from menos.queue import models, repository, rescuer, stats
 
 log = structlog.get_logger("menos.worker")
 
@@ -121,6 +121,7 @@ class Worker:
         self.ctx = ctx
         self._dsn = dsn
         self._duties = duties
+        self.stats = stats.ProcessStats()
         self._slots: dict[models.JobId, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -190,6 +191,7 @@ class Worker:
                     continue  # there may be more waiting
                 await _first(self._wake.wait(), stop.wait(), timeout=self.config.poll_s)
             await self._shutdown()
+            await self._flush_stats()
         finally:
             for task in background:
                 task.cancel()
@@ -215,7 +217,9 @@ class Worker:
             await asyncio.sleep(interval)
             slots = [slot for slot in self._slots.values() if not slot.lost]
             if not slots:
+                await self._flush_stats()
                 continue
+            await self._flush_stats()
             sent_at = time.monotonic()
             try:
                 held = await self.repo.heartbeat(
@@ -232,6 +236,16 @@ class Worker:
                     continue
                 slot.held_until = sent_at + self.config.lease_s
                 slot.cancel_requested = slot.cancel_requested or held[slot.guard.job_id]
+
+    async def _flush_stats(self) -> None:
+        if not self.stats.dirty:
+            return
+        self.stats.dirty = False
+        try:
+            await self.repo.flush_stats(self.config.worker_id, self.stats.samples())
+        except Exception as exc:
+            self.stats.dirty = True
+            log.warning("stats_flush_failed", error=str(exc))
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for new jobs and cancellations; reconnect after any connection loss."""
@@ -312,6 +326,9 @@ class Worker:
             await self._fail(slot, "PIPELINE_EXCEPTION", f"{type(exc).__name__}: {exc}")
         finally:
             self._slots.pop(job.job_id, None)
+            for stage in slot.timings(close=True):
+                if stage.duration_ms is not None:
+                    self.stats.observe_stage(stage.name, stage.duration_ms / 1000)
             log.info(
                 "job_finished",
                 outcome=outcome,

@@ -1,0 +1,138 @@
+"""Prometheus exposition at /metrics: queue figures read from the database, HTTP figures of
+this API process, stage durations and deliveries flushed by every worker and dispatcher."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from menos.queue import repository, stats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class HttpMetrics:
+    """Request counts and latencies of this API process, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "menos_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "menos_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Wrap the app: time every HTTP request and count it by route template and status."""
+
+        async def timed(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
+
+            async def capture(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                await send(message)
+
+            try:
+                await app(scope, receive, capture)
+            finally:
+                route = str(scope.get("path_template") or "unmatched")
+                method = str(scope.get("method", ""))
+                self.requests.labels(method, route, str(status)).inc()
+                self.latency.labels(method, route).observe(time.perf_counter() - started)
+
+        return timed
+
+
+class _QueueCollector(Collector):
+    """Figures read from the database just before the scrape renders them."""
+
+    def __init__(
+        self, counts: list[repository.StatusCount], totals: list[repository.MetricTotal]
+    ) -> None:
+        self._counts = counts
+        self._totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("menos_jobs", "Jobs per status", labels=["status"])
+        for row in self._counts:
+            jobs.add_metric([row.status], row.jobs)
+        yield jobs
+        pending = next((r for r in self._counts if r.status == "pending"), None)
+        yield GaugeMetricFamily(
+            "menos_queue_depth", "Jobs waiting to be claimed", value=pending.jobs if pending else 0
+        )
+        yield GaugeMetricFamily(
+            "menos_oldest_pending_age_seconds",
+            "Age of the oldest pending job",
+            value=(pending.oldest_age_s or 0.0) if pending else 0.0,
+        )
+        yield from self._stage_histogram()
+        deliveries = CounterMetricFamily(
+            "menos_callback_deliveries",
+            "Callback delivery attempts by outcome",
+            labels=["outcome"],
+        )
+        for total in self._totals:
+            if total.name == stats.DELIVERIES:
+                deliveries.add_metric([_labels(total.labels)["outcome"]], total.value)
+        yield deliveries
+
+    def _stage_histogram(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "menos_stage_duration_seconds", "Pipeline stage durations", labels=["stage"]
+        )
+        per_stage: dict[str, dict[str, Any]] = {}
+        for total in self._totals:
+            if not total.name.startswith(stats.STAGE_HISTOGRAM):
+                continue
+            labels = _labels(total.labels)
+            entry = per_stage.setdefault(labels["stage"], {"buckets": {}, "sum": 0.0})
+            if total.name.endswith("_bucket"):
+                entry["buckets"][float(labels["le"])] = total.value
+            elif total.name.endswith("_sum"):
+                entry["sum"] = total.value
+            else:
+                entry["count"] = total.value
+        for stage, entry in sorted(per_stage.items()):
+            buckets = [(str(le), value) for le, value in sorted(entry["buckets"].items())]
+            buckets.append(("+Inf", entry.get("count", 0.0)))
+            family.add_metric([stage], buckets, sum_value=entry["sum"])
+        yield family
+
+
+def _labels(text: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
+
+
+@get("/metrics", include_in_schema=True, sync_to_thread=False)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text exposition (no auth: restrict it at the network edge)."""
+    repo: repository.Repository = request.app.state.repo
+    http: HttpMetrics = request.app.state.http_metrics
+    registry = CollectorRegistry()
+    registry.register(_QueueCollector(await repo.status_counts(), await repo.metric_totals()))
+    body = generate_latest(registry) + generate_latest(http.registry)
+    return Response(body, media_type=CONTENT_TYPE)

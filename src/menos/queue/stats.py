@@ -1,0 +1,63 @@
+"""Per-process cumulative metrics (stage durations, deliveries) flushed to the database."""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+STAGE_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+STAGE_HISTOGRAM = "menos_stage_duration_seconds"
+DELIVERIES = "menos_callback_deliveries_total"
+
+
+class ProcessStats:
+    """Counts kept in memory by one process; `samples()` gives cumulative values to flush."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(STAGE_BUCKETS))
+        self._count: dict[str, int] = defaultdict(int)
+        self._sum: dict[str, float] = defaultdict(float)
+        self._deliveries: dict[str, int] = defaultdict(int)
+        self.dirty = False
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """One stage run took `seconds`."""
+        index = bisect.bisect_left(STAGE_BUCKETS, seconds)
+        buckets = self._buckets[stage]
+        for i in range(index, len(STAGE_BUCKETS)):
+            buckets[i] += 1
+        self._count[stage] += 1
+        self._sum[stage] += seconds
+        self.dirty = True
+
+    def count_delivery(self, outcome: str) -> None:
+        """One callback attempt ended with `outcome` (delivered, retry, failed)."""
+        self._deliveries[outcome] += 1
+        self.dirty = True
+
+    def samples(self) -> list[tuple[str, str, float]]:
+        """(name, labels, cumulative value); labels are `key=value` pairs joined by commas."""
+        out: list[tuple[str, str, float]] = []
+        for stage, buckets in self._buckets.items():
+            for bound, count in zip(STAGE_BUCKETS, buckets, strict=True):
+                out.append((f"{STAGE_HISTOGRAM}_bucket", f"stage={stage},le={bound}", count))
+            out.append((f"{STAGE_HISTOGRAM}_count", f"stage={stage}", self._count[stage]))
+            out.append((f"{STAGE_HISTOGRAM}_sum", f"stage={stage}", self._sum[stage]))
+        out += [(DELIVERIES, f"outcome={k}", v) for k, v in self._deliveries.items()]
+        return out

@@ -1,0 +1,118 @@
+"""What an operator watches: /metrics, JSON logs with job context, audit events, versions."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.processes import Menos, sql, wait_for
+
+
+def scrape(menos: Menos) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    text = httpx.get(f"{menos.base_url}/metrics", timeout=10).text
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def test_metrics_report_queue_stages_and_http(menos: Menos) -> None:
+    """/metrics parses as Prometheus text with job counts, depth, stage histogram and HTTP."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    with menos.client(key) as client:
+        waiting = client.post("/api/v1/content", json={"text": "waits"}).json()
+        before = scrape(menos)
+        assert before["menos_jobs"][(("status", "pending"),)] == 1
+        assert before["menos_queue_depth"][()] == 1
+        assert before["menos_oldest_pending_age_seconds"][()] >= 0
+        menos.worker("--worker-id", "metrics-worker")
+        wait_for(
+            lambda: client.get(f"/api/v1/jobs/{waiting['job_id']}").json()["status"] == "completed",
+            what="completion",
+        )
+    after = wait_for(
+        lambda: (s := scrape(menos)).get("menos_stage_duration_seconds_count") and s,
+        what="stage metrics flushed",
+    )
+    assert after["menos_jobs"][(("status", "completed"),)] == 1
+    assert after["menos_queue_depth"][()] == 0
+    stages = {dict(labels)["stage"] for labels in after["menos_stage_duration_seconds_count"]}
+    assert stages == {"fetch", "prepare", "analyze", "parse", "persist"}
+    inf = after["menos_stage_duration_seconds_bucket"][(("le", "+Inf"), ("stage", "analyze"))]
+    assert inf == 1
+    requests = after["menos_http_requests_total"]
+    assert requests[(("method", "POST"), ("route", "/api/v1/content"), ("status", "202"))] == 1
+    assert "menos_http_request_duration_seconds_bucket" in after
+
+
+def test_job_logs_are_json_with_context_and_one_summary(menos: Menos) -> None:
+    """Worker logs are JSON lines; job lines carry job, content and worker ids; one summary."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    worker = menos.worker("--worker-id", "logger")
+    with menos.client(key) as client:
+        job = client.post("/api/v1/content", json={"text": "log me"}).json()
+        wait_for(
+            lambda: client.get(f"/api/v1/jobs/{job['job_id']}").json()["status"] == "completed",
+            what="completion",
+        )
+    worker.terminate()
+    worker.wait()
+    log_file = next(p for p in menos.workdir.glob("worker-*.log"))
+    lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("job_id") == job["job_id"]]
+    assert all(
+        line["content_id"] == job["content_id"] and line["worker_id"] == "logger" for line in mine
+    )
+    stage_lines = [line for line in mine if line["event"] == "stage_finished"]
+    assert [line["stage"] for line in stage_lines] == [
+        "fetch",
+        "prepare",
+        "analyze",
+        "parse",
+        "persist",
+    ]
+    assert all(isinstance(line["duration_ms"], float) for line in stage_lines)
+    assert [line["outcome"] for line in mine if line["event"] == "job_finished"] == ["completed"]
+
+
+def test_health_reports_the_package_version(menos: Menos) -> None:
+    """/health reports the version in pyproject.toml, and jobs are stamped with it."""
+    import tomllib
+
+    from tests.support.processes import ROOT
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    menos.api()
+    assert httpx.get(f"{menos.base_url}/health").json() == {"status": "ok", "app_version": version}
+    key = menos.key("alice")["api_key"]
+    with menos.client(key) as client:
+        client.post("/api/v1/content", json={"text": "versioned"})
+    rows = sql(menos.database_url, "SELECT pipeline_version FROM menos.pipeline_job")
+    assert [r["pipeline_version"] for r in rows] == [version]
+
+
+def test_verbose_reads_are_audited(menos: Menos) -> None:
+    """Each verbose job read stores an audit.full_tier_access event naming the reader."""
+    menos.api()
+    created = menos.key("alice")
+    with menos.client(created["api_key"]) as client:
+        job = client.post("/api/v1/content", json={"text": "x", "data_tier": "full"}).json()
+        client.get(f"/api/v1/jobs/{job['job_id']}", params={"verbose": "true"})
+        client.get(f"/api/v1/jobs/{job['job_id']}")
+    rows = sql(
+        menos.database_url,
+        "SELECT event, actor_key_id::text, subject::text "
+        "FROM menos.audit_event WHERE event = 'audit.full_tier_access'",
+    )
+    assert rows == [
+        {
+            "event": "audit.full_tier_access",
+            "actor_key_id": created["key_id"],
+            "subject": job["job_id"],
+        }
+    ]
