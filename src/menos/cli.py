@@ -15,15 +15,17 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import structlog
 
 from menos import db, embedded, errors, settings, tools, versions
 from menos import logging as menos_logging
-from menos.pipeline import analyzers, ssrf, stages
-from menos.pipeline.analyzers import builtin, openai
-from menos.queue import dispatcher, maintenance, models, repository, worker
+from menos.queue import maintenance, models, repository
+
+if TYPE_CHECKING:
+    from menos.pipeline import analyzers
 
 log = structlog.get_logger("menos.cli")
 
@@ -115,6 +117,9 @@ def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
 
 
 def _analyzer(conf: settings.Settings, client: httpx.AsyncClient) -> analyzers.Analyzer:
+    # Imported here: the analyzers' libraries are heavy and only workers need them.
+    from menos.pipeline.analyzers import builtin, openai
+
     if conf.analyzer == "openai":
         return openai.OpenAIAnalyzer(
             client,
@@ -128,6 +133,9 @@ def _analyzer(conf: settings.Settings, client: httpx.AsyncClient) -> analyzers.A
 
 
 async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
+    from menos.pipeline import ssrf, stages
+    from menos.queue import worker
+
     stop = _stop_event()
     conn = await db.connect(dsn)
     try:
@@ -195,6 +203,8 @@ def _purge_config(conf: settings.Settings) -> maintenance.PurgeConfig:
 
 
 def cmd_dispatcher(conf: settings.Settings, args: argparse.Namespace) -> int:
+    from menos.queue import dispatcher
+
     async def run(dsn: str) -> int:
         await _require_schema(dsn)
         await dispatcher.serve(conf, dsn, _stop_event())
@@ -239,6 +249,7 @@ def cmd_reprocess(conf: settings.Settings, args: argparse.Namespace) -> int:
             callback_url=args.callback_url,
             version=versions.app_version(),
             data_tier=conf.data_tier,
+            allow_private=conf.callback_allow_private,
             out=sys.stdout,
         ),
     )
@@ -525,7 +536,10 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         "Exit codes: 0 success, 1 failure, 2 usage error.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("dev", help="embedded database, migrations, API and a worker in the foreground")
+    sub.add_parser(
+        "dev",
+        help="embedded database, migrations, API, a worker and the dispatcher in the foreground",
+    )
     sub.add_parser("migrate", help="apply pending database migrations")
     sub.add_parser("api", help="serve the HTTP API (applies migrations first)")
     w = sub.add_parser("worker", help="claim and run jobs until SIGTERM/SIGINT")

@@ -78,10 +78,18 @@ def _child_setup(*, as_root: bool, die_with_parent: bool, uid: int, gid: int) ->
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_port(preferred: int | None = None) -> int:
+    """`preferred` when it can be bound on 127.0.0.1, else any free port."""
+    for candidate in (preferred, 0):
+        if candidate is None:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise errors.EmbeddedError("no free TCP port on 127.0.0.1")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -196,7 +204,10 @@ class EmbeddedPostgres:
         existing = self.running()
         if existing is not None:
             return existing
-        port = _free_port()
+        port_file = self.home / "pg_port"  # the same port across restarts: DSNs stay valid
+        previous = port_file.read_text().strip() if port_file.exists() else ""
+        port = _free_port(int(previous) if previous.isdigit() else None)
+        port_file.write_text(str(port))
         log = self.log_file.open("ab")
         try:
             self._process = self._spawn(

@@ -20,7 +20,7 @@ import yaml
 from tqdm import tqdm
 
 from menos import errors
-from menos.pipeline import resource_keys
+from menos.pipeline import resource_keys, ssrf
 from menos.queue import maintenance, models, repository
 
 log = structlog.get_logger("menos.tools")
@@ -63,10 +63,15 @@ async def reprocess(
     callback_url: str | None,
     version: str,
     data_tier: models.DataTier,
+    allow_private: bool,
     out: TextIO,
 ) -> int:
     """Re-run one item by the API's rules; with `wait`, follow it and exit 0/1/2."""
     content = await resolve_content(repo, target, owner)
+    if callback_url is not None:
+        await ssrf.resolve_checked(
+            callback_url, allow_private=allow_private, field="--callback-url"
+        )
     outcome = await repo.reprocess(
         content.content_id,
         owner=None,
@@ -321,7 +326,8 @@ async def export(
         directory = out or Path("export")
         directory.mkdir(parents=True, exist_ok=True)
         for content in items:
-            stem = f"{slug(content.title or content.resource_key)}-{str(content.content_id)[:8]}"
+            # The id's last 12 hex digits are random (its first ones are a timestamp).
+            stem = f"{slug(content.title or content.resource_key)}-{content.content_id.hex[-12:]}"
             path = directory / f"{stem}.md"
             path.write_text(markdown_document(content), encoding="utf-8")
             print(str(path), file=stdout)

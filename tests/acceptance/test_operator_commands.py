@@ -83,7 +83,6 @@ def test_reprocess_wait_exit_codes(menos: Menos, llm: fake_llm.FakeLLM) -> None:
 def test_reprocess_wait_reports_cancellation(menos: Menos, llm: fake_llm.FakeLLM) -> None:
     """A job cancelled while bin/reprocess --wait follows it makes the command exit 2."""
     import subprocess
-    import time
 
     from tests.support.processes import BIN
 
@@ -91,24 +90,25 @@ def test_reprocess_wait_reports_cancellation(menos: Menos, llm: fake_llm.FakeLLM
     key = menos.key("alice")["api_key"]
     first = submit(menos, key, "cancel while waiting")
     menos.command("jobs", "cancel", first["job_id"])
-    menos.worker(MENOS_ANALYZER="openai", MENOS_LLM_BASE_URL=llm.url, MENOS_LLM_MODEL="slow-3")
-    follower = subprocess.Popen(
+    menos.worker(MENOS_ANALYZER="openai", MENOS_LLM_BASE_URL=llm.url, MENOS_LLM_MODEL="slow-8")
+    with subprocess.Popen(
         [str(BIN / "reprocess"), first["content_id"], "--wait"],
         env=menos.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    job_id = wait_for(
-        lambda: sql(
-            menos.database_url, "SELECT job_id FROM menos.pipeline_job WHERE status = 'processing'"
-        ),
-        what="processing",
-    )[0]["job_id"]
-    time.sleep(0.3)
-    cancel = menos.command("jobs", "cancel", str(job_id))
-    assert json.loads(cancel.stdout)["outcome"] == "cancel_requested"
-    out, err = follower.communicate(timeout=60)
+    ) as follower:
+        job_id = wait_for(
+            lambda: sql(
+                menos.database_url,
+                "SELECT job_id FROM menos.pipeline_job WHERE current_stage = 'analyze' "
+                "AND status = 'processing'",
+            ),
+            what="the rerun to be analyzing",
+        )[0]["job_id"]
+        cancel = menos.command("jobs", "cancel", str(job_id))
+        assert json.loads(cancel.stdout)["outcome"] == "cancel_requested", cancel.stdout
+        out, err = follower.communicate(timeout=60)
     assert follower.returncode == 2, (out, err)
 
 

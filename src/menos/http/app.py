@@ -60,6 +60,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         ),
         state=_state(settings, http_metrics),
         debug=False,
+        logging_config=None,  # menos.logging configures logging for the whole process
     )
 
 

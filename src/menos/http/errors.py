@@ -35,7 +35,7 @@ class FieldError(msgspec.Struct, frozen=True):
     message: str
 
 
-class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+class Problem(msgspec.Struct, frozen=True):
     """An RFC 9457 problem-details body."""
 
     title: str

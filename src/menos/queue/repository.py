@@ -593,12 +593,14 @@ class Repository:
         batch: int,
     ) -> int:
         """One batch of one purge step; returns rows touched (fewer than `batch`: done)."""
-        query = {
-            "jobs": "purge_jobs",
-            "full_payloads": "purge_full_payloads",
-            "audit_events": "purge_audit_events",
-        }[kind]
-        return len(await self._fetch(query, before, batch))
+        match kind:
+            case "jobs":
+                rows = await self._fetch("purge_jobs", before, batch)
+            case "full_payloads":
+                rows = await self._fetch("purge_full_payloads", before, batch)
+            case "audit_events":
+                rows = await self._fetch("purge_audit_events", before, batch)
+        return len(rows)
 
     async def purge_preview(
         self, jobs_before: dt.datetime, full_before: dt.datetime

@@ -8,6 +8,7 @@ from litestar import Request, Response, post
 
 from menos import versions
 from menos.http import auth, openapi, schemas, validate
+from menos.http import errors as http_errors
 from menos.pipeline import resource_keys
 from menos.queue import models, repository
 from menos.settings import Settings
@@ -24,6 +25,9 @@ async def ingest(
 ) -> Response[schemas.Submitted]:
     """Submit a URL: 202 with a new job, or 200 `deduplicated: true` for a known resource."""
     settings: Settings = request.app.state.settings
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise http_errors.UnsupportedMedia("send the submission as application/json")
     body = data
     validate.text("url", body.url, max_chars=resource_keys.MAX_URL_LENGTH, required=True)
     identified = resource_keys.identify(body.url.strip())

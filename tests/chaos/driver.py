@@ -1,0 +1,239 @@
+"""The chaos run: workers and dispatchers SIGKILLed at random and PostgreSQL restarted once,
+then proof that nothing was lost (`make chaos`; CI runs it with a bounded size)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from menos import embedded
+from tests.support import fake_llm
+from tests.support.processes import BIN, Menos, sql, wait_for
+
+
+class Receiver:
+    """Webhook receiver: a few events always fail, some fail once, the rest succeed."""
+
+    def __init__(self, server: ThreadingHTTPServer) -> None:
+        self.server = server
+        self.seen: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/hook"
+
+
+def _bucket(event_id: str) -> int:
+    return hashlib.sha256(event_id.encode()).digest()[0] % 100
+
+
+@contextmanager
+def receiver() -> Iterator[Receiver]:
+    got: Receiver
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            event_id = self.headers.get("webhook-id", "")
+            with got.lock:
+                got.seen[event_id] = got.seen.get(event_id, 0) + 1
+                count = got.seen[event_id]
+            bucket = _bucket(event_id)
+            failing = bucket < 2 or (bucket < 12 and count == 1)
+            self.send_response(500 if failing else 204)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    got = Receiver(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield got
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def submit_all(menos: Menos, key: str, jobs: int, callback: str) -> list[str]:
+    """Submit `jobs` notes, retrying through outages (503, connection errors)."""
+    ids: list[str] = []
+    with menos.client(key) as client:
+        for index in range(jobs):
+            body = {
+                "text": f"# Note {index}\n\nChaos note number {index} about queues.",
+                "callback_url": callback,
+            }
+            for _ in range(200):
+                try:
+                    answer = client.post("/api/v1/content", json=body)
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+                    continue
+                if answer.status_code == 202:
+                    ids.append(answer.json()["job_id"])
+                    break
+                if answer.status_code != 503:
+                    raise SystemExit(f"unexpected {answer.status_code}: {answer.text}")
+                time.sleep(0.1)
+            else:
+                raise SystemExit("could not submit through the outage")
+    return ids
+
+
+def run(jobs: int, seconds: float, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    with (
+        tempfile.TemporaryDirectory(prefix="menos-chaos-") as tmp,
+        receiver() as hook,
+        fake_llm.running() as llm,
+    ):
+        home = Path(tmp) / "pg"
+        pg = embedded.EmbeddedPostgres(home)
+        dsn = pg.start().dsn
+        subprocess.run(
+            [str(BIN / "menos"), "migrate"],
+            env={**os.environ, "MENOS_DATABASE_URL": dsn},
+            check=True,
+            capture_output=True,
+        )
+        menos = Menos(dsn, Path(tmp))
+        common = {
+            "MENOS_JOB_LEASE_S": "2",
+            "MENOS_CALLBACK_BACKOFF_S": "0.2",
+            "MENOS_CALLBACK_TIMEOUT_S": "2",
+            "MENOS_ANALYZER": "openai",
+            "MENOS_LLM_BASE_URL": llm.url,
+            "MENOS_LLM_MODEL": "slow-0.02",
+            "MENOS_WORKER_SHUTDOWN_GRACE_S": "2",
+            "MENOS_JOB_MAX_ATTEMPTS": "10",
+        }
+        menos.env.update(common)
+        menos.api()
+        key = menos.key("chaos")["api_key"]
+        workers = [menos.worker("--worker-id", f"w{i}") for i in range(3)]
+        dispatchers = [menos.spawn(str(BIN / "dispatcher")) for _ in range(2)]
+        kills = restarts = 0
+        stop = threading.Event()
+
+        def chaos() -> None:
+            nonlocal kills, restarts
+            started = time.monotonic()
+            restarted = False
+            generation = 0
+            while not stop.is_set() and time.monotonic() - started < seconds:
+                time.sleep(rng.uniform(0.3, 1.2))
+                if not restarted and time.monotonic() - started > seconds / 2:
+                    pg.stop()
+                    time.sleep(1.0)
+                    pg.start()
+                    restarted, restarts = True, restarts + 1
+                    continue
+                pool = workers if rng.random() < 0.6 else dispatchers
+                index = rng.randrange(len(pool))
+                pool[index].send_signal(signal.SIGKILL)
+                pool[index].wait()
+                kills += 1
+                generation += 1
+                pool[index] = (
+                    menos.worker("--worker-id", f"w{index}-{generation}")
+                    if pool is workers
+                    else menos.spawn(str(BIN / "dispatcher"))
+                )
+
+        killer = threading.Thread(target=chaos)
+        killer.start()
+        submitted = submit_all(menos, key, jobs, hook.url)
+        killer.join()
+        stop.set()
+
+        def settled() -> bool:
+            row = sql(
+                dsn,
+                "SELECT count(*) FILTER (WHERE status IN ('pending','processing')) "
+                "AS active FROM menos.pipeline_job",
+            )[0]
+            backlog = sql(
+                dsn, "SELECT count(*) AS n FROM menos.callback_outbox WHERE status = 'pending'"
+            )[0]
+            return row["active"] == 0 and backlog["n"] == 0
+
+        wait_for(settled, timeout=300, every=1.0, what="every job and event to settle")
+        figures = verify(dsn, submitted, hook)
+        figures.update(kills=kills, postgres_restarts=restarts, seed=seed)
+        menos.stop()
+        pg.stop()
+        return figures
+
+
+def verify(dsn: str, submitted: list[str], hook: Receiver) -> dict[str, Any]:
+    """Every invariant of the run; raises AssertionError with the evidence when one breaks."""
+    jobs = sql(dsn, "SELECT job_id::text, status, attempts, error_code FROM menos.pipeline_job")
+    by_status: dict[str, int] = {}
+    for job in jobs:
+        by_status[job["status"]] = by_status.get(job["status"], 0) + 1
+    assert {j["job_id"] for j in jobs} == set(submitted), "jobs lost or invented"
+    assert by_status.get("pending", 0) == by_status.get("processing", 0) == 0, by_status
+    results = sql(
+        dsn,
+        "SELECT count(*) AS n FROM menos.content c JOIN menos.pipeline_job j "
+        "ON j.content_id = c.content_id WHERE j.status = 'completed' "
+        "AND c.result IS NOT NULL",
+    )[0]["n"]
+    assert results == by_status.get("completed", 0), "completed job without its one result"
+    events = sql(dsn, "SELECT event_id::text, status, attempts FROM menos.callback_outbox")
+    assert len(events) == len(jobs), "a terminal job without exactly one outbox event"
+    failed = [e for e in events if e["status"] == "failed"]
+    assert all(e["attempts"] == 3 for e in failed), failed[:5]
+    delivered = [e for e in events if e["status"] == "delivered"]
+    missing = [e["event_id"] for e in delivered if e["event_id"] not in hook.seen]
+    assert not missing, f"delivered but never received: {missing[:5]}"
+    return {
+        "jobs": len(jobs),
+        "statuses": by_status,
+        "events_delivered": len(delivered),
+        "events_failed": len(failed),
+        "lost": 0,
+        "duplicate_deliveries": sum(n - 1 for n in hook.seen.values() if n > 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long the killing lasts")
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    args = parser.parse_args()
+    figures = run(args.jobs, args.seconds, args.seed)
+    print(json.dumps(figures))
+    print(
+        f"chaos: {figures['jobs']} jobs, {figures['kills']} kills, "
+        f"{figures['postgres_restarts']} PostgreSQL restart, lost = 0",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
