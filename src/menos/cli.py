@@ -137,15 +137,7 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
     from menos.queue import worker
 
     stop = _stop_event()
-    conn = await db.connect(dsn)
-    try:
-        pending = await db.pending_migrations(conn, db.Queries())
-    finally:
-        await conn.close()
-    if pending:
-        raise errors.SchemaOutdated(
-            f"migrations {pending} are not applied; run `bin/menos migrate` first"
-        )
+    await _require_schema(dsn)
     pool = await db.create_pool(dsn, min_size=1, max_size=conf.worker_concurrency + 3)
     pinned = httpx.AsyncClient(
         transport=ssrf.PinnedTransport(allow_private=conf.callback_allow_private),

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
+import os
+import socket
 import time
+import uuid
 from collections.abc import Iterable
-from typing import Any
 
-import asyncpg
 import httpx
 import msgspec
 import structlog
 
 from menos import db, errors, versions
 from menos.pipeline import ssrf
-from menos.queue import models, outbox_repository, signing
+from menos.queue import models, notify, repository, signing, stats
 from menos.settings import Settings
 
 log = structlog.get_logger("menos.dispatcher")
@@ -71,12 +71,15 @@ class Dispatcher:
     def __init__(
         self,
         config: DispatcherConfig,
-        repo: outbox_repository.OutboxRepository,
+        repo: repository.OutboxRepository,
         client: httpx.AsyncClient,
         *,
         dsn: str,
+        process_id: str = "dispatcher",
     ) -> None:
         self.config = config
+        self.process_id = process_id
+        self.stats = stats.ProcessStats()
         self.repo = repo
         self.client = client
         self._dsn = dsn
@@ -163,6 +166,10 @@ class Dispatcher:
                 "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(exc)
             )
             status = None
+        if attempt.error is None:
+            self.stats.count_delivery("delivered")
+        else:
+            self.stats.count_delivery("failed" if status == "failed" else "retry")
         log_at = log.info if attempt.error is None else log.warning
         log_at(
             "audit.callback_delivery",
@@ -249,7 +256,8 @@ class Dispatcher:
                     log.warning("dispatcher_database_unavailable", error=str(exc))
                 except Exception:
                     log.exception("dispatcher_failed")
-                await _first(self._wake.wait(), stop.wait(), timeout=wait)
+                await self._flush_stats()
+                await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
             if self._tasks:
                 log.info("dispatcher_stopping", in_flight=len(self._tasks))
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -259,7 +267,18 @@ class Dispatcher:
             for task in list(self._tasks):
                 task.cancel()  # only when run() itself is cancelled: held events are retried
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await self._flush_stats()
         log.info("dispatcher_stopped")
+
+    async def _flush_stats(self) -> None:
+        if not self.stats.dirty:
+            return
+        self.stats.dirty = False
+        try:
+            await self.repo.flush_stats(self.process_id, self.stats.samples())
+        except Exception as exc:
+            self.stats.dirty = True
+            log.warning("stats_flush_failed", error=str(exc))
 
     async def _start(self, free: int) -> int:
         """Claim up to `free` events and start their deliveries; returns how many."""
@@ -281,22 +300,13 @@ class Dispatcher:
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for new outbox events; reconnect after any connection loss."""
-        while not stop.is_set():
-            conn: asyncpg.Connection[Any] | None = None
-            closed = asyncio.Event()
-            try:
-                conn = await db.connect(self._dsn)
-                conn.add_termination_listener(lambda _c, lost=closed: lost.set())
-                await conn.add_listener(CHANNEL_OUTBOX, self._on_outbox)
-                self._wake.set()  # look once after (re)connecting: NOTIFYs may have been missed
-                await _first(closed.wait(), stop.wait(), timeout=None)
-            except Exception as exc:
-                log.warning("listen_failed", error=str(exc) or type(exc).__name__)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), timeout=2)
-            await _first(stop.wait(), timeout=self.config.poll_s)
+        await notify.listen(
+            self._dsn,
+            {CHANNEL_OUTBOX: self._on_outbox},
+            on_connect=self._wake.set,
+            stop=stop,
+            retry_s=self.config.poll_s,
+        )
 
     def _on_outbox(self, *_args: object) -> None:
         self._wake.set()
@@ -317,17 +327,6 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     return bytes(received)
 
 
-async def _first(*aws: Any, timeout: float | None) -> None:
-    """Wait until the first awaitable finishes or `timeout` passes; cancel the rest."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def config_from(settings: Settings) -> DispatcherConfig:
     """The dispatcher's config from menos settings (MENOS_CALLBACK_*, MENOS_WORKER_POLL_S)."""
     return DispatcherConfig(
@@ -341,20 +340,11 @@ def config_from(settings: Settings) -> DispatcherConfig:
 async def serve(settings: Settings, dsn: str, stop: asyncio.Event) -> None:
     """Run one dispatcher on `dsn` until `stop` is set: the body of `bin/dispatcher`.
 
-    Raises SchemaOutdated when migrations are missing, DatabaseUnavailable when the database
-    cannot be reached at start.
+    Raises DatabaseUnavailable when the database cannot be reached at start.
     """
     config = config_from(settings)
     queries = db.Queries()
-    conn = await db.connect(dsn)
-    try:
-        pending = await db.pending_migrations(conn, queries)
-    finally:
-        await conn.close()
-    if pending:
-        raise errors.SchemaOutdated(
-            f"migrations {pending} are not applied; run `bin/menos migrate` first"
-        )
+    process_id = f"dispatcher:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     pool = await db.create_pool(dsn, min_size=1, max_size=max(4, config.batch_size // 4))
     client = httpx.AsyncClient(
         transport=ssrf.PinnedTransport(allow_private=settings.callback_allow_private),
@@ -364,9 +354,8 @@ async def serve(settings: Settings, dsn: str, stop: asyncio.Event) -> None:
         headers={"user-agent": f"menos/{config.app_version}"},
     )
     try:
-        await Dispatcher(
-            config, outbox_repository.OutboxRepository(pool, queries), client, dsn=dsn
-        ).run(stop)
+        repo = repository.OutboxRepository(pool, queries)
+        await Dispatcher(config, repo, client, dsn=dsn, process_id=process_id).run(stop)
     finally:
         await client.aclose()
         await pool.close()

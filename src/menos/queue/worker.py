@@ -11,13 +11,12 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import asyncpg
 import msgspec
 import structlog
 
-from menos import db, errors
+from menos import errors
 from menos.pipeline import stages
-from menos.queue import models, repository, rescuer, stats
+from menos.queue import models, notify, repository, rescuer, stats
 
 log = structlog.get_logger("menos.worker")
 
@@ -189,7 +188,7 @@ class Worker:
                     claimed = 0
                 if claimed and len(self._tasks) < self.config.concurrency:
                     continue  # there may be more waiting
-                await _first(self._wake.wait(), stop.wait(), timeout=self.config.poll_s)
+                await notify.first(self._wake.wait(), stop.wait(), timeout=self.config.poll_s)
             await self._shutdown()
             await self._flush_stats()
         finally:
@@ -249,23 +248,13 @@ class Worker:
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for new jobs and cancellations; reconnect after any connection loss."""
-        while not stop.is_set():
-            conn: asyncpg.Connection[Any] | None = None
-            closed = asyncio.Event()
-            try:
-                conn = await db.connect(self._dsn)
-                conn.add_termination_listener(lambda _c, lost=closed: lost.set())
-                await conn.add_listener(CHANNEL_JOBS, self._on_jobs)
-                await conn.add_listener(CHANNEL_CANCEL, self._on_cancel)
-                self._wake.set()  # claim once after (re)connecting: NOTIFYs may have been missed
-                await _first(closed.wait(), stop.wait(), timeout=None)
-            except Exception as exc:
-                log.warning("listen_failed", error=str(exc) or type(exc).__name__)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), timeout=2)
-            await _first(stop.wait(), timeout=self.config.poll_s)
+        await notify.listen(
+            self._dsn,
+            {CHANNEL_JOBS: self._on_jobs, CHANNEL_CANCEL: self._on_cancel},
+            on_connect=self._wake.set,
+            stop=stop,
+            retry_s=self.config.poll_s,
+        )
 
     def _on_jobs(self, *_args: object) -> None:
         self._wake.set()
@@ -355,14 +344,3 @@ class Worker:
             return
         if not written:
             log.info("job_lost_before_fail")
-
-
-async def _first(*aws: Any, timeout: float | None) -> None:
-    """Wait until the first awaitable finishes or `timeout` passes; cancel the rest."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

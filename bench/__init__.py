@@ -1,0 +1,1 @@
+"""Benchmarks: timing goals measured outside the test suite (`python -m bench.<name>`)."""

@@ -1,0 +1,387 @@
+"""The SQL rules of callback delivery, one per test, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import standardwebhooks
+
+from menos import db
+from menos.pipeline import ssrf
+from menos.queue import dispatcher, models, repository
+from tests.integration import helpers
+
+HOLD = 12.0
+BACKOFF = 2.0
+MAX = 3
+
+
+@pytest.fixture
+def outbox(pool: asyncpg.Pool[Any]) -> repository.OutboxRepository:
+    """The outbox repository over the test's database."""
+    return repository.OutboxRepository(pool, db.Queries())
+
+
+async def make_events(
+    repo: repository.Repository, n: int, *, url: str = "https://example.com/hook"
+) -> list[models.JobId]:
+    """`n` jobs that completed with a callback, so `n` outbox events; returns the job ids."""
+    await helpers.owner(repo)
+    for _ in range(n):
+        await repo.enqueue(helpers.note(callback_url=url))
+    claimed = await repo.claim(
+        "w", n, max_processing=1000, lease_s=30, pipeline_version=helpers.VERSION
+    )
+    for item in claimed:
+        guard = repository.Guard(item.job.job_id, "w", item.job.attempts)
+        assert await repo.complete(
+            guard, result={"summary": "s"}, tags=[], stages=[], diagnostics={}, full_payload=None
+        )
+    return [item.job.job_id for item in claimed]
+
+
+async def db_now(pool: asyncpg.Pool[Any]) -> dt.datetime:
+    now: dt.datetime = await pool.fetchval("SELECT now()")
+    return now
+
+
+async def claim(
+    outbox: repository.OutboxRepository, now: dt.datetime, limit: int = 10
+) -> list[models.OutboxEvent]:
+    return await outbox.claim_due(limit, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now)
+
+
+async def row(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
+    found = await pool.fetchrow(
+        "SELECT status, attempts, next_attempt_at, last_status_code, last_error, delivered_at "
+        "FROM menos.callback_outbox"
+    )
+    assert found is not None
+    return dict(found)
+
+
+async def audit_details(pool: asyncpg.Pool[Any]) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT detail FROM menos.audit_event WHERE event = 'audit.callback_delivery' "
+        "ORDER BY audit_id"
+    )
+    return [r["detail"] for r in rows]
+
+
+async def test_two_dispatchers_never_claim_the_same_event(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Eight concurrent claimers split 40 due events: each event goes to exactly one of them."""
+    await make_events(repo, 40)
+    now = await db_now(pool)
+    seen: list[Any] = []
+    for _round in range(3):
+        batches = await asyncio.gather(*(claim(outbox, now, limit=3) for _ in range(8)))
+        seen.extend(event.event_id for batch in batches for event in batch)
+    assert len(seen) == len(set(seen)) == 40
+    attempts = await pool.fetch("SELECT DISTINCT attempts FROM menos.callback_outbox")
+    assert [r["attempts"] for r in attempts] == [1]
+
+
+async def test_attempt_is_counted_and_held_before_anything_is_sent(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A claimed event's attempt is already counted; if its sender dies, the retry is attempt 2."""
+    await make_events(repo, 1)
+    now = await db_now(pool)
+    (event,) = await claim(outbox, now)
+    assert event.attempts == 1
+    assert json.loads(event.payload)["event_id"] == str(event.event_id)
+    state = await row(pool)
+    assert state["attempts"] == 1 and state["status"] == "pending"
+    assert state["next_attempt_at"] == now + dt.timedelta(seconds=HOLD)
+    assert await claim(outbox, now + dt.timedelta(seconds=HOLD - 0.5)) == []
+    (again,) = await claim(outbox, now + dt.timedelta(seconds=HOLD))
+    assert again.event_id == event.event_id and again.attempts == 2
+    assert again.payload == event.payload
+
+
+async def test_failed_attempts_back_off_then_end_failed_leaving_the_job_alone(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Attempt 2 comes the backoff after failure 1, attempt 3 four times that; then failed."""
+    await make_events(repo, 1)
+    at = await db_now(pool)
+    for attempt, wait in ((1, BACKOFF), (2, 4 * BACKOFF), (3, None)):
+        (event,) = await claim(outbox, at)
+        assert event.attempts == attempt
+        answered = at + dt.timedelta(seconds=0.25)
+        status = await outbox.record_failure(
+            event,
+            status_code=503,
+            error="HTTP 503: busy",
+            duration_ms=250.0,
+            max_attempts=MAX,
+            backoff_s=BACKOFF,
+            now=answered,
+        )
+        state = await row(pool)
+        if wait is None:
+            assert status == "failed" and state["status"] == "failed"
+        else:
+            assert status == "pending"
+            assert state["next_attempt_at"] == answered + dt.timedelta(seconds=wait)
+            assert await claim(outbox, state["next_attempt_at"] - dt.timedelta(seconds=0.1)) == []
+            at = state["next_attempt_at"]
+    assert (state["attempts"], state["last_status_code"]) == (3, 503)
+    assert state["last_error"] == "HTTP 503: busy"
+    assert await claim(outbox, at + dt.timedelta(days=1)) == []
+    assert await pool.fetchval("SELECT status FROM menos.pipeline_job") == "completed"
+    details = await audit_details(pool)
+    assert [(d["attempt"], d["outcome"], d["status"]) for d in details] == [
+        (1, "failed", "pending"),
+        (2, "failed", "pending"),
+        (3, "failed", "failed"),
+    ]
+
+
+async def test_last_attempt_never_recorded_ends_failed(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Three claims whose senders all died leave the event failed once the last hold runs out."""
+    await make_events(repo, 1)
+    at = await db_now(pool)
+    for _ in range(MAX):
+        (event,) = await claim(outbox, at)
+        at = (await row(pool))["next_attempt_at"]
+    assert event.attempts == MAX
+    assert await outbox.sweep_exhausted(max_attempts=MAX, now=at - dt.timedelta(seconds=1)) == []
+    assert (await row(pool))["status"] == "pending"
+    assert await claim(outbox, at) == []  # no fourth attempt
+    (swept,) = await outbox.sweep_exhausted(max_attempts=MAX, now=at)
+    assert swept.event_id == event.event_id
+    state = await row(pool)
+    assert state["status"] == "failed" and state["attempts"] == MAX
+    assert "never recorded" in state["last_error"]
+    assert await outbox.next_due_in(now=at) is None
+    details = await audit_details(pool)
+    assert [(d["outcome"], d["status"]) for d in details] == [("lost", "failed")]
+
+
+async def test_outcome_of_a_superseded_attempt_changes_nothing(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A sender whose hold ran out and whose event was claimed again cannot record its answer."""
+    await make_events(repo, 1)
+    now = await db_now(pool)
+    (stale,) = await claim(outbox, now)
+    (current,) = await claim(outbox, now + dt.timedelta(seconds=HOLD))
+    assert not await outbox.record_delivered(stale, status_code=200, duration_ms=1.0)
+    late = await outbox.record_failure(
+        stale,
+        status_code=500,
+        error="HTTP 500",
+        duration_ms=1.0,
+        max_attempts=MAX,
+        backoff_s=BACKOFF,
+    )
+    assert late is None
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_error"]) == ("pending", 2, None)
+    assert await outbox.record_delivered(current, status_code=204, duration_ms=1.0)
+    state = await row(pool)
+    assert (state["status"], state["last_status_code"]) == ("delivered", 204)
+    assert state["delivered_at"] is not None
+    assert not await outbox.record_delivered(current, status_code=200, duration_ms=1.0)
+    details = await audit_details(pool)
+    assert [(d["attempt"], d["status"]) for d in details] == [
+        (1, None),
+        (1, None),
+        (2, "delivered"),
+        (2, None),
+    ]
+
+
+async def test_next_due_in_tells_how_long_to_sleep(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """With nothing pending there is no wake-up time; a held event is due when its hold ends."""
+    assert await outbox.next_due_in() is None
+    await make_events(repo, 1)
+    now = await db_now(pool)
+    due_in = await outbox.next_due_in(now=now + dt.timedelta(seconds=1))
+    assert due_in is not None and due_in <= -0.5
+    await claim(outbox, now)
+    assert await outbox.next_due_in(now=now) == pytest.approx(HOLD)
+
+
+async def test_rotated_secret_signs_alongside_the_new_one_until_it_expires(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """After a rotation both secrets sign for the overlap, then only the new one."""
+    await helpers.owner(repo)
+    (old,) = await outbox.owner_secrets("alice")
+    new = await repo.rotate_secret("alice")
+    now = await db_now(pool)
+    assert await outbox.owner_secrets("alice", now=now) == [new, old]
+    later = now + repository.SECRET_OVERLAP + dt.timedelta(seconds=1)
+    assert await outbox.owner_secrets("alice", now=later) == [new]
+    assert await outbox.owner_secrets("nobody") == []
+
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+@pytest.fixture
+async def deliver(
+    outbox: repository.OutboxRepository, database_url: str
+) -> AsyncIterator[Callable[..., Awaitable[tuple[int, list[httpx.Request]]]]]:
+    """Run one dispatcher pass with a receiver `handler`; returns (attempts made, requests)."""
+    clients: list[httpx.AsyncClient] = []
+
+    async def run(
+        handler: Handler | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_s: float = 5.0,
+    ) -> tuple[int, list[httpx.Request]]:
+        seen: list[httpx.Request] = []
+
+        async def recording(request: httpx.Request) -> httpx.Response:
+            await request.aread()
+            seen.append(request)
+            assert handler is not None
+            return await handler(request)
+
+        client = httpx.AsyncClient(transport=transport or httpx.MockTransport(recording))
+        clients.append(client)
+        config = dispatcher.DispatcherConfig(
+            timeout_s=timeout_s, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9"
+        )
+        made = await dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run_once()
+        return made, seen
+
+    yield run
+    for client in clients:
+        await client.aclose()
+
+
+async def test_dispatcher_sends_the_stored_body_signed_and_records_delivery(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """The receiver gets the stored body, verifiable with the owner's secret; then delivered."""
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="thanks")
+
+    (job_id,) = await make_events(repo, 1)
+    made, (request,) = await deliver(ok)
+    assert made == 1
+    stored = await pool.fetchrow(
+        "SELECT event_id, payload::text AS body FROM menos.callback_outbox"
+    )
+    assert stored is not None
+    assert request.content == stored["body"].encode()
+    secret = await pool.fetchval("SELECT webhook_secret FROM menos.owner WHERE name = 'alice'")
+    body = standardwebhooks.Webhook(secret).verify(request.content, dict(request.headers))
+    assert body["event_id"] == request.headers["webhook-id"] == str(stored["event_id"])
+    assert body["type"] == "job.completed" and body["data"]["job_id"] == str(job_id)
+    assert request.headers["user-agent"] == "menos/9.9.9"
+    assert request.headers["content-type"] == "application/json"
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("delivered", 1, 200)
+    (detail,) = await audit_details(pool)
+    assert detail["outcome"] == "delivered" and detail["status"] == "delivered"
+
+
+async def test_redirect_is_a_failed_attempt_and_is_not_followed(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """A 302 from the receiver counts as a failure; the redirect target is never requested."""
+
+    async def redirect(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"location": "http://169.254.169.254/latest"})
+
+    await make_events(repo, 1)
+    made, requests = await deliver(redirect)
+    assert made == 1 and len(requests) == 1
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("pending", 1, 302)
+    assert "redirects are not followed" in state["last_error"]
+
+
+async def test_endless_answer_is_read_only_up_to_64_kib(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """A receiver streaming an endless error page cannot hold the dispatcher: 64 KiB are read."""
+    pulled: list[int] = []
+
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            while True:
+                pulled.append(16 * 1024)
+                yield b"x" * (16 * 1024)
+
+    async def endless(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, stream=Endless())
+
+    await make_events(repo, 1)
+    await deliver(endless)
+    assert sum(pulled) <= 64 * 1024 + 16 * 1024
+    state = await row(pool)
+    assert state["last_status_code"] == 500 and state["last_error"].startswith("HTTP 500: xxx")
+    assert len(state["last_error"]) < 300
+
+
+async def test_slow_receiver_attempt_fails_with_a_timeout(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """A receiver slower than MENOS_CALLBACK_TIMEOUT_S is a failed attempt saying so."""
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200)
+
+    await make_events(repo, 1)
+    await deliver(slow, timeout_s=0.2)
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("pending", 1, None)
+    assert state["last_error"] == "no answer within 0.2 s"
+
+
+async def test_private_callback_address_is_refused_at_delivery(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """A callback URL that now points at a private address is a failed attempt, never sent."""
+    await make_events(repo, 1, url="http://127.0.0.1:9/hook")
+    await deliver(transport=ssrf.PinnedTransport(allow_private=False))
+    state = await row(pool)
+    assert (state["status"], state["attempts"]) == ("pending", 1)
+    assert state["last_error"].startswith("callback URL refused: ")
+    assert "non-public address (127.0.0.1)" in state["last_error"]
