@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench chaos clean version-bump-major version-bump-minor version-bump-patch
+.PHONY: install run test lint lock bench chaos clean version-bump-major version-bump-minor version-bump-patch
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+chaos: install
+	$(BIN)/python -m tests.chaos.driver --jobs $(or $(CHAOS_JOBS),3000) --seconds $(or $(CHAOS_SECONDS),40)
 
 lint: install
 	$(BIN)/ruff check src tests bench

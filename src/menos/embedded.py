@@ -84,6 +84,8 @@ def _free_port(preferred: int | None = None) -> int:
         if candidate is None:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As PostgreSQL does: connections of a just-stopped server may linger in TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", candidate))
             except OSError:

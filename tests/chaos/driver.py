@@ -95,7 +95,9 @@ def submit_all(menos: Menos, key: str, jobs: int, callback: str) -> list[str]:
                     ids.append(answer.json()["job_id"])
                     break
                 if answer.status_code != 503:
-                    raise SystemExit(f"unexpected {answer.status_code}: {answer.text}")
+                    raise SystemExit(
+                        f"unexpected {answer.status_code}: {answer.text}\n{menos.logs()}"
+                    )
                 time.sleep(0.1)
             else:
                 raise SystemExit("could not submit through the outage")
@@ -147,7 +149,7 @@ def run(jobs: int, seconds: float, seed: int) -> dict[str, Any]:
                 if not restarted and time.monotonic() - started > seconds / 2:
                     pg.stop()
                     time.sleep(1.0)
-                    pg.start()
+                    pg.start(detached=True)  # this thread ends: no death signal
                     restarted, restarts = True, restarts + 1
                     continue
                 pool = workers if rng.random() < 0.6 else dispatchers
