@@ -199,105 +199,27 @@ def decode(body: bytes, into: type[T]) -> T:
 
 def content_view(content: models.Content) -> ContentView:
     """The API view of a content item."""
-    return ContentView(
-        content_id=content.content_id,
-        content_type=content.content_type,
-        title=content.title,
-        source_url=content.source_url,
-        resource_key=content.resource_key,
-        tags=content.tags,
-        processing_status=content.processing_status,
-        processed_at=content.processed_at,
-        pipeline_version=content.pipeline_version,
-        result=content.result,
-        latest_job_id=content.latest_job_id,
-        created_at=content.created_at,
-        updated_at=content.updated_at,
-    )
+    return msgspec.convert(content, ContentView, from_attributes=True)
 
 
 def content_item(content: models.Content) -> ContentItem:
-    """The list view of a content item."""
-    return ContentItem(
-        content_id=content.content_id,
-        content_type=content.content_type,
-        title=content.title,
-        source_url=content.source_url,
-        resource_key=content.resource_key,
-        tags=content.tags,
-        processing_status=content.processing_status,
-        processed_at=content.processed_at,
-        pipeline_version=content.pipeline_version,
-        latest_job_id=content.latest_job_id,
-        created_at=content.created_at,
-        updated_at=content.updated_at,
-    )
+    """The list view of a content item (no result, no body)."""
+    return msgspec.convert(content, ContentItem, from_attributes=True)
 
 
 def job_view(job: models.Job) -> JobView:
     """The minimal API view of a job."""
-    return JobView(
-        job_id=job.job_id,
-        content_id=job.content_id,
-        status=job.status,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        error_code=job.error_code,
-    )
+    return msgspec.convert(job, JobView, from_attributes=True)
 
 
 def job_verbose_view(job: models.Job, callback: models.Callback | None) -> JobVerboseView:
-    """The verbose API view of a job."""
-    return JobVerboseView(
-        job_id=job.job_id,
-        content_id=job.content_id,
-        status=job.status,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        error_code=job.error_code,
-        resource_key=job.resource_key,
-        pipeline_version=job.pipeline_version,
-        attempts=job.attempts,
-        worker_id=job.worker_id,
-        current_stage=job.current_stage,
-        cancel_requested_at=job.cancel_requested_at,
-        error_stage=job.error_stage,
-        error_message=job.error_message,
-        data_tier=job.data_tier,
-        stages=[
-            StageView(
-                name=s.name,
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-                duration_ms=s.duration_ms,
-            )
-            for s in job.stages
-        ],
-        diagnostics=job.diagnostics,
-        callback=CallbackView(
-            url=callback.url,
-            event_id=callback.event_id,
-            status=callback.status,
-            attempts=callback.attempts,
-            last_status_code=callback.last_status_code,
-            last_error=callback.last_error,
-            delivered_at=callback.delivered_at,
-        )
-        if callback
-        else None,
-        full_payload=job.full_payload if job.data_tier == "full" else None,
-    )
+    """The verbose API view of a job; `full_payload` only for the full tier."""
+    fields = msgspec.structs.asdict(job)
+    fields["callback"] = callback
+    fields["full_payload"] = job.full_payload if job.data_tier == "full" else None
+    return msgspec.convert(fields, JobVerboseView, from_attributes=True)
 
 
 def submitted(enqueued: models.Enqueued) -> Submitted:
     """The API answer for a submission."""
-    return Submitted(
-        job_id=enqueued.job_id,
-        content_id=enqueued.content_id,
-        content_type=enqueued.content_type,
-        resource_key=enqueued.resource_key,
-        status=enqueued.status,
-        deduplicated=enqueued.deduplicated,
-    )
+    return msgspec.convert(enqueued, Submitted, from_attributes=True)
