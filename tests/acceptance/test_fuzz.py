@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import schemathesis
 from tests.support import postgres
 from tests.support.processes import Menos
 
-EXAMPLES = 30  # per operation; `make test` keeps the fuzz bounded
+EXAMPLES = int(os.environ.get("MENOS_FUZZ_EXAMPLES", "30"))  # per operation; bounded in make test
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +64,39 @@ def test_no_request_produces_a_server_error(fuzzed: tuple[Menos, str]) -> None:
             )
 
         call()
+
+
+def test_hostile_authorization_headers_are_401(fuzzed: tuple[Menos, str]) -> None:
+    """Any forged Authorization header is answered 401, never a crash."""
+    import httpx
+    from hypothesis import strategies as st
+
+    menos, key = fuzzed
+    printable = st.characters(min_codepoint=32, max_codepoint=126)
+    header = (
+        st.one_of(
+            st.text(alphabet=printable, min_size=1, max_size=300),
+            st.builds(lambda k: f"Bearer {k}", st.text(alphabet=printable, max_size=300)),
+            st.just(f"Bearer {key}x"),
+            st.just(f"bearer  {key[:-1]}"),
+            st.just(f"Basic {key}"),
+        )
+        .map(str.strip)
+        .filter(bool)
+    )
+
+    @hypothesis.given(value=header)
+    @hypothesis.settings(
+        max_examples=EXAMPLES * 3,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    def call(value: str) -> None:
+        answer = httpx.get(
+            f"{menos.base_url}/api/v1/jobs", headers={"authorization": value}, timeout=10
+        )
+        assert answer.status_code == 401, (value, answer.text)
+
+    call()
