@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,8 +24,13 @@ def test_cancel_mid_analyze_ends_cancelled_without_result(
     with menos.client(key["api_key"]) as client:
         answer = client.post("/api/v1/content", json={"text": "cancel me"}).json()
         job_id = answer["job_id"]
-        wait_for(lambda: status_of(client, job_id) == "processing", what="processing")
-        time.sleep(0.3)  # the 2-second model call is under way
+        wait_for(
+            lambda: (
+                client.get(f"/api/v1/jobs/{job_id}?verbose=true").json()["current_stage"]
+                == "analyze"
+            ),
+            what="the 2-second model call to be under way",
+        )
         cancel = client.post(f"/api/v1/jobs/{job_id}/cancel")
         assert cancel.status_code == 202
         assert cancel.json() == {"job_id": job_id, "status": "processing", "cancel_requested": True}

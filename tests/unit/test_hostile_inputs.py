@@ -15,8 +15,18 @@ URLISH = st.one_of(
         lambda scheme, host, path, query: f"{scheme}://{host}/{path}?{query}",
         st.sampled_from(["http", "https", "HTTP", "ftp", "javascript", ""]),
         st.one_of(
-            st.sampled_from(["youtube.com", "youtu.be", "www.youtube.com.evil.com", "[::1]",
-                             "127.0.0.1:99999", "user:pw@example.com", "exa mple.com", "xn--"]),
+            st.sampled_from(
+                [
+                    "youtube.com",
+                    "youtu.be",
+                    "www.youtube.com.evil.com",
+                    "[::1]",
+                    "127.0.0.1:99999",
+                    "user:pw@example.com",
+                    "exa mple.com",
+                    "xn--",
+                ]
+            ),
             st.text(max_size=40),
         ),
         st.text(max_size=60),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import pathlib
-import shutil
 import ssl
-import subprocess
+from typing import NamedTuple
 
 import httpx
 import pytest
+import trustme
 
 from menos import errors
 from menos.pipeline import ssrf
@@ -256,29 +256,31 @@ async def test_transport_reaches_a_real_server_by_name() -> None:
     assert f"host: localhost:{port}".encode() in received[0].lower()
 
 
+class LocalhostTLS(NamedTuple):
+    """A server certificate for the name `localhost` only, and the CA that signed it."""
+
+    ca: pathlib.Path
+    cert: pathlib.Path
+    key: pathlib.Path
+
+
 @pytest.fixture
-def localhost_cert(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """A self-signed certificate for the name `localhost` only (no IP address in it)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
-            *("-addext", "subjectAltName=DNS:localhost"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+def localhost_cert(tmp_path: pathlib.Path) -> LocalhostTLS:
+    """A certificate for the name `localhost` only (no IP address in it), made by trustme."""
+    authority = trustme.CA()
+    issued = authority.issue_cert("localhost")
+    paths = LocalhostTLS(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+    authority.cert_pem.write_to_path(str(paths.ca))
+    issued.cert_chain_pems[0].write_to_path(str(paths.cert))
+    issued.private_key_pem.write_to_path(str(paths.key))
+    return paths
 
 
 async def test_https_certificate_is_verified_against_the_name_not_the_ip(
-    localhost_cert: tuple[pathlib.Path, pathlib.Path],
+    localhost_cert: LocalhostTLS,
 ) -> None:
     """A pinned https request verifies the site's certificate for its real name."""
-    cert, key = localhost_cert
+    ca, cert, key = localhost_cert
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -291,7 +293,7 @@ async def test_https_certificate_is_verified_against_the_name_not_the_ip(
     address = (await ssrf.resolve_checked("https://localhost/", allow_private=True)).address
     server = await asyncio.start_server(serve, host=address, port=0, ssl=server_tls)
     port = server.sockets[0].getsockname()[1]
-    inner = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=str(cert)))
+    inner = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=str(ca)))
     try:
         async with httpx.AsyncClient(
             transport=ssrf.PinnedTransport(inner, allow_private=True)
