@@ -83,6 +83,12 @@ async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection[Any]
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """Pool release hook: menos leaves no session state behind (its session-level advisory
+    lock is released explicitly and LISTEN uses connections of its own), so the default
+    reset (UNLISTEN, RESET ALL, unlock all, CLOSE ALL: a round trip per release) is skipped."""
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
 ) -> asyncpg.Pool[Any]:
@@ -93,6 +99,7 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            reset=_keep_session,
             timeout=timeout,
             command_timeout=60,
             max_inactive_connection_lifetime=300,

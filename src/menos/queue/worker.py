@@ -22,6 +22,7 @@ log = structlog.get_logger("menos.worker")
 
 CHANNEL_JOBS = "menos_jobs"
 CHANNEL_CANCEL = "menos_cancel"
+VOCABULARY_TTL_S = 10.0
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,7 +72,7 @@ class _Slot(stages.Port):
             raise stages.Lost()
 
     async def vocabulary(self) -> list[str]:
-        return await self.worker.repo.vocabulary(self.claimed.job.owner)
+        return await self.worker.vocabulary(self.claimed.job.owner)
 
     async def known_tags(self, tags: list[str]) -> set[str]:
         return await self.worker.repo.known_tags(self.claimed.job.owner, tags)
@@ -121,6 +122,7 @@ class Worker:
         self._dsn = dsn
         self._duties = duties
         self.stats = stats.ProcessStats()
+        self._vocabularies: dict[str, tuple[float, list[str]]] = {}
         self._slots: dict[models.JobId, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -147,6 +149,16 @@ class Worker:
             self._tasks.add(task)
             task.add_done_callback(self._job_done)
         return len(claimed)
+
+    async def vocabulary(self, owner: str) -> list[str]:
+        """The owner's preferred tags, read at most every VOCABULARY_TTL_S per owner: a hint to
+        the analyzer, so a few seconds of staleness is harmless and saves a query per job."""
+        cached = self._vocabularies.get(owner)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        tags = await self.repo.vocabulary(owner)
+        self._vocabularies[owner] = (time.monotonic() + VOCABULARY_TTL_S, tags)
+        return tags
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
