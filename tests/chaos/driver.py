@@ -121,72 +121,78 @@ def run(jobs: int, seconds: float, seed: int) -> dict[str, Any]:
             capture_output=True,
         )
         menos = Menos(dsn, Path(tmp))
-        common = {
-            "MENOS_JOB_LEASE_S": "2",
-            "MENOS_CALLBACK_BACKOFF_S": "0.2",
-            "MENOS_CALLBACK_TIMEOUT_S": "2",
-            "MENOS_ANALYZER": "openai",
-            "MENOS_LLM_BASE_URL": llm.url,
-            "MENOS_LLM_MODEL": "slow-0.02",
-            "MENOS_WORKER_SHUTDOWN_GRACE_S": "2",
-            "MENOS_JOB_MAX_ATTEMPTS": "10",
-        }
-        menos.env.update(common)
-        menos.api()
-        key = menos.key("chaos")["api_key"]
-        workers = [menos.worker("--worker-id", f"w{i}") for i in range(3)]
-        dispatchers = [menos.spawn(str(BIN / "dispatcher")) for _ in range(2)]
-        kills = restarts = 0
         stop = threading.Event()
+        killer: threading.Thread | None = None
+        try:
+            common = {
+                "MENOS_JOB_LEASE_S": "2",
+                "MENOS_CALLBACK_BACKOFF_S": "0.2",
+                "MENOS_CALLBACK_TIMEOUT_S": "2",
+                "MENOS_ANALYZER": "openai",
+                "MENOS_LLM_BASE_URL": llm.url,
+                "MENOS_LLM_MODEL": "slow-0.02",
+                "MENOS_WORKER_SHUTDOWN_GRACE_S": "2",
+                "MENOS_JOB_MAX_ATTEMPTS": "10",
+            }
+            menos.env.update(common)
+            menos.api()
+            key = menos.key("chaos")["api_key"]
+            workers = [menos.worker("--worker-id", f"w{i}") for i in range(3)]
+            dispatchers = [menos.spawn(str(BIN / "dispatcher")) for _ in range(2)]
+            kills = restarts = 0
 
-        def chaos() -> None:
-            nonlocal kills, restarts
-            started = time.monotonic()
-            restarted = False
-            generation = 0
-            while not stop.is_set() and time.monotonic() - started < seconds:
-                time.sleep(rng.uniform(0.3, 1.2))
-                if not restarted and time.monotonic() - started > seconds / 2:
-                    pg.stop()
-                    time.sleep(1.0)
-                    pg.start(detached=True)  # this thread ends: no death signal
-                    restarted, restarts = True, restarts + 1
-                    continue
-                pool = workers if rng.random() < 0.6 else dispatchers
-                index = rng.randrange(len(pool))
-                pool[index].send_signal(signal.SIGKILL)
-                pool[index].wait()
-                kills += 1
-                generation += 1
-                pool[index] = (
-                    menos.worker("--worker-id", f"w{index}-{generation}")
-                    if pool is workers
-                    else menos.spawn(str(BIN / "dispatcher"))
-                )
+            def chaos() -> None:
+                nonlocal kills, restarts
+                started = time.monotonic()
+                restarted = False
+                generation = 0
+                while not stop.is_set() and time.monotonic() - started < seconds:
+                    time.sleep(rng.uniform(0.3, 1.2))
+                    if not restarted and time.monotonic() - started > seconds / 2:
+                        pg.stop()
+                        time.sleep(1.0)
+                        pg.start(detached=True)  # this thread ends: no death signal
+                        restarted, restarts = True, restarts + 1
+                        continue
+                    pool = workers if rng.random() < 0.6 else dispatchers
+                    index = rng.randrange(len(pool))
+                    pool[index].send_signal(signal.SIGKILL)
+                    pool[index].wait()
+                    kills += 1
+                    generation += 1
+                    pool[index] = (
+                        menos.worker("--worker-id", f"w{index}-{generation}")
+                        if pool is workers
+                        else menos.spawn(str(BIN / "dispatcher"))
+                    )
 
-        killer = threading.Thread(target=chaos)
-        killer.start()
-        submitted = submit_all(menos, key, jobs, hook.url)
-        killer.join()
-        stop.set()
+            killer = threading.Thread(target=chaos)
+            killer.start()
+            submitted = submit_all(menos, key, jobs, hook.url)
+            killer.join()
+            stop.set()
 
-        def settled() -> bool:
-            row = sql(
-                dsn,
-                "SELECT count(*) FILTER (WHERE status IN ('pending','processing')) "
-                "AS active FROM menos.pipeline_job",
-            )[0]
-            backlog = sql(
-                dsn, "SELECT count(*) AS n FROM menos.callback_outbox WHERE status = 'pending'"
-            )[0]
-            return row["active"] == 0 and backlog["n"] == 0
+            def settled() -> bool:
+                row = sql(
+                    dsn,
+                    "SELECT count(*) FILTER (WHERE status IN ('pending','processing')) "
+                    "AS active FROM menos.pipeline_job",
+                )[0]
+                backlog = sql(
+                    dsn, "SELECT count(*) AS n FROM menos.callback_outbox WHERE status = 'pending'"
+                )[0]
+                return row["active"] == 0 and backlog["n"] == 0
 
-        wait_for(settled, timeout=300, every=1.0, what="every job and event to settle")
-        figures = verify(dsn, submitted, hook)
-        figures.update(kills=kills, postgres_restarts=restarts, seed=seed)
-        menos.stop()
-        pg.stop()
-        return figures
+            wait_for(settled, timeout=300, every=1.0, what="every job and event to settle")
+            figures = verify(dsn, submitted, hook)
+            figures.update(kills=kills, postgres_restarts=restarts, seed=seed)
+            return figures
+        finally:  # never leave processes behind, also when an invariant breaks
+            stop.set()
+            if killer is not None:
+                killer.join()
+            menos.stop()
+            pg.stop()
 
 
 def verify(dsn: str, submitted: list[str], hook: Receiver) -> dict[str, Any]:
