@@ -70,8 +70,11 @@ WITH job AS (
      WHERE c.content_id = job.content_id
     RETURNING c.content_id
 ), counted AS (
+    -- In tag order: concurrent completions of one owner lock the same rows in the same
+    -- order, so they queue instead of deadlocking.
     INSERT INTO menos.owner_tag AS t (owner, tag)
-    SELECT job.owner, tag FROM job, unnest($9::text[]) AS tag
+    SELECT DISTINCT job.owner, tag FROM job, unnest($9::text[]) AS tag
+     ORDER BY 1, 2
     ON CONFLICT (owner, tag) DO UPDATE SET uses = t.uses + 1
 )
 SELECT job_id FROM job;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from importlib import metadata
@@ -10,8 +11,12 @@ from pathlib import Path
 _VERSION_LINE = re.compile(r'^version = "(\d+)\.(\d+)\.(\d+)"$', re.MULTILINE)
 
 
+@functools.cache
 def app_version() -> str:
-    """The installed package version (semver); stamped on jobs and content."""
+    """The installed package version (semver); stamped on jobs and content.
+
+    Cached: reading package metadata costs a file lookup, and the version cannot change
+    while a process runs."""
     return metadata.version("menos")
 
 

@@ -231,3 +231,37 @@ async def test_migrations_from_empty_database_in_parallel(pg_admin_dsn: str) -> 
         assert sorted(v for batch in applied for v in batch) == [v for v, _, _ in db.migrations()]
     finally:
         await postgres.drop_database(pg_admin_dsn, name)
+
+
+async def test_concurrent_completions_of_one_owner_never_deadlock(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """Many jobs of one owner completing at once with the same tags in different orders all
+    persist (their tag counts are taken in one order, so they queue instead of deadlocking)."""
+    await helpers.owner(repo)
+    for _ in range(24):
+        await repo.enqueue(helpers.note())
+    claimed = await claim(repo, "w", 24)
+    tags = ["alpha", "beta", "gamma", "delta", "epsilon"]
+
+    async def complete(index: int, held: models.Claimed) -> bool:
+        order = tags[index % 5 :] + tags[: index % 5]
+        order = order if index % 2 else list(reversed(order))
+        return await repo.complete(
+            repository.Guard(held.job.job_id, "w", held.job.attempts),
+            result={"summary": "s", "tags": order},
+            tags=order,
+            stages=[],
+            diagnostics={},
+            full_payload=None,
+        )
+
+    for _round in range(3):
+        done = await asyncio.gather(*(complete(i, c) for i, c in enumerate(claimed)))
+        assert all(done)
+        claimed = []
+        for _ in range(24):
+            await repo.enqueue(helpers.note())
+        claimed = await claim(repo, "w", 24)
+    uses = await pool.fetch("SELECT tag, uses FROM menos.owner_tag ORDER BY tag")
+    assert {r["tag"]: r["uses"] for r in uses} == dict.fromkeys(tags, 72)
