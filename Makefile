@@ -21,6 +21,9 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 chaos: install
 	$(BIN)/python -m tests.chaos.driver --jobs $(or $(CHAOS_JOBS),3000) --seconds $(or $(CHAOS_SECONDS),40)
 
