@@ -157,7 +157,7 @@ def _cpu(row: dict[str, Any]) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The result table: every comparison as a ratio, with the issue's targets."""
+    """The result table: every comparison as a ratio, with the performance targets."""
     out: list[str] = []
     targets: list[tuple[str, str, bool | None]] = []
     machine = doc["machine"]
