@@ -127,7 +127,7 @@ def _labels(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
 
 
-@get("/metrics", include_in_schema=True, sync_to_thread=False)
+@get("/metrics", include_in_schema=True, sync_to_thread=False, security=[{}])
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition (no auth: restrict it at the network edge)."""
     repo: repository.Repository = request.app.state.repo

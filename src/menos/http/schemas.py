@@ -67,24 +67,6 @@ class Submitted(msgspec.Struct, frozen=True):
     deduplicated: bool
 
 
-class ContentView(msgspec.Struct, frozen=True):
-    """A content item as the API shows it."""
-
-    content_id: uuid.UUID
-    content_type: str
-    title: str | None
-    source_url: str | None
-    resource_key: str
-    tags: list[str]
-    processing_status: str
-    processed_at: dt.datetime
-    pipeline_version: str
-    result: dict[str, Any] | None
-    latest_job_id: uuid.UUID | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-
 class ContentItem(msgspec.Struct, frozen=True):
     """A content item in a list (no result, no body)."""
 
@@ -100,6 +82,12 @@ class ContentItem(msgspec.Struct, frozen=True):
     latest_job_id: uuid.UUID | None
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class ContentView(ContentItem, frozen=True):
+    """A content item as the API shows it: the list view and its result."""
+
+    result: dict[str, Any] | None
 
 
 class JobView(msgspec.Struct, frozen=True):
@@ -135,16 +123,9 @@ class CallbackView(msgspec.Struct, frozen=True):
     delivered_at: dt.datetime | None
 
 
-class JobVerboseView(msgspec.Struct, frozen=True, omit_defaults=True):
+class JobVerboseView(JobView, frozen=True, omit_defaults=True):
     """The verbose job view (`?verbose=true`); `full_payload` only for the full tier."""
 
-    job_id: uuid.UUID
-    content_id: uuid.UUID
-    status: str
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    error_code: str | None
     resource_key: str
     pipeline_version: str
     attempts: int

@@ -12,7 +12,7 @@ from menos.http import schemas
 from menos.queue import repository
 
 
-@get("/health", sync_to_thread=False)
+@get("/health", sync_to_thread=False, security=[{}])
 def health() -> schemas.Health:
     """Liveness and the running version."""
     return schemas.Health(status="ok", app_version=versions.app_version())
@@ -20,6 +20,7 @@ def health() -> schemas.Health:
 
 @get(
     "/ready",
+    security=[{}],
     responses={503: ResponseSpec(schemas.Ready, description="Database down or schema outdated")},
 )
 async def ready(request: Request[Any, Any, Any]) -> Response[schemas.Ready]:
