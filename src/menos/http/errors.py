@@ -45,14 +45,6 @@ class Problem(msgspec.Struct, frozen=True):
     errors: list[FieldError] = msgspec.field(default_factory=list)
 
 
-class BadFields(errors.InvalidInput):
-    """Several invalid fields at once."""
-
-    def __init__(self, fields: list[FieldError]) -> None:
-        super().__init__(fields[0].field, fields[0].message)
-        self.fields = fields
-
-
 class TooLarge(errors.MenosError):
     """The request body is over the limit."""
 
@@ -91,9 +83,7 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     else:
         status, title = 500, "Internal error"
     fields: list[FieldError] = []
-    if isinstance(exc, BadFields):
-        fields = exc.fields
-    elif isinstance(exc, errors.InvalidInput):
+    if isinstance(exc, errors.InvalidInput):
         fields = [FieldError(field=exc.field, message=exc.message)]
     headers = {"www-authenticate": "Bearer"} if status == 401 else None
     if status == 503:
@@ -149,4 +139,4 @@ HANDLERS: dict[int | type[Exception], Any] = {
     Exception: _litestar_error,
 }
 
-__all__ = ["HANDLERS", "PROBLEM_JSON", "BadFields", "FieldError", "MediaType", "problem"]
+__all__ = ["HANDLERS", "PROBLEM_JSON", "FieldError", "MediaType", "problem"]

@@ -161,10 +161,6 @@ class Repository(_Store):
         async with self._conn() as conn:
             return await conn.fetchrow(self._q[name], *args)
 
-    async def _fetchval(self, name: str, *args: Any) -> Any:
-        async with self._conn() as conn:
-            return await conn.fetchval(self._q[name], *args)
-
     # -- schema ---------------------------------------------------------------------------
 
     async def pending_migrations(self) -> list[int]:
