@@ -125,7 +125,7 @@ def test_global_cap_holds_across_three_workers(menos: Menos, llm: fake_llm.FakeL
         seen.append(counts["processing"])
         if counts["completed"] == 10:
             break
-        time.sleep(0.02)
+        time.sleep(0.02)  # the sampling interval of this poll: a faster one would only load SQL
     assert max(seen) == 2, seen
     assert counts["completed"] == 10
 

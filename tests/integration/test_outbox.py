@@ -363,7 +363,7 @@ async def test_slow_receiver_attempt_fails_with_a_timeout(
     """A receiver slower than MENOS_CALLBACK_TIMEOUT_S is a failed attempt saying so."""
 
     async def slow(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # the slow receiver itself: the 0.2 s timeout cuts it off
         return httpx.Response(200)
 
     await make_events(repo, 1)

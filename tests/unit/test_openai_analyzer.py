@@ -219,7 +219,7 @@ async def test_slow_server_is_cut_off_after_timeout_s(analyzer: Make) -> None:
     """A server slower than timeout_s fails with LLM_TIMEOUT instead of holding the worker."""
 
     async def handler(_: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # the slow server itself: the timeout cuts it off
         return httpx.Response(200, json=completion())
 
     with pytest.raises(errors.PipelineError) as caught:

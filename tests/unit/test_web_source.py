@@ -299,7 +299,7 @@ async def test_whole_fetch_is_bounded_by_the_timeout() -> None:
     """A server that never answers fails within the fetch timeout."""
 
     async def handler(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # the slow server itself: the timeout cuts it off
         return _html("late")
 
     error = await _fetch_error(handler, timeout_s=0.05)
