@@ -1,16 +1,25 @@
--- name: insert_content_and_job
--- Store new content with its first job in one statement; nothing when the owner already has this resource.
-WITH new_content AS (
+-- name: insert_contents_and_jobs
+-- Store new content with its first job, many in one statement ($1: one JSON object per item); an item whose owner already has its resource gets nothing (dedup).
+WITH item AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS i (
+        content_id uuid, job_id uuid, owner text, content_type text, resource_key text,
+        source_url text, title text, tags text[], body text, source_metadata jsonb,
+        pipeline_version text, data_tier text, callback_url text, priority smallint)
+), new_content AS (
     INSERT INTO menos.content (content_id, owner, content_type, resource_key, source_url, title,
                                tags, body, source_metadata, pipeline_version, latest_job_id)
-    VALUES ($1::uuid, $2, $3, coalesce($4, 'cid:' || $1::uuid::text), $5, $6, $7, $8, $9, $10,
-            $11)
+    SELECT content_id, owner, content_type, coalesce(resource_key, 'cid:' || content_id::text),
+           source_url, title, tags, body, source_metadata, pipeline_version, job_id
+      FROM item
     ON CONFLICT ON CONSTRAINT content_owner_resource_key_key DO NOTHING
     RETURNING content_id, resource_key
 )
 INSERT INTO menos.pipeline_job (job_id, content_id, owner, resource_key, data_tier, callback_url,
                                 pipeline_version, priority)
-SELECT $11, content_id, $2, resource_key, $12, $13, $10, $14 FROM new_content
+SELECT item.job_id, item.content_id, item.owner, new_content.resource_key, item.data_tier,
+       item.callback_url, item.pipeline_version, item.priority
+  FROM new_content JOIN item USING (content_id)
+ ORDER BY item.job_id
 RETURNING job_id, content_id, resource_key;
 
 -- name: find_resource
@@ -27,12 +36,8 @@ SELECT c.content_id, c.content_type, c.resource_key, j.job_id,
  WHERE c.owner = $1 AND c.resource_key = $2;
 
 -- name: claim_jobs
--- Claim up to $2 pending jobs for worker $1, never more than $3 processing in all (see the function).
-SELECT * FROM menos.claim_jobs($1, $2, $3, $4, $5::timestamptz, $6);
-
--- name: contents_by_id
--- The content rows of claimed jobs.
-SELECT * FROM menos.content WHERE content_id = ANY($1::uuid[]);
+-- Claim up to $2 pending jobs for worker $1, never more than $3 processing in all; each with its content (see the function).
+SELECT job, content FROM menos.claim_jobs($1, $2, $3, $4, $5::timestamptz, $6);
 
 -- name: heartbeat
 -- Extend the leases of the jobs this worker still holds, record their stage; returns those still held.
@@ -55,27 +60,40 @@ UPDATE menos.content c
    AND c.content_id = j.content_id
 RETURNING c.content_id;
 
--- name: complete_job
--- Persist a run: result on the content, job completed (guarded), owner tag counts; the status trigger mirrors and writes the outbox row.
-WITH job AS (
-    UPDATE menos.pipeline_job
-       SET status = 'completed', finished_at = coalesce($4::timestamptz, now()), stages = $5,
-           diagnostics = $6, full_payload = $7, lease_expires_at = NULL
-     WHERE job_id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
-    RETURNING job_id, content_id, owner, pipeline_version
+-- name: complete_jobs
+-- Persist runs ($1: one JSON object per job), each guarded by (job, worker, attempts): result and status on the content, job completed, owner tag counts; the status trigger writes outbox rows. Returns the jobs written.
+WITH run AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS r (
+        job_id uuid, worker_id text, attempts integer, stages jsonb, diagnostics jsonb,
+        full_payload jsonb, result jsonb, tags text[])
+), job AS (
+    UPDATE menos.pipeline_job j
+       SET status = 'completed', finished_at = coalesce($2::timestamptz, now()),
+           stages = run.stages, diagnostics = run.diagnostics, full_payload = run.full_payload,
+           lease_expires_at = NULL
+      FROM run
+     WHERE j.job_id = run.job_id AND j.status = 'processing' AND j.worker_id = run.worker_id
+       AND j.attempts = run.attempts
+    RETURNING j.job_id, j.content_id, j.owner, j.pipeline_version
 ), saved AS (
+    -- The status mirror is written here too, so the trigger leaves the row alone: one new
+    -- version of the content row per completion.
     UPDATE menos.content c
-       SET result = $8, pipeline_version = job.pipeline_version, updated_at = now()
-      FROM job
+       SET result = run.result, pipeline_version = job.pipeline_version, updated_at = now(),
+           processing_status = CASE WHEN c.latest_job_id = job.job_id THEN 'completed'
+                                    ELSE c.processing_status END,
+           processed_at = CASE WHEN c.latest_job_id = job.job_id THEN now()
+                               ELSE c.processed_at END
+      FROM job JOIN run USING (job_id)
      WHERE c.content_id = job.content_id
-    RETURNING c.content_id
+), used AS (
+    SELECT DISTINCT job.owner, job.job_id, tag FROM job JOIN run USING (job_id), unnest(run.tags) AS tag
 ), counted AS (
     -- In tag order: concurrent completions of one owner lock the same rows in the same
     -- order, so they queue instead of deadlocking.
-    INSERT INTO menos.owner_tag AS t (owner, tag)
-    SELECT DISTINCT job.owner, tag FROM job, unnest($9::text[]) AS tag
-     ORDER BY 1, 2
-    ON CONFLICT (owner, tag) DO UPDATE SET uses = t.uses + 1
+    INSERT INTO menos.owner_tag AS t (owner, tag, uses)
+    SELECT owner, tag, count(*) FROM used GROUP BY owner, tag ORDER BY owner, tag
+    ON CONFLICT (owner, tag) DO UPDATE SET uses = t.uses + excluded.uses
 )
 SELECT job_id FROM job;
 

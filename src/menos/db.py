@@ -62,15 +62,31 @@ class Queries(Mapping[str, str]):
         return len(self._queries)
 
 
-def _encode_json(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
+def _encode_json(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + msgspec.json.encode(value)  # jsonb's binary format: version 1, then text
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return msgspec.json.decode(data[1:])
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
-    for kind in ("json", "jsonb"):
-        await conn.set_type_codec(
-            kind, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog"
-        )
+    # Binary, so that rows and composite values holding JSON (a claimed job with its content)
+    # decode too; text codecs cannot be used inside a composite.
+    await conn.set_type_codec(
+        "json",
+        encoder=_encode_json,
+        decoder=msgspec.json.decode,
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
+    )
 
 
 async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection[Any]:

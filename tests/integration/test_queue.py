@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from menos import db
+from menos import db, errors
 from menos.queue import models, repository
 from tests.integration import helpers
 
@@ -265,3 +265,103 @@ async def test_concurrent_completions_of_one_owner_never_deadlock(
         claimed = await claim(repo, "w", 24)
     uses = await pool.fetch("SELECT tag, uses FROM menos.owner_tag ORDER BY tag")
     assert {r["tag"]: r["uses"] for r in uses} == dict.fromkeys(tags, 72)
+
+
+def _run(held: models.Claimed, worker: str, summary: str, tags: list[str]) -> repository.Completion:
+    return repository.Completion(
+        guard=repository.Guard(held.job.job_id, worker, held.job.attempts),
+        result={"summary": summary, "tags": tags},
+        tags=tags,
+        stages=[],
+        diagnostics={},
+        full_payload=None,
+    )
+
+
+async def test_a_claim_returns_each_job_with_its_content(repo: repository.Repository) -> None:
+    """One statement hands over the jobs and their content rows, oldest job first."""
+    await helpers.owner(repo)
+    bodies = [f"# Note {i}\n\nBody {i}." for i in range(3)]
+    for body in bodies:
+        await repo.enqueue(helpers.note(body=body))
+    claimed = await claim(repo, "w", 5)
+    assert [c.content.body for c in claimed] == bodies
+    assert all(c.content.content_id == c.job.content_id for c in claimed)
+    assert all(c.content.processing_status == "pending" for c in claimed)  # as seen at claim
+
+
+async def test_completions_persist_together_each_guarded(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A batch of completions writes the held jobs, answers False for a lost one, and counts
+    every tag once per job."""
+    await helpers.owner(repo)
+    for _ in range(3):
+        await repo.enqueue(helpers.note(callback_url="https://example.com/hook"))
+    a, b, c = await claim(repo, "w", 3)
+    answers = await repo.complete_many(
+        [_run(a, "w", "a", ["x", "y"]), _run(b, "thief", "b", ["x"]), _run(c, "w", "c", ["x"])]
+    )
+    assert answers == [True, False, True]
+    rows = await pool.fetch(
+        "SELECT j.job_id, j.status, c.processing_status, c.result ->> 'summary' AS summary"
+        "  FROM menos.pipeline_job j JOIN menos.content c USING (content_id)"
+    )
+    seen = {r["job_id"]: (r["status"], r["processing_status"], r["summary"]) for r in rows}
+    assert seen == {
+        a.job.job_id: ("completed", "completed", "a"),
+        b.job.job_id: ("processing", "processing", None),
+        c.job.job_id: ("completed", "completed", "c"),
+    }
+    uses = await pool.fetch("SELECT tag, uses FROM menos.owner_tag ORDER BY tag")
+    assert [(r["tag"], r["uses"]) for r in uses] == [("x", 2), ("y", 1)]
+    events = await pool.fetch("SELECT job_id, payload FROM menos.callback_outbox")
+    assert {e["job_id"] for e in events} == {a.job.job_id, c.job.job_id}
+    assert {e["payload"]["data"]["result_summary"]["summary"] for e in events} == {"a", "c"}
+
+
+async def test_a_completion_the_database_refuses_fails_alone(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """When one run of a batch cannot be stored (jsonb refuses NUL), the others still persist."""
+    await helpers.owner(repo)
+    for _ in range(3):
+        await repo.enqueue(helpers.note())
+    a, b, c = await claim(repo, "w", 3)
+    answers = await repo.complete_many(
+        [_run(a, "w", "a", []), _run(b, "w", "bad\x00", []), _run(c, "w", "c", [])]
+    )
+    assert answers[0] is True and answers[2] is True
+    assert isinstance(answers[1], errors.PipelineError) and answers[1].code == "PERSIST_ERROR"
+    statuses = await pool.fetch("SELECT job_id, status FROM menos.pipeline_job")
+    assert {r["job_id"]: r["status"] for r in statuses} == {
+        a.job.job_id: "completed",
+        b.job.job_id: "processing",
+        c.job.job_id: "completed",
+    }
+
+
+async def test_a_completion_writes_its_content_row_once(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """Result and status mirror go in one update of the content row (the trigger skips it)."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note(callback_url="https://example.com/hook"))
+    (held,) = await claim(repo, "w", 1)
+    updates = (
+        "SELECT n_tup_upd FROM pg_stat_xact_user_tables"
+        " WHERE schemaname = 'menos' AND relname = 'content'"
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchval(updates)  # may hold this session's unflushed counts
+        rows = await conn.fetch(
+            db.Queries()["complete_jobs"],
+            [repository.completion_row(_run(held, "w", "s", []))],
+            None,
+        )
+        assert len(rows) == 1
+        assert await conn.fetchval(updates) - before == 1
+    row = await pool.fetchrow("SELECT processing_status, result FROM menos.content")
+    assert (row["processing_status"], row["result"]["summary"]) == ("completed", "s")
+    payload = await pool.fetchval("SELECT payload FROM menos.callback_outbox")
+    assert payload["data"]["result_summary"]["summary"] == "s"

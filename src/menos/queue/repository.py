@@ -55,6 +55,40 @@ class Guard(msgspec.Struct, frozen=True):
     attempts: int
 
 
+def _new_item(new: models.NewContent, job_id: uuid.UUID) -> dict[str, Any]:
+    """One element of `insert_contents_and_jobs`'s JSON array."""
+    return {
+        **msgspec.structs.asdict(new),
+        "content_id": models.new_id(),
+        "job_id": job_id,
+    }
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished run to persist: its guard and everything the run produced."""
+
+    guard: Guard
+    result: dict[str, Any]
+    tags: list[str]
+    stages: list[models.StageTiming]
+    diagnostics: dict[str, Any]
+    full_payload: dict[str, Any] | None
+
+
+def completion_row(run: Completion) -> dict[str, Any]:
+    """One element of `complete_jobs`'s JSON array."""
+    return {
+        "job_id": run.guard.job_id,
+        "worker_id": run.guard.worker_id,
+        "attempts": run.guard.attempts,
+        "stages": run.stages,
+        "diagnostics": run.diagnostics,
+        "full_payload": run.full_payload,
+        "result": run.result,
+        "tags": run.tags,
+    }
+
+
 class CreatedKey(msgspec.Struct, frozen=True):
     """A new API key, shown once."""
 
@@ -176,51 +210,54 @@ class Repository(_Store):
     # -- submissions ----------------------------------------------------------------------
 
     async def enqueue(self, new: models.NewContent) -> models.Enqueued:
-        """Store content and its first job, or answer the owner's known resource (dedup).
+        """Store content and its first job, or answer the owner's known resource (dedup)."""
+        (answer,) = await self.enqueue_many([new])
+        return answer
 
-        Concurrent identical submissions meet on the content's unique (owner, resource_key):
-        exactly one inserts, the others see its row.
+    async def enqueue_many(self, items: Sequence[models.NewContent]) -> list[models.Enqueued]:
+        """Store many submissions in one statement and one commit; answers in order.
+
+        Each item is new content with a pending job, or the owner's known resource when it
+        has one (dedup). Concurrent identical submissions meet on the content's unique
+        (owner, resource_key): exactly one inserts, the others see its row; so do duplicates
+        within `items`.
         """
-        content_id = models.ContentId(models.new_id())
-        job_id = models.JobId(models.new_id())
+        answers: dict[int, models.Enqueued] = {}
+        waiting = list(range(len(items)))
         for _ in range(3):
-            row = await self._fetchrow(
-                "insert_content_and_job",
-                content_id,
-                new.owner,
-                new.content_type,
-                new.resource_key,
-                new.source_url,
-                new.title,
-                new.tags,
-                new.body,
-                new.source_metadata,
-                new.pipeline_version,
-                job_id,
-                new.data_tier,
-                new.callback_url,
-                new.priority,
+            fresh = {models.new_id(): index for index in waiting}  # job id -> item
+            rows = await self._fetch(
+                "insert_contents_and_jobs",
+                [_new_item(items[index], job_id) for job_id, index in fresh.items()],
             )
-            if row is not None:
-                return models.Enqueued(
-                    job_id=job_id,
-                    content_id=content_id,
-                    content_type=new.content_type,
+            for row in rows:
+                index = fresh[row["job_id"]]
+                answers[index] = models.Enqueued(
+                    job_id=row["job_id"],
+                    content_id=row["content_id"],
+                    content_type=items[index].content_type,
                     resource_key=row["resource_key"],
                     status="pending",
                     deduplicated=False,
                 )
-            assert new.resource_key is not None  # markdown keys are always new
-            known = await self._fetchrow("find_resource", new.owner, new.resource_key)
-            if known is not None:
-                return models.Enqueued(
-                    job_id=known["job_id"],
-                    content_id=known["content_id"],
-                    content_type=known["content_type"],
-                    resource_key=known["resource_key"],
-                    status=known["status"],
-                    deduplicated=True,
-                )
+            for index in waiting:
+                if index in answers:
+                    continue
+                new = items[index]
+                assert new.resource_key is not None  # markdown keys are always new
+                known = await self._fetchrow("find_resource", new.owner, new.resource_key)
+                if known is not None:
+                    answers[index] = models.Enqueued(
+                        job_id=known["job_id"],
+                        content_id=known["content_id"],
+                        content_type=known["content_type"],
+                        resource_key=known["resource_key"],
+                        status=known["status"],
+                        deduplicated=True,
+                    )
+            waiting = [index for index in waiting if index not in answers]
+            if not waiting:
+                return [answers[index] for index in range(len(items))]
         raise errors.Conflict("the resource changed during submission; retry")
 
     # -- worker side ----------------------------------------------------------------------
@@ -235,29 +272,19 @@ class Repository(_Store):
         pipeline_version: str,
         now: dt.datetime | None = None,
     ) -> list[models.Claimed]:
-        """Claim up to `limit` jobs (never more than `max_processing` running in all)."""
-        async with self._conn() as conn:
-            jobs = [
-                _row(r, models.Job)
-                for r in await conn.fetch(
-                    self._q["claim_jobs"],
-                    worker_id,
-                    limit,
-                    max_processing,
-                    lease_s,
-                    now,
-                    pipeline_version,
-                )
-            ]
-            if not jobs:
-                return []
-            contents = {
-                r["content_id"]: _row(r, models.Content)
-                for r in await conn.fetch(
-                    self._q["contents_by_id"], [job.content_id for job in jobs]
-                )
-            }
-        return [models.Claimed(job=job, content=contents[job.content_id]) for job in jobs]
+        """Claim up to `limit` jobs (never more than `max_processing` running in all).
+
+        One statement: the claimed jobs come back with their content rows.
+        """
+        rows = await self._fetch(
+            "claim_jobs", worker_id, limit, max_processing, lease_s, now, pipeline_version
+        )
+        return [
+            models.Claimed(
+                job=_row(r["job"], models.Job), content=_row(r["content"], models.Content)
+            )
+            for r in rows
+        ]
 
     async def heartbeat(
         self,
@@ -308,23 +335,39 @@ class Repository(_Store):
         full_payload: Mapping[str, Any] | None,
         now: dt.datetime | None = None,
     ) -> bool:
-        """Persist a run all-or-nothing: result, completed job, tag counts, outbox row."""
+        """Persist one run (see `complete_many`); PipelineError PERSIST_ERROR if it cannot."""
+        run = Completion(
+            guard=guard,
+            result=dict(result),
+            tags=list(tags),
+            stages=list(stages),
+            diagnostics=dict(diagnostics),
+            full_payload=dict(full_payload) if full_payload is not None else None,
+        )
+        (outcome,) = await self.complete_many([run], now=now)
+        if isinstance(outcome, errors.PipelineError):
+            raise outcome
+        return outcome
+
+    async def complete_many(
+        self, runs: Sequence[Completion], *, now: dt.datetime | None = None
+    ) -> list[bool | errors.PipelineError]:
+        """Persist runs in one transaction, each all-or-nothing: result and status on the
+        content, the job completed, owner tag counts, outbox row.
+
+        Answers per run, in order: True when written, False when the job was no longer held
+        (lost), or a PERSIST_ERROR. When the batch fails as a whole, each run is tried alone,
+        so one run the database refuses fails alone.
+        """
+        ordered = sorted(runs, key=lambda run: run.guard.job_id)  # rows locked in one order
         try:
-            row = await self._fetchrow(
-                "complete_job",
-                guard.job_id,
-                guard.worker_id,
-                guard.attempts,
-                now,
-                _timings(stages),
-                dict(diagnostics),
-                dict(full_payload) if full_payload is not None else None,
-                dict(result),
-                list(tags),
-            )
+            rows = await self._fetch("complete_jobs", [completion_row(r) for r in ordered], now)
         except asyncpg.PostgresError as exc:
-            raise errors.PipelineError("PERSIST_ERROR", f"could not persist: {exc}") from exc
-        return row is not None
+            if len(runs) == 1:
+                return [errors.PipelineError("PERSIST_ERROR", f"could not persist: {exc}")]
+            return [(await self.complete_many([run], now=now))[0] for run in runs]
+        written = {row["job_id"] for row in rows}
+        return [run.guard.job_id in written for run in runs]
 
     async def fail(
         self,

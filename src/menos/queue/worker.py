@@ -16,7 +16,7 @@ import structlog
 
 from menos import errors
 from menos.pipeline import stages
-from menos.queue import models, notify, repository, rescuer, stats
+from menos.queue import group_commit, models, notify, repository, rescuer, stats
 
 log = structlog.get_logger("menos.worker")
 
@@ -80,14 +80,19 @@ class _Slot(stages.Port):
     async def persist(self, result: dict[str, Any], tags: list[str]) -> None:
         if self.lost:
             raise stages.Lost()
-        if not await self.worker.repo.complete(
-            self.guard,
-            result=result,
-            tags=tags,
-            stages=self.timings(close=True),
-            diagnostics=self.run.diagnostics,
-            full_payload=self.run.full_payload,
-        ):
+        outcome = await self.worker.completions.submit(
+            repository.Completion(
+                guard=self.guard,
+                result=result,
+                tags=tags,
+                stages=self.timings(close=True),
+                diagnostics=self.run.diagnostics,
+                full_payload=self.run.full_payload,
+            )
+        )
+        if isinstance(outcome, errors.PipelineError):
+            raise outcome
+        if not outcome:
             raise stages.Lost()
 
     def timings(self, *, close: bool = False) -> list[models.StageTiming]:
@@ -126,6 +131,10 @@ class Worker:
         self._slots: dict[models.JobId, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        # Jobs finishing together are persisted in one transaction: one commit, not one each.
+        self.completions = group_commit.GroupCommit(
+            self.repo.complete_many, max_batch=config.concurrency
+        )
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -202,6 +211,7 @@ class Worker:
                     continue  # there may be more waiting
                 await notify.first(self._wake.wait(), stop.wait(), timeout=self.config.poll_s)
             await self._shutdown()
+            await self.completions.close()
             await self._flush_stats()
         finally:
             for task in background:

@@ -1,0 +1,93 @@
+"""Group commit: what is written together, and what each submitter is told."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from menos.queue.group_commit import GroupCommit
+
+
+class Recorder:
+    """A write function that records its batches; a write can be held open or made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_on: int | None = None
+
+    async def write(self, items: Sequence[int]) -> list[int]:
+        self.batches.append(list(items))
+        await self.gate.wait()
+        if self.fail_on in items:
+            raise ValueError(f"refused {self.fail_on}")
+        return [item * 10 for item in items]
+
+
+async def test_items_submitted_in_one_turn_are_written_together() -> None:
+    rec = Recorder()
+    group = GroupCommit(rec.write, max_batch=10)
+    answers = await asyncio.gather(*(group.submit(i) for i in range(5)))
+    assert answers == [0, 10, 20, 30, 40]
+    assert rec.batches == [[0, 1, 2, 3, 4]]
+
+
+async def test_items_submitted_during_a_write_go_in_the_next_one() -> None:
+    rec = Recorder()
+    group = GroupCommit(rec.write, max_batch=10)
+    rec.gate.clear()
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0.01)  # the first write is in flight, held by the gate
+    later = [asyncio.create_task(group.submit(i)) for i in (2, 3, 4)]
+    await asyncio.sleep(0.01)
+    assert rec.batches == [[1]]
+    rec.gate.set()
+    assert await first == 10
+    assert [await task for task in later] == [20, 30, 40]
+    assert rec.batches == [[1], [2, 3, 4]]
+
+
+async def test_batches_never_exceed_max_batch() -> None:
+    rec = Recorder()
+    group = GroupCommit(rec.write, max_batch=3)
+    await asyncio.gather(*(group.submit(i) for i in range(7)))
+    assert rec.batches == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+async def test_a_failed_write_fails_its_batch_only() -> None:
+    rec = Recorder()
+    group = GroupCommit(rec.write, max_batch=2)
+    rec.fail_on = 1
+    results = await asyncio.gather(*(group.submit(i) for i in range(4)), return_exceptions=True)
+    assert [type(r).__name__ for r in results[:2]] == ["ValueError", "ValueError"]
+    assert results[2:] == [20, 30]
+    assert await group.submit(9) == 90  # and the group keeps working
+
+
+async def test_a_cancelled_submitter_is_still_written_and_close_waits_for_it() -> None:
+    rec = Recorder()
+    group = GroupCommit(rec.write, max_batch=10)
+    rec.gate.clear()
+    task = asyncio.create_task(group.submit(5))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    closing = asyncio.create_task(group.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    rec.gate.set()
+    await closing
+    assert rec.batches == [[5]]
+
+
+async def test_a_wrong_number_of_answers_fails_the_batch() -> None:
+    async def short(items: Sequence[int]) -> list[int]:
+        return list(items)[:-1]
+
+    group = GroupCommit(short, max_batch=10)
+    results = await asyncio.gather(group.submit(1), group.submit(2), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
