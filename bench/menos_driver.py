@@ -15,8 +15,8 @@ import asyncpg
 import msgspec
 
 from bench.peers import protocol
-from menos import db, versions
-from menos.queue import models, repository
+from menos import db, errors, versions
+from menos.queue import group_commit, models, repository
 
 BENCH_SQL = Path(__file__).resolve().parent / "sql"
 OWNER = models.Owner("bench")
@@ -50,16 +50,26 @@ async def claim(repo: repository.Repository, worker_id: str, n: int) -> list[mod
     )
 
 
-async def complete(repo: repository.Repository, worker_id: str, item: models.Claimed) -> None:
-    """menos's persist step with an empty result: one guarded statement, one transaction."""
+Completions = group_commit.GroupCommit[repository.Completion, bool | errors.PipelineError]
+
+
+def completions(repo: repository.Repository, slots: int) -> Completions:
+    """A Worker's completion path: jobs finishing together persist in one transaction."""
+    return group_commit.GroupCommit(repo.complete_many, max_batch=slots)
+
+
+async def complete(group: Completions, worker_id: str, item: models.Claimed) -> None:
+    """menos's persist step with an empty result, through the worker's group commit."""
     job = item.job
-    await repo.complete(
-        repository.Guard(job.job_id, worker_id, job.attempts),
-        result={"summary": "", "tags": []},
-        tags=[],
-        stages=[],
-        diagnostics={},
-        full_payload=None,
+    await group.submit(
+        repository.Completion(
+            guard=repository.Guard(job.job_id, worker_id, job.attempts),
+            result={"summary": "", "tags": []},
+            tags=[],
+            stages=[],
+            diagnostics={},
+            full_payload=None,
+        )
     )
 
 
@@ -80,19 +90,23 @@ def new_note(seq: int) -> models.NewContent:
 
 
 async def enqueue(repo: repository.Repository, seqs: list[int]) -> None:
-    """menos has no batch enqueue: a batch is that many concurrent `enqueue` calls on the pool."""
-    await asyncio.gather(*(repo.enqueue(new_note(seq)) for seq in seqs))
+    """One `enqueue` per job, or `enqueue_many` (one statement) for a batch."""
+    if len(seqs) == 1:
+        await repo.enqueue(new_note(seqs[0]))
+    else:
+        await repo.enqueue_many([new_note(seq) for seq in seqs])
 
 
 async def drain(repo: repository.Repository, worker_id: str, batch: int) -> dict[str, int]:
-    """Claim `batch`, complete each job concurrently, repeat until a claim finds nothing."""
+    """Claim `batch`, complete the jobs concurrently, repeat until a claim finds nothing."""
+    group = completions(repo, batch)
     jobs = claims = 0
     for _ in range(MAX_CLAIMS):
         claimed = await claim(repo, worker_id, batch)
         claims += 1
         if not claimed:
             break
-        await asyncio.gather(*(complete(repo, worker_id, item) for item in claimed))
+        await asyncio.gather(*(complete(group, worker_id, item) for item in claimed))
         jobs += len(claimed)
     return {"jobs": jobs, "claims": claims}
 
@@ -107,6 +121,7 @@ async def consume(
     listener = await db.connect(dsn)
     await listener.add_listener("menos_jobs", lambda *_: wake.set())
     running: set[asyncio.Task[None]] = set()
+    group = completions(repo, slots)
     jobs = 0
 
     def finished(task: asyncio.Task[None]) -> None:
@@ -119,7 +134,7 @@ async def consume(
         claimed = await claim(repo, worker_id, free) if free > 0 else []
         for item in claimed:
             record.mark(int(item.content.title or "0"))
-            task = asyncio.create_task(complete(repo, worker_id, item))
+            task = asyncio.create_task(complete(group, worker_id, item))
             running.add(task)
             task.add_done_callback(finished)
         jobs += len(claimed)
