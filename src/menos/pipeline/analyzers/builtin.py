@@ -145,14 +145,17 @@ class BuiltinAnalyzer:
     def analyze_text(self, request: analyzers.Request) -> dict[str, Any]:
         """The result object (§5.4 fields without model and processed_at) for one request."""
         text = request.text
-        sentences = _sentences(text)
+        units = _units(text)
+        sentences = [unit for unit, heading in units if not heading]
+        # Words of each sentence, lower-cased; the score and the summary both need them.
+        sentence_words = [[word.lower() for word in _WORD.findall(s)] for s in sentences]
         tokens = [word.lower() for word in _WORD.findall(text)]
-        features = _features(text, sentences, tokens)
+        features = _features(text, sentence_words, tokens)
         score, score_explanation, points = _quality(features)
-        keyphrases = self._keyphrases(request.title, _sentences(text, headings=True))
+        keyphrases = self._keyphrases(request.title, [unit for unit, _ in units])
         candidates = self._candidates(keyphrases, text, tokens)
         return {
-            "summary": self._summary(sentences, self._content_counts(tokens)),
+            "summary": self._summary(sentences, sentence_words, self._content_counts(tokens)),
             "tags": self._tags(text, request.vocabulary, candidates),
             "tier": _tier(score),
             "tier_explanation": _tier_explanation(score, points),
@@ -188,14 +191,18 @@ class BuiltinAnalyzer:
             if token not in self._stopwords and len(token) > 1 and not token.isdigit()
         )
 
-    def _summary(self, sentences: Sequence[str], counts: collections.Counter[str]) -> str:
+    def _summary(
+        self,
+        sentences: Sequence[str],
+        sentence_words: Sequence[Sequence[str]],
+        counts: collections.Counter[str],
+    ) -> str:
         """The 2 or 3 sentences whose content words are most frequent overall, in original order."""
         if not sentences:
             return ""
         top = max(counts.values(), default=1)
         scored: list[tuple[float, int]] = []
-        for index, sentence in enumerate(sentences):
-            words = [word.lower() for word in _WORD.findall(sentence)]
+        for index, words in enumerate(sentence_words):
             content = [word for word in words if word in counts]
             if not content:
                 scored.append((0.0, index))
@@ -344,14 +351,14 @@ def _entity_type(name: str) -> str:
     return "name"
 
 
-def _sentences(text: str, *, headings: bool = False) -> list[str]:
-    """Sentences and list items of the text, markdown removed; headings only when asked."""
-    units: list[str] = []
+def _units(text: str) -> list[tuple[str, bool]]:
+    """Sentences, list items and headings of the text, markdown removed, each with is-heading."""
+    units: list[tuple[str, bool]] = []
     paragraph: list[str] = []
 
     def flush() -> None:
         if paragraph:
-            units.extend(_split_sentences(" ".join(paragraph)))
+            units.extend((sentence, False) for sentence in _split_sentences(" ".join(paragraph)))
             paragraph.clear()
 
     for line in text.splitlines():
@@ -359,11 +366,10 @@ def _sentences(text: str, *, headings: bool = False) -> list[str]:
             flush()
         elif _HEADING.match(line):
             flush()
-            if headings:
-                units.extend(_split_sentences(_HEADING.sub("", line)))
+            units.extend((sentence, True) for sentence in _split_sentences(_HEADING.sub("", line)))
         elif _LIST_ITEM.match(line):
             flush()
-            units.extend(_split_sentences(_LIST_ITEM.sub("", line)))
+            units.extend((item, False) for item in _split_sentences(_LIST_ITEM.sub("", line)))
         else:
             paragraph.append(line.strip())
     flush()
@@ -386,7 +392,9 @@ def _split_sentences(block: str) -> list[str]:
     return sentences
 
 
-def _features(text: str, sentences: Sequence[str], tokens: Sequence[str]) -> Features:
+def _features(
+    text: str, sentence_words: Sequence[Sequence[str]], tokens: Sequence[str]
+) -> Features:
     """Measure the text."""
     lines = text.splitlines()
     paragraphs = sum(
@@ -396,8 +404,7 @@ def _features(text: str, sentences: Sequence[str], tokens: Sequence[str]) -> Fea
         and not _HEADING.match(line)
         and (index == 0 or not lines[index - 1].strip() or _HEADING.match(lines[index - 1]))
     )
-    sentence_words = [len(_WORD.findall(sentence)) for sentence in sentences]
-    counted = [count for count in sentence_words if count]
+    counted = [len(words) for words in sentence_words if words]
     return Features(
         words=len(tokens),
         sentences=len(counted),
@@ -415,18 +422,20 @@ def _mattr(tokens: Sequence[str], window: int) -> float:
         return 0.0
     if len(tokens) <= window:
         return len(set(tokens)) / len(tokens)
-    counts = collections.Counter(tokens[:window])
-    distinct = len(counts)
-    total = distinct
-    for index in range(window, len(tokens)):
-        leaving, entering = tokens[index - window], tokens[index]
-        counts[leaving] -= 1
-        if counts[leaving] == 0:
-            distinct -= 1
-        if counts[entering] == 0:
-            distinct += 1
-        counts[entering] += 1
-        total += distinct
+    # A plain dict holding only the words inside the window: its length is the distinct count.
+    counts: dict[str, int] = {}
+    for token in tokens[:window]:
+        counts[token] = counts.get(token, 0) + 1
+    total = len(counts)
+    # The word leaving the window is `window` places behind the one entering it.
+    for leaving, entering in zip(tokens, tokens[window:], strict=False):
+        left = counts[leaving] - 1
+        if left:
+            counts[leaving] = left
+        else:
+            del counts[leaving]
+        counts[entering] = counts.get(entering, 0) + 1
+        total += len(counts)
     return total / (len(tokens) - window + 1) / window
 
 
