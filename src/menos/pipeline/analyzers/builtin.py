@@ -22,8 +22,8 @@ MAX_TOPICS = 5
 MAX_ENTITIES = 10
 MIN_STRONG = 3  # fewer strong keyphrases than this and the weak ones are used too
 # Keyword extraction costs about 1.4 ms per kilobyte and blocks the event loop; the opening of a
-# long text carries its subject, and this bounds one extraction to roughly 30 ms.
-KEYWORD_MAX_CHARS = 20_000
+# long text carries its subject, and this bounds one extraction to roughly 15 ms.
+KEYWORD_MAX_CHARS = 10_000
 KEYPHRASES = 30
 MATTR_WINDOW = 50
 RUN_ON_WORDS = 60  # a "sentence" longer than this is an unpunctuated transcript: cut it up
