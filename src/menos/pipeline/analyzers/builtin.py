@@ -48,6 +48,8 @@ _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _MD_EMPHASIS = re.compile(r"[*_`]{1,3}")
+_MID_SENTENCE_AFTER = frozenset("abcdefghijklmnopqrstuvwxyz0123456789,;:")
+_WORD_JOINERS = frozenset("_'’-")  # a word followed by one of these goes on
 _CAP_WORD = r"[A-Z][A-Za-z0-9'’&-]*"
 _CONNECTOR = r"(?:of|the|de|la|le|van|von|der|du|and|for)"
 _NAME = re.compile(
@@ -293,7 +295,21 @@ class BuiltinAnalyzer:
 
 def _mid_sentence(word: str, text: str) -> bool:
     """Whether `word` occurs after a lower-case word or a comma, so not as a sentence start."""
-    return re.search(rf"[a-z0-9,;:]\s+{re.escape(word)}(?![\w'’-])", text) is not None
+    # Plain string search: a regex built from each word would be compiled anew for every text.
+    start = text.find(word)
+    while start != -1:
+        before = start
+        while before > 0 and text[before - 1].isspace():
+            before -= 1
+        after = text[start + len(word) : start + len(word) + 1]
+        if (
+            0 < before < start
+            and text[before - 1] in _MID_SENTENCE_AFTER
+            and not (after.isalnum() or after in _WORD_JOINERS)
+        ):
+            return True
+        start = text.find(word, start + 1)
+    return False
 
 
 def _within(part: Sequence[str], whole: Sequence[str]) -> bool:
