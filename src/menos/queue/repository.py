@@ -166,7 +166,13 @@ class _Store:
     async def _conn(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError):
+                    # The client's protocol state no longer matches the server's (seen when
+                    # the server shuts down mid-operation): never hand this connection out again.
+                    conn.terminate()
+                    raise
         except db.CONNECTION_ERRORS as exc:
             raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
 
