@@ -25,6 +25,8 @@ CHANNEL_OUTBOX = "menos_outbox"
 MIN_WAIT_S = 0.05  # never spin: an event due now may be locked by another dispatcher's claim
 ERROR_SNIPPET_CHARS = 200
 
+Status = repository.OutboxStatus | None  # None: not recorded (the event moved on)
+
 
 class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How one dispatcher process behaves; times in seconds."""
@@ -59,13 +61,86 @@ class Attempt(msgspec.Struct, frozen=True):
     error: str | None
 
 
+class OutcomeRecorder:
+    """Group commit of attempt outcomes: one statement records every outcome that is waiting.
+
+    An outcome is written at once when no recording is in flight; otherwise it waits for that
+    one to end and is written with everything that arrived meanwhile. Each caller learns its
+    own outcome's status (None: its event moved on) or the error that kept it from being
+    recorded; then its event stays held and is attempted again (at least once, never lost).
+    """
+
+    def __init__(self, repo: repository.OutboxRepository) -> None:
+        self.repo = repo
+        self.statements = 0  # recording statements sent, for tests and benchmarks
+        self._waiting: list[tuple[repository.Outcome, asyncio.Future[Status]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, outcome: repository.Outcome) -> Status:
+        """Record one outcome, grouped with whatever else waits; returns its status."""
+        future: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
+        self._waiting.append((outcome, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="callback-outcomes")
+        return await future
+
+    async def cancel(self) -> None:
+        """Stop recording (the dispatcher is cancelled): unrecorded events are attempted again."""
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                await self._write_group(group)
+        except asyncio.CancelledError:
+            group, self._waiting = self._waiting, []
+            for _, future in group:
+                future.cancel()
+            raise
+        finally:
+            self._writer = None
+
+    async def _write_group(
+        self, group: list[tuple[repository.Outcome, asyncio.Future[Status]]]
+    ) -> None:
+        self.statements += 1
+        try:
+            statuses = await self.repo.record_outcomes([outcome for outcome, _ in group])
+        except asyncio.CancelledError:
+            for _, future in group:
+                future.cancel()
+            raise
+        except errors.DatabaseUnavailable as exc:
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except Exception as exc:
+            if len(group) > 1:  # one outcome the database refuses must not sink the others
+                for one in group:
+                    await self._write_group([one])
+                return
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), status in zip(group, statuses, strict=True):
+            if not future.done():
+                future.set_result(status)
+
+
 class Dispatcher:
     """Claims due events with SKIP LOCKED, sends them signed, records every attempt.
 
     Several dispatchers may run at once. A claim counts the attempt and commits before the
     request is sent; the outcome is recorded guarded by (event, attempt). A dispatcher that
     dies mid-delivery loses nothing: its events are claimed again once their hold runs out,
-    or end `failed` when that was their last attempt.
+    or end `failed` when that was their last attempt. Outcomes of concurrent deliveries are
+    recorded together (`OutcomeRecorder`).
     """
 
     def __init__(
@@ -81,6 +156,7 @@ class Dispatcher:
         self.process_id = process_id
         self.stats = stats.ProcessStats()
         self.repo = repo
+        self.recorder = OutcomeRecorder(repo)
         self.client = client
         self._dsn = dsn
         self._tasks: set[asyncio.Task[None]] = set()
@@ -142,27 +218,26 @@ class Dispatcher:
         started = time.perf_counter()
         attempt = await self.attempt(event, secrets)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        status: str | None
+        outcome = repository.Outcome(
+            event=event,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            duration_ms=duration_ms,
+            max_attempts=self.config.max_attempts,
+            backoff_s=self.config.backoff_s,
+            now=now,
+        )
+        status: Status
         try:
-            if attempt.error is None:
-                assert attempt.status_code is not None
-                recorded = await self.repo.record_delivered(
-                    event, status_code=attempt.status_code, duration_ms=duration_ms, now=now
-                )
-                status = "delivered" if recorded else None
-            else:
-                status = await self.repo.record_failure(
-                    event,
-                    status_code=attempt.status_code,
-                    error=attempt.error,
-                    duration_ms=duration_ms,
-                    max_attempts=self.config.max_attempts,
-                    backoff_s=self.config.backoff_s,
-                    now=now,
-                )
+            status = await self.recorder.record(outcome)
         except errors.DatabaseUnavailable as exc:
             # The event stays held, then is claimed again: at least once, never lost.
             log.warning(
+                "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(exc)
+            )
+            status = None
+        except Exception as exc:
+            log.exception(
                 "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(exc)
             )
             status = None
@@ -267,6 +342,7 @@ class Dispatcher:
             for task in list(self._tasks):
                 task.cancel()  # only when run() itself is cancelled: held events are retried
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await self.recorder.cancel()
             await self._flush_stats()
         log.info("dispatcher_stopped")
 

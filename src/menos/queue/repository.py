@@ -650,6 +650,22 @@ class Swept(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str
 
 
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How one attempt of a claimed event ended: delivered when `error` is None."""
+
+    event: models.OutboxEvent
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    max_attempts: int | None = None  # a failure of this attempt ends the event `failed`
+    backoff_s: float | None = None  # a failure is retried backoff_s * 4^(attempt - 1) s later
+    now: dt.datetime | None = None  # when it ended; None: the database's now()
+
+    def __post_init__(self) -> None:
+        if self.error is not None and (self.max_attempts is None or self.backoff_s is None):
+            raise ValueError("a failed attempt needs max_attempts and backoff_s")
+
+
 class OutboxRepository(_Store):
     """Named outbox queries over one asyncpg pool.
 
@@ -689,22 +705,10 @@ class OutboxRepository(_Store):
         now: dt.datetime | None = None,
     ) -> bool:
         """Mark the event delivered by this attempt; False when the event moved on."""
-        async with self._conn() as conn, conn.transaction():
-            status = await conn.fetchval(
-                self._q["record_outbox_delivered"], event.event_id, event.attempts, status_code, now
-            )
-            await self._audit(
-                conn,
-                event,
-                {
-                    "attempt": event.attempts,
-                    "outcome": "delivered",
-                    "status_code": status_code,
-                    "error": None,
-                    "duration_ms": duration_ms,
-                    "status": status,
-                },
-            )
+        outcome = Outcome(
+            event=event, status_code=status_code, error=None, duration_ms=duration_ms, now=now
+        )
+        (status,) = await self.record_outcomes([outcome])
         return status is not None
 
     async def record_failure(
@@ -723,31 +727,32 @@ class OutboxRepository(_Store):
         The retry comes `backoff_s * 4 ** (attempt - 1)` seconds after `now`. None when the
         event moved on.
         """
-        error = error[: errors.MAX_ERROR_MESSAGE]
-        async with self._conn() as conn, conn.transaction():
-            status: OutboxStatus | None = await conn.fetchval(
-                self._q["record_outbox_failure"],
-                event.event_id,
-                event.attempts,
-                status_code,
-                error,
-                backoff_s,
-                max_attempts,
-                now,
-            )
-            await self._audit(
-                conn,
-                event,
-                {
-                    "attempt": event.attempts,
-                    "outcome": "failed",
-                    "status_code": status_code,
-                    "error": error,
-                    "duration_ms": duration_ms,
-                    "status": status,
-                },
-            )
+        outcome = Outcome(
+            event=event,
+            status_code=status_code,
+            error=error,
+            duration_ms=duration_ms,
+            max_attempts=max_attempts,
+            backoff_s=backoff_s,
+            now=now,
+        )
+        (status,) = await self.record_outcomes([outcome])
         return status
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[OutboxStatus | None]:
+        """Record many attempts' outcomes in one statement; each one's status, in order.
+
+        Each outcome is guarded on its own (a None status: that event moved on) and leaves its
+        `audit.callback_delivery` row; all of them commit together or not at all.
+        """
+        if not outcomes:
+            return []
+        rows = [_outcome_row(i, outcome) for i, outcome in enumerate(outcomes)]
+        async with self._conn() as conn:
+            found = await conn.fetch(self._q["record_outbox_outcomes"], rows, AUDIT_EVENT)
+        statuses: list[OutboxStatus | None] = [r["status"] for r in found]
+        assert len(statuses) == len(outcomes)
+        return statuses
 
     async def sweep_exhausted(
         self, *, max_attempts: int, now: dt.datetime | None = None
@@ -800,17 +805,34 @@ class OutboxRepository(_Store):
             seconds: float | None = await conn.fetchval(self._q["outbox_next_due_in"], now)
         return seconds
 
-    async def _audit(
-        self,
-        conn: asyncpg.pool.PoolConnectionProxy[Any],
-        event: models.OutboxEvent,
-        detail: Mapping[str, Any],
-    ) -> None:
-        await conn.execute(
-            self._q["insert_audit_event"],
-            AUDIT_EVENT,
-            event.owner,
-            None,
-            event.job_id,
-            {"event_id": str(event.event_id), "url": event.url, **detail},
-        )
+
+def _outcome_row(i: int, outcome: Outcome) -> dict[str, Any]:
+    """One element of `record_outbox_outcomes`' array; `detail` is the audit row's, less status."""
+    event = outcome.event
+    error = None if outcome.error is None else _no_nul(outcome.error[: errors.MAX_ERROR_MESSAGE])
+    return {
+        "i": i,
+        "event_id": str(event.event_id),
+        "attempts": event.attempts,
+        "status_code": outcome.status_code,
+        "error": error,
+        "at": None if outcome.now is None else outcome.now.isoformat(),
+        "max_attempts": outcome.max_attempts,
+        "backoff_s": outcome.backoff_s,
+        "owner": event.owner,
+        "job_id": str(event.job_id),
+        "detail": {
+            "event_id": str(event.event_id),
+            "url": event.url,
+            "attempt": event.attempts,
+            "outcome": "delivered" if error is None else "failed",
+            "status_code": outcome.status_code,
+            "error": error,
+            "duration_ms": outcome.duration_ms,
+        },
+    }
+
+
+def _no_nul(text: str) -> str:
+    """Text PostgreSQL can store: a receiver's answer may hold NUL characters, which it refuses."""
+    return text.replace("\x00", "\ufffd")
