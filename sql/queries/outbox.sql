@@ -1,7 +1,7 @@
 -- name: claim_outbox_events
--- Claim up to $2 due callback events: count the attempt and hold the event past it before anything is sent.
+-- Claim up to $2 due callback events: count the attempt and hold the event past it before anything is sent; with the secrets that sign it now.
 WITH due AS (
-    SELECT event_id FROM menos.callback_outbox
+    SELECT event_id, owner FROM menos.callback_outbox
      WHERE status = 'pending' AND attempts < $3
        AND next_attempt_at <= coalesce($1::timestamptz, now())
      ORDER BY next_attempt_at, event_id
@@ -17,9 +17,14 @@ UPDATE menos.callback_outbox o
            WHEN o.attempts + 1 >= $3 THEN $5::float8
            ELSE greatest($4::float8 * 4.0::float8 ^ o.attempts, $5::float8) END)
   FROM due
+  LEFT JOIN menos.owner w ON w.name = due.owner
  WHERE o.event_id = due.event_id
 RETURNING o.event_id, o.job_id, o.owner, o.url, o.payload::text AS payload, o.attempts,
-          o.created_at;
+          o.created_at,
+          -- The same rule as owner_secrets: the previous secret signs too until it expires.
+          w.webhook_secret,
+          CASE WHEN w.previous_secret_expires_at > coalesce($1::timestamptz, now())
+               THEN w.previous_webhook_secret END AS previous_webhook_secret;
 
 -- name: record_outbox_outcomes
 -- Record several attempts' outcomes ($1: a JSON array) in one statement, each guarded by (event, attempt, pending) and audited as $2.

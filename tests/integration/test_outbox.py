@@ -245,6 +245,32 @@ async def test_rotated_secret_signs_alongside_the_new_one_until_it_expires(
     assert await outbox.owner_secrets("nobody") == []
 
 
+async def test_a_claim_brings_the_secrets_that_sign_now(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Claimed events come with their owner's signing secrets: both during a rotation, then one."""
+    await make_events(repo, 2)
+    (old,) = await outbox.owner_secrets("alice")
+    now = await db_now(pool)
+    (before,) = await outbox.claim_signed(
+        1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now
+    )
+    assert before.secrets == [old]
+    new = await repo.rotate_secret("alice")
+    (during,) = await outbox.claim_signed(
+        1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now
+    )
+    assert during.secrets == [new, old] == await outbox.owner_secrets("alice", now=now)
+    later = now + repository.SECRET_OVERLAP + dt.timedelta(seconds=1)
+    claimed = await outbox.claim_signed(
+        2, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=later
+    )
+    assert [c.secrets for c in claimed] == [[new], [new]]
+    assert [c.event.attempts for c in claimed] == [2, 2]
+
+
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
 

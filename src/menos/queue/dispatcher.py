@@ -8,7 +8,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
 
 import httpx
 import msgspec
@@ -170,14 +169,11 @@ class Dispatcher:
         await self.sweep(now)
         made = 0
         while True:
-            events = await self._claim(self.config.batch_size, now)
-            if events:
-                secrets = await self._secrets(events, now)
-                await asyncio.gather(
-                    *(self.deliver(event, secrets[event.owner], now) for event in events)
-                )
-            made += len(events)
-            if len(events) < self.config.batch_size:
+            claimed = await self._claim(self.config.batch_size, now)
+            if claimed:
+                await asyncio.gather(*(self.deliver(c.event, c.secrets, now) for c in claimed))
+            made += len(claimed)
+            if len(claimed) < self.config.batch_size:
                 return made
 
     async def sweep(self, now: dt.datetime | None = None) -> int:
@@ -196,20 +192,14 @@ class Dispatcher:
             )
         return len(swept)
 
-    async def _claim(self, limit: int, now: dt.datetime | None) -> list[models.OutboxEvent]:
-        return await self.repo.claim_due(
+    async def _claim(self, limit: int, now: dt.datetime | None) -> list[repository.Claimed]:
+        return await self.repo.claim_signed(
             limit,
             max_attempts=self.config.max_attempts,
             backoff_s=self.config.backoff_s,
             hold_s=self.config.hold_s,
             now=now,
         )
-
-    async def _secrets(
-        self, events: Iterable[models.OutboxEvent], now: dt.datetime | None
-    ) -> dict[str, list[str]]:
-        owners = {event.owner for event in events}
-        return {owner: await self.repo.owner_secrets(owner, now=now) for owner in owners}
 
     async def deliver(
         self, event: models.OutboxEvent, secrets: list[str], now: dt.datetime | None = None
@@ -358,17 +348,14 @@ class Dispatcher:
 
     async def _start(self, free: int) -> int:
         """Claim up to `free` events and start their deliveries; returns how many."""
-        events = await self._claim(free, None)
-        if not events:
-            return 0
-        secrets = await self._secrets(events, None)
-        for event in events:
+        claimed = await self._claim(free, None)
+        for c in claimed:
             task = asyncio.create_task(
-                self.deliver(event, secrets[event.owner]), name=f"callback-{event.event_id}"
+                self.deliver(c.event, c.secrets), name=f"callback-{c.event.event_id}"
             )
             self._tasks.add(task)
             task.add_done_callback(self._delivery_done)
-        return len(events)
+        return len(claimed)
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

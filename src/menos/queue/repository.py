@@ -650,6 +650,13 @@ class Swept(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str
 
 
+class Claimed(msgspec.Struct, frozen=True, kw_only=True):
+    """A claimed event and the secrets that sign it now (empty: its owner is gone)."""
+
+    event: models.OutboxEvent
+    secrets: list[str]
+
+
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """How one attempt of a claimed event ended: delivered when `error` is None."""
 
@@ -690,11 +697,32 @@ class OutboxRepository(_Store):
         timeout), before the last attempt also for at least the next backoff, in the claim's
         own committed statement: an attempt whose sender dies still counts.
         """
+        claimed = await self.claim_signed(
+            limit, max_attempts=max_attempts, backoff_s=backoff_s, hold_s=hold_s, now=now
+        )
+        return [c.event for c in claimed]
+
+    async def claim_signed(
+        self,
+        limit: int,
+        *,
+        max_attempts: int,
+        backoff_s: float,
+        hold_s: float,
+        now: dt.datetime | None = None,
+    ) -> list[Claimed]:
+        """`claim_due`, each event with the secrets that sign it now (as `owner_secrets` gives)."""
         async with self._conn() as conn:
             rows = await conn.fetch(
                 self._q["claim_outbox_events"], now, limit, max_attempts, backoff_s, hold_s
             )
-        return [_row(r, models.OutboxEvent) for r in rows]
+        return [
+            Claimed(
+                event=_row(r, models.OutboxEvent),
+                secrets=[s for s in (r["webhook_secret"], r["previous_webhook_secret"]) if s],
+            )
+            for r in rows
+        ]
 
     async def record_delivered(
         self,
