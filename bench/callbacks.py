@@ -121,13 +121,31 @@ async def committed(admin_dsn: str, database: str) -> int:
 
 
 async def measure(
-    admin_dsn: str, dsn: str, database: str, events: int, batch_size: int, url: str
+    admin_dsn: str,
+    dsn: str,
+    database: str,
+    events: int,
+    batch_size: int,
+    url: str,
+    rate: float = 0.0,
 ) -> dict[str, Any]:
-    """Create the events, then time one dispatcher delivering all of them."""
+    """Create the events, then time one dispatcher delivering all of them.
+
+    With `rate` > 0 the events come due one by one, `rate` a second (a trickle, as behind a
+    pipeline) instead of all at once (a backlog).
+    """
     queries = db.Queries()
     setup = await db.create_pool(dsn, min_size=1, max_size=8)
     try:
         await make_events(repository.Repository(setup, queries), events, url)
+        if rate > 0:
+            await setup.execute(
+                "UPDATE menos.callback_outbox o SET next_attempt_at = now() + make_interval("
+                "secs => 1.0 + n.i / $1::float8) FROM (SELECT event_id, "
+                "row_number() OVER (ORDER BY event_id) - 1 AS i FROM menos.callback_outbox) n "
+                "WHERE o.event_id = n.event_id",
+                rate,
+            )
     finally:
         await setup.close()
     before = await committed(admin_dsn, database)
@@ -207,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.callbacks", description=__doc__)
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32, help="deliveries in flight")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="events coming due per second (a trickle); 0: all due at once (a backlog)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     menos_logging.configure("json", level=logging.WARNING)  # one line per attempt would dominate
@@ -232,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.events,
                         args.batch_size,
                         f"http://127.0.0.1:{port}/hook",
+                        args.rate,
                     ),
                 )
             )
@@ -243,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "signed callback deliveries per second, one dispatcher, receiver on 127.0.0.1",
         "events": args.events,
         "batch_size": args.batch_size,
+        "rate": args.rate,
         **figures,
         "postgres": how,
         "menos_version": versions.app_version(),
