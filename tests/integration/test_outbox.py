@@ -567,3 +567,59 @@ async def test_receiver_answer_with_nul_characters_is_recorded(
     state = await row(pool)
     assert (state["status"], state["last_status_code"]) == ("pending", 500)
     assert state["last_error"] == "HTTP 500: bad\ufffdnews"
+
+
+async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_rest(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+) -> None:
+    """While it runs, the dispatcher ends a lost third attempt `failed` and delivers what is due."""
+    await make_events(repo, 1)
+    at = await db_now(pool)
+    (lost,) = await claim(outbox, at, limit=1)
+    for _ in range(MAX - 1):
+        at = (await row_of(pool, lost.event_id))["next_attempt_at"]
+        (lost,) = await claim(outbox, at, limit=1)
+    assert lost.attempts == MAX
+    await pool.execute(  # as if the third attempt's hold ran out a second ago
+        "UPDATE menos.callback_outbox SET next_attempt_at = now() - interval '1 second' "
+        "WHERE event_id = $1",
+        lost.event_id,
+    )
+    await make_events(repo, 1)  # and one due now
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    config = dispatcher.DispatcherConfig(
+        timeout_s=5.0, backoff_s=BACKOFF, poll_s=0.2, app_version="9.9.9"
+    )
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(ok)) as client:
+        running = asyncio.create_task(
+            dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run(stop)
+        )
+        for _ in range(200):  # up to 10 s; the loop is done in well under one
+            statuses = await pool.fetch("SELECT status FROM menos.callback_outbox")
+            if sorted(r["status"] for r in statuses) == ["delivered", "failed"]:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+    assert (await row_of(pool, lost.event_id))["status"] == "failed"
+    details = await audit_details(pool)
+    assert sorted((d["outcome"], d["status"]) for d in details) == [
+        ("delivered", "delivered"),
+        ("lost", "failed"),
+    ]
+
+
+async def row_of(pool: asyncpg.Pool[Any], event_id: Any) -> dict[str, Any]:
+    found = await pool.fetchrow(
+        "SELECT status, attempts, next_attempt_at FROM menos.callback_outbox WHERE event_id = $1",
+        event_id,
+    )
+    assert found is not None
+    return dict(found)

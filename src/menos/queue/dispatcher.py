@@ -304,12 +304,18 @@ class Dispatcher:
         """
         log.info("dispatcher_started", batch_size=self.config.batch_size)
         listener = asyncio.create_task(self._listen(stop), name="listen")
+        clock = asyncio.get_running_loop().time
+        next_sweep = next_flush = clock()
         try:
             while not stop.is_set():
                 self._wake.clear()
                 wait = self.config.poll_s
                 try:
-                    await self.sweep()
+                    # Only events whose last attempt's hold ran out are swept: once per poll_s
+                    # is soon enough, and spares a statement on every pass.
+                    if clock() >= next_sweep:
+                        next_sweep = clock() + self.config.poll_s
+                        await self.sweep()
                     free = self.config.batch_size - len(self._tasks)
                     if free > 0:
                         if await self._start(free) == free:
@@ -321,7 +327,9 @@ class Dispatcher:
                     log.warning("dispatcher_database_unavailable", error=str(exc))
                 except Exception:
                     log.exception("dispatcher_failed")
-                await self._flush_stats()
+                if clock() >= next_flush:
+                    next_flush = clock() + self.config.poll_s
+                    await self._flush_stats()
                 await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
             if self._tasks:
                 log.info("dispatcher_stopping", in_flight=len(self._tasks))
