@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import os
 import socket
 import time
@@ -160,6 +161,8 @@ class Dispatcher:
         self._dsn = dsn
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._notified = True  # a NOTIFY (or a LISTEN reconnect) came since the last claim
+        self._look_at = 0.0  # loop time by which something may have come due: claim again
 
     async def run_once(self, now: dt.datetime | None = None) -> int:
         """Sweep lost last attempts, then attempt every due event once; returns attempts made.
@@ -231,6 +234,9 @@ class Dispatcher:
                 "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(exc)
             )
             status = None
+        if status == "pending":  # our own retry: look for it when it comes due
+            retry_in = self.config.backoff_s * 4.0 ** (event.attempts - 1)
+            self._look_by(asyncio.get_running_loop().time() + retry_in)
         if attempt.error is None:
             self.stats.count_delivery("delivered")
         else:
@@ -299,17 +305,20 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, sleeping until the earliest due event, a NOTIFY or poll_s.
 
-        On stop, deliveries in flight finish (each is bounded by timeout_s); errors are logged
-        and the loop goes on.
+        A finished delivery frees a slot but claims again only when the last claim filled every
+        free slot (more may be due): otherwise nothing can have come due before the earliest
+        due time seen at the last look, one of our own retries, or a NOTIFY. On stop,
+        deliveries in flight finish (each is bounded by timeout_s); errors are logged and the
+        loop goes on.
         """
         log.info("dispatcher_started", batch_size=self.config.batch_size)
         listener = asyncio.create_task(self._listen(stop), name="listen")
         clock = asyncio.get_running_loop().time
         next_sweep = next_flush = clock()
+        more = False  # the last claim filled every free slot: more may be due
         try:
             while not stop.is_set():
                 self._wake.clear()
-                wait = self.config.poll_s
                 try:
                     # Only events whose last attempt's hold ran out are swept: once per poll_s
                     # is soon enough, and spares a statement on every pass.
@@ -317,19 +326,31 @@ class Dispatcher:
                         next_sweep = clock() + self.config.poll_s
                         await self.sweep()
                     free = self.config.batch_size - len(self._tasks)
-                    if free > 0:
-                        if await self._start(free) == free:
+                    if free > 0 and (more or self._notified or clock() >= self._look_at):
+                        self._notified = False
+                        self._look_at = math.inf  # retries recorded meanwhile may lower it
+                        more = await self._start(free) == free
+                        if more:
                             continue  # there may be more due
                         due_in = await self.repo.next_due_in()
+                        look_in = self.config.poll_s
                         if due_in is not None:
-                            wait = min(wait, max(due_in, MIN_WAIT_S))
+                            look_in = min(look_in, max(due_in, MIN_WAIT_S))
+                            if due_in <= 0:  # due but not claimed: maybe a lost last attempt
+                                next_sweep = clock()
+                        self._look_at = min(self._look_at, clock() + look_in)
                 except errors.DatabaseUnavailable as exc:
                     log.warning("dispatcher_database_unavailable", error=str(exc))
+                    self._look_at = min(self._look_at, clock() + self.config.poll_s)
                 except Exception:
                     log.exception("dispatcher_failed")
+                    self._look_at = min(self._look_at, clock() + self.config.poll_s)
                 if clock() >= next_flush:
                     next_flush = clock() + self.config.poll_s
                     await self._flush_stats()
+                wait = self.config.poll_s
+                if len(self._tasks) < self.config.batch_size:
+                    wait = min(wait, max(self._look_at - clock(), 0.0))
                 await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
             if self._tasks:
                 log.info("dispatcher_stopping", in_flight=len(self._tasks))
@@ -369,17 +390,24 @@ class Dispatcher:
         self._tasks.discard(task)
         self._wake.set()
 
+    def _look_by(self, at: float) -> None:
+        """Claim again by loop time `at` at the latest."""
+        if at < self._look_at:
+            self._look_at = at
+            self._wake.set()  # the loop may be sleeping past `at`
+
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for new outbox events; reconnect after any connection loss."""
         await notify.listen(
             self._dsn,
             {CHANNEL_OUTBOX: self._on_outbox},
-            on_connect=self._wake.set,
+            on_connect=self._on_outbox,  # NOTIFYs may have been missed while disconnected
             stop=stop,
             retry_s=self.config.poll_s,
         )
 
     def _on_outbox(self, *_args: object) -> None:
+        self._notified = True
         self._wake.set()
 
 
