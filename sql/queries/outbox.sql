@@ -1,5 +1,5 @@
 -- name: claim_outbox_events
--- Claim up to $2 due callback events: count the attempt and hold the event past it before anything is sent; with the secrets that sign it now.
+-- Claim up to $2 due callback events: count the attempt and hold the event past it before anything is sent; with the secrets that sign it now and when the next look is due.
 WITH due AS (
     SELECT event_id, owner FROM menos.callback_outbox
      WHERE status = 'pending' AND attempts < $3
@@ -24,7 +24,15 @@ RETURNING o.event_id, o.job_id, o.owner, o.url, o.payload::text AS payload, o.at
           -- The same rule as owner_secrets: the previous secret signs too until it expires.
           w.webhook_secret,
           CASE WHEN w.previous_secret_expires_at > coalesce($1::timestamptz, now())
-               THEN w.previous_webhook_secret END AS previous_webhook_secret;
+               THEN w.previous_webhook_secret END AS previous_webhook_secret,
+          -- Seconds until another event may be due (as outbox_next_due_in, which a claim then
+          -- need not be followed by): the earliest other pending one, or the end of this hold.
+          least((SELECT extract(epoch FROM min(p.next_attempt_at)
+                                - coalesce($1::timestamptz, now()))::float8
+                   FROM menos.callback_outbox p
+                  WHERE p.status = 'pending'
+                    AND p.event_id NOT IN (SELECT event_id FROM due)),
+                $5::float8) AS next_due_in;
 
 -- name: record_outbox_outcomes
 -- Record several attempts' outcomes ($1: a JSON array) in one statement, each guarded by (event, attempt, pending) and audited as $2.

@@ -229,6 +229,31 @@ async def test_next_due_in_tells_how_long_to_sleep(
     assert await outbox.next_due_in(now=now) == pytest.approx(HOLD)
 
 
+async def test_a_claim_tells_when_the_next_event_may_be_due(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A claim that took events says what next_due_in would say after it, saving that query."""
+    await make_events(repo, 2)
+    now = await db_now(pool)
+
+    async def claim_one(at: dt.datetime) -> repository.Claim:
+        return await outbox.claim_signed(
+            1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=at
+        )
+
+    first = await claim_one(now)
+    assert len(first.events) == 1 and first.next_due_in is not None
+    assert first.next_due_in <= 0  # the other event is due already
+    assert first.next_due_in == pytest.approx(await outbox.next_due_in(now=now))
+    second = await claim_one(now)
+    assert second.next_due_in == pytest.approx(HOLD)  # the first one's hold
+    assert second.next_due_in == pytest.approx(await outbox.next_due_in(now=now))
+    nothing = await claim_one(now)
+    assert (nothing.events, nothing.next_due_in) == ([], None)
+
+
 async def test_rotated_secret_signs_alongside_the_new_one_until_it_expires(
     repo: repository.Repository,
     outbox: repository.OutboxRepository,
@@ -254,19 +279,19 @@ async def test_a_claim_brings_the_secrets_that_sign_now(
     await make_events(repo, 2)
     (old,) = await outbox.owner_secrets("alice")
     now = await db_now(pool)
-    (before,) = await outbox.claim_signed(
-        1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now
-    )
+    (before,) = (
+        await outbox.claim_signed(1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now)
+    ).events
     assert before.secrets == [old]
     new = await repo.rotate_secret("alice")
-    (during,) = await outbox.claim_signed(
-        1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now
-    )
+    (during,) = (
+        await outbox.claim_signed(1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now)
+    ).events
     assert during.secrets == [new, old] == await outbox.owner_secrets("alice", now=now)
     later = now + repository.SECRET_OVERLAP + dt.timedelta(seconds=1)
-    claimed = await outbox.claim_signed(
-        2, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=later
-    )
+    claimed = (
+        await outbox.claim_signed(2, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=later)
+    ).events
     assert [c.secrets for c in claimed] == [[new], [new]]
     assert [c.event.attempts for c in claimed] == [2, 2]
 

@@ -172,7 +172,7 @@ class Dispatcher:
         await self.sweep(now)
         made = 0
         while True:
-            claimed = await self._claim(self.config.batch_size, now)
+            claimed = (await self._claim(self.config.batch_size, now)).events
             if claimed:
                 await asyncio.gather(*(self.deliver(c.event, c.secrets, now) for c in claimed))
             made += len(claimed)
@@ -195,7 +195,7 @@ class Dispatcher:
             )
         return len(swept)
 
-    async def _claim(self, limit: int, now: dt.datetime | None) -> list[repository.Claimed]:
+    async def _claim(self, limit: int, now: dt.datetime | None) -> repository.Claim:
         return await self.repo.claim_signed(
             limit,
             max_attempts=self.config.max_attempts,
@@ -329,10 +329,12 @@ class Dispatcher:
                     if free > 0 and (more or self._notified or clock() >= self._look_at):
                         self._notified = False
                         self._look_at = math.inf  # retries recorded meanwhile may lower it
-                        more = await self._start(free) == free
+                        claimed, due_in = await self._start(free)
+                        more = claimed == free
                         if more:
                             continue  # there may be more due
-                        due_in = await self.repo.next_due_in()
+                        if claimed == 0:  # a claim that took something said it already
+                            due_in = await self.repo.next_due_in()
                         look_in = self.config.poll_s
                         if due_in is not None:
                             look_in = min(look_in, max(due_in, MIN_WAIT_S))
@@ -375,16 +377,16 @@ class Dispatcher:
             self.stats.dirty = True
             log.warning("stats_flush_failed", error=str(exc))
 
-    async def _start(self, free: int) -> int:
-        """Claim up to `free` events and start their deliveries; returns how many."""
-        claimed = await self._claim(free, None)
-        for c in claimed:
+    async def _start(self, free: int) -> tuple[int, float | None]:
+        """Claim up to `free` events and start their deliveries; how many, and the next due."""
+        claim = await self._claim(free, None)
+        for c in claim.events:
             task = asyncio.create_task(
                 self.deliver(c.event, c.secrets), name=f"callback-{c.event.event_id}"
             )
             self._tasks.add(task)
             task.add_done_callback(self._delivery_done)
-        return len(claimed)
+        return len(claim.events), claim.next_due_in
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

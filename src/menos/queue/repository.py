@@ -657,6 +657,13 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     secrets: list[str]
 
 
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """What one claim took, and seconds until another event may be due (None: it took none)."""
+
+    events: list[Claimed]
+    next_due_in: float | None
+
+
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """How one attempt of a claimed event ended: delivered when `error` is None."""
 
@@ -697,10 +704,10 @@ class OutboxRepository(_Store):
         timeout), before the last attempt also for at least the next backoff, in the claim's
         own committed statement: an attempt whose sender dies still counts.
         """
-        claimed = await self.claim_signed(
+        claim = await self.claim_signed(
             limit, max_attempts=max_attempts, backoff_s=backoff_s, hold_s=hold_s, now=now
         )
-        return [c.event for c in claimed]
+        return [c.event for c in claim.events]
 
     async def claim_signed(
         self,
@@ -710,19 +717,25 @@ class OutboxRepository(_Store):
         backoff_s: float,
         hold_s: float,
         now: dt.datetime | None = None,
-    ) -> list[Claimed]:
-        """`claim_due`, each event with the secrets that sign it now (as `owner_secrets` gives)."""
+    ) -> Claim:
+        """`claim_due`, each event with the secrets that sign it now (as `owner_secrets` gives).
+
+        When it claims anything, it also tells what `next_due_in` would after it.
+        """
         async with self._conn() as conn:
             rows = await conn.fetch(
                 self._q["claim_outbox_events"], now, limit, max_attempts, backoff_s, hold_s
             )
-        return [
-            Claimed(
-                event=_row(r, models.OutboxEvent),
-                secrets=[s for s in (r["webhook_secret"], r["previous_webhook_secret"]) if s],
-            )
-            for r in rows
-        ]
+        return Claim(
+            events=[
+                Claimed(
+                    event=_row(r, models.OutboxEvent),
+                    secrets=[s for s in (r["webhook_secret"], r["previous_webhook_secret"]) if s],
+                )
+                for r in rows
+            ],
+            next_due_in=rows[0]["next_due_in"] if rows else None,
+        )
 
     async def record_delivered(
         self,
