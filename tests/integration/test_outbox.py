@@ -229,6 +229,31 @@ async def test_next_due_in_tells_how_long_to_sleep(
     assert await outbox.next_due_in(now=now) == pytest.approx(HOLD)
 
 
+async def test_a_claim_tells_when_the_next_event_may_be_due(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A claim that took events says what next_due_in would say after it, saving that query."""
+    await make_events(repo, 2)
+    now = await db_now(pool)
+
+    async def claim_one(at: dt.datetime) -> repository.Claim:
+        return await outbox.claim_signed(
+            1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=at
+        )
+
+    first = await claim_one(now)
+    assert len(first.events) == 1 and first.next_due_in is not None
+    assert first.next_due_in <= 0  # the other event is due already
+    assert first.next_due_in == pytest.approx(await outbox.next_due_in(now=now))
+    second = await claim_one(now)
+    assert second.next_due_in == pytest.approx(HOLD)  # the first one's hold
+    assert second.next_due_in == pytest.approx(await outbox.next_due_in(now=now))
+    nothing = await claim_one(now)
+    assert (nothing.events, nothing.next_due_in) == ([], None)
+
+
 async def test_rotated_secret_signs_alongside_the_new_one_until_it_expires(
     repo: repository.Repository,
     outbox: repository.OutboxRepository,
@@ -243,6 +268,32 @@ async def test_rotated_secret_signs_alongside_the_new_one_until_it_expires(
     later = now + repository.SECRET_OVERLAP + dt.timedelta(seconds=1)
     assert await outbox.owner_secrets("alice", now=later) == [new]
     assert await outbox.owner_secrets("nobody") == []
+
+
+async def test_a_claim_brings_the_secrets_that_sign_now(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Claimed events come with their owner's signing secrets: both during a rotation, then one."""
+    await make_events(repo, 2)
+    (old,) = await outbox.owner_secrets("alice")
+    now = await db_now(pool)
+    (before,) = (
+        await outbox.claim_signed(1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now)
+    ).events
+    assert before.secrets == [old]
+    new = await repo.rotate_secret("alice")
+    (during,) = (
+        await outbox.claim_signed(1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now)
+    ).events
+    assert during.secrets == [new, old] == await outbox.owner_secrets("alice", now=now)
+    later = now + repository.SECRET_OVERLAP + dt.timedelta(seconds=1)
+    claimed = (
+        await outbox.claim_signed(2, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=later)
+    ).events
+    assert [c.secrets for c in claimed] == [[new], [new]]
+    assert [c.event.attempts for c in claimed] == [2, 2]
 
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -385,3 +436,215 @@ async def test_private_callback_address_is_refused_at_delivery(
     assert (state["status"], state["attempts"]) == ("pending", 1)
     assert state["last_error"].startswith("callback URL refused: ")
     assert "non-public address (127.0.0.1)" in state["last_error"]
+
+
+def outcome(
+    event: models.OutboxEvent, status_code: int | None, error: str | None = None
+) -> repository.Outcome:
+    return repository.Outcome(
+        event=event,
+        status_code=status_code,
+        error=error,
+        duration_ms=3.5,
+        max_attempts=MAX,
+        backoff_s=BACKOFF,
+    )
+
+
+async def test_outcomes_recorded_together_are_each_guarded_and_audited(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """One statement records a delivery, a failure and a stale outcome: only the stale one fails."""
+    await make_events(repo, 3)
+    now = await db_now(pool)
+    first, second, third = await claim(outbox, now)
+    (current,) = await claim(outbox, now + dt.timedelta(seconds=HOLD), limit=1)
+    stale = next(e for e in (first, second, third) if e.event_id == current.event_id)
+    others = [e for e in (first, second, third) if e.event_id != current.event_id]
+    statuses = await outbox.record_outcomes(
+        [
+            outcome(others[0], 204),
+            outcome(stale, 200),
+            outcome(others[1], 503, "HTTP 503: busy"),
+        ]
+    )
+    assert statuses == ["delivered", None, "pending"]
+    rows = {
+        r["event_id"]: dict(r)
+        for r in await pool.fetch(
+            "SELECT event_id, status, attempts, last_status_code, last_error "
+            "FROM menos.callback_outbox"
+        )
+    }
+    assert rows[others[0].event_id]["status"] == "delivered"
+    assert rows[stale.event_id]["status"] == "pending" and rows[stale.event_id]["attempts"] == 2
+    assert rows[stale.event_id]["last_status_code"] is None
+    assert rows[others[1].event_id]["last_error"] == "HTTP 503: busy"
+    details = await audit_details(pool)
+    assert [(d["event_id"], d["attempt"], d["outcome"], d["status"]) for d in details] == [
+        (str(others[0].event_id), 1, "delivered", "delivered"),
+        (str(stale.event_id), 1, "delivered", None),
+        (str(others[1].event_id), 1, "failed", "pending"),
+    ]
+    assert all(d["duration_ms"] == 3.5 and d["url"] == "https://example.com/hook" for d in details)
+
+
+async def test_concurrent_outcomes_share_one_statement_and_each_caller_learns_its_own(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Outcomes that arrive while a recording is due are written together; each gets its status."""
+    await make_events(repo, 6)
+    events = await claim(outbox, await db_now(pool))
+    recorder = dispatcher.OutcomeRecorder(outbox)
+    statuses = await asyncio.gather(
+        *(
+            recorder.record(outcome(e, 200) if i % 2 else outcome(e, 500, "HTTP 500"))
+            for i, e in enumerate(events)
+        )
+    )
+    assert statuses == ["pending", "delivered"] * 3
+    assert recorder.statements == 1
+    counts = await pool.fetch(
+        "SELECT status, count(*) AS n FROM menos.callback_outbox GROUP BY status ORDER BY status"
+    )
+    assert [(r["status"], r["n"]) for r in counts] == [("delivered", 3), ("pending", 3)]
+    assert len(await audit_details(pool)) == 6
+
+
+async def test_an_outcome_the_database_refuses_does_not_sink_its_group(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """If one outcome of a group cannot be stored, the others are still recorded, one by one."""
+    await make_events(repo, 3)
+    good, bad, also_good = await claim(outbox, await db_now(pool))
+    recorder = dispatcher.OutcomeRecorder(outbox)
+    results = await asyncio.gather(
+        recorder.record(outcome(good, 200)),
+        recorder.record(outcome(bad, 2**40, "HTTP ?")),  # no such status code fits the column
+        recorder.record(outcome(also_good, 200)),
+        return_exceptions=True,
+    )
+    assert results[0] == results[2] == "delivered"
+    assert isinstance(results[1], asyncpg.PostgresError)
+    assert recorder.statements == 4  # the group, then each outcome alone
+    status = await pool.fetchval(
+        "SELECT status FROM menos.callback_outbox WHERE event_id = $1", bad.event_id
+    )
+    assert status == "pending"  # held, so attempted again once the hold runs out
+    assert len(await audit_details(pool)) == 2
+
+
+async def test_outcome_lost_to_a_database_outage_is_attempted_again(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+) -> None:
+    """The database going away before an answer is recorded costs an attempt, never the event."""
+    await make_events(repo, 1)
+    own_pool = await db.create_pool(database_url, min_size=1, max_size=2)
+    sent: list[int] = []
+
+    async def answer_then_lose_the_database(request: httpx.Request) -> httpx.Response:
+        sent.append(1)
+        await own_pool.close()  # the dispatcher's database is gone before it records the 200
+        return httpx.Response(200)
+
+    config = dispatcher.DispatcherConfig(
+        timeout_s=5.0, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9"
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(answer_then_lose_the_database)
+    ) as client:
+        lost = dispatcher.Dispatcher(
+            config, repository.OutboxRepository(own_pool, db.Queries()), client, dsn=database_url
+        )
+        assert await lost.run_once() == 1
+    assert sent == [1]
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("pending", 1, None)
+    assert await audit_details(pool) == []
+    assert await claim(outbox, state["next_attempt_at"] - dt.timedelta(seconds=0.1)) == []
+    (again,) = await claim(outbox, state["next_attempt_at"])
+    assert again.attempts == 2
+    assert await outbox.record_delivered(again, status_code=200, duration_ms=1.0)
+    assert (await row(pool))["status"] == "delivered"
+
+
+async def test_receiver_answer_with_nul_characters_is_recorded(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """An error page holding NUL bytes (which PostgreSQL refuses in text) is still recorded."""
+
+    async def nul(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, content=b"bad\x00news")
+
+    await make_events(repo, 1)
+    await deliver(nul)
+    state = await row(pool)
+    assert (state["status"], state["last_status_code"]) == ("pending", 500)
+    assert state["last_error"] == "HTTP 500: bad\ufffdnews"
+
+
+async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_rest(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+) -> None:
+    """While it runs, the dispatcher ends a lost third attempt `failed` and delivers what is due."""
+    await make_events(repo, 1)
+    at = await db_now(pool)
+    (lost,) = await claim(outbox, at, limit=1)
+    for _ in range(MAX - 1):
+        at = (await row_of(pool, lost.event_id))["next_attempt_at"]
+        (lost,) = await claim(outbox, at, limit=1)
+    assert lost.attempts == MAX
+    await pool.execute(  # as if the third attempt's hold ran out a second ago
+        "UPDATE menos.callback_outbox SET next_attempt_at = now() - interval '1 second' "
+        "WHERE event_id = $1",
+        lost.event_id,
+    )
+    await make_events(repo, 1)  # and one due now
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    config = dispatcher.DispatcherConfig(
+        timeout_s=5.0, backoff_s=BACKOFF, poll_s=0.2, app_version="9.9.9"
+    )
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(ok)) as client:
+        running = asyncio.create_task(
+            dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run(stop)
+        )
+        for _ in range(200):  # up to 10 s; the loop is done in well under one
+            statuses = await pool.fetch("SELECT status FROM menos.callback_outbox")
+            if sorted(r["status"] for r in statuses) == ["delivered", "failed"]:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+    assert (await row_of(pool, lost.event_id))["status"] == "failed"
+    details = await audit_details(pool)
+    assert sorted((d["outcome"], d["status"]) for d in details) == [
+        ("delivered", "delivered"),
+        ("lost", "failed"),
+    ]
+
+
+async def row_of(pool: asyncpg.Pool[Any], event_id: Any) -> dict[str, Any]:
+    found = await pool.fetchrow(
+        "SELECT status, attempts, next_attempt_at FROM menos.callback_outbox WHERE event_id = $1",
+        event_id,
+    )
+    assert found is not None
+    return dict(found)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
 
 import httpx
 import msgspec
@@ -24,6 +24,8 @@ log = structlog.get_logger("menos.dispatcher")
 CHANNEL_OUTBOX = "menos_outbox"
 MIN_WAIT_S = 0.05  # never spin: an event due now may be locked by another dispatcher's claim
 ERROR_SNIPPET_CHARS = 200
+
+Status = repository.OutboxStatus | None  # None: not recorded (the event moved on)
 
 
 class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,13 +61,86 @@ class Attempt(msgspec.Struct, frozen=True):
     error: str | None
 
 
+class OutcomeRecorder:
+    """Group commit of attempt outcomes: one statement records every outcome that is waiting.
+
+    An outcome is written at once when no recording is in flight; otherwise it waits for that
+    one to end and is written with everything that arrived meanwhile. Each caller learns its
+    own outcome's status (None: its event moved on) or the error that kept it from being
+    recorded; then its event stays held and is attempted again (at least once, never lost).
+    """
+
+    def __init__(self, repo: repository.OutboxRepository) -> None:
+        self.repo = repo
+        self.statements = 0  # recording statements sent, for tests and benchmarks
+        self._waiting: list[tuple[repository.Outcome, asyncio.Future[Status]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, outcome: repository.Outcome) -> Status:
+        """Record one outcome, grouped with whatever else waits; returns its status."""
+        future: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
+        self._waiting.append((outcome, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="callback-outcomes")
+        return await future
+
+    async def cancel(self) -> None:
+        """Stop recording (the dispatcher is cancelled): unrecorded events are attempted again."""
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                await self._write_group(group)
+        except asyncio.CancelledError:
+            group, self._waiting = self._waiting, []
+            for _, future in group:
+                future.cancel()
+            raise
+        finally:
+            self._writer = None
+
+    async def _write_group(
+        self, group: list[tuple[repository.Outcome, asyncio.Future[Status]]]
+    ) -> None:
+        self.statements += 1
+        try:
+            statuses = await self.repo.record_outcomes([outcome for outcome, _ in group])
+        except asyncio.CancelledError:
+            for _, future in group:
+                future.cancel()
+            raise
+        except errors.DatabaseUnavailable as exc:
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except Exception as exc:
+            if len(group) > 1:  # one outcome the database refuses must not sink the others
+                for one in group:
+                    await self._write_group([one])
+                return
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), status in zip(group, statuses, strict=True):
+            if not future.done():
+                future.set_result(status)
+
+
 class Dispatcher:
     """Claims due events with SKIP LOCKED, sends them signed, records every attempt.
 
     Several dispatchers may run at once. A claim counts the attempt and commits before the
     request is sent; the outcome is recorded guarded by (event, attempt). A dispatcher that
     dies mid-delivery loses nothing: its events are claimed again once their hold runs out,
-    or end `failed` when that was their last attempt.
+    or end `failed` when that was their last attempt. Outcomes of concurrent deliveries are
+    recorded together (`OutcomeRecorder`).
     """
 
     def __init__(
@@ -81,10 +156,13 @@ class Dispatcher:
         self.process_id = process_id
         self.stats = stats.ProcessStats()
         self.repo = repo
+        self.recorder = OutcomeRecorder(repo)
         self.client = client
         self._dsn = dsn
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._notified = True  # a NOTIFY (or a LISTEN reconnect) came since the last claim
+        self._look_at = 0.0  # loop time by which something may have come due: claim again
 
     async def run_once(self, now: dt.datetime | None = None) -> int:
         """Sweep lost last attempts, then attempt every due event once; returns attempts made.
@@ -94,14 +172,11 @@ class Dispatcher:
         await self.sweep(now)
         made = 0
         while True:
-            events = await self._claim(self.config.batch_size, now)
-            if events:
-                secrets = await self._secrets(events, now)
-                await asyncio.gather(
-                    *(self.deliver(event, secrets[event.owner], now) for event in events)
-                )
-            made += len(events)
-            if len(events) < self.config.batch_size:
+            claimed = (await self._claim(self.config.batch_size, now)).events
+            if claimed:
+                await asyncio.gather(*(self.deliver(c.event, c.secrets, now) for c in claimed))
+            made += len(claimed)
+            if len(claimed) < self.config.batch_size:
                 return made
 
     async def sweep(self, now: dt.datetime | None = None) -> int:
@@ -120,20 +195,14 @@ class Dispatcher:
             )
         return len(swept)
 
-    async def _claim(self, limit: int, now: dt.datetime | None) -> list[models.OutboxEvent]:
-        return await self.repo.claim_due(
+    async def _claim(self, limit: int, now: dt.datetime | None) -> repository.Claim:
+        return await self.repo.claim_signed(
             limit,
             max_attempts=self.config.max_attempts,
             backoff_s=self.config.backoff_s,
             hold_s=self.config.hold_s,
             now=now,
         )
-
-    async def _secrets(
-        self, events: Iterable[models.OutboxEvent], now: dt.datetime | None
-    ) -> dict[str, list[str]]:
-        owners = {event.owner for event in events}
-        return {owner: await self.repo.owner_secrets(owner, now=now) for owner in owners}
 
     async def deliver(
         self, event: models.OutboxEvent, secrets: list[str], now: dt.datetime | None = None
@@ -142,30 +211,32 @@ class Dispatcher:
         started = time.perf_counter()
         attempt = await self.attempt(event, secrets)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        status: str | None
+        outcome = repository.Outcome(
+            event=event,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            duration_ms=duration_ms,
+            max_attempts=self.config.max_attempts,
+            backoff_s=self.config.backoff_s,
+            now=now,
+        )
+        status: Status
         try:
-            if attempt.error is None:
-                assert attempt.status_code is not None
-                recorded = await self.repo.record_delivered(
-                    event, status_code=attempt.status_code, duration_ms=duration_ms, now=now
-                )
-                status = "delivered" if recorded else None
-            else:
-                status = await self.repo.record_failure(
-                    event,
-                    status_code=attempt.status_code,
-                    error=attempt.error,
-                    duration_ms=duration_ms,
-                    max_attempts=self.config.max_attempts,
-                    backoff_s=self.config.backoff_s,
-                    now=now,
-                )
+            status = await self.recorder.record(outcome)
         except errors.DatabaseUnavailable as exc:
             # The event stays held, then is claimed again: at least once, never lost.
             log.warning(
                 "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(exc)
             )
             status = None
+        except Exception as exc:
+            log.exception(
+                "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(exc)
+            )
+            status = None
+        if status == "pending":  # our own retry: look for it when it comes due
+            retry_in = self.config.backoff_s * 4.0 ** (event.attempts - 1)
+            self._look_by(asyncio.get_running_loop().time() + retry_in)
         if attempt.error is None:
             self.stats.count_delivery("delivered")
         else:
@@ -234,29 +305,54 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, sleeping until the earliest due event, a NOTIFY or poll_s.
 
-        On stop, deliveries in flight finish (each is bounded by timeout_s); errors are logged
-        and the loop goes on.
+        A finished delivery frees a slot but claims again only when the last claim filled every
+        free slot (more may be due): otherwise nothing can have come due before the earliest
+        due time seen at the last look, one of our own retries, or a NOTIFY. On stop,
+        deliveries in flight finish (each is bounded by timeout_s); errors are logged and the
+        loop goes on.
         """
         log.info("dispatcher_started", batch_size=self.config.batch_size)
         listener = asyncio.create_task(self._listen(stop), name="listen")
+        clock = asyncio.get_running_loop().time
+        next_sweep = next_flush = clock()
+        more = False  # the last claim filled every free slot: more may be due
         try:
             while not stop.is_set():
                 self._wake.clear()
-                wait = self.config.poll_s
                 try:
-                    await self.sweep()
+                    # Only events whose last attempt's hold ran out are swept: once per poll_s
+                    # is soon enough, and spares a statement on every pass.
+                    if clock() >= next_sweep:
+                        next_sweep = clock() + self.config.poll_s
+                        await self.sweep()
                     free = self.config.batch_size - len(self._tasks)
-                    if free > 0:
-                        if await self._start(free) == free:
+                    if free > 0 and (more or self._notified or clock() >= self._look_at):
+                        self._notified = False
+                        self._look_at = math.inf  # retries recorded meanwhile may lower it
+                        claimed, due_in = await self._start(free)
+                        more = claimed == free
+                        if more:
                             continue  # there may be more due
-                        due_in = await self.repo.next_due_in()
+                        if claimed == 0:  # a claim that took something said it already
+                            due_in = await self.repo.next_due_in()
+                        look_in = self.config.poll_s
                         if due_in is not None:
-                            wait = min(wait, max(due_in, MIN_WAIT_S))
+                            look_in = min(look_in, max(due_in, MIN_WAIT_S))
+                            if due_in <= 0:  # due but not claimed: maybe a lost last attempt
+                                next_sweep = clock()
+                        self._look_at = min(self._look_at, clock() + look_in)
                 except errors.DatabaseUnavailable as exc:
                     log.warning("dispatcher_database_unavailable", error=str(exc))
+                    self._look_at = min(self._look_at, clock() + self.config.poll_s)
                 except Exception:
                     log.exception("dispatcher_failed")
-                await self._flush_stats()
+                    self._look_at = min(self._look_at, clock() + self.config.poll_s)
+                if clock() >= next_flush:
+                    next_flush = clock() + self.config.poll_s
+                    await self._flush_stats()
+                wait = self.config.poll_s
+                if len(self._tasks) < self.config.batch_size:
+                    wait = min(wait, max(self._look_at - clock(), 0.0))
                 await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
             if self._tasks:
                 log.info("dispatcher_stopping", in_flight=len(self._tasks))
@@ -267,6 +363,7 @@ class Dispatcher:
             for task in list(self._tasks):
                 task.cancel()  # only when run() itself is cancelled: held events are retried
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await self.recorder.cancel()
             await self._flush_stats()
         log.info("dispatcher_stopped")
 
@@ -280,35 +377,39 @@ class Dispatcher:
             self.stats.dirty = True
             log.warning("stats_flush_failed", error=str(exc))
 
-    async def _start(self, free: int) -> int:
-        """Claim up to `free` events and start their deliveries; returns how many."""
-        events = await self._claim(free, None)
-        if not events:
-            return 0
-        secrets = await self._secrets(events, None)
-        for event in events:
+    async def _start(self, free: int) -> tuple[int, float | None]:
+        """Claim up to `free` events and start their deliveries; how many, and the next due."""
+        claim = await self._claim(free, None)
+        for c in claim.events:
             task = asyncio.create_task(
-                self.deliver(event, secrets[event.owner]), name=f"callback-{event.event_id}"
+                self.deliver(c.event, c.secrets), name=f"callback-{c.event.event_id}"
             )
             self._tasks.add(task)
             task.add_done_callback(self._delivery_done)
-        return len(events)
+        return len(claim.events), claim.next_due_in
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._wake.set()
+
+    def _look_by(self, at: float) -> None:
+        """Claim again by loop time `at` at the latest."""
+        if at < self._look_at:
+            self._look_at = at
+            self._wake.set()  # the loop may be sleeping past `at`
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for new outbox events; reconnect after any connection loss."""
         await notify.listen(
             self._dsn,
             {CHANNEL_OUTBOX: self._on_outbox},
-            on_connect=self._wake.set,
+            on_connect=self._on_outbox,  # NOTIFYs may have been missed while disconnected
             stop=stop,
             retry_s=self.config.poll_s,
         )
 
     def _on_outbox(self, *_args: object) -> None:
+        self._notified = True
         self._wake.set()
 
 

@@ -699,6 +699,36 @@ class Swept(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str
 
 
+class Claimed(msgspec.Struct, frozen=True, kw_only=True):
+    """A claimed event and the secrets that sign it now (empty: its owner is gone)."""
+
+    event: models.OutboxEvent
+    secrets: list[str]
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """What one claim took, and seconds until another event may be due (None: it took none)."""
+
+    events: list[Claimed]
+    next_due_in: float | None
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How one attempt of a claimed event ended: delivered when `error` is None."""
+
+    event: models.OutboxEvent
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    max_attempts: int | None = None  # a failure of this attempt ends the event `failed`
+    backoff_s: float | None = None  # a failure is retried backoff_s * 4^(attempt - 1) s later
+    now: dt.datetime | None = None  # when it ended; None: the database's now()
+
+    def __post_init__(self) -> None:
+        if self.error is not None and (self.max_attempts is None or self.backoff_s is None):
+            raise ValueError("a failed attempt needs max_attempts and backoff_s")
+
+
 class OutboxRepository(_Store):
     """Named outbox queries over one asyncpg pool.
 
@@ -723,11 +753,38 @@ class OutboxRepository(_Store):
         timeout), before the last attempt also for at least the next backoff, in the claim's
         own committed statement: an attempt whose sender dies still counts.
         """
+        claim = await self.claim_signed(
+            limit, max_attempts=max_attempts, backoff_s=backoff_s, hold_s=hold_s, now=now
+        )
+        return [c.event for c in claim.events]
+
+    async def claim_signed(
+        self,
+        limit: int,
+        *,
+        max_attempts: int,
+        backoff_s: float,
+        hold_s: float,
+        now: dt.datetime | None = None,
+    ) -> Claim:
+        """`claim_due`, each event with the secrets that sign it now (as `owner_secrets` gives).
+
+        When it claims anything, it also tells what `next_due_in` would after it.
+        """
         async with self._conn() as conn:
             rows = await conn.fetch(
                 self._q["claim_outbox_events"], now, limit, max_attempts, backoff_s, hold_s
             )
-        return [_row(r, models.OutboxEvent) for r in rows]
+        return Claim(
+            events=[
+                Claimed(
+                    event=_row(r, models.OutboxEvent),
+                    secrets=[s for s in (r["webhook_secret"], r["previous_webhook_secret"]) if s],
+                )
+                for r in rows
+            ],
+            next_due_in=rows[0]["next_due_in"] if rows else None,
+        )
 
     async def record_delivered(
         self,
@@ -738,22 +795,10 @@ class OutboxRepository(_Store):
         now: dt.datetime | None = None,
     ) -> bool:
         """Mark the event delivered by this attempt; False when the event moved on."""
-        async with self._conn() as conn, conn.transaction():
-            status = await conn.fetchval(
-                self._q["record_outbox_delivered"], event.event_id, event.attempts, status_code, now
-            )
-            await self._audit(
-                conn,
-                event,
-                {
-                    "attempt": event.attempts,
-                    "outcome": "delivered",
-                    "status_code": status_code,
-                    "error": None,
-                    "duration_ms": duration_ms,
-                    "status": status,
-                },
-            )
+        outcome = Outcome(
+            event=event, status_code=status_code, error=None, duration_ms=duration_ms, now=now
+        )
+        (status,) = await self.record_outcomes([outcome])
         return status is not None
 
     async def record_failure(
@@ -772,31 +817,32 @@ class OutboxRepository(_Store):
         The retry comes `backoff_s * 4 ** (attempt - 1)` seconds after `now`. None when the
         event moved on.
         """
-        error = error[: errors.MAX_ERROR_MESSAGE]
-        async with self._conn() as conn, conn.transaction():
-            status: OutboxStatus | None = await conn.fetchval(
-                self._q["record_outbox_failure"],
-                event.event_id,
-                event.attempts,
-                status_code,
-                error,
-                backoff_s,
-                max_attempts,
-                now,
-            )
-            await self._audit(
-                conn,
-                event,
-                {
-                    "attempt": event.attempts,
-                    "outcome": "failed",
-                    "status_code": status_code,
-                    "error": error,
-                    "duration_ms": duration_ms,
-                    "status": status,
-                },
-            )
+        outcome = Outcome(
+            event=event,
+            status_code=status_code,
+            error=error,
+            duration_ms=duration_ms,
+            max_attempts=max_attempts,
+            backoff_s=backoff_s,
+            now=now,
+        )
+        (status,) = await self.record_outcomes([outcome])
         return status
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[OutboxStatus | None]:
+        """Record many attempts' outcomes in one statement; each one's status, in order.
+
+        Each outcome is guarded on its own (a None status: that event moved on) and leaves its
+        `audit.callback_delivery` row; all of them commit together or not at all.
+        """
+        if not outcomes:
+            return []
+        rows = [_outcome_row(i, outcome) for i, outcome in enumerate(outcomes)]
+        async with self._conn() as conn:
+            found = await conn.fetch(self._q["record_outbox_outcomes"], rows, AUDIT_EVENT)
+        statuses: list[OutboxStatus | None] = [r["status"] for r in found]
+        assert len(statuses) == len(outcomes)
+        return statuses
 
     async def sweep_exhausted(
         self, *, max_attempts: int, now: dt.datetime | None = None
@@ -849,17 +895,34 @@ class OutboxRepository(_Store):
             seconds: float | None = await conn.fetchval(self._q["outbox_next_due_in"], now)
         return seconds
 
-    async def _audit(
-        self,
-        conn: asyncpg.pool.PoolConnectionProxy[Any],
-        event: models.OutboxEvent,
-        detail: Mapping[str, Any],
-    ) -> None:
-        await conn.execute(
-            self._q["insert_audit_event"],
-            AUDIT_EVENT,
-            event.owner,
-            None,
-            event.job_id,
-            {"event_id": str(event.event_id), "url": event.url, **detail},
-        )
+
+def _outcome_row(i: int, outcome: Outcome) -> dict[str, Any]:
+    """One element of `record_outbox_outcomes`' array; `detail` is the audit row's, less status."""
+    event = outcome.event
+    error = None if outcome.error is None else _no_nul(outcome.error[: errors.MAX_ERROR_MESSAGE])
+    return {
+        "i": i,
+        "event_id": str(event.event_id),
+        "attempts": event.attempts,
+        "status_code": outcome.status_code,
+        "error": error,
+        "at": None if outcome.now is None else outcome.now.isoformat(),
+        "max_attempts": outcome.max_attempts,
+        "backoff_s": outcome.backoff_s,
+        "owner": event.owner,
+        "job_id": str(event.job_id),
+        "detail": {
+            "event_id": str(event.event_id),
+            "url": event.url,
+            "attempt": event.attempts,
+            "outcome": "delivered" if error is None else "failed",
+            "status_code": outcome.status_code,
+            "error": error,
+            "duration_ms": outcome.duration_ms,
+        },
+    }
+
+
+def _no_nul(text: str) -> str:
+    """Text PostgreSQL can store: a receiver's answer may hold NUL characters, which it refuses."""
+    return text.replace("\x00", "\ufffd")
