@@ -145,9 +145,12 @@ UPDATE menos.pipeline_job j
 RETURNING j.job_id;
 
 -- name: explain_count_processing
--- The count the claim function makes under its advisory lock.
+-- The count the claim function makes under its advisory lock (as in migration 0004, p_max = 100000).
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
-SELECT count(*) FROM menos.pipeline_job WHERE status = 'processing';
+SELECT 100000 - count(*)
+  FROM (SELECT 1 FROM menos.pipeline_job
+         WHERE status = 'processing' AND lease_expires_at > '-infinity'
+         LIMIT 100000) AS processing;
 
 -- name: bench_job_count
 -- All jobs of the database (what the HTTP benchmark's requests created).

@@ -48,6 +48,10 @@ class DatabaseUnavailable(MenosError):
     """PostgreSQL cannot be reached."""
 
 
+class Refused(MenosError):
+    """The database refused a write for what it holds (not for being unreachable)."""
+
+
 class SchemaOutdated(MenosError):
     """The database schema lacks migrations this code needs."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -13,9 +13,9 @@ import httpx
 import pytest
 import standardwebhooks
 
-from menos import db
+from menos import db, errors
 from menos.pipeline import ssrf
-from menos.queue import dispatcher, models, repository
+from menos.queue import dispatcher, group_commit, models, repository
 from tests.integration import helpers
 
 HOLD = 12.0
@@ -75,6 +75,49 @@ async def audit_details(pool: asyncpg.Pool[Any]) -> list[dict[str, Any]]:
     return [r["detail"] for r in rows]
 
 
+async def record_delivered(
+    outbox: repository.OutboxRepository,
+    event: models.OutboxEvent,
+    *,
+    status_code: int,
+    duration_ms: float,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Record one delivered attempt; False when its event moved on."""
+    outcome = repository.Outcome(
+        event=event, status_code=status_code, error=None, duration_ms=duration_ms, now=now
+    )
+    (status,) = await outbox.record_outcomes([outcome])
+    assert not isinstance(status, errors.Refused)
+    return status is not None
+
+
+async def record_failure(
+    outbox: repository.OutboxRepository,
+    event: models.OutboxEvent,
+    *,
+    status_code: int | None,
+    error: str,
+    duration_ms: float,
+    max_attempts: int,
+    backoff_s: float,
+    now: dt.datetime | None = None,
+) -> repository.OutboxStatus | None:
+    """Record one failed attempt; its event's status, None when the event moved on."""
+    outcome = repository.Outcome(
+        event=event,
+        status_code=status_code,
+        error=error,
+        duration_ms=duration_ms,
+        max_attempts=max_attempts,
+        backoff_s=backoff_s,
+        now=now,
+    )
+    (status,) = await outbox.record_outcomes([outcome])
+    assert not isinstance(status, errors.Refused)
+    return status
+
+
 async def test_two_dispatchers_never_claim_the_same_event(
     repo: repository.Repository,
     outbox: repository.OutboxRepository,
@@ -124,7 +167,8 @@ async def test_failed_attempts_back_off_then_end_failed_leaving_the_job_alone(
         (event,) = await claim(outbox, at)
         assert event.attempts == attempt
         answered = at + dt.timedelta(seconds=0.25)
-        status = await outbox.record_failure(
+        status = await record_failure(
+            outbox,
             event,
             status_code=503,
             error="HTTP 503: busy",
@@ -188,8 +232,9 @@ async def test_outcome_of_a_superseded_attempt_changes_nothing(
     now = await db_now(pool)
     (stale,) = await claim(outbox, now)
     (current,) = await claim(outbox, now + dt.timedelta(seconds=HOLD))
-    assert not await outbox.record_delivered(stale, status_code=200, duration_ms=1.0)
-    late = await outbox.record_failure(
+    assert not await record_delivered(outbox, stale, status_code=200, duration_ms=1.0)
+    late = await record_failure(
+        outbox,
         stale,
         status_code=500,
         error="HTTP 500",
@@ -200,11 +245,11 @@ async def test_outcome_of_a_superseded_attempt_changes_nothing(
     assert late is None
     state = await row(pool)
     assert (state["status"], state["attempts"], state["last_error"]) == ("pending", 2, None)
-    assert await outbox.record_delivered(current, status_code=204, duration_ms=1.0)
+    assert await record_delivered(outbox, current, status_code=204, duration_ms=1.0)
     state = await row(pool)
     assert (state["status"], state["last_status_code"]) == ("delivered", 204)
     assert state["delivered_at"] is not None
-    assert not await outbox.record_delivered(current, status_code=200, duration_ms=1.0)
+    assert not await record_delivered(outbox, current, status_code=200, duration_ms=1.0)
     details = await audit_details(pool)
     assert [(d["attempt"], d["status"]) for d in details] == [
         (1, None),
@@ -499,15 +544,21 @@ async def test_concurrent_outcomes_share_one_statement_and_each_caller_learns_it
     """Outcomes that arrive while a recording is due are written together; each gets its status."""
     await make_events(repo, 6)
     events = await claim(outbox, await db_now(pool))
-    recorder = dispatcher.OutcomeRecorder(outbox)
+    writes: list[int] = []
+
+    async def write(group: Sequence[repository.Outcome]) -> list[Any]:
+        writes.append(len(group))
+        return list(await outbox.record_outcomes(group))
+
+    outcomes = group_commit.GroupCommit(write, max_batch=32)
     statuses = await asyncio.gather(
         *(
-            recorder.record(outcome(e, 200) if i % 2 else outcome(e, 500, "HTTP 500"))
+            outcomes.submit(outcome(e, 200) if i % 2 else outcome(e, 500, "HTTP 500"))
             for i, e in enumerate(events)
         )
     )
     assert statuses == ["pending", "delivered"] * 3
-    assert recorder.statements == 1
+    assert writes == [6]
     counts = await pool.fetch(
         "SELECT status, count(*) AS n FROM menos.callback_outbox GROUP BY status ORDER BY status"
     )
@@ -523,16 +574,15 @@ async def test_an_outcome_the_database_refuses_does_not_sink_its_group(
     """If one outcome of a group cannot be stored, the others are still recorded, one by one."""
     await make_events(repo, 3)
     good, bad, also_good = await claim(outbox, await db_now(pool))
-    recorder = dispatcher.OutcomeRecorder(outbox)
-    results = await asyncio.gather(
-        recorder.record(outcome(good, 200)),
-        recorder.record(outcome(bad, 2**40, "HTTP ?")),  # no such status code fits the column
-        recorder.record(outcome(also_good, 200)),
-        return_exceptions=True,
+    results = await outbox.record_outcomes(
+        [
+            outcome(good, 200),
+            outcome(bad, 2**40, "HTTP ?"),  # no such status code fits the column
+            outcome(also_good, 200),
+        ]
     )
     assert results[0] == results[2] == "delivered"
-    assert isinstance(results[1], asyncpg.PostgresError)
-    assert recorder.statements == 4  # the group, then each outcome alone
+    assert isinstance(results[1], errors.Refused)
     status = await pool.fetchval(
         "SELECT status FROM menos.callback_outbox WHERE event_id = $1", bad.event_id
     )
@@ -573,7 +623,7 @@ async def test_outcome_lost_to_a_database_outage_is_attempted_again(
     assert await claim(outbox, state["next_attempt_at"] - dt.timedelta(seconds=0.1)) == []
     (again,) = await claim(outbox, state["next_attempt_at"])
     assert again.attempts == 2
-    assert await outbox.record_delivered(again, status_code=200, duration_ms=1.0)
+    assert await record_delivered(outbox, again, status_code=200, duration_ms=1.0)
     assert (await row(pool))["status"] == "delivered"
 
 

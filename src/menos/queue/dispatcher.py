@@ -16,7 +16,7 @@ import structlog
 
 from menos import db, errors, versions
 from menos.pipeline import ssrf
-from menos.queue import models, notify, repository, signing, stats
+from menos.queue import group_commit, models, notify, repository, signing, stats
 from menos.settings import Settings
 
 log = structlog.get_logger("menos.dispatcher")
@@ -61,78 +61,6 @@ class Attempt(msgspec.Struct, frozen=True):
     error: str | None
 
 
-class OutcomeRecorder:
-    """Group commit of attempt outcomes: one statement records every outcome that is waiting.
-
-    An outcome is written at once when no recording is in flight; otherwise it waits for that
-    one to end and is written with everything that arrived meanwhile. Each caller learns its
-    own outcome's status (None: its event moved on) or the error that kept it from being
-    recorded; then its event stays held and is attempted again (at least once, never lost).
-    """
-
-    def __init__(self, repo: repository.OutboxRepository) -> None:
-        self.repo = repo
-        self.statements = 0  # recording statements sent, for tests and benchmarks
-        self._waiting: list[tuple[repository.Outcome, asyncio.Future[Status]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def record(self, outcome: repository.Outcome) -> Status:
-        """Record one outcome, grouped with whatever else waits; returns its status."""
-        future: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
-        self._waiting.append((outcome, future))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write(), name="callback-outcomes")
-        return await future
-
-    async def cancel(self) -> None:
-        """Stop recording (the dispatcher is cancelled): unrecorded events are attempted again."""
-        writer = self._writer
-        if writer is not None:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-
-    async def _write(self) -> None:
-        try:
-            while self._waiting:
-                group, self._waiting = self._waiting, []
-                await self._write_group(group)
-        except asyncio.CancelledError:
-            group, self._waiting = self._waiting, []
-            for _, future in group:
-                future.cancel()
-            raise
-        finally:
-            self._writer = None
-
-    async def _write_group(
-        self, group: list[tuple[repository.Outcome, asyncio.Future[Status]]]
-    ) -> None:
-        self.statements += 1
-        try:
-            statuses = await self.repo.record_outcomes([outcome for outcome, _ in group])
-        except asyncio.CancelledError:
-            for _, future in group:
-                future.cancel()
-            raise
-        except errors.DatabaseUnavailable as exc:
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        except Exception as exc:
-            if len(group) > 1:  # one outcome the database refuses must not sink the others
-                for one in group:
-                    await self._write_group([one])
-                return
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), status in zip(group, statuses, strict=True):
-            if not future.done():
-                future.set_result(status)
-
-
 class Dispatcher:
     """Claims due events with SKIP LOCKED, sends them signed, records every attempt.
 
@@ -140,7 +68,7 @@ class Dispatcher:
     request is sent; the outcome is recorded guarded by (event, attempt). A dispatcher that
     dies mid-delivery loses nothing: its events are claimed again once their hold runs out,
     or end `failed` when that was their last attempt. Outcomes of concurrent deliveries are
-    recorded together (`OutcomeRecorder`).
+    recorded together (a group commit).
     """
 
     def __init__(
@@ -156,7 +84,7 @@ class Dispatcher:
         self.process_id = process_id
         self.stats = stats.ProcessStats()
         self.repo = repo
-        self.recorder = OutcomeRecorder(repo)
+        self.outcomes = group_commit.GroupCommit(repo.record_outcomes, max_batch=config.batch_size)
         self.client = client
         self._dsn = dsn
         self._tasks: set[asyncio.Task[None]] = set()
@@ -222,18 +150,20 @@ class Dispatcher:
         )
         status: Status
         try:
-            status = await self.recorder.record(outcome)
+            recorded = await self.outcomes.submit(outcome)
         except errors.DatabaseUnavailable as exc:
+            recorded = errors.Refused(str(exc))
+        except Exception as exc:
+            log.exception("callback_outcome_recording_failed", event_id=str(event.event_id))
+            recorded = errors.Refused(str(exc))
+        if isinstance(recorded, errors.Refused):
             # The event stays held, then is claimed again: at least once, never lost.
             log.warning(
-                "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(exc)
+                "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(recorded)
             )
             status = None
-        except Exception as exc:
-            log.exception(
-                "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(exc)
-            )
-            status = None
+        else:
+            status = recorded
         if status == "pending":  # our own retry: look for it when it comes due
             retry_in = self.config.backoff_s * 4.0 ** (event.attempts - 1)
             self._look_by(asyncio.get_running_loop().time() + retry_in)
@@ -363,7 +293,7 @@ class Dispatcher:
             for task in list(self._tasks):
                 task.cancel()  # only when run() itself is cancelled: held events are retried
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            await self.recorder.cancel()
+            await self.outcomes.cancel()
             await self._flush_stats()
         log.info("dispatcher_stopped")
 

@@ -45,6 +45,13 @@ class GroupCommit(Generic[In, Out]):
         while self._writer is not None:
             await asyncio.shield(self._writer)
 
+    async def cancel(self) -> None:
+        """Stop writing: every item not yet written is dropped and its submitter cancelled."""
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
     async def _drain(self) -> None:
         batch: list[tuple[In, asyncio.Future[Out]]] = []
         try:

@@ -786,61 +786,27 @@ class OutboxRepository(_Store):
             next_due_in=rows[0]["next_due_in"] if rows else None,
         )
 
-    async def record_delivered(
-        self,
-        event: models.OutboxEvent,
-        *,
-        status_code: int,
-        duration_ms: float,
-        now: dt.datetime | None = None,
-    ) -> bool:
-        """Mark the event delivered by this attempt; False when the event moved on."""
-        outcome = Outcome(
-            event=event, status_code=status_code, error=None, duration_ms=duration_ms, now=now
-        )
-        (status,) = await self.record_outcomes([outcome])
-        return status is not None
-
-    async def record_failure(
-        self,
-        event: models.OutboxEvent,
-        *,
-        status_code: int | None,
-        error: str,
-        duration_ms: float,
-        max_attempts: int,
-        backoff_s: float,
-        now: dt.datetime | None = None,
-    ) -> OutboxStatus | None:
-        """Record a failed attempt: `pending` again after the backoff, or `failed` after the last.
-
-        The retry comes `backoff_s * 4 ** (attempt - 1)` seconds after `now`. None when the
-        event moved on.
-        """
-        outcome = Outcome(
-            event=event,
-            status_code=status_code,
-            error=error,
-            duration_ms=duration_ms,
-            max_attempts=max_attempts,
-            backoff_s=backoff_s,
-            now=now,
-        )
-        (status,) = await self.record_outcomes([outcome])
-        return status
-
-    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[OutboxStatus | None]:
+    async def record_outcomes(
+        self, outcomes: Sequence[Outcome]
+    ) -> list[OutboxStatus | errors.Refused | None]:
         """Record many attempts' outcomes in one statement; each one's status, in order.
 
         Each outcome is guarded on its own (a None status: that event moved on) and leaves its
-        `audit.callback_delivery` row; all of them commit together or not at all.
+        `audit.callback_delivery` row; all of them commit together. When the database refuses
+        the group, each outcome is recorded alone, so one it refuses (answered `Refused`; its
+        event stays held and is attempted again) keeps none of the others from being recorded.
         """
         if not outcomes:
             return []
         rows = [_outcome_row(i, outcome) for i, outcome in enumerate(outcomes)]
-        async with self._conn() as conn:
-            found = await conn.fetch(self._q["record_outbox_outcomes"], rows, AUDIT_EVENT)
-        statuses: list[OutboxStatus | None] = [r["status"] for r in found]
+        try:
+            async with self._conn() as conn:
+                found = await conn.fetch(self._q["record_outbox_outcomes"], rows, AUDIT_EVENT)
+        except asyncpg.PostgresError as exc:
+            if len(outcomes) == 1:
+                return [errors.Refused(f"outcome not recorded: {exc}")]
+            return [(await self.record_outcomes([one]))[0] for one in outcomes]
+        statuses: list[OutboxStatus | errors.Refused | None] = [r["status"] for r in found]
         assert len(statuses) == len(outcomes)
         return statuses
 
