@@ -91,3 +91,20 @@ async def test_a_wrong_number_of_answers_fails_the_batch() -> None:
     group = GroupCommit(short, max_batch=10)
     results = await asyncio.gather(group.submit(1), group.submit(2), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_cancel_drops_what_is_not_written_and_cancels_its_submitters() -> None:
+    rec = Recorder()
+    group = GroupCommit(rec.write, max_batch=10)
+    rec.gate.clear()
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(group.submit(2))
+    await asyncio.sleep(0.01)
+    await group.cancel()
+    for task in (first, second):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert rec.batches == [[1]]  # 2 was never written
+    rec.gate.set()
+    assert await group.submit(3) == 30  # and a new item starts a new writer
