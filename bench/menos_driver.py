@@ -11,9 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import msgspec
-
 from bench.peers import protocol
 from menos import db, errors, versions
 from menos.queue import group_commit, models, repository
@@ -149,31 +146,11 @@ async def consume(
     return {"jobs": jobs}
 
 
-async def _json_codecs(conn: asyncpg.Connection[Any]) -> None:
-    """The JSON codecs menos's own pool installs (msgspec for json and jsonb)."""
-    for kind in ("json", "jsonb"):
-        await conn.set_type_codec(
-            kind,
-            encoder=lambda value: msgspec.json.encode(value).decode(),
-            decoder=msgspec.json.decode,
-            schema="pg_catalog",
-        )
-
-
-async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
-    """Experiment: skip asyncpg's RESET ALL / UNLISTEN * / CLOSE ALL round trip on release."""
-
-
 async def main() -> None:
     args = protocol.parser(__doc__ or "").parse_args()
     version()
     record = protocol.Recorder(args.record)
-    if args.no_reset:
-        pool = await asyncpg.create_pool(
-            args.dsn, min_size=1, max_size=POOL_MAX, init=_json_codecs, reset=_keep_session
-        )
-    else:
-        pool = await db.create_pool(args.dsn, min_size=1, max_size=POOL_MAX)
+    pool = await db.create_pool(args.dsn, min_size=1, max_size=POOL_MAX)
     repo = repository.Repository(pool, db.Queries())
     try:
         if args.mode == "install":

@@ -717,7 +717,6 @@ async def diagnose(bench: Bench) -> None:
     """
     drains: list[tuple[str, tuple[str, ...], bool]] = [
         ("drain batch 10, menos as it is", (), False),
-        ("drain batch 10, pool connections not reset on release", ("--no-reset",), False),
         ("drain batch 10, synchronous_commit=off", (), True),
     ]
     pipelines: list[tuple[str, bool, bool]] = [
@@ -768,10 +767,17 @@ async def run(args: argparse.Namespace, plan: Plan, work: Path, server: harness.
         fsync["before"] = await asyncio.to_thread(harness.fsync_rate, *probe)
     source = {"before": harness.source_fingerprint()}
     sections = args.only or [s for s in SECTIONS if not (args.quick and s in QUICK_SKIPS)]
+    failed = []
     for section in sections:
         began = time.monotonic()
-        await SECTIONS[section](bench, args)
+        try:
+            await SECTIONS[section](bench, args)
+        except Exception as exc:  # keep the other sections' figures; the run still fails
+            log(f"{section} failed: {type(exc).__name__}: {exc}")
+            failed.append({"section": section, "error": f"{type(exc).__name__}: {exc}"})
         bench.results.setdefault("seconds", {})[section] = round(time.monotonic() - began, 1)
+    if failed:
+        bench.results["failed_sections"] = failed
     if not args.quick:
         fsync["after"] = await asyncio.to_thread(harness.fsync_rate, *probe)
     bench.results["fsync_ops_per_s"] = fsync
@@ -841,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.output / f"{stamp}.md").write_text(table)
     print(table)
     log(f"written {args.output / stamp}.json and .md")
-    return 0
+    return 1 if results.get("failed_sections") else 0
 
 
 if __name__ == "__main__":

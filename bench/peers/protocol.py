@@ -57,11 +57,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="pace: how long")
     p.add_argument("--record", help="consume/pace: file receiving `seq wall_time` lines")
     p.add_argument("--worker-id", default="bench-worker")
-    p.add_argument(
-        "--no-reset",
-        action="store_true",
-        help="menos experiment: pool connections are not reset on release (not menos today)",
-    )
     return p
 
 
