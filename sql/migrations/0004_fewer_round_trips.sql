@@ -1,6 +1,6 @@
--- Fewer round trips, commits and row versions per job (docs/performance.md):
--- a claim returns each job with its content and does not wait for a WAL flush, and a
--- completion that already mirrored its status onto the content is not written twice.
+-- Fewer round trips, commits, statements and row versions per job (docs/performance.md):
+-- a claim returns each job with its content and does not wait for a WAL flush, the status
+-- trigger runs once per statement, and a completion writes its content row once.
 
 DROP FUNCTION menos.claim_jobs(text, integer, integer, double precision, timestamptz, text);
 
@@ -57,54 +57,73 @@ BEGIN
 END
 $$;
 
--- As in 0001, except that a content row already showing the job's status is left alone: a
--- completion writes its result and status in one update of the content row, not two.
-CREATE OR REPLACE FUNCTION menos.on_job_status() RETURNS trigger
+-- The status trigger becomes one per statement over its transition tables: a claim or a
+-- completion of many jobs mirrors their content rows and writes their outbox events in one
+-- statement each, not one per job. A content row already showing the job's status (a
+-- completion writes its result and status together) is left alone: one write per completion.
+-- Every terminal transition of a job with a callback_url still writes its outbox event in the
+-- transaction that made it.
+DROP TRIGGER pipeline_job_status ON menos.pipeline_job;
+DROP FUNCTION menos.on_job_status();
+
+CREATE FUNCTION menos.on_job_status() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    content_result jsonb;
+    written integer;
 BEGIN
-    UPDATE menos.content
-       SET processing_status = NEW.status, processed_at = now(), updated_at = now()
-     WHERE content_id = NEW.content_id AND latest_job_id = NEW.job_id
-       AND processing_status IS DISTINCT FROM NEW.status;
-
-    IF NEW.status IN ('completed', 'failed', 'cancelled') AND NEW.callback_url IS NOT NULL THEN
-        IF NEW.status = 'completed' THEN
-            SELECT result INTO content_result FROM menos.content
-             WHERE content_id = NEW.content_id AND latest_job_id = NEW.job_id;
-        END IF;
+    WITH changed AS (
+        SELECT n.*, gen_random_uuid() AS event_id
+          FROM new_jobs n JOIN old_jobs o USING (job_id)
+         WHERE n.status IS DISTINCT FROM o.status
+    ), mirrored AS (
+        UPDATE menos.content c
+           SET processing_status = ch.status, processed_at = now(), updated_at = now()
+          FROM changed ch
+         WHERE c.content_id = ch.content_id AND c.latest_job_id = ch.job_id
+           AND c.processing_status IS DISTINCT FROM ch.status
+    ), events AS (
         INSERT INTO menos.callback_outbox (event_id, job_id, owner, event_type, url, payload)
-        SELECT e.id, NEW.job_id, NEW.owner, 'job.' || NEW.status, NEW.callback_url,
+        SELECT ch.event_id, ch.job_id, ch.owner, 'job.' || ch.status, ch.callback_url,
                jsonb_build_object(
                    'schema_version', '1',
-                   'event_id', e.id,
-                   'type', 'job.' || NEW.status,
+                   'event_id', ch.event_id,
+                   'type', 'job.' || ch.status,
                    'created_at', menos.rfc3339(now()),
                    'data', jsonb_build_object(
-                       'job_id', NEW.job_id,
-                       'content_id', NEW.content_id,
-                       'resource_key', NEW.resource_key,
-                       'status', NEW.status,
-                       'pipeline_version', NEW.pipeline_version,
-                       'error_code', NEW.error_code,
-                       'error_stage', NEW.error_stage,
-                       'error_message', NEW.error_message,
-                       'created_at', menos.rfc3339(NEW.created_at),
-                       'started_at', menos.rfc3339(NEW.started_at),
-                       'finished_at', menos.rfc3339(NEW.finished_at),
+                       'job_id', ch.job_id,
+                       'content_id', ch.content_id,
+                       'resource_key', ch.resource_key,
+                       'status', ch.status,
+                       'pipeline_version', ch.pipeline_version,
+                       'error_code', ch.error_code,
+                       'error_stage', ch.error_stage,
+                       'error_message', ch.error_message,
+                       'created_at', menos.rfc3339(ch.created_at),
+                       'started_at', menos.rfc3339(ch.started_at),
+                       'finished_at', menos.rfc3339(ch.finished_at),
                        'result_summary', CASE
-                           WHEN NEW.status = 'completed' AND content_result IS NOT NULL THEN
+                           WHEN ch.status = 'completed' AND c.result IS NOT NULL THEN
                                jsonb_build_object(
-                                   'summary', content_result -> 'summary',
-                                   'tags', content_result -> 'tags',
-                                   'tier', content_result -> 'tier',
-                                   'quality_score', content_result -> 'quality_score')
+                                   'summary', c.result -> 'summary',
+                                   'tags', c.result -> 'tags',
+                                   'tier', c.result -> 'tier',
+                                   'quality_score', c.result -> 'quality_score')
                            ELSE NULL
                        END))
-          FROM (SELECT gen_random_uuid() AS id) AS e;
+          FROM changed ch
+          LEFT JOIN menos.content c
+            ON c.content_id = ch.content_id AND c.latest_job_id = ch.job_id
+         WHERE ch.status IN ('completed', 'failed', 'cancelled') AND ch.callback_url IS NOT NULL
+        RETURNING 1
+    )
+    SELECT count(*) INTO written FROM events;
+    IF written > 0 THEN
         PERFORM pg_notify('menos_outbox', '');
     END IF;
     RETURN NULL;
 END
 $$;
+
+CREATE TRIGGER pipeline_job_status AFTER UPDATE ON menos.pipeline_job
+    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION menos.on_job_status();
