@@ -18,9 +18,11 @@ class Recorder:
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail_on: int | None = None
+        self.writing = asyncio.Event()  # set when a write has begun
 
     async def write(self, items: Sequence[int]) -> list[int]:
         self.batches.append(list(items))
+        self.writing.set()
         await self.gate.wait()
         if self.fail_on in items:
             raise ValueError(f"refused {self.fail_on}")
@@ -40,9 +42,9 @@ async def test_items_submitted_during_a_write_go_in_the_next_one() -> None:
     group = GroupCommit(rec.write, max_batch=10)
     rec.gate.clear()
     first = asyncio.create_task(group.submit(1))
-    await asyncio.sleep(0.01)  # the first write is in flight, held by the gate
+    await rec.writing.wait()  # the first write is in flight, held by the gate
     later = [asyncio.create_task(group.submit(i)) for i in (2, 3, 4)]
-    await asyncio.sleep(0.01)
+    await asyncio.wait(later, timeout=0)  # they start and queue behind it
     assert rec.batches == [[1]]
     rec.gate.set()
     assert await first == 10
@@ -72,12 +74,12 @@ async def test_a_cancelled_submitter_is_still_written_and_close_waits_for_it() -
     group = GroupCommit(rec.write, max_batch=10)
     rec.gate.clear()
     task = asyncio.create_task(group.submit(5))
-    await asyncio.sleep(0.01)
+    await rec.writing.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     closing = asyncio.create_task(group.close())
-    await asyncio.sleep(0.01)
+    await asyncio.wait([closing], timeout=0)
     assert not closing.done()
     rec.gate.set()
     await closing
@@ -98,9 +100,9 @@ async def test_cancel_drops_what_is_not_written_and_cancels_its_submitters() -> 
     group = GroupCommit(rec.write, max_batch=10)
     rec.gate.clear()
     first = asyncio.create_task(group.submit(1))
-    await asyncio.sleep(0.01)
+    await rec.writing.wait()
     second = asyncio.create_task(group.submit(2))
-    await asyncio.sleep(0.01)
+    await asyncio.wait([second], timeout=0)  # it starts and queues behind the first write
     await group.cancel()
     for task in (first, second):
         with pytest.raises(asyncio.CancelledError):
