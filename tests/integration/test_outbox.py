@@ -680,7 +680,7 @@ async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_res
             statuses = await pool.fetch("SELECT status FROM menos.callback_outbox")
             if sorted(r["status"] for r in statuses) == ["delivered", "failed"]:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the interval of this poll for the condition above
         stop.set()
         await running
     assert (await row_of(pool, lost.event_id))["status"] == "failed"
