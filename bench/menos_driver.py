@@ -7,7 +7,6 @@ import contextlib
 import functools
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -173,11 +172,7 @@ async def main() -> None:
                     "",
                 )
         elif args.mode == "enqueue":
-            await protocol.wait_go()
-            began = time.perf_counter()
-            for start in range(0, args.jobs, args.batch):
-                await enqueue(repo, list(range(start, min(start + args.batch, args.jobs))))
-            protocol.emit(jobs=args.jobs, seconds=time.perf_counter() - began)
+            await protocol.timed_enqueue(functools.partial(enqueue, repo), args.jobs, args.batch)
         elif args.mode == "drain":
             await protocol.wait_go()
             protocol.emit(**await drain(repo, args.worker_id, args.batch))

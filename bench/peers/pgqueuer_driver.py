@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
-import time
 from datetime import timedelta
 
 import asyncpg
@@ -72,11 +72,7 @@ async def main() -> None:
             for start in range(0, args.jobs, 1000):
                 await enqueue(queries, list(range(start, min(start + 1000, args.jobs))))
         elif args.mode == "enqueue":
-            await protocol.wait_go()
-            began = time.perf_counter()
-            for start in range(0, args.jobs, args.batch):
-                await enqueue(queries, list(range(start, min(start + args.batch, args.jobs))))
-            protocol.emit(jobs=args.jobs, seconds=time.perf_counter() - began)
+            await protocol.timed_enqueue(functools.partial(enqueue, queries), args.jobs, args.batch)
         elif args.mode == "pace":
             total = await protocol.pace(
                 lambda seq: enqueue(queries, [seq]), args.rate, args.seconds, record

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
-import time
 from typing import Any
 
 import procrastinate
@@ -51,11 +51,9 @@ async def main() -> None:
                 for start in range(0, args.jobs, 1000):
                     await enqueue(task, list(range(start, min(start + 1000, args.jobs))))
             elif args.mode == "enqueue":
-                await protocol.wait_go()
-                began = time.perf_counter()
-                for start in range(0, args.jobs, args.batch):
-                    await enqueue(task, list(range(start, min(start + args.batch, args.jobs))))
-                protocol.emit(jobs=args.jobs, seconds=time.perf_counter() - began)
+                await protocol.timed_enqueue(
+                    functools.partial(enqueue, task), args.jobs, args.batch
+                )
             elif args.mode == "pace":
                 total = await protocol.pace(
                     lambda seq: enqueue(task, [seq]), args.rate, args.seconds, record
