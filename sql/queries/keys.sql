@@ -37,10 +37,3 @@ UPDATE menos.owner
        webhook_secret = $2
  WHERE name = $1
 RETURNING name;
-
--- name: owner_secrets
--- The secrets that sign an owner's callbacks now.
-SELECT webhook_secret,
-       CASE WHEN previous_secret_expires_at > coalesce($2::timestamptz, now())
-            THEN previous_webhook_secret END AS previous_webhook_secret
-  FROM menos.owner WHERE name = $1;

@@ -21,7 +21,7 @@ UPDATE menos.callback_outbox o
  WHERE o.event_id = due.event_id
 RETURNING o.event_id, o.job_id, o.owner, o.url, o.payload::text AS payload, o.attempts,
           o.created_at,
-          -- The same rule as owner_secrets: the previous secret signs too until it expires.
+          -- After a rotation the previous secret signs too, until it expires.
           w.webhook_secret,
           CASE WHEN w.previous_secret_expires_at > coalesce($1::timestamptz, now())
                THEN w.previous_webhook_secret END AS previous_webhook_secret,

@@ -738,26 +738,6 @@ class OutboxRepository(_Store):
     Each recorded attempt and its `audit.callback_delivery` row are one transaction.
     """
 
-    async def claim_due(
-        self,
-        limit: int,
-        *,
-        max_attempts: int,
-        backoff_s: float,
-        hold_s: float,
-        now: dt.datetime | None = None,
-    ) -> list[models.OutboxEvent]:
-        """Claim up to `limit` due events for one attempt each (several claimers are safe).
-
-        The attempt is counted and the event held for `hold_s` seconds (at least the attempt's
-        timeout), before the last attempt also for at least the next backoff, in the claim's
-        own committed statement: an attempt whose sender dies still counts.
-        """
-        claim = await self.claim_signed(
-            limit, max_attempts=max_attempts, backoff_s=backoff_s, hold_s=hold_s, now=now
-        )
-        return [c.event for c in claim.events]
-
     async def claim_signed(
         self,
         limit: int,
@@ -767,9 +747,13 @@ class OutboxRepository(_Store):
         hold_s: float,
         now: dt.datetime | None = None,
     ) -> Claim:
-        """`claim_due`, each event with the secrets that sign it now (as `owner_secrets` gives).
+        """Claim up to `limit` due events for one attempt each (several claimers are safe).
 
-        When it claims anything, it also tells what `next_due_in` would after it.
+        The attempt is counted and the event held for `hold_s` seconds (at least the attempt's
+        timeout), before the last attempt also for at least the next backoff, in the claim's
+        own committed statement: an attempt whose sender dies still counts. Each event comes
+        with the secrets that sign it now; when it claims anything, the claim also tells what
+        `next_due_in` would after it.
         """
         async with self._conn() as conn:
             rows = await conn.fetch(
@@ -840,17 +824,6 @@ class OutboxRepository(_Store):
                     },
                 )
         return swept
-
-    async def owner_secrets(self, owner: str, *, now: dt.datetime | None = None) -> list[str]:
-        """The secrets signing the owner's callbacks now; empty when the owner is unknown.
-
-        The current secret comes first, then the previous one while a rotation's overlap lasts.
-        """
-        async with self._conn() as conn:
-            row = await conn.fetchrow(self._q["owner_secrets"], owner, now)
-        if row is None:
-            return []
-        return [s for s in (row["webhook_secret"], row["previous_webhook_secret"]) if s]
 
     async def next_due_in(self, *, now: dt.datetime | None = None) -> float | None:
         """Seconds until the earliest pending event is due (≤ 0: due now); None when none waits.
