@@ -26,7 +26,10 @@ from menos import db, versions
 from menos.queue import repository
 
 BATCHES = (1, 10, 100)
-ENQUEUE_SCALE_MAX = 20  # batched enqueue measures up to 20x the jobs of single enqueue
+# Batched measurements handle more jobs (up to these multiples of the plan's count at batch
+# 1), so that each lasts long enough for start-up costs and timer noise not to count.
+ENQUEUE_SCALE_MAX = 20
+DRAIN_SCALE_MAX = 5
 WORKER_COUNTS = (1, 2, 4)
 LATENCY_RATE = 50.0
 LATENCY_SLOTS = 10
@@ -56,8 +59,8 @@ MARKDOWN_1KB = (
 class Plan(msgspec.Struct, frozen=True):
     """How much work each benchmark does."""
 
-    drain_jobs: int
-    enqueue_jobs: int  # at one job per call; batched calls enqueue more (see enqueue_jobs)
+    drain_jobs: int  # at batch 1, as scale_jobs; batched drains do more (DRAIN_SCALE_MAX)
+    enqueue_jobs: int  # at batch 1; batched calls enqueue more (ENQUEUE_SCALE_MAX)
     ceiling_jobs: int
     pipeline_jobs: int
     latency_s: float
@@ -204,7 +207,8 @@ class Bench:
             for round_ in range(self.plan.rounds):
                 for side in rotated(harness.SIDES, round_):
                     log(f"drain: {side} batch {batch} (round {round_ + 1})")
-                    runs[side].append(await self.drain_once(side, batch, self.plan.drain_jobs))
+                    jobs = scaled(self.plan.drain_jobs, batch, DRAIN_SCALE_MAX)
+                    runs[side].append(await self.drain_once(side, batch, jobs))
             rows += [median_run(found) for found in runs.values()]
         self.results["drain"] = rows
 
@@ -224,7 +228,7 @@ class Bench:
     async def enqueue_once(self, side: str, batch: int) -> dict[str, Any]:
         """One client enqueues the plan's jobs, `batch` per call, timed from `go`."""
         name, dsn = await self.fresh(side, f"enqueue{batch}")
-        jobs = enqueue_jobs(self.plan, batch)
+        jobs = scaled(self.plan.enqueue_jobs, batch, ENQUEUE_SCALE_MAX)
         counters = harness.Counters(self.server, name)
         await counters.start()
         driver = harness.Driver(
@@ -664,14 +668,11 @@ class Bench:
         for batch in BATCHES:
             empty: list[dict[str, Any]] = []
             full: list[dict[str, Any]] = []
+            jobs = scaled(self.plan.scale_jobs, batch, DRAIN_SCALE_MAX)
             for round_ in range(max(1, min(self.plan.rounds, 2))):
                 log(f"scale: menos drain batch {batch}, empty then {rows:,} rows ({round_ + 1})")
-                empty.append(await self.drain_once("menos", batch, self.plan.scale_jobs))
-                full.append(
-                    await self.drain_once(
-                        "menos", batch, self.plan.scale_jobs, database=(name, dsn)
-                    )
-                )
+                empty.append(await self.drain_once("menos", batch, jobs))
+                full.append(await self.drain_once("menos", batch, jobs, database=(name, dsn)))
             out.append({**median_run(full), "empty": median_run(empty)})
         explain = await self.explain(dsn)
         await self.server.drop_database(name)
@@ -698,9 +699,9 @@ class Bench:
         return plans
 
 
-def enqueue_jobs(plan: Plan, batch: int) -> int:
-    """Jobs per enqueue measurement: more for batched calls, so each lasts about as long."""
-    return plan.enqueue_jobs * min(batch, ENQUEUE_SCALE_MAX)
+def scaled(jobs: int, batch: int, most: int) -> int:
+    """Jobs for one measurement at `batch`: `jobs` times the batch, at most `most` times."""
+    return jobs * min(batch, most)
 
 
 def rotated(items: tuple[str, ...], by: int) -> tuple[str, ...]:
