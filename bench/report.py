@@ -156,6 +156,11 @@ def _cpu(row: dict[str, Any]) -> str:
     return " · ".join("-" if v is None else f"{v:.1f}" for v in parts)
 
 
+def _drain_cpu(row: dict[str, Any]) -> str:
+    cpu = row.get("cpu_us_per_job")
+    return f"{cpu['drivers']:.0f} + {cpu['postgres']:.0f}" if cpu else "-"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The result table: every comparison as a ratio, with the performance targets."""
     out: list[str] = []
@@ -193,9 +198,10 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(
             "| batch | menos jobs/s | pgqueuer jobs/s | procrastinate jobs/s "
             "| menos ÷ pgqueuer (≥ 1.0×) | menos ÷ procrastinate (≥ 10×) "
-            "| commits/job m · pq · pr | statements/job m · pq · pr | WAL bytes/job m · pq · pr |"
+            "| commits/job m · pq · pr | statements/job m · pq · pr | WAL bytes/job m · pq · pr "
+            "| CPU µs/job, drivers + postgres: m · pq · pr |"
         )
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for batch in sorted({r["batch"] for r in drain}):
             m, pq, pr = (_by(drain, side=s, batch=batch) or {} for s in harness.SIDES)
             out.append(
@@ -207,7 +213,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"| {m.get('statements_per_job')} · {pq.get('statements_per_job')} · "
                 f"{pr.get('statements_per_job')} "
                 f"| {m.get('wal_bytes_per_job')} · {pq.get('wal_bytes_per_job')} · "
-                f"{pr.get('wal_bytes_per_job')} |"
+                f"{pr.get('wal_bytes_per_job')} "
+                f"| {' · '.join(_drain_cpu(row) for row in (m, pq, pr))} |"
             )
             if m and pq:
                 targets.append(

@@ -167,6 +167,7 @@ class Bench:
                 d.read()  # ready
             stop_sampling = asyncio.Event()
             sampler = asyncio.create_task(harness.sample_waits(self.server, name, stop_sampling))
+            postgres_cpu = self.postgres_cpu()
             started = time.monotonic()
             for d in drivers:
                 d.go()
@@ -180,6 +181,7 @@ class Bench:
             finally:
                 stop_sampling.set()
                 waits = await sampler
+            postgres_cpu = self.postgres_cpu() - postgres_cpu
             outcome = [d.finish() for d in drivers]
         finally:
             for d in drivers:
@@ -197,6 +199,10 @@ class Bench:
             "jobs_per_s": round(jobs / seconds, 1),
             "workers": outcome,
             "waits_pct": waits,
+            "cpu_us_per_job": {
+                "drivers": round(sum(o.get("cpu_s", 0.0) for o in outcome) / jobs * 1e6, 1),
+                "postgres": round(postgres_cpu / jobs * 1e6, 1),
+            },
             **figures,
         }
 
@@ -458,6 +464,11 @@ class Bench:
         await self.server.drop_database(name)
         return result
 
+    def postgres_cpu(self) -> float:
+        """CPU seconds so far of the server and all its processes, exited ones included."""
+        running = self.server.pg.running()
+        return harness.tree_cpu_seconds(running.pid) if running else 0.0
+
     def cpu(
         self,
         procs: list[subprocess.Popen[bytes]],
@@ -466,11 +477,10 @@ class Bench:
         dispatcher: bool,
     ) -> dict[str, float]:
         """CPU seconds so far of the workers, postgres, the dispatcher and the receiver."""
-        running = self.server.pg.running()
         workers = procs[:-1] if dispatcher else procs
         return {
             "workers": sum(harness.cpu_seconds(p.pid) for p in workers),
-            "postgres": harness.tree_cpu_seconds(running.pid) if running else 0.0,
+            "postgres": self.postgres_cpu(),
             "dispatcher": harness.cpu_seconds(procs[-1].pid) if dispatcher else 0.0,
             "receiver": harness.cpu_seconds(receiver.pid),
         }

@@ -10,10 +10,16 @@ import time
 from typing import Any, TextIO
 
 GO_TIMEOUT_S = 120.0
+_cpu_at_go: list[float] = []  # the process's CPU time when `go` came, once it has
 
 
 def emit(**fields: Any) -> None:
-    """One JSON line on stdout: `ready`, then the driver's result."""
+    """One JSON line on stdout: `ready`, then the driver's result.
+
+    A result emitted after `go` carries `cpu_s`: this process's CPU seconds since `go`.
+    """
+    if _cpu_at_go and "ready" not in fields:
+        fields["cpu_s"] = round(time.process_time() - _cpu_at_go[0], 4)
     sys.stdout.write(json.dumps(fields) + "\n")
     sys.stdout.flush()
 
@@ -25,6 +31,7 @@ async def wait_go() -> None:
     line = await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), GO_TIMEOUT_S)
     if line.strip() != "go":
         raise SystemExit(f"expected 'go' on stdin, got {line!r}")
+    _cpu_at_go[:] = [time.process_time()]
 
 
 class Recorder:

@@ -205,6 +205,22 @@ async def test_cancel_pending_is_terminal_and_never_claimed(
     assert await repo.request_cancel(enq.job_id, owner="mallory") is None
 
 
+async def test_deleting_a_job_forgets_it_as_its_contents_latest(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """Any DELETE of a job (not only the purge) leaves its content with no latest job."""
+    await helpers.owner(repo)
+    first, second = await repo.enqueue_many([helpers.note(), helpers.note()])
+    await pool.execute("DELETE FROM menos.pipeline_job WHERE job_id = $1", first.job_id)
+    latest = await pool.fetch(
+        "SELECT content_id, latest_job_id FROM menos.content ORDER BY content_id"
+    )
+    assert {r["content_id"]: r["latest_job_id"] for r in latest} == {
+        first.content_id: None,
+        second.content_id: second.job_id,
+    }
+
+
 async def test_migrations_apply_twice_cleanly(database_url: str) -> None:
     """Running migrations on a migrated database applies nothing and fails nothing."""
     conn = await db.connect(database_url)
