@@ -7,7 +7,7 @@
 ALTER TABLE menos.content DROP CONSTRAINT content_latest_job_fk;
 
 CREATE FUNCTION menos.forget_deleted_jobs() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
 BEGIN
     UPDATE menos.content c SET latest_job_id = NULL
       FROM deleted_jobs d
