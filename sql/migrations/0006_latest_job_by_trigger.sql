@@ -7,11 +7,12 @@
 ALTER TABLE menos.content DROP CONSTRAINT content_latest_job_fk;
 
 CREATE FUNCTION menos.forget_deleted_jobs() RETURNS trigger
-LANGUAGE plpgsql SET enable_seqscan = off AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE menos.content c SET latest_job_id = NULL
       FROM deleted_jobs d
-     WHERE c.content_id = d.content_id AND c.latest_job_id = d.job_id;
+     WHERE c.content_id = ANY (ARRAY(SELECT content_id FROM deleted_jobs))  -- as in 0005
+       AND c.content_id = d.content_id AND c.latest_job_id = d.job_id;
     RETURN NULL;
 END
 $$;
