@@ -140,16 +140,14 @@ WITH picked AS (
 UPDATE menos.pipeline_job j
    SET status = 'processing', attempts = j.attempts + 1, worker_id = 'explain',
        lease_expires_at = now() + interval '60 seconds', started_at = now()
-  FROM picked
- WHERE j.job_id = picked.job_id
+ WHERE j.job_id = ANY (ARRAY(SELECT job_id FROM picked))
 RETURNING j.job_id;
 
 -- name: explain_count_processing
--- The count the claim function makes under its advisory lock (as in migration 0004, p_max = 100000).
+-- The count the claim function makes under its advisory lock (as in migration 0005, p_max = 100000).
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
 SELECT 100000 - count(*)
-  FROM (SELECT 1 FROM menos.pipeline_job
-         WHERE status = 'processing' AND lease_expires_at > '-infinity'
+  FROM (SELECT 1 FROM menos.pipeline_job WHERE lease_expires_at IS NOT NULL
          LIMIT 100000) AS processing;
 
 -- name: bench_job_count

@@ -46,7 +46,7 @@ UPDATE menos.pipeline_job j
        current_stage = h.stage,
        stages = coalesce($4::jsonb -> h.job_id::text, j.stages)
   FROM unnest($1::uuid[], $2::integer[], $3::text[]) AS h (job_id, attempts, stage)
- WHERE j.job_id = h.job_id AND j.status = 'processing' AND j.worker_id = $7
+ WHERE j.job_id = h.job_id AND (j.status = 'processing') IS TRUE AND j.worker_id = $7
    AND j.attempts = h.attempts
 RETURNING j.job_id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
@@ -56,7 +56,8 @@ UPDATE menos.content c
    SET body = $4, title = coalesce(c.title, $5), source_metadata = c.source_metadata || $6,
        updated_at = now()
   FROM menos.pipeline_job j
- WHERE j.job_id = $1 AND j.status = 'processing' AND j.worker_id = $2 AND j.attempts = $3
+ WHERE j.job_id = $1 AND (j.status = 'processing') IS TRUE AND j.worker_id = $2
+   AND j.attempts = $3
    AND c.content_id = j.content_id
 RETURNING c.content_id;
 
@@ -72,8 +73,13 @@ WITH run AS (
            stages = run.stages, diagnostics = run.diagnostics, full_payload = run.full_payload,
            lease_expires_at = NULL
       FROM run
-     WHERE j.job_id = run.job_id AND j.status = 'processing' AND j.worker_id = run.worker_id
-       AND j.attempts = run.attempts
+     -- Found by primary key (an id array). The guard's `(status = 'processing') IS TRUE` means
+     -- `status = 'processing'` but keeps the partial indexes out of the plan: after a VACUUM
+     -- of an idle queue they are recorded as empty, and the planner would read every pending
+     -- job through pipeline_job_one_active instead. Every guarded write here does the same.
+     WHERE j.job_id = ANY (ARRAY(SELECT job_id FROM run))
+       AND j.job_id = run.job_id AND (j.status = 'processing') IS TRUE
+       AND j.worker_id = run.worker_id AND j.attempts = run.attempts
     RETURNING j.job_id, j.content_id, j.owner, j.pipeline_version
 ), saved AS (
     -- The status mirror is written here too, so the trigger leaves the row alone: one new
@@ -103,7 +109,7 @@ UPDATE menos.pipeline_job
    SET status = 'failed', finished_at = coalesce($4::timestamptz, now()), error_code = $5,
        error_stage = $6, error_message = $7, stages = $8, diagnostics = $9, full_payload = $10,
        lease_expires_at = NULL
- WHERE job_id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
+ WHERE job_id = $1 AND (status = 'processing') IS TRUE AND worker_id = $2 AND attempts = $3
 RETURNING job_id;
 
 -- name: cancel_claimed_job
@@ -111,7 +117,7 @@ RETURNING job_id;
 UPDATE menos.pipeline_job
    SET status = 'cancelled', finished_at = coalesce($4::timestamptz, now()), stages = $5,
        diagnostics = $6, lease_expires_at = NULL
- WHERE job_id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
+ WHERE job_id = $1 AND (status = 'processing') IS TRUE AND worker_id = $2 AND attempts = $3
 RETURNING job_id;
 
 -- name: release_job
@@ -119,14 +125,14 @@ RETURNING job_id;
 UPDATE menos.pipeline_job
    SET status = 'pending', attempts = attempts - 1, worker_id = NULL, lease_expires_at = NULL,
        started_at = NULL, current_stage = NULL, stages = '[]'
- WHERE job_id = $1 AND status = 'processing' AND worker_id = $2 AND attempts = $3
+ WHERE job_id = $1 AND (status = 'processing') IS TRUE AND worker_id = $2 AND attempts = $3
 RETURNING job_id;
 
 -- name: rescue_expired
 -- Return expired-lease jobs to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked).
 WITH expired AS (
     SELECT job_id FROM menos.pipeline_job
-     WHERE status = 'processing' AND lease_expires_at < coalesce($1::timestamptz, now())
+     WHERE (status = 'processing') IS TRUE AND lease_expires_at < coalesce($1::timestamptz, now())
      ORDER BY lease_expires_at
      LIMIT 500
        FOR UPDATE SKIP LOCKED
