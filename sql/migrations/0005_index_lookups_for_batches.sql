@@ -11,7 +11,7 @@
 -- next ANALYZE the planner answered "how many jobs are running" through
 -- pipeline_job_one_active, reading every pending job. The leases index now holds exactly the
 -- rows with a lease (only a processing job has one: every write that ends or returns a run
--- clears it), and the count asks for leases alone, which no other index can answer.
+-- clears it), and the count asks for running jobs in a form only that index can answer.
 -- Bodies otherwise as in 0004 (migrations are forward-only).
 
 DROP INDEX menos.pipeline_job_leases;
@@ -29,10 +29,12 @@ DECLARE
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM pg_advisory_xact_lock(hashtext('menos.claim_jobs'));
-    -- Running jobs are the ones with a lease: the small pipeline_job_leases index, whatever
-    -- the statistics say; the limit bounds the count.
+    -- Running jobs are the ones holding a lease. Asked that way, only the small
+    -- pipeline_job_leases index can answer (a status condition would let the index of active
+    -- jobs, pending ones included, answer too), and a range on the lease keeps the estimate
+    -- small enough that a table never analyzed is not read whole instead. The limit bounds it.
     SELECT p_max - count(*) INTO free
-      FROM (SELECT 1 FROM menos.pipeline_job WHERE lease_expires_at IS NOT NULL
+      FROM (SELECT 1 FROM menos.pipeline_job WHERE lease_expires_at > '-infinity'
              LIMIT p_max) AS processing;
     IF least(free, p_limit) <= 0 THEN
         RETURN;
