@@ -381,3 +381,38 @@ async def test_a_completion_writes_its_content_row_once(
     assert (row["processing_status"], row["result"]["summary"]) == ("completed", "s")
     payload = await pool.fetchval("SELECT payload FROM menos.callback_outbox")
     assert payload["data"]["result_summary"]["summary"] == "s"
+
+
+async def test_claims_and_completions_read_no_table_whole_before_any_analyze(
+    database_url: str,
+) -> None:
+    """On 2,000 submissions never analyzed (a fresh install after a burst), claiming and
+    completing find their rows through indexes: no sequential scan of the job or content
+    tables, which would cost every claim a read of the whole queue. Heartbeats likewise."""
+    one = await db.create_pool(database_url, min_size=1, max_size=1)  # one backend's counters
+    try:
+        repo = repository.Repository(one, db.Queries())
+        await helpers.owner(repo)
+        await repo.enqueue_many([helpers.note() for _ in range(2000)])
+        before = await _sequential_scans(one)
+        for _ in range(3):
+            held = await claim(repo, "w", 10, cap=4)
+            assert len(held) == 4
+            guards = [repository.Guard(h.job.job_id, "w", h.job.attempts) for h in held]
+            beats = await repo.heartbeat("w", [(g, "analyze", []) for g in guards], lease_s=LEASE)
+            assert len(beats) == 4
+            assert all(await repo.complete_many([_run(h, "w", "s", ["t"]) for h in held]))
+        assert await _sequential_scans(one) == before
+    finally:
+        await one.close()
+
+
+async def _sequential_scans(one: asyncpg.Pool[Any]) -> dict[str, int]:
+    """Sequential scans of the queue's tables so far (the backend flushes its own counts
+    when it goes idle after the first statement; the second reads them)."""
+    await one.execute("SELECT pg_stat_force_next_flush()")
+    rows = await one.fetch(
+        "SELECT relname, seq_scan FROM pg_stat_user_tables"
+        " WHERE schemaname = 'menos' AND relname IN ('pipeline_job', 'content')"
+    )
+    return {r["relname"]: r["seq_scan"] for r in rows}
