@@ -43,9 +43,10 @@ WITH outcome AS (
 ),
 locked AS MATERIALIZED (
     -- Rows are locked in one order, so two dispatchers recording overlapping groups (a stale
-    -- outcome and the current one) wait for each other instead of deadlocking.
+    -- outcome and the current one) wait for each other instead of deadlocking. Found by
+    -- primary key (an id array): a semi-join let a table never analyzed be read whole.
     SELECT event_id FROM menos.callback_outbox
-     WHERE event_id IN (SELECT event_id FROM outcome)
+     WHERE event_id = ANY (ARRAY(SELECT event_id FROM outcome))
      ORDER BY event_id
        FOR UPDATE
 ),

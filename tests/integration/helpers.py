@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncpg
+
 from menos.queue import models, repository
 
 VERSION = "0.0.0-test"
@@ -33,3 +37,16 @@ def note(
 async def owner(repo: repository.Repository, name: str = "alice") -> None:
     """Make sure an owner exists (through a key, as users do)."""
     await repo.create_key(name, "user")
+
+
+async def sequential_scans(one: asyncpg.Pool[Any], tables: tuple[str, ...]) -> dict[str, int]:
+    """Sequential scans of these `menos` tables so far, on a pool of one connection (the
+    backend flushes its own counts when it goes idle after the first statement; the second
+    reads them)."""
+    await one.execute("SELECT pg_stat_force_next_flush()")
+    rows = await one.fetch(
+        "SELECT relname, seq_scan FROM pg_stat_user_tables"
+        " WHERE schemaname = 'menos' AND relname = ANY ($1::text[])",
+        list(tables),
+    )
+    return {r["relname"]: r["seq_scan"] for r in rows}

@@ -13,6 +13,7 @@ from menos.queue import models, repository
 from tests.integration import helpers
 
 LEASE = 30.0
+QUEUE_TABLES = ("pipeline_job", "content")
 
 
 async def claim(
@@ -394,7 +395,7 @@ async def test_claims_and_completions_read_no_table_whole_before_any_analyze(
         repo = repository.Repository(one, db.Queries())
         await helpers.owner(repo)
         await repo.enqueue_many([helpers.note() for _ in range(2000)])
-        before = await _sequential_scans(one)
+        before = await helpers.sequential_scans(one, QUEUE_TABLES)
         for _ in range(3):
             held = await claim(repo, "w", 10, cap=4)
             assert len(held) == 4
@@ -402,17 +403,6 @@ async def test_claims_and_completions_read_no_table_whole_before_any_analyze(
             beats = await repo.heartbeat("w", [(g, "analyze", []) for g in guards], lease_s=LEASE)
             assert len(beats) == 4
             assert all(await repo.complete_many([_run(h, "w", "s", ["t"]) for h in held]))
-        assert await _sequential_scans(one) == before
+        assert await helpers.sequential_scans(one, QUEUE_TABLES) == before
     finally:
         await one.close()
-
-
-async def _sequential_scans(one: asyncpg.Pool[Any]) -> dict[str, int]:
-    """Sequential scans of the queue's tables so far (the backend flushes its own counts
-    when it goes idle after the first statement; the second reads them)."""
-    await one.execute("SELECT pg_stat_force_next_flush()")
-    rows = await one.fetch(
-        "SELECT relname, seq_scan FROM pg_stat_user_tables"
-        " WHERE schemaname = 'menos' AND relname IN ('pipeline_job', 'content')"
-    )
-    return {r["relname"]: r["seq_scan"] for r in rows}
