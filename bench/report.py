@@ -370,23 +370,31 @@ def markdown(doc: dict[str, Any]) -> str:
         rows = scale["finished_rows"]
         out.append(f"## Scale: menos drain with {rows:,} finished jobs already in the table\n")
         out.append(
-            "| batch | empty table jobs/s | with finished rows jobs/s | ratio (≥ 0.90) "
-            "| WAL bytes/job empty · full | full-page images/job empty · full |"
+            "Each round drains an empty table, then the full one; the ratio is the median of "
+            "the rounds' ratios.\n"
         )
-        out.append("|---:|---:|---:|---:|---:|---:|")
+        out.append(
+            "| batch | empty table jobs/s | with finished rows jobs/s | ratio (≥ 0.90) "
+            "| each round's ratio | WAL bytes/job empty · full "
+            "| full-page images/job empty · full |"
+        )
+        out.append("|---:|---:|---:|---:|---|---:|---:|")
         for row in scale["drains"]:
-            ej = row["empty"]["jobs_per_s"]
             empty = row["empty"]
+            ej = empty["jobs_per_s"]
+            # Older results have no paired ratio: the ratio of the two medians stands in.
+            ratio = row.get("ratio") or (row["jobs_per_s"] / ej if ej else None)
+            each = " · ".join(f"{r:.2f}×" for r in row.get("ratio_rounds", []))
+            shown = f"{ratio:.2f}×" if ratio else "-"
             out.append(
-                f"| {row['batch']} | {ej} | {row['jobs_per_s']} | {_ratio(row['jobs_per_s'], ej)} "
+                f"| {row['batch']} | {ej} | {row['jobs_per_s']} | {shown} | {each or '-'} "
                 f"| {empty.get('wal_bytes_per_job')} · {row.get('wal_bytes_per_job')} "
                 f"| {empty.get('wal_fpi_per_job')} · {row.get('wal_fpi_per_job')} |"
             )
-            if ej:
+            if ratio:
                 targets.append(
-                    (f"scale ≥ 90 % of empty table at batch {row['batch']}",
-                     _ratio(row["jobs_per_s"], ej), row["jobs_per_s"] >= 0.9 * ej)
-                )  # fmt: skip
+                    (f"scale ≥ 90 % of empty table at batch {row['batch']}", shown, ratio >= 0.9)
+                )
         out.append("")
 
     diagnose = doc.get("diagnose")
