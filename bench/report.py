@@ -369,9 +369,12 @@ def markdown(doc: dict[str, Any]) -> str:
     if scale:
         rows = scale["finished_rows"]
         out.append(f"## Scale: menos drain with {rows:,} finished jobs already in the table\n")
+        paired = any("ratio" in row for row in scale["drains"])
         out.append(
             "Each round drains an empty table, then the full one; the ratio is the median of "
             "the rounds' ratios.\n"
+            if paired
+            else "The ratio is the full table's median round over the empty table's.\n"
         )
         out.append(
             "| batch | empty table jobs/s | with finished rows jobs/s | ratio (≥ 0.90) "
@@ -383,15 +386,15 @@ def markdown(doc: dict[str, Any]) -> str:
             empty = row["empty"]
             ej = empty["jobs_per_s"]
             # Older results have no paired ratio: the ratio of the two medians stands in.
-            ratio = row.get("ratio") or (row["jobs_per_s"] / ej if ej else None)
+            ratio = row["ratio"] if "ratio" in row else (row["jobs_per_s"] / ej if ej else None)
             each = " · ".join(f"{r:.2f}×" for r in row.get("ratio_rounds", []))
-            shown = f"{ratio:.2f}×" if ratio else "-"
+            shown = "-" if ratio is None else f"{ratio:.2f}×"
             out.append(
                 f"| {row['batch']} | {ej} | {row['jobs_per_s']} | {shown} | {each or '-'} "
                 f"| {empty.get('wal_bytes_per_job')} · {row.get('wal_bytes_per_job')} "
                 f"| {empty.get('wal_fpi_per_job')} · {row.get('wal_fpi_per_job')} |"
             )
-            if ratio:
+            if ratio is not None:
                 targets.append(
                     (f"scale ≥ 90 % of empty table at batch {row['batch']}", shown, ratio >= 0.9)
                 )

@@ -688,12 +688,13 @@ class Bench:
             paired = [
                 round(f["jobs_per_s"] / e["jobs_per_s"], 3)
                 for e, f in zip(empty, full, strict=True)
+                if e["jobs_per_s"]
             ]
             out.append(
                 {
                     **median_run(full),
                     "empty": median_run(empty),
-                    "ratio": sorted(paired)[(len(paired) - 1) // 2],
+                    "ratio": sorted(paired)[(len(paired) - 1) // 2] if paired else None,
                     "ratio_rounds": paired,
                 }
             )

@@ -693,6 +693,8 @@ async def test_dispatcher_claims_and_records_read_no_table_whole_before_any_anal
     """With 2,000 events never analyzed (a burst of completions on a fresh install), claiming
     due events and recording their outcomes find rows through indexes: no sequential scan of
     the outbox or the job table."""
+    tables = ("callback_outbox", "pipeline_job")
+    await helpers.never_analyzed(one_backend, tables)
     repo = repository.Repository(one_backend, db.Queries())
     box = repository.OutboxRepository(one_backend, db.Queries())
     await helpers.owner(repo)
@@ -714,7 +716,6 @@ async def test_dispatcher_claims_and_records_read_no_table_whole_before_any_anal
         for h in held
     ]
     assert all(await repo.complete_many(runs))
-    tables = ("callback_outbox", "pipeline_job")
     before = await helpers.sequential_scans(one_backend, tables)
     now = await db_now(one_backend)
     for _ in range(3):

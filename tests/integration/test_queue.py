@@ -391,6 +391,7 @@ async def test_claims_and_completions_read_no_table_whole_before_any_analyze(
     completing find their rows through indexes: no sequential scan of the job or content
     tables, which would cost every claim a read of the whole queue. Heartbeats and a
     deduplicated submission likewise."""
+    await helpers.never_analyzed(one_backend, QUEUE_TABLES)
     repo = repository.Repository(one_backend, db.Queries())
     await helpers.owner(repo)
     await repo.enqueue_many([helpers.note(key=f"url:{i}") for i in range(2000)])
