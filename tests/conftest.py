@@ -58,15 +58,6 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
 
 
 @pytest.fixture
-async def one_backend(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    """A pool of one connection on the test's database: one backend, whose own statistics
-    counters a test can read (see helpers.sequential_scans)."""
-    made = await db.create_pool(database_url, min_size=1, max_size=1)
-    yield made
-    await made.close()
-
-
-@pytest.fixture
 def repo(pool: asyncpg.Pool[Any]) -> repository.Repository:
     """The repository over the test's database."""
     return repository.Repository(pool, db.Queries())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 
+from menos import db
 from menos.queue import models, repository
 
 VERSION = "0.0.0-test"
@@ -40,26 +42,44 @@ async def owner(repo: repository.Repository, name: str = "alice") -> None:
     await repo.create_key(name, "user")
 
 
-async def never_analyzed(one: asyncpg.Pool[Any], tables: tuple[str, ...]) -> None:
-    """Keep autovacuum off these `menos` tables, so they stay never analyzed for the test;
-    skips below PostgreSQL 15, whose statistics cannot be flushed on demand."""
-    version = await one.fetchval("SELECT current_setting('server_version_num')::int")
-    if version < 150000:
-        pytest.skip("counting scans needs pg_stat_force_next_flush() (PostgreSQL 15 or later)")
-    for table in tables:
-        await one.execute(f"ALTER TABLE menos.{table} SET (autovacuum_enabled = off)")
+class OneTransaction:
+    """Stands in for a pool: every acquire hands out the same connection, inside one open
+    transaction, so `pg_stat_xact_user_tables` holds the counts of all the repository did
+    (the backend's own, unflushed: exact on every PostgreSQL version)."""
+
+    def __init__(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+        self.conn = conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
+        yield self.conn
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self.conn.fetchval(query, *args)
 
 
-async def sequential_scans(one: asyncpg.Pool[Any], tables: tuple[str, ...]) -> dict[str, int]:
-    """Sequential scans of these `menos` tables so far, on a pool of one connection (the
-    backend flushes its own counts when it goes idle after the first statement; the second
-    reads them)."""
-    await one.execute("SELECT pg_stat_force_next_flush()")
-    rows = await one.fetch(
-        "SELECT relname, seq_scan, last_autoanalyze FROM pg_stat_user_tables"
+@contextlib.asynccontextmanager
+async def one_transaction(database_url: str) -> AsyncIterator[OneTransaction]:
+    """A pool stand-in whose work is one transaction, rolled back at the end."""
+    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                yield OneTransaction(conn)
+            finally:
+                await tx.rollback()
+    finally:
+        await pool.close()
+
+
+async def sequential_scans(one: OneTransaction, tables: tuple[str, ...]) -> dict[str, int]:
+    """Sequential scans of these `menos` tables in the transaction so far."""
+    rows = await one.conn.fetch(
+        "SELECT relname, seq_scan FROM pg_stat_xact_user_tables"
         " WHERE schemaname = 'menos' AND relname = ANY ($1::text[])",
         list(tables),
     )
     assert sorted(r["relname"] for r in rows) == sorted(tables)
-    assert all(r["last_autoanalyze"] is None for r in rows)
     return {r["relname"]: r["seq_scan"] for r in rows}

@@ -688,42 +688,42 @@ async def row_of(pool: asyncpg.Pool[Any], event_id: Any) -> dict[str, Any]:
 
 
 async def test_dispatcher_claims_and_records_read_no_table_whole_before_any_analyze(
-    one_backend: asyncpg.Pool[Any],
+    database_url: str,
 ) -> None:
     """With 2,000 events never analyzed (a burst of completions on a fresh install), claiming
     due events and recording their outcomes find rows through indexes: no sequential scan of
     the outbox or the job table."""
     tables = ("callback_outbox", "pipeline_job")
-    await helpers.never_analyzed(one_backend, tables)
-    repo = repository.Repository(one_backend, db.Queries())
-    box = repository.OutboxRepository(one_backend, db.Queries())
-    await helpers.owner(repo)
-    await repo.enqueue_many(
-        [helpers.note(callback_url="https://example.com/hook") for _ in range(2000)]
-    )
-    held = await repo.claim(
-        "w", 2000, max_processing=2000, lease_s=30, pipeline_version=helpers.VERSION
-    )
-    runs = [
-        repository.Completion(
-            guard=repository.Guard(h.job.job_id, "w", h.job.attempts),
-            result={"summary": "s"},
-            tags=[],
-            stages=[],
-            diagnostics={},
-            full_payload=None,
+    async with helpers.one_transaction(database_url) as one:
+        repo = repository.Repository(one, db.Queries())  # type: ignore[arg-type]
+        box = repository.OutboxRepository(one, db.Queries())  # type: ignore[arg-type]
+        await helpers.owner(repo)
+        await repo.enqueue_many(
+            [helpers.note(callback_url="https://example.com/hook") for _ in range(2000)]
         )
-        for h in held
-    ]
-    assert all(await repo.complete_many(runs))
-    before = await helpers.sequential_scans(one_backend, tables)
-    now = await db_now(one_backend)
-    for _ in range(3):
-        events = await claim(box, now, limit=10)
-        assert len(events) == 10
-        outcomes = [
-            repository.Outcome(event=e, status_code=204, error=None, duration_ms=1.0, now=now)
-            for e in events
+        held = await repo.claim(
+            "w", 2000, max_processing=2000, lease_s=30, pipeline_version=helpers.VERSION
+        )
+        runs = [
+            repository.Completion(
+                guard=repository.Guard(h.job.job_id, "w", h.job.attempts),
+                result={"summary": "s"},
+                tags=[],
+                stages=[],
+                diagnostics={},
+                full_payload=None,
+            )
+            for h in held
         ]
-        assert await box.record_outcomes(outcomes) == ["delivered"] * 10
-    assert await helpers.sequential_scans(one_backend, tables) == before
+        assert all(await repo.complete_many(runs))
+        before = await helpers.sequential_scans(one, tables)
+        now = await db_now(one)  # type: ignore[arg-type]
+        for _ in range(3):
+            events = await claim(box, now, limit=10)
+            assert len(events) == 10
+            outcomes = [
+                repository.Outcome(event=e, status_code=204, error=None, duration_ms=1.0, now=now)
+                for e in events
+            ]
+            assert await box.record_outcomes(outcomes) == ["delivered"] * 10
+        assert await helpers.sequential_scans(one, tables) == before

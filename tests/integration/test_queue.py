@@ -385,24 +385,24 @@ async def test_a_completion_writes_its_content_row_once(
 
 
 async def test_claims_and_completions_read_no_table_whole_before_any_analyze(
-    one_backend: asyncpg.Pool[Any],
+    database_url: str,
 ) -> None:
     """On 2,000 submissions never analyzed (a fresh install after a burst), claiming and
     completing find their rows through indexes: no sequential scan of the job or content
     tables, which would cost every claim a read of the whole queue. Heartbeats and a
     deduplicated submission likewise."""
-    await helpers.never_analyzed(one_backend, QUEUE_TABLES)
-    repo = repository.Repository(one_backend, db.Queries())
-    await helpers.owner(repo)
-    await repo.enqueue_many([helpers.note(key=f"url:{i}") for i in range(2000)])
-    before = await helpers.sequential_scans(one_backend, QUEUE_TABLES)
-    again = await repo.enqueue(helpers.note(key="url:1999"))  # the owner's known resource
-    assert again.deduplicated
-    for _ in range(3):
-        held = await claim(repo, "w", 10, cap=4)
-        assert len(held) == 4
-        guards = [repository.Guard(h.job.job_id, "w", h.job.attempts) for h in held]
-        beats = await repo.heartbeat("w", [(g, "analyze", []) for g in guards], lease_s=LEASE)
-        assert len(beats) == 4
-        assert all(await repo.complete_many([_run(h, "w", "s", ["t"]) for h in held]))
-    assert await helpers.sequential_scans(one_backend, QUEUE_TABLES) == before
+    async with helpers.one_transaction(database_url) as one:
+        repo = repository.Repository(one, db.Queries())  # type: ignore[arg-type]
+        await helpers.owner(repo)
+        await repo.enqueue_many([helpers.note(key=f"url:{i}") for i in range(2000)])
+        before = await helpers.sequential_scans(one, QUEUE_TABLES)
+        again = await repo.enqueue(helpers.note(key="url:1999"))  # the owner's known resource
+        assert again.deduplicated
+        for _ in range(3):
+            held = await claim(repo, "w", 10, cap=4)
+            assert len(held) == 4
+            guards = [repository.Guard(h.job.job_id, "w", h.job.attempts) for h in held]
+            beats = await repo.heartbeat("w", [(g, "analyze", []) for g in guards], lease_s=LEASE)
+            assert len(beats) == 4
+            assert all(await repo.complete_many([_run(h, "w", "s", ["t"]) for h in held]))
+        assert await helpers.sequential_scans(one, QUEUE_TABLES) == before
