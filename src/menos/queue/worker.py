@@ -23,6 +23,7 @@ log = structlog.get_logger("menos.worker")
 CHANNEL_JOBS = "menos_jobs"
 CHANNEL_CANCEL = "menos_cancel"
 VOCABULARY_TTL_S = 10.0
+KNOWN_TAGS_TTL_S = 60.0  # bounds the memory of an owner's known tags, not their truth
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,7 +76,7 @@ class _Slot(stages.Port):
         return await self.worker.vocabulary(self.claimed.job.owner)
 
     async def known_tags(self, tags: list[str]) -> set[str]:
-        return await self.worker.repo.known_tags(self.claimed.job.owner, tags)
+        return await self.worker.known_tags(self.claimed.job.owner, tags)
 
     async def persist(self, result: dict[str, Any], tags: list[str]) -> None:
         if self.lost:
@@ -94,6 +95,7 @@ class _Slot(stages.Port):
             raise outcome
         if not outcome:
             raise stages.Lost()
+        self.worker.learn_tags(self.claimed.job.owner, tags)
 
     def timings(self, *, close: bool = False) -> list[models.StageTiming]:
         """Stage timings so far; `close` ends the running stage now (for the final write)."""
@@ -128,6 +130,7 @@ class Worker:
         self._duties = duties
         self.stats = stats.ProcessStats()
         self._vocabularies: dict[str, tuple[float, list[str]]] = {}
+        self._known_tags: dict[str, tuple[float, set[str]]] = {}
         self._slots: dict[models.JobId, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -168,6 +171,30 @@ class Worker:
         tags = await self.repo.vocabulary(owner)
         self._vocabularies[owner] = (time.monotonic() + VOCABULARY_TTL_S, tags)
         return tags
+
+    async def known_tags(self, owner: str, tags: list[str]) -> set[str]:
+        """Which of `tags` the owner used before; only tags not yet known to be used are read.
+
+        An owner's tag, once used, stays used (`owner_tag` only counts up), so what the database
+        answered and what this worker persisted is kept per owner for KNOWN_TAGS_TTL_S. An
+        owner who keeps to their tags costs no query at all.
+        """
+        known = self._known_tag_set(owner)
+        unknown = [tag for tag in tags if tag not in known]
+        if unknown:
+            known.update(await self.repo.known_tags(owner, unknown))
+        return {tag for tag in tags if tag in known}
+
+    def learn_tags(self, owner: str, tags: Sequence[str]) -> None:
+        """Remember tags this worker has just persisted for `owner` (so they are used now)."""
+        self._known_tag_set(owner).update(tags)
+
+    def _known_tag_set(self, owner: str) -> set[str]:
+        cached = self._known_tags.get(owner)
+        if cached is None or cached[0] <= time.monotonic():
+            cached = (time.monotonic() + KNOWN_TAGS_TTL_S, set())
+            self._known_tags[owner] = cached
+        return cached[1]
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
