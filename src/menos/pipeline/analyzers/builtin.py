@@ -224,9 +224,8 @@ class BuiltinAnalyzer:
         self, text: str, vocabulary: Sequence[str], candidates: Sequence[Keyphrase]
     ) -> list[str]:
         """The owner's tags found in the text (most frequent first), then keyphrase tags."""
-        words = [_stem(word) for word in _ASCII_WORD.findall(_ascii(text).lower())]
-        haystack = " " + " ".join(words) + " "
         hits: list[tuple[int, int, str]] = []
+        haystack = _stemmed_words(text) if vocabulary else ""
         for rank, entry in enumerate(vocabulary):
             tag = result.normalize_tag(entry)
             if tag is None or any(tag == hit[2] for hit in hits):
@@ -279,17 +278,17 @@ class BuiltinAnalyzer:
                 named = phrase[:1].isupper() and _mid_sentence(phrase, text)
             recurs = haystack.count(" " + " ".join(words) + " ") >= 2
             (strong if named or recurs else weak).append(candidate)
-        chosen = [
-            candidate
-            for candidate in strong
-            if not any(_within(candidate.stems, longer.stems) for longer in strong)
-        ]
+        # A phrase gives way to a strong one that holds its stems as a contiguous run: stems have
+        # no spaces, so that is a substring test on the stems joined and framed by spaces.
+        longer = [(len(c.stems), " " + " ".join(c.stems) + " ") for c in strong]
+
+        def stands(candidate: Keyphrase) -> bool:
+            size, run = len(candidate.stems), " " + " ".join(candidate.stems) + " "
+            return not any(size < other_size and run in other for other_size, other in longer)
+
+        chosen = [candidate for candidate in strong if stands(candidate)]
         if len(chosen) < MIN_STRONG:
-            chosen += [
-                candidate
-                for candidate in weak
-                if not any(_within(candidate.stems, longer.stems) for longer in strong)
-            ]
+            chosen += [candidate for candidate in weak if stands(candidate)]
         return chosen
 
 
@@ -312,12 +311,10 @@ def _mid_sentence(word: str, text: str) -> bool:
     return False
 
 
-def _within(part: Sequence[str], whole: Sequence[str]) -> bool:
-    """Whether `part` is a shorter contiguous run of `whole`."""
-    size = len(part)
-    return size < len(whole) and any(
-        tuple(whole[start : start + size]) == tuple(part) for start in range(len(whole) - size + 1)
-    )
+def _stemmed_words(text: str) -> str:
+    """The text's ASCII words, lower-cased and stemmed, joined and framed by spaces."""
+    words = [_stem(word) for word in _ASCII_WORD.findall(_ascii(text).lower())]
+    return " " + " ".join(words) + " "
 
 
 def _topics(candidates: Sequence[Keyphrase]) -> list[dict[str, Any]]:
