@@ -143,12 +143,19 @@ class Server:
 
 
 class Counters:
-    """Commits (pg_stat_database) and top-level statements (pg_stat_statements) of one database."""
+    """Commits (pg_stat_database), writing transactions (transaction ids assigned, server-wide)
+    and top-level statements (pg_stat_statements) of one database.
+
+    pg_stat_database counts read-only transactions too, among them the one a LISTENing backend
+    runs to read each NOTIFY it receives; those reach the counters only when that backend
+    exits, with no statement of their own. The transaction ids count only commits that wrote.
+    """
 
     def __init__(self, server: Server, database: str) -> None:
         self.server = server
         self.database = database
         self._commits = 0
+        self._next_xid = 0
         self._wal_start = (0, 0)
 
     async def _stats(self, conn: asyncpg.Connection[Any]) -> int:
@@ -166,6 +173,7 @@ class Counters:
             await conn.execute(self.server.bench_q["bench_checkpoint"])
             await conn.execute(self.server.bench_q["bench_statements_reset"])
             self._commits = await self._stats(conn)
+            self._next_xid = await conn.fetchval(self.server.bench_q["bench_next_xid"])
             self._wal_start = await self._wal(conn)
         finally:
             await conn.close()
@@ -176,6 +184,7 @@ class Counters:
         conn = await self.server.admin()
         try:
             commits = await self._stats(conn) - self._commits - own_statements
+            writes = await conn.fetchval(self.server.bench_q["bench_next_xid"]) - self._next_xid
             wal_bytes, wal_fpi = await self._wal(conn)
             rows = await conn.fetch(self.server.bench_q["bench_statements"], self.database)
         finally:
@@ -194,6 +203,8 @@ class Counters:
         return {
             "commits": commits,
             "commits_per_job": round(commits / max(jobs, 1), 3),
+            "writing_transactions": writes,
+            "writing_transactions_per_job": round(writes / max(jobs, 1), 3),
             "statements": calls,
             "statements_per_job": round(calls / max(jobs, 1), 3),
             "claims": claims,

@@ -300,19 +300,25 @@ def markdown(doc: dict[str, Any]) -> str:
             "(bin/dispatcher to a receiver on 127.0.0.1)\n"
         )
         out.append(
-            "| workers × slots | jobs/s | statements/job | commits/job | claims/job "
-            "| CPU ms/job: workers · postgres · dispatcher · receiver | failed "
+            "| workers × slots | jobs/s | statements/job | commits/job | writing commits/job "
+            "| claims/job | CPU ms/job: workers · postgres · dispatcher · receiver | failed "
             "| callbacks delivered |"
         )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for row in pipeline:
             claims = _claims_per_job(row)
             out.append(
                 f"| {row['workers']} × {row['slots_per_worker']} | {row['jobs_per_s']} "
                 f"| {row['statements_per_job']} | {row['commits_per_job']} "
+                f"| {row.get('writing_transactions_per_job', '-')} "
                 f"| {claims if claims is not None else '-'} | {_cpu(row)} | {row['failed']} "
                 f"| {row['callbacks_delivered']}/{row['jobs']} |"
             )
+        out.append(
+            "\ncommits/job is pg_stat_database's count: read-only transactions too, among them"
+            " the one a LISTENing backend runs to read each NOTIFY. writing commits/job counts"
+            " the transaction ids assigned on the server: commits that wrote."
+        )
         two = _by(pipeline, workers=2)
         if two:
             targets.append(

@@ -174,6 +174,10 @@ SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') AS waiting
  WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()
    AND backend_type = 'client backend';
 
+-- name: bench_next_xid
+-- The next transaction id of the whole server: only transactions that write get one.
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid;
+
 -- name: bench_wal
 -- WAL written by the whole server so far (records, full-page images, bytes).
 SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal;
