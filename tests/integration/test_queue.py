@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
-import httpx
 
 from menos import db, errors
-from menos.pipeline import stages
-from menos.pipeline.analyzers import builtin
-from menos.queue import models, repository, worker
+from menos.queue import models, repository
 from tests.integration import helpers
 
 LEASE = 30.0
@@ -286,51 +282,6 @@ async def test_concurrent_completions_of_one_owner_never_deadlock(
         claimed = await claim(repo, "w", 24)
     uses = await pool.fetch("SELECT tag, uses FROM menos.owner_tag ORDER BY tag")
     assert {r["tag"]: r["uses"] for r in uses} == dict.fromkeys(tags, 72)
-
-
-async def test_a_worker_reads_only_the_tags_it_does_not_know_the_owner_used(
-    repo: repository.Repository, pool: asyncpg.Pool[Any]
-) -> None:
-    """Tags the database said were used, or that the worker persisted, are not read again;
-    a tag not known to be used is asked about every time; owners are kept apart."""
-    await helpers.owner(repo)
-    await repo.enqueue(helpers.note())
-    (held,) = await claim(repo, "other", 1)
-    assert await repo.complete_many([_run(held, "other", "s", ["x"])]) == [True]
-    reads: list[list[str]] = []
-
-    class CountingRepository(repository.Repository):
-        async def known_tags(self, owner: str, tags: Iterable[str]) -> set[str]:
-            reads.append(sorted(tags))
-            return await super().known_tags(owner, tags)
-
-    config = worker.WorkerConfig(
-        worker_id="w",
-        concurrency=1,
-        max_processing=1,
-        lease_s=LEASE,
-        max_attempts=3,
-        poll_s=1.0,
-        shutdown_grace_s=1.0,
-        pipeline_version=helpers.VERSION,
-    )
-    async with httpx.AsyncClient() as http:
-        ctx = stages.Context(
-            http=http,
-            metadata_http=http,
-            analyzer=builtin.BuiltinAnalyzer(),
-            max_body_bytes=1024,
-            oembed_url="http://127.0.0.1:9/oembed",
-            youtube_languages=("en",),
-        )
-        runner = worker.Worker(config, CountingRepository(pool, db.Queries()), ctx, dsn="unused")
-        assert await runner.known_tags("alice", ["x", "y"]) == {"x"}
-        assert await runner.known_tags("alice", ["y", "x"]) == {"x"}
-        assert reads == [["x", "y"], ["y"]]  # x is known now; y may be used any moment
-        runner.learn_tags("alice", ["y"])  # as after this worker persisted a run tagged y
-        assert await runner.known_tags("alice", ["x", "y"]) == {"x", "y"}
-        assert await runner.known_tags("bob", ["x"]) == set()
-        assert reads == [["x", "y"], ["y"], ["x"]]
 
 
 def _run(held: models.Claimed, worker: str, summary: str, tags: list[str]) -> repository.Completion:

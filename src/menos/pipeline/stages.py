@@ -198,9 +198,9 @@ async def _parse(state: _State, port: Port, ctx: Context, run: Run) -> None:
                 "EMPTY_RESPONSE", "the analyzer gave no JSON object, also after one repair call"
             )
     candidates = raw.get("tags") if isinstance(raw.get("tags"), list) else []
-    known = await port.known_tags(
-        [str(tag).strip().lower().replace(" ", "-").replace("_", "-") for tag in candidates or []]
-    )
+    # Only tags that can be kept are asked about: coerce drops the others whatever the answer.
+    valid = (result.normalize_tag(tag) for tag in candidates or [] if isinstance(tag, str))
+    known = await port.known_tags([tag for tag in valid if tag is not None])
     state.result = result.coerce(
         raw, known_tags=known, model=state.answer.model, processed_at=ctx.clock()
     )

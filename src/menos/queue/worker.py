@@ -23,7 +23,7 @@ log = structlog.get_logger("menos.worker")
 CHANNEL_JOBS = "menos_jobs"
 CHANNEL_CANCEL = "menos_cancel"
 VOCABULARY_TTL_S = 10.0
-KNOWN_TAGS_TTL_S = 60.0  # bounds the memory of an owner's known tags, not their truth
+KNOWN_TAGS_TTL_S = 60.0  # an owner's known tags are forgotten then: memory, not truth
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,8 +176,8 @@ class Worker:
         """Which of `tags` the owner used before; only tags not yet known to be used are read.
 
         An owner's tag, once used, stays used (`owner_tag` only counts up), so what the database
-        answered and what this worker persisted is kept per owner for KNOWN_TAGS_TTL_S. An
-        owner who keeps to their tags costs no query at all.
+        answered and what this worker persisted is kept per owner for up to KNOWN_TAGS_TTL_S.
+        An owner who keeps to their tags costs about one query a minute per worker.
         """
         known = self._known_tag_set(owner)
         unknown = [tag for tag in tags if tag not in known]
@@ -190,9 +190,14 @@ class Worker:
         self._known_tag_set(owner).update(tags)
 
     def _known_tag_set(self, owner: str) -> set[str]:
+        """The owner's set of tags known to be used, started afresh once it is too old."""
+        now = time.monotonic()
         cached = self._known_tags.get(owner)
-        if cached is None or cached[0] <= time.monotonic():
-            cached = (time.monotonic() + KNOWN_TAGS_TTL_S, set())
+        if cached is None or cached[0] <= now:
+            # Owners that stopped coming are forgotten here too, so memory follows the
+            # owners of the last minute, not every owner ever seen.
+            self._known_tags = {o: c for o, c in self._known_tags.items() if c[0] > now}
+            cached = (now + KNOWN_TAGS_TTL_S, set())
             self._known_tags[owner] = cached
         return cached[1]
 

@@ -1,0 +1,84 @@
+"""The parse stage's question to the worker: which of the answer's tags the owner used."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import httpx
+
+from menos.pipeline import analyzers, stages
+
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+class FixedAnalyzer:
+    """Answers every request with the same JSON object."""
+
+    name = "fixed"
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.text = json.dumps(answer)
+
+    async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
+        return analyzers.Answer(text=self.text, model="fixed")
+
+    async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
+        return first
+
+
+class RecordingPort:
+    """A worker stand-in: the owner used `used`; records what it is asked and what is kept."""
+
+    def __init__(self, used: set[str]) -> None:
+        self.used = used
+        self.asked: list[list[str]] = []
+        self.persisted: list[str] = []
+
+    async def boundary(self, stage: stages.Stage) -> None:
+        return None
+
+    async def save_fetched(self, body: str, title: str | None, metadata: dict[str, Any]) -> None:
+        return None
+
+    async def vocabulary(self) -> list[str]:
+        return []
+
+    async def known_tags(self, tags: list[str]) -> set[str]:
+        self.asked.append(tags)
+        return self.used & set(tags)
+
+    async def persist(self, result: dict[str, Any], tags: list[str]) -> None:
+        self.persisted = tags
+
+
+async def test_only_tags_that_can_be_kept_are_asked_about() -> None:
+    """Tags are normalized before the question; invalid ones and non-strings are not asked
+    about, since they are dropped whatever the answer; known ones do not count as new."""
+    tags = ["Job Queue", "c++", 5, "skip_locked", "Rust", "go", "zig", "lua"]
+    answer = {"summary": "s", "tags": tags}
+    port = RecordingPort(used={"job-queue", "skip-locked"})
+    item = stages.Item(
+        owner="alice",
+        content_type="markdown",
+        resource_key="cid:1",
+        source_url=None,
+        title="t",
+        tags=[],
+        body="# t\n\nSome text.",
+        source_metadata={},
+    )
+    async with httpx.AsyncClient() as http:
+        ctx = stages.Context(
+            http=http,
+            metadata_http=http,
+            analyzer=FixedAnalyzer(answer),
+            max_body_bytes=1024,
+            oembed_url="http://127.0.0.1:9/oembed",
+            youtube_languages=("en",),
+            clock=lambda: NOW,
+        )
+        await stages.run_pipeline(item, port, ctx, stages.Run(full=False, clock=ctx.clock))
+    assert port.asked == [["job-queue", "skip-locked", "rust", "go", "zig", "lua"]]
+    assert port.persisted == ["job-queue", "skip-locked", "rust", "go", "zig"]  # 3 new at most
