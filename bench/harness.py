@@ -143,12 +143,14 @@ class Server:
 
 
 class Counters:
-    """Commits (pg_stat_database), writing transactions (transaction ids assigned, server-wide)
-    and top-level statements (pg_stat_statements) of one database.
+    """Commits (pg_stat_database) and top-level statements (pg_stat_statements) of one
+    database, and writing transactions: transaction ids assigned, server-wide.
 
-    pg_stat_database counts read-only transactions too, among them the one a LISTENing backend
+    pg_stat_database counts read-only transactions too, mostly the one a LISTENing backend
     runs to read each NOTIFY it receives; those reach the counters only when that backend
-    exits, with no statement of their own. The transaction ids count only commits that wrote.
+    exits, with no statement of their own. Only a transaction that writes gets an id (an
+    aborted one or a subtransaction too, and autovacuum's ANALYZE), so the ids are about the
+    transactions that wrote.
     """
 
     def __init__(self, server: Server, database: str) -> None:
@@ -178,13 +180,17 @@ class Counters:
         finally:
             await conn.close()
 
-    async def stop(self, *, jobs: int, own_statements: int = 0) -> dict[str, Any]:
-        """Per-job figures since start; `own_statements` (the harness's polls) are taken out."""
+    async def stop(
+        self, *, jobs: int, own_statements: int = 0, own_writes: int = 0
+    ) -> dict[str, Any]:
+        """Per-job figures since start; the harness's own statements (polls) and writing
+        transactions (fills) are taken out."""
         await asyncio.sleep(1.1)  # backends flush their counters at most once a second
         conn = await self.server.admin()
         try:
             commits = await self._stats(conn) - self._commits - own_statements
-            writes = await conn.fetchval(self.server.bench_q["bench_next_xid"]) - self._next_xid
+            next_xid = await conn.fetchval(self.server.bench_q["bench_next_xid"])
+            writes = next_xid - self._next_xid - own_writes
             wal_bytes, wal_fpi = await self._wal(conn)
             rows = await conn.fetch(self.server.bench_q["bench_statements"], self.database)
         finally:

@@ -300,7 +300,7 @@ def markdown(doc: dict[str, Any]) -> str:
             "(bin/dispatcher to a receiver on 127.0.0.1)\n"
         )
         out.append(
-            "| workers × slots | jobs/s | statements/job | commits/job | writing commits/job "
+            "| workers × slots | jobs/s | statements/job | commits/job | writing transactions/job "
             "| claims/job | CPU ms/job: workers · postgres · dispatcher · receiver | failed "
             "| callbacks delivered |"
         )
@@ -314,11 +314,13 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"| {claims if claims is not None else '-'} | {_cpu(row)} | {row['failed']} "
                 f"| {row['callbacks_delivered']}/{row['jobs']} |"
             )
-        out.append(
-            "\ncommits/job is pg_stat_database's count: read-only transactions too, among them"
-            " the one a LISTENing backend runs to read each NOTIFY. writing commits/job counts"
-            " the transaction ids assigned on the server: commits that wrote."
-        )
+        if any("writing_transactions_per_job" in row for row in pipeline):
+            out.append(
+                "\ncommits/job is pg_stat_database's count: read-only transactions too, mostly"
+                " the one a LISTENing backend runs to read each NOTIFY. writing transactions/job"
+                " counts the transaction ids the server assigned (server-wide, the benchmark's"
+                " own fill taken out): about the transactions that wrote."
+            )
         two = _by(pipeline, workers=2)
         if two:
             targets.append(
@@ -393,8 +395,8 @@ def markdown(doc: dict[str, Any]) -> str:
             ej = empty["jobs_per_s"]
             # Older results have no paired ratio: the ratio of the two medians stands in.
             ratio = row["ratio"] if "ratio" in row else (row["jobs_per_s"] / ej if ej else None)
-            each = " · ".join(f"{r:.2f}×" for r in row.get("ratio_rounds", []))
-            shown = "-" if ratio is None else f"{ratio:.2f}×"
+            each = " · ".join(f"{r:.3f}×" for r in row.get("ratio_rounds", []))
+            shown = "-" if ratio is None else f"{ratio:.3f}×"  # 0.895 must not read as 0.90
             out.append(
                 f"| {row['batch']} | {ej} | {row['jobs_per_s']} | {shown} | {each or '-'} "
                 f"| {empty.get('wal_bytes_per_job')} · {row.get('wal_bytes_per_job')} "

@@ -446,7 +446,7 @@ class Bench:
             self.stop_all(procs)
             self.stop_all([receiver])
         seconds = float(window["last_finish"] - window["first_start"])
-        figures = await counters.stop(jobs=jobs, own_statements=1)
+        figures = await counters.stop(jobs=jobs, own_statements=1, own_writes=1)  # the fill
         result = {
             "workers": workers,
             "callbacks": callbacks,

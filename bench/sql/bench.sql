@@ -175,7 +175,8 @@ SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') AS waiting
    AND backend_type = 'client backend';
 
 -- name: bench_next_xid
--- The next transaction id of the whole server: only transactions that write get one.
+-- One past the newest transaction id of the whole server (exact when none is in flight); only
+-- transactions that write get an id.
 SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid;
 
 -- name: bench_wal
