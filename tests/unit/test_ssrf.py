@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import pathlib
 import ssl
@@ -14,6 +15,7 @@ import trustme
 
 from menos import errors
 from menos.pipeline import ssrf
+from tests.support.http_network import HandlerNetwork
 
 REFUSED = [
     "0.0.0.0",
@@ -169,65 +171,90 @@ async def test_refusal_names_the_callers_field() -> None:
     assert caught.value.field == "callback_url"
 
 
-def _recording_transport(
-    seen: list[httpx.Request], response: httpx.Response | None = None
-) -> httpx.MockTransport:
+def _ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, text="ok")
+
+
+async def test_transport_connects_to_the_checked_address_keeping_host() -> None:
+    """The connection goes to the address that was checked; the request keeps its URL."""
+    seen: list[httpx.Request] = []
+
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return response if response is not None else httpx.Response(200, text="ok")
+        return _ok(request)
 
-    return httpx.MockTransport(handler)
-
-
-async def test_transport_sends_to_the_checked_address_keeping_host() -> None:
-    """The request goes to the address that was checked, with the original Host header."""
-    seen: list[httpx.Request] = []
-    transport = ssrf.PinnedTransport(_recording_transport(seen), allow_private=True)
+    network = HandlerNetwork(handler)
+    transport = ssrf.PinnedTransport(allow_private=True, network=network)
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.get("http://localhost:8080/page?q=1")
     assert response.text == "ok"
-    assert str(response.url) == "http://localhost:8080/page?q=1"
+    [(address, port)] = network.connected
+    assert ipaddress.ip_address(address).is_loopback
+    assert port == 8080
     [sent] = seen
-    assert ipaddress.ip_address(sent.url.host).is_loopback
-    assert sent.url.port == 8080
-    assert sent.url.raw_path == b"/page?q=1"
-    assert sent.headers["host"] == "localhost:8080"
-    assert "sni_hostname" not in sent.extensions
+    assert str(sent.url) == "http://localhost:8080/page?q=1"
+    assert network.tls_names == []
 
 
 async def test_transport_sets_tls_name_for_https() -> None:
     """For https the certificate is verified against the real host name, not the IP."""
-    seen: list[httpx.Request] = []
-    transport = ssrf.PinnedTransport(_recording_transport(seen), allow_private=True)
+    network = HandlerNetwork(_ok)
+    transport = ssrf.PinnedTransport(allow_private=True, network=network)
     async with httpx.AsyncClient(transport=transport) as client:
         await client.get("https://localhost/secure")
-    [sent] = seen
-    assert sent.extensions["sni_hostname"] == "localhost"
-    assert sent.headers["host"] == "localhost"
-    assert sent.url.scheme == "https"
-    assert ipaddress.ip_address(sent.url.host).is_loopback
+    [(address, port)] = network.connected
+    assert ipaddress.ip_address(address).is_loopback
+    assert port == 443
+    assert network.tls_names == ["localhost"]
 
 
-async def test_transport_refuses_private_address_before_sending() -> None:
-    """Without allow_private nothing is sent to a private address."""
-    seen: list[httpx.Request] = []
-    transport = ssrf.PinnedTransport(_recording_transport(seen), allow_private=False)
+async def test_transport_refuses_private_address_before_connecting() -> None:
+    """Without allow_private nothing connects to a private address."""
+    network = HandlerNetwork(_ok)
+    transport = ssrf.PinnedTransport(allow_private=False, network=network)
     async with httpx.AsyncClient(transport=transport) as client:
         with pytest.raises(errors.InvalidInput):
             await client.get("http://localhost/")
-    assert seen == []
+    assert network.connected == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:secret@93.184.215.14/", "ftp://93.184.215.14/", "http:///nohost"]
+)
+async def test_transport_refuses_urls_the_rule_never_allows(url: str) -> None:
+    """User-info, other schemes and host-less URLs are refused before any connection."""
+    network = HandlerNetwork(_ok)
+    transport = ssrf.PinnedTransport(allow_private=True, network=network)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises((errors.InvalidInput, httpx.UnsupportedProtocol)):
+            await client.get(url)
+    assert network.connected == []
 
 
 async def test_transport_checks_every_redirect_hop() -> None:
     """A public page redirecting to cloud metadata is refused at the redirect hop."""
-    seen: list[httpx.Request] = []
     redirect = httpx.Response(302, headers={"location": "http://169.254.169.254/latest/"})
-    transport = ssrf.PinnedTransport(_recording_transport(seen, redirect), allow_private=False)
+    network = HandlerNetwork(lambda request: redirect)
+    transport = ssrf.PinnedTransport(allow_private=False, network=network)
     async with httpx.AsyncClient(transport=transport, follow_redirects=True) as client:
         with pytest.raises(errors.InvalidInput) as caught:
             await client.get("http://93.184.215.14/start")
     assert "169.254.169.254" in caught.value.message
-    assert [request.url.host for request in seen] == ["93.184.215.14"]
+    assert network.connected == [("93.184.215.14", 80)]
+
+
+async def test_kept_alive_connections_are_reused_per_name_only() -> None:
+    """A second request to the same name reuses its connection; another name for the same
+    address gets a connection (and, for https, a TLS check) of its own."""
+    address = (await ssrf.resolve_checked("https://localhost/", allow_private=True)).address
+    literal = f"[{address}]" if ":" in address else address
+    network = HandlerNetwork(_ok)
+    transport = ssrf.PinnedTransport(allow_private=True, network=network)
+    async with httpx.AsyncClient(transport=transport) as client:
+        for url in ("https://localhost/a", "https://localhost/b", f"https://{literal}/c"):
+            assert (await client.get(url)).text == "ok"
+    assert network.connected == [(address, 443), (address, 443)]
+    assert network.tls_names == ["localhost", address]
 
 
 async def test_transport_reaches_a_real_server_by_name() -> None:
@@ -279,13 +306,16 @@ def localhost_cert(tmp_path: pathlib.Path) -> LocalhostTLS:
 async def test_https_certificate_is_verified_against_the_name_not_the_ip(
     localhost_cert: LocalhostTLS,
 ) -> None:
-    """A pinned https request verifies the site's certificate for its real name."""
+    """A pinned https request verifies the site's certificate for its real name, and a
+    kept-alive connection verified for one name never carries a request for another."""
     ca, cert, key = localhost_cert
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecure")
-        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:  # keep the connection alive for as many requests as come
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure")
+                await writer.drain()
         writer.close()
 
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -293,14 +323,15 @@ async def test_https_certificate_is_verified_against_the_name_not_the_ip(
     address = (await ssrf.resolve_checked("https://localhost/", allow_private=True)).address
     server = await asyncio.start_server(serve, host=address, port=0, ssl=server_tls)
     port = server.sockets[0].getsockname()[1]
-    inner = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=str(ca)))
+    verify = ssl.create_default_context(cafile=str(ca))
     try:
         async with httpx.AsyncClient(
-            transport=ssrf.PinnedTransport(inner, allow_private=True)
+            transport=ssrf.PinnedTransport(allow_private=True, verify=verify)
         ) as client:
             response = await client.get(f"https://localhost:{port}/")
             assert response.text == "secure"
-            # The same certificate does not cover the bare IP: verification is really on.
+            # The same certificate does not cover the bare IP, so the open connection to the
+            # same address is not reused for it: verification is really on, per name.
             with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 literal = f"[{address}]" if ":" in address else address
                 await client.get(f"https://{literal}:{port}/")

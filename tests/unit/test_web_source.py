@@ -11,6 +11,7 @@ import pytest
 from menos import errors
 from menos.pipeline import ssrf
 from menos.pipeline.sources import web
+from tests.support.http_network import HandlerNetwork
 
 Handler = (
     Callable[[httpx.Request], httpx.Response]
@@ -40,9 +41,13 @@ later in the pipeline, well beyond a single short line of text.</p>
 
 
 def _client(handler: Handler, *, pinned: bool = False) -> httpx.AsyncClient:
-    transport: httpx.AsyncBaseTransport = httpx.MockTransport(handler)
-    if pinned:
-        transport = ssrf.PinnedTransport(transport, allow_private=False)
+    """A client answered by `handler`; `pinned` puts the SSRF checks of every connection
+    (`ssrf.PinnedTransport`) between the two."""
+    transport: httpx.AsyncBaseTransport = (
+        ssrf.PinnedTransport(allow_private=False, network=HandlerNetwork(handler))
+        if pinned
+        else httpx.MockTransport(handler)
+    )
     return httpx.AsyncClient(transport=transport, follow_redirects=False)
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import types
+from collections.abc import Iterable
 
+import httpcore
 import httpx
 import msgspec
 
@@ -113,6 +116,13 @@ async def resolve_checked(url: str, *, allow_private: bool, field: str = "url") 
     one is returned so the caller connects to exactly what was checked. Any refusal, an
     unparsable URL or an unresolvable host raises InvalidInput naming `field`.
     """
+    host, port = _target(url, field)
+    address = await checked_address(host, port, allow_private=allow_private, field=field)
+    return Pinned(url=url, host=host, address=address, port=port)
+
+
+def _target(url: str, field: str) -> tuple[str, int]:
+    """The host and port of an http(s) URL without user-info; InvalidInput naming `field`."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
@@ -128,7 +138,12 @@ async def resolve_checked(url: str, *, allow_private: bool, field: str = "url") 
         raise errors.InvalidInput(field, "URL host is not a valid host name") from None
     if not host:
         raise errors.InvalidInput(field, "URL has no host")
-    port = parsed.port or _DEFAULT_PORTS[scheme]
+    return host, parsed.port or _DEFAULT_PORTS[scheme]
+
+
+async def checked_address(host: str, port: int, *, allow_private: bool, field: str) -> str:
+    """The address to connect to for `host`: the first it resolves to, once every one of
+    them has passed the SSRF rule (unless `allow_private`); InvalidInput naming `field`."""
     addresses = await _resolve(host, port, field)
     if not allow_private:
         for address in addresses:
@@ -136,7 +151,7 @@ async def resolve_checked(url: str, *, allow_private: bool, field: str = "url") 
                 raise errors.InvalidInput(
                     field, f"host {host} resolves to a non-public address ({address})"
                 )
-    return Pinned(url=url, host=host, address=str(addresses[0]), port=port)
+    return str(addresses[0])
 
 
 async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
@@ -162,40 +177,83 @@ async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
     return addresses
 
 
-class PinnedTransport(httpx.AsyncBaseTransport):
-    """An httpx transport that applies the SSRF rule to every request and pins the address.
+class _PinnedNetwork(httpcore.AsyncNetworkBackend):
+    """Opens TCP connections only to checked addresses: each new connection resolves its host
+    once, applies the SSRF rule and connects to exactly the address it checked."""
 
-    Each request (so each redirect hop, when the caller follows redirects itself) is
-    resolved and checked by `resolve_checked`, then sent to the checked IP with the
-    original `Host` header and, for https, the original name as TLS SNI and certificate
-    name, so no second DNS lookup can change the destination. A refused address raises
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, *, allow_private: bool) -> None:
+        self._inner = inner
+        self._allow_private = allow_private
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Connect to the checked address of `host`; InvalidInput("url", …) when refused."""
+        address = await checked_address(host, port, allow_private=self._allow_private, field="url")
+        return await self._inner.connect_tcp(
+            address,
+            port,
+            timeout=timeout,
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Never: outbound requests go to checked TCP addresses only."""
+        raise errors.InvalidInput("url", "only TCP connections are allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        """The inner backend's sleep (connect retries)."""
+        await self._inner.sleep(seconds)
+
+
+class PinnedTransport(httpx.AsyncHTTPTransport):
+    """An httpx transport that applies the SSRF rule to every request and connection.
+
+    Each request (so each redirect hop, when the caller follows redirects itself) must be an
+    http(s) URL without user-info. Each new connection resolves its host once, checks every
+    address, and connects to the checked one, so no second DNS lookup can change the
+    destination. Connections are pooled per host name, as without pinning: a kept-alive
+    connection serves only the name it was opened (and, for https, its certificate
+    verified) for, never another name on the same address. A refusal raises
     `errors.InvalidInput("url", …)`; callers translate it.
+
+    `verify` is httpx's; `network` is the backend under the check (a test's fake network).
     """
 
     def __init__(
-        self, inner: httpx.AsyncBaseTransport | None = None, *, allow_private: bool
+        self,
+        *,
+        allow_private: bool,
+        verify: ssl.SSLContext | bool = True,
+        network: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
-        self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
-        self._allow_private = allow_private
+        tls = httpx.create_ssl_context(verify=verify)
+        super().__init__(verify=tls)
+        # httpx takes no network backend, so the pool it built is replaced by the same pool
+        # (httpx's default limits) over the checking backend.
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=tls,
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=_PinnedNetwork(
+                network if network is not None else httpcore.AnyIOBackend(),
+                allow_private=allow_private,
+            ),
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Check and pin `request.url`, then hand the rewritten request to the inner transport."""
-        pinned = await resolve_checked(str(request.url), allow_private=self._allow_private)
-        extensions = dict(request.extensions)
-        if request.url.scheme == "https":
-            extensions["sni_hostname"] = pinned.host
-        headers = request.headers.copy()
-        if "host" not in headers:
-            headers["host"] = request.url.netloc.decode("ascii")
-        pinned_request = httpx.Request(
-            request.method,
-            request.url.copy_with(host=pinned.address),
-            headers=headers,
-            stream=request.stream,
-            extensions=extensions,
-        )
-        return await self._inner.handle_async_request(pinned_request)
-
-    async def aclose(self) -> None:
-        """Close the inner transport and its connection pool."""
-        await self._inner.aclose()
+        """Refuse a URL the rule never allows, then send through the checking pool."""
+        _target(str(request.url), "url")
+        return await super().handle_async_request(request)
