@@ -8,6 +8,8 @@ from typing import Any
 
 import frontmatter
 import msgspec
+import yaml
+from frontmatter.default_handlers import YAMLHandler
 
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
@@ -19,16 +21,48 @@ class Note(msgspec.Struct, frozen=True):
     text: str
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: a few hundred bytes of nested aliases expand into
+    millions of values."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases are not allowed in frontmatter")
+        return super().compose_node(parent, index)
+
+
+class _FrontmatterYAML(YAMLHandler):
+    def load(self, fm: str, **kwargs: object) -> Any:
+        return super().load(fm, Loader=_NoAliasLoader)
+
+
+_HANDLER = _FrontmatterYAML()
+
+
 def parse(raw: str) -> Note:
-    """Split frontmatter from text; a broken frontmatter block is kept as plain text."""
+    """Split frontmatter from text. A frontmatter block that is not plain YAML data (broken,
+    using aliases, nested too deeply, or holding NUL characters, which no text field and no
+    JSON column accepts) is kept as plain text."""
     try:
-        post = frontmatter.loads(raw)
-    except Exception:  # malformed YAML: the note is still readable as it is
+        post = frontmatter.loads(raw, handler=_HANDLER)
+        metadata = msgspec.to_builtins(
+            {str(k): v for k, v in post.metadata.items()}, str_keys=True, enc_hook=str
+        )
+        if _holds_nul(metadata):
+            raise ValueError("NUL in frontmatter")
+    except Exception:  # the note is still readable as it is
         return Note(metadata={}, text=raw)
-    metadata = {str(k): v for k, v in post.metadata.items()}
-    return Note(
-        metadata=msgspec.to_builtins(metadata, str_keys=True, enc_hook=str), text=post.content
-    )
+    return Note(metadata=metadata, text=post.content)
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def first_heading(text: str) -> str | None:

@@ -1,0 +1,45 @@
+"""Markdown frontmatter: plain YAML data becomes metadata; anything else stays text."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from menos import markdown
+
+
+def test_frontmatter_becomes_metadata() -> None:
+    note = markdown.parse("---\ntitle: Hi\ndate: 2024-01-01\ntags: [a, b]\n---\n# H\ntext")
+    assert note.metadata == {"title": "Hi", "date": "2024-01-01", "tags": ["a", "b"]}
+    assert note.text == "# H\ntext"
+
+
+@pytest.mark.parametrize(
+    "frontmatter",
+    [
+        'title: "a\\0b"',  # YAML's escape makes a NUL no text field or JSON column accepts
+        '"a\\0": 1',
+        'tags: ["x", "y\\0"]',
+        "x: " + "[" * 3000 + "]" * 3000,  # deeper than the parser goes
+        "title: [unclosed",
+        "base: &b {k: v}\nother: *b",  # aliases are refused
+    ],
+)
+def test_frontmatter_that_is_not_plain_data_stays_text(frontmatter: str) -> None:
+    raw = f"---\n{frontmatter}\n---\nbody"
+    assert markdown.parse(raw) == markdown.Note(metadata={}, text=raw)
+
+
+def test_literal_backslash_sequences_are_kept() -> None:
+    note = markdown.parse('---\ntitle: "a \\\\u0000 b"\n---\nbody')
+    assert note.metadata == {"title": "a \\u0000 b"}
+
+
+def test_alias_expansion_is_not_paid_for() -> None:
+    """Seven levels of ten aliases would expand 400 bytes into 10 million values."""
+    levels = "".join(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 8))
+    raw = "---\na0: &a0 [x,x,x,x,x,x,x,x,x,x]\n" + levels + "---\nbody"
+    started = time.process_time()
+    assert markdown.parse(raw).metadata == {}
+    assert time.process_time() - started < 5  # expanding it took 13 s and 680 MB
