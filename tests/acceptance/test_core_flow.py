@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import time
+import uuid
 from typing import Any
 
 from tests.support import fake_llm, processes
@@ -211,3 +214,60 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
     with menos.client("menos_not-a-real-key-at-all") as stranger:
         assert stranger.get(f"/api/v1/jobs/{job_id}").status_code == 401
     assert processes.httpx.get(f"{menos.base_url}/api/v1/jobs/{job_id}").status_code == 401
+
+
+def test_hostile_bodies_and_cursors_get_4xx_and_store_nothing(menos: Menos) -> None:
+    """Inputs that once reached the database or the decoder's recursion limit as a 500."""
+    menos.api()
+    alice = menos.key("alice")
+    deep = b'{"url": "https://example.com/", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    json_type = {"content-type": "application/json"}
+    cursor = base64.urlsafe_b64encode(
+        json.dumps(["0001-01-01T00:00:00+01:00", str(uuid.uuid4())]).encode()
+    ).decode()
+    with menos.client(alice["api_key"]) as client:
+        for path in (
+            "/api/v1/ingest",
+            "/api/v1/content",
+            f"/api/v1/content/{uuid.uuid4()}/reprocess",
+        ):
+            nested = client.post(path, content=deep, headers=json_type)
+            assert nested.status_code == 400, (path, nested.text)
+            assert nested.json()["errors"] == [
+                {"field": "body", "message": "the JSON body is nested too deeply"}
+            ]
+        form = client.post(
+            "/api/v1/ingest",
+            content=b"url=https%3A%2F%2Fexample.com%2F",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert form.status_code == 415
+        plain = client.post(
+            f"/api/v1/content/{uuid.uuid4()}/reprocess",
+            content=b"{}",
+            headers={"content-type": "text/plain"},
+        )
+        assert plain.status_code == 415
+        raw_form = (
+            b'--b\r\nContent-Disposition: form-data; name="title"\r\n\r\n\xff\xfe\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="n.md"\r\n'
+            b"Content-Type: text/markdown\r\n\r\n# note\r\n--b--\r\n"
+        )
+        not_utf8 = client.post(
+            "/api/v1/content",
+            content=raw_form,
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        assert not_utf8.status_code == 415, not_utf8.text
+        nul_name = client.post(
+            "/api/v1/content",
+            content=raw_form.replace(b"\xff\xfe", b"t").replace(b'"n.md"', b'"a\x00b.md"'),
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        assert nul_name.status_code == 400, nul_name.text
+        assert nul_name.json()["errors"][0]["field"] == "file"
+        for listing in ("/api/v1/jobs", "/api/v1/content"):
+            forged = client.get(listing, params={"cursor": cursor})
+            assert forged.status_code == 400, (listing, forged.text)
+            assert forged.json()["errors"][0]["field"] == "cursor"
+    assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.content")[0]["n"] == 0

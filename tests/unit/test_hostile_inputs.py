@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import uuid
+
 import hypothesis
+import msgspec
+import pytest
 from hypothesis import strategies as st
 
 from menos import errors
-from menos.http import pagination
+from menos.http import pagination, validate
 from menos.pipeline import resource_keys
 
 URLISH = st.one_of(
@@ -58,3 +64,27 @@ def test_any_cursor_is_decoded_or_refused_cleanly(cursor: str) -> None:
         pagination.decode(cursor)
     except errors.InvalidInput as exc:
         assert exc.field == "cursor"
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_cursor_times_outside_the_calendar_in_utc_are_refused(at: str) -> None:
+    """A forged cursor whose time leaves the calendar once in UTC is a 400, not a 500 from
+    the database."""
+    cursor = base64.urlsafe_b64encode(msgspec.json.encode([at, str(uuid.uuid4())])).decode()
+    with pytest.raises(errors.InvalidInput) as caught:
+        pagination.decode(cursor)
+    assert caught.value.field == "cursor"
+
+
+def test_cursor_round_trips_in_utc() -> None:
+    key = (
+        dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        uuid.uuid4(),
+    )
+    assert pagination.decode(pagination.encode(key)) == (key[0].astimezone(dt.UTC), key[1])
+
+
+def test_repeated_tags_count_once() -> None:
+    assert validate.tags(["same"] * 51 + ["other"]) == ["same", "other"]
+    with pytest.raises(errors.InvalidInput):
+        validate.tags([f"t{n}" for n in range(51)])

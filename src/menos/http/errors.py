@@ -9,6 +9,8 @@ import msgspec
 import structlog
 from litestar import MediaType, Request, Response
 from litestar import exceptions as lexc
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from menos import errors
@@ -16,6 +18,7 @@ from menos import errors
 log = structlog.get_logger("menos.http")
 
 PROBLEM_JSON = "application/problem+json"
+NESTED_TOO_DEEPLY = "the JSON body is nested too deeply"
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 STATUS: dict[type[errors.MenosError], tuple[int, str]] = {
@@ -133,10 +136,36 @@ def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return problem(HTTP_500_INTERNAL_SERVER_ERROR, "Internal error", "unexpected error")
 
 
+def _nested_too_deeply(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The JSON decoder's recursion limit, reached by a body nested a thousand levels deep
+    before a handler runs (the bodies Litestar decodes)."""
+    log.info("request_body_too_deep", path=request.url.path)
+    return problem(400, "Invalid input", NESTED_TOO_DEEPLY, [FieldError("body", NESTED_TOO_DEEPLY)])
+
+
+def require_json(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Route guard: a request that carries a body sends it as application/json; 415 is
+    answered before the body is read, so no other media type is taken for malformed JSON."""
+    headers = connection.headers
+    has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+    media = headers.get("content-type", "").split(";")[0].strip().lower()
+    if has_body and media != "application/json":
+        raise UnsupportedMedia("send the body as application/json")
+
+
 HANDLERS: dict[int | type[Exception], Any] = {
     errors.MenosError: _menos_error,
+    RecursionError: _nested_too_deeply,
     lexc.HTTPException: _litestar_error,
     Exception: _litestar_error,
 }
 
-__all__ = ["HANDLERS", "PROBLEM_JSON", "FieldError", "MediaType", "problem"]
+__all__ = [
+    "HANDLERS",
+    "NESTED_TOO_DEEPLY",
+    "PROBLEM_JSON",
+    "FieldError",
+    "MediaType",
+    "problem",
+    "require_json",
+]

@@ -41,8 +41,8 @@ def decode(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
         when = dt.datetime.fromisoformat(at)
         if when.tzinfo is None:
             raise ValueError("naive time")
-        return when, uuid.UUID(key)
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError, TypeError):
+        return when.astimezone(dt.UTC), uuid.UUID(key)  # in range for the database too
+    except (ValueError, OverflowError, msgspec.DecodeError, msgspec.ValidationError, TypeError):
         raise errors.InvalidInput("cursor", "not a cursor returned by this API") from None
 
 

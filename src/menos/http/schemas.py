@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from menos import errors
+from menos.http import errors as http_errors
 from menos.queue import models
 
 T = TypeVar("T")
@@ -176,6 +177,8 @@ def decode(body: bytes, into: type[T]) -> T:
         raise errors.InvalidInput(field or "body", text) from None
     except msgspec.DecodeError as exc:
         raise errors.InvalidInput("body", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise errors.InvalidInput("body", http_errors.NESTED_TOO_DEEPLY) from None
 
 
 def content_view(content: models.Content) -> ContentView:

@@ -26,15 +26,16 @@ def text(field: str, value: str | None, *, max_chars: int, required: bool = Fals
 
 
 def tags(values: Sequence[str] | None, field: str = "tags") -> list[str]:
-    """Submitter tags: trimmed, non-blank, at most 50 of at most 100 characters each."""
+    """Submitter tags: trimmed, non-blank, de-duplicated, at most 50 of at most 100 characters."""
     cleaned = []
     for index, value in enumerate(values or []):
         tag = text(f"{field}[{index}]", value, max_chars=MAX_TAG)
         if tag is not None:
             cleaned.append(tag.strip())
-    if len(cleaned) > MAX_TAGS:
+    distinct = list(dict.fromkeys(cleaned))
+    if len(distinct) > MAX_TAGS:
         raise errors.InvalidInput(field, f"at most {MAX_TAGS} tags")
-    return list(dict.fromkeys(cleaned))
+    return distinct
 
 
 async def callback_url(value: str | None, *, allow_private: bool) -> str | None:

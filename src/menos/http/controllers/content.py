@@ -40,10 +40,15 @@ class ContentController(Controller):
             raw, title, tag_values = body.text, body.title, body.tags or []
             callback, tier, text_field = body.callback_url, body.data_tier, "text"
         elif media == "multipart/form-data":
-            form = await request.form()
+            try:
+                form = await request.form()
+            except UnicodeDecodeError:
+                raise http_errors.UnsupportedMedia("form fields must be UTF-8 text") from None
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise errors.InvalidInput("file", "a markdown file is required")
+            if "\x00" in (upload.filename or ""):
+                raise errors.InvalidInput("file", "the file name must not contain NUL characters")
             filename = upload.filename or None
             data = await upload.read()
             try:
@@ -127,6 +132,7 @@ class ContentController(Controller):
     @post(
         "/{content_id:uuid}/reprocess",
         status_code=202,
+        guards=[http_errors.require_json],
         responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.ReprocessView)},
     )
     async def reprocess(

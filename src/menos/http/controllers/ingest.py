@@ -18,6 +18,7 @@ from menos.settings import Settings
     "/api/v1/ingest",
     status_code=202,
     dependencies={"who": auth.PROVIDE},
+    guards=[http_errors.require_json],
     responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.Submitted)},
 )
 async def ingest(
@@ -25,9 +26,6 @@ async def ingest(
 ) -> Response[schemas.Submitted]:
     """Submit a URL: 202 with a new job, or 200 `deduplicated: true` for a known resource."""
     settings: Settings = request.app.state.settings
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise http_errors.UnsupportedMedia("send the submission as application/json")
     body = data
     validate.text("url", body.url, max_chars=resource_keys.MAX_URL_LENGTH, required=True)
     identified = resource_keys.identify(body.url.strip())
