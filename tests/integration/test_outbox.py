@@ -456,6 +456,33 @@ async def test_slow_receiver_attempt_fails_with_a_timeout(
     assert state["last_error"] == "no answer within 0.2 s"
 
 
+async def test_2xx_whose_body_stalls_counts_as_delivered(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """The status line decides: a receiver that accepted (2xx) but never finishes its answer
+    is not sent the event again."""
+
+    class Stalling(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"ok"
+            await asyncio.Event().wait()  # the rest of the answer never comes
+            yield b""
+
+    async def accepted(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Stalling())
+
+    await make_events(repo, 1)
+    await deliver(accepted, timeout_s=0.2)
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == (
+        "delivered",
+        1,
+        200,
+    )
+
+
 async def test_private_callback_address_is_refused_at_delivery(
     repo: repository.Repository,
     pool: asyncpg.Pool[Any],

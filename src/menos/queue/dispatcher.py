@@ -201,6 +201,7 @@ class Dispatcher:
         except ValueError as exc:
             return Attempt(None, f"owner {event.owner}'s webhook secret cannot sign: {exc}")
         headers["accept-encoding"] = "identity"  # the capped read below is of plain bytes
+        code: int | None = None
         try:
             async with (
                 asyncio.timeout(self.config.timeout_s),
@@ -213,17 +214,12 @@ class Dispatcher:
                     follow_redirects=False,
                 ) as response,
             ):
+                code = response.status_code
                 answer = await _read_capped(response, self.config.max_response_bytes)
-        except (TimeoutError, httpx.TimeoutException):
-            return Attempt(None, f"no answer within {self.config.timeout_s:g} s")
-        except errors.InvalidInput as exc:
-            return Attempt(None, f"callback URL refused: {exc.message}")
-        except httpx.HTTPError as exc:
-            return Attempt(None, f"request failed: {type(exc).__name__}: {exc}".rstrip(": "))
         except Exception as exc:
-            log.exception("callback_attempt_error", event_id=str(event.event_id))
-            return Attempt(None, f"request failed: {type(exc).__name__}: {exc}".rstrip(": "))
-        code = response.status_code
+            if code is not None and 200 <= code < 300:
+                return Attempt(code, None)  # accepted: only reading the rest of the answer failed
+            return self._unanswered(event, exc)
         if 200 <= code < 300:
             return Attempt(code, None)
         if 300 <= code < 400:
@@ -231,6 +227,16 @@ class Dispatcher:
             return Attempt(code, f"HTTP {code}: redirects are not followed (location: {where})")
         snippet = " ".join(answer.decode("utf-8", errors="replace").split())
         return Attempt(code, f"HTTP {code}: {snippet[:ERROR_SNIPPET_CHARS]}".rstrip(": "))
+
+    def _unanswered(self, event: models.OutboxEvent, exc: Exception) -> Attempt:
+        """The failed attempt for a request that got no usable answer (called while handling)."""
+        if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+            return Attempt(None, f"no answer within {self.config.timeout_s:g} s")
+        if isinstance(exc, errors.InvalidInput):
+            return Attempt(None, f"callback URL refused: {exc.message}")
+        if not isinstance(exc, httpx.HTTPError):
+            log.exception("callback_attempt_error", event_id=str(event.event_id))
+        return Attempt(None, f"request failed: {type(exc).__name__}: {exc}".rstrip(": "))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, sleeping until the earliest due event, a NOTIFY or poll_s.
