@@ -121,10 +121,15 @@ UPDATE menos.pipeline_job
 RETURNING job_id;
 
 -- name: release_job
--- Give a claim back on graceful stop: pending again, the attempt not counted.
+-- Give a claim back on graceful stop: pending again with the attempt not counted, or cancelled when a cancel was asked.
 UPDATE menos.pipeline_job
-   SET status = 'pending', attempts = attempts - 1, worker_id = NULL, lease_expires_at = NULL,
-       started_at = NULL, current_stage = NULL, stages = '[]'
+   SET status = CASE WHEN cancel_requested_at IS NULL THEN 'pending' ELSE 'cancelled' END,
+       attempts = CASE WHEN cancel_requested_at IS NULL THEN attempts - 1 ELSE attempts END,
+       started_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE started_at END,
+       current_stage = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE current_stage END,
+       stages = CASE WHEN cancel_requested_at IS NULL THEN '[]' ELSE stages END,
+       finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
+       worker_id = NULL, lease_expires_at = NULL
  WHERE job_id = $1 AND (status = 'processing') IS TRUE AND worker_id = $2 AND attempts = $3
 RETURNING job_id;
 

@@ -63,12 +63,21 @@ class Queries(Mapping[str, str]):
         return len(self._queries)
 
 
+# A `\u0000` escape that is not itself an escaped backslash followed by "u0000".
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def _encode_json(value: Any) -> bytes:
-    return msgspec.json.encode(value)
+    """JSON text PostgreSQL accepts: its JSON types refuse NUL characters (which a model's
+    answer or an exception's message may hold), so they are stored as U+FFFD."""
+    text = msgspec.json.encode(value)
+    if b"\\u0000" in text:
+        text = _NUL_ESCAPE.sub(rb"\1\\ufffd", text)
+    return text
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    return b"\x01" + msgspec.json.encode(value)  # jsonb's binary format: version 1, then text
+    return b"\x01" + _encode_json(value)  # jsonb's binary format: version 1, then text
 
 
 def _decode_jsonb(data: bytes) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 from typing import Any
 
 import asyncpg
@@ -190,6 +191,32 @@ async def test_graceful_release_does_not_count_an_attempt(
     assert dict(row) == {"status": "pending", "attempts": 0, "worker_id": None}
 
 
+async def test_graceful_release_of_a_job_asked_to_cancel_cancels_it(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A cancel asked while the job ran is carried out when the worker gives the job back,
+    instead of the job waiting pending for a worker to claim it just to cancel it."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note(callback_url="http://127.0.0.1:9/hook"))
+    (held,) = await claim(repo, "w", 1)
+    assert (await repo.request_cancel(held.job.job_id, owner="alice")) is not None
+    assert await repo.release(repository.Guard(held.job.job_id, "w", held.job.attempts))
+    row = await pool.fetchrow(
+        "SELECT status, attempts, worker_id, lease_expires_at, finished_at IS NOT NULL AS ended"
+        " FROM menos.pipeline_job"
+    )
+    assert dict(row) == {
+        "status": "cancelled",
+        "attempts": 1,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "ended": True,
+    }
+    assert await pool.fetchval("SELECT event_type FROM menos.callback_outbox") == "job.cancelled"
+    content = await pool.fetchval("SELECT processing_status FROM menos.content")
+    assert content == "cancelled"
+
+
 async def test_cancel_pending_is_terminal_and_never_claimed(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
@@ -340,13 +367,15 @@ async def test_completions_persist_together_each_guarded(
 async def test_a_completion_the_database_refuses_fails_alone(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
-    """When one run of a batch cannot be stored (jsonb refuses NUL), the others still persist."""
+    """When one run of a batch cannot be stored (a tag too long for owner_tag's index), the
+    others still persist."""
     await helpers.owner(repo)
     for _ in range(3):
         await repo.enqueue(helpers.note())
     a, b, c = await claim(repo, "w", 3)
+    unindexable = os.urandom(6000).hex()  # incompressible: over btree's 2 704-byte row limit
     answers = await repo.complete_many(
-        [_run(a, "w", "a", []), _run(b, "w", "bad\x00", []), _run(c, "w", "c", [])]
+        [_run(a, "w", "a", []), _run(b, "w", "b", [unindexable]), _run(c, "w", "c", [])]
     )
     assert answers[0] is True and answers[2] is True
     assert isinstance(answers[1], errors.PipelineError) and answers[1].code == "PERSIST_ERROR"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec
+import pytest
+
 from menos import db
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "menos"
@@ -37,3 +40,18 @@ def test_no_sql_is_formatted_with_identifiers_in_runtime_code() -> None:
         str(path) for path in SRC.rglob("*.py") if pattern.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ({"a": "x\x00y"}, {"a": "x\ufffdy"}),
+        ({"k\x00": ["\x00\x00"]}, {"k\ufffd": ["\ufffd\ufffd"]}),
+        ("a literal \\u0000 stays", "a literal \\u0000 stays"),
+        ("a backslash then \\\x00", "a backslash then \\\ufffd"),
+    ],
+)
+def test_json_sent_to_postgresql_holds_no_nul(value: object, stored: object) -> None:
+    """PostgreSQL's JSON types refuse NUL characters: they are sent as U+FFFD, and nothing
+    else changes (not even the text `\\u0000`)."""
+    assert msgspec.json.decode(db._encode_json(value)) == stored

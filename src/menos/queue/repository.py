@@ -396,7 +396,7 @@ class Repository(_Store):
             now,
             code,
             stage,
-            message[: errors.MAX_ERROR_MESSAGE],
+            _no_nul(message[: errors.MAX_ERROR_MESSAGE]),
             _timings(stages),
             dict(diagnostics),
             dict(full_payload) if full_payload is not None else None,
@@ -424,7 +424,8 @@ class Repository(_Store):
         return row is not None
 
     async def release(self, guard: Guard) -> bool:
-        """Give a claim back (graceful stop): pending again, attempt not counted."""
+        """Give a claim back (graceful stop): pending again with the attempt not counted, or
+        cancelled when a cancel was asked meanwhile."""
         row = await self._fetchrow("release_job", guard.job_id, guard.worker_id, guard.attempts)
         return row is not None
 
@@ -863,5 +864,6 @@ def _outcome_row(i: int, outcome: Outcome) -> dict[str, Any]:
 
 
 def _no_nul(text: str) -> str:
-    """Text PostgreSQL can store: a receiver's answer may hold NUL characters, which it refuses."""
+    """Text PostgreSQL can store: a receiver's answer or an error message may hold NUL
+    characters, which it refuses."""
     return text.replace("\x00", "\ufffd")

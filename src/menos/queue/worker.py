@@ -345,8 +345,12 @@ class Worker:
             await stages.run_pipeline(item, slot, self.ctx, slot.run)
         except stages.Cancelled:
             outcome = "cancelled"
-            if not await self.repo.cancel_claimed(
-                slot.guard, stages=slot.timings(close=True), diagnostics=slot.run.diagnostics
+            # Shielded, as every terminal write here: a shutdown's cancel arriving meanwhile
+            # must not leave the job processing (the release below would not run).
+            if not await asyncio.shield(
+                self.repo.cancel_claimed(
+                    slot.guard, stages=slot.timings(close=True), diagnostics=slot.run.diagnostics
+                )
             ):
                 outcome = "lost"
         except stages.Lost:
@@ -384,17 +388,22 @@ class Worker:
         stage = slot.run.current or "fetch"
         slot.run.diagnostics["error"] = {"code": code, "stage": stage, "message": message}
         try:
-            written = await self.repo.fail(
-                slot.guard,
-                code=code,
-                stage=stage,
-                message=message,
-                stages=slot.timings(close=True),
-                diagnostics=slot.run.diagnostics,
-                full_payload=slot.run.full_payload,
+            written = await asyncio.shield(
+                self.repo.fail(
+                    slot.guard,
+                    code=code,
+                    stage=stage,
+                    message=message,
+                    stages=slot.timings(close=True),
+                    diagnostics=slot.run.diagnostics,
+                    full_payload=slot.run.full_payload,
+                )
             )
         except errors.DatabaseUnavailable as exc:
             log.warning("job_fail_not_recorded", error=str(exc))
+            return
+        except Exception:  # the lease runs out and the rescuer takes the job back
+            log.exception("job_fail_not_recorded")
             return
         if not written:
             log.info("job_lost_before_fail")

@@ -1,0 +1,150 @@
+"""A failing job's terminal write, against a real PostgreSQL: it happens whatever the error
+holds and however the worker is stopped meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from menos import db, errors
+from menos.pipeline import analyzers, stages
+from menos.queue import models, repository
+from menos.queue import worker as queue_worker
+from tests.integration import helpers
+
+
+class FailingAnalyzer:
+    """An analyzer whose model answers with an error (its text holds a NUL character)."""
+
+    name = "failing"
+
+    async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
+        raise errors.PipelineError("LLM_CALL_ERROR", "model said: bad\x00answer")
+
+    async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
+        raise AssertionError("never asked")
+
+
+class SlowFailRepository(repository.Repository):
+    """Records a failed run only after `delay_s`, long enough for a shutdown to end meanwhile."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], delay_s: float) -> None:
+        super().__init__(pool, db.Queries())
+        self.delay_s = delay_s
+        self.failing = asyncio.Event()
+
+    async def fail(
+        self,
+        guard: repository.Guard,
+        *,
+        code: str,
+        stage: str,
+        message: str,
+        stages: Sequence[models.StageTiming],
+        diagnostics: Any,
+        full_payload: Any,
+        now: dt.datetime | None = None,
+    ) -> bool:
+        self.failing.set()
+        await asyncio.sleep(self.delay_s)  # the slow write itself
+        return await super().fail(
+            guard,
+            code=code,
+            stage=stage,
+            message=message,
+            stages=stages,
+            diagnostics=diagnostics,
+            full_payload=full_payload,
+            now=now,
+        )
+
+
+Build = Callable[[repository.Repository], queue_worker.Worker]
+
+
+@pytest.fixture
+async def build(database_url: str) -> AsyncIterator[Build]:
+    """Workers over a given repository whose analyzer always fails."""
+    config = queue_worker.WorkerConfig(
+        worker_id="w1",
+        concurrency=1,
+        max_processing=1,
+        lease_s=30.0,
+        max_attempts=3,
+        poll_s=0.2,
+        shutdown_grace_s=0.1,
+        pipeline_version=helpers.VERSION,
+    )
+    async with httpx.AsyncClient() as http:
+        ctx = stages.Context(
+            http=http,
+            metadata_http=http,
+            analyzer=FailingAnalyzer(),
+            max_body_bytes=1024,
+            oembed_url="http://127.0.0.1:9/oembed",
+            youtube_languages=("en",),
+        )
+        yield lambda repo: queue_worker.Worker(config, repo, ctx, dsn=database_url)
+
+
+async def job_row(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        "SELECT status, attempts, error_code, error_message, diagnostics, worker_id"
+        " FROM menos.pipeline_job"
+    )
+    assert row is not None
+    return dict(row)
+
+
+async def until_failed(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
+    for _ in range(200):
+        row = await job_row(pool)
+        if row["status"] != "pending" and row["status"] != "processing":
+            return row
+        await asyncio.sleep(0.05)  # the interval of this poll for the job's end
+    raise AssertionError(f"the job did not end: {await job_row(pool)}")
+
+
+async def test_a_nul_in_the_error_is_recorded_not_left_processing(
+    pool: asyncpg.Pool[Any], build: Build
+) -> None:
+    """The model's error text (and so the diagnostics) holds a NUL, which PostgreSQL refuses:
+    the job still ends failed, with U+FFFD in its place, and is never run again."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    worker = build(repo)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        row = await until_failed(pool)
+    finally:
+        stop.set()
+        await running
+    assert (row["status"], row["attempts"], row["error_code"]) == ("failed", 1, "LLM_CALL_ERROR")
+    assert row["error_message"] == "model said: bad\ufffdanswer"
+    assert row["diagnostics"]["error"]["message"] == "model said: bad\ufffdanswer"
+
+
+async def test_a_shutdown_during_the_fail_write_still_records_it(
+    pool: asyncpg.Pool[Any], build: Build
+) -> None:
+    """The grace period ends while the failure is being written: the write completes, so the
+    job ends failed instead of staying processing until its lease runs out."""
+    repo = SlowFailRepository(pool, delay_s=1.0)
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    worker = build(repo)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(repo.failing.wait(), timeout=10)
+    stop.set()  # grace 0.1 s: over long before the 1 s write
+    await running
+    row = await until_failed(pool)
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("failed", 1, "w1")
