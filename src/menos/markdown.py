@@ -41,13 +41,14 @@ _HANDLER = _FrontmatterYAML()
 
 def parse(raw: str) -> Note:
     """Split frontmatter from text. A frontmatter block that is not plain YAML data (broken,
-    using aliases, nested too deeply, or holding NUL characters, which no text field and no
-    JSON column accepts) is kept as plain text."""
+    using aliases, nested too deeply, or holding NUL characters or lone surrogates, which no
+    text field and no JSON column accepts) is kept as plain text."""
     try:
         post = frontmatter.loads(raw, handler=_HANDLER)
         metadata = msgspec.to_builtins(
             {str(k): v for k, v in post.metadata.items()}, str_keys=True, enc_hook=str
         )
+        msgspec.json.encode(metadata)  # refuses lone surrogates (YAML's "\\ud800"), as UTF-8 does
         if _holds_nul(metadata):
             raise ValueError("NUL in frontmatter")
     except Exception:  # the note is still readable as it is

@@ -271,3 +271,10 @@ def test_hostile_bodies_and_cursors_get_4xx_and_store_nothing(menos: Menos) -> N
             assert forged.status_code == 400, (listing, forged.text)
             assert forged.json()["errors"][0]["field"] == "cursor"
     assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.content")[0]["n"] == 0
+    with menos.client(alice["api_key"]) as client:
+        for escape in ("\\0", "\\ud800"):  # YAML escapes for a NUL and a lone surrogate
+            text = f'---\ntitle: "a{escape}b"\n---\n# Heading\n'
+            stored = client.post("/api/v1/content", json={"text": text})
+            assert stored.status_code == 202, stored.text
+            content = client.get(f"/api/v1/content/{stored.json()['content_id']}").json()
+            assert content["title"] == "Heading"  # the frontmatter was kept as text

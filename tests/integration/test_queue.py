@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import asyncpg
+import pytest
 
 from menos import db, errors
 from menos.queue import models, repository
@@ -435,3 +436,16 @@ async def test_claims_and_completions_read_no_table_whole_before_any_analyze(
             assert len(beats) == 4
             assert all(await repo.complete_many([_run(h, "w", "s", ["t"]) for h in held]))
         assert await helpers.sequential_scans(one, QUEUE_TABLES) == before
+
+
+async def test_an_argument_the_client_cannot_encode_is_no_outage(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A lone surrogate cannot be sent as UTF-8: the call fails as asyncpg's DataError (it
+    would fail the same way again), not as DatabaseUnavailable, and the pool goes on."""
+    await helpers.owner(repo)
+    with pytest.raises(asyncpg.DataError) as caught:
+        await repo.enqueue(helpers.note(body="half a pair: \ud800"))
+    assert not isinstance(caught.value, errors.DatabaseUnavailable)
+    assert await pool.fetchval("SELECT count(*) FROM menos.content") == 0
+    assert (await repo.enqueue(helpers.note())).job_id is not None

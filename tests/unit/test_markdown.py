@@ -21,6 +21,7 @@ def test_frontmatter_becomes_metadata() -> None:
         'title: "a\\0b"',  # YAML's escape makes a NUL no text field or JSON column accepts
         '"a\\0": 1',
         'tags: ["x", "y\\0"]',
+        'title: "a\\ud800b"',  # a lone surrogate: not UTF-8, so not storable either
         "x: " + "[" * 3000 + "]" * 3000,  # deeper than the parser goes
         "title: [unclosed",
         "base: &b {k: v}\nother: *b",  # aliases are refused
