@@ -10,6 +10,7 @@ import asyncpg
 
 from menos import db
 from menos.queue import models, repository
+from menos.queue import worker as queue_worker
 
 VERSION = "0.0.0-test"
 
@@ -35,6 +36,21 @@ def note(
         data_tier="compact",
         pipeline_version=VERSION,
     )
+
+
+def worker_config(**overrides: Any) -> queue_worker.WorkerConfig:
+    """A worker's config for tests: worker "w1", 2 slots, a 30 s lease; `overrides` replace."""
+    fields: dict[str, Any] = {
+        "worker_id": "w1",
+        "concurrency": 2,
+        "max_processing": 2,
+        "lease_s": 30.0,
+        "max_attempts": 3,
+        "poll_s": 1.0,
+        "shutdown_grace_s": 1.0,
+        "pipeline_version": VERSION,
+    }
+    return queue_worker.WorkerConfig(**(fields | overrides))
 
 
 async def owner(repo: repository.Repository, name: str = "alice") -> None:

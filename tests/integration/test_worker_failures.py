@@ -4,8 +4,7 @@ holds and however the worker is stopped meanwhile."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -13,10 +12,11 @@ import httpx
 import pytest
 
 from menos import db, errors
-from menos.pipeline import analyzers, stages
-from menos.queue import models, repository
+from menos.pipeline import analyzers
+from menos.queue import repository
 from menos.queue import worker as queue_worker
 from tests.integration import helpers
+from tests.support.pipeline import offline_context
 
 
 class FailingAnalyzer:
@@ -39,30 +39,10 @@ class SlowFailRepository(repository.Repository):
         self.delay_s = delay_s
         self.failing = asyncio.Event()
 
-    async def fail(
-        self,
-        guard: repository.Guard,
-        *,
-        code: str,
-        stage: str,
-        message: str,
-        stages: Sequence[models.StageTiming],
-        diagnostics: Any,
-        full_payload: Any,
-        now: dt.datetime | None = None,
-    ) -> bool:
+    async def fail(self, guard: repository.Guard, **fields: Any) -> bool:
         self.failing.set()
         await asyncio.sleep(self.delay_s)  # the slow write itself
-        return await super().fail(
-            guard,
-            code=code,
-            stage=stage,
-            message=message,
-            stages=stages,
-            diagnostics=diagnostics,
-            full_payload=full_payload,
-            now=now,
-        )
+        return await super().fail(guard, **fields)
 
 
 Build = Callable[[repository.Repository], queue_worker.Worker]
@@ -71,25 +51,11 @@ Build = Callable[[repository.Repository], queue_worker.Worker]
 @pytest.fixture
 async def build(database_url: str) -> AsyncIterator[Build]:
     """Workers over a given repository whose analyzer always fails."""
-    config = queue_worker.WorkerConfig(
-        worker_id="w1",
-        concurrency=1,
-        max_processing=1,
-        lease_s=30.0,
-        max_attempts=3,
-        poll_s=0.2,
-        shutdown_grace_s=0.1,
-        pipeline_version=helpers.VERSION,
+    config = helpers.worker_config(
+        concurrency=1, max_processing=1, poll_s=0.2, shutdown_grace_s=0.1
     )
     async with httpx.AsyncClient() as http:
-        ctx = stages.Context(
-            http=http,
-            metadata_http=http,
-            analyzer=FailingAnalyzer(),
-            max_body_bytes=1024,
-            oembed_url="http://127.0.0.1:9/oembed",
-            youtube_languages=("en",),
-        )
+        ctx = offline_context(http, FailingAnalyzer())
         yield lambda repo: queue_worker.Worker(config, repo, ctx, dsn=database_url)
 
 

@@ -18,6 +18,7 @@ from menos.pipeline.analyzers import builtin
 from menos.queue import repository
 from menos.queue import worker as queue_worker
 from tests.integration import helpers
+from tests.support.pipeline import offline_context
 
 WORKER_ID = "w1"
 
@@ -47,25 +48,9 @@ class CountingRepository(repository.Repository):
 @pytest.fixture
 async def runner(pool: asyncpg.Pool[Any]) -> AsyncIterator[queue_worker.Worker]:
     """A worker that is never started: its tag memory and its slots are used directly."""
-    config = queue_worker.WorkerConfig(
-        worker_id=WORKER_ID,
-        concurrency=2,
-        max_processing=2,
-        lease_s=30.0,
-        max_attempts=3,
-        poll_s=1.0,
-        shutdown_grace_s=1.0,
-        pipeline_version=helpers.VERSION,
-    )
+    config = helpers.worker_config(worker_id=WORKER_ID)
     async with httpx.AsyncClient() as http:
-        ctx = stages.Context(
-            http=http,
-            metadata_http=http,
-            analyzer=builtin.BuiltinAnalyzer(),
-            max_body_bytes=1024,
-            oembed_url="http://127.0.0.1:9/oembed",
-            youtube_languages=("en",),
-        )
+        ctx = offline_context(http, builtin.BuiltinAnalyzer())
         yield queue_worker.Worker(config, CountingRepository(pool), ctx, dsn="unused")
 
 

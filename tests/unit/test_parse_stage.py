@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from menos.pipeline import analyzers, stages
+from tests.support.pipeline import offline_context
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
@@ -70,15 +71,7 @@ async def test_only_tags_that_can_be_kept_are_asked_about() -> None:
         source_metadata={},
     )
     async with httpx.AsyncClient() as http:
-        ctx = stages.Context(
-            http=http,
-            metadata_http=http,
-            analyzer=FixedAnalyzer(answer),
-            max_body_bytes=1024,
-            oembed_url="http://127.0.0.1:9/oembed",
-            youtube_languages=("en",),
-            clock=lambda: NOW,
-        )
+        ctx = offline_context(http, FixedAnalyzer(answer), clock=lambda: NOW)
         await stages.run_pipeline(item, port, ctx, stages.Run(full=False, clock=ctx.clock))
     assert port.asked == [["job-queue", "skip-locked", "rust", "go", "zig", "lua"]]
     assert port.persisted == ["job-queue", "skip-locked", "rust", "go", "zig"]  # 3 new at most

@@ -1,0 +1,25 @@
+"""A pipeline context for tests: it reaches no host outside the test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from menos.pipeline import analyzers, stages
+
+
+def offline_context(
+    http: httpx.AsyncClient, analyzer: analyzers.Analyzer, **overrides: Any
+) -> stages.Context:
+    """`analyzer` with one client for pages and metadata, a 1 KiB page cap and an oEmbed
+    endpoint nobody listens on; `overrides` are other Context fields (a clock)."""
+    return stages.Context(
+        http=http,
+        metadata_http=http,
+        analyzer=analyzer,
+        max_body_bytes=1024,
+        oembed_url="http://127.0.0.1:9/oembed",
+        youtube_languages=("en",),
+        **overrides,
+    )
