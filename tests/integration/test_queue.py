@@ -449,3 +449,17 @@ async def test_an_argument_the_client_cannot_encode_is_no_outage(
     assert not isinstance(caught.value, errors.DatabaseUnavailable)
     assert await pool.fetchval("SELECT count(*) FROM menos.content") == 0
     assert (await repo.enqueue(helpers.note())).job_id is not None
+
+
+async def test_fetched_text_with_nul_characters_is_stored(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A page or transcript may hold NUL characters, which PostgreSQL's text refuses: they
+    are stored as U+FFFD instead of failing the job."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note(key="url:nul"))
+    (held,) = await claim(repo, "w", 1)
+    guard = repository.Guard(held.job.job_id, "w", held.job.attempts)
+    assert await repo.save_fetched(guard, body="hello\x00world", title="a\x00b", metadata={})
+    row = await pool.fetchrow("SELECT body, title FROM menos.content")
+    assert dict(row) == {"body": "hello\ufffdworld", "title": "a\ufffdb"}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 
 import httpx
@@ -336,3 +338,40 @@ async def test_unsupported_content_type_is_content_empty() -> None:
     )
     assert error.code == "CONTENT_EMPTY"
     assert "application/pdf" in error.message
+
+
+async def test_a_page_compressed_twice_over_is_refused_before_reading() -> None:
+    """Each encoding layer multiplies what one chunk expands to (a gzip inside a gzip turned
+    3.5 KB into 2 GB): more than one layer is refused, nothing is decompressed."""
+    bomb = gzip.compress(gzip.compress(b"\0" * 10_000_000))
+    error = await _fetch_error(
+        lambda request: httpx.Response(
+            200,
+            headers={"content-type": "text/plain", "content-encoding": "gzip, gzip"},
+            content=bomb,
+        )
+    )
+    assert error.code == "FETCH_FAILED"
+    assert "encoded 2 times over" in error.message
+
+
+@pytest.mark.parametrize("charset", ["base64", "rot13", "idna", "zlib"])
+async def test_a_charset_that_is_no_text_encoding_reads_as_utf8(charset: str) -> None:
+    body = "Plain words, café.".encode()
+    page = _html(body, f"text/plain; charset={charset}")
+    async with _client(lambda request: page) as client:
+        fetched = await web.fetch_page(client, f"{PUBLIC}/odd", max_bytes=MAX)
+    assert fetched.body == "Plain words, café."
+
+
+def test_a_page_too_large_for_the_parser_is_stripped_of_tags() -> None:
+    """Above a million characters the parser's time grows faster than the page: tags are
+    stripped instead, in one linear pass."""
+    paragraph = "<p>" + " ".join(f"word{n}" for n in range(150)) + "</p>\n"
+    article = paragraph * (1_100_000 // len(paragraph))
+    page = f"<html><head><title>T</title></head><body><article>{article}</article></body></html>"
+    started = time.process_time()
+    body, title = web._readable_html(page)
+    assert time.process_time() - started < 5  # the parser took 7.6 s on 2.5 MB
+    assert body.startswith("word0 word1") and title is None
+    assert len(body) > 1_000_000  # all of it: the parser kept about 1 000 characters of it

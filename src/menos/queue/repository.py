@@ -324,8 +324,8 @@ class Repository(_Store):
             guard.job_id,
             guard.worker_id,
             guard.attempts,
-            body,
-            title,
+            _no_nul(body),  # a page or transcript may hold NUL characters
+            None if title is None else _no_nul(title),
             dict(metadata),
         )
         return row is not None
