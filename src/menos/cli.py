@@ -593,7 +593,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     jl = jsub.add_parser("list", help="newest jobs first")
     jl.add_argument("--owner")
     jl.add_argument("--status", choices=list(models.JOB_STATUSES))
-    jl.add_argument("--limit", type=int, default=50)
+    jl.add_argument("--limit", type=_list_limit, default=50, help="at most N jobs (1-1000)")
     js = jsub.add_parser("show", help="one job as JSON (verbose view)")
     js.add_argument("job_id", type=uuid.UUID)
     jc = jsub.add_parser("cancel", help="cancel a job (pending: at once; processing: requested)")
@@ -625,7 +625,12 @@ COMMANDS: dict[str, Callable[[settings.Settings, argparse.Namespace], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m menos`."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not _is_utf8(text):
+                parser.error(f"{name}: not valid UTF-8")
     try:
         conf = settings.from_env()
     except errors.SettingsError as exc:
@@ -637,5 +642,34 @@ def main(argv: list[str] | None = None) -> int:
     except errors.MenosError as exc:
         print(f"menos: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to write, and no traceback. Python
+        # would still fail flushing stdout at exit, so it points at /dev/null from here on.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"menos: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _list_limit(text: str) -> int:
+    """`jobs list --limit`: a whole number of jobs from 1 to 1000."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1000, not {value}")
+    return value
+
+
+def _is_utf8(text: str) -> bool:
+    """False for an argument holding bytes that were not UTF-8 (surrogate-escaped)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

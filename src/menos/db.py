@@ -28,6 +28,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     TimeoutError,
 )
+# What connecting can raise besides an outage: the server refusing this login or database
+# (wrong password, no such database), or a DSN asyncpg cannot use (a port out of range).
+_CONNECT_REFUSALS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresError,
+    ValueError,
+    OverflowError,
+)
 
 
 def sql_dir() -> Path:
@@ -103,7 +111,7 @@ async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection[Any]
     """One connection with menos's JSON codecs; DatabaseUnavailable when it cannot be made."""
     try:
         conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=timeout)
-    except CONNECTION_ERRORS as exc:
+    except _CONNECT_REFUSALS as exc:
         raise errors.DatabaseUnavailable(str(exc)) from exc
     await _init_connection(conn)
     return conn
@@ -130,7 +138,7 @@ async def create_pool(
             command_timeout=60,
             max_inactive_connection_lifetime=300,
         )
-    except CONNECTION_ERRORS as exc:
+    except _CONNECT_REFUSALS as exc:
         raise errors.DatabaseUnavailable(str(exc)) from exc
     return pool
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.support import fake_llm
+from tests.support import fake_llm, processes
 from tests.support.processes import Menos, sql, wait_for
 
 
@@ -248,3 +251,51 @@ def test_purge_removes_only_expired_and_is_idempotent(menos: Menos) -> None:
     assert content["latest_job_id"] is None and content["result"] is not None
     again = json.loads(menos.command("purge").stdout)
     assert again == {"dry_run": False, "jobs": 0, "full_payloads": 0, "audit_events": 0}
+
+
+def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path: Path) -> None:
+    """Bad limits, bad bytes, unusable files, a refused login and a closed pipe each give a
+    one-line message (or none, for the pipe) and a non-zero exit, never a traceback."""
+    menos.api()
+    alice = menos.key("alice")
+    for n in range(3):
+        submit(menos, alice["api_key"], f"# note {n}")
+
+    def fails(done: subprocess.CompletedProcess[Any], code: int, says: str) -> None:
+        assert done.returncode == code, (done.returncode, done.stderr)
+        assert "Traceback" not in done.stderr and says in done.stderr, done.stderr
+
+    for limit in ("0", "-5", "99999999999999999999"):
+        fails(menos.command("jobs", "list", "--limit", limit), 2, "--limit")
+    not_utf8 = os.fsdecode(b"\xff")
+    fails(menos.command("jobs", "list", "--owner", not_utf8), 2, "owner: not valid UTF-8")
+    fails(
+        menos.command("export-summaries", "--out", str(tmp_path / "missing" / "x.jsonl")),
+        1,
+        "No such file or directory",
+    )
+    wrong_password = re.sub(r"://([^@/]*@)?", "://nobody:wrong@", menos.database_url, count=1)
+    fails(menos.command("jobs", "list", MENOS_DATABASE_URL=wrong_password), 1, "menos: ")
+    elsewhere = tmp_path / "bad-dotenv"
+    elsewhere.mkdir()
+    (elsewhere / ".env").write_bytes(b"MENOS_LOG_FORMAT=\xff\n")
+    dotenv = subprocess.run(
+        [str(processes.BIN / "menos"), "jobs", "list"],
+        env=menos.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=elsewhere,
+        stdin=subprocess.DEVNULL,
+    )
+    fails(dotenv, 2, "invalid configuration: ")
+    piped = subprocess.run(
+        f"{processes.BIN / 'menos'} jobs list --limit 3 | true",  # the reader is gone at once
+        shell=True,
+        env=menos.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=menos.workdir,
+    )
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
