@@ -180,7 +180,7 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
 def cmd_worker(conf: settings.Settings, args: argparse.Namespace) -> int:
     if args.concurrency is not None:
         if args.concurrency < 1:
-            print("--concurrency must be a positive integer", file=sys.stderr)
+            print("menos: --concurrency must be a positive integer", file=sys.stderr)
             return EXIT_USAGE
         conf = settings.with_overrides(conf, worker_concurrency=args.concurrency)
     worker_id = args.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -249,7 +249,7 @@ def cmd_reprocess(conf: settings.Settings, args: argparse.Namespace) -> int:
 
 def cmd_classify(conf: settings.Settings, args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
-        print("--limit must be a positive integer", file=sys.stderr)
+        print("menos: --limit must be a positive integer", file=sys.stderr)
         return EXIT_USAGE
     return _repo_command(
         conf,
@@ -306,7 +306,7 @@ def cmd_jobs(conf: settings.Settings, args: argparse.Namespace) -> int:
     async def show(repo: repository.Repository) -> int:
         job = await repo.job(args.job_id, owner=None)
         if job is None:
-            print(f"no job {args.job_id}", file=sys.stderr)
+            print(f"menos: no job {args.job_id}", file=sys.stderr)
             return EXIT_FAILURE
         print(tools.job_json(job, await repo.callback(job.job_id)))
         return 0
@@ -314,7 +314,7 @@ def cmd_jobs(conf: settings.Settings, args: argparse.Namespace) -> int:
     async def cancel(repo: repository.Repository) -> int:
         outcome = await repo.request_cancel(args.job_id, owner=None)
         if outcome is None:
-            print(f"no job {args.job_id}", file=sys.stderr)
+            print(f"menos: no job {args.job_id}", file=sys.stderr)
             return EXIT_FAILURE
         result = {"pending": "cancelled", "processing": "cancel_requested"}.get(
             outcome.previous, "refused"
@@ -371,10 +371,10 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
         try:
             key_id = uuid.UUID(args.key_id)
         except ValueError:
-            print(f"not a key id: {args.key_id}", file=sys.stderr)
+            print(f"menos: not a key id: {args.key_id}", file=sys.stderr)
             return EXIT_USAGE
         if not await repo.revoke_key(key_id):
-            print(f"no active key {key_id}", file=sys.stderr)
+            print(f"menos: no active key {key_id}", file=sys.stderr)
             return EXIT_FAILURE
         print(f"revoked {key_id}")
         return 0
@@ -382,7 +382,7 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
     async def rotate(repo: repository.Repository) -> int:
         secret = await repo.rotate_secret(args.owner)
         if secret is None:
-            print(f"no owner {args.owner}", file=sys.stderr)
+            print(f"menos: no owner {args.owner}", file=sys.stderr)
             return EXIT_FAILURE
         print(secret)
         return 0
@@ -398,7 +398,10 @@ def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
         if args.db_command == "url":
             print(conf.database_url)
             return 0
-        print("MENOS_DATABASE_URL is set: there is no embedded database to manage", file=sys.stderr)
+        print(
+            "menos: MENOS_DATABASE_URL is set: there is no embedded database to manage",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     server = embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
     if args.db_command == "start":
@@ -411,7 +414,7 @@ def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
     found = server.running()
     if found is None:
         print(
-            f"the embedded database under {conf.home} is not running (bin/menos db start)",
+            f"menos: the embedded database under {conf.home} is not running (bin/menos db start)",
             file=sys.stderr,
         )
         return EXIT_FAILURE

@@ -267,6 +267,8 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
 
     for limit in ("0", "-5", "99999999999999999999"):
         fails(menos.command("jobs", "list", "--limit", limit), 2, "--limit")
+    unknown = "00000000-0000-0000-0000-000000000000"
+    fails(menos.command("jobs", "show", unknown), 1, f"menos: no job {unknown}")
     not_utf8 = os.fsdecode(b"\xff")
     fails(menos.command("jobs", "list", "--owner", not_utf8), 2, "owner: not valid UTF-8")
     fails(
