@@ -165,9 +165,9 @@ UPDATE menos.pipeline_job j
 RETURNING j.job_id, j.content_id, j.status, j.attempts;
 
 -- name: request_cancel
--- Cancel a pending job at once, or flag a processing one for its worker; returns the status before and after.
+-- Cancel a pending job at once, or flag a processing one for its worker; returns the status before and after, and the job's owner.
 WITH target AS (
-    SELECT job_id, status FROM menos.pipeline_job
+    SELECT job_id, status, owner FROM menos.pipeline_job
      WHERE job_id = $1 AND ($2::text IS NULL OR owner = $2)
        FOR UPDATE
 ), changed AS (
@@ -182,7 +182,7 @@ WITH target AS (
 ), notified AS (
     SELECT pg_notify('menos_cancel', job_id::text) FROM changed WHERE status = 'processing'
 )
-SELECT t.job_id, t.status AS previous, coalesce(c.status, t.status) AS status,
+SELECT t.job_id, t.status AS previous, coalesce(c.status, t.status) AS status, t.owner,
        (SELECT count(*) FROM notified) AS notified
   FROM target t LEFT JOIN changed c USING (job_id);
 

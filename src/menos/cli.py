@@ -321,7 +321,7 @@ def cmd_jobs(conf: settings.Settings, args: argparse.Namespace) -> int:
         )
         await repo.audit(
             "audit.cancellation",
-            owner=None,
+            owner=outcome.owner,
             actor_key_id=None,
             subject=args.job_id,
             detail={"outcome": result, "via": "bin/menos", "previous_status": outcome.previous},

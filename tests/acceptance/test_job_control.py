@@ -215,3 +215,28 @@ def test_database_outage_answers_503_and_recovers(menos: Menos) -> None:
             proxy.restore()
             wait_for(lambda: client.get("/api/v1/jobs").status_code == 200, what="recovery")
             assert client.get("/ready").status_code == 200
+
+
+def test_an_admins_actions_are_audited_under_the_items_owner(menos: Menos) -> None:
+    """An admin cancelling or reprocessing alice's items shows in alice's audit trail, with
+    the admin's key and owner as the actor."""
+    menos.api()
+    alice = menos.key("alice")
+    admin = menos.key("ops", admin=True)
+    with menos.client(alice["api_key"]) as client:
+        submitted = client.post("/api/v1/content", json={"text": "audited"}).json()
+    with menos.client(admin["api_key"]) as client:
+        assert client.post(f"/api/v1/jobs/{submitted['job_id']}/cancel").status_code == 200
+        assert (
+            client.post(f"/api/v1/content/{submitted['content_id']}/reprocess").status_code == 202
+        )
+    rows = sql(
+        menos.database_url,
+        "SELECT event, owner, actor_key_id::text AS actor, detail FROM menos.audit_event"
+        " WHERE event IN ('audit.cancellation', 'audit.reprocess_trigger') ORDER BY at",
+    )
+    assert [(r["event"], r["owner"], r["actor"]) for r in rows] == [
+        ("audit.cancellation", "alice", admin["key_id"]),
+        ("audit.reprocess_trigger", "alice", admin["key_id"]),
+    ]
+    assert {r["detail"]["actor_owner"] for r in rows} == {"ops"}

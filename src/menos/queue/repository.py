@@ -114,6 +114,7 @@ class Reprocessed(msgspec.Struct, frozen=True):
     status: Literal["submitted", "already_active", "already_completed"]
     job_id: models.JobId | None
     content_id: models.ContentId
+    owner: str  # the content's
 
 
 class Page(msgspec.Struct, Generic[T], frozen=True):
@@ -153,6 +154,7 @@ class CancelOutcome(msgspec.Struct, frozen=True):
     job_id: models.JobId
     previous: models.JobStatus
     status: models.JobStatus
+    owner: str  # the job's
 
 
 class _Store:
@@ -489,10 +491,14 @@ class Repository(_Store):
                 return None
             active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
             if active is not None:
-                return Reprocessed("already_active", active["job_id"], content["content_id"])
+                return Reprocessed(
+                    "already_active", active["job_id"], content["content_id"], content["owner"]
+                )
             current = content["pipeline_version"] == pipeline_version
             if content["processing_status"] == "completed" and current and not force:
-                return Reprocessed("already_completed", None, content["content_id"])
+                return Reprocessed(
+                    "already_completed", None, content["content_id"], content["owner"]
+                )
             job_id = await conn.fetchval(
                 self._q["insert_reprocess_job"],
                 models.new_id(),
@@ -506,9 +512,13 @@ class Repository(_Store):
             )
             if job_id is None:
                 active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
-                return Reprocessed("already_active", active["job_id"] if active else None,
-                                   content["content_id"])  # fmt: skip
-            return Reprocessed("submitted", job_id, content["content_id"])
+                return Reprocessed(
+                    "already_active",
+                    active["job_id"] if active else None,
+                    content["content_id"],
+                    content["owner"],
+                )
+            return Reprocessed("submitted", job_id, content["content_id"], content["owner"])
 
     async def list_jobs(
         self,

@@ -166,10 +166,15 @@ class ContentController(Controller):
             raise errors.NotFound(f"no content {content_id}")
         await repo.audit(
             "audit.reprocess_trigger",
-            owner=None if who.is_admin else who.owner,
+            owner=outcome.owner,
             actor_key_id=who.key_id,
             subject=content_id,
-            detail={"outcome": outcome.status, "job_id": outcome.job_id, "force": force},
+            detail={
+                "outcome": outcome.status,
+                "job_id": outcome.job_id,
+                "force": force,
+                "actor_owner": who.owner,
+            },
         )
         view = schemas.ReprocessView(
             job_id=outcome.job_id, content_id=outcome.content_id, status=outcome.status

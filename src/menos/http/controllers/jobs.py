@@ -91,10 +91,14 @@ class JobsController(Controller):
         )
         await repo.audit(
             "audit.cancellation",
-            owner=None if who.is_admin else who.owner,
+            owner=outcome.owner,
             actor_key_id=who.key_id,
             subject=job_id,
-            detail={"outcome": result, "previous_status": outcome.previous},
+            detail={
+                "outcome": result,
+                "previous_status": outcome.previous,
+                "actor_owner": who.owner,
+            },
         )
         if outcome.previous == "pending":
             return Response(schemas.CancelView(job_id=job_id, status="cancelled"), status_code=200)
