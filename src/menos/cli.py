@@ -308,6 +308,13 @@ def cmd_jobs(conf: settings.Settings, args: argparse.Namespace) -> int:
         if job is None:
             print(f"menos: no job {args.job_id}", file=sys.stderr)
             return EXIT_FAILURE
+        await repo.audit(
+            "audit.full_tier_access",
+            owner=job.owner,
+            actor_key_id=None,
+            subject=job.job_id,
+            detail={"data_tier": job.data_tier, "via": "bin/menos"},
+        )
         print(tools.job_json(job, await repo.callback(job.job_id)))
         return 0
 

@@ -190,6 +190,18 @@ async def classify(
                         data_tier=data_tier,
                         transcript=None,
                     )
+                    if outcome is not None:
+                        await repo.audit(
+                            "audit.reprocess_trigger",
+                            owner=outcome.owner,
+                            actor_key_id=None,
+                            subject=content_id,
+                            detail={
+                                "outcome": outcome.status,
+                                "job_id": outcome.job_id,
+                                "via": "bin/classify",
+                            },
+                        )
                     if outcome is not None and outcome.status == "submitted":
                         submitted += 1
                     else:

@@ -147,6 +147,13 @@ def test_classify_enqueues_failed_and_stale_once(menos: Menos) -> None:
         "WHERE status IN ('pending', 'processing') GROUP BY content_id",
     )
     assert all(row["n"] == 1 for row in active)
+    audits = sql(
+        menos.database_url,
+        "SELECT owner, detail->>'outcome' AS outcome, detail->>'via' AS via"
+        " FROM menos.audit_event WHERE event = 'audit.reprocess_trigger'",
+    )
+    assert [a["outcome"] for a in audits] == ["submitted", "submitted"]  # the rerun found none
+    assert {(a["owner"], a["via"]) for a in audits} == {("alice", "bin/classify")}
 
 
 def test_export_formats(menos: Menos, tmp_path: Path) -> None:
@@ -193,6 +200,12 @@ def test_jobs_list_show_cancel(menos: Menos) -> None:
     assert item["job_id"] in listing.stdout
     shown = json.loads(menos.command("jobs", "show", item["job_id"]).stdout)
     assert shown["status"] == "pending" and shown["content_id"] == item["content_id"]
+    read = sql(
+        menos.database_url,
+        "SELECT owner, subject::text AS subject, detail->>'via' AS via FROM menos.audit_event"
+        " WHERE event = 'audit.full_tier_access'",
+    )
+    assert read == [{"owner": "alice", "subject": item["job_id"], "via": "bin/menos"}]
     cancel = menos.command("jobs", "cancel", item["job_id"])
     assert json.loads(cancel.stdout)["outcome"] == "cancelled"
     refused = menos.command("jobs", "cancel", item["job_id"])
