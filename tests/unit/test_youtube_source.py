@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -62,8 +63,10 @@ class FakeYouTube(requests.adapters.BaseAdapter):
         captions: Mapping[str, str] | None = None,
         watch_status: int = 200,
         fail_with: Exception | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         super().__init__()
+        self.delay_s = delay_s
         self.player = player if player is not None else _player([_track("en", "English")])
         self.captions = captions if captions is not None else {"en": CAPTIONS_EN}
         self.watch_status = watch_status
@@ -76,6 +79,7 @@ class FakeYouTube(requests.adapters.BaseAdapter):
         """Answer one request the way YouTube would."""
         url = urllib.parse.urlsplit(request.url or "")
         self.calls.append(f"{request.method} {url.path}")
+        time.sleep(self.delay_s)  # a slow YouTube (this runs in the library's thread)
         if self.fail_with is not None:
             raise self.fail_with
         query = urllib.parse.parse_qs(url.query)
@@ -139,6 +143,7 @@ async def _fetch(
     languages: list[str] | None = None,
     transcript: str | None = None,
     oembed: httpx.AsyncClient | None = None,
+    total_s: float = youtube.TRANSCRIPT_TOTAL_S,
 ) -> fetched.Fetched:
     session = _session(fake)
     async with oembed if oembed is not None else _oembed_client() as client:
@@ -151,6 +156,7 @@ async def _fetch(
                 languages=languages if languages is not None else ["en"],
                 transcript=transcript,
                 transcript_http=session,
+                transcript_total_s=total_s,
             )
         finally:
             session.close()
@@ -235,6 +241,17 @@ async def test_network_error_is_fetch_failed() -> None:
         await _fetch(fake)
     assert caught.value.code == "FETCH_FAILED"
     assert "network is unreachable" in caught.value.message
+
+
+async def test_a_slow_transcript_download_is_fetch_failed_in_time() -> None:
+    """The library makes several requests, each with its own timeout; the whole download is
+    bounded too."""
+    started = time.monotonic()
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(FakeYouTube(delay_s=1.0), total_s=0.2)
+    assert caught.value.code == "FETCH_FAILED"
+    assert "timed out after 0.2 s" in caught.value.message
+    assert time.monotonic() - started < 0.9  # before even the first answer
 
 
 async def test_unexpected_youtube_answer_is_fetch_failed() -> None:

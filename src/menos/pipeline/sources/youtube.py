@@ -17,6 +17,8 @@ from menos.pipeline.sources import fetched
 _OEMBED_TIMEOUT_S = 10.0
 # The transcript library sends requests without a timeout; its own Session gets this one.
 _TRANSCRIPT_TIMEOUT_S = 30.0
+# It makes several requests per transcript: the whole download is bounded by this.
+TRANSCRIPT_TOTAL_S = 60.0
 # A pause this long between caption snippets starts a new paragraph.
 _PARAGRAPH_PAUSE_S = 2.0
 # Paragraphs end at a sentence end once this long, and at any snippet once twice as long.
@@ -64,13 +66,16 @@ async def fetch_video(
     languages: list[str],
     transcript: str | None,
     transcript_http: requests.Session | None = None,
+    transcript_total_s: float = TRANSCRIPT_TOTAL_S,
 ) -> fetched.Fetched:
     """Fetch a video's transcript (unless `transcript` is supplied) and its oEmbed title/channel.
 
     The transcript library is blocking; it runs in a worker thread with `transcript_http`
     (a requests.Session, used by one call at a time) or a fresh Session. oEmbed failures
     are not fatal: they are noted in `metadata["oembed_error"]`. Transcript failures raise
-    PipelineError: SOURCE_NOT_FOUND when there is no transcript, FETCH_FAILED otherwise.
+    PipelineError: SOURCE_NOT_FOUND when there is no transcript, FETCH_FAILED otherwise
+    (also when the download takes over `transcript_total_s`; its thread ends by itself, each
+    request having a timeout).
     `source_url` is what the user submitted; the video itself is looked up by `video_id`.
     """
     metadata: dict[str, Any] = {
@@ -81,7 +86,9 @@ async def fetch_video(
         body = transcript.strip()
         metadata["transcript_source"] = "supplied"
     else:
-        downloaded = await _download_transcript(video_id, languages, transcript_http)
+        downloaded = await _download_transcript(
+            video_id, languages, transcript_http, transcript_total_s
+        )
         body = _paragraphs(downloaded.snippets)
         metadata["transcript_source"] = "youtube"
         metadata["language"] = downloaded.language_code
@@ -131,10 +138,15 @@ async def _oembed(client: httpx.AsyncClient, oembed_url: str, watch_url: str) ->
 
 
 async def _download_transcript(
-    video_id: str, languages: list[str], http: requests.Session | None
+    video_id: str, languages: list[str], http: requests.Session | None, total_s: float
 ) -> _Transcript:
     try:
-        return await asyncio.to_thread(_download_blocking, video_id, list(languages), http)
+        async with asyncio.timeout(total_s):
+            return await asyncio.to_thread(_download_blocking, video_id, list(languages), http)
+    except TimeoutError:
+        raise errors.PipelineError(
+            "FETCH_FAILED", f"timed out after {total_s:g} s fetching the transcript of {video_id}"
+        ) from None
     except _NOT_FOUND as exc:
         raise errors.PipelineError("SOURCE_NOT_FOUND", _not_found_message(exc, languages)) from exc
     except youtube_transcript_api.CouldNotRetrieveTranscript as exc:
