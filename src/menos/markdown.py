@@ -9,7 +9,7 @@ from typing import Any
 import frontmatter
 import msgspec
 import yaml
-from frontmatter.default_handlers import YAMLHandler
+from frontmatter.default_handlers import JSONHandler, YAMLHandler
 
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
@@ -36,15 +36,21 @@ class _FrontmatterYAML(YAMLHandler):
         return super().load(fm, Loader=_NoAliasLoader)
 
 
-_HANDLER = _FrontmatterYAML()
+# As python-frontmatter's own choice (YAML between `---` lines, JSON in braces), but YAML
+# without aliases. A handler is only ever given for a note that starts with its delimiter: a
+# given handler splits at the first two `---` lines anywhere (two thematic breaks).
+_HANDLERS = [_FrontmatterYAML(), JSONHandler()]
 
 
 def parse(raw: str) -> Note:
     """Split frontmatter from text. A frontmatter block that is not plain YAML data (broken,
     using aliases, nested too deeply, or holding NUL characters or lone surrogates, which no
     text field and no JSON column accepts) is kept as plain text."""
+    handler = frontmatter.detect_format(raw.strip(), _HANDLERS)
+    if handler is None:
+        return Note(metadata={}, text=raw.strip())
     try:
-        post = frontmatter.loads(raw, handler=_HANDLER)
+        post = frontmatter.loads(raw, handler=handler)
         metadata = msgspec.to_builtins(
             {str(k): v for k, v in post.metadata.items()}, str_keys=True, enc_hook=str
         )

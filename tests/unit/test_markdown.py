@@ -15,6 +15,17 @@ def test_frontmatter_becomes_metadata() -> None:
     assert note.text == "# H\ntext"
 
 
+def test_a_note_without_frontmatter_is_kept_whole() -> None:
+    """Thematic breaks (`---`) inside a note are text, not a frontmatter block."""
+    raw = "# Title\n\nIntro.\n\n---\n\nSection two.\n\n---\n\nSection three.\n"
+    assert markdown.parse(raw) == markdown.Note(metadata={}, text=raw.strip())
+
+
+def test_json_frontmatter_is_read_too() -> None:
+    note = markdown.parse('{\n"title": "From JSON"\n}\nbody')
+    assert note == markdown.Note(metadata={"title": "From JSON"}, text="body")
+
+
 @pytest.mark.parametrize(
     "frontmatter",
     [
