@@ -652,17 +652,26 @@ def main(argv: list[str] | None = None) -> int:
     except errors.MenosError as exc:
         print(f"menos: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except BrokenPipeError:
-        # The reader went away (`| head`): nothing more to write, and no traceback. Python
-        # would still fail flushing stdout at exit, so it points at /dev/null from here on.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILURE
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():
+            # The reader went away (`| head`): nothing more to write, and no traceback.
+            # Python would still fail flushing stdout at exit: it points at /dev/null now.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_FAILURE
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"menos: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"menos: {exc.strerror or exc or type(exc).__name__}{where}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_gone() -> bool:
+    """True when stdout is a pipe whose reader has closed it."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    return False
 
 
 def _list_limit(text: str) -> int:

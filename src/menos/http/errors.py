@@ -138,18 +138,24 @@ def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response
 
 def _nested_too_deeply(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """The JSON decoder's recursion limit, reached by a body nested a thousand levels deep
-    before a handler runs (the bodies Litestar decodes)."""
+    before a handler runs (the bodies Litestar decodes). Without a body to blame, it is a bug
+    like any other: a 500, logged with its traceback."""
+    if not _has_body(request):
+        return _litestar_error(request, exc)
     log.info("request_body_too_deep", path=request.url.path)
     return problem(400, "Invalid input", NESTED_TOO_DEEPLY, [FieldError("body", NESTED_TOO_DEEPLY)])
+
+
+def _has_body(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    headers = connection.headers
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 
 def require_json(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Route guard: a request that carries a body sends it as application/json; 415 is
     answered before the body is read, so no other media type is taken for malformed JSON."""
-    headers = connection.headers
-    has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-    media = headers.get("content-type", "").split(";")[0].strip().lower()
-    if has_body and media != "application/json":
+    media = connection.headers.get("content-type", "").split(";")[0].strip().lower()
+    if _has_body(connection) and media != "application/json":
         raise UnsupportedMedia("send the body as application/json")
 
 
