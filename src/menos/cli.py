@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_FAILURE
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"menos: {exc.strerror or exc or type(exc).__name__}{where}", file=sys.stderr)
+        print(f"menos: {exc.strerror or str(exc) or type(exc).__name__}{where}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
