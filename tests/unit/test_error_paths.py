@@ -40,5 +40,8 @@ def test_an_os_error_without_a_message_is_named(
         raise TimeoutError()
 
     monkeypatch.setitem(cli.COMMANDS, "jobs", times_out)
+    # Logging stays as the test session set it: configured here, it would write to this
+    # test's captured stderr, closed once the test ends.
+    monkeypatch.setattr(cli.menos_logging, "configure", lambda *_: None)
     assert cli.main(["jobs", "list"]) == 1
     assert capsys.readouterr().err.strip() == "menos: TimeoutError"
