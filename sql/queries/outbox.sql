@@ -1,5 +1,5 @@
 -- name: claim_outbox_events
--- Claim up to $2 due callback events: count the attempt and hold the event past it before anything is sent; with the secrets that sign it now and when the next look is due.
+-- Claim up to $2 due callback events for one attempt each: hold the event for the attempt ($4: its timeout plus a margin), not yet counting it; with the secrets that sign it now and when the next look is due.
 WITH due AS (
     SELECT event_id, owner FROM menos.callback_outbox
      WHERE status = 'pending' AND attempts < $3
@@ -9,17 +9,14 @@ WITH due AS (
        FOR UPDATE SKIP LOCKED
 )
 UPDATE menos.callback_outbox o
-   SET attempts = o.attempts + 1,
-       -- Held until this attempt has surely ended ($5: its timeout plus a margin), so no other
-       -- claim overlaps it; before the last attempt, also never sooner than the next backoff
-       -- ($4 × 4^(attempt - 1)). A recorded failure sets the real retry time.
-       next_attempt_at = coalesce($1::timestamptz, now()) + make_interval(secs => CASE
-           WHEN o.attempts + 1 >= $3 THEN $5::float8
-           ELSE greatest($4::float8 * 4.0::float8 ^ o.attempts, $5::float8) END)
+   -- The attempt counts once its request goes out (count_outbox_attempts), or when its
+   -- failure to connect is recorded: a claimer that dies before sending costs no attempt.
+   SET next_attempt_at = coalesce($1::timestamptz, now()) + make_interval(secs => $4::float8)
   FROM due
   LEFT JOIN menos.owner w ON w.name = due.owner
  WHERE o.event_id = due.event_id
-RETURNING o.event_id, o.job_id, o.owner, o.url, o.payload::text AS payload, o.attempts,
+RETURNING o.event_id, o.job_id, o.owner, o.url, o.payload::text AS payload,
+          o.attempts + 1 AS attempts,  -- the number of the attempt being made
           o.created_at,
           -- After a rotation the previous secret signs too, until it expires.
           w.webhook_secret,
@@ -32,13 +29,39 @@ RETURNING o.event_id, o.job_id, o.owner, o.url, o.payload::text AS payload, o.at
                    FROM menos.callback_outbox p
                   WHERE p.status = 'pending'
                     AND p.event_id NOT IN (SELECT event_id FROM due)),
-                $5::float8) AS next_due_in;
+                $4::float8) AS next_due_in;
+
+-- name: count_outbox_attempts
+-- Count several claimed attempts ($1: event ids, $2: their attempt numbers) as their requests go out, each guarded by (event, previous count, pending); returns the ids counted.
+WITH sending AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[]) AS s(event_id, attempts)
+),
+locked AS MATERIALIZED (
+    -- One lock order, as in record_outbox_outcomes: overlapping groups wait, never deadlock.
+    SELECT event_id FROM menos.callback_outbox
+     WHERE event_id = ANY ($1::uuid[])
+     ORDER BY event_id
+       FOR UPDATE
+)
+UPDATE menos.callback_outbox o
+   SET attempts = s.attempts,
+       -- Held until this attempt has surely ended ($5: its timeout plus a margin); before the
+       -- last attempt also never sooner than the next backoff ($4 × 4^(attempt - 1)), should
+       -- the sender die before recording the answer. A recorded outcome sets the real time.
+       next_attempt_at = coalesce($3::timestamptz, now()) + make_interval(secs => CASE
+           WHEN s.attempts >= $6 THEN $5::float8
+           ELSE greatest($4::float8 * 4.0::float8 ^ (s.attempts - 1), $5::float8) END)
+  FROM locked l, sending s
+ WHERE o.event_id = l.event_id AND s.event_id = l.event_id
+   AND o.attempts = s.attempts - 1 AND o.status = 'pending'
+RETURNING o.event_id;
 
 -- name: record_outbox_outcomes
--- Record several attempts' outcomes ($1: a JSON array) in one statement, each guarded by (event, attempt, pending) and audited as $2.
+-- Record several attempts' outcomes ($1: a JSON array) in one statement, each guarded by (event, attempt, pending) and audited as $2; an attempt not yet counted (its request never went out) is counted here.
 WITH outcome AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(
-        i int, event_id uuid, attempts int, status_code int, error text, at timestamptz,
+        i int, event_id uuid, attempts int, counted boolean, status_code int, error text,
+        at timestamptz,
         max_attempts int, backoff_s float8, owner text, job_id uuid, detail jsonb)
 ),
 locked AS MATERIALIZED (
@@ -54,19 +77,21 @@ recorded AS (
     -- A delivered attempt ends the event; a failed one is retried after
     -- backoff_s × 4^(attempt - 1) seconds, or ends it `failed` after max_attempts.
     UPDATE menos.callback_outbox o
-       SET status = CASE WHEN x.error IS NULL THEN 'delivered'
-                         WHEN o.attempts >= x.max_attempts THEN 'failed' ELSE 'pending' END,
+       SET attempts = x.attempts,
+           status = CASE WHEN x.error IS NULL THEN 'delivered'
+                         WHEN x.attempts >= x.max_attempts THEN 'failed' ELSE 'pending' END,
            delivered_at = CASE WHEN x.error IS NULL THEN coalesce(x.at, now())
                                ELSE o.delivered_at END,
            last_status_code = x.status_code,
            last_error = x.error,
-           next_attempt_at = CASE WHEN x.error IS NULL OR o.attempts >= x.max_attempts
+           next_attempt_at = CASE WHEN x.error IS NULL OR x.attempts >= x.max_attempts
                THEN o.next_attempt_at
                ELSE coalesce(x.at, now())
-                    + make_interval(secs => x.backoff_s * 4.0::float8 ^ (o.attempts - 1)) END
+                    + make_interval(secs => x.backoff_s * 4.0::float8 ^ (x.attempts - 1)) END
       FROM locked l, outcome x
      WHERE o.event_id = l.event_id AND x.event_id = l.event_id
-       AND o.attempts = x.attempts AND o.status = 'pending'
+       AND o.attempts = x.attempts - CASE WHEN x.counted THEN 0 ELSE 1 END
+       AND o.status = 'pending'
     RETURNING o.event_id, o.attempts, o.status
 ),
 audited AS (

@@ -214,6 +214,9 @@ def verify(dsn: str, submitted: list[str], hook: Receiver) -> dict[str, Any]:
     assert len(events) == len(jobs), "a terminal job without exactly one outbox event"
     failed = [e for e in events if e["status"] == "failed"]
     assert all(e["attempts"] == 3 for e in failed), failed[:5]
+    # An attempt counts before its request goes out: never more requests than attempts.
+    oversent = [e for e in events if hook.seen.get(e["event_id"], 0) > e["attempts"]]
+    assert not oversent, f"more requests than counted attempts: {oversent[:5]}"
     delivered = [e for e in events if e["status"] == "delivered"]
     missing = [e["event_id"] for e in delivered if e["event_id"] not in hook.seen]
     assert not missing, f"delivered but never received: {missing[:5]}"
@@ -224,6 +227,9 @@ def verify(dsn: str, submitted: list[str], hook: Receiver) -> dict[str, Any]:
         "events_failed": len(failed),
         "lost": 0,
         "duplicate_deliveries": sum(n - 1 for n in hook.seen.values() if n > 1),
+        # failed events whose three counted attempts did not all reach the receiver (a
+        # dispatcher killed between counting and sending, or a request cut off mid-way)
+        "failed_short_of_3_requests": sum(1 for e in failed if hook.seen.get(e["event_id"]) != 3),
     }
 
 

@@ -17,10 +17,12 @@ from menos import db, errors
 from menos.pipeline import ssrf
 from menos.queue import dispatcher, group_commit, models, repository
 from tests.integration import helpers
+from tests.support.http_network import HandlerNetwork
 
 HOLD = 12.0
 BACKOFF = 2.0
 MAX = 3
+HOOK = "http://192.0.2.7/hook"  # an address literal: the fake network answers it, no DNS
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def outbox(pool: asyncpg.Pool[Any]) -> repository.OutboxRepository:
 
 
 async def make_events(
-    repo: repository.Repository, n: int, *, url: str = "https://example.com/hook"
+    repo: repository.Repository, n: int, *, url: str = HOOK
 ) -> list[models.JobId]:
     """`n` jobs that completed with a callback, so `n` outbox events; returns the job ids."""
     await helpers.owner(repo)
@@ -55,10 +57,20 @@ async def db_now(pool: asyncpg.Pool[Any]) -> dt.datetime:
 async def claim(
     outbox: repository.OutboxRepository, now: dt.datetime, limit: int = 10
 ) -> list[models.OutboxEvent]:
-    claim = await outbox.claim_signed(
-        limit, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now
-    )
+    claim = await outbox.claim_signed(limit, max_attempts=MAX, hold_s=HOLD, now=now)
     return [claimed.event for claimed in claim.events]
+
+
+async def count(
+    outbox: repository.OutboxRepository,
+    events: list[models.OutboxEvent],
+    now: dt.datetime | None = None,
+    hold_s: float = HOLD,
+) -> list[bool]:
+    """Count the attempts as the dispatcher does when their requests go out."""
+    return await outbox.count_attempts(
+        events, max_attempts=MAX, backoff_s=BACKOFF, hold_s=hold_s, now=now
+    )
 
 
 async def row(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
@@ -85,10 +97,16 @@ async def record_delivered(
     status_code: int,
     duration_ms: float,
     now: dt.datetime | None = None,
+    counted: bool = True,
 ) -> bool:
     """Record one delivered attempt; False when its event moved on."""
     outcome = repository.Outcome(
-        event=event, status_code=status_code, error=None, duration_ms=duration_ms, now=now
+        event=event,
+        counted=counted,
+        status_code=status_code,
+        error=None,
+        duration_ms=duration_ms,
+        now=now,
     )
     (status,) = await outbox.record_outcomes([outcome])
     assert not isinstance(status, errors.Refused)
@@ -105,10 +123,12 @@ async def record_failure(
     max_attempts: int,
     backoff_s: float,
     now: dt.datetime | None = None,
+    counted: bool = True,
 ) -> repository.OutboxStatus | None:
     """Record one failed attempt; its event's status, None when the event moved on."""
     outcome = repository.Outcome(
         event=event,
+        counted=counted,
         status_code=status_code,
         error=error,
         duration_ms=duration_ms,
@@ -135,27 +155,57 @@ async def test_two_dispatchers_never_claim_the_same_event(
         seen.extend(event.event_id for batch in batches for event in batch)
     assert len(seen) == len(set(seen)) == 40
     attempts = await pool.fetch("SELECT DISTINCT attempts FROM menos.callback_outbox")
-    assert [r["attempts"] for r in attempts] == [1]
+    assert [r["attempts"] for r in attempts] == [0]  # none counted: no request went out
 
 
-async def test_attempt_is_counted_and_held_before_anything_is_sent(
+async def test_a_claim_holds_the_event_and_counts_nothing_until_its_request_goes_out(
     repo: repository.Repository,
     outbox: repository.OutboxRepository,
     pool: asyncpg.Pool[Any],
 ) -> None:
-    """A claimed event's attempt is already counted; if its sender dies, the retry is attempt 2."""
+    """A sender that dies between its claim and its request costs no attempt: once the hold
+    runs out the event is attempt 1 again. Counted as its request goes out, it is held past
+    the next backoff, so a sender dying then is followed by attempt 2 no sooner than that."""
     await make_events(repo, 1)
     now = await db_now(pool)
     (event,) = await claim(outbox, now)
     assert event.attempts == 1
     assert json.loads(event.payload)["event_id"] == str(event.event_id)
     state = await row(pool)
-    assert state["attempts"] == 1 and state["status"] == "pending"
+    assert state["attempts"] == 0 and state["status"] == "pending"
     assert state["next_attempt_at"] == now + dt.timedelta(seconds=HOLD)
     assert await claim(outbox, now + dt.timedelta(seconds=HOLD - 0.5)) == []
-    (again,) = await claim(outbox, now + dt.timedelta(seconds=HOLD))
-    assert again.event_id == event.event_id and again.attempts == 2
+    at = now + dt.timedelta(seconds=HOLD)
+    (again,) = await claim(outbox, at)
+    assert again.event_id == event.event_id and again.attempts == 1
     assert again.payload == event.payload
+    assert await count(outbox, [again], at, hold_s=0.5) == [True]
+    state = await row(pool)
+    assert state["attempts"] == 1
+    assert state["next_attempt_at"] == at + dt.timedelta(seconds=BACKOFF)  # longer than 0.5 s
+    (second,) = await claim(outbox, at + dt.timedelta(seconds=BACKOFF))
+    assert second.attempts == 2
+
+
+async def test_a_count_for_an_event_that_moved_on_is_refused(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Two senders holding the same attempt (the first one's hold ran out): only one count
+    wins, so only one request goes out; nor is an event that ended counted again."""
+    await make_events(repo, 2)
+    now = await db_now(pool)
+    stale, other = await claim(outbox, now)
+    (current,) = await claim(outbox, now + dt.timedelta(seconds=HOLD), limit=1)
+    stale = next(e for e in (stale, other) if e.event_id == current.event_id)
+    other = next(e for e in await claim(outbox, now + dt.timedelta(seconds=HOLD)))
+    assert await count(outbox, [current, other]) == [True, True]
+    assert await count(outbox, [stale]) == [False]
+    assert await record_delivered(outbox, other, status_code=204, duration_ms=1.0)
+    assert await count(outbox, [other]) == [False]
+    attempts = await pool.fetch("SELECT attempts FROM menos.callback_outbox")
+    assert [r["attempts"] for r in attempts] == [1, 1]
 
 
 async def test_failed_attempts_back_off_then_end_failed_leaving_the_job_alone(
@@ -169,6 +219,8 @@ async def test_failed_attempts_back_off_then_end_failed_leaving_the_job_alone(
     for attempt, wait in ((1, BACKOFF), (2, 4 * BACKOFF), (3, None)):
         (event,) = await claim(outbox, at)
         assert event.attempts == attempt
+        if attempt != 2:
+            assert await count(outbox, [event], at) == [True]
         answered = at + dt.timedelta(seconds=0.25)
         status = await record_failure(
             outbox,
@@ -179,6 +231,7 @@ async def test_failed_attempts_back_off_then_end_failed_leaving_the_job_alone(
             max_attempts=MAX,
             backoff_s=BACKOFF,
             now=answered,
+            counted=attempt != 2,  # counted as sent (1, 3), or by its record (2)
         )
         state = await row(pool)
         if wait is None:
@@ -205,11 +258,13 @@ async def test_last_attempt_never_recorded_ends_failed(
     outbox: repository.OutboxRepository,
     pool: asyncpg.Pool[Any],
 ) -> None:
-    """Three claims whose senders all died leave the event failed once the last hold runs out."""
+    """Three attempts whose senders all died after sending leave the event failed once the
+    last hold runs out."""
     await make_events(repo, 1)
     at = await db_now(pool)
     for _ in range(MAX):
         (event,) = await claim(outbox, at)
+        assert await count(outbox, [event], at) == [True]
         at = (await row(pool))["next_attempt_at"]
     assert event.attempts == MAX
     assert await outbox.sweep_exhausted(max_attempts=MAX, now=at - dt.timedelta(seconds=1)) == []
@@ -230,11 +285,18 @@ async def test_outcome_of_a_superseded_attempt_changes_nothing(
     outbox: repository.OutboxRepository,
     pool: asyncpg.Pool[Any],
 ) -> None:
-    """A sender whose hold ran out and whose event was claimed again cannot record its answer."""
+    """A sender whose hold ran out, and whose event was attempted again, cannot record its
+    answer; nor can one whose request never went out once another sender's did."""
     await make_events(repo, 1)
     now = await db_now(pool)
-    (stale,) = await claim(outbox, now)
-    (current,) = await claim(outbox, now + dt.timedelta(seconds=HOLD))
+    (never_sent,) = await claim(outbox, now)
+    (stale,) = await claim(outbox, now + dt.timedelta(seconds=HOLD))
+    assert await count(outbox, [stale], now + dt.timedelta(seconds=HOLD)) == [True]
+    assert not await record_delivered(
+        outbox, never_sent, status_code=200, duration_ms=1.0, counted=False
+    )
+    (current,) = await claim(outbox, now + dt.timedelta(seconds=2 * HOLD))
+    assert await count(outbox, [current]) == [True]
     assert not await record_delivered(outbox, stale, status_code=200, duration_ms=1.0)
     late = await record_failure(
         outbox,
@@ -255,6 +317,7 @@ async def test_outcome_of_a_superseded_attempt_changes_nothing(
     assert not await record_delivered(outbox, current, status_code=200, duration_ms=1.0)
     details = await audit_details(pool)
     assert [(d["attempt"], d["status"]) for d in details] == [
+        (1, None),
         (1, None),
         (1, None),
         (2, "delivered"),
@@ -287,9 +350,7 @@ async def test_a_claim_tells_when_the_next_event_may_be_due(
     now = await db_now(pool)
 
     async def claim_one(at: dt.datetime) -> repository.Claim:
-        return await outbox.claim_signed(
-            1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=at
-        )
+        return await outbox.claim_signed(1, max_attempts=MAX, hold_s=HOLD, now=at)
 
     first = await claim_one(now)
     assert len(first.events) == 1 and first.next_due_in is not None
@@ -311,21 +372,15 @@ async def test_a_claim_brings_the_secrets_that_sign_now(
     await make_events(repo, 2)
     old = await pool.fetchval("SELECT webhook_secret FROM menos.owner WHERE name = 'alice'")
     now = await db_now(pool)
-    (before,) = (
-        await outbox.claim_signed(1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now)
-    ).events
+    (before,) = (await outbox.claim_signed(1, max_attempts=MAX, hold_s=HOLD, now=now)).events
     assert before.secrets == [old]
     new = await repo.rotate_secret("alice")
-    (during,) = (
-        await outbox.claim_signed(1, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=now)
-    ).events
+    (during,) = (await outbox.claim_signed(1, max_attempts=MAX, hold_s=HOLD, now=now)).events
     assert during.secrets == [new, old]
     later = now + repository.SECRET_OVERLAP + dt.timedelta(seconds=1)
-    claimed = (
-        await outbox.claim_signed(2, max_attempts=MAX, backoff_s=BACKOFF, hold_s=HOLD, now=later)
-    ).events
+    claimed = (await outbox.claim_signed(2, max_attempts=MAX, hold_s=HOLD, now=later)).events
     assert [c.secrets for c in claimed] == [[new], [new]]
-    assert [c.event.attempts for c in claimed] == [2, 2]
+    assert [c.event.attempts for c in claimed] == [1, 1]  # the first two were never sent
 
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
@@ -335,12 +390,18 @@ Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 async def deliver(
     outbox: repository.OutboxRepository, database_url: str
 ) -> AsyncIterator[Callable[..., Awaitable[tuple[int, list[httpx.Request]]]]]:
-    """Run one dispatcher pass with a receiver `handler`; returns (attempts made, requests)."""
+    """Run one dispatcher pass with a receiver `handler`; returns (attempts made, requests).
+
+    Requests go through httpx's real connection pool to a fake network (so attempts are
+    counted as they go out), or with `mock` through `httpx.MockTransport` (so recording the
+    outcome counts them), which alone streams answers.
+    """
     clients: list[httpx.AsyncClient] = []
 
     async def run(
         handler: Handler | None = None,
         *,
+        mock: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout_s: float = 5.0,
     ) -> tuple[int, list[httpx.Request]]:
@@ -352,7 +413,13 @@ async def deliver(
             assert handler is not None
             return await handler(request)
 
-        client = httpx.AsyncClient(transport=transport or httpx.MockTransport(recording))
+        if transport is None:
+            transport = (
+                httpx.MockTransport(recording)
+                if mock
+                else ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(recording))
+            )
+        client = httpx.AsyncClient(transport=transport)
         clients.append(client)
         config = dispatcher.DispatcherConfig(
             timeout_s=timeout_s, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9"
@@ -431,7 +498,7 @@ async def test_endless_answer_is_read_only_up_to_64_kib(
         return httpx.Response(500, stream=Endless())
 
     await make_events(repo, 1)
-    await deliver(endless)
+    await deliver(endless, mock=True)
     assert sum(pulled) <= 64 * 1024 + 16 * 1024
     state = await row(pool)
     assert state["last_status_code"] == 500 and state["last_error"].startswith("HTTP 500: xxx")
@@ -474,7 +541,7 @@ async def test_2xx_whose_body_stalls_counts_as_delivered(
         return httpx.Response(200, stream=Stalling())
 
     await make_events(repo, 1)
-    await deliver(accepted, timeout_s=0.2)
+    await deliver(accepted, mock=True, timeout_s=0.2)
     state = await row(pool)
     assert (state["status"], state["attempts"], state["last_status_code"]) == (
         "delivered",
@@ -497,11 +564,135 @@ async def test_private_callback_address_is_refused_at_delivery(
     assert "non-public address (127.0.0.1)" in state["last_error"]
 
 
+async def test_an_attempt_counts_before_its_request_reaches_the_receiver(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """When the receiver gets the request, its attempt is already counted and committed."""
+    counted_on_arrival: list[int] = []
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        counted_on_arrival.append(await pool.fetchval("SELECT attempts FROM menos.callback_outbox"))
+        return httpx.Response(204)
+
+    await make_events(repo, 1)
+    made, requests = await deliver(ok)
+    assert made == 1 and len(requests) == 1
+    assert counted_on_arrival == [1]
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("delivered", 1, 204)
+
+
+class _Unreachable(HandlerNetwork):
+    """A network whose connections never open: a sender waits in connect."""
+
+    async def connect_tcp(self, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        self.connected.append((host, port))
+        await asyncio.Event().wait()
+
+
+async def _die_during(
+    outbox: repository.OutboxRepository,
+    network: HandlerNetwork,
+    database_url: str,
+    reached: Callable[[], bool],
+) -> None:
+    """Run a dispatcher over `network` and kill it (cancel) once `reached()` is true."""
+    config = dispatcher.DispatcherConfig(
+        timeout_s=5.0, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9"
+    )
+    async with httpx.AsyncClient(
+        transport=ssrf.PinnedTransport(allow_private=True, network=network)
+    ) as client:
+        running = asyncio.create_task(
+            dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run_once()
+        )
+        for _ in range(200):  # up to 10 s; reached in well under one
+            if reached():
+                break
+            await asyncio.sleep(0.05)  # the interval of this poll for reached()
+        assert reached()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_sender_that_dies_before_its_request_goes_out_costs_no_attempt(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+) -> None:
+    """Killed while connecting, a dispatcher leaves the event uncounted: it is attempt 1 again."""
+    await make_events(repo, 1)
+    network = _Unreachable(lambda request: httpx.Response(204))
+    await _die_during(outbox, network, database_url, lambda: bool(network.connected))
+    state = await row(pool)
+    assert (state["status"], state["attempts"]) == ("pending", 0)
+    (again,) = await claim(outbox, state["next_attempt_at"])
+    assert again.attempts == 1
+    assert await audit_details(pool) == []
+
+
+async def test_a_sender_that_dies_after_its_request_went_out_keeps_the_attempt_counted(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+) -> None:
+    """Killed while waiting for the answer, a dispatcher leaves the attempt counted; the next
+    one comes no sooner than the backoff."""
+    await make_events(repo, 1)
+    received: list[httpx.Request] = []
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        received.append(request)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    await _die_during(outbox, HandlerNetwork(never_answers), database_url, lambda: bool(received))
+    state = await row(pool)
+    assert (state["status"], state["attempts"]) == ("pending", 1)
+    (again,) = await claim(outbox, state["next_attempt_at"])
+    assert again.attempts == 2
+
+
+async def test_a_count_refused_sends_nothing_and_records_nothing(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the event moved on between the claim and the request (another sender counted it
+    first), the request is not sent and no outcome is recorded."""
+    real_count = repository.OutboxRepository.count_attempts
+
+    async def another_sender_first(
+        self: repository.OutboxRepository, events: Sequence[models.OutboxEvent], **kw: Any
+    ) -> list[bool]:
+        await pool.execute("UPDATE menos.callback_outbox SET attempts = attempts + 1")
+        return await real_count(self, events, **kw)
+
+    monkeypatch.setattr(repository.OutboxRepository, "count_attempts", another_sender_first)
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    await make_events(repo, 1)
+    made, requests = await deliver(ok)
+    assert made == 1 and requests == []
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_error"]) == ("pending", 1, None)
+    assert await audit_details(pool) == []
+
+
 def outcome(
     event: models.OutboxEvent, status_code: int | None, error: str | None = None
 ) -> repository.Outcome:
+    """An outcome of an attempt whose request never went through a counting transport."""
     return repository.Outcome(
         event=event,
+        counted=False,
         status_code=status_code,
         error=error,
         duration_ms=3.5,
@@ -520,6 +711,7 @@ async def test_outcomes_recorded_together_are_each_guarded_and_audited(
     now = await db_now(pool)
     first, second, third = await claim(outbox, now)
     (current,) = await claim(outbox, now + dt.timedelta(seconds=HOLD), limit=1)
+    assert await count(outbox, [current]) == [True]
     stale = next(e for e in (first, second, third) if e.event_id == current.event_id)
     others = [e for e in (first, second, third) if e.event_id != current.event_id]
     statuses = await outbox.record_outcomes(
@@ -538,7 +730,7 @@ async def test_outcomes_recorded_together_are_each_guarded_and_audited(
         )
     }
     assert rows[others[0].event_id]["status"] == "delivered"
-    assert rows[stale.event_id]["status"] == "pending" and rows[stale.event_id]["attempts"] == 2
+    assert rows[stale.event_id]["status"] == "pending" and rows[stale.event_id]["attempts"] == 1
     assert rows[stale.event_id]["last_status_code"] is None
     assert rows[others[1].event_id]["last_error"] == "HTTP 503: busy"
     details = await audit_details(pool)
@@ -547,7 +739,7 @@ async def test_outcomes_recorded_together_are_each_guarded_and_audited(
         (str(stale.event_id), 1, "delivered", None),
         (str(others[1].event_id), 1, "failed", "pending"),
     ]
-    assert all(d["duration_ms"] == 3.5 and d["url"] == "https://example.com/hook" for d in details)
+    assert all(d["duration_ms"] == 3.5 and d["url"] == HOOK for d in details)
 
 
 async def test_concurrent_outcomes_share_one_statement_and_each_caller_learns_its_own(
@@ -610,7 +802,8 @@ async def test_outcome_lost_to_a_database_outage_is_attempted_again(
     pool: asyncpg.Pool[Any],
     database_url: str,
 ) -> None:
-    """The database going away before an answer is recorded costs an attempt, never the event."""
+    """The database going away after the request went out, before its answer is recorded,
+    costs the attempt (counted as it went out), never the event."""
     await make_events(repo, 1)
     own_pool = await db.create_pool(database_url, min_size=1, max_size=2)
     sent: list[int] = []
@@ -623,8 +816,9 @@ async def test_outcome_lost_to_a_database_outage_is_attempted_again(
     config = dispatcher.DispatcherConfig(
         timeout_s=5.0, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9"
     )
+    network = HandlerNetwork(answer_then_lose_the_database)
     async with httpx.AsyncClient(
-        transport=httpx.MockTransport(answer_then_lose_the_database)
+        transport=ssrf.PinnedTransport(allow_private=True, network=network)
     ) as client:
         lost = dispatcher.Dispatcher(
             config, repository.OutboxRepository(own_pool, db.Queries()), client, dsn=database_url
@@ -637,7 +831,7 @@ async def test_outcome_lost_to_a_database_outage_is_attempted_again(
     assert await claim(outbox, state["next_attempt_at"] - dt.timedelta(seconds=0.1)) == []
     (again,) = await claim(outbox, state["next_attempt_at"])
     assert again.attempts == 2
-    assert await record_delivered(outbox, again, status_code=200, duration_ms=1.0)
+    assert await record_delivered(outbox, again, status_code=200, duration_ms=1.0, counted=False)
     assert (await row(pool))["status"] == "delivered"
 
 
@@ -667,10 +861,10 @@ async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_res
     """While it runs, the dispatcher ends a lost third attempt `failed` and delivers what is due."""
     await make_events(repo, 1)
     at = await db_now(pool)
-    (lost,) = await claim(outbox, at, limit=1)
-    for _ in range(MAX - 1):
-        at = (await row_of(pool, lost.event_id))["next_attempt_at"]
+    for _ in range(MAX):
         (lost,) = await claim(outbox, at, limit=1)
+        assert await count(outbox, [lost], at) == [True]
+        at = (await row_of(pool, lost.event_id))["next_attempt_at"]
     assert lost.attempts == MAX
     await pool.execute(  # as if the third attempt's hold ran out a second ago
         "UPDATE menos.callback_outbox SET next_attempt_at = now() - interval '1 second' "
@@ -725,9 +919,7 @@ async def test_dispatcher_claims_and_records_read_no_table_whole_before_any_anal
         repo = repository.Repository(one, db.Queries())  # type: ignore[arg-type]
         box = repository.OutboxRepository(one, db.Queries())  # type: ignore[arg-type]
         await helpers.owner(repo)
-        await repo.enqueue_many(
-            [helpers.note(callback_url="https://example.com/hook") for _ in range(2000)]
-        )
+        await repo.enqueue_many([helpers.note(callback_url=HOOK) for _ in range(2000)])
         held = await repo.claim(
             "w", 2000, max_processing=2000, lease_s=30, pipeline_version=helpers.VERSION
         )
@@ -748,8 +940,11 @@ async def test_dispatcher_claims_and_records_read_no_table_whole_before_any_anal
         for _ in range(3):
             events = await claim(box, now, limit=10)
             assert len(events) == 10
+            assert await count(box, events, now) == [True] * 10
             outcomes = [
-                repository.Outcome(event=e, status_code=204, error=None, duration_ms=1.0, now=now)
+                repository.Outcome(
+                    event=e, counted=True, status_code=204, error=None, duration_ms=1.0, now=now
+                )
                 for e in events
             ]
             assert await box.record_outcomes(outcomes) == ["delivered"] * 10

@@ -9,6 +9,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
 
 import httpx
 import msgspec
@@ -55,20 +57,54 @@ class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Attempt(msgspec.Struct, frozen=True):
-    """What one request to a receiver gave: its status code and, unless 2xx, why it failed."""
+    """What one request to a receiver gave: its status code and, unless 2xx, why it failed.
+
+    `counted`: the attempt was counted as its request went out; otherwise the request never
+    went out (or went through a transport without httpcore's trace hook), and recording the
+    outcome counts it.
+    """
 
     status_code: int | None
     error: str | None
+    counted: bool = False
+
+
+class _MovedOn(Exception):
+    """The event moved on before its request went out: it must not be sent."""
+
+
+class _SendCounter:
+    """httpcore's `trace` hook for one attempt: counts it as its request starts going out.
+
+    The count commits before the first byte of the request is written, so an attempt whose
+    sender dies afterwards still counts, and one that dies before it (or never connects)
+    does not. A count the database refuses (the event moved on) stops the request.
+    """
+
+    def __init__(self, count: Callable[[], Awaitable[bool]]) -> None:
+        self._count = count
+        # "unknown": the count was being written when it failed or was interrupted
+        self.state: Literal["not sent", "counted", "moved on", "unknown"] = "not sent"
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        if self.state != "not sent" or not name.endswith(".send_request_headers.started"):
+            return
+        self.state = "unknown"
+        if not await self._count():
+            self.state = "moved on"
+            raise _MovedOn
+        self.state = "counted"
 
 
 class Dispatcher:
     """Claims due events with SKIP LOCKED, sends them signed, records every attempt.
 
-    Several dispatchers may run at once. A claim counts the attempt and commits before the
-    request is sent; the outcome is recorded guarded by (event, attempt). A dispatcher that
+    Several dispatchers may run at once. A claim holds an event for one attempt; the attempt
+    counts, committed, as its request starts going out (or when a failure to connect is
+    recorded), and the outcome is recorded guarded by (event, attempt). A dispatcher that
     dies mid-delivery loses nothing: its events are claimed again once their hold runs out,
-    or end `failed` when that was their last attempt. Outcomes of concurrent deliveries are
-    recorded together (a group commit).
+    or end `failed` when that was their last attempt, sent. Counts and outcomes of
+    concurrent deliveries are each written together (group commits).
     """
 
     def __init__(
@@ -84,6 +120,7 @@ class Dispatcher:
         self.process_id = process_id
         self.stats = stats.ProcessStats()
         self.repo = repo
+        self.counts = group_commit.GroupCommit(self._count_attempts, max_batch=config.batch_size)
         self.outcomes = group_commit.GroupCommit(repo.record_outcomes, max_batch=config.batch_size)
         self.client = client
         self._dsn = dsn
@@ -92,17 +129,17 @@ class Dispatcher:
         self._notified = True  # a NOTIFY (or a LISTEN reconnect) came since the last claim
         self._look_at = 0.0  # loop time by which something may have come due: claim again
 
-    async def run_once(self, now: dt.datetime | None = None) -> int:
+    async def run_once(self) -> int:
         """Sweep lost last attempts, then attempt every due event once; returns attempts made.
 
         Each claimed batch is delivered concurrently and awaited before the next claim.
         """
-        await self.sweep(now)
+        await self.sweep()
         made = 0
         while True:
-            claimed = (await self._claim(self.config.batch_size, now)).events
+            claimed = (await self._claim(self.config.batch_size)).events
             if claimed:
-                await asyncio.gather(*(self.deliver(c.event, c.secrets, now) for c in claimed))
+                await asyncio.gather(*(self.deliver(c.event, c.secrets) for c in claimed))
             made += len(claimed)
             if len(claimed) < self.config.batch_size:
                 return made
@@ -123,30 +160,39 @@ class Dispatcher:
             )
         return len(swept)
 
-    async def _claim(self, limit: int, now: dt.datetime | None) -> repository.Claim:
+    async def _claim(self, limit: int) -> repository.Claim:
         return await self.repo.claim_signed(
-            limit,
+            limit, max_attempts=self.config.max_attempts, hold_s=self.config.hold_s
+        )
+
+    async def _count_attempts(self, events: Sequence[models.OutboxEvent]) -> list[bool]:
+        return await self.repo.count_attempts(
+            events,
             max_attempts=self.config.max_attempts,
             backoff_s=self.config.backoff_s,
             hold_s=self.config.hold_s,
-            now=now,
         )
 
-    async def deliver(
-        self, event: models.OutboxEvent, secrets: list[str], now: dt.datetime | None = None
-    ) -> None:
-        """Send one claimed event once and record the outcome (errors are recorded, not raised)."""
+    async def deliver(self, event: models.OutboxEvent, secrets: list[str]) -> None:
+        """Send one claimed event once and record the outcome (errors are recorded, not raised).
+
+        An attempt whose request did not go out because its count could not be written (the
+        event moved on, or the database was away) records nothing: the event stays held.
+        """
         started = time.perf_counter()
         attempt = await self.attempt(event, secrets)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if attempt is None:
+            log.warning("callback_not_sent", event_id=str(event.event_id), attempt=event.attempts)
+            return
         outcome = repository.Outcome(
             event=event,
+            counted=attempt.counted,
             status_code=attempt.status_code,
             error=attempt.error,
             duration_ms=duration_ms,
             max_attempts=self.config.max_attempts,
             backoff_s=self.config.backoff_s,
-            now=now,
         )
         status: Status
         try:
@@ -185,8 +231,11 @@ class Dispatcher:
             status=status,  # None: not recorded (the event moved on, or the database was away)
         )
 
-    async def attempt(self, event: models.OutboxEvent, secrets: list[str]) -> Attempt:
-        """POST the stored body once, signed now; success only on 2xx, no redirects followed."""
+    async def attempt(self, event: models.OutboxEvent, secrets: list[str]) -> Attempt | None:
+        """POST the stored body once, signed now; success only on 2xx, no redirects followed.
+
+        None: the request did not go out because its count was refused or not written.
+        """
         if not secrets:
             return Attempt(None, f"owner {event.owner} has no webhook secret to sign with")
         body = event.payload.encode()
@@ -201,6 +250,7 @@ class Dispatcher:
         except ValueError as exc:
             return Attempt(None, f"owner {event.owner}'s webhook secret cannot sign: {exc}")
         headers["accept-encoding"] = "identity"  # the capped read below is of plain bytes
+        counter = _SendCounter(lambda: self.counts.submit(event))
         code: int | None = None
         try:
             async with (
@@ -212,31 +262,39 @@ class Dispatcher:
                     headers=headers,
                     timeout=self.config.timeout_s,
                     follow_redirects=False,
+                    extensions={"trace": counter},
                 ) as response,
             ):
                 code = response.status_code
                 answer = await _read_capped(response, self.config.max_response_bytes)
         except Exception as exc:
+            if counter.state in ("moved on", "unknown"):
+                return None
+            counted = counter.state == "counted"
             if code is not None and 200 <= code < 300:
-                return Attempt(code, None)  # accepted: only reading the rest of the answer failed
-            return self._unanswered(event, exc)
+                # accepted: only reading the rest of the answer failed
+                return Attempt(code, None, counted)
+            return self._unanswered(event, exc, counted)
+        counted = counter.state == "counted"
         if 200 <= code < 300:
-            return Attempt(code, None)
+            return Attempt(code, None, counted)
         if 300 <= code < 400:
             where = response.headers.get("location", "")
-            return Attempt(code, f"HTTP {code}: redirects are not followed (location: {where})")
+            error = f"HTTP {code}: redirects are not followed (location: {where})"
+            return Attempt(code, error, counted)
         snippet = " ".join(answer.decode("utf-8", errors="replace").split())
-        return Attempt(code, f"HTTP {code}: {snippet[:ERROR_SNIPPET_CHARS]}".rstrip(": "))
+        return Attempt(code, f"HTTP {code}: {snippet[:ERROR_SNIPPET_CHARS]}".rstrip(": "), counted)
 
-    def _unanswered(self, event: models.OutboxEvent, exc: Exception) -> Attempt:
+    def _unanswered(self, event: models.OutboxEvent, exc: Exception, counted: bool) -> Attempt:
         """The failed attempt for a request that got no usable answer (called while handling)."""
         if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
-            return Attempt(None, f"no answer within {self.config.timeout_s:g} s")
+            return Attempt(None, f"no answer within {self.config.timeout_s:g} s", counted)
         if isinstance(exc, errors.InvalidInput):
-            return Attempt(None, f"callback URL refused: {exc.message}")
+            return Attempt(None, f"callback URL refused: {exc.message}", counted)
         if not isinstance(exc, httpx.HTTPError):
             log.exception("callback_attempt_error", event_id=str(event.event_id))
-        return Attempt(None, f"request failed: {type(exc).__name__}: {exc}".rstrip(": "))
+        error = f"request failed: {type(exc).__name__}: {exc}".rstrip(": ")
+        return Attempt(None, error, counted)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, sleeping until the earliest due event, a NOTIFY or poll_s.
@@ -299,6 +357,7 @@ class Dispatcher:
             for task in list(self._tasks):
                 task.cancel()  # only when run() itself is cancelled: held events are retried
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await self.counts.cancel()
             await self.outcomes.cancel()
             await self._flush_stats()
         log.info("dispatcher_stopped")
@@ -315,7 +374,7 @@ class Dispatcher:
 
     async def _start(self, free: int) -> tuple[int, float | None]:
         """Claim up to `free` events and start their deliveries; how many, and the next due."""
-        claim = await self._claim(free, None)
+        claim = await self._claim(free)
         for c in claim.events:
             task = asyncio.create_task(
                 self.deliver(c.event, c.secrets), name=f"callback-{c.event.event_id}"

@@ -113,7 +113,7 @@ class OutboxEvent(msgspec.Struct, frozen=True, kw_only=True):
     owner: Owner
     url: str
     payload: str  # the exact JSON body, identical on every attempt
-    attempts: int  # including the attempt being made now
+    attempts: int  # the number of the attempt being made (counted as its request goes out)
     created_at: dt.datetime
 
 

@@ -728,6 +728,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """How one attempt of a claimed event ended: delivered when `error` is None."""
 
     event: models.OutboxEvent
+    counted: bool  # by count_attempts as its request went out; else this records the count
     status_code: int | None
     error: str | None
     duration_ms: float
@@ -743,10 +744,12 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 class OutboxRepository(_Store):
     """Named outbox queries over one asyncpg pool.
 
-    Claims count the attempt and commit before anything is sent; every write after a claim
-    is guarded by (event_id, attempts, pending): a None or False answer means the event moved
-    on (claimed again after its hold ran out, or ended) and the outcome was not recorded.
-    Each recorded attempt and its `audit.callback_delivery` row are one transaction.
+    A claim holds an event for one attempt; the attempt counts, in its own committed
+    statement, as its request starts going out, or when its failure to connect is recorded.
+    Every write after a claim is guarded by (event_id, attempts, pending): a None or False
+    answer means the event moved on (claimed again after its hold ran out, or ended) and
+    nothing was written. Each recorded attempt and its `audit.callback_delivery` row are one
+    transaction.
     """
 
     async def claim_signed(
@@ -754,21 +757,18 @@ class OutboxRepository(_Store):
         limit: int,
         *,
         max_attempts: int,
-        backoff_s: float,
         hold_s: float,
         now: dt.datetime | None = None,
     ) -> Claim:
         """Claim up to `limit` due events for one attempt each (several claimers are safe).
 
-        The attempt is counted and the event held for `hold_s` seconds (at least the attempt's
-        timeout), before the last attempt also for at least the next backoff, in the claim's
-        own committed statement: an attempt whose sender dies still counts. Each event comes
-        with the secrets that sign it now; when it claims anything, the claim also tells what
-        `next_due_in` would after it.
+        Each event is held for `hold_s` seconds (at least the attempt's timeout) and comes
+        with the number of the attempt being made, not yet counted, and the secrets that sign
+        it now. When it claims anything, the claim also tells what `next_due_in` would after it.
         """
         async with self._conn() as conn:
             rows = await conn.fetch(
-                self._q["claim_outbox_events"], now, limit, max_attempts, backoff_s, hold_s
+                self._q["claim_outbox_events"], now, limit, max_attempts, hold_s
             )
         return Claim(
             events=[
@@ -780,6 +780,36 @@ class OutboxRepository(_Store):
             ],
             next_due_in=rows[0]["next_due_in"] if rows else None,
         )
+
+    async def count_attempts(
+        self,
+        events: Sequence[models.OutboxEvent],
+        *,
+        max_attempts: int,
+        backoff_s: float,
+        hold_s: float,
+        now: dt.datetime | None = None,
+    ) -> list[bool]:
+        """Count claimed attempts whose requests are about to go out, in one committed statement.
+
+        Each is held `hold_s` seconds, before the last attempt also at least the next backoff,
+        so a sender that dies now is followed no sooner than a recorded failure would be. An
+        answer per event, in order: False when it moved on (its request must not be sent).
+        """
+        if not events:
+            return []
+        async with self._conn() as conn:
+            rows = await conn.fetch(
+                self._q["count_outbox_attempts"],
+                [e.event_id for e in events],
+                [e.attempts for e in events],
+                now,
+                backoff_s,
+                hold_s,
+                max_attempts,
+            )
+        counted = {r["event_id"] for r in rows}
+        return [e.event_id in counted for e in events]
 
     async def record_outcomes(
         self, outcomes: Sequence[Outcome]
@@ -854,6 +884,7 @@ def _outcome_row(i: int, outcome: Outcome) -> dict[str, Any]:
         "i": i,
         "event_id": str(event.event_id),
         "attempts": event.attempts,
+        "counted": outcome.counted,
         "status_code": outcome.status_code,
         "error": error,
         "at": None if outcome.now is None else outcome.now.isoformat(),
