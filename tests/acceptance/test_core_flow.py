@@ -226,15 +226,23 @@ def test_hostile_bodies_and_cursors_get_4xx_and_store_nothing(menos: Menos) -> N
         json.dumps(["0001-01-01T00:00:00+01:00", str(uuid.uuid4())]).encode()
     ).decode()
     with menos.client(alice["api_key"]) as client:
-        for path in (
-            "/api/v1/ingest",
-            "/api/v1/content",
-            f"/api/v1/content/{uuid.uuid4()}/reprocess",
+        for path, field in (
+            ("/api/v1/ingest", "url"),
+            ("/api/v1/content", "text"),
+            (f"/api/v1/content/{uuid.uuid4()}/reprocess", "transcript_text"),
         ):
             nested = client.post(path, content=deep, headers=json_type)
             assert nested.status_code == 400, (path, nested.text)
             assert nested.json()["errors"] == [
                 {"field": "body", "message": "the JSON body is nested too deeply"}
+            ]
+            # invalid UTF-8 inside a string the route reads
+            broken = client.post(
+                path, content=b'{"%s": "ok \xc3"}' % field.encode(), headers=json_type
+            )
+            assert broken.status_code == 400, (path, broken.text)
+            assert broken.json()["errors"] == [
+                {"field": "body", "message": "the JSON body is not valid UTF-8"}
             ]
         form = client.post(
             "/api/v1/ingest",

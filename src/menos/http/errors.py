@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -19,6 +20,7 @@ log = structlog.get_logger("menos.http")
 
 PROBLEM_JSON = "application/problem+json"
 NESTED_TOO_DEEPLY = "the JSON body is nested too deeply"
+NOT_UTF8 = "the JSON body is not valid UTF-8"
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 STATUS: dict[type[errors.MenosError], tuple[int, str]] = {
@@ -136,14 +138,20 @@ def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return problem(HTTP_500_INTERNAL_SERVER_ERROR, "Internal error", "unexpected error")
 
 
-def _nested_too_deeply(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """The JSON decoder's recursion limit, reached by a body nested a thousand levels deep
-    before a handler runs (the bodies Litestar decodes). Without a body to blame, it is a bug
-    like any other: a 500, logged with its traceback."""
-    if not _has_body(request):
-        return _litestar_error(request, exc)
-    log.info("request_body_too_deep", path=request.url.path)
-    return problem(400, "Invalid input", NESTED_TOO_DEEPLY, [FieldError("body", NESTED_TOO_DEEPLY)])
+def _body_error(
+    message: str, event: str
+) -> Callable[[Request[Any, Any, Any], Exception], Response[Any]]:
+    """A handler for an error the JSON decoder raises past its own DecodeError, before a
+    handler runs (the bodies Litestar decodes): a 400 naming `body` saying `message`.
+    Without a body to blame, it is a bug like any other: a 500, logged with its traceback."""
+
+    def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        if not _has_body(request):
+            return _litestar_error(request, exc)
+        log.info(event, path=request.url.path)
+        return problem(400, "Invalid input", message, [FieldError("body", message)])
+
+    return handle
 
 
 def _has_body(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
@@ -161,7 +169,10 @@ def require_json(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHan
 
 HANDLERS: dict[int | type[Exception], Any] = {
     errors.MenosError: _menos_error,
-    RecursionError: _nested_too_deeply,
+    # a body nested a thousand levels deep reaches the decoder's recursion limit
+    RecursionError: _body_error(NESTED_TOO_DEEPLY, "request_body_too_deep"),
+    # invalid UTF-8 inside a JSON string escapes msgspec's DecodeError
+    UnicodeDecodeError: _body_error(NOT_UTF8, "request_body_not_utf8"),
     lexc.HTTPException: _litestar_error,
     Exception: _litestar_error,
 }
@@ -169,6 +180,7 @@ HANDLERS: dict[int | type[Exception], Any] = {
 __all__ = [
     "HANDLERS",
     "NESTED_TOO_DEEPLY",
+    "NOT_UTF8",
     "PROBLEM_JSON",
     "FieldError",
     "MediaType",

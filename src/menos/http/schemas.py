@@ -179,6 +179,8 @@ def decode(body: bytes, into: type[T]) -> T:
         raise errors.InvalidInput("body", f"not valid JSON: {exc}") from None
     except RecursionError:
         raise errors.InvalidInput("body", http_errors.NESTED_TOO_DEEPLY) from None
+    except UnicodeDecodeError:  # inside a string: msgspec lets it through
+        raise errors.InvalidInput("body", http_errors.NOT_UTF8) from None
 
 
 def content_view(content: models.Content) -> ContentView:
