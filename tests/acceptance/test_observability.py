@@ -11,7 +11,10 @@ from tests.support.processes import Menos, sql, wait_for
 
 
 def scrape(menos: Menos) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    text = httpx.get(f"{menos.base_url}/metrics", timeout=10).text
+    answer = httpx.get(f"{menos.base_url}/metrics", timeout=10)
+    # each parameter once: Prometheus 3 refuses a Content-Type that repeats one
+    assert answer.headers.get_list("content-type") == ["text/plain; version=0.0.4; charset=utf-8"]
+    text = answer.text
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

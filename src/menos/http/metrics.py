@@ -17,7 +17,9 @@ from prometheus_client.registry import Collector
 
 from menos.queue import repository, stats
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Litestar appends `; charset=utf-8` to a text type: one more here would be sent twice,
+# which strict parsers (Prometheus 3) refuse.
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class HttpMetrics:
@@ -127,7 +129,7 @@ def _labels(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
 
 
-@get("/metrics", include_in_schema=True, sync_to_thread=False, security=[{}])
+@get("/metrics", include_in_schema=True, security=[{}])
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition (no auth: restrict it at the network edge)."""
     repo: repository.Repository = request.app.state.repo
