@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import msgspec
 import structlog
 
 
@@ -19,7 +21,7 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     structlog.configure(
         processors=[
             *shared,
@@ -46,3 +48,9 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+
+
+def _dumps(event: dict[str, Any], **_: Any) -> str:
+    """One JSON line: ids, times and decimals as their standard strings (not Python reprs),
+    anything else msgspec cannot encode as its str()."""
+    return msgspec.json.encode(event, enc_hook=str).decode()

@@ -87,7 +87,12 @@ async def reprocess(
         owner=content.owner,
         actor_key_id=None,
         subject=content.content_id,
-        detail={"outcome": outcome.status, "job_id": outcome.job_id, "via": "bin/reprocess"},
+        detail={
+            "outcome": outcome.status,
+            "job_id": outcome.job_id,
+            "force": force,
+            "via": "bin/reprocess",
+        },
     )
     print(
         json.dumps(
@@ -199,6 +204,7 @@ async def classify(
                             detail={
                                 "outcome": outcome.status,
                                 "job_id": outcome.job_id,
+                                "force": stale,
                                 "via": "bin/classify",
                             },
                         )

@@ -83,6 +83,21 @@ def test_job_logs_are_json_with_context_and_one_summary(menos: Menos) -> None:
     assert [line["outcome"] for line in mine if line["event"] == "job_finished"] == ["completed"]
 
 
+def test_audit_log_lines_carry_ids_as_plain_strings(menos: Menos) -> None:
+    """An audit line in the API's JSON log names the job as the API does, not as a repr."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    with menos.client(key) as client:
+        first = client.post("/api/v1/content", json={"text": "twice"}).json()
+        again = client.post(
+            f"/api/v1/content/{first['content_id']}/reprocess", params={"force": "true"}
+        ).json()
+    log_file = next(p for p in menos.workdir.glob("api-*.log"))
+    lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+    (trigger,) = [line for line in lines if line["event"] == "audit.reprocess_trigger"]
+    assert trigger["job_id"] == again["job_id"]
+
+
 def test_health_reports_the_package_version(menos: Menos) -> None:
     """/health reports the version in pyproject.toml, and jobs are stamped with it."""
     import tomllib

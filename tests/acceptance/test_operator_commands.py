@@ -149,11 +149,12 @@ def test_classify_enqueues_failed_and_stale_once(menos: Menos) -> None:
     assert all(row["n"] == 1 for row in active)
     audits = sql(
         menos.database_url,
-        "SELECT owner, detail->>'outcome' AS outcome, detail->>'via' AS via"
+        "SELECT owner, detail->>'outcome' AS outcome, detail->>'via' AS via,"
+        " detail->'force' AS force"
         " FROM menos.audit_event WHERE event = 'audit.reprocess_trigger'",
     )
     assert [a["outcome"] for a in audits] == ["submitted", "submitted"]  # the rerun found none
-    assert {(a["owner"], a["via"]) for a in audits} == {("alice", "bin/classify")}
+    assert {(a["owner"], a["via"], a["force"]) for a in audits} == {("alice", "bin/classify", True)}
 
 
 def test_export_formats(menos: Menos, tmp_path: Path) -> None:
