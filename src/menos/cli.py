@@ -412,7 +412,10 @@ def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     server = embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
     if args.db_command == "start":
-        print((server.running() or server.start(detached=True)).dsn)
+        dsn = (server.running() or server.start(detached=True)).dsn
+        applied = asyncio.run(_migrate(dsn))  # ready for psql: the schema is there
+        log.info("migrations_applied", versions=applied)
+        print(dsn)
         return 0
     if args.db_command == "stop":
         stopped = server.stop()
@@ -529,6 +532,19 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0)
 # -- parsing ---------------------------------------------------------------------------------
 
 
+def _command(
+    group: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help: str,
+    more: str = "",
+) -> argparse.ArgumentParser:
+    """A subcommand whose own `--help` explains it: its one-line help, then `more`."""
+    description = f"{help[0].upper()}{help[1:]}." + (f" {more}" if more else "")
+    parser: argparse.ArgumentParser = group.add_parser(name, help=help, description=description)
+    return parser
+
+
 def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     """The command tree of `bin/menos` (other bin/ entries are its subcommands)."""
     parser = argparse.ArgumentParser(
@@ -538,13 +554,26 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         "Exit codes: 0 success, 1 failure, 2 usage error.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
+    _command(
+        sub,
         "dev",
         help="embedded database, migrations, API, a worker and the dispatcher in the foreground",
     )
-    sub.add_parser("migrate", help="apply pending database migrations")
-    sub.add_parser("api", help="serve the HTTP API (applies migrations first)")
-    w = sub.add_parser("worker", help="claim and run jobs until SIGTERM/SIGINT")
+    _command(sub, "migrate", help="apply pending database migrations")
+    _command(
+        sub,
+        "api",
+        help="serve the HTTP API (applies migrations first)",
+        more="Listens on MENOS_HOST:MENOS_PORT until SIGTERM/SIGINT. Run several behind a load "
+        "balancer if you like: all state is in PostgreSQL.",
+    )
+    w = _command(
+        sub,
+        "worker",
+        help="claim and run jobs until SIGTERM/SIGINT",
+        more="On SIGTERM/SIGINT it stops claiming, lets running jobs finish within "
+        "MENOS_WORKER_SHUTDOWN_GRACE_S and gives the rest back to pending. Any number may run.",
+    )
     w.add_argument(
         "--concurrency",
         type=int,
@@ -552,29 +581,37 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     )
     w.add_argument("--worker-id", help="name shown in jobs and logs (default host:pid:random)")
 
-    keys = sub.add_parser("keys", help="API keys and webhook secrets")
+    keys = _command(sub, "keys", help="API keys and webhook secrets")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    kc = ksub.add_parser("create", help="create a key (prints the key and webhook secret once)")
+    kc = _command(ksub, "create", help="create a key (prints the key and webhook secret once)")
     kc.add_argument("--owner", required=True)
     kc.add_argument("--admin", action="store_true", help="the key sees and acts on everything")
     kc.add_argument("--json", action="store_true", help="print one compact JSON line")
-    kl = ksub.add_parser("list", help="list keys (never the keys themselves)")
+    kl = _command(ksub, "list", help="list keys (never the keys themselves)")
     kl.add_argument("--owner")
-    kr = ksub.add_parser("revoke", help="revoke a key by its key_id")
+    kr = _command(ksub, "revoke", help="revoke a key by its key_id")
     kr.add_argument("key_id")
-    ks = ksub.add_parser("rotate-secret", help="new webhook secret; the old one signs for 24 h")
+    ks = _command(ksub, "rotate-secret", help="new webhook secret; the old one signs for 24 h")
     ks.add_argument("--owner", required=True)
 
-    sub.add_parser("dispatcher", help="deliver callback events from the outbox until stopped")
-    rp = sub.add_parser(
-        "reprocess", help="re-run one item (exit 0 completed, 1 failed, 2 cancelled with --wait)"
+    _command(
+        sub,
+        "dispatcher",
+        help="deliver callback events from the outbox until stopped",
+        more="Sends each event signed (Standard Webhooks), at most 3 attempts with backoff "
+        "(MENOS_CALLBACK_TIMEOUT_S, MENOS_CALLBACK_BACKOFF_S). Any number may run at once.",
+    )
+    rp = _command(
+        sub,
+        "reprocess",
+        help="re-run one item (exit 0 completed, 1 failed, 2 cancelled with --wait)",
     )
     rp.add_argument("target", metavar="CONTENT_ID|URL")
     rp.add_argument("--owner", help="the owner, when a URL is known to several")
     rp.add_argument("--force", action="store_true", help="re-run even if current")
     rp.add_argument("--wait", action="store_true", help="follow the job's stages until it ends")
     rp.add_argument("--callback-url", help="send a callback when the run ends")
-    cp = sub.add_parser("classify", help="bulk re-run pending, failed or stale content")
+    cp = _command(sub, "classify", help="bulk re-run pending, failed or stale content")
     cp.add_argument("--owner")
     cp.add_argument("--content-type", choices=["youtube", "web", "markdown"])
     cp.add_argument(
@@ -587,7 +624,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     )
     cp.add_argument("--limit", type=int, help="at most N items")
     cp.add_argument("--dry-run", action="store_true", help="list the content ids, enqueue nothing")
-    ep = sub.add_parser("export-summaries", help="export completed results")
+    ep = _command(sub, "export-summaries", help="export completed results")
     ep.add_argument("--owner")
     ep.add_argument("--format", choices=["jsonl", "csv", "markdown"], default="jsonl")
     ep.add_argument(
@@ -596,24 +633,29 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         help="file (jsonl, csv) or directory (markdown); default stdout or ./export",
     )
     ep.add_argument("--content-id", type=uuid.UUID)
-    pp = sub.add_parser("purge", help="apply retention now (MENOS_RETENTION_*_DAYS)")
+    pp = _command(sub, "purge", help="apply retention now (MENOS_RETENTION_*_DAYS)")
     pp.add_argument("--dry-run", action="store_true", help="count what would be removed")
-    jp = sub.add_parser("jobs", help="inspect and cancel jobs")
+    jp = _command(sub, "jobs", help="inspect and cancel jobs")
     jsub = jp.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
-    jl = jsub.add_parser("list", help="newest jobs first")
+    jl = _command(jsub, "list", help="newest jobs first")
     jl.add_argument("--owner")
     jl.add_argument("--status", choices=list(models.JOB_STATUSES))
     jl.add_argument("--limit", type=_list_limit, default=50, help="at most N jobs (1-1000)")
-    js = jsub.add_parser("show", help="one job as JSON (verbose view)")
+    js = _command(jsub, "show", help="one job as JSON (verbose view)")
     js.add_argument("job_id", type=uuid.UUID)
-    jc = jsub.add_parser("cancel", help="cancel a job (pending: at once; processing: requested)")
+    jc = _command(jsub, "cancel", help="cancel a job (pending: at once; processing: requested)")
     jc.add_argument("job_id", type=uuid.UUID)
 
-    dbp = sub.add_parser("db", help="the embedded PostgreSQL under MENOS_HOME")
+    dbp = _command(sub, "db", help="the embedded PostgreSQL under MENOS_HOME")
     dsub = dbp.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    dsub.add_parser("start", help="start it in the background and print its DSN")
-    dsub.add_parser("stop", help="stop it")
-    dsub.add_parser("url", help="print the DSN of the running server")
+    _command(
+        dsub,
+        "start",
+        help="start the embedded database in the background (or find it running), apply "
+        "pending migrations and print its DSN",
+    )
+    _command(dsub, "stop", help="stop the embedded database (fast shutdown)")
+    _command(dsub, "url", help="print the DSN of the running embedded database")
     return parser
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import importlib.util
 import os
 import pwd
@@ -21,6 +22,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -102,6 +104,25 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _serves(pid: int, data_dir: Path) -> bool:
+    """Whether `pid` is a live postgres serving `data_dir`.
+
+    The pid of a stale postmaster.pid may be a zombie nobody reaps (the server was killed
+    and its parent is gone), or may have been reused by an unrelated process; signalling
+    that one would be wrong. Where there is no /proc, a live pid is all one can tell.
+    """
+    proc = Path("/proc")
+    if not (proc / "self").exists():
+        return _pid_alive(pid)
+    try:
+        stat = (proc / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
+        argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    state = stat.rpartition(")")[2].split()[:1]
+    return state not in (["Z"], ["X"]) and os.fsencode(data_dir) in argv
 
 
 class EmbeddedPostgres:
@@ -188,7 +209,7 @@ class EmbeddedPostgres:
             pid, port = int(lines[0]), int(lines[3])
         except ValueError:
             return None
-        if not _pid_alive(pid):
+        if not _serves(pid, self.data_dir):
             return None
         return Running(pid=pid, port=port, dsn=self.dsn(port))
 
@@ -200,12 +221,39 @@ class EmbeddedPostgres:
         """Start the server and wait until it accepts connections.
 
         Not detached: the server dies with this process. Detached: it outlives it (`db start`).
+        Commands starting at once on one home take turns: the first creates and starts the
+        cluster, the others attach to it.
         """
-        if not self.initialized():
-            self.init()
-        existing = self.running()
-        if existing is not None:
-            return existing
+        with self._start_lock():
+            existing = self.running()
+            if existing is not None:
+                return existing
+            if not self.initialized():
+                self.init()
+            self._remove_stale_pid_file()
+            return self._start(detached)
+
+    @contextlib.contextmanager
+    def _start_lock(self) -> Iterator[None]:
+        """An exclusive lock on `home/start.lock`, released when the block ends (or we die)."""
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (self.home / "start.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _remove_stale_pid_file(self) -> None:
+        """Remove a postmaster.pid whose server is gone (killed, its pid a zombie or reused):
+        PostgreSQL itself would take a zombie's pid for a running server and refuse to start.
+        A live server's file, ready or still starting, is left alone."""
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            first = pid_file.read_text(encoding="utf-8").split("\n", 1)[0]
+        except (FileNotFoundError, UnicodeDecodeError):
+            return
+        if first.strip().isdigit() and not _serves(int(first), self.data_dir):
+            pid_file.unlink(missing_ok=True)
+
+    def _start(self, detached: bool) -> Running:
         port_file = self.home / "pg_port"  # the same port across restarts: DSNs stay valid
         previous = port_file.read_text().strip() if port_file.exists() else ""
         port = _free_port(int(previous) if previous.isdigit() else None)
@@ -295,7 +343,7 @@ class EmbeddedPostgres:
             if self._process is not None and self._process.pid == target:
                 if self._process.poll() is not None:
                     break
-            elif not _pid_alive(target):
+            elif not _serves(target, self.data_dir):
                 break
             time.sleep(0.05)
         else:

@@ -1,0 +1,81 @@
+"""`bin/menos db start|url|stop` on an embedded PostgreSQL of the test's own, as users run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import BIN, sql
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A fresh MENOS_HOME and the environment to run commands on it; its server is stopped."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MENOS_")}
+    env["MENOS_HOME"] = str(home)
+    if os.environ.get("MENOS_PG_BINDIR"):
+        env["MENOS_PG_BINDIR"] = os.environ["MENOS_PG_BINDIR"]
+    yield home, env
+    subprocess.run([str(BIN / "menos"), "db", "stop"], env=env, capture_output=True, timeout=60)
+
+
+def menos_db(env: dict[str, str], action: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "menos"), "db", action], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def stale_pid_file(home: Path, pid: int) -> None:
+    """Write postmaster.pid naming `pid` as a ready server, as a killed server leaves it."""
+    data_dir = home / "pgdata"
+    fields = [str(pid), str(data_dir), "0", "5432", "", "127.0.0.1", "0 0", "ready   "]
+    (data_dir / "postmaster.pid").write_text("\n".join(fields) + "\n")
+
+
+def test_concurrent_first_starts_share_one_ready_server(db: tuple[Path, dict[str, str]]) -> None:
+    """Three `db start` at once on a fresh home: one creates the cluster, all print its DSN,
+    and the schema is there for psql."""
+    _, env = db
+    with ThreadPoolExecutor(3) as pool:
+        runs = list(pool.map(lambda _: menos_db(env, "start"), range(3)))
+    assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+    dsns = {r.stdout.strip() for r in runs}
+    assert len(dsns) == 1
+    (dsn,) = dsns
+    assert menos_db(env, "url").stdout.strip() == dsn
+    assert sql(dsn, "SELECT count(*) AS n FROM menos.job_overview")[0]["n"] >= 0
+    assert menos_db(env, "stop").stdout.strip() == "stopped"
+    gone = menos_db(env, "url")
+    assert gone.returncode == 1 and gone.stderr.startswith("menos: ")
+    assert menos_db(env, "stop").stdout.strip() == "not running"
+
+
+def test_a_stale_pid_file_is_not_taken_for_a_server(db: tuple[Path, dict[str, str]]) -> None:
+    """postmaster.pid naming a zombie or an unrelated live process (a reused pid): `db url` and
+    `db stop` see no server and signal nothing; `db start` starts one."""
+    home, env = db
+    assert menos_db(env, "start").returncode == 0
+    assert menos_db(env, "stop").stdout.strip() == "stopped"
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; never reaped until wait
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        for pid in (zombie.pid, bystander.pid):
+            stale_pid_file(home, pid)
+            assert menos_db(env, "url").returncode == 1
+            assert menos_db(env, "stop").stdout.strip() == "not running"
+            assert bystander.poll() is None  # never signalled
+            started = menos_db(env, "start")
+            assert started.returncode == 0, started.stderr
+            assert sql(started.stdout.strip(), "SELECT 1 AS one") == [{"one": 1}]
+            assert menos_db(env, "stop").stdout.strip() == "stopped"
+    finally:
+        bystander.kill()
+        bystander.wait()
+        zombie.wait()
