@@ -159,6 +159,14 @@ UPDATE menos.pipeline_job j
        finished_at = CASE
            WHEN j.cancel_requested_at IS NOT NULL OR j.attempts >= $2
            THEN coalesce($1::timestamptz, now()) END,
+       -- Back to pending it has not started, as after a graceful release; an ending job
+       -- keeps when it started and the stage it was lost in.
+       started_at = CASE WHEN j.cancel_requested_at IS NULL AND j.attempts < $2
+                         THEN NULL ELSE j.started_at END,
+       current_stage = CASE WHEN j.cancel_requested_at IS NULL AND j.attempts < $2
+                            THEN NULL ELSE j.current_stage END,
+       stages = CASE WHEN j.cancel_requested_at IS NULL AND j.attempts < $2
+                     THEN '[]' ELSE j.stages END,
        worker_id = NULL, lease_expires_at = NULL
   FROM expired
  WHERE j.job_id = expired.job_id

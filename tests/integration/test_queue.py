@@ -96,8 +96,17 @@ async def test_guarded_complete_after_rescue_changes_nothing(
         guard, result={"summary": "late"}, tags=[], stages=[], diagnostics={}, full_payload=None
     )
     assert done is False
-    row = await pool.fetchrow("SELECT status, attempts FROM menos.pipeline_job")
-    assert (row["status"], row["attempts"]) == ("pending", 1)
+    row = await pool.fetchrow(
+        "SELECT status, attempts, started_at, current_stage, stages FROM menos.pipeline_job"
+    )
+    # back to pending it has not started, as after a graceful release
+    assert dict(row) == {
+        "status": "pending",
+        "attempts": 1,
+        "started_at": None,
+        "current_stage": None,
+        "stages": [],
+    }
     assert await pool.fetchval("SELECT count(*) FROM menos.callback_outbox") == 0
     assert await pool.fetchval("SELECT result FROM menos.content") is None
 
