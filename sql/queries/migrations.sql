@@ -14,6 +14,8 @@ CREATE TABLE IF NOT EXISTS menos.schema_migrations (
     name text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+-- The SHA-256 of the file applied (null for versions recorded before it was kept).
+ALTER TABLE menos.schema_migrations ADD COLUMN IF NOT EXISTS checksum text;
 
 -- name: migrations_table_exists
 -- Whether the migrations table exists yet.
@@ -23,6 +25,14 @@ SELECT to_regclass('menos.schema_migrations') IS NOT NULL;
 -- Versions already applied.
 SELECT version FROM menos.schema_migrations ORDER BY version;
 
+-- name: migrations_recorded
+-- Versions already applied, with the name and checksum recorded for each (after migrations_table).
+SELECT version, name, checksum FROM menos.schema_migrations ORDER BY version;
+
 -- name: migrations_record
--- Record one applied migration.
-INSERT INTO menos.schema_migrations (version, name) VALUES ($1, $2);
+-- Record one applied migration and its file's checksum.
+INSERT INTO menos.schema_migrations (version, name, checksum) VALUES ($1, $2, $3);
+
+-- name: migrations_record_checksum
+-- Keep the checksum of a migration recorded before checksums were (its name matched).
+UPDATE menos.schema_migrations SET checksum = $2 WHERE version = $1 AND checksum IS NULL;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from importlib import resources
@@ -154,26 +155,58 @@ def migrations(directory: Path | None = None) -> list[tuple[int, str, str]]:
     return found
 
 
+def _checksum(sql: str) -> str:
+    """SHA-256 of a migration's text, line endings normalized (a CRLF checkout is the same file)."""
+    return hashlib.sha256(sql.replace("\r\n", "\n").encode("utf-8")).hexdigest()
+
+
 async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
     """Apply pending migrations in order, each in a transaction, under an advisory lock.
 
-    Safe to run from several processes at once; returns the versions applied now.
+    Safe to run from several processes at once; returns the versions applied now. Raises
+    SchemaMismatch, applying nothing, when an applied version was recorded under another
+    name or with other contents than this code's file: migrations are forward-only, never
+    edited once applied. (A version recorded before checksums were kept gets its checksum.)
     """
     applied_now: list[int] = []
     await conn.execute(queries["migrations_lock"])
     try:
         await conn.execute(queries["migrations_table"])
-        done = {row["version"] for row in await conn.fetch(queries["migrations_applied"])}
-        for version, name, sql in migrations():
+        done = {row["version"]: row for row in await conn.fetch(queries["migrations_recorded"])}
+        files = migrations()
+        for version, name, sql in files:
             if version in done:
+                _same_migration(done[version], name, _checksum(sql))
+        for version, name, sql in files:
+            if version in done:
+                if done[version]["checksum"] is None:
+                    await conn.execute(
+                        queries["migrations_record_checksum"], version, _checksum(sql)
+                    )
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
-                await conn.execute(queries["migrations_record"], version, name)
+                await conn.execute(queries["migrations_record"], version, name, _checksum(sql))
             applied_now.append(version)
     finally:
         await conn.execute(queries["migrations_unlock"])
     return applied_now
+
+
+def _same_migration(recorded: asyncpg.Record, name: str, checksum: str) -> None:
+    """Raise SchemaMismatch unless the applied migration `recorded` is this file."""
+    version = recorded["version"]
+    file = f"{version:04d}_{name}.sql"
+    if recorded["name"] != name:
+        raise errors.SchemaMismatch(
+            f"migration {version} applied to this database is {recorded['name']!r}, but this "
+            f"code's is {file}: the database was migrated by another version of menos"
+        )
+    if recorded["checksum"] not in (None, checksum):
+        raise errors.SchemaMismatch(
+            f"migration {file} applied to this database had other contents than this code's: "
+            "the database was migrated by another version of menos"
+        )
 
 
 async def pending_migrations(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:

@@ -56,6 +56,11 @@ class SchemaOutdated(MenosError):
     """The database schema lacks migrations this code needs."""
 
 
+class SchemaMismatch(MenosError):
+    """The database was migrated with a migration file this code has under another name or
+    with other contents: its schema is not the one this code expects."""
+
+
 class EmbeddedError(MenosError):
     """The embedded PostgreSQL could not be started, found or stopped."""
 

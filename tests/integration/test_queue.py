@@ -472,3 +472,38 @@ async def test_fetched_text_with_nul_characters_is_stored(
     assert await repo.save_fetched(guard, body="hello\x00world", title="a\x00b", metadata={})
     row = await pool.fetchrow("SELECT body, title FROM menos.content")
     assert dict(row) == {"body": "hello\ufffdworld", "title": "a\ufffdb"}
+
+
+async def test_a_database_migrated_with_other_migration_files_is_refused(
+    pg_admin_dsn: str,
+) -> None:
+    """A migration recorded under another name, or with other contents, stops `migrate`
+    before it applies anything; one recorded before checksums were kept gets its checksum."""
+    from tests.support import postgres
+
+    name = await postgres.create_database(pg_admin_dsn)
+    conn = await db.connect(postgres.with_database(pg_admin_dsn, name))
+    try:
+        await db.migrate(conn, db.Queries())
+        await conn.execute("UPDATE menos.schema_migrations SET checksum = NULL")
+        assert await db.migrate(conn, db.Queries()) == []
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM menos.schema_migrations WHERE checksum IS NULL"
+            )
+            == 0
+        )
+        latest = max(v for v, _, _ in db.migrations())
+        await conn.execute(
+            "UPDATE menos.schema_migrations SET checksum = 'edited' WHERE version = $1", latest
+        )
+        await conn.execute("DELETE FROM menos.schema_migrations WHERE version = 1")
+        await conn.execute("INSERT INTO menos.schema_migrations (version, name) VALUES (1, 'x')")
+        with pytest.raises(errors.SchemaMismatch, match=r"migration 1 applied .* is 'x'"):
+            await db.migrate(conn, db.Queries())
+        await conn.execute("UPDATE menos.schema_migrations SET name = 'core' WHERE version = 1")
+        with pytest.raises(errors.SchemaMismatch, match="had other contents"):
+            await db.migrate(conn, db.Queries())
+    finally:
+        await conn.close()
+        await postgres.drop_database(pg_admin_dsn, name)
