@@ -210,6 +210,9 @@ def test_database_outage_answers_503_and_recovers(menos: Menos) -> None:
             down = client.get("/api/v1/jobs")
             assert down.status_code == 503
             assert down.headers["content-type"].startswith("application/problem+json")
+            assert down.headers["retry-after"] == "1"
+            # the driver's message (the database's address) stays in the server's log
+            assert str(proxy.port) not in down.text and "127.0.0.1" not in down.text
             assert client.get("/ready").status_code == 503
             assert client.get("/health").status_code == 200
             proxy.restore()

@@ -91,9 +91,13 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     if isinstance(exc, errors.InvalidInput):
         fields = [FieldError(field=exc.field, message=exc.message)]
     headers = {"www-authenticate": "Bearer"} if status == 401 else None
-    if status == 503:
-        log.warning("request_database_unavailable", path=request.url.path, error=str(exc))
-    return problem(status, title, str(exc), fields, headers)
+    detail = str(exc)
+    if isinstance(exc, errors.DatabaseUnavailable):
+        # The driver's message names the database's address: it goes to the log only.
+        log.warning("request_database_unavailable", path=request.url.path, error=detail)
+        detail = "the database cannot be reached; try again shortly"
+        headers = {"retry-after": "1"}
+    return problem(status, title, detail, fields, headers)
 
 
 def _field_error(item: dict[str, Any]) -> FieldError:
