@@ -182,7 +182,9 @@ async def test_outbox_row_exists_iff_terminal_transition_committed(
         tx = conn.transaction()
         await tx.start()
         await conn.execute(
-            "UPDATE menos.pipeline_job SET status = 'failed' WHERE job_id = $1", second.job.job_id
+            "UPDATE menos.pipeline_job SET status = 'failed', lease_expires_at = NULL "
+            "WHERE job_id = $1",
+            second.job.job_id,
         )
         assert await conn.fetchval("SELECT count(*) FROM menos.callback_outbox") == 2
         await tx.rollback()
@@ -507,3 +509,25 @@ async def test_a_database_migrated_with_other_migration_files_is_refused(
     finally:
         await conn.close()
         await postgres.drop_database(pg_admin_dsn, name)
+
+
+async def test_a_job_cannot_leave_processing_keeping_its_lease(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A hand-made UPDATE that ends a running job but keeps its lease (which the claim would
+    count as a running job forever) is refused by the database."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    (held,) = await claim(repo, "w", 1)
+    with pytest.raises(asyncpg.CheckViolationError, match="lease_only_while_processing"):
+        await pool.execute(
+            "UPDATE menos.pipeline_job SET status = 'cancelled', finished_at = now() "
+            "WHERE job_id = $1",
+            held.job.job_id,
+        )
+    await pool.execute(
+        "UPDATE menos.pipeline_job SET status = 'cancelled', finished_at = now(), "
+        "lease_expires_at = NULL WHERE job_id = $1",
+        held.job.job_id,
+    )
+    assert await pool.fetchval("SELECT status FROM menos.pipeline_job") == "cancelled"
