@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.parse
@@ -253,6 +254,17 @@ async def test_a_slow_transcript_download_is_fetch_failed_in_time() -> None:
     assert caught.value.code == "FETCH_FAILED"
     assert "timed out after 0.2 s" in caught.value.message
     assert time.monotonic() - started < 2.5  # before even the first of the slow answers
+
+
+async def test_a_timed_out_download_sends_no_further_request() -> None:
+    """Once the download's time is up its thread sends nothing more: it ends instead of
+    holding an executor thread for the library's remaining requests."""
+    fake = FakeYouTube(delay_s=0.6)
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(fake, total_s=0.2)
+    assert caught.value.code == "FETCH_FAILED"
+    await asyncio.sleep(1.0)  # the first (slow) answer came back meanwhile
+    assert fake.calls == ["GET /watch"]
 
 
 async def test_unexpected_youtube_answer_is_fetch_failed() -> None:

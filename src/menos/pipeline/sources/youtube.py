@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from menos import errors
 from menos.pipeline.sources import fetched
 
 _OEMBED_TIMEOUT_S = 10.0
-# The transcript library sends requests without a timeout; its own Session gets this one.
+# The transcript library sends requests without a timeout; each of them gets this one.
 _TRANSCRIPT_TIMEOUT_S = 30.0
 # It makes several requests per transcript: the whole download is bounded by this.
 TRANSCRIPT_TOTAL_S = 60.0
@@ -74,8 +75,8 @@ async def fetch_video(
     (a requests.Session, used by one call at a time) or a fresh Session. oEmbed failures
     are not fatal: they are noted in `metadata["oembed_error"]`. Transcript failures raise
     PipelineError: SOURCE_NOT_FOUND when there is no transcript, FETCH_FAILED otherwise
-    (also when the download takes over `transcript_total_s`; its thread ends by itself, each
-    request having a timeout).
+    (also when the download takes over `transcript_total_s`; its thread then makes no new
+    request, and the one under way times out by the same deadline).
     `source_url` is what the user submitted; the video itself is looked up by `video_id`.
     """
     metadata: dict[str, Any] = {
@@ -140,9 +141,12 @@ async def _oembed(client: httpx.AsyncClient, oembed_url: str, watch_url: str) ->
 async def _download_transcript(
     video_id: str, languages: list[str], http: requests.Session | None, total_s: float
 ) -> _Transcript:
+    deadline = time.monotonic() + total_s
     try:
         async with asyncio.timeout(total_s):
-            return await asyncio.to_thread(_download_blocking, video_id, list(languages), http)
+            return await asyncio.to_thread(
+                _download_blocking, video_id, list(languages), http, deadline
+            )
     except TimeoutError:
         raise errors.PipelineError(
             "FETCH_FAILED", f"timed out after {total_s:g} s fetching the transcript of {video_id}"
@@ -184,10 +188,18 @@ def _not_found_message(exc: Exception, languages: list[str]) -> str:
 
 
 def _download_blocking(
-    video_id: str, languages: list[str], http: requests.Session | None
+    video_id: str, languages: list[str], http: requests.Session | None, deadline: float
 ) -> _Transcript:
-    """Runs in a worker thread: the library is synchronous and its Session not thread-safe."""
-    session = http if http is not None else _default_session()
+    """Runs in a worker thread: the library is synchronous and its Session not thread-safe.
+
+    Every request the library sends is cut to what is left until `deadline` (monotonic), so
+    the thread, which the caller stops waiting for then, ends by then too instead of holding
+    a slot of the default executor for several more request timeouts.
+    """
+    session = http if http is not None else requests.Session()
+    adapters = dict(session.adapters)
+    for prefix, adapter in adapters.items():
+        session.mount(prefix, _BoundedAdapter(adapter, deadline))
     try:
         api = youtube_transcript_api.YouTubeTranscriptApi(http_client=session)
         result = api.fetch(video_id, languages=languages)
@@ -202,23 +214,33 @@ def _download_blocking(
     finally:
         if http is None:
             session.close()
+        else:
+            for prefix, adapter in adapters.items():
+                session.mount(prefix, adapter)
 
 
-class _TimeoutAdapter(requests.adapters.HTTPAdapter):
-    """Gives every request a timeout, since the transcript library sets none."""
+class _BoundedAdapter(requests.adapters.BaseAdapter):
+    """Sends through `inner` with a timeout no longer than the time left until `deadline`
+    (and at most _TRANSCRIPT_TIMEOUT_S: the transcript library sets none); past the
+    deadline it sends nothing."""
 
-    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = _TRANSCRIPT_TIMEOUT_S
-        return super().send(request, *args, **kwargs)
+    def __init__(self, inner: requests.adapters.BaseAdapter, deadline: float) -> None:
+        super().__init__()
+        self._inner = inner
+        self._deadline = deadline
 
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise requests.Timeout("the transcript download's time is up")
+        kwargs["timeout"] = min(left, _TRANSCRIPT_TIMEOUT_S)
+        response: requests.Response = self._inner.send(request, *args, **kwargs)
+        return response
 
-def _default_session() -> requests.Session:
-    session = requests.Session()
-    adapter = _TimeoutAdapter()
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _paragraphs(snippets: list[_Snippet]) -> str:
