@@ -49,6 +49,15 @@ async def make_events(
     return [item.job.job_id for item in claimed]
 
 
+def dispatcher_config(
+    *, timeout_s: float = 5.0, poll_s: float = 1.0
+) -> dispatcher.DispatcherConfig:
+    """The tests' dispatcher: BACKOFF between attempts, user-agent menos/9.9.9."""
+    return dispatcher.DispatcherConfig(
+        timeout_s=timeout_s, backoff_s=BACKOFF, poll_s=poll_s, app_version="9.9.9"
+    )
+
+
 async def db_now(pool: asyncpg.Pool[Any]) -> dt.datetime:
     now: dt.datetime = await pool.fetchval("SELECT now()")
     return now
@@ -421,9 +430,7 @@ async def deliver(
             )
         client = httpx.AsyncClient(transport=transport)
         clients.append(client)
-        config = dispatcher.DispatcherConfig(
-            timeout_s=timeout_s, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9"
-        )
+        config = dispatcher_config(timeout_s=timeout_s)
         made = await dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run_once()
         return made, seen
 
@@ -599,9 +606,7 @@ async def _die_during(
     reached: Callable[[], bool],
 ) -> None:
     """Run a dispatcher over `network` and kill it (cancel) once `reached()` is true."""
-    config = dispatcher.DispatcherConfig(
-        timeout_s=5.0, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9"
-    )
+    config = dispatcher_config()
     async with httpx.AsyncClient(
         transport=ssrf.PinnedTransport(allow_private=True, network=network)
     ) as client:
@@ -813,9 +818,7 @@ async def test_outcome_lost_to_a_database_outage_is_attempted_again(
         await own_pool.close()  # the dispatcher's database is gone before it records the 200
         return httpx.Response(200)
 
-    config = dispatcher.DispatcherConfig(
-        timeout_s=5.0, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9"
-    )
+    config = dispatcher_config()
     network = HandlerNetwork(answer_then_lose_the_database)
     async with httpx.AsyncClient(
         transport=ssrf.PinnedTransport(allow_private=True, network=network)
@@ -876,9 +879,7 @@ async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_res
     async def ok(request: httpx.Request) -> httpx.Response:
         return httpx.Response(204)
 
-    config = dispatcher.DispatcherConfig(
-        timeout_s=5.0, backoff_s=BACKOFF, poll_s=0.2, app_version="9.9.9"
-    )
+    config = dispatcher_config(poll_s=0.2)
     stop = asyncio.Event()
     async with httpx.AsyncClient(transport=httpx.MockTransport(ok)) as client:
         running = asyncio.create_task(
