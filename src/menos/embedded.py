@@ -111,18 +111,28 @@ def _serves(pid: int, data_dir: Path) -> bool:
 
     The pid of a stale postmaster.pid may be a zombie nobody reaps (the server was killed
     and its parent is gone), or may have been reused by an unrelated process; signalling
-    that one would be wrong. Where there is no /proc, a live pid is all one can tell.
+    that one would be wrong. A live pid whose /proc entry cannot be read (no /proc, another
+    pid namespace, hidepid) is taken for the server: wrongly removing a live server's
+    postmaster.pid would make it shut down.
     """
-    proc = Path("/proc")
-    if not (proc / "self").exists():
-        return _pid_alive(pid)
-    try:
-        stat = (proc / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
-        argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
-    except OSError:
+    if not _pid_alive(pid):
         return False
-    state = stat.rpartition(")")[2].split()[:1]
-    return state not in (["Z"], ["X"]) and os.fsencode(data_dir) in argv
+    proc = Path("/proc") / str(pid)
+    try:
+        stat = (proc / "stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):
+        return False  # a zombie has no argv or cwd left to read
+    try:
+        argv = [os.fsdecode(arg) for arg in (proc / "cmdline").read_bytes().split(b"\0")]
+        cwd = os.readlink(proc / "cwd")
+    except OSError:
+        return True
+    # The data directory as the server was given it (`-D`, as menos starts it), compared
+    # with ours once both are resolved: MENOS_HOME may be spelled through a symlink or `..`.
+    given = argv[argv.index("-D") + 1] if "-D" in argv[:-1] else ""
+    return bool(given) and os.path.realpath(os.path.join(cwd, given)) == os.path.realpath(data_dir)
 
 
 class EmbeddedPostgres:

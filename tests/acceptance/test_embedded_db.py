@@ -79,3 +79,21 @@ def test_a_stale_pid_file_is_not_taken_for_a_server(db: tuple[Path, dict[str, st
         bystander.kill()
         bystander.wait()
         zombie.wait()
+
+
+def test_a_home_spelled_another_way_attaches_to_its_server(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """MENOS_HOME through a symlink or `..` names the same server: commands attach to it and
+    leave its postmaster.pid alone (removing it would make the server shut itself down)."""
+    home, env = db
+    started = menos_db(env, "start")
+    assert started.returncode == 0, started.stderr
+    link = tmp_path / "link"
+    link.symlink_to(home)
+    (tmp_path / "sub").mkdir()
+    for spelling in (str(link), str(tmp_path / "sub" / ".." / "home")):
+        other = {**env, "MENOS_HOME": spelling}
+        assert menos_db(other, "url").stdout.strip() == started.stdout.strip()
+        assert menos_db(other, "start").stdout.strip() == started.stdout.strip()
+        assert (home / "pgdata" / "postmaster.pid").exists()
