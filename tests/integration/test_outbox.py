@@ -662,6 +662,54 @@ async def test_a_sender_that_dies_after_its_request_went_out_keeps_the_attempt_c
     assert again.attempts == 2
 
 
+class _RowHeldWhileConnecting(HandlerNetwork):
+    """Connects at once, but first has another transaction lock every outbox row for
+    `hold_s`: the count that follows waits for the lock."""
+
+    def __init__(self, handler: Handler, pool: asyncpg.Pool[Any], hold_s: float) -> None:
+        super().__init__(handler)
+        self.pool, self.hold_s = pool, hold_s
+        self.holder: asyncio.Task[None] | None = None
+
+    async def connect_tcp(self, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        locked = asyncio.Event()
+
+        async def hold() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT 1 FROM menos.callback_outbox FOR UPDATE")
+                locked.set()
+                await asyncio.sleep(self.hold_s)  # the other transaction's work
+
+        self.holder = asyncio.create_task(hold())
+        await locked.wait()
+        return await super().connect_tcp(host, port, *args, **kwargs)
+
+
+async def test_a_count_slower_than_the_timeout_still_sends_the_request_it_counted(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """The attempt's time limit stands still while its count waits on the database: a count
+    that commits after the limit would have passed is followed by its request, recorded."""
+    received: list[httpx.Request] = []
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        received.append(request)
+        return httpx.Response(204)
+
+    await make_events(repo, 1)
+    network = _RowHeldWhileConnecting(ok, pool, hold_s=0.8)
+    transport = ssrf.PinnedTransport(allow_private=True, network=network)
+    await deliver(transport=transport, timeout_s=0.3)
+    assert network.holder is not None
+    await network.holder
+    assert len(received) == 1
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("delivered", 1, 204)
+    assert [d["outcome"] for d in await audit_details(pool)] == ["delivered"]
+
+
 async def test_a_count_refused_sends_nothing_and_records_nothing(
     repo: repository.Repository,
     pool: asyncpg.Pool[Any],

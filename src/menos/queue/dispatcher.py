@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import httpx
@@ -78,11 +79,14 @@ class _SendCounter:
 
     The count commits before the first byte of the request is written, so an attempt whose
     sender dies afterwards still counts, and one that dies before it (or never connects)
-    does not. A count the database refuses (the event moved on) stops the request.
+    does not. A count the database refuses (the event moved on) stops the request. The
+    attempt's time limit (`limit`) stands still while the count is written: a slow database
+    must not time the attempt out between a committed count and its request.
     """
 
     def __init__(self, count: Callable[[], Awaitable[bool]]) -> None:
         self._count = count
+        self.limit: asyncio.Timeout | None = None
         # "unknown": the count was being written when it failed or was interrupted
         self.state: Literal["not sent", "counted", "moved on", "unknown"] = "not sent"
 
@@ -90,10 +94,27 @@ class _SendCounter:
         if self.state != "not sent" or not name.endswith(".send_request_headers.started"):
             return
         self.state = "unknown"
-        if not await self._count():
+        with self._limit_paused():
+            counted = await self._count()
+        if not counted:
             self.state = "moved on"
             raise _MovedOn
         self.state = "counted"
+
+    @contextlib.contextmanager
+    def _limit_paused(self) -> Iterator[None]:
+        limit = self.limit
+        when = None if limit is None or limit.expired() else limit.when()
+        if limit is None or when is None:
+            yield
+            return
+        clock = asyncio.get_running_loop().time
+        left = when - clock()
+        limit.reschedule(None)
+        try:
+            yield
+        finally:
+            limit.reschedule(clock() + left)
 
 
 class Dispatcher:
@@ -253,9 +274,8 @@ class Dispatcher:
         counter = _SendCounter(lambda: self.counts.submit(event))
         code: int | None = None
         try:
-            async with (
-                asyncio.timeout(self.config.timeout_s),
-                self.client.stream(
+            async with asyncio.timeout(self.config.timeout_s) as counter.limit:
+                async with self.client.stream(
                     "POST",
                     event.url,
                     content=body,
@@ -263,10 +283,9 @@ class Dispatcher:
                     timeout=self.config.timeout_s,
                     follow_redirects=False,
                     extensions={"trace": counter},
-                ) as response,
-            ):
-                code = response.status_code
-                answer = await _read_capped(response, self.config.max_response_bytes)
+                ) as response:
+                    code = response.status_code
+                    answer = await _read_capped(response, self.config.max_response_bytes)
         except Exception as exc:
             if counter.state in ("moved on", "unknown"):
                 return None
