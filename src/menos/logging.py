@@ -52,5 +52,11 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
 
 def _dumps(event: dict[str, Any], **_: Any) -> str:
     """One JSON line: ids, times and decimals as their standard strings (not Python reprs),
-    anything else msgspec cannot encode as its str()."""
-    return msgspec.json.encode(event, enc_hook=str).decode()
+    an exception as its type and message, anything else msgspec cannot encode as its str()."""
+    return msgspec.json.encode(event, enc_hook=_text).decode()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}".rstrip(": ")
+    return str(value)
