@@ -25,6 +25,7 @@ RETURNING j.job_id;
 WITH doomed AS (
     SELECT job_id FROM menos.pipeline_job
      WHERE full_payload IS NOT NULL AND finished_at < $1
+     ORDER BY finished_at  -- pipeline_job_full_payloads: only jobs that still have one
      LIMIT $2
        FOR UPDATE SKIP LOCKED
 )

@@ -230,7 +230,9 @@ def test_purge_removes_only_expired_and_is_idempotent(menos: Menos) -> None:
     active = submit(menos, key, "still waiting")
     sql(
         menos.database_url,
-        "UPDATE menos.pipeline_job SET status = 'pending' WHERE job_id = $1",
+        # pending again even if the worker took it meanwhile (its lease goes with it)
+        "UPDATE menos.pipeline_job SET status = 'pending', lease_expires_at = NULL "
+        "WHERE job_id = $1",
         active["job_id"],
     )
     sql(

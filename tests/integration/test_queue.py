@@ -531,3 +531,34 @@ async def test_a_job_cannot_leave_processing_keeping_its_lease(
         held.job.job_id,
     )
     assert await pool.fetchval("SELECT status FROM menos.pipeline_job") == "cancelled"
+
+
+async def test_clearing_full_payloads_reads_only_jobs_that_have_one(database_url: str) -> None:
+    """Among 2,000 old compact-tier jobs, a purge batch of full-tier payloads finds the two
+    that have one without walking the others (nor, later, the payloads it cleared)."""
+    async with helpers.one_transaction(database_url) as one:
+        repo = repository.Repository(one, db.Queries())  # type: ignore[arg-type]
+        await helpers.owner(repo)
+        await repo.enqueue_many([helpers.note() for _ in range(2000)])
+        await one.conn.execute(
+            "UPDATE menos.pipeline_job SET status = 'completed', "
+            "finished_at = now() - interval '100 days'"
+        )
+        await one.conn.execute(
+            "UPDATE menos.pipeline_job SET full_payload = '{}' WHERE job_id IN "
+            "(SELECT job_id FROM menos.pipeline_job ORDER BY job_id LIMIT 2)"
+        )
+        await one.conn.execute("ANALYZE menos.pipeline_job")
+        before = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+
+        async def tuples_read() -> int:
+            read: int = await one.conn.fetchval(
+                "SELECT coalesce(sum(idx_tup_fetch), 0) + coalesce(sum(seq_tup_read), 0) "
+                "FROM pg_stat_xact_user_tables WHERE relname = 'pipeline_job'"
+            )
+            return read
+
+        start = await tuples_read()
+        assert await repo.purge_batch("full_payloads", before, 100) == 2
+        assert await repo.purge_batch("full_payloads", before, 100) == 0
+        assert await tuples_read() - start < 100
