@@ -886,6 +886,28 @@ async def test_outcome_lost_to_a_database_outage_is_attempted_again(
     assert (await row(pool))["status"] == "delivered"
 
 
+async def test_an_unsent_attempt_whose_outcome_is_always_refused_still_counts(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request that never got a connection is counted by recording its failure; if that
+    recording is refused, the attempt is counted anyway, so the event ends after three
+    attempts instead of being attempted forever."""
+
+    async def refuse(
+        self: repository.OutboxRepository, outcomes: Sequence[repository.Outcome]
+    ) -> list[Any]:
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(repository.OutboxRepository, "record_outcomes", refuse)
+    await make_events(repo, 1, url="http://127.0.0.1:9/hook")
+    await deliver(transport=ssrf.PinnedTransport(allow_private=False))
+    state = await row(pool)
+    assert (state["status"], state["attempts"]) == ("pending", 1)
+
+
 async def test_receiver_answer_with_nul_characters_is_recorded(
     repo: repository.Repository,
     pool: asyncpg.Pool[Any],

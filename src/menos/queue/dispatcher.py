@@ -229,6 +229,8 @@ class Dispatcher:
                 "callback_outcome_not_recorded", event_id=str(event.event_id), error=str(recorded)
             )
             status = None
+            if not attempt.counted:
+                await self._count_unrecorded(event)
         else:
             status = recorded
         if status == "pending":  # our own retry: look for it when it comes due
@@ -251,6 +253,17 @@ class Dispatcher:
             duration_ms=duration_ms,
             status=status,  # None: not recorded (the event moved on, or the database was away)
         )
+
+    async def _count_unrecorded(self, event: models.OutboxEvent) -> None:
+        """Count an attempt that only recording would have counted (its request never went
+        out) when the recording was refused: an outcome the database refuses every time must
+        not have its event attempted forever. If the database is away, nothing is counted."""
+        try:
+            await self.counts.submit(event)
+        except Exception as exc:
+            log.warning(
+                "callback_attempt_not_counted", event_id=str(event.event_id), error=str(exc)
+            )
 
     async def attempt(self, event: models.OutboxEvent, secrets: list[str]) -> Attempt | None:
         """POST the stored body once, signed now; success only on 2xx, no redirects followed.
