@@ -100,3 +100,57 @@ def test_hostile_authorization_headers_are_401(fuzzed: tuple[Menos, str]) -> Non
         assert answer.status_code == 401, (value, answer.text)
 
     call()
+
+
+def test_raw_body_bytes_never_produce_a_server_error(fuzzed: tuple[Menos, str]) -> None:
+    """Bodies no schema-driven client sends (any bytes, invalid UTF-8 inside a JSON string,
+    raw multipart parts) are answered below 500 on every route that reads a body."""
+    import httpx
+    from hypothesis import strategies as st
+
+    menos, key = fuzzed
+    fields = st.sampled_from([b"url", b"text", b"transcript_text", b"callback_url", b"tags"])
+    json_bodies = st.one_of(
+        st.binary(max_size=200),
+        st.builds(lambda f, v: b'{"' + f + b'": "' + v + b'"}', fields, st.binary(max_size=60)),
+        st.builds(lambda f, v: b'{"' + f + b'": ' + v + b"}", fields, st.binary(max_size=60)),
+    )
+    multipart = st.builds(
+        lambda name, value: (
+            b'--b\r\ncontent-disposition: form-data; name="file"; filename="'
+            + name
+            + b'"\r\ncontent-type: text/markdown\r\n\r\n'
+            + value
+            + b"\r\n--b--\r\n"
+        ),
+        st.binary(max_size=30),
+        st.binary(max_size=100),
+    )
+    with menos.client(key) as client:
+        seeded = client.get("/api/v1/content").json()["items"][0]["content_id"]
+    routes = ["/api/v1/ingest", "/api/v1/content", f"/api/v1/content/{seeded}/reprocess"]
+
+    @hypothesis.given(
+        route=st.sampled_from(routes),
+        body=json_bodies,
+        upload=multipart,
+        as_upload=st.booleans(),
+    )
+    @hypothesis.settings(
+        max_examples=EXAMPLES * 5,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    def call(route: str, body: bytes, upload: bytes, as_upload: bool) -> None:
+        content_type = "multipart/form-data; boundary=b" if as_upload else "application/json"
+        answer = httpx.post(
+            f"{menos.base_url}{route}",
+            content=upload if as_upload else body,
+            headers={"authorization": f"Bearer {key}", "content-type": content_type},
+            timeout=10,
+        )
+        assert answer.status_code < 500, (route, body if not as_upload else upload, answer.text)
+
+    call()
