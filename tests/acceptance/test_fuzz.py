@@ -18,6 +18,18 @@ from tests.support.processes import Menos
 EXAMPLES = int(os.environ.get("MENOS_FUZZ_EXAMPLES", "30"))  # per operation; bounded in make test
 
 
+def budget(examples: int) -> hypothesis.settings:
+    """`examples` generated cases, the same ones on every run (derandomized, no database),
+    however slow the API answers."""
+    return hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+
+
 @pytest.fixture(scope="module")
 def fuzzed(
     pg_admin_dsn: str, template_db: str, tmp_path_factory: pytest.TempPathFactory
@@ -46,13 +58,7 @@ def test_no_request_produces_a_server_error(fuzzed: tuple[Menos, str]) -> None:
     for operation in operations:
 
         @hypothesis.given(case=operation.as_strategy())
-        @hypothesis.settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            suppress_health_check=list(hypothesis.HealthCheck),
-            derandomize=True,
-            database=None,
-        )
+        @budget(EXAMPLES)
         def call(case: Any) -> None:
             response = case.call(
                 base_url=menos.base_url, headers={"Authorization": f"Bearer {key}"}
@@ -86,13 +92,7 @@ def test_hostile_authorization_headers_are_401(fuzzed: tuple[Menos, str]) -> Non
     )
 
     @hypothesis.given(value=header)
-    @hypothesis.settings(
-        max_examples=EXAMPLES * 3,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(hypothesis.HealthCheck),
-    )
+    @budget(EXAMPLES * 3)
     def call(value: str) -> None:
         answer = httpx.get(
             f"{menos.base_url}/api/v1/jobs", headers={"authorization": value}, timeout=10
@@ -136,13 +136,7 @@ def test_raw_body_bytes_never_produce_a_server_error(fuzzed: tuple[Menos, str]) 
         upload=multipart,
         as_upload=st.booleans(),
     )
-    @hypothesis.settings(
-        max_examples=EXAMPLES * 5,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(hypothesis.HealthCheck),
-    )
+    @budget(EXAMPLES * 5)
     def call(route: str, body: bytes, upload: bytes, as_upload: bool) -> None:
         content_type = "multipart/form-data; boundary=b" if as_upload else "application/json"
         answer = httpx.post(
