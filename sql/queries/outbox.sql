@@ -108,7 +108,7 @@ SELECT x.i, r.status
  ORDER BY x.i;
 
 -- name: fail_exhausted_outbox_events
--- End as failed the events whose last attempt ($2) was sent but never recorded before its hold ran out.
+-- End as failed the events whose last attempt ($2) was counted but never recorded before its hold ran out.
 WITH lost AS (
     SELECT event_id FROM menos.callback_outbox
      WHERE status = 'pending' AND attempts >= $2
@@ -119,8 +119,10 @@ WITH lost AS (
 )
 UPDATE menos.callback_outbox o
    SET status = 'failed', last_status_code = NULL,
-       last_error = format('attempt %s was sent but its outcome was never recorded (dispatcher lost)',
-                           o.attempts)
+       -- Counted as its request went out, or (a failure the database would not store) after
+       -- a request that never did; either way its outcome is not known here.
+       last_error = format('the outcome of attempt %s was never recorded (its dispatcher '
+                           'was lost, or the database refused it)', o.attempts)
   FROM lost
  WHERE o.event_id = lost.event_id
 RETURNING o.event_id, o.job_id, o.owner, o.url, o.attempts, o.last_error;

@@ -663,12 +663,14 @@ async def test_a_sender_that_dies_after_its_request_went_out_keeps_the_attempt_c
 
 
 class _RowHeldWhileConnecting(HandlerNetwork):
-    """Connects at once, but first has another transaction lock every outbox row for
-    `hold_s`: the count that follows waits for the lock."""
+    """Has another transaction lock every outbox row for `hold_s`, then takes `connect_s` to
+    connect: the count that follows waits for what is left of the lock."""
 
-    def __init__(self, handler: Handler, pool: asyncpg.Pool[Any], hold_s: float) -> None:
+    def __init__(
+        self, handler: Handler, pool: asyncpg.Pool[Any], *, hold_s: float, connect_s: float
+    ) -> None:
         super().__init__(handler)
-        self.pool, self.hold_s = pool, hold_s
+        self.pool, self.hold_s, self.connect_s = pool, hold_s, connect_s
         self.holder: asyncio.Task[None] | None = None
 
     async def connect_tcp(self, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
@@ -682,32 +684,72 @@ class _RowHeldWhileConnecting(HandlerNetwork):
 
         self.holder = asyncio.create_task(hold())
         await locked.wait()
+        await asyncio.sleep(self.connect_s)  # a slow connect
         return await super().connect_tcp(host, port, *args, **kwargs)
 
 
-async def test_a_count_slower_than_the_timeout_still_sends_the_request_it_counted(
-    repo: repository.Repository,
-    pool: asyncpg.Pool[Any],
-    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
-) -> None:
-    """The attempt's time limit stands still while its count waits on the database: a count
-    that commits after the limit would have passed is followed by its request, recorded."""
+def _receiving() -> tuple[list[httpx.Request], Handler]:
     received: list[httpx.Request] = []
 
     async def ok(request: httpx.Request) -> httpx.Response:
         received.append(request)
         return httpx.Response(204)
 
+    return received, ok
+
+
+async def test_a_count_that_ends_past_the_attempts_limit_still_sends_its_request(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """The attempt's time limit stands still while its count waits on the database: a 0.3 s
+    connect and a 0.3 s wait for the count end past the 0.5 s limit, and the request that was
+    counted still goes out and is recorded."""
+    received, ok = _receiving()
     await make_events(repo, 1)
-    network = _RowHeldWhileConnecting(ok, pool, hold_s=0.8)
+    network = _RowHeldWhileConnecting(ok, pool, hold_s=0.6, connect_s=0.3)
     transport = ssrf.PinnedTransport(allow_private=True, network=network)
-    await deliver(transport=transport, timeout_s=0.3)
+    await deliver(transport=transport, timeout_s=0.5)
     assert network.holder is not None
     await network.holder
     assert len(received) == 1
     state = await row(pool)
     assert (state["status"], state["attempts"], state["last_status_code"]) == ("delivered", 1, 204)
     assert [d["outcome"] for d in await audit_details(pool)] == ["delivered"]
+
+
+async def test_a_count_stuck_on_the_database_does_not_hold_the_dispatcher(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """A count that waits longer than the attempt's timeout gives up: the delivery ends (so
+    a stopping dispatcher is not held by the database) with nothing sent or recorded."""
+    received, ok = _receiving()
+    await make_events(repo, 1)
+    network = _RowHeldWhileConnecting(ok, pool, hold_s=5.0, connect_s=0.0)
+    transport = ssrf.PinnedTransport(allow_private=True, network=network)
+    await deliver(transport=transport, timeout_s=0.3)
+    assert network.holder is not None and not network.holder.done()  # the lock still held
+    assert received == []
+    await network.holder
+    assert await audit_details(pool) == []
+
+
+async def test_an_event_twice_in_one_group_of_counts_is_counted_once(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Claimed again by its own dispatcher once its hold ran out, an event can be counted
+    twice in one group: one of the two may send, the other must not."""
+    await make_events(repo, 1)
+    now = await db_now(pool)
+    (first,) = await claim(outbox, now)
+    (again,) = await claim(outbox, now + dt.timedelta(seconds=HOLD))
+    assert await count(outbox, [first, again]) == [True, False]
+    assert (await row(pool))["attempts"] == 1
 
 
 async def test_a_count_refused_sends_nothing_and_records_nothing(

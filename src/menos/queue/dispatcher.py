@@ -53,7 +53,9 @@ class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def hold_s(self) -> float:
-        """How long a claim keeps its event from other claims: the attempt surely ended by then."""
+        """How long a claim, and then the count as its request goes out, keep the event from
+        other claims: its request has surely ended by then. (A count stuck on the database
+        can outlast a claim's hold; the count's guard then lets only one request out.)"""
         return self.timeout_s + self.hold_margin_s
 
 
@@ -79,13 +81,17 @@ class _SendCounter:
 
     The count commits before the first byte of the request is written, so an attempt whose
     sender dies afterwards still counts, and one that dies before it (or never connects)
-    does not. A count the database refuses (the event moved on) stops the request. The
-    attempt's time limit (`limit`) stands still while the count is written: a slow database
-    must not time the attempt out between a committed count and its request.
+    does not. A count the database refuses (the event moved on) stops the request.
+
+    The attempt's time limit (`limit`) stands still while the count is written, so a slow
+    database does not time the attempt out between a committed count and its request; the
+    count has a limit of its own (`count_s`). Only a count that outlasts that may commit
+    unseen ("unknown"): then nothing is sent or recorded, and the event's hold decides.
     """
 
-    def __init__(self, count: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(self, count: Callable[[], Awaitable[bool]], count_s: float) -> None:
         self._count = count
+        self._count_s = count_s
         self.limit: asyncio.Timeout | None = None
         # "unknown": the count was being written when it failed or was interrupted
         self.state: Literal["not sent", "counted", "moved on", "unknown"] = "not sent"
@@ -93,9 +99,10 @@ class _SendCounter:
     async def __call__(self, name: str, info: dict[str, Any]) -> None:
         if self.state != "not sent" or not name.endswith(".send_request_headers.started"):
             return
-        self.state = "unknown"
         with self._limit_paused():
-            counted = await self._count()
+            self.state = "unknown"
+            async with asyncio.timeout(self._count_s):
+                counted = await self._count()
         if not counted:
             self.state = "moved on"
             raise _MovedOn
@@ -110,6 +117,8 @@ class _SendCounter:
             return
         clock = asyncio.get_running_loop().time
         left = when - clock()
+        if left <= 0:  # the attempt's time is up: it fails unsent, uncounted
+            raise TimeoutError
         limit.reschedule(None)
         try:
             yield
@@ -284,7 +293,7 @@ class Dispatcher:
         except ValueError as exc:
             return Attempt(None, f"owner {event.owner}'s webhook secret cannot sign: {exc}")
         headers["accept-encoding"] = "identity"  # the capped read below is of plain bytes
-        counter = _SendCounter(lambda: self.counts.submit(event))
+        counter = _SendCounter(lambda: self.counts.submit(event), self.config.timeout_s)
         code: int | None = None
         try:
             async with asyncio.timeout(self.config.timeout_s) as counter.limit:
@@ -334,7 +343,8 @@ class Dispatcher:
         A finished delivery frees a slot but claims again only when the last claim filled every
         free slot (more may be due): otherwise nothing can have come due before the earliest
         due time seen at the last look, one of our own retries, or a NOTIFY. On stop,
-        deliveries in flight finish (each is bounded by timeout_s); errors are logged and the
+        deliveries in flight finish (each is bounded by timeout_s, twice that with the time its
+        count may wait on the database); errors are logged and the
         loop goes on.
         """
         log.info("dispatcher_started", batch_size=self.config.batch_size)

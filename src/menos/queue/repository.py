@@ -700,7 +700,7 @@ AUDIT_EVENT = "audit.callback_delivery"
 
 
 class Swept(msgspec.Struct, frozen=True, kw_only=True):
-    """An event ended failed because its last attempt was sent but never recorded."""
+    """An event ended failed because its last attempt was counted but never recorded."""
 
     event_id: uuid.UUID
     job_id: models.JobId
@@ -808,8 +808,14 @@ class OutboxRepository(_Store):
                 hold_s,
                 max_attempts,
             )
+        # The same event twice in one group (claimed again by its own dispatcher after its
+        # hold ran out) is counted once: only the first of them may send.
         counted = {r["event_id"] for r in rows}
-        return [e.event_id in counted for e in events]
+        answers = []
+        for event in events:
+            answers.append(event.event_id in counted)
+            counted.discard(event.event_id)
+        return answers
 
     async def record_outcomes(
         self, outcomes: Sequence[Outcome]
