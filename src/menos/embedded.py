@@ -126,13 +126,18 @@ def _serves(pid: int, data_dir: Path) -> bool:
         return False  # a zombie has no argv or cwd left to read
     try:
         argv = [os.fsdecode(arg) for arg in (proc / "cmdline").read_bytes().split(b"\0")]
-        cwd = os.readlink(proc / "cwd")
     except OSError:
         return True
-    # The data directory as the server was given it (`-D`, as menos starts it), compared
-    # with ours once both are resolved: MENOS_HOME may be spelled through a symlink or `..`.
-    given = argv[argv.index("-D") + 1] if "-D" in argv[:-1] else ""
-    return bool(given) and os.path.realpath(os.path.join(cwd, given)) == os.path.realpath(data_dir)
+    if "-D" not in argv[:-1]:
+        return False  # not a postgres as menos starts one: the pid was reused
+    given = argv[argv.index("-D") + 1]
+    if os.path.isabs(given):
+        # Resolved on both sides: MENOS_HOME may be spelled through a symlink or `..`.
+        return os.path.realpath(given) == os.path.realpath(data_dir)
+    try:  # a relative -D: the postmaster runs in its data directory
+        return os.path.realpath(os.readlink(proc / "cwd")) == os.path.realpath(data_dir)
+    except OSError:
+        return True
 
 
 class EmbeddedPostgres:

@@ -1,0 +1,51 @@
+"""Telling a live embedded server from a stale postmaster.pid, without a database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from menos import embedded
+
+
+def test_a_reused_pid_whose_cwd_cannot_be_read_is_not_the_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Run as another user, menos cannot read a root process's cwd; its argv (readable by
+    all, and without `-D`) still tells that it is not the server."""
+
+    def refused(path: object) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(embedded.os, "readlink", refused)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not embedded._serves(other.pid, tmp_path / "pgdata")
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_server_is_recognised_by_its_data_directory_however_spelled(tmp_path: Path) -> None:
+    """A process started with `-D` naming the data directory serves it, through a symlink
+    too; one naming another directory does not."""
+    data_dir = tmp_path / "home" / "pgdata"
+    data_dir.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "home")
+    code = "import time; time.sleep(60)"
+    started = [
+        subprocess.Popen([sys.executable, "-c", code, "-D", str(tmp_path / "link" / "pgdata")]),
+        subprocess.Popen([sys.executable, "-c", code, "-D", str(tmp_path)]),
+    ]
+    try:
+        assert embedded._serves(started[0].pid, data_dir)
+        assert not embedded._serves(started[1].pid, data_dir)
+        assert not embedded._serves(os.getpid(), data_dir)  # no -D at all
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
