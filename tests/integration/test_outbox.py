@@ -967,6 +967,25 @@ async def test_receiver_answer_with_nul_characters_is_recorded(
     assert state["last_error"] == "HTTP 500: bad\ufffdnews"
 
 
+async def test_an_error_text_utf8_cannot_encode_is_recorded(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A failure whose text holds a lone surrogate is recorded, the surrogate replaced (the
+    database would refuse it for good, and the attempt would never be recorded)."""
+    await make_events(repo, 2)
+    delivered, failed = await claim(outbox, await db_now(pool))
+    statuses = await outbox.record_outcomes(
+        [outcome(delivered, 204), outcome(failed, None, "request failed: bad \ud800 name")]
+    )
+    assert statuses == ["delivered", "pending"]
+    error = await pool.fetchval(
+        "SELECT last_error FROM menos.callback_outbox WHERE event_id = $1", failed.event_id
+    )
+    assert error == "request failed: bad ? name"
+
+
 async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_rest(
     repo: repository.Repository,
     outbox: repository.OutboxRepository,

@@ -326,8 +326,8 @@ class Repository(_Store):
             guard.job_id,
             guard.worker_id,
             guard.attempts,
-            _no_nul(body),  # a page or transcript may hold NUL characters
-            None if title is None else _no_nul(title),
+            _storable(body),  # a page or transcript may hold NUL characters
+            None if title is None else _storable(title),
             dict(metadata),
         )
         return row is not None
@@ -398,7 +398,7 @@ class Repository(_Store):
             now,
             code,
             stage,
-            _no_nul(message[: errors.MAX_ERROR_MESSAGE]),
+            _storable(message[: errors.MAX_ERROR_MESSAGE]),
             _timings(stages),
             dict(diagnostics),
             dict(full_payload) if full_payload is not None else None,
@@ -885,7 +885,7 @@ class OutboxRepository(_Store):
 def _outcome_row(i: int, outcome: Outcome) -> dict[str, Any]:
     """One element of `record_outbox_outcomes`' array; `detail` is the audit row's, less status."""
     event = outcome.event
-    error = None if outcome.error is None else _no_nul(outcome.error[: errors.MAX_ERROR_MESSAGE])
+    error = None if outcome.error is None else _storable(outcome.error[: errors.MAX_ERROR_MESSAGE])
     return {
         "i": i,
         "event_id": str(event.event_id),
@@ -910,7 +910,8 @@ def _outcome_row(i: int, outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def _no_nul(text: str) -> str:
+def _storable(text: str) -> str:
     """Text PostgreSQL can store: a receiver's answer or an error message may hold NUL
-    characters, which it refuses."""
-    return text.replace("\x00", "\ufffd")
+    characters, which it refuses, or lone surrogates, which UTF-8 cannot encode."""
+    text = text.replace("\x00", "\ufffd")
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
