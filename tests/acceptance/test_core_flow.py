@@ -213,6 +213,11 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
         assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 404
     with menos.client("menos_not-a-real-key-at-all") as stranger:
         assert stranger.get(f"/api/v1/jobs/{job_id}").status_code == 401
+        # authentication comes first: whatever the body, it is never read for a stranger
+        for path in ("/api/v1/ingest", "/api/v1/content", f"/api/v1/content/{job_id}/reprocess"):
+            for body, media in ((b"{", "application/json"), (b"x", "text/plain")):
+                answer = stranger.post(path, content=body, headers={"content-type": media})
+                assert answer.status_code == 401, (path, media, answer.text)
     assert processes.httpx.get(f"{menos.base_url}/api/v1/jobs/{job_id}").status_code == 401
 
 

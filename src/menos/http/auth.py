@@ -6,7 +6,9 @@ import re
 from typing import Any
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.di import Provide
+from litestar.handlers import BaseRouteHandler
 
 from menos import errors
 from menos.queue import models, repository
@@ -14,17 +16,27 @@ from menos.queue import models, repository
 _KEY = re.compile(r"^[A-Za-z0-9_-]{8,200}$")
 
 
-async def principal(request: Request[Any, Any, Any]) -> models.Principal:
-    """The caller behind `Authorization: Bearer <key>`; 401 when missing, unknown or revoked."""
-    header = request.headers.get("authorization", "")
+async def authenticate(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Route guard: the caller behind `Authorization: Bearer <key>`, kept for `principal`;
+    401 when missing, unknown or revoked. Guards run before the body is read, so an
+    unauthenticated request is answered 401 whatever its body, which is never decoded."""
+    header = connection.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not _KEY.match(key):
         raise errors.Unauthorized("send Authorization: Bearer <api key>")
-    repo: repository.Repository = request.app.state.repo
+    repo: repository.Repository = connection.app.state.repo
     found = await repo.principal(key)
     if found is None:
         raise errors.Unauthorized("unknown or revoked API key")
+    connection.state.principal = found
+
+
+async def principal(request: Request[Any, Any, Any]) -> models.Principal:
+    """The caller the `authenticate` guard found (the guard must be on the route)."""
+    found: models.Principal = request.state.principal
     return found
 
 
@@ -34,3 +46,4 @@ def scope(who: models.Principal) -> str | None:
 
 
 PROVIDE = Provide(principal)
+GUARDS = [authenticate]

@@ -7,7 +7,6 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
-from litestar.di import Provide
 
 from menos import errors, markdown, versions
 from menos.http import auth, openapi, pagination, schemas, validate
@@ -20,7 +19,8 @@ class ContentController(Controller):
     """`/api/v1/content`."""
 
     path = "/api/v1/content"
-    dependencies = {"who": Provide(auth.principal)}
+    guards = auth.GUARDS  # before the route's own guards, and before the body is read
+    dependencies = {"who": auth.PROVIDE}
 
     @post(
         "/",

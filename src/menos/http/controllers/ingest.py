@@ -18,7 +18,7 @@ from menos.settings import Settings
     "/api/v1/ingest",
     status_code=202,
     dependencies={"who": auth.PROVIDE},
-    guards=[http_errors.require_json],
+    guards=[*auth.GUARDS, http_errors.require_json],
     responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.Submitted)},
 )
 async def ingest(

@@ -6,7 +6,6 @@ import uuid
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.di import Provide
 
 from menos import errors
 from menos.http import auth, openapi, pagination, schemas
@@ -17,7 +16,8 @@ class JobsController(Controller):
     """`/api/v1/jobs`."""
 
     path = "/api/v1/jobs"
-    dependencies = {"who": Provide(auth.principal)}
+    guards = auth.GUARDS  # before the route's own guards, and before the body is read
+    dependencies = {"who": auth.PROVIDE}
 
     @get("/", responses=openapi.PROBLEMS)
     async def index(
