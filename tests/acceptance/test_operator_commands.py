@@ -40,25 +40,26 @@ def completed(menos: Menos, job_id: str) -> None:
 
 
 def test_every_command_explains_itself() -> None:
-    """Each bin/ command answers --help with its usage and exits 0."""
+    """Each bin/ command answers --help with its usage and what it does, and exits 0."""
     import subprocess
 
     from tests.support.processes import BIN
 
-    for name in (
-        "api",
-        "worker",
-        "dispatcher",
-        "reprocess",
-        "classify",
-        "export-summaries",
-        "menos",
+    for name, says in (
+        ("api", "Serve the HTTP API"),
+        ("worker", "Claim and run jobs"),
+        ("dispatcher", "Deliver callback events"),
+        ("reprocess", "Re-run one item"),
+        ("classify", "Bulk re-run"),
+        ("export-summaries", "Export completed results"),
+        ("menos", "self-hosted content ingest"),
     ):
         done = subprocess.run(
             [str(BIN / name), "--help"], capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0, (name, done.stderr)
         assert "usage:" in done.stdout
+        assert says in " ".join(done.stdout.split()), (name, done.stdout)
 
 
 def test_reprocess_wait_exit_codes(menos: Menos, llm: fake_llm.FakeLLM) -> None:
