@@ -42,7 +42,8 @@ DELETE FROM menos.audit_event a USING doomed WHERE a.audit_id = doomed.audit_id
 RETURNING a.audit_id;
 
 -- name: purge_preview
--- What a purge at these cut-offs ($1 jobs and audit, $2 full payloads) would touch.
+-- What a purge at these cut-offs ($1 jobs and audit, $2 full payloads, $3 quiet processes'
+-- metric samples) would touch.
 SELECT
     (SELECT count(*) FROM menos.pipeline_job j
       WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at < $1
@@ -50,4 +51,8 @@ SELECT
                          WHERE o.job_id = j.job_id AND o.status = 'pending')) AS jobs,
     (SELECT count(*) FROM menos.pipeline_job
       WHERE full_payload IS NOT NULL AND finished_at < $2) AS full_payloads,
-    (SELECT count(*) FROM menos.audit_event WHERE at < $1) AS audit_events;
+    (SELECT count(*) FROM menos.audit_event WHERE at < $1) AS audit_events,
+    (SELECT count(*) FROM (SELECT process_id FROM menos.metric_sample
+                            WHERE process_id <> '(retired)'
+                            GROUP BY process_id HAVING max(updated_at) < $3) AS quiet
+    ) AS metric_processes;

@@ -19,3 +19,24 @@ SELECT s.status, coalesce(c.jobs, 0) AS jobs, c.oldest_age_s
              extract(epoch FROM now() - min(created_at))::double precision AS oldest_age_s
         FROM menos.pipeline_job GROUP BY status
   ) AS c USING (status);
+
+-- name: retire_metric_samples
+-- Fold the samples of the processes named in $1 (stopping) and of every process quiet since $2
+-- into one row per metric under '(retired)', so totals keep their value and the table stays
+-- small; returns how many processes were folded.
+WITH gone AS (
+    DELETE FROM menos.metric_sample
+     WHERE process_id <> '(retired)'
+       AND (process_id = ANY($1::text[])
+            OR process_id IN (SELECT process_id FROM menos.metric_sample
+                               GROUP BY process_id HAVING max(updated_at) < $2))
+    RETURNING process_id, name, labels, value
+), folded AS (
+    INSERT INTO menos.metric_sample AS m (process_id, name, labels, value)
+    SELECT '(retired)', name, labels, sum(value) FROM gone
+     GROUP BY name, labels
+     ORDER BY name, labels  -- one order for every retirement: concurrent ones cannot deadlock
+    ON CONFLICT (process_id, name, labels)
+    DO UPDATE SET value = m.value + EXCLUDED.value, updated_at = now()
+)
+SELECT count(DISTINCT process_id) AS processes FROM gone;

@@ -134,3 +134,49 @@ def test_verbose_reads_are_audited(menos: Menos) -> None:
             "subject": job["job_id"],
         }
     ]
+
+
+def test_stopped_and_gone_processes_fold_into_one_metric_total(menos: Menos) -> None:
+    """A worker that stops folds its samples into the retired total, and the purge folds
+    those of a process gone quiet: the totals stay, the per-process rows go."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+
+    def finish(text: str) -> None:
+        with menos.client(key) as client:
+            job = client.post("/api/v1/content", json={"text": text}).json()
+            wait_for(
+                lambda: client.get(f"/api/v1/jobs/{job['job_id']}").json()["status"] == "completed",
+                what="completion",
+            )
+
+    def fetch_runs() -> float:
+        return scrape(menos)["menos_stage_duration_seconds_count"][(("stage", "fetch"),)]
+
+    def processes() -> set[str]:
+        rows = sql(menos.database_url, "SELECT DISTINCT process_id FROM menos.metric_sample")
+        return {r["process_id"] for r in rows}
+
+    first = menos.worker("--worker-id", "first")
+    finish("one")
+    wait_for(lambda: "first" in processes(), what="first worker's samples")
+    first.terminate()
+    assert first.wait(timeout=30) == 0
+    assert processes() == {"(retired)"}
+    assert fetch_runs() == 1
+    killed = (
+        "INSERT INTO menos.metric_sample (process_id, name, labels, value, updated_at) "
+        "VALUES ($1, 'menos_stage_duration_seconds_count', 'stage=fetch', 5, "
+        "now() - interval '2 days')"
+    )
+    sql(menos.database_url, killed, "killed")  # a process killed long ago left its rows
+    menos.worker("--worker-id", "second")  # a worker purges when it starts
+    wait_for(lambda: "killed" not in processes(), what="the purge at the worker's start")
+    finish("two")
+    wait_for(lambda: fetch_runs() == 7, what="second worker's samples")
+    sql(menos.database_url, killed, "killed too")
+    preview = json.loads(menos.command("purge", "--dry-run").stdout)
+    assert preview["metric_processes"] == 1
+    assert json.loads(menos.command("purge").stdout)["metric_processes"] == 1
+    assert processes() == {"(retired)", "second"}
+    assert fetch_runs() == 12

@@ -253,7 +253,13 @@ def test_purge_removes_only_expired_and_is_idempotent(menos: Menos) -> None:
         "('audit.old', now() - interval '400 days'), ('audit.new', now())",
     )
     preview = json.loads(menos.command("purge", "--dry-run").stdout)
-    assert preview == {"dry_run": True, "jobs": 1, "full_payloads": 2, "audit_events": 1}
+    assert preview == {
+        "dry_run": True,
+        "jobs": 1,
+        "full_payloads": 2,
+        "audit_events": 1,
+        "metric_processes": 0,  # the worker is running
+    }
     purged = json.loads(menos.command("purge").stdout)
     assert (purged["jobs"], purged["audit_events"]) == (1, 1)
     remaining = {
@@ -267,7 +273,13 @@ def test_purge_removes_only_expired_and_is_idempotent(menos: Menos) -> None:
     )[0]
     assert content["latest_job_id"] is None and content["result"] is not None
     again = json.loads(menos.command("purge").stdout)
-    assert again == {"dry_run": False, "jobs": 0, "full_payloads": 0, "audit_events": 0}
+    assert again == {
+        "dry_run": False,
+        "jobs": 0,
+        "full_payloads": 0,
+        "audit_events": 0,
+        "metric_processes": 0,
+    }
 
 
 def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path: Path) -> None:

@@ -149,6 +149,7 @@ class Dispatcher:
         self.config = config
         self.process_id = process_id
         self.stats = stats.ProcessStats()
+        self._stats_out = stats.Flusher(repo, process_id, self.stats)
         self.repo = repo
         self.counts = group_commit.GroupCommit(self._count_attempts, max_batch=config.batch_size)
         self.outcomes = group_commit.GroupCommit(repo.record_outcomes, max_batch=config.batch_size)
@@ -385,7 +386,7 @@ class Dispatcher:
                     self._look_at = min(self._look_at, clock() + self.config.poll_s)
                 if clock() >= next_flush:
                     next_flush = clock() + self.config.poll_s
-                    await self._flush_stats()
+                    await self._stats_out.flush()
                 wait = self.config.poll_s
                 if len(self._tasks) < self.config.batch_size:
                     wait = min(wait, max(self._look_at - clock(), 0.0))
@@ -401,18 +402,8 @@ class Dispatcher:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
             await self.counts.cancel()
             await self.outcomes.cancel()
-            await self._flush_stats()
+            await self._stats_out.retire()
         log.info("dispatcher_stopped")
-
-    async def _flush_stats(self) -> None:
-        if not self.stats.dirty:
-            return
-        self.stats.dirty = False
-        try:
-            await self.repo.flush_stats(self.process_id, self.stats.samples())
-        except Exception as exc:
-            self.stats.dirty = True
-            log.warning("stats_flush_failed", error=str(exc))
 
     async def _start(self, free: int) -> tuple[int, float | None]:
         """Claim up to `free` events and start their deliveries; how many, and the next due."""

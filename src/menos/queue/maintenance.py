@@ -10,11 +10,14 @@ import msgspec
 import structlog
 
 from menos import errors
-from menos.queue import repository
+from menos.queue import repository, stats
 
 log = structlog.get_logger("menos.maintenance")
 
 DUTY = "menos.purge"
+# A process whose metric samples are this old is gone: live ones write theirs at least every
+# stats.TOUCH_S, and a stopping one folds its own.
+QUIET = dt.timedelta(seconds=24 * stats.TOUCH_S)
 
 
 class PurgeConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,12 +41,15 @@ class Purger:
         self._config = config
         self._repo = repo
 
-    def cutoffs(self, now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
-        """(jobs and audit events before, full payloads before)."""
+    def cutoffs(
+        self, now: dt.datetime | None = None
+    ) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
+        """(jobs and audit events before, full payloads before, metric samples quiet since)."""
         at = now or dt.datetime.now(dt.UTC)
         return (
             at - dt.timedelta(days=self._config.compact_days),
             at - dt.timedelta(days=self._config.full_days),
+            at - QUIET,
         )
 
     async def preview(self, now: dt.datetime | None = None) -> repository.PurgeCounts:
@@ -52,7 +58,7 @@ class Purger:
 
     async def run_once(self, now: dt.datetime | None = None) -> repository.PurgeCounts:
         """Purge everything expired, batch by batch; running it again removes nothing more."""
-        jobs_before, full_before = self.cutoffs(now)
+        jobs_before, full_before, quiet_since = self.cutoffs(now)
         counts: dict[str, int] = {}
         steps = (
             ("full_payloads", full_before),
@@ -67,6 +73,7 @@ class Purger:
                 if done < self._config.batch:
                     break
             counts[kind] = total
+        counts["metric_processes"] = await self._repo.retire_stats(quiet_since=quiet_since)
         purged = repository.PurgeCounts(**counts)
         log.info("purge_finished", **msgspec.to_builtins(purged))
         return purged

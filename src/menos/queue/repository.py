@@ -130,6 +130,7 @@ class PurgeCounts(msgspec.Struct, frozen=True):
     jobs: int = 0
     full_payloads: int = 0
     audit_events: int = 0
+    metric_processes: int = 0  # gone processes whose metric samples were folded into one total
 
 
 class StatusCount(msgspec.Struct, frozen=True):
@@ -190,6 +191,19 @@ class _Store:
                 [s[1] for s in samples],
                 [float(s[2]) for s in samples],
             )
+
+    async def retire_stats(
+        self, process_id: str | None = None, *, quiet_since: dt.datetime | None = None
+    ) -> int:
+        """Fold the samples of a stopping process, and of every process that has written none
+        since `quiet_since`, into the retired total; returns how many processes were folded."""
+        async with self._conn() as conn:
+            folded = await conn.fetchval(
+                self._q["retire_metric_samples"],
+                [process_id] if process_id else [],
+                quiet_since,
+            )
+        return int(folded)
 
 
 class Repository(_Store):
@@ -676,10 +690,10 @@ class Repository(_Store):
         return len(rows)
 
     async def purge_preview(
-        self, jobs_before: dt.datetime, full_before: dt.datetime
+        self, jobs_before: dt.datetime, full_before: dt.datetime, quiet_since: dt.datetime
     ) -> PurgeCounts:
         """What a purge would remove now."""
-        row = await self._fetchrow("purge_preview", jobs_before, full_before)
+        row = await self._fetchrow("purge_preview", jobs_before, full_before, quiet_since)
         assert row is not None
         return _row(row, PurgeCounts)
 

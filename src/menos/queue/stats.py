@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import time
 from collections import defaultdict
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger("menos.stats")
 
 STAGE_BUCKETS: tuple[float, ...] = (
     0.001,
@@ -24,6 +31,9 @@ STAGE_BUCKETS: tuple[float, ...] = (
 )
 STAGE_HISTOGRAM = "menos_stage_duration_seconds"
 DELIVERIES = "menos_callback_deliveries_total"
+# A process that changed nothing still writes its samples this often, so the purge can tell a
+# live process from one that died without retiring its samples (QUIET_S, in maintenance).
+TOUCH_S = 3600.0
 
 
 class ProcessStats:
@@ -61,3 +71,49 @@ class ProcessStats:
             out.append((f"{STAGE_HISTOGRAM}_sum", f"stage={stage}", self._sum[stage]))
         out += [(DELIVERIES, f"outcome={k}", v) for k, v in self._deliveries.items()]
         return out
+
+
+class SampleStore(Protocol):
+    """Where samples go (the repository)."""
+
+    async def flush_stats(
+        self, process_id: str, samples: Sequence[tuple[str, str, float]]
+    ) -> None: ...
+
+    async def retire_stats(self, process_id: str) -> int: ...
+
+
+class Flusher:
+    """Writes one process's samples: when they changed, at least every TOUCH_S, and when the
+    process stops, when it also folds them into the retired total so their rows go."""
+
+    def __init__(self, store: SampleStore, process_id: str, stats: ProcessStats) -> None:
+        self._store = store
+        self._process_id = process_id
+        self._stats = stats
+        self._written_at = time.monotonic()
+
+    async def flush(self) -> bool:
+        """Write the samples if due; False when the write failed (tried again next time)."""
+        stats = self._stats
+        if not stats.dirty and time.monotonic() - self._written_at < TOUCH_S:
+            return True
+        stats.dirty = False
+        try:
+            await self._store.flush_stats(self._process_id, stats.samples())
+        except Exception as exc:
+            stats.dirty = True
+            log.warning("stats_flush_failed", error=str(exc))
+            return False
+        self._written_at = time.monotonic()
+        return True
+
+    async def retire(self) -> None:
+        """Last write of a stopping process, then its rows fold into the retired total; when
+        either fails the rows stay, and the purge folds them once they have been quiet."""
+        if not await self.flush():
+            return
+        try:
+            await self._store.retire_stats(self._process_id)
+        except Exception as exc:
+            log.warning("stats_retire_failed", error=str(exc))

@@ -129,6 +129,7 @@ class Worker:
         self._dsn = dsn
         self._duties = duties
         self.stats = stats.ProcessStats()
+        self._stats_out = stats.Flusher(repo, config.worker_id, self.stats)
         self._vocabularies: dict[str, tuple[float, list[str]]] = {}
         self._known_tags: dict[str, tuple[float, set[str]]] = {}
         self._slots: dict[models.JobId, _Slot] = {}
@@ -244,7 +245,7 @@ class Worker:
                 await notify.first(self._wake.wait(), stop.wait(), timeout=self.config.poll_s)
             await self._shutdown()
             await self.completions.close()
-            await self._flush_stats()
+            await self._stats_out.retire()
         finally:
             for task in background:
                 task.cancel()
@@ -270,9 +271,9 @@ class Worker:
             await asyncio.sleep(interval)
             slots = [slot for slot in self._slots.values() if not slot.lost]
             if not slots:
-                await self._flush_stats()
+                await self._stats_out.flush()
                 continue
-            await self._flush_stats()
+            await self._stats_out.flush()
             sent_at = time.monotonic()
             try:
                 held = await self.repo.heartbeat(
@@ -289,16 +290,6 @@ class Worker:
                     continue
                 slot.held_until = sent_at + self.config.lease_s
                 slot.cancel_requested = slot.cancel_requested or held[slot.guard.job_id]
-
-    async def _flush_stats(self) -> None:
-        if not self.stats.dirty:
-            return
-        self.stats.dirty = False
-        try:
-            await self.repo.flush_stats(self.config.worker_id, self.stats.samples())
-        except Exception as exc:
-            self.stats.dirty = True
-            log.warning("stats_flush_failed", error=str(exc))
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for new jobs and cancellations; reconnect after any connection loss."""
