@@ -413,7 +413,12 @@ def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
     server = embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
     if args.db_command == "start":
         dsn = (server.running() or server.start(detached=True)).dsn
-        applied = asyncio.run(_migrate(dsn))  # ready for psql: the schema is there
+        try:
+            applied = asyncio.run(_migrate(dsn))  # ready for psql: the schema is there
+        except errors.MenosError as exc:
+            raise errors.MenosError(
+                f"{exc} (the database stays running at {dsn}; bin/menos db stop stops it)"
+            ) from exc
         log.info("migrations_applied", versions=applied)
         print(dsn)
         return 0

@@ -97,3 +97,18 @@ def test_a_home_spelled_another_way_attaches_to_its_server(
         assert menos_db(other, "url").stdout.strip() == started.stdout.strip()
         assert menos_db(other, "start").stdout.strip() == started.stdout.strip()
         assert (home / "pgdata" / "postmaster.pid").exists()
+
+
+def test_start_with_a_schema_it_cannot_migrate_says_the_server_runs(
+    db: tuple[Path, dict[str, str]],
+) -> None:
+    """`db start` on a database migrated with other files exits 1 with one line that says the
+    server stays running and where, so it can be inspected or stopped."""
+    _, env = db
+    dsn = menos_db(env, "start").stdout.strip()
+    sql(dsn, "UPDATE menos.schema_migrations SET checksum = 'edited' WHERE version = 1")
+    refused = menos_db(env, "start")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("menos: ")
+    assert f"the database stays running at {dsn}" in refused.stderr
+    assert menos_db(env, "url").stdout.strip() == dsn
