@@ -13,6 +13,7 @@ import pytest
 
 from menos import db, errors
 from menos.pipeline import analyzers
+from menos.pipeline.analyzers.builtin import BuiltinAnalyzer
 from menos.queue import repository
 from menos.queue import worker as queue_worker
 from tests.integration import helpers
@@ -114,3 +115,67 @@ async def test_a_shutdown_during_the_fail_write_still_records_it(
     await running
     row = await until_failed(pool)
     assert (row["status"], row["attempts"], row["worker_id"]) == ("failed", 1, "w1")
+
+
+class GatedAnalyzer:
+    """The builtin analyzer, but each call waits for its own gate and names itself as the
+    model: run 1 answers "run-1", run 2 "run-2"."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gates = [asyncio.Event(), asyncio.Event()]
+        self.calls = 0
+        self.called = asyncio.Condition()
+
+    async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
+        self.calls += 1
+        run = self.calls
+        async with self.called:
+            self.called.notify_all()
+        await self.gates[run - 1].wait()
+        answer = await BuiltinAnalyzer().analyze(request)
+        return analyzers.Answer(text=answer.text, model=f"run-{run}")
+
+    async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
+        raise AssertionError("never asked")
+
+    async def until_called(self, times: int) -> None:
+        async with self.called:
+            await asyncio.wait_for(self.called.wait_for(lambda: self.calls >= times), 10)
+
+
+async def test_a_claim_lost_and_taken_again_by_the_same_worker_runs_once(
+    pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """A server crash loses a claim (it commits without waiting for its flush) and the same
+    worker claims the job again: both runs hold the same (job, worker, attempts). The older
+    run must stop without writing, and its end must not take the newer one off heartbeats."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    analyzer = GatedAnalyzer()
+    config = helpers.worker_config(concurrency=2, poll_s=0.2)
+    async with httpx.AsyncClient() as http:
+        worker = queue_worker.Worker(
+            config, repo, offline_context(http, analyzer), dsn=database_url
+        )
+        assert await worker.run_once() == 1
+        await analyzer.until_called(1)
+        # what the crash leaves: the job as it was before the claim
+        await pool.execute(
+            "UPDATE menos.pipeline_job SET status = 'pending', attempts = 0, worker_id = NULL,"
+            " lease_expires_at = NULL, started_at = NULL"
+        )
+        assert await worker.run_once() == 1
+        await analyzer.until_called(2)
+        analyzer.gates[0].set()  # the older run reaches persist first
+        await asyncio.sleep(0.3)  # time for it to persist, were it allowed to
+        (job_id,) = list(worker._slots)  # the newer run is still watched by the heartbeat
+        assert await pool.fetchval("SELECT status FROM menos.pipeline_job") == "processing"
+        analyzer.gates[1].set()
+        await worker.drain()
+    row = await pool.fetchrow("SELECT status, diagnostics FROM menos.pipeline_job")
+    assert row is not None
+    assert (row["status"], row["diagnostics"]["model"]) == ("completed", "run-2")
+    assert job_id not in worker._slots

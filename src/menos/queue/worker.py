@@ -67,7 +67,7 @@ class _Slot(stages.Port):
             raise stages.Cancelled()
 
     async def save_fetched(self, body: str, title: str | None, metadata: dict[str, Any]) -> None:
-        if not await self.worker.repo.save_fetched(
+        if self.lost or not await self.worker.repo.save_fetched(
             self.guard, body=body, title=title, metadata=metadata
         ):
             raise stages.Lost()
@@ -157,6 +157,12 @@ class Worker:
         )
         for item in claimed:
             slot = _Slot(self, item, self.ctx)
+            older = self._slots.get(item.job.job_id)
+            if older is not None:
+                # A server crash lost the claim of a run still going here (claims commit
+                # without waiting for their flush), and this worker claimed the job again:
+                # both runs hold the same guard, so the older one stops without writing.
+                older.lost = True
             self._slots[item.job.job_id] = slot
             task = asyncio.create_task(self._run_job(slot), name=f"job-{item.job.job_id}")
             self._tasks.add(task)
@@ -363,7 +369,8 @@ class Worker:
             log.exception("job_exception")
             await self._fail(slot, "PIPELINE_EXCEPTION", f"{type(exc).__name__}: {exc}")
         finally:
-            self._slots.pop(job.job_id, None)
+            if self._slots.get(job.job_id) is slot:
+                del self._slots[job.job_id]
             for stage in slot.timings(close=True):
                 if stage.duration_ms is not None:
                     self.stats.observe_stage(stage.name, stage.duration_ms / 1000)
@@ -376,6 +383,9 @@ class Worker:
             structlog.contextvars.unbind_contextvars("job_id", "content_id", "worker_id")
 
     async def _fail(self, slot: _Slot, code: str, message: str) -> None:
+        if slot.lost:  # its guard may be another run's now
+            log.info("job_lost_before_fail")
+            return
         stage = slot.run.current or "fetch"
         slot.run.diagnostics["error"] = {"code": code, "stage": stage, "message": message}
         try:
