@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sys
@@ -11,12 +12,22 @@ from pathlib import Path
 _VERSION_LINE = re.compile(r'^version = "(\d+)\.(\d+)\.(\d+)"$', re.MULTILINE)
 
 
+# Run from a checkout (the editable install `make install` makes), the version is read from
+# its pyproject.toml: the installed metadata keeps the version of the last install, so after
+# `make version-bump-*` bin/api and bin/worker would stamp and report the old one.
+CHECKOUT_PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
 @functools.cache
 def app_version() -> str:
-    """The installed package version (semver); stamped on jobs and content.
+    """The version in the checkout's pyproject.toml, else the installed package's (semver);
+    stamped on jobs and content, reported by /health.
 
-    Cached: reading package metadata costs a file lookup, and the version cannot change
-    while a process runs."""
+    Cached: the version a process started with is the one it stamps until it stops."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        match = _VERSION_LINE.search(CHECKOUT_PYPROJECT.read_text(encoding="utf-8"))
+        if match is not None:
+            return ".".join(match.groups())
     return metadata.version("menos")
 
 

@@ -33,3 +33,19 @@ def test_the_running_version_is_the_one_in_pyproject() -> None:
     root = Path(__file__).resolve().parents[2]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     assert versions.app_version() == project["version"]
+
+
+def test_a_bumped_checkout_reports_its_new_version_without_reinstalling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `make version-bump-*` the package metadata still holds the old version: the
+    running version is the checkout's pyproject.toml, read when the process starts."""
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "menos"\nversion = "1.4.2"\n')
+    monkeypatch.setattr(versions, "CHECKOUT_PYPROJECT", pyproject)
+    versions.app_version.cache_clear()
+    try:
+        versions.bump("minor", pyproject)
+        assert versions.app_version() == "1.5.0"
+    finally:
+        versions.app_version.cache_clear()
