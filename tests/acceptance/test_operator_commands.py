@@ -282,6 +282,18 @@ def test_purge_removes_only_expired_and_is_idempotent(menos: Menos) -> None:
     }
 
 
+def test_a_retention_longer_than_the_calendar_keeps_everything(menos: Menos) -> None:
+    """MENOS_RETENTION_*_DAYS is any positive integer: one reaching before year 1 purges
+    nothing instead of failing every purge."""
+    huge = {"MENOS_RETENTION_COMPACT_DAYS": "99999999999999999999"}
+    huge["MENOS_RETENTION_FULL_DAYS"] = "999999"
+    for args in (("purge", "--dry-run"), ("purge",)):
+        done = menos.command(*args, **huge)
+        assert done.returncode == 0, done.stderr
+        counts = json.loads(done.stdout)
+        assert (counts["jobs"], counts["full_payloads"], counts["audit_events"]) == (0, 0, 0)
+
+
 def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path: Path) -> None:
     """Bad limits, bad bytes, unusable files, a refused login and a closed pipe each give a
     one-line message (or none, for the pipe) and a non-zero exit, never a traceback."""

@@ -33,6 +33,14 @@ class PurgeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("retention days, batch and interval must be positive")
 
 
+def _days_before(at: dt.datetime, days: int) -> dt.datetime:
+    """`days` before `at`; a retention reaching past year 1 keeps everything."""
+    try:
+        return at - dt.timedelta(days=days)
+    except OverflowError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
 class Purger:
     """Deletes expired jobs (with their delivered or failed outbox rows) and audit events,
     and clears expired full-tier payloads; a job whose callback is still pending stays."""
@@ -47,8 +55,8 @@ class Purger:
         """(jobs and audit events before, full payloads before, metric samples quiet since)."""
         at = now or dt.datetime.now(dt.UTC)
         return (
-            at - dt.timedelta(days=self._config.compact_days),
-            at - dt.timedelta(days=self._config.full_days),
+            _days_before(at, self._config.compact_days),
+            _days_before(at, self._config.full_days),
             at - QUIET,
         )
 
