@@ -129,7 +129,8 @@ UPDATE menos.pipeline_job
        current_stage = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE current_stage END,
        stages = CASE WHEN cancel_requested_at IS NULL THEN '[]' ELSE stages END,
        finished_at = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE now() END,
-       worker_id = NULL, lease_expires_at = NULL
+       worker_id = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE worker_id END,
+       lease_expires_at = NULL
  WHERE job_id = $1 AND (status = 'processing') IS TRUE AND worker_id = $2 AND attempts = $3
 RETURNING job_id;
 
@@ -154,7 +155,10 @@ UPDATE menos.pipeline_job j
            THEN coalesce(j.current_stage, 'fetch') END,
        error_message = CASE
            WHEN j.cancel_requested_at IS NULL AND j.attempts >= $2
-           THEN format('the worker running this job was lost %s times (lease expired)', j.attempts)
+           THEN CASE WHEN j.attempts = 1
+                     THEN 'the worker running this job was lost (lease expired)'
+                     ELSE format('the workers running this job were lost %s times (lease expired)',
+                                 j.attempts) END
            END,
        finished_at = CASE
            WHEN j.cancel_requested_at IS NOT NULL OR j.attempts >= $2
@@ -167,7 +171,9 @@ UPDATE menos.pipeline_job j
                             THEN NULL ELSE j.current_stage END,
        stages = CASE WHEN j.cancel_requested_at IS NULL AND j.attempts < $2
                      THEN '[]' ELSE j.stages END,
-       worker_id = NULL, lease_expires_at = NULL
+       worker_id = CASE WHEN j.cancel_requested_at IS NULL AND j.attempts < $2
+                        THEN NULL ELSE j.worker_id END,  -- an ended job names its last worker
+       lease_expires_at = NULL
   FROM expired
  WHERE j.job_id = expired.job_id
 RETURNING j.job_id, j.content_id, j.status, j.attempts;

@@ -129,13 +129,16 @@ async def test_rescuer_fails_job_worker_lost_after_max_attempts(
         now += dt.timedelta(seconds=LEASE + 1)
         await repo.rescue_expired(max_attempts=2, now=now)
     row = await pool.fetchrow(
-        "SELECT status, error_code, error_stage, attempts FROM menos.pipeline_job"
+        "SELECT status, error_code, error_stage, error_message, attempts, worker_id"
+        " FROM menos.pipeline_job"
     )
     assert dict(row) == {
         "status": "failed",
         "error_code": "WORKER_LOST",
         "error_stage": "analyze",
+        "error_message": "the workers running this job were lost 2 times (lease expired)",
         "attempts": 2,
+        "worker_id": "w2",  # the last worker that claimed it
     }
     status = await pool.fetchval("SELECT processing_status FROM menos.content")
     assert status == "failed"
@@ -220,7 +223,7 @@ async def test_graceful_release_of_a_job_asked_to_cancel_cancels_it(
     assert dict(row) == {
         "status": "cancelled",
         "attempts": 1,
-        "worker_id": None,
+        "worker_id": "w",  # an ended job names the worker that last claimed it
         "lease_expires_at": None,
         "ended": True,
     }
