@@ -291,3 +291,54 @@ def test_hostile_bodies_and_cursors_get_4xx_and_store_nothing(menos: Menos) -> N
             assert stored.status_code == 202, stored.text
             content = client.get(f"/api/v1/content/{stored.json()['content_id']}").json()
             assert content["title"] == "Heading"  # the frontmatter was kept as text
+
+
+def test_errors_name_the_field_the_client_sent(menos: Menos) -> None:
+    """A bad query flag of a route whose body is optional names only the flag; frontmatter
+    tags over the limits name the note, not a `tags` field the request never sent; a form of
+    too many parts is a 400 saying so."""
+    menos.api()
+    alice = menos.key("alice")
+    with menos.client(alice["api_key"]) as client:
+        content_id = client.post("/api/v1/content", json={"text": "# note"}).json()["content_id"]
+        for flag in ("maybe", ""):
+            answer = client.post(f"/api/v1/content/{content_id}/reprocess?force={flag}")
+            assert answer.status_code == 400, answer.text
+            assert [e["field"] for e in answer.json()["errors"]] == ["force"]
+        many = ", ".join(f"t{n}" for n in range(60))
+        fm_many = client.post("/api/v1/content", json={"text": f"---\ntags: [{many}]\n---\nb"})
+        assert fm_many.status_code == 400
+        assert fm_many.json()["errors"] == [
+            {"field": "text", "message": "frontmatter tags: at most 50 tags"}
+        ]
+        fm_long = client.post(
+            "/api/v1/content",
+            files={"file": ("n.md", f"---\ntags: [{'x' * 150}]\n---\nb".encode(), "text/markdown")},
+        )
+        assert fm_long.status_code == 400
+        assert fm_long.json()["errors"] == [
+            {"field": "file", "message": "frontmatter tags[0]: must be at most 100 characters"}
+        ]
+        fifty = ", ".join(f"t{n}" for n in range(50))
+        both = client.post(
+            "/api/v1/content", json={"text": f"---\ntags: [{fifty}]\n---\nb", "tags": ["a"]}
+        )
+        assert both.status_code == 400
+        assert both.json()["errors"] == [
+            {"field": "tags", "message": "at most 50 tags, the frontmatter's included"}
+        ]
+        parts = b"".join(
+            b'--b\r\nContent-Disposition: form-data; name="tags"\r\n\r\nt\r\n' for _ in range(1001)
+        )
+        form = client.post(
+            "/api/v1/content",
+            content=parts
+            + b'--b\r\nContent-Disposition: form-data; name="file"; filename="n.md"\r\n'
+            b"Content-Type: text/markdown\r\n\r\n# note\r\n--b--\r\n",
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        assert form.status_code == 400, form.text
+        assert form.json()["errors"] == [
+            {"field": "body", "message": "a form may have at most 1000 parts"}
+        ]
+    assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.content")[0]["n"] == 1

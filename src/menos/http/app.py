@@ -50,6 +50,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=http_errors.HANDLERS,
         request_max_body_size=settings.max_body_bytes,
+        multipart_form_part_limit=content.MAX_FORM_PARTS,
         openapi_config=OpenAPIConfig(
             title="menos",
             version=versions.app_version(),

@@ -21,6 +21,7 @@ log = structlog.get_logger("menos.http")
 PROBLEM_JSON = "application/problem+json"
 NESTED_TOO_DEEPLY = "the JSON body is nested too deeply"
 NOT_UTF8 = "the JSON body is not valid UTF-8"
+BODY_REQUIRED = "a JSON body is required"
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 STATUS: dict[type[errors.MenosError], tuple[int, str]] = {
@@ -107,7 +108,7 @@ def _field_error(item: dict[str, Any]) -> FieldError:
     if missing:
         key = missing.group(1) if key in ("", "data") else f"{key}.{missing.group(1)}"
     elif key == "data" and message == "'data'":
-        key, message = "body", "a JSON body is required"
+        key, message = "body", BODY_REQUIRED
     return FieldError(field="body" if key in ("", "data") else key, message=message)
 
 
@@ -115,6 +116,10 @@ def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     if isinstance(exc, lexc.ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) else []
         fields = [_field_error(item) for item in extra if isinstance(item, dict)]
+        if len(fields) > 1:
+            # Litestar also reports an absent body when another parameter failed, whether or
+            # not the route needs one: name only what the client sent wrong
+            fields = [f for f in fields if f.message != BODY_REQUIRED] or fields
         return problem(
             400,
             "Invalid input",

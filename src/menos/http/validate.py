@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from menos import errors
+from menos import errors, markdown
 from menos.pipeline import ssrf
 
 MAX_TITLE = 500
@@ -36,6 +36,21 @@ def tags(values: Sequence[str] | None, field: str = "tags") -> list[str]:
     if len(distinct) > MAX_TAGS:
         raise errors.InvalidInput(field, f"at most {MAX_TAGS} tags")
     return distinct
+
+
+def merged_tags(
+    requested: Sequence[str], from_note: Sequence[str], *, note_field: str
+) -> list[str]:
+    """The request's tags, then the note's frontmatter tags (checked as the note's field)."""
+    first = tags(requested)
+    try:
+        then = tags(from_note)
+    except errors.InvalidInput as exc:
+        raise errors.InvalidInput(note_field, f"frontmatter {exc.field}: {exc.message}") from None
+    merged = markdown.merge_tags(first, then)
+    if len(merged) > MAX_TAGS:
+        raise errors.InvalidInput("tags", f"at most {MAX_TAGS} tags, the frontmatter's included")
+    return merged
 
 
 async def callback_url(value: str | None, *, allow_private: bool) -> str | None:

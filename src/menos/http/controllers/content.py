@@ -7,12 +7,16 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
+from litestar.exceptions import ClientException
 
 from menos import errors, markdown, versions
 from menos.http import auth, openapi, pagination, schemas, validate
 from menos.http import errors as http_errors
 from menos.queue import models, repository
 from menos.settings import Settings
+
+MAX_FORM_PARTS = 1000
+FORM_PARTS_LIMIT = "Request Entity Too Large"  # how Litestar says a form has too many parts
 
 
 class ContentController(Controller):
@@ -44,6 +48,12 @@ class ContentController(Controller):
                 form = await request.form()
             except UnicodeDecodeError:
                 raise http_errors.UnsupportedMedia("form fields must be UTF-8 text") from None
+            except ClientException as exc:
+                if exc.detail != FORM_PARTS_LIMIT:
+                    raise
+                raise errors.InvalidInput(
+                    "body", f"a form may have at most {MAX_FORM_PARTS} parts"
+                ) from None
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise errors.InvalidInput("file", "a markdown file is required")
@@ -71,10 +81,10 @@ class ContentController(Controller):
         chosen_title = markdown.choose_title(
             validate.text("title", title, max_chars=validate.MAX_TITLE), note, filename
         )
-        tags = validate.tags(
-            markdown.merge_tags(
-                markdown.split_tags(tag_values), markdown.frontmatter_tags(note.metadata)
-            )
+        tags = validate.merged_tags(
+            markdown.split_tags(tag_values),
+            markdown.frontmatter_tags(note.metadata),
+            note_field=text_field,
         )
         callback_url = await validate.callback_url(
             callback, allow_private=settings.callback_allow_private
