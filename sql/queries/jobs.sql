@@ -104,13 +104,17 @@ WITH run AS (
 SELECT job_id FROM job;
 
 -- name: fail_job
--- End a run as failed with its error, while this worker still holds it.
+-- End a run as failed with its error, while this worker still holds it; cancelled instead
+-- when a cancel was asked meanwhile (the error stays in its diagnostics).
 UPDATE menos.pipeline_job
-   SET status = 'failed', finished_at = coalesce($4::timestamptz, now()), error_code = $5,
-       error_stage = $6, error_message = $7, stages = $8, diagnostics = $9, full_payload = $10,
-       lease_expires_at = NULL
+   SET status = CASE WHEN cancel_requested_at IS NULL THEN 'failed' ELSE 'cancelled' END,
+       finished_at = coalesce($4::timestamptz, now()),
+       error_code = CASE WHEN cancel_requested_at IS NULL THEN $5 END,
+       error_stage = CASE WHEN cancel_requested_at IS NULL THEN $6 END,
+       error_message = CASE WHEN cancel_requested_at IS NULL THEN $7 END,
+       stages = $8, diagnostics = $9, full_payload = $10, lease_expires_at = NULL
  WHERE job_id = $1 AND (status = 'processing') IS TRUE AND worker_id = $2 AND attempts = $3
-RETURNING job_id;
+RETURNING status;
 
 -- name: cancel_claimed_job
 -- End a run as cancelled at a stage boundary, while this worker still holds it.

@@ -232,6 +232,38 @@ async def test_graceful_release_of_a_job_asked_to_cancel_cancels_it(
     assert content == "cancelled"
 
 
+async def test_a_run_failing_after_a_cancel_was_asked_ends_cancelled(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A cancel asked while a stage runs, and that stage then fails (a fetch timing out):
+    the job ends cancelled, as asked, with the error kept in its diagnostics only."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note(callback_url="http://127.0.0.1:9/hook"))
+    (held,) = await claim(repo, "w", 1)
+    assert (await repo.request_cancel(held.job.job_id, owner="alice")) is not None
+    written = await repo.fail(
+        repository.Guard(held.job.job_id, "w", held.job.attempts),
+        code="FETCH_FAILED",
+        stage="fetch",
+        message="timed out",
+        stages=[],
+        diagnostics={"error": {"code": "FETCH_FAILED"}},
+        full_payload=None,
+    )
+    assert written == "cancelled"
+    row = await pool.fetchrow(
+        "SELECT status, error_code, error_stage, error_message, diagnostics FROM menos.pipeline_job"
+    )
+    assert dict(row) == {
+        "status": "cancelled",
+        "error_code": None,
+        "error_stage": None,
+        "error_message": None,
+        "diagnostics": {"error": {"code": "FETCH_FAILED"}},
+    }
+    assert await pool.fetchval("SELECT event_type FROM menos.callback_outbox") == "job.cancelled"
+
+
 async def test_cancel_pending_is_terminal_and_never_claimed(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:

@@ -402,8 +402,9 @@ class Repository(_Store):
         diagnostics: Mapping[str, Any],
         full_payload: Mapping[str, Any] | None,
         now: dt.datetime | None = None,
-    ) -> bool:
-        """End a run as failed, with the outbox row when it has a callback."""
+    ) -> str | None:
+        """End a run as failed (or cancelled, when a cancel was asked meanwhile), with the
+        outbox row when it has a callback; returns the status written, None when lost."""
         row = await self._fetchrow(
             "fail_job",
             guard.job_id,
@@ -417,7 +418,7 @@ class Repository(_Store):
             dict(diagnostics),
             dict(full_payload) if full_payload is not None else None,
         )
-        return row is not None
+        return str(row["status"]) if row is not None else None
 
     async def cancel_claimed(
         self,

@@ -353,8 +353,7 @@ class Worker:
         except stages.Lost:
             outcome = "lost"
         except errors.PipelineError as exc:
-            outcome = "failed"
-            await self._fail(slot, exc.code, exc.message)
+            outcome = await self._fail(slot, exc.code, exc.message)
         except asyncio.CancelledError:
             outcome = "released"
             with contextlib.suppress(Exception):
@@ -364,10 +363,9 @@ class Worker:
             outcome = "lost"  # the lease runs out and the rescuer returns the job
             log.warning("job_database_unavailable", error=str(exc))
         except Exception as exc:
-            outcome = "failed"
             slot.run.diagnostics["traceback"] = traceback.format_exc()[-4000:]
             log.exception("job_exception")
-            await self._fail(slot, "PIPELINE_EXCEPTION", f"{type(exc).__name__}: {exc}")
+            outcome = await self._fail(slot, "PIPELINE_EXCEPTION", f"{type(exc).__name__}: {exc}")
         finally:
             if self._slots.get(job.job_id) is slot:
                 del self._slots[job.job_id]
@@ -382,10 +380,11 @@ class Worker:
             )
             structlog.contextvars.unbind_contextvars("job_id", "content_id", "worker_id")
 
-    async def _fail(self, slot: _Slot, code: str, message: str) -> None:
+    async def _fail(self, slot: _Slot, code: str, message: str) -> str:
+        """Record the run's failure; returns the outcome (a cancel asked meanwhile wins)."""
         if slot.lost:  # its guard may be another run's now
             log.info("job_lost_before_fail")
-            return
+            return "lost"
         stage = slot.run.current or "fetch"
         slot.run.diagnostics["error"] = {"code": code, "stage": stage, "message": message}
         try:
@@ -402,9 +401,11 @@ class Worker:
             )
         except errors.DatabaseUnavailable as exc:
             log.warning("job_fail_not_recorded", error=str(exc))
-            return
+            return "failed"
         except Exception:  # the lease runs out and the rescuer takes the job back
             log.exception("job_fail_not_recorded")
-            return
-        if not written:
+            return "failed"
+        if written is None:
             log.info("job_lost_before_fail")
+            return "lost"
+        return written
