@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 from typing import Any
@@ -219,3 +220,26 @@ async def test_accented_text_gives_ascii_tags() -> None:
     tags = (await analyze(text))["tags"]
     assert tags
     assert all(TAG.match(tag) for tag in tags), tags
+
+
+async def test_a_long_text_is_analyzed_while_the_event_loop_runs() -> None:
+    """Analyzing megabytes takes seconds: the worker's loop must go on meanwhile (heartbeats
+    renew its leases), so a long text is analyzed off the loop, with the same answer."""
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    long_text = ARTICLE * (builtin.INLINE_MAX_CHARS // len(ARTICLE) + 1)
+    try:
+        before = ticks
+        threaded = await analyze(long_text)
+        assert ticks > before
+    finally:
+        ticker.cancel()
+    assert threaded == builtin.BuiltinAnalyzer().analyze_text(request(long_text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import re
@@ -15,6 +16,9 @@ import yake_rust
 from menos.pipeline import analyzers, result
 
 MODEL_NAME = "builtin"
+# Up to this many characters (tens of ms of work) a text is analyzed on the event loop; a
+# longer one in a thread, whose handoff would cost more than a short note's analysis.
+INLINE_MAX_CHARS = 20_000
 SUMMARY_MAX_CHARS = 600
 MAX_TAGS = 10
 MAX_VOCABULARY_TAGS = 5
@@ -136,9 +140,13 @@ class BuiltinAnalyzer:
         )
 
     async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
-        """Analyze the text; CPU-bound and synchronous (a few ms per kilobyte)."""
-        answer = msgspec.json.encode(self.analyze_text(request)).decode()
-        return analyzers.Answer(text=answer, model=MODEL_NAME)
+        """Analyze the text (CPU-bound, a few ms per kilobyte): a long one in a thread, so the
+        worker's event loop goes on renewing leases; 5 MiB takes seconds."""
+        if len(request.text) <= INLINE_MAX_CHARS:
+            result = self.analyze_text(request)
+        else:
+            result = await asyncio.to_thread(self.analyze_text, request)
+        return analyzers.Answer(text=msgspec.json.encode(result).decode(), model=MODEL_NAME)
 
     async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
         """The builtin answer is always a JSON object, so repair just analyzes again."""
