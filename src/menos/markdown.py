@@ -45,7 +45,9 @@ _HANDLERS = [_FrontmatterYAML(), JSONHandler()]
 def parse(raw: str) -> Note:
     """Split frontmatter from text. A frontmatter block that is not plain YAML data (broken,
     using aliases, nested too deeply, or holding NUL characters or lone surrogates, which no
-    text field and no JSON column accepts) is kept as plain text."""
+    text field and no JSON column accepts) is kept as plain text. A leading UTF-8 byte-order
+    mark is dropped: editors write one, and it would hide the frontmatter."""
+    raw = raw.removeprefix("\ufeff")
     handler = frontmatter.detect_format(raw.strip(), _HANDLERS)
     if handler is None:
         return Note(metadata={}, text=raw.strip())

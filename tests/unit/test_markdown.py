@@ -55,3 +55,10 @@ def test_alias_expansion_is_not_paid_for() -> None:
     started = time.process_time()
     assert markdown.parse(raw).metadata == {}
     assert time.process_time() - started < 5  # expanding it took 13 s and 680 MB
+
+
+def test_a_leading_byte_order_mark_does_not_hide_the_frontmatter() -> None:
+    """A note saved with a UTF-8 BOM keeps its frontmatter, and the BOM is not in its text."""
+    note = markdown.parse("\ufeff---\ntitle: Hi\n---\nbody")
+    assert note == markdown.Note(metadata={"title": "Hi"}, text="body")
+    assert markdown.parse("\ufeffJust text.").text == "Just text."
