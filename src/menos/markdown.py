@@ -81,13 +81,20 @@ def first_heading(text: str) -> str | None:
 
 
 def frontmatter_tags(metadata: dict[str, Any]) -> list[str]:
-    """Tags from frontmatter `tags` (a list or a comma-separated string)."""
+    """Tags from frontmatter `tags` (a list or a comma-separated string). Strings and numbers
+    count, numbers as their text; null, booleans, lists and mappings are no tags."""
     value = metadata.get("tags")
     if isinstance(value, str):
         return split_tags([value])
-    if isinstance(value, list):
-        return [str(item).strip() for item in value if str(item).strip()]
-    return []
+    texts = (_tag_text(item) for item in (value if isinstance(value, list) else [value]))
+    return [text.strip() for text in texts if text is not None and text.strip()]
+
+
+def _tag_text(value: object) -> str | None:
+    # bool is an int to Python, but `true` is no tag anyone wrote on purpose.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value)
 
 
 def split_tags(values: Iterable[str]) -> list[str]:

@@ -62,3 +62,22 @@ def test_a_leading_byte_order_mark_does_not_hide_the_frontmatter() -> None:
     note = markdown.parse("\ufeff---\ntitle: Hi\n---\nbody")
     assert note == markdown.Note(metadata={"title": "Hi"}, text="body")
     assert markdown.parse("\ufeffJust text.").text == "Just text."
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ("[null, true, 3, 1.5, [x, y], {a: b}, kept]", ["3", "1.5", "kept"]),
+        ("3", ["3"]),
+        ("null", []),
+        ("false", []),
+        ("{a: b}", []),
+        ("a, b", ["a", "b"]),
+    ],
+)
+def test_only_strings_and_numbers_in_frontmatter_tags_are_tags(
+    tags: str, expected: list[str]
+) -> None:
+    """Null, booleans, lists and mappings never become tags such as 'None' or "['x', 'y']"."""
+    note = markdown.parse(f"---\ntags: {tags}\n---\nbody")
+    assert markdown.frontmatter_tags(note.metadata) == expected
