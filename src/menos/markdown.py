@@ -33,7 +33,12 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 class _FrontmatterYAML(YAMLHandler):
     def load(self, fm: str, **kwargs: object) -> Any:
-        return super().load(fm, Loader=_NoAliasLoader)
+        data = super().load(fm, Loader=_NoAliasLoader)
+        # python-frontmatter drops a list or scalar block silently; it is the note's own text.
+        # An empty block (None) is just empty frontmatter.
+        if data is not None and not isinstance(data, dict):
+            raise yaml.YAMLError("frontmatter is not a mapping")
+        return data
 
 
 # As python-frontmatter's own choice (YAML between `---` lines, JSON in braces), but YAML
@@ -44,9 +49,9 @@ _HANDLERS = [_FrontmatterYAML(), JSONHandler()]
 
 def parse(raw: str) -> Note:
     """Split frontmatter from text. A frontmatter block that is not plain YAML data (broken,
-    using aliases, nested too deeply, or holding NUL characters or lone surrogates, which no
-    text field and no JSON column accepts) is kept as plain text. A leading UTF-8 byte-order
-    mark is dropped: editors write one, and it would hide the frontmatter."""
+    not a mapping, using aliases, nested too deeply, or holding NUL characters or lone
+    surrogates, which no text field and no JSON column accepts) is kept as plain text. A
+    leading UTF-8 byte-order mark is dropped: editors write one, and it hides the frontmatter."""
     raw = raw.removeprefix("\ufeff")
     handler = frontmatter.detect_format(raw.strip(), _HANDLERS)
     if handler is None:

@@ -36,6 +36,8 @@ def test_json_frontmatter_is_read_too() -> None:
         "x: " + "[" * 3000 + "]" * 3000,  # deeper than the parser goes
         "title: [unclosed",
         "base: &b {k: v}\nother: *b",  # aliases are refused
+        "- Buy milk\n- Call the plumber",  # a list is not a mapping: it is the note's text
+        "Just one line",  # neither is a scalar
     ],
 )
 def test_frontmatter_that_is_not_plain_data_stays_text(frontmatter: str) -> None:
