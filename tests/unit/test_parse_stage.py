@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from menos.pipeline import analyzers, stages
+from menos.pipeline.analyzers import builtin
 from tests.support.pipeline import offline_context
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -75,3 +76,32 @@ async def test_only_tags_that_can_be_kept_are_asked_about() -> None:
         await stages.run_pipeline(item, port, ctx, stages.Run(full=False, clock=ctx.clock))
     assert port.asked == [["job-queue", "skip-locked", "rust", "go", "zig", "lua"]]
     assert port.persisted == ["job-queue", "skip-locked", "rust", "go", "zig"]  # 3 new at most
+
+
+def note(body: str, title: str = "t") -> stages.Item:
+    return stages.Item(
+        owner="alice",
+        content_type="markdown",
+        resource_key="cid:1",
+        source_url=None,
+        title=title,
+        tags=[],
+        body=body,
+        source_metadata={},
+    )
+
+
+async def test_builtin_tags_from_a_huge_word_fit_the_tag_index() -> None:
+    """A 4000-letter word or title does not become a tag that fails the job at persist."""
+    word = "x" * 4000
+    body = (
+        f"# PostgreSQL queues\n\nThe word {word} is long. PostgreSQL job queues use {word} often."
+        f" Workers claim PostgreSQL rows with SKIP LOCKED, then {word} again."
+    )
+    port = RecordingPort(used=set())
+    async with httpx.AsyncClient() as http:
+        ctx = offline_context(http, builtin.BuiltinAnalyzer(), clock=lambda: NOW)
+        await stages.run_pipeline(
+            note(body, title="y" * 10_000), port, ctx, stages.Run(full=False, clock=ctx.clock)
+        )
+    assert all(len(tag) <= 100 for tag in port.persisted), [len(tag) for tag in port.persisted]

@@ -190,6 +190,13 @@ def test_invalid_tags_are_dropped() -> None:
     assert got.tags == ["ok-1"]
 
 
+def test_tags_longer_than_a_hundred_characters_are_dropped() -> None:
+    """A tag too long for the tag index is left out instead of failing the job at persist."""
+    longest, too_long = "a" * result.MAX_TAG_CHARS, "b" * (result.MAX_TAG_CHARS + 1)
+    assert result.MAX_TAG_CHARS == 100
+    assert coerce({"tags": [too_long, longest, "x" * 4000, "ok"]}).tags == [longest, "ok"]
+
+
 def test_duplicate_tags_are_removed() -> None:
     """The same tag written two ways is stored once."""
     assert coerce({"tags": ["Job Queue", "job_queue", "job-queue"]}).tags == ["job-queue"]

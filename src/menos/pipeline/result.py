@@ -32,6 +32,8 @@ DEFAULT_CONFIDENCE = 0.5
 MAX_TAGS = 10
 MAX_NEW_TAGS = 3
 MAX_TOPICS = 7
+# Longer tags do not fit the tag index; submitter tags have the same limit (http.validate.MAX_TAG).
+MAX_TAG_CHARS = 100
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 
 _THINK_BLOCK = re.compile(r"<think\b[^>]*>.*?</think\s*>", re.IGNORECASE | re.DOTALL)
@@ -166,9 +168,10 @@ def coerce_score(value: object) -> int:
 
 
 def normalize_tag(value: str) -> str | None:
-    """Lower-case a tag and turn spaces and underscores into `-`; None when it is not valid."""
+    """Lower-case a tag and turn spaces and underscores into `-`; None when it is not valid
+    (not matching TAG_PATTERN or longer than MAX_TAG_CHARS)."""
     tag = value.strip().lower().replace(" ", "-").replace("_", "-")
-    return tag if TAG_PATTERN.match(tag) else None
+    return tag if len(tag) <= MAX_TAG_CHARS and TAG_PATTERN.match(tag) else None
 
 
 def coerce_tags(value: object, *, known_tags: Collection[str]) -> list[str]:
