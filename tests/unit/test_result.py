@@ -166,6 +166,7 @@ def test_tier_is_upper_cased_or_defaults_to_c(given: object, expected: str) -> N
         ([80], 50),
         (float("nan"), 50),
         ("inf", 50),
+        pytest.param(10**400, 50, id="1e400-int"),  # JSON allows an integer no float holds
     ],
 )
 def test_quality_score_is_an_integer_in_range(given: object, expected: int) -> None:
@@ -289,12 +290,24 @@ def test_topic_without_hierarchy_splits_the_name() -> None:
         ("very", 0.5),
         (None, 0.5),
         (True, 0.5),
+        pytest.param(10**400, 0.5, id="1e400-int"),
     ],
 )
 def test_topic_confidence_is_a_number_between_0_and_1(given: object, expected: float) -> None:
     """Confidence words map to 0.9/0.7/0.5, numbers are clamped, anything else is 0.5."""
     got = coerce({"topics": [{"name": "T", "confidence": given}]}).topics[0].confidence
     assert got == pytest.approx(expected)
+
+
+def test_a_huge_integer_in_the_answer_takes_the_default() -> None:
+    """`1` followed by 400 zeros as a score or confidence does not fail the parse stage."""
+    huge = "1" + "0" * 400
+    raw = result.extract_json(
+        f'{{"quality_score": {huge}, "topics": [{{"name": "T", "confidence": {huge}}}]}}'
+    )
+    assert raw is not None
+    got = coerce(raw)
+    assert (got.quality_score, got.topics[0].confidence) == (50, 0.5)
 
 
 def test_topic_confidence_missing_is_half() -> None:

@@ -150,21 +150,10 @@ def coerce_tier(value: object) -> str:
 
 def coerce_score(value: object) -> int:
     """Round a number or numeric string and clamp it to 1..100; anything else becomes 50."""
-    number: float
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return DEFAULT_SCORE
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return DEFAULT_SCORE
-    else:
-        return DEFAULT_SCORE
-    if not math.isfinite(number):
-        return DEFAULT_SCORE
-    return max(1, min(100, round(number)))
+    number = _finite(value)
+    return DEFAULT_SCORE if number is None else max(1, min(100, round(number)))
 
 
 def normalize_tag(value: str) -> str | None:
@@ -208,11 +197,11 @@ def coerce_explanation(value: object) -> list[str]:
 
 def coerce_confidence(value: object) -> float:
     """A number, numeric string or high/medium/low (0.9/0.7/0.5), clamped to 0..1."""
-    number: float
+    number: float | None
     if isinstance(value, bool):
         return DEFAULT_CONFIDENCE
     if isinstance(value, int | float):
-        number = float(value)
+        number = _finite(value)
     elif isinstance(value, str):
         match value.strip().lower():
             case "high":
@@ -222,15 +211,22 @@ def coerce_confidence(value: object) -> float:
             case "low":
                 return 0.5
             case other:
-                try:
-                    number = float(other)
-                except ValueError:
-                    return DEFAULT_CONFIDENCE
+                number = _finite(other)
     else:
         return DEFAULT_CONFIDENCE
-    if not math.isfinite(number):
+    if number is None:
         return DEFAULT_CONFIDENCE
     return max(0.0, min(1.0, number))
+
+
+def _finite(value: int | float | str) -> float | None:
+    """A number or numeric string as a finite float; None when it is not one (NaN, infinite,
+    or an integer beyond float range, which JSON allows)."""
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def split_hierarchy(value: str) -> list[str]:
