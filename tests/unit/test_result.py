@@ -357,3 +357,22 @@ def test_entities_of_the_wrong_type_default_to_empty() -> None:
 def test_summary_of_the_wrong_type_defaults_to_empty() -> None:
     """A non-string summary is stored as an empty string."""
     assert coerce({"summary": ["a", "b"], "tier": "B"}).summary == ""
+
+
+def test_lone_surrogates_and_nul_in_the_answer_become_replacement_characters() -> None:
+    """Strings PostgreSQL cannot store (JSON's "\\ud800", "\\u0000") do not fail the job."""
+    raw = result.extract_json(
+        '{"summary": "lone \\ud800 here", "tier_explanation": ["a\\u0000b"],'
+        ' "topics": [{"name": "x\\udc00", "hierarchy": ["h\\ud800"]}],'
+        ' "entities": [{"type": "t\\u0000", "name": "n\\udfff"}]}'
+    )
+    assert raw is not None
+    got = result.coerce(raw, known_tags=(), model="m\ud800", processed_at=NOW)
+    assert got.summary == "lone \ufffd here"
+    assert got.tier_explanation == ["a\ufffdb"]
+    assert got.topics[0].name == "x\ufffd" and got.topics[0].hierarchy == ["h\ufffd"]
+    assert got.entities == [result.Entity(type="t\ufffd", name="n\ufffd")]
+    assert got.model == "m\ufffd"
+    assert got.processed_at == NOW
+    encoded = msgspec.json.encode(got)  # what storage does: lone surrogates are refused
+    assert b"\\u0000" not in encoded

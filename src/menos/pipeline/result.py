@@ -43,6 +43,9 @@ _THINK_OPEN = re.compile(r"^\s*<think\b[^>]*>", re.IGNORECASE)
 # never cut into a string value.
 _FENCE_OPEN = re.compile(r"^[ \t]*```[\w.+-]*", re.MULTILINE)
 _FENCE_CLOSE = re.compile(r"```[ \t]*$", re.MULTILINE)
+# PostgreSQL refuses NUL in text and JSON, and UTF-8 cannot encode a lone surrogate (JSON's
+# "\ud800"); a decoded str holds surrogates only when they are lone.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class Topic(msgspec.Struct, frozen=True):
@@ -117,6 +120,7 @@ def coerce(
 ) -> Result:
     """Coerce a model's JSON object into a Result; fields of the wrong type take their default.
 
+    Every string is storable: NUL characters and lone surrogates become U+FFFD.
     Raises PipelineError("PARSE_FAILED") when the object has none of the result fields.
     """
     if not RESULT_FIELDS.intersection(raw):
@@ -126,7 +130,7 @@ def coerce(
         )
     tags = coerce_tags(raw.get("tags"), known_tags=known_tags)
     known = set(known_tags)
-    return Result(
+    coerced = Result(
         summary=_string(raw.get("summary")),
         tags=tags,
         new_tags=[tag for tag in tags if tag not in known],
@@ -139,6 +143,20 @@ def coerce(
         model=model,
         processed_at=processed_at,
     )
+    fields = msgspec.to_builtins(coerced, builtin_types=(datetime.datetime,))
+    return msgspec.convert(storable(fields), Result)
+
+
+def storable(value: Any) -> Any:
+    """`value` (str, list, dict, scalars) with NUL and lone surrogates in every string replaced
+    by U+FFFD, so PostgreSQL can store it."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    return value
 
 
 def coerce_tier(value: object) -> str:
