@@ -237,6 +237,17 @@ async def test_server_error_is_llm_call_error_with_status(analyzer: Make) -> Non
     assert "model crashed" in caught.value.message
 
 
+async def test_server_error_with_a_body_that_is_not_utf8_is_llm_call_error(
+    analyzer: Make,
+) -> None:
+    """An HTTP 502 whose body is not UTF-8 still fails with LLM_CALL_ERROR naming the status."""
+    server = Server(lambda _: httpx.Response(502, content=b'{"error": "bad \xff gateway"}'))
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert "502" in caught.value.message
+
+
 async def test_error_message_is_short_and_never_shows_the_key(analyzer: Make) -> None:
     """A 401 that echoes the API key yields a short message with the key masked."""
     body = {"error": {"message": "Incorrect API key provided: sk-secret-key. " + "x" * 2000}}
@@ -270,6 +281,7 @@ async def test_connection_error_is_llm_call_error(analyzer: Make) -> None:
         httpx.Response(200, json=[1, 2]),
         httpx.Response(200, json={"choices": [{"text": "legacy completion"}]}),
         httpx.Response(200, json=completion(content=42)),
+        httpx.Response(200, content=b'{"choices": [{"message": {"content": "caf\xe9"}}]}'),
     ],
 )
 async def test_body_that_is_not_a_chat_completion_is_llm_call_error(

@@ -134,7 +134,14 @@ class OpenAIAnalyzer:
             data = msgspec.json.decode(response.content)
             message = data["choices"][0]["message"]
             content = message.get("content")
-        except (msgspec.DecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        except (
+            msgspec.DecodeError,
+            UnicodeDecodeError,  # msgspec's own error for a body that is not UTF-8
+            KeyError,
+            IndexError,
+            TypeError,
+            AttributeError,
+        ) as exc:
             raise errors.PipelineError(
                 "LLM_CALL_ERROR", "the model server's answer is not a chat completion"
             ) from exc
@@ -165,7 +172,7 @@ class OpenAIAnalyzer:
         """A short reason from an error body (`error.message` when present), secrets removed."""
         try:
             data = msgspec.json.decode(response.content)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             detail = response.text
         else:
             error = data.get("error") if isinstance(data, dict) else None
