@@ -1,4 +1,4 @@
-"""The parse stage's question to the worker: which of the answer's tags the owner used."""
+"""The parse stage in a run: the tags it asks the worker about and keeps, and unreadable answers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
+from menos import errors
 from menos.pipeline import analyzers, stages
 from menos.pipeline.analyzers import builtin
 from tests.support.pipeline import offline_context
@@ -105,3 +107,31 @@ async def test_builtin_tags_from_a_huge_word_fit_the_tag_index() -> None:
             note(body, title="y" * 10_000), port, ctx, stages.Run(full=False, clock=ctx.clock)
         )
     assert all(len(tag) <= 100 for tag in port.persisted), [len(tag) for tag in port.persisted]
+
+
+class TextAnalyzer:
+    """Answers every request, and the repair call, with the same text; counts repair calls."""
+
+    name = "text"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.repairs = 0
+
+    async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
+        return analyzers.Answer(text=self.text, model="text")
+
+    async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
+        self.repairs += 1
+        return first
+
+
+async def test_a_deeply_nested_answer_fails_like_any_answer_without_json() -> None:
+    """100,000 nested objects get one repair call, then EMPTY_RESPONSE at parse."""
+    analyzer = TextAnalyzer('{"a":' * 100_000 + "1" + "}" * 100_000)
+    async with httpx.AsyncClient() as http:
+        ctx = offline_context(http, analyzer, clock=lambda: NOW)
+        run = stages.Run(full=False, clock=ctx.clock)
+        with pytest.raises(errors.PipelineError) as caught:
+            await stages.run_pipeline(note("# t\n\nSome text."), RecordingPort(set()), ctx, run)
+    assert (caught.value.code, run.current, analyzer.repairs) == ("EMPTY_RESPONSE", "parse", 1)

@@ -37,6 +37,12 @@ def test_fence_on_one_line_is_read() -> None:
     assert result.extract_json('```json {"tier": "B"} ```') == {"tier": "B"}
 
 
+def test_an_object_nested_too_deeply_is_no_answer() -> None:
+    """100,000 nested objects read as no JSON object (a repair call follows), not a crash."""
+    depth = 100_000
+    assert result.extract_json('{"a":' * depth + "1" + "}" * depth) is None
+
+
 def test_think_block_is_skipped() -> None:
     """Reasoning in <think> with its own braces is ignored; the real answer after it is used."""
     text = '<think>Maybe {"summary": "draft"} is right?</think>\n{"summary": "final"}'

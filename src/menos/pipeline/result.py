@@ -93,7 +93,10 @@ def strip_noise(text: str) -> str:
 
 
 def extract_json(text: str) -> dict[str, Any] | None:
-    """Return the first balanced `{…}` that parses as a JSON object after stripping noise."""
+    """Return the first balanced `{…}` that parses as a JSON object after stripping noise.
+
+    None when there is none, or when an object nests deeper than the decoder goes: every `{`
+    inside it would be as deep, and retrying each costs quadratic time."""
     cleaned = strip_noise(text)
     decoder = json.JSONDecoder()
     start = cleaned.find("{")
@@ -104,6 +107,8 @@ def extract_json(text: str) -> dict[str, Any] | None:
             value, _ = decoder.raw_decode(cleaned, start)
         except ValueError:
             pass
+        except RecursionError:
+            return None
         else:
             if isinstance(value, dict):
                 return value
