@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import importlib.util
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 
@@ -353,6 +354,28 @@ async def test_a_page_compressed_twice_over_is_refused_before_reading() -> None:
     )
     assert error.code == "FETCH_FAILED"
     assert "encoded 2 times over" in error.message
+
+
+# br is decoded only when brotli is installed
+UNDECODABLE = [
+    "compress",
+    "x-snappy",
+    *(["br"] if importlib.util.find_spec("brotli") is None else []),
+]
+
+
+@pytest.mark.parametrize("coding", UNDECODABLE)
+async def test_a_page_in_a_coding_that_cannot_be_decoded_fails_naming_it(coding: str) -> None:
+    """A coding httpx cannot decode fails the fetch instead of storing binary as the text."""
+    error = await _fetch_error(
+        lambda request: httpx.Response(
+            200,
+            headers={"content-type": "text/html", "content-encoding": coding},
+            content=bytes(range(256)) * 4,
+        )
+    )
+    assert error.code == "FETCH_FAILED"
+    assert coding in error.message
 
 
 @pytest.mark.parametrize("charset", ["base64", "rot13", "idna", "zlib"])

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import httpx
+import httpx._decoders
 import msgspec
 import trafilatura
 
@@ -20,6 +21,9 @@ _GONE_STATUSES = frozenset({404, 410})
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _VERBATIM_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
 _ACCEPT = "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8"
+# The codings httpx decodes (br and zstd only with their packages); it passes any other
+# coding through undecoded, so a page in one would be read as binary.
+_DECODABLE = frozenset(httpx._decoders.SUPPORTED_DECODERS)
 # Only the start of a document may declare its encoding in a <meta> tag.
 _META_CHARSET_WINDOW = 2048
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
@@ -140,6 +144,10 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         raise errors.PipelineError(
             "FETCH_FAILED",
             f"the page is encoded {len(encodings)} times over ({', '.join(encodings)})",
+        )
+    if encodings and encodings[0].strip().lower() not in _DECODABLE:
+        raise errors.PipelineError(
+            "FETCH_FAILED", f"the page is encoded with {encodings[0].strip()}, not decodable here"
         )
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
