@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import gzip
 import importlib.util
 import time
@@ -143,6 +144,23 @@ async def test_meta_charset_is_honoured_when_header_has_none() -> None:
     async with _client(lambda request: _html(body, "text/html")) as client:
         page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
     assert "Café “quotes”" in page.body
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("Un café, ça va.".encode("utf-16"), "text/plain"),  # Python writes a BOM first
+        (codecs.BOM_UTF16_BE + "Un café, ça va.".encode("utf-16-be"), "text/plain"),
+        (codecs.BOM_UTF16_LE + "Un café, ça va.".encode("utf-16-le"), "text/html"),
+        (codecs.BOM_UTF8 + "Un café, ça va.".encode(), "text/plain; charset=iso-8859-1"),
+    ],
+    ids=["utf-16", "utf-16-be", "utf-16-le-html", "utf-8-over-header-charset"],
+)
+async def test_a_byte_order_mark_decides_the_encoding(body: bytes, content_type: str) -> None:
+    """A page starting with a UTF-8 or UTF-16 byte-order mark is decoded as it says."""
+    async with _client(lambda request: _html(body, content_type)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == "Un café, ça va."
 
 
 async def test_unknown_charset_falls_back_to_utf8() -> None:
