@@ -1,4 +1,4 @@
-"""The parse stage in a run: the tags it asks the worker about and keeps, and unreadable answers."""
+"""A run through the parse stage: tags asked about and kept, unreadable answers, empty text."""
 
 from __future__ import annotations
 
@@ -135,3 +135,14 @@ async def test_a_deeply_nested_answer_fails_like_any_answer_without_json() -> No
         with pytest.raises(errors.PipelineError) as caught:
             await stages.run_pipeline(note("# t\n\nSome text."), RecordingPort(set()), ctx, run)
     assert (caught.value.code, run.current, analyzer.repairs) == ("EMPTY_RESPONSE", "parse", 1)
+
+
+@pytest.mark.parametrize("body", ["", " \n\t", "\u200b\u200b", "\u200b \u2060\n\u200d\ufeff"])
+async def test_a_note_with_nothing_visible_is_content_empty(body: str) -> None:
+    """Whitespace and invisible characters such as zero-width spaces are no readable text."""
+    async with httpx.AsyncClient() as http:
+        ctx = offline_context(http, builtin.BuiltinAnalyzer(), clock=lambda: NOW)
+        run = stages.Run(full=False, clock=ctx.clock)
+        with pytest.raises(errors.PipelineError) as caught:
+            await stages.run_pipeline(note(body), RecordingPort(set()), ctx, run)
+    assert (caught.value.code, run.current) == ("CONTENT_EMPTY", "prepare")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
@@ -126,6 +127,12 @@ def normalize_whitespace(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
+def has_visible_text(text: str) -> bool:
+    """Whether text holds a character that is neither whitespace nor an invisible format
+    character (category Cf: zero-width space, joiners, byte-order mark, …)."""
+    return any(not char.isspace() and unicodedata.category(char) != "Cf" for char in text)
+
+
 async def _fetch(state: _State, port: Port, ctx: Context, run: Run) -> None:
     item = state.item
     if item.content_type == "markdown":
@@ -161,7 +168,7 @@ async def _fetch(state: _State, port: Port, ctx: Context, run: Run) -> None:
 async def _prepare(state: _State, port: Port, ctx: Context, run: Run) -> None:
     state.text = normalize_whitespace(state.text)
     run.diagnostics["prepared_chars"] = len(state.text)
-    if not state.text:
+    if not has_visible_text(state.text):
         raise errors.PipelineError("CONTENT_EMPTY", "the content has no readable text")
     run.keep(source_excerpt=state.text[:EXCERPT_CHARS])
 
