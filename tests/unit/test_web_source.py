@@ -1,4 +1,4 @@
-"""Fetching web pages: readable text, redirects, size cap, SSRF per hop and error codes."""
+"""Fetching web pages: readable text, decoding, redirects, size cap, SSRF per hop, error codes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import codecs
 import gzip
 import importlib.util
 import time
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 
 import httpx
@@ -372,6 +374,66 @@ async def test_a_page_compressed_twice_over_is_refused_before_reading() -> None:
     )
     assert error.code == "FETCH_FAILED"
     assert "encoded 2 times over" in error.message
+
+
+class _Wire(httpx.AsyncByteStream):
+    """A body as the network gives it: raw bytes in 64 KB reads, not decoded beforehand."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), 65536):
+            yield self.data[start : start + 65536]
+
+
+def _encoded(coding: str, data: bytes, content_type: str = "text/plain") -> httpx.Response:
+    headers = {"content-type": content_type, "content-encoding": coding}
+    return httpx.Response(200, headers=headers, stream=_Wire(data))
+
+
+def _compressed(coding: str, data: bytes) -> bytes:
+    match coding:
+        case "gzip":
+            return gzip.compress(data)
+        case "deflate":
+            return zlib.compress(data)
+        case _:  # deflate as some servers send it: raw, without the zlib wrapper
+            squeezer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            return squeezer.compress(data) + squeezer.flush()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw-deflate"])
+async def test_a_compressed_page_is_read(coding: str) -> None:
+    """gzip and deflate pages (deflate with or without its zlib wrapper) read as their text."""
+    text = "Compressed words, café. " * 2000
+    body = _compressed(coding, text.encode())
+    response = _encoded(coding.removeprefix("raw-"), body, "text/plain; charset=utf-8")
+    async with _client(lambda request: response) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == text.strip()
+    assert page.metadata["bytes"] == len(text.encode())
+
+
+async def test_a_corrupt_gzip_page_fails_the_fetch() -> None:
+    corrupt = gzip.compress(b"words " * 100)[:20] + b"\xff" * 50
+    error = await _fetch_error(lambda request: _encoded("gzip", corrupt))
+    assert error.code == "FETCH_FAILED"
+    assert "gzip" in error.message
+
+
+async def test_a_gzip_bomb_is_refused_without_inflating_it_whole() -> None:
+    """64 MiB of zeros in 64 KB of gzip is refused at the 5 MiB cap while memory stays near
+    the cap (httpx inflated each 64 KB network read whole: 64 MiB at once)."""
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+    tracemalloc.start()
+    try:
+        error = await _fetch_error(lambda request: _encoded("gzip", bomb))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error.code == "FETCH_FAILED" and "larger than" in error.message
+    assert peak < 4 * MAX, peak
 
 
 # br is decoded only when brotli is installed

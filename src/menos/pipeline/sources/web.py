@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import html
 import re
+import zlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -159,13 +162,15 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
+    coding = encodings[0].strip().lower() if encodings else "identity"
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
+    async with contextlib.aclosing(_decoded_chunks(response, coding, max_bytes)) as body:
+        async for chunk in body:
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            chunks.append(chunk)
     raw = b"".join(chunks)
     is_html = content_type not in _VERBATIM_TYPES
     try:
@@ -179,6 +184,39 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         "bytes": size,
     }
     return _Page(text=text, content_type=content_type, is_html=is_html, metadata=metadata)
+
+
+async def _decoded_chunks(
+    response: httpx.Response, coding: str, max_bytes: int
+) -> AsyncGenerator[bytes]:
+    """The body decoded, chunk by chunk. gzip and deflate are inflated here at most
+    `max_bytes + 1` bytes at a time: httpx inflates a whole network chunk at once, and 200 KB
+    of gzip hold 200 MiB. Other codings httpx decodes are left to it."""
+    # A response read before (by a transport holding it in memory) has nothing left to bound.
+    if coding not in ("gzip", "deflate") or response.is_stream_consumed:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+        return
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
+    # As httpx: deflate is meant to be zlib-wrapped, but some servers send it raw.
+    retry_raw = coding == "deflate"
+    async for chunk in response.aiter_raw():
+        data = chunk
+        while not inflater.eof:  # bytes after the end of the stream are ignored, as by httpx
+            try:
+                piece = inflater.decompress(data, max_bytes + 1)
+            except zlib.error as exc:
+                if retry_raw:
+                    inflater, retry_raw = zlib.decompressobj(-zlib.MAX_WBITS), False
+                    continue
+                raise errors.PipelineError(
+                    "FETCH_FAILED", f"could not decode the {coding} page: {exc}"
+                ) from exc
+            retry_raw = False
+            data = inflater.unconsumed_tail
+            if not piece and not data:
+                break  # chunk used up; zlib holds pending output only while pieces come
+            yield piece
 
 
 def _too_large(max_bytes: int) -> errors.PipelineError:
