@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from menos import errors, markdown
-from menos.pipeline import ssrf
+from menos.pipeline import result, ssrf
 
 MAX_TITLE = 500
-MAX_TAG = 100
+MAX_TAG = result.MAX_TAG_CHARS  # the tag index's limit, the same for result tags
 MAX_TAGS = 50
 
 

@@ -32,7 +32,7 @@ DEFAULT_CONFIDENCE = 0.5
 MAX_TAGS = 10
 MAX_NEW_TAGS = 3
 MAX_TOPICS = 7
-# Longer tags do not fit the tag index; submitter tags have the same limit (http.validate.MAX_TAG).
+# Longer tags do not fit the tag index; submitter tags have the same limit.
 MAX_TAG_CHARS = 100
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 
