@@ -184,9 +184,14 @@ async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
                         queries["migrations_record_checksum"], version, _checksum(sql)
                     )
                 continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(queries["migrations_record"], version, name, _checksum(sql))
+            try:
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(queries["migrations_record"], version, name, _checksum(sql))
+            except asyncpg.PostgresError as exc:
+                raise errors.MigrationFailed(
+                    f"migration {version:04d}_{name}.sql failed and was rolled back: {exc}"
+                ) from exc
             applied_now.append(version)
     finally:
         await conn.execute(queries["migrations_unlock"])

@@ -61,6 +61,10 @@ class SchemaMismatch(MenosError):
     with other contents: its schema is not the one this code expects."""
 
 
+class MigrationFailed(MenosError):
+    """A migration's SQL failed: it was rolled back, and the ones after it were not applied."""
+
+
 class EmbeddedError(MenosError):
     """The embedded PostgreSQL could not be started, found or stopped."""
 

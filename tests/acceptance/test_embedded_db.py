@@ -112,3 +112,11 @@ def test_start_with_a_schema_it_cannot_migrate_says_the_server_runs(
     assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("menos: ")
     assert f"the database stays running at {dsn}" in refused.stderr
     assert menos_db(env, "url").stdout.strip() == dsn
+    # a migration whose SQL fails: recorded as never applied, its index already there
+    sql(dsn, "UPDATE menos.schema_migrations SET checksum = NULL")
+    sql(dsn, "DELETE FROM menos.schema_migrations WHERE version = 9")
+    failing = menos_db(env, "start")
+    assert failing.returncode == 1 and "Traceback" not in failing.stderr, failing.stderr
+    assert failing.stderr.count("\n") == 1, failing.stderr
+    assert "migration 0009_full_payloads_by_finish.sql failed" in failing.stderr
+    assert f"the database stays running at {dsn}" in failing.stderr
