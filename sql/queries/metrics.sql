@@ -1,14 +1,15 @@
 -- name: upsert_metric_samples
 -- Record one process's cumulative metric values (name, labels, value arrays).
 INSERT INTO menos.metric_sample AS m (process_id, name, labels, value)
-SELECT $1, s.name, s.labels, s.value
+SELECT $1, s.name, s.labels, s.value::numeric
   FROM unnest($2::text[], $3::text[], $4::double precision[]) AS s (name, labels, value)
 ON CONFLICT (process_id, name, labels)
 DO UPDATE SET value = EXCLUDED.value, updated_at = now();
 
 -- name: metric_totals
 -- Every metric summed over all processes.
-SELECT name, labels, sum(value) AS value FROM menos.metric_sample GROUP BY name, labels;
+SELECT name, labels, sum(value)::double precision AS value
+  FROM menos.metric_sample GROUP BY name, labels;
 
 -- name: job_status_counts
 -- Jobs per status, the pending depth and the age of the oldest pending job in seconds.

@@ -170,7 +170,7 @@ def test_stopped_and_gone_processes_fold_into_one_metric_total(menos: Menos) -> 
         "now() - interval '2 days')"
     )
     sql(menos.database_url, killed, "killed")  # a process killed long ago left its rows
-    menos.worker("--worker-id", "second")  # a worker purges when it starts
+    second = menos.worker("--worker-id", "second")  # a worker purges when it starts
     wait_for(lambda: "killed" not in processes(), what="the purge at the worker's start")
     finish("two")
     wait_for(lambda: fetch_runs() == 7, what="second worker's samples")
@@ -180,3 +180,16 @@ def test_stopped_and_gone_processes_fold_into_one_metric_total(menos: Menos) -> 
     assert json.loads(menos.command("purge").stdout)["metric_processes"] == 1
     assert processes() == {"(retired)", "second"}
     assert fetch_runs() == 12
+    # killed, and started again under the same id: its counts from zero must not overwrite
+    # the killed run's rows
+    second.terminate()
+    assert second.wait(timeout=30) == 0
+    third = menos.worker("--worker-id", "third")
+    finish("three")
+    wait_for(lambda: "third" in processes(), what="third worker's samples")
+    third.kill()
+    third.wait()
+    menos.worker("--worker-id", "third")
+    finish("four")
+    wait_for(lambda: fetch_runs() >= 14, what="restarted worker's samples")
+    assert fetch_runs() == 14

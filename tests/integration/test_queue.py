@@ -597,3 +597,19 @@ async def test_clearing_full_payloads_reads_only_jobs_that_have_one(database_url
         assert await repo.purge_batch("full_payloads", before, 100) == 2
         assert await repo.purge_batch("full_payloads", before, 100) == 0
         assert await tuples_read() - start < 100
+
+
+async def test_folding_processes_never_lowers_a_metric_total(repo: repository.Repository) -> None:
+    """Totals are summed exactly: in floating point, (0.1 + 0.2) + 0.3 is more than
+    0.1 + (0.2 + 0.3), so folding two processes into the retired row lowered the total,
+    which Prometheus reads as a counter reset."""
+    for process, value in (("a", 0.1), ("b", 0.2), ("c", 0.3)):
+        await repo.flush_stats(
+            process, [("menos_stage_duration_seconds_sum", "stage=fetch", value)]
+        )
+    before = await repo.metric_totals()
+    assert await repo.retire_stats("b") == 1
+    assert await repo.retire_stats("c") == 1
+    await repo.flush_stats("a", [("menos_stage_duration_seconds_sum", "stage=fetch", 0.1)])
+    assert await repo.metric_totals() == before
+    assert [t.value for t in before] == [0.6]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -10,21 +11,26 @@ from menos.queue import stats
 
 
 class Store:
-    """Records writes; can be told to refuse them."""
+    """Records calls in order; can be told to refuse writes or to hold one open."""
 
     def __init__(self) -> None:
-        self.writes: list[list[tuple[str, str, float]]] = []
-        self.retired: list[str] = []
+        self.calls: list[tuple[str, object]] = []
         self.down = False
+        self.gate = asyncio.Event()
+        self.gate.set()
 
     async def flush_stats(self, process_id: str, samples: Sequence[tuple[str, str, float]]) -> None:
         if self.down:
             raise ConnectionError("database down")
-        self.writes.append(list(samples))
+        await self.gate.wait()
+        self.calls.append(("write", list(samples)))
 
     async def retire_stats(self, process_id: str) -> int:
-        self.retired.append(process_id)
+        self.calls.append(("fold", process_id))
         return 1
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.calls]
 
 
 async def test_writes_when_changed_and_at_least_every_touch_interval(
@@ -35,14 +41,15 @@ async def test_writes_when_changed_and_at_least_every_touch_interval(
     store, counts = Store(), stats.ProcessStats()
     flusher = stats.Flusher(store, "p", counts)
     await flusher.flush()
-    assert store.writes == []  # nothing changed, nothing due
+    assert store.calls == []  # nothing changed, nothing due
     counts.count_delivery("delivered")
     await flusher.flush()
     await flusher.flush()
-    assert len(store.writes) == 1
+    # the first write folds what an earlier run under the same id left (killed)
+    assert store.kinds() == ["fold", "write"]
     now[0] += stats.TOUCH_S  # unchanged, but a live process shows it is alive
     await flusher.flush()
-    assert len(store.writes) == 2
+    assert store.kinds() == ["fold", "write", "write"]
 
 
 async def test_a_failed_last_write_keeps_the_rows_for_the_purge() -> None:
@@ -51,7 +58,31 @@ async def test_a_failed_last_write_keeps_the_rows_for_the_purge() -> None:
     counts.count_delivery("delivered")
     store.down = True
     await flusher.retire()
-    assert store.retired == []  # folding older values would lose the newest ones
+    assert store.kinds() == ["fold"]  # only the start's; folding older values would lose some
     store.down = False
     await flusher.retire()
-    assert store.retired == ["p"] and store.writes == [[(stats.DELIVERIES, "outcome=delivered", 1)]]
+    assert store.calls[1:] == [
+        ("write", [(stats.DELIVERIES, "outcome=delivered", 1)]),
+        ("fold", "p"),
+    ]
+
+
+async def test_retiring_waits_for_a_write_under_way_and_nothing_is_written_after() -> None:
+    """A heartbeat's write still going when the process stops must land before the fold:
+    after it, the process's rows would be written back next to the retired total."""
+    store, counts = Store(), stats.ProcessStats()
+    flusher = stats.Flusher(store, "p", counts)
+    counts.count_delivery("delivered")
+    store.gate.clear()
+    writing = asyncio.create_task(flusher.flush())
+    await asyncio.sleep(0)
+    counts.count_delivery("delivered")  # counted while the write is under way
+    retiring = asyncio.create_task(flusher.retire())
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(writing, retiring)
+    assert store.kinds() == ["fold", "write", "write", "fold"]
+    assert store.calls[2] == ("write", [(stats.DELIVERIES, "outcome=delivered", 2)])
+    counts.count_delivery("delivered")
+    await flusher.flush()
+    assert store.kinds() == ["fold", "write", "write", "fold"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections import defaultdict
@@ -85,35 +86,54 @@ class SampleStore(Protocol):
 
 class Flusher:
     """Writes one process's samples: when they changed, at least every TOUCH_S, and when the
-    process stops, when it also folds them into the retired total so their rows go."""
+    process stops, when it also folds them into the retired total so their rows go.
+
+    Before its first write it folds the rows already under its id: those of an earlier run
+    with the same id (`--worker-id`), killed, which this run's counts from zero would
+    overwrite. Writes and the retirement take turns, and nothing is written after it."""
 
     def __init__(self, store: SampleStore, process_id: str, stats: ProcessStats) -> None:
         self._store = store
         self._process_id = process_id
         self._stats = stats
         self._written_at = time.monotonic()
+        self._lock = asyncio.Lock()
+        self._adopted = False
+        self._retired = False
 
     async def flush(self) -> bool:
         """Write the samples if due; False when the write failed (tried again next time)."""
+        async with self._lock:
+            return await self._flush()
+
+    async def retire(self) -> None:
+        """Last write of a stopping process, then its rows fold into the retired total; when
+        either fails the rows stay, and the purge folds them once they have been quiet."""
+        async with self._lock:
+            if self._retired or not await self._flush():
+                return
+            self._retired = True
+            try:
+                await self._store.retire_stats(self._process_id)
+            except Exception as exc:
+                log.warning("stats_retire_failed", error=str(exc))
+
+    async def _flush(self) -> bool:
         stats = self._stats
+        if self._retired:
+            return True
         if not stats.dirty and time.monotonic() - self._written_at < TOUCH_S:
             return True
-        stats.dirty = False
+        stats.dirty = False  # what is counted while the write is under way makes it dirty again
+        samples = stats.samples()
         try:
-            await self._store.flush_stats(self._process_id, stats.samples())
+            if not self._adopted:
+                await self._store.retire_stats(self._process_id)
+                self._adopted = True
+            await self._store.flush_stats(self._process_id, samples)
         except Exception as exc:
             stats.dirty = True
             log.warning("stats_flush_failed", error=str(exc))
             return False
         self._written_at = time.monotonic()
         return True
-
-    async def retire(self) -> None:
-        """Last write of a stopping process, then its rows fold into the retired total; when
-        either fails the rows stay, and the purge folds them once they have been quiet."""
-        if not await self.flush():
-            return
-        try:
-            await self._store.retire_stats(self._process_id)
-        except Exception as exc:
-            log.warning("stats_retire_failed", error=str(exc))
