@@ -313,11 +313,17 @@ def test_errors_name_the_field_the_client_sent(menos: Menos) -> None:
         ]
         fm_long = client.post(
             "/api/v1/content",
-            files={"file": ("n.md", f"---\ntags: [{'x' * 150}]\n---\nb".encode(), "text/markdown")},
+            files={
+                "file": (
+                    "n.md",
+                    f"---\ntags: [true, ok, '  ', {'x' * 150}]\n---\nb".encode(),
+                    "text/markdown",
+                )
+            },
         )
         assert fm_long.status_code == 400
         assert fm_long.json()["errors"] == [
-            {"field": "file", "message": "frontmatter tags[0]: must be at most 100 characters"}
+            {"field": "file", "message": f"frontmatter tag {'x' * 20!r}… is over 100 characters"}
         ]
         fifty = ", ".join(f"t{n}" for n in range(50))
         both = client.post(
@@ -339,6 +345,21 @@ def test_errors_name_the_field_the_client_sent(menos: Menos) -> None:
         )
         assert form.status_code == 400, form.text
         assert form.json()["errors"] == [
-            {"field": "body", "message": "a form may have at most 1000 parts"}
+            {
+                "field": "body",
+                "message": "the form cannot be read: "
+                "maximum segment count exceeded (at most 1000 parts)",
+            }
+        ]
+        long_name = client.post(
+            "/api/v1/content",
+            files={"file": ("n" * 5000 + ".md", b"# note", "text/markdown")},
+        )
+        assert long_name.status_code == 400, long_name.text
+        assert long_name.json()["errors"] == [
+            {
+                "field": "body",
+                "message": "the form cannot be read: maximum segment header length exceeded",
+            }
         ]
     assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.content")[0]["n"] == 1

@@ -41,12 +41,17 @@ def tags(values: Sequence[str] | None, field: str = "tags") -> list[str]:
 def merged_tags(
     requested: Sequence[str], from_note: Sequence[str], *, note_field: str
 ) -> list[str]:
-    """The request's tags, then the note's frontmatter tags (checked as the note's field)."""
+    """The request's tags, then the note's frontmatter tags (already trimmed, non-blank), whose
+    faults are the note's field's: the client may not have sent a `tags` field at all."""
     first = tags(requested)
-    try:
-        then = tags(from_note)
-    except errors.InvalidInput as exc:
-        raise errors.InvalidInput(note_field, f"frontmatter {exc.field}: {exc.message}") from None
+    for tag in from_note:
+        if len(tag) > MAX_TAG:
+            raise errors.InvalidInput(
+                note_field, f"frontmatter tag {tag[:20]!r}… is over {MAX_TAG} characters"
+            )
+    then = markdown.merge_tags(from_note)
+    if len(then) > MAX_TAGS:
+        raise errors.InvalidInput(note_field, f"frontmatter tags: at most {MAX_TAGS} tags")
     merged = markdown.merge_tags(first, then)
     if len(merged) > MAX_TAGS:
         raise errors.InvalidInput("tags", f"at most {MAX_TAGS} tags, the frontmatter's included")

@@ -16,7 +16,9 @@ from menos.queue import models, repository
 from menos.settings import Settings
 
 MAX_FORM_PARTS = 1000
-FORM_PARTS_LIMIT = "Request Entity Too Large"  # how Litestar says a form has too many parts
+# How Litestar says the form parser hit one of its limits (parts, header length or count);
+# the parser's own message, which names the limit, is the exception's context.
+FORM_LIMIT_REACHED = "Request Entity Too Large"
 
 
 class ContentController(Controller):
@@ -49,11 +51,9 @@ class ContentController(Controller):
             except UnicodeDecodeError:
                 raise http_errors.UnsupportedMedia("form fields must be UTF-8 text") from None
             except ClientException as exc:
-                if exc.detail != FORM_PARTS_LIMIT:
+                if exc.detail != FORM_LIMIT_REACHED:
                     raise
-                raise errors.InvalidInput(
-                    "body", f"a form may have at most {MAX_FORM_PARTS} parts"
-                ) from None
+                raise errors.InvalidInput("body", _form_limit(exc)) from None
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise errors.InvalidInput("file", "a markdown file is required")
@@ -212,3 +212,10 @@ def _form_text(value: object, field: str) -> str | None:
 
 
 __all__ = ["ContentController", "Response"]
+
+
+def _form_limit(exc: ClientException) -> str:
+    """What a form over one of the parser's limits is told."""
+    reason = str(exc.__context__ or "a limit of the form parser was reached").rstrip(".")
+    hint = f" (at most {MAX_FORM_PARTS} parts)" if "segment count" in reason.lower() else ""
+    return f"the form cannot be read: {reason[:1].lower()}{reason[1:]}{hint}"
