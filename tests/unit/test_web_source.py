@@ -155,11 +155,20 @@ async def test_meta_charset_is_honoured_when_header_has_none() -> None:
         (codecs.BOM_UTF16_BE + "Un café, ça va.".encode("utf-16-be"), "text/plain"),
         (codecs.BOM_UTF16_LE + "Un café, ça va.".encode("utf-16-le"), "text/html"),
         (codecs.BOM_UTF8 + "Un café, ça va.".encode(), "text/plain; charset=iso-8859-1"),
+        ("Un café, ça va.".encode("utf-32"), "text/plain; charset=utf-32"),  # LE mark: FF FE 00 00
+        (codecs.BOM_UTF32_BE + "Un café, ça va.".encode("utf-32-be"), "text/plain"),
     ],
-    ids=["utf-16", "utf-16-be", "utf-16-le-html", "utf-8-over-header-charset"],
+    ids=[
+        "utf-16",
+        "utf-16-be",
+        "utf-16-le-html",
+        "utf-8-over-header-charset",
+        "utf-32-le",
+        "utf-32-be",
+    ],
 )
 async def test_a_byte_order_mark_decides_the_encoding(body: bytes, content_type: str) -> None:
-    """A page starting with a UTF-8 or UTF-16 byte-order mark is decoded as it says."""
+    """A page starting with a UTF-8, UTF-16 or UTF-32 byte-order mark is decoded as it says."""
     async with _client(lambda request: _html(body, content_type)) as client:
         page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
     assert page.body == "Un café, ça va."
@@ -439,7 +448,7 @@ async def test_a_gzip_bomb_is_refused_without_inflating_it_whole() -> None:
 # br is decoded only when brotli is installed
 UNDECODABLE = [
     "compress",
-    "x-snappy",
+    "x-compress",
     *(["br"] if importlib.util.find_spec("brotli") is None else []),
 ]
 
@@ -456,6 +465,25 @@ async def test_a_page_in_a_coding_that_cannot_be_decoded_fails_naming_it(coding:
     )
     assert error.code == "FETCH_FAILED"
     assert coding in error.message
+
+
+@pytest.mark.parametrize("coding", ["none", "UTF-8", "binary", "identity, none"])
+async def test_a_coding_token_that_means_nothing_is_read_as_is(coding: str) -> None:
+    """Misconfigured servers send `Content-Encoding: none` (a PHP idiom) or a charset there;
+    as httpx does, a token that names no compression is no coding."""
+    page = _encoded(coding, b"<html><body><p>Hello there, reader.</p></body></html>", "text/html")
+    async with _client(lambda request: page) as client:
+        fetched = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert fetched.body == "Hello there, reader."
+
+
+@pytest.mark.parametrize("coding", ["x-gzip", "X-Deflate"])
+async def test_the_old_names_of_gzip_and_deflate_are_inflated(coding: str) -> None:
+    text = "Compressed words under an old name. " * 100
+    body = _compressed(coding.lower().removeprefix("x-"), text.encode())
+    async with _client(lambda request: _encoded(coding, body)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == text.strip()
 
 
 @pytest.mark.parametrize("charset", ["base64", "rot13", "idna", "zlib"])

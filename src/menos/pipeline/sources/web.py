@@ -24,14 +24,21 @@ _GONE_STATUSES = frozenset({404, 410})
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _VERBATIM_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
 _ACCEPT = "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8"
-# The codings httpx decodes (br and zstd only with their packages); it passes any other
-# coding through undecoded, so a page in one would be read as binary.
+# Content codings. gzip and deflate are inflated here (x-gzip and x-deflate are their old
+# names). The other compressions are refused unless httpx decodes them (br and zstd, only
+# with their packages installed): read undecoded, a page would be binary. Any other token
+# (`none`, `UTF-8`, sent by misconfigured servers) means nothing, as httpx takes it.
+_INFLATED = frozenset({"gzip", "deflate"})
+_ALIASES = {"x-gzip": "gzip", "x-deflate": "deflate"}
+_COMPRESSIONS = frozenset({"br", "zstd", "compress", "x-compress", "pack200-gzip", "aes128gcm"})
 _DECODABLE = frozenset(httpx._decoders.SUPPORTED_DECODERS)
 # Only the start of a document may declare its encoding in a <meta> tag.
 _META_CHARSET_WINDOW = 2048
 # A byte-order mark says more than any label (as browsers decode): the -sig and utf-16 codecs
 # drop it, and utf-16 reads the byte order from it.
-_BOMS = (
+_BOMS = (  # UTF-32's marks first: UTF-32LE's starts with UTF-16LE's
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
     (codecs.BOM_UTF8, "utf-8-sig"),
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
@@ -145,24 +152,10 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         raise errors.PipelineError(
             "CONTENT_EMPTY", f"nothing readable: unsupported content type {content_type}"
         )
-    encodings = [
-        name
-        for name in response.headers.get_list("content-encoding", split_commas=True)
-        if name.strip().lower() not in ("", "identity")
-    ]
-    if len(encodings) > 1:  # each layer multiplies what one compressed chunk expands to
-        raise errors.PipelineError(
-            "FETCH_FAILED",
-            f"the page is encoded {len(encodings)} times over ({', '.join(encodings)})",
-        )
-    if encodings and encodings[0].strip().lower() not in _DECODABLE:
-        raise errors.PipelineError(
-            "FETCH_FAILED", f"the page is encoded with {encodings[0].strip()}, not decodable here"
-        )
+    coding = _coding(response)
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
-    coding = encodings[0].strip().lower() if encodings else "identity"
     chunks: list[bytes] = []
     size = 0
     async with contextlib.aclosing(_decoded_chunks(response, coding, max_bytes)) as body:
@@ -184,6 +177,31 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         "bytes": size,
     }
     return _Page(text=text, content_type=content_type, is_html=is_html, metadata=metadata)
+
+
+def _coding(response: httpx.Response) -> str:
+    """The page's one content coding (`identity` when none that means something)."""
+    names = (
+        name.strip().lower()
+        for name in response.headers.get_list("content-encoding", split_commas=True)
+    )
+    codings = [
+        coding
+        for coding in (_ALIASES.get(name, name) for name in names)
+        if coding in _INFLATED or coding in _COMPRESSIONS
+    ]
+    if len(codings) > 1:  # each layer multiplies what one compressed chunk expands to
+        raise errors.PipelineError(
+            "FETCH_FAILED",
+            f"the page is encoded {len(codings)} times over ({', '.join(codings)})",
+        )
+    if not codings:
+        return "identity"
+    if codings[0] in _COMPRESSIONS and codings[0] not in _DECODABLE:
+        raise errors.PipelineError(
+            "FETCH_FAILED", f"the page is encoded with {codings[0]}, not decodable here"
+        )
+    return codings[0]
 
 
 async def _decoded_chunks(
