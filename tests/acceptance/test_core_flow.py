@@ -192,6 +192,8 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
             headers={"content-type": "application/json"},
         )
         assert too_big.status_code == 413
+        big_file = post(files={"file": ("n.md", b"a" * (6 * 1024 * 1024), "text/markdown")})
+        assert big_file.status_code == 413, big_file.text
         latin1 = post(files={"file": ("n.md", "café".encode("latin-1"), "text/markdown")})
         assert latin1.status_code in (400, 415)
         assert "UTF-8" in latin1.json()["detail"]

@@ -51,7 +51,8 @@ class ContentController(Controller):
             except UnicodeDecodeError:
                 raise http_errors.UnsupportedMedia("form fields must be UTF-8 text") from None
             except ClientException as exc:
-                if exc.detail != FORM_LIMIT_REACHED:
+                # the body over MENOS_MAX_BODY_BYTES (413) has the same detail
+                if exc.status_code != 400 or exc.detail != FORM_LIMIT_REACHED:
                     raise
                 raise errors.InvalidInput("body", _form_limit(exc)) from None
             upload = form.get("file")
