@@ -43,6 +43,14 @@ def test_an_object_nested_too_deeply_is_no_answer() -> None:
     assert result.extract_json('{"a":' * depth + "1" + "}" * depth) is None
 
 
+def test_an_object_after_one_nested_too_deeply_is_found() -> None:
+    """The too-deep value is skipped whole (brackets and escaped quotes inside its strings
+    included), and the search goes on after it."""
+    deep = '{"x": "]}\\"{", "y": ' + "[" * 5000 + "]" * 5000 + "}"
+    assert result.extract_json(deep + ' then {"summary": "ok"}') == {"summary": "ok"}
+    assert result.extract_json(deep[:-1]) is None  # never closed
+
+
 def test_think_block_is_skipped() -> None:
     """Reasoning in <think> with its own braces is ignored; the real answer after it is used."""
     text = '<think>Maybe {"summary": "draft"} is right?</think>\n{"summary": "final"}'

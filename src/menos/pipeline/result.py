@@ -95,8 +95,8 @@ def strip_noise(text: str) -> str:
 def extract_json(text: str) -> dict[str, Any] | None:
     """Return the first balanced `{…}` that parses as a JSON object after stripping noise.
 
-    None when there is none, or when an object nests deeper than the decoder goes: every `{`
-    inside it would be as deep, and retrying each costs quadratic time."""
+    An object nesting deeper than the decoder goes is skipped whole: every `{` inside it
+    would be as deep, and retrying each would cost quadratic time."""
     cleaned = strip_noise(text)
     decoder = json.JSONDecoder()
     start = cleaned.find("{")
@@ -108,12 +108,32 @@ def extract_json(text: str) -> dict[str, Any] | None:
         except ValueError:
             pass
         except RecursionError:
-            return None
+            start = cleaned.find("{", _end_of_nesting(cleaned, start))
+            continue
         else:
             if isinstance(value, dict):
                 return value
         start = cleaned.find("{", start + 1)
     return None
+
+
+def _end_of_nesting(text: str, start: int) -> int:
+    """Where the brackets opened at `start` close (strings skipped), or the end of text."""
+    depth, index, size = 0, start, len(text)
+    while index < size:
+        char = text[index]
+        if char == '"':
+            index += 1
+            while index < size and text[index] != '"':
+                index += 2 if text[index] == "\\" else 1
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+        index += 1
+    return size
 
 
 def coerce(
