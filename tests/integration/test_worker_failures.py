@@ -161,6 +161,7 @@ async def test_a_claim_lost_and_taken_again_by_the_same_worker_runs_once(
             config, repo, offline_context(http, analyzer), dsn=database_url
         )
         assert await worker.run_once() == 1
+        older = set(worker._tasks)
         await analyzer.until_called(1)
         # what the crash leaves: the job as it was before the claim
         await pool.execute(
@@ -170,7 +171,7 @@ async def test_a_claim_lost_and_taken_again_by_the_same_worker_runs_once(
         assert await worker.run_once() == 1
         await analyzer.until_called(2)
         analyzer.gates[0].set()  # the older run reaches persist first
-        await asyncio.sleep(0.3)  # time for it to persist, were it allowed to
+        await asyncio.wait(older)  # and ends
         (job_id,) = list(worker._slots)  # the newer run is still watched by the heartbeat
         assert await pool.fetchval("SELECT status FROM menos.pipeline_job") == "processing"
         analyzer.gates[1].set()
