@@ -212,11 +212,11 @@ def _form_text(value: object, field: str) -> str | None:
     return value
 
 
-__all__ = ["ContentController", "Response"]
-
-
 def _form_limit(exc: ClientException) -> str:
     """What a form over one of the parser's limits is told."""
     reason = str(exc.__context__ or "a limit of the form parser was reached").rstrip(".")
     hint = f" (at most {MAX_FORM_PARTS} parts)" if "segment count" in reason.lower() else ""
     return f"the form cannot be read: {reason[:1].lower()}{reason[1:]}{hint}"
+
+
+__all__ = ["ContentController", "Response"]
