@@ -338,3 +338,40 @@ async def test_https_certificate_is_verified_against_the_name_not_the_ip(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_pooled_connection_the_server_closed_is_not_reused() -> None:
+    """The transport's streams answer httpcore's readability check themselves: a kept-alive
+    connection the server has closed since is seen as such, and the next request opens a new
+    one instead of failing on the dead one."""
+    connections = 0
+    closed = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # keep-alive promised, then closed by the server
+        await writer.wait_closed()
+        closed.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        transport = ssrf.PinnedTransport(allow_private=True)
+        async with httpx.AsyncClient(transport=transport) as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "ok"
+            await closed.wait()
+            for _ in range(200):  # until the server's FIN has reached the pooled socket
+                if all(c.has_expired() for c in transport._pool.connections):
+                    break
+                await asyncio.sleep(0.01)  # the interval of this poll
+            else:
+                raise AssertionError("the closed connection never read as expired")
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "ok"
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connections == 2

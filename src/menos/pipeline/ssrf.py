@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import httpcore
 import httpx
 import msgspec
+from httpcore._utils import is_socket_readable
 
 from menos import errors
 
@@ -177,6 +178,40 @@ async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
     return addresses
 
 
+class _Stream(httpcore.AsyncNetworkStream):
+    """A connection's stream whose readability check is one poll of its socket.
+
+    Before each request httpcore asks every pooled connection whether its socket is readable
+    (a server that closed it); anyio answers by building all of the socket's attributes,
+    two getpeername calls among them, which was a fifth of the dispatcher's CPU."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket: socket.socket | None = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        if info == "is_readable" and self._socket is not None:
+            return is_socket_readable(self._socket)
+        return self._inner.get_extra_info(info)
+
+
 class _PinnedNetwork(httpcore.AsyncNetworkBackend):
     """Opens TCP connections only to checked addresses: each new connection resolves its host
     once, applies the SSRF rule and connects to exactly the address it checked."""
@@ -195,13 +230,14 @@ class _PinnedNetwork(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         """Connect to the checked address of `host`; InvalidInput("url", …) when refused."""
         address = await checked_address(host, port, allow_private=self._allow_private, field="url")
-        return await self._inner.connect_tcp(
+        stream = await self._inner.connect_tcp(
             address,
             port,
             timeout=timeout,
             local_address=local_address,
             socket_options=socket_options,
         )
+        return _Stream(stream)
 
     async def connect_unix_socket(
         self,
