@@ -153,9 +153,10 @@ def coerce(
         raise errors.PipelineError(
             "PARSE_FAILED", f"the JSON object has none of the result fields (keys: {keys})"
         )
+    raw = storable(raw)  # coercion only keeps or trims the answer's strings
     tags = coerce_tags(raw.get("tags"), known_tags=known_tags)
     known = set(known_tags)
-    coerced = Result(
+    return Result(
         summary=_string(raw.get("summary")),
         tags=tags,
         new_tags=[tag for tag in tags if tag not in known],
@@ -165,11 +166,9 @@ def coerce(
         score_explanation=coerce_explanation(raw.get("score_explanation")),
         topics=coerce_topics(raw.get("topics")),
         entities=coerce_entities(raw.get("entities")),
-        model=model,
+        model=storable(model),  # from settings: an environment value may hold surrogates
         processed_at=processed_at,
     )
-    fields = msgspec.to_builtins(coerced, builtin_types=(datetime.datetime,))
-    return msgspec.convert(storable(fields), Result)
 
 
 def storable(value: Any) -> Any:
