@@ -31,7 +31,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 # What connecting can raise besides an outage: the server refusing this login or database
 # (wrong password, no such database), or a DSN asyncpg cannot use (a port out of range).
-_CONNECT_REFUSALS: tuple[type[BaseException], ...] = (
+CONNECT_REFUSALS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
     asyncpg.PostgresError,
     ValueError,
@@ -112,7 +112,7 @@ async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection[Any]
     """One connection with menos's JSON codecs; DatabaseUnavailable when it cannot be made."""
     try:
         conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=timeout)
-    except _CONNECT_REFUSALS as exc:
+    except CONNECT_REFUSALS as exc:
         raise errors.DatabaseUnavailable(str(exc)) from exc
     await _init_connection(conn)
     return conn
@@ -139,7 +139,7 @@ async def create_pool(
             command_timeout=60,
             max_inactive_connection_lifetime=300,
         )
-    except _CONNECT_REFUSALS as exc:
+    except CONNECT_REFUSALS as exc:
         raise errors.DatabaseUnavailable(str(exc)) from exc
     return pool
 

@@ -66,9 +66,11 @@ class OneTransaction:
     def __init__(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
         self.conn = conn
 
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
-        yield self.conn
+    async def acquire(self) -> asyncpg.pool.PoolConnectionProxy[Any]:
+        return self.conn
+
+    async def release(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+        assert conn is self.conn
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         return await self.conn.fetchval(query, *args)

@@ -484,6 +484,26 @@ async def test_claims_and_completions_read_no_table_whole_before_any_analyze(
         assert await helpers.sequential_scans(one, QUEUE_TABLES) == before
 
 
+async def test_a_refused_login_is_an_outage(pg_admin_dsn: str, database_url: str) -> None:
+    """When the server refuses a new connection itself (here: the database does not accept
+    connections), callers get DatabaseUnavailable (503 over HTTP), not the server's error,
+    and the pool connects again once the server lets it."""
+    name = database_url.rsplit("/", 1)[1]
+    lazy = await db.create_pool(database_url, min_size=0, max_size=2)
+    repo = repository.Repository(lazy, db.Queries())
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        with pytest.raises(errors.DatabaseUnavailable, match="not currently accepting"):
+            await repo.pending_migrations()
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert await repo.pending_migrations() == []
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await lazy.close()
+
+
 async def test_an_argument_the_client_cannot_encode_is_no_outage(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:

@@ -168,16 +168,22 @@ class _Store:
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
         try:
-            async with self._pool.acquire() as conn:
-                try:
-                    yield conn
-                except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError):
-                    # The client's protocol state no longer matches the server's (seen when
-                    # the server shuts down mid-operation): never hand this connection out again.
-                    conn.terminate()
-                    raise
+            # Acquiring may open a connection, and the server can refuse the login itself
+            # (database not accepting connections, password changed): no answer either way.
+            conn = await self._pool.acquire()
+        except db.CONNECT_REFUSALS as exc:
+            raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        try:
+            yield conn
+        except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+            # The client's protocol state no longer matches the server's (seen when the
+            # server shuts down mid-operation): never hand this connection out again.
+            conn.terminate()
+            raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         except db.CONNECTION_ERRORS as exc:
             raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        finally:
+            await self._pool.release(conn)
 
     async def flush_stats(self, process_id: str, samples: Sequence[tuple[str, str, float]]) -> None:
         """Store this process's cumulative metric values."""
