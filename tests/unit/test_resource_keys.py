@@ -113,6 +113,20 @@ def test_design_vector_full_normalization() -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "normalized"),
+    [
+        ("https://example.com/?a=%ff", "https://example.com/?a=%FF"),
+        ("https://example.com/?a=%fe&%ff=", "https://example.com/?a=%FE&%FF="),
+        ("https://example.com/?a=%C3%A9", "https://example.com/?a=%C3%A9"),
+    ],
+)
+def test_query_bytes_that_are_no_utf8_are_kept(url: str, normalized: str) -> None:
+    """Escapes that do not decode as UTF-8 keep their bytes, so `?a=%ff` and `?a=%fe`, two
+    different pages, never share a key."""
+    assert resource_keys.normalize_url(url) == normalized
+
+
+@pytest.mark.parametrize(
     "key",
     [
         "utm_source",

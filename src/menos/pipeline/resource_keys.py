@@ -156,12 +156,16 @@ def _normalize(parts: urllib.parse.SplitResult) -> str:
     if port is not None and port not in (80, 443):
         netloc = f"{netloc}:{port}"
     path = parts.path.rstrip("/") or "/"
+    # Escapes that are no UTF-8 keep their bytes (`%ff` and `%fe` are different pages), where
+    # the default would read both as U+FFFD.
     pairs = [
         (key, value)
-        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        for key, value in urllib.parse.parse_qsl(
+            parts.query, keep_blank_values=True, errors="surrogateescape"
+        )
         if not _is_tracking_key(key)
     ]
-    query = urllib.parse.urlencode(sorted(pairs))
+    query = urllib.parse.urlencode(sorted(pairs), errors="surrogateescape")
     return f"https://{netloc}{path}?{query}" if query else f"https://{netloc}{path}"
 
 
