@@ -179,8 +179,9 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
 
 def cmd_worker(conf: settings.Settings, args: argparse.Namespace) -> int:
     if args.concurrency is not None:
-        if args.concurrency < 1:
-            print("menos: --concurrency must be a positive integer", file=sys.stderr)
+        most = settings.MAX_WORKER_SLOTS
+        if not 1 <= args.concurrency <= most:
+            print(f"menos: --concurrency must be a positive integer up to {most}", file=sys.stderr)
             return EXIT_USAGE
         conf = settings.with_overrides(conf, worker_concurrency=args.concurrency)
     worker_id = args.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

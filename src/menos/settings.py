@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -51,24 +52,57 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 5 * 1024 * 1024
 
 
+# Upper bounds that keep a value usable where it goes: an integer PostgreSQL compares (claims,
+# attempts), a connection pool sized from the slots (one holder per slot is made up front),
+# an interval PostgreSQL can add to a timestamp (backoffs grow 16-fold).
+PG_INTEGER_MAX = 2**31 - 1
+MAX_WORKER_SLOTS = 1000
+MAX_SECONDS = 365 * 24 * 3600
+
+
 def _seconds(name: str, raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
         raise errors.SettingsError(name, f"expected a number of seconds, got {raw!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise errors.SettingsError(name, f"expected a positive number of seconds, got {raw!r}")
+    if not 0 < value <= MAX_SECONDS:
+        raise errors.SettingsError(
+            name, f"expected a positive number of seconds up to {MAX_SECONDS}, got {raw!r}"
+        )
     return value
 
 
-def _positive_int(name: str, raw: str) -> int:
+def _positive_int(name: str, raw: str, maximum: int | None = None) -> int:
     try:
         value = int(raw.strip())
     except ValueError:
         raise errors.SettingsError(name, f"expected a positive integer, got {raw!r}") from None
     if value <= 0:
         raise errors.SettingsError(name, f"expected a positive integer, got {raw!r}")
+    if maximum is not None and value > maximum:
+        raise errors.SettingsError(
+            name, f"expected a positive integer up to {maximum}, got {raw!r}"
+        )
     return value
+
+
+def _up_to(maximum: int) -> Callable[[str, str], int]:
+    return lambda name, raw: _positive_int(name, raw, maximum)
+
+
+def _dsn(name: str, raw: str) -> str:
+    """A PostgreSQL URL as asyncpg takes it (keyword/value strings are not accepted)."""
+    dsn = _text(name, raw)
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        parts.port  # noqa: B018 - raises ValueError when the port is no port
+    except ValueError as exc:
+        raise errors.SettingsError(name, f"not a PostgreSQL URL: {exc}") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise errors.SettingsError(
+            name, "expected a postgresql://user:password@host:port/database URL"
+        )
+    return dsn
 
 
 def _port(name: str, raw: str) -> int:
@@ -117,15 +151,15 @@ def _languages(name: str, raw: str) -> tuple[str, ...]:
 
 # variable → (field, parser)
 _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
-    "MENOS_DATABASE_URL": ("database_url", _text),
+    "MENOS_DATABASE_URL": ("database_url", _dsn),
     "MENOS_HOME": ("home", lambda n, r: Path(_text(n, r))),
     "MENOS_PG_BINDIR": ("pg_bindir", lambda n, r: Path(_text(n, r))),
     "MENOS_HOST": ("host", _text),
     "MENOS_PORT": ("port", _port),
-    "MENOS_MAX_CONCURRENCY": ("max_concurrency", _positive_int),
-    "MENOS_WORKER_CONCURRENCY": ("worker_concurrency", _positive_int),
+    "MENOS_MAX_CONCURRENCY": ("max_concurrency", _up_to(PG_INTEGER_MAX)),
+    "MENOS_WORKER_CONCURRENCY": ("worker_concurrency", _up_to(MAX_WORKER_SLOTS)),
     "MENOS_JOB_LEASE_S": ("job_lease_s", _seconds),
-    "MENOS_JOB_MAX_ATTEMPTS": ("job_max_attempts", _positive_int),
+    "MENOS_JOB_MAX_ATTEMPTS": ("job_max_attempts", _up_to(PG_INTEGER_MAX)),
     "MENOS_ANALYZER": ("analyzer", _choice("builtin", "openai")),
     "MENOS_LLM_BASE_URL": ("llm_base_url", _url),
     "MENOS_LLM_MODEL": ("llm_model", _text),

@@ -1,0 +1,46 @@
+"""Settings from the environment: a value menos cannot use stops it at start, naming the
+variable, instead of failing later in a claim, a rescue or a pool."""
+
+from __future__ import annotations
+
+import pytest
+
+from menos import errors, settings
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("MENOS_WORKER_CONCURRENCY", "1001"),
+        ("MENOS_WORKER_CONCURRENCY", "3000000000"),
+        ("MENOS_MAX_CONCURRENCY", "2147483648"),
+        ("MENOS_JOB_MAX_ATTEMPTS", "99999999999999999999"),
+        ("MENOS_JOB_LEASE_S", "1e300"),
+        ("MENOS_CALLBACK_BACKOFF_S", "31536001"),
+        ("MENOS_JOB_LEASE_S", "nan"),
+        ("MENOS_DATABASE_URL", "notaurl"),
+        ("MENOS_DATABASE_URL", "mysql://a@b/c"),
+        ("MENOS_DATABASE_URL", "postgresql://a@b:99999/c"),
+        ("MENOS_DATABASE_URL", "host=db dbname=menos"),
+    ],
+)
+def test_values_menos_cannot_use_name_their_variable(variable: str, raw: str) -> None:
+    with pytest.raises(errors.SettingsError) as caught:
+        settings.from_env({variable: raw})
+    assert str(caught.value).startswith(variable)
+
+
+def test_the_largest_usable_values_are_taken() -> None:
+    conf = settings.from_env(
+        {
+            "MENOS_WORKER_CONCURRENCY": "1000",
+            "MENOS_MAX_CONCURRENCY": "2147483647",
+            "MENOS_JOB_MAX_ATTEMPTS": "2147483647",
+            "MENOS_JOB_LEASE_S": "31536000",
+            "MENOS_RETENTION_COMPACT_DAYS": "99999999999999999999",  # "forever": clamped later
+            "MENOS_DATABASE_URL": "postgres://menos:s3cret@db.internal:5432/menos",
+        }
+    )
+    assert (conf.worker_concurrency, conf.max_concurrency) == (1000, 2**31 - 1)
+    assert conf.job_lease_s == 31536000
+    assert conf.database_url == "postgres://menos:s3cret@db.internal:5432/menos"
