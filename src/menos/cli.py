@@ -680,6 +680,9 @@ COMMANDS: dict[str, Callable[[settings.Settings, argparse.Namespace], int]] = {
     "jobs": cmd_jobs,
 }
 
+# Commands that log (to stderr) and print nothing a caller reads.
+_SERVICES = frozenset({"api", "worker", "dispatcher", "dev"})
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m menos`."""
@@ -695,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"menos: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
     menos_logging.configure(conf.log_format)
+    if sys.stdout is None and args.command not in _SERVICES:  # started with `>&-`
+        print("menos: standard output is closed: nowhere to write the result", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         return COMMANDS[args.command](conf, args)
     except errors.MenosError as exc:

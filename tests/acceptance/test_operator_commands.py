@@ -295,8 +295,9 @@ def test_a_retention_longer_than_the_calendar_keeps_everything(menos: Menos) -> 
 
 
 def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path: Path) -> None:
-    """Bad limits, bad bytes, unusable files, a refused login and a closed pipe each give a
-    one-line message (or none, for the pipe) and a non-zero exit, never a traceback."""
+    """Bad limits, bad bytes, unusable files, a refused login, a closed stdout and a closed
+    pipe each give a one-line message (or none, for the pipe) and a non-zero exit, never a
+    traceback."""
     menos.api()
     alice = menos.key("alice")
     for n in range(3):
@@ -332,6 +333,17 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
         stdin=subprocess.DEVNULL,
     )
     fails(dotenv, 2, "invalid configuration: ")
+    for command in ("menos jobs list", "export-summaries", "menos purge --dry-run"):
+        closed = subprocess.run(
+            f"{processes.BIN}/{command} >&-",  # started without a stdout at all
+            shell=True,
+            env=menos.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=menos.workdir,
+        )
+        fails(closed, 1, "menos: standard output is closed")
     piped = subprocess.run(
         f"{processes.BIN / 'menos'} jobs list --limit 3 | true",  # the reader is gone at once
         shell=True,
