@@ -464,6 +464,15 @@ def _dev_key(conf: settings.Settings, dsn: str) -> str:
 
 
 def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
+    try:  # another server there would answer the readiness check in the API's stead
+        socket.create_server((conf.host, conf.port)).close()
+    except OSError as exc:
+        print(
+            f"menos: cannot listen on {conf.host}:{conf.port} ({exc.strerror or exc}); "
+            "set MENOS_PORT to a free port",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     conf.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with database(conf) as dsn:
         asyncio.run(_migrate(dsn))

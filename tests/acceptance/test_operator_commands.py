@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -354,3 +355,14 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
         cwd=menos.workdir,
     )
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+
+
+def test_dev_refuses_a_port_another_server_holds(menos: Menos) -> None:
+    """`menos dev` on a port already in use stops at once, saying so, before it starts anything
+    or announces a running API that is not its own."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = menos.command("dev", MENOS_PORT=str(port))
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "is running" not in done.stdout
