@@ -1,35 +1,56 @@
 -- name: claim_outbox_events
--- Claim up to $2 due callback events for one attempt each: hold the event for the attempt ($4: its timeout plus a margin), not yet counting it; with the secrets that sign it now and when the next look is due.
+-- Claim up to $2 due callback events for one attempt each: hold the event for the attempt ($4: its timeout plus a margin), not yet counting it; with the secrets that sign it now and when the next look is due. A previous attempt counted but never recorded is audited `lost` ($5) and reported.
 WITH due AS (
-    SELECT event_id, owner FROM menos.callback_outbox
+    SELECT event_id, owner, attempts, recorded_attempts < attempts AS lost
+      FROM menos.callback_outbox
      WHERE status = 'pending' AND attempts < $3
        AND next_attempt_at <= coalesce($1::timestamptz, now())
      ORDER BY next_attempt_at, event_id
      LIMIT $2
        FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE menos.callback_outbox o
+       -- The attempt counts once its request goes out (count_outbox_attempts), or when its
+       -- failure to connect is recorded: a claimer that dies before sending costs no attempt.
+       SET next_attempt_at = coalesce($1::timestamptz, now()) + make_interval(secs => $4::float8),
+           -- The previous attempt's hold ran out with no outcome: it is known lost now.
+           recorded_attempts = o.attempts,
+           last_status_code = CASE WHEN due.lost THEN NULL ELSE o.last_status_code END,
+           last_error = CASE WHEN due.lost THEN format(
+               'the outcome of attempt %s was never recorded (its dispatcher was lost, or the '
+               'database refused it)', o.attempts) ELSE o.last_error END
+      FROM due
+      LEFT JOIN menos.owner w ON w.name = due.owner
+     WHERE o.event_id = due.event_id
+    RETURNING o.event_id, o.job_id, o.owner, o.url, o.payload::text AS payload,
+              o.attempts + 1 AS attempts,  -- the number of the attempt being made
+              o.created_at,
+              CASE WHEN due.lost THEN due.attempts END AS lost_attempt,
+              o.last_error,
+              -- After a rotation the previous secret signs too, until it expires.
+              w.webhook_secret,
+              CASE WHEN w.previous_secret_expires_at > coalesce($1::timestamptz, now())
+                   THEN w.previous_webhook_secret END AS previous_webhook_secret,
+              -- Seconds until another event may be due (as outbox_next_due_in, which a claim
+              -- then need not be followed by): the earliest other pending one, or the end of
+              -- this hold.
+              least((SELECT extract(epoch FROM min(p.next_attempt_at)
+                                    - coalesce($1::timestamptz, now()))::float8
+                       FROM menos.callback_outbox p
+                      WHERE p.status = 'pending'
+                        AND p.event_id NOT IN (SELECT event_id FROM due)),
+                    $4::float8) AS next_due_in
+), audited AS (
+    INSERT INTO menos.audit_event (event, owner, actor_key_id, subject, detail)
+    SELECT $5, owner, NULL, job_id, jsonb_build_object(
+               'event_id', event_id, 'url', url, 'attempt', lost_attempt, 'outcome', 'lost',
+               'status_code', NULL, 'error', last_error, 'duration_ms', NULL,
+               'status', 'pending')
+      FROM claimed
+     WHERE lost_attempt IS NOT NULL
+     ORDER BY event_id
 )
-UPDATE menos.callback_outbox o
-   -- The attempt counts once its request goes out (count_outbox_attempts), or when its
-   -- failure to connect is recorded: a claimer that dies before sending costs no attempt.
-   SET next_attempt_at = coalesce($1::timestamptz, now()) + make_interval(secs => $4::float8)
-  FROM due
-  LEFT JOIN menos.owner w ON w.name = due.owner
- WHERE o.event_id = due.event_id
-RETURNING o.event_id, o.job_id, o.owner, o.url, o.payload::text AS payload,
-          o.attempts + 1 AS attempts,  -- the number of the attempt being made
-          o.created_at,
-          -- After a rotation the previous secret signs too, until it expires.
-          w.webhook_secret,
-          CASE WHEN w.previous_secret_expires_at > coalesce($1::timestamptz, now())
-               THEN w.previous_webhook_secret END AS previous_webhook_secret,
-          -- Seconds until another event may be due (as outbox_next_due_in, which a claim then
-          -- need not be followed by): the earliest other pending one, or the end of this hold.
-          least((SELECT extract(epoch FROM min(p.next_attempt_at)
-                                - coalesce($1::timestamptz, now()))::float8
-                   FROM menos.callback_outbox p
-                  WHERE p.status = 'pending'
-                    AND p.event_id NOT IN (SELECT event_id FROM due)),
-                $4::float8) AS next_due_in;
+SELECT * FROM claimed;
 
 -- name: count_outbox_attempts
 -- Count several claimed attempts ($1: event ids, $2: their attempt numbers) as their requests go out, each guarded by (event, previous count, pending); returns the ids counted.
@@ -77,7 +98,7 @@ recorded AS (
     -- A delivered attempt ends the event; a failed one is retried after
     -- backoff_s × 4^(attempt - 1) seconds, or ends it `failed` after max_attempts.
     UPDATE menos.callback_outbox o
-       SET attempts = x.attempts,
+       SET attempts = x.attempts, recorded_attempts = x.attempts,
            status = CASE WHEN x.error IS NULL THEN 'delivered'
                          WHEN x.attempts >= x.max_attempts THEN 'failed' ELSE 'pending' END,
            delivered_at = CASE WHEN x.error IS NULL THEN coalesce(x.at, now())
@@ -118,7 +139,7 @@ WITH lost AS (
        FOR UPDATE SKIP LOCKED
 )
 UPDATE menos.callback_outbox o
-   SET status = 'failed', last_status_code = NULL,
+   SET status = 'failed', last_status_code = NULL, recorded_attempts = o.attempts,
        -- Counted as its request went out, or (a failure the database would not store) after
        -- a request that never did; either way its outcome is not known here.
        last_error = format('the outcome of attempt %s was never recorded (its dispatcher '

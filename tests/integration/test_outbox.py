@@ -268,11 +268,16 @@ async def test_last_attempt_never_recorded_ends_failed(
     pool: asyncpg.Pool[Any],
 ) -> None:
     """Three attempts whose senders all died after sending leave the event failed once the
-    last hold runs out."""
+    last hold runs out; each lost attempt is audited, the first two by the claim after them."""
     await make_events(repo, 1)
     at = await db_now(pool)
-    for _ in range(MAX):
-        (event,) = await claim(outbox, at)
+    for attempt in range(1, MAX + 1):
+        (claimed,) = (await outbox.claim_signed(1, max_attempts=MAX, hold_s=HOLD, now=at)).events
+        event = claimed.event
+        assert claimed.lost_attempt == (attempt - 1 or None)
+        if attempt > 1:
+            assert claimed.lost_error == (await row(pool))["last_error"]
+            assert f"outcome of attempt {attempt - 1} was never recorded" in claimed.lost_error
         assert await count(outbox, [event], at) == [True]
         at = (await row(pool))["next_attempt_at"]
     assert event.attempts == MAX
@@ -286,7 +291,12 @@ async def test_last_attempt_never_recorded_ends_failed(
     assert "never recorded" in state["last_error"]
     assert await outbox.next_due_in(now=at) is None
     details = await audit_details(pool)
-    assert [(d["outcome"], d["status"]) for d in details] == [("lost", "failed")]
+    assert [(d["attempt"], d["outcome"], d["status"]) for d in details] == [
+        (1, "lost", "pending"),
+        (2, "lost", "pending"),
+        (3, "lost", "failed"),
+    ]
+    assert details[0]["event_id"] == str(event.event_id) and details[0]["url"] == HOOK
 
 
 async def test_outcome_of_a_superseded_attempt_changes_nothing(
@@ -318,19 +328,21 @@ async def test_outcome_of_a_superseded_attempt_changes_nothing(
     )
     assert late is None
     state = await row(pool)
-    assert (state["status"], state["attempts"], state["last_error"]) == ("pending", 2, None)
+    assert (state["status"], state["attempts"]) == ("pending", 2)
+    assert state["last_error"].startswith("the outcome of attempt 1 was never recorded")
     assert await record_delivered(outbox, current, status_code=204, duration_ms=1.0)
     state = await row(pool)
     assert (state["status"], state["last_status_code"]) == ("delivered", 204)
     assert state["delivered_at"] is not None
     assert not await record_delivered(outbox, current, status_code=200, duration_ms=1.0)
     details = await audit_details(pool)
-    assert [(d["attempt"], d["status"]) for d in details] == [
-        (1, None),
-        (1, None),
-        (1, None),
-        (2, "delivered"),
-        (2, None),
+    assert [(d["attempt"], d["outcome"], d["status"]) for d in details] == [
+        (1, "delivered", None),  # never sent: refused
+        (1, "lost", "pending"),  # found by the claim of attempt 2
+        (1, "delivered", None),  # the stale sender's answers, too late
+        (1, "failed", None),
+        (2, "delivered", "delivered"),
+        (2, "delivered", None),
     ]
 
 
@@ -658,8 +670,11 @@ async def test_a_sender_that_dies_after_its_request_went_out_keeps_the_attempt_c
     await _die_during(outbox, HandlerNetwork(never_answers), database_url, lambda: bool(received))
     state = await row(pool)
     assert (state["status"], state["attempts"]) == ("pending", 1)
+    assert await audit_details(pool) == []
     (again,) = await claim(outbox, state["next_attempt_at"])
     assert again.attempts == 2
+    (lost,) = await audit_details(pool)  # the killed sender's attempt, audited by this claim
+    assert (lost["attempt"], lost["outcome"], lost["status"]) == (1, "lost", "pending")
 
 
 class _RowHeldWhileConnecting(HandlerNetwork):
@@ -1028,6 +1043,8 @@ async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_res
     assert sorted((d["outcome"], d["status"]) for d in details) == [
         ("delivered", "delivered"),
         ("lost", "failed"),
+        ("lost", "pending"),  # attempts 1 and 2, found by the claims after them
+        ("lost", "pending"),
     ]
 
 

@@ -179,22 +179,18 @@ class Dispatcher:
         """End `failed` the events whose last attempt was never recorded; returns how many."""
         swept = await self.repo.sweep_exhausted(max_attempts=self.config.max_attempts, now=now)
         for event in swept:
-            log.warning(
-                "audit.callback_delivery",
-                event_id=str(event.event_id),
-                job_id=str(event.job_id),
-                owner=event.owner,
-                attempt=event.attempts,
-                outcome="lost",
-                error=event.last_error,
-                status="failed",
-            )
+            _log_lost(event.event_id, event.job_id, event.owner, event.attempts, event.last_error)
         return len(swept)
 
     async def _claim(self, limit: int) -> repository.Claim:
-        return await self.repo.claim_signed(
+        claim = await self.repo.claim_signed(
             limit, max_attempts=self.config.max_attempts, hold_s=self.config.hold_s
         )
+        for c in claim.events:
+            if c.lost_attempt is not None:
+                e = c.event
+                _log_lost(e.event_id, e.job_id, e.owner, c.lost_attempt, c.lost_error, "pending")
+        return claim
 
     async def _count_attempts(self, events: Sequence[models.OutboxEvent]) -> list[bool]:
         return await self.repo.count_attempts(
@@ -488,3 +484,25 @@ async def serve(settings: Settings, dsn: str, stop: asyncio.Event) -> None:
     finally:
         await client.aclose()
         await pool.close()
+
+
+def _log_lost(
+    event_id: uuid.UUID,
+    job_id: models.JobId,
+    owner: models.Owner,
+    attempt: int,
+    error: str | None,
+    status: str = "failed",
+) -> None:
+    """The log line of an attempt whose outcome was never recorded (its audit row is written
+    by the statement that found it)."""
+    log.warning(
+        "audit.callback_delivery",
+        event_id=str(event_id),
+        job_id=str(job_id),
+        owner=owner,
+        attempt=attempt,
+        outcome="lost",
+        error=error,
+        status=status,
+    )

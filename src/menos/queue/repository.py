@@ -732,10 +732,13 @@ class Swept(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Claimed(msgspec.Struct, frozen=True, kw_only=True):
-    """A claimed event and the secrets that sign it now (empty: its owner is gone)."""
+    """A claimed event and the secrets that sign it now (empty: its owner is gone); with the
+    previous attempt when the claim found it lost (counted, its outcome never recorded)."""
 
     event: models.OutboxEvent
     secrets: list[str]
+    lost_attempt: int | None = None
+    lost_error: str | None = None
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):
@@ -786,16 +789,19 @@ class OutboxRepository(_Store):
         Each event is held for `hold_s` seconds (at least the attempt's timeout) and comes
         with the number of the attempt being made, not yet counted, and the secrets that sign
         it now. When it claims anything, the claim also tells what `next_due_in` would after it.
+        A previous attempt whose outcome was never recorded gets its `lost` audit row here.
         """
         async with self._conn() as conn:
             rows = await conn.fetch(
-                self._q["claim_outbox_events"], now, limit, max_attempts, hold_s
+                self._q["claim_outbox_events"], now, limit, max_attempts, hold_s, AUDIT_EVENT
             )
         return Claim(
             events=[
                 Claimed(
                     event=_row(r, models.OutboxEvent),
                     secrets=[s for s in (r["webhook_secret"], r["previous_webhook_secret"]) if s],
+                    lost_attempt=r["lost_attempt"],
+                    lost_error=r["last_error"] if r["lost_attempt"] is not None else None,
                 )
                 for r in rows
             ],
