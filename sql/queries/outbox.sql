@@ -1,7 +1,7 @@
 -- name: claim_outbox_events
 -- Claim up to $2 due callback events for one attempt each: hold the event for the attempt ($4: its timeout plus a margin), not yet counting it; with the secrets that sign it now and when the next look is due. A previous attempt counted but never recorded is audited `lost` ($5) and reported.
 WITH due AS (
-    SELECT event_id, owner, attempts, recorded_attempts < attempts AS lost
+    SELECT event_id, owner, attempts, unrecorded_attempt IS NOT DISTINCT FROM attempts AS lost
       FROM menos.callback_outbox
      WHERE status = 'pending' AND attempts < $3
        AND next_attempt_at <= coalesce($1::timestamptz, now())
@@ -13,8 +13,9 @@ WITH due AS (
        -- The attempt counts once its request goes out (count_outbox_attempts), or when its
        -- failure to connect is recorded: a claimer that dies before sending costs no attempt.
        SET next_attempt_at = coalesce($1::timestamptz, now()) + make_interval(secs => $4::float8),
-           -- The previous attempt's hold ran out with no outcome: it is known lost now.
-           recorded_attempts = o.attempts,
+           -- The previous attempt's hold ran out with no outcome: it is known lost now, and
+           -- an outcome that still comes for it is refused (record_outbox_outcomes).
+           unrecorded_attempt = NULL,
            last_status_code = CASE WHEN due.lost THEN NULL ELSE o.last_status_code END,
            last_error = CASE WHEN due.lost THEN format(
                'the outcome of attempt %s was never recorded (its dispatcher was lost, or the '
@@ -65,7 +66,7 @@ locked AS MATERIALIZED (
        FOR UPDATE
 )
 UPDATE menos.callback_outbox o
-   SET attempts = s.attempts,
+   SET attempts = s.attempts, unrecorded_attempt = s.attempts,
        -- Held until this attempt has surely ended ($5: its timeout plus a margin); before the
        -- last attempt also never sooner than the next backoff ($4 × 4^(attempt - 1)), should
        -- the sender die before recording the answer. A recorded outcome sets the real time.
@@ -98,7 +99,7 @@ recorded AS (
     -- A delivered attempt ends the event; a failed one is retried after
     -- backoff_s × 4^(attempt - 1) seconds, or ends it `failed` after max_attempts.
     UPDATE menos.callback_outbox o
-       SET attempts = x.attempts, recorded_attempts = x.attempts,
+       SET attempts = x.attempts, unrecorded_attempt = NULL,
            status = CASE WHEN x.error IS NULL THEN 'delivered'
                          WHEN x.attempts >= x.max_attempts THEN 'failed' ELSE 'pending' END,
            delivered_at = CASE WHEN x.error IS NULL THEN coalesce(x.at, now())
@@ -113,6 +114,9 @@ recorded AS (
      WHERE o.event_id = l.event_id AND x.event_id = l.event_id
        AND o.attempts = x.attempts - CASE WHEN x.counted THEN 0 ELSE 1 END
        AND o.status = 'pending'
+       -- Not an attempt a claim has since declared lost, nor one recorded already.
+       AND (o.unrecorded_attempt = x.attempts
+            OR o.unrecorded_attempt IS NULL AND NOT x.counted)
     RETURNING o.event_id, o.attempts, o.status
 ),
 audited AS (
@@ -139,7 +143,7 @@ WITH lost AS (
        FOR UPDATE SKIP LOCKED
 )
 UPDATE menos.callback_outbox o
-   SET status = 'failed', last_status_code = NULL, recorded_attempts = o.attempts,
+   SET status = 'failed', last_status_code = NULL, unrecorded_attempt = NULL,
        -- Counted as its request went out, or (a failure the database would not store) after
        -- a request that never did; either way its outcome is not known here.
        last_error = format('the outcome of attempt %s was never recorded (its dispatcher '

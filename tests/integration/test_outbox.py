@@ -299,6 +299,53 @@ async def test_last_attempt_never_recorded_ends_failed(
     assert details[0]["event_id"] == str(event.event_id) and details[0]["url"] == HOOK
 
 
+async def test_an_outcome_after_its_attempt_was_declared_lost_is_refused(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Once the next claim has audited an attempt `lost`, that attempt's late answer changes
+    nothing: the audit never says both "never recorded" and "delivered"."""
+    await make_events(repo, 1)
+    at = await db_now(pool)
+    (slow,) = await claim(outbox, at)
+    assert await count(outbox, [slow], at) == [True]
+    at = (await row(pool))["next_attempt_at"]
+    (claimed,) = (await outbox.claim_signed(1, max_attempts=MAX, hold_s=HOLD, now=at)).events
+    assert claimed.lost_attempt == 1
+    assert not await record_delivered(outbox, slow, status_code=204, duration_ms=1.0)
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["delivered_at"]) == ("pending", 1, None)
+    assert state["last_error"].startswith("the outcome of attempt 1 was never recorded")
+    details = await audit_details(pool)
+    assert [(d["attempt"], d["outcome"], d["status"]) for d in details] == [
+        (1, "lost", "pending"),
+        (1, "delivered", None),  # refused: the event moved on
+    ]
+
+
+async def test_an_attempt_counted_without_the_marker_is_not_taken_for_lost(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A dispatcher older than the `unrecorded_attempt` column (still running after the schema
+    moved on) counts and records without it: its recorded failure is not audited `lost`, and
+    its status code and error stay."""
+    await make_events(repo, 1)
+    await pool.execute(
+        "UPDATE menos.callback_outbox SET attempts = 1, last_status_code = 500,"
+        " last_error = 'HTTP 500: boom', next_attempt_at = now() - interval '1 second'"
+    )
+    (claimed,) = (
+        await outbox.claim_signed(1, max_attempts=MAX, hold_s=HOLD, now=await db_now(pool))
+    ).events
+    assert (claimed.event.attempts, claimed.lost_attempt) == (2, None)
+    state = await row(pool)
+    assert (state["last_status_code"], state["last_error"]) == (500, "HTTP 500: boom")
+    assert await audit_details(pool) == []
+
+
 async def test_outcome_of_a_superseded_attempt_changes_nothing(
     repo: repository.Repository,
     outbox: repository.OutboxRepository,
