@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import errno
+import io
 import json
 import os
 import signal
@@ -465,11 +467,13 @@ def _dev_key(conf: settings.Settings, dsn: str) -> str:
 
 def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
     try:  # another server there would answer the readiness check in the API's stead
-        socket.create_server((conf.host, conf.port)).close()
+        family = socket.getaddrinfo(conf.host, conf.port, type=socket.SOCK_STREAM)[0][0]
+        socket.create_server((conf.host, conf.port), family=family).close()
     except OSError as exc:
+        busy = exc.errno == errno.EADDRINUSE
         print(
-            f"menos: cannot listen on {conf.host}:{conf.port} ({exc.strerror or exc}); "
-            "set MENOS_PORT to a free port",
+            f"menos: cannot listen on {conf.host} port {conf.port} ({exc.strerror or exc})"
+            + ("; set MENOS_PORT to a free port" if busy else ""),
             file=sys.stderr,
         )
         return EXIT_FAILURE
@@ -693,6 +697,22 @@ COMMANDS: dict[str, Callable[[settings.Settings, argparse.Namespace], int]] = {
 _SERVICES = frozenset({"api", "worker", "dispatcher", "dev"})
 
 
+class _StdoutClosed(errors.MenosError):
+    """The process has no standard output to write its result to."""
+
+
+class _ClosedStdout(io.TextIOBase):
+    """Stands in for the stdout a process started with `>&-` lacks (Python's print would
+    drop the text silently): writing fails like a closed pipe, so a command that needs stdout
+    exits 1 saying so and one that writes nothing there (`--out FILE`) runs as usual."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise _StdoutClosed("standard output is closed: nowhere to write the result")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m menos`."""
     parser = build_parser()
@@ -708,8 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     menos_logging.configure(conf.log_format)
     if sys.stdout is None and args.command not in _SERVICES:  # started with `>&-`
-        print("menos: standard output is closed: nowhere to write the result", file=sys.stderr)
-        return EXIT_FAILURE
+        sys.stdout = _ClosedStdout()
     try:
         return COMMANDS[args.command](conf, args)
     except errors.MenosError as exc:

@@ -334,8 +334,9 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
         stdin=subprocess.DEVNULL,
     )
     fails(dotenv, 2, "invalid configuration: ")
-    for command in ("menos jobs list", "export-summaries", "menos purge --dry-run"):
-        closed = subprocess.run(
+
+    def without_stdout(command: str) -> subprocess.CompletedProcess[Any]:
+        return subprocess.run(
             f"{processes.BIN}/{command} >&-",  # started without a stdout at all
             shell=True,
             env=menos.env,
@@ -344,7 +345,13 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
             timeout=60,
             cwd=menos.workdir,
         )
-        fails(closed, 1, "menos: standard output is closed")
+
+    for command in ("menos jobs list", "menos keys list", "menos purge --dry-run"):
+        fails(without_stdout(command), 1, "menos: standard output is closed")
+    exported = tmp_path / "x.jsonl"  # a command that does not write to stdout runs as usual
+    done = without_stdout(f"export-summaries --out {exported}")
+    assert done.returncode == 0, done.stderr
+    assert exported.exists()
     piped = subprocess.run(
         f"{processes.BIN / 'menos'} jobs list --limit 3 | true",  # the reader is gone at once
         shell=True,
@@ -364,5 +371,11 @@ def test_dev_refuses_a_port_another_server_holds(menos: Menos) -> None:
         port = taken.getsockname()[1]
         done = menos.command("dev", MENOS_PORT=str(port))
     assert done.returncode == 1, done.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert f"cannot listen on 127.0.0.1 port {port}" in done.stderr, done.stderr
+    assert "set MENOS_PORT to a free port" in done.stderr
     assert "is running" not in done.stdout
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as taken:
+        port = taken.getsockname()[1]
+        done = menos.command("dev", MENOS_PORT=str(port), MENOS_HOST="::1")
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on ::1 port {port}" in done.stderr, done.stderr
