@@ -91,14 +91,10 @@ def _up_to(maximum: int) -> Callable[[str, str], int]:
 
 
 def _dsn(name: str, raw: str) -> str:
-    """A PostgreSQL URL as asyncpg takes it (keyword/value strings are not accepted)."""
+    """A PostgreSQL URL as asyncpg takes it (keyword/value strings are not accepted). Hosts,
+    ports and options are left to asyncpg: it also takes several `host:port`s."""
     dsn = _text(name, raw)
-    try:
-        parts = urllib.parse.urlsplit(dsn)
-        parts.port  # noqa: B018 - raises ValueError when the port is no port
-    except ValueError as exc:
-        raise errors.SettingsError(name, f"not a PostgreSQL URL: {exc}") from None
-    if parts.scheme not in ("postgresql", "postgres"):
+    if urllib.parse.urlsplit(dsn).scheme not in ("postgresql", "postgres"):
         raise errors.SettingsError(
             name, "expected a postgresql://user:password@host:port/database URL"
         )

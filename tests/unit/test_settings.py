@@ -20,17 +20,18 @@ from menos import errors, settings
         ("MENOS_JOB_LEASE_S", "nan"),
         ("MENOS_DATABASE_URL", "notaurl"),
         ("MENOS_DATABASE_URL", "mysql://a@b/c"),
-        ("MENOS_DATABASE_URL", "postgresql://a@b:99999/c"),
         ("MENOS_DATABASE_URL", "host=db dbname=menos"),
     ],
 )
 def test_values_menos_cannot_use_name_their_variable(variable: str, raw: str) -> None:
+    """Each is refused when settings are read, and the message starts with the variable."""
     with pytest.raises(errors.SettingsError) as caught:
         settings.from_env({variable: raw})
     assert str(caught.value).startswith(variable)
 
 
 def test_the_largest_usable_values_are_taken() -> None:
+    """The bounds themselves pass, as do a huge retention and any URL asyncpg takes."""
     conf = settings.from_env(
         {
             "MENOS_WORKER_CONCURRENCY": "1000",
@@ -44,3 +45,9 @@ def test_the_largest_usable_values_are_taken() -> None:
     assert (conf.worker_concurrency, conf.max_concurrency) == (1000, 2**31 - 1)
     assert conf.job_lease_s == 31536000
     assert conf.database_url == "postgres://menos:s3cret@db.internal:5432/menos"
+    for dsn in (
+        "postgresql://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write",
+        "postgresql:///menos?host=/var/run/postgresql",
+        "postgresql://u:p%40ss@[::1]:5432/db",
+    ):
+        assert settings.from_env({"MENOS_DATABASE_URL": dsn}).database_url == dsn

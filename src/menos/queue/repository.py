@@ -183,7 +183,10 @@ class _Store:
         except db.CONNECTION_ERRORS as exc:
             raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         finally:
-            await self._pool.release(conn)
+            try:
+                await self._pool.release(conn)
+            except db.CONNECTION_ERRORS as exc:  # its reset met a connection already gone
+                raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def flush_stats(self, process_id: str, samples: Sequence[tuple[str, str, float]]) -> None:
         """Store this process's cumulative metric values."""
