@@ -220,12 +220,26 @@ def verify(dsn: str, submitted: list[str], hook: Receiver) -> dict[str, Any]:
     delivered = [e for e in events if e["status"] == "delivered"]
     missing = [e["event_id"] for e in delivered if e["event_id"] not in hook.seen]
     assert not missing, f"delivered but never received: {missing[:5]}"
+    # Each counted attempt has exactly one audit row that settled it: its recorded outcome, or
+    # `lost` (rows of outcomes refused as too late say status null and do not count).
+    audited = {
+        r["event_id"]: r["n"]
+        for r in sql(
+            dsn,
+            "SELECT detail ->> 'event_id' AS event_id, count(*) AS n FROM menos.audit_event"
+            " WHERE event = 'audit.callback_delivery' AND detail ->> 'status' IS NOT NULL"
+            " GROUP BY 1",
+        )
+    }
+    unaudited = [e for e in events if audited.get(e["event_id"], 0) != e["attempts"]]
+    assert not unaudited, [(e, audited.get(e["event_id"])) for e in unaudited[:5]]
     return {
         "jobs": len(jobs),
         "statuses": by_status,
         "events_delivered": len(delivered),
         "events_failed": len(failed),
         "lost": 0,
+        "attempts_audited": sum(audited.values()),
         "duplicate_deliveries": sum(n - 1 for n in hook.seen.values() if n > 1),
         # failed events whose three counted attempts did not all reach the receiver (a
         # dispatcher killed between counting and sending, or a request cut off mid-way)
