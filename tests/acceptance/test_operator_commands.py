@@ -335,9 +335,9 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
     )
     fails(dotenv, 2, "invalid configuration: ")
 
-    def without_stdout(command: str) -> subprocess.CompletedProcess[Any]:
+    def shell(line: str) -> subprocess.CompletedProcess[Any]:
         return subprocess.run(
-            f"{processes.BIN}/{command} >&-",  # started without a stdout at all
+            f"{processes.BIN}/{line}",
             shell=True,
             env=menos.env,
             capture_output=True,
@@ -347,20 +347,13 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
         )
 
     for command in ("menos jobs list", "menos keys list", "menos purge --dry-run"):
-        fails(without_stdout(command), 1, "menos: standard output is closed")
+        # started without a stdout at all
+        fails(shell(f"{command} >&-"), 1, "menos: standard output is closed")
     exported = tmp_path / "x.jsonl"  # a command that does not write to stdout runs as usual
-    done = without_stdout(f"export-summaries --out {exported}")
+    done = shell(f"export-summaries --out {exported} >&-")
     assert done.returncode == 0, done.stderr
     assert exported.exists()
-    piped = subprocess.run(
-        f"{processes.BIN / 'menos'} jobs list --limit 3 | true",  # the reader is gone at once
-        shell=True,
-        env=menos.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=menos.workdir,
-    )
+    piped = shell("menos jobs list --limit 3 | true")  # the reader is gone at once
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
 
 
