@@ -117,19 +117,21 @@ recorded AS (
        -- Not an attempt a claim has since declared lost, nor one recorded already.
        AND (o.unrecorded_attempt = x.attempts
             OR o.unrecorded_attempt IS NULL AND NOT x.counted)
-    RETURNING o.event_id, o.attempts, o.status
+    -- The outcome that was applied: of two for one attempt in a group (the same claim
+    -- answered twice) only one updates the row, and only that one may learn its status.
+    RETURNING x.i, o.status
 ),
 audited AS (
     -- Every attempt leaves its audit row, recorded or not, in the same transaction.
     INSERT INTO menos.audit_event (event, owner, actor_key_id, subject, detail)
     SELECT $2, x.owner, NULL, x.job_id, x.detail || jsonb_build_object('status', r.status)
       FROM outcome x
-      LEFT JOIN recorded r ON r.event_id = x.event_id AND r.attempts = x.attempts
+      LEFT JOIN recorded r ON r.i = x.i
      ORDER BY x.i
 )
 SELECT x.i, r.status
   FROM outcome x
-  LEFT JOIN recorded r ON r.event_id = x.event_id AND r.attempts = x.attempts
+  LEFT JOIN recorded r ON r.i = x.i
  ORDER BY x.i;
 
 -- name: fail_exhausted_outbox_events

@@ -899,6 +899,23 @@ async def test_outcomes_recorded_together_are_each_guarded_and_audited(
     assert all(d["duration_ms"] == 3.5 and d["url"] == HOOK for d in details)
 
 
+async def test_two_outcomes_of_one_attempt_in_one_group_record_only_one(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """The same attempt answered twice in one statement (a claim repeated by its own dispatcher)
+    is recorded once: one outcome learns the status, the other learns it moved on, and exactly
+    one audit row settles the attempt."""
+    await make_events(repo, 1)
+    (event,) = await claim(outbox, await db_now(pool))
+    statuses = await outbox.record_outcomes([outcome(event, 204), outcome(event, 204)])
+    assert sorted(statuses, key=str) == [None, "delivered"]
+    assert (await row(pool))["status"] == "delivered"
+    settled = [d for d in await audit_details(pool) if d["status"] is not None]
+    assert [(d["attempt"], d["status"]) for d in settled] == [(1, "delivered")]
+
+
 async def test_concurrent_outcomes_share_one_statement_and_each_caller_learns_its_own(
     repo: repository.Repository,
     outbox: repository.OutboxRepository,
