@@ -94,10 +94,19 @@ def _dsn(name: str, raw: str) -> str:
     """A PostgreSQL URL as asyncpg takes it (keyword/value strings are not accepted). Hosts,
     ports and options are left to asyncpg: it also takes several `host:port`s."""
     dsn = _text(name, raw)
-    if urllib.parse.urlsplit(dsn).scheme not in ("postgresql", "postgres"):
-        raise errors.SettingsError(
-            name, "expected a postgresql://user:password@host:port/database URL"
-        )
+    expected = "expected a postgresql://user:password@host:port/database URL"
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+    except ValueError as exc:  # an unclosed [IPv6] bracket, say
+        raise errors.SettingsError(name, f"{expected} ({exc})") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise errors.SettingsError(name, expected)
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        # `host`, `host:port`, `[v6]` or `[v6]:port`, each as asyncpg splits them.
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        digits = port.partition(":")[2]
+        if digits and not (digits.isascii() and digits.isdigit() and 0 < int(digits) <= 65535):
+            raise errors.SettingsError(name, f"{expected}: {digits!r} is not a TCP port")
     return dsn
 
 
@@ -127,7 +136,12 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
 
 
 def _url(name: str, raw: str) -> str:
-    if not raw.startswith(("http://", "https://")):
+    try:
+        parts = urllib.parse.urlsplit(raw)
+        parts.port  # noqa: B018 - raises for a port that is not one
+    except ValueError:
+        parts = urllib.parse.urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise errors.SettingsError(name, f"expected an http(s) URL, got {raw!r}")
     return raw.rstrip("/") if name == "MENOS_LLM_BASE_URL" else raw
 

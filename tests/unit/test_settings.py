@@ -21,6 +21,15 @@ from menos import errors, settings
         ("MENOS_DATABASE_URL", "notaurl"),
         ("MENOS_DATABASE_URL", "mysql://a@b/c"),
         ("MENOS_DATABASE_URL", "host=db dbname=menos"),
+        ("MENOS_DATABASE_URL", "postgresql://[::1/db"),
+        ("MENOS_DATABASE_URL", "postgresql://u@db:abc/menos"),
+        ("MENOS_DATABASE_URL", "postgresql://u@db:99999/menos"),
+        ("MENOS_DATABASE_URL", "postgresql://u@h1:5432,h2:0/menos"),
+        ("MENOS_DATABASE_URL", "postgresql://u@[::1]:x/menos"),
+        ("MENOS_LLM_BASE_URL", "http://[::1"),
+        ("MENOS_LLM_BASE_URL", "http://llm:99999/v1"),
+        ("MENOS_LLM_BASE_URL", "http://"),
+        ("MENOS_YOUTUBE_OEMBED_URL", "ftp://example.com/oembed"),
     ],
 )
 def test_values_menos_cannot_use_name_their_variable(variable: str, raw: str) -> None:
@@ -49,5 +58,8 @@ def test_the_largest_usable_values_are_taken() -> None:
         "postgresql://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write",
         "postgresql:///menos?host=/var/run/postgresql",
         "postgresql://u:p%40ss@[::1]:5432/db",
+        "postgresql://u@[::1],db:5433,other/db",
     ):
         assert settings.from_env({"MENOS_DATABASE_URL": dsn}).database_url == dsn
+    conf = settings.from_env({"MENOS_LLM_BASE_URL": "HTTP://[::1]:8080/v1/"})
+    assert conf.llm_base_url == "HTTP://[::1]:8080/v1"
