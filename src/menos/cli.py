@@ -467,8 +467,7 @@ def _dev_key(conf: settings.Settings, dsn: str) -> str:
 
 def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
     try:  # another server there would answer the readiness check in the API's stead
-        family = socket.getaddrinfo(conf.host, conf.port, type=socket.SOCK_STREAM)[0][0]
-        socket.create_server((conf.host, conf.port), family=family).close()
+        asyncio.run(_try_listen(conf.host, conf.port))
     except OSError as exc:
         busy = exc.errno == errno.EADDRINUSE
         print(
@@ -500,7 +499,8 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        base = f"http://{conf.host}:{conf.port}"
+        host = f"[{conf.host}]" if ":" in conf.host else conf.host  # an IPv6 address
+        base = f"http://{host}:{conf.port}"
         if _wait_http(f"{base}/health", children["api"]):
             print(
                 f"\nmenos {versions.app_version()} is running\n"
@@ -532,6 +532,13 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 proc.kill()
                 proc.wait()
     return code
+
+
+async def _try_listen(host: str, port: int) -> None:
+    """Listen where the API will, as it will (on every address `host` resolves to), and stop."""
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
+    server.close()
+    await server.wait_closed()
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> bool:

@@ -7,11 +7,13 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from tests.support import fake_llm, processes
@@ -372,3 +374,34 @@ def test_dev_refuses_a_port_another_server_holds(menos: Menos) -> None:
         done = menos.command("dev", MENOS_PORT=str(port), MENOS_HOST="::1")
     assert done.returncode == 1, done.stderr
     assert f"cannot listen on ::1 port {port}" in done.stderr, done.stderr
+
+
+def test_dev_runs_on_an_ipv6_address(menos: Menos, tmp_path: Path) -> None:
+    """With MENOS_HOST=::1, `menos dev` checks its readiness at [::1], announces bracketed URLs
+    that answer, and stops cleanly on Ctrl-C."""
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as probe:
+        port = probe.getsockname()[1]
+    out = tmp_path / "dev.out"
+    with out.open("wb") as sink:
+        dev = subprocess.Popen(
+            [str(processes.BIN / "menos"), "dev"],
+            env={**menos.env, "MENOS_HOST": "::1", "MENOS_PORT": str(port)},
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=menos.workdir,
+        )
+    try:
+        processes.wait_for(
+            lambda: "is running" in out.read_text() or dev.poll() is not None,
+            timeout=90,
+            what="menos dev to announce itself",
+        )
+        text = out.read_text()
+        assert f"API:      http://[::1]:{port}/api/v1" in text, text
+        assert httpx.get(f"http://[::1]:{port}/health", timeout=5).status_code == 200
+    finally:
+        dev.send_signal(signal.SIGINT)
+        code = dev.wait(timeout=60)
+    assert code == 0, out.read_text()
+    assert "Traceback" not in out.read_text()
