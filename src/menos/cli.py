@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import io
 import json
 import os
 import signal
@@ -704,22 +703,6 @@ COMMANDS: dict[str, Callable[[settings.Settings, argparse.Namespace], int]] = {
 _SERVICES = frozenset({"api", "worker", "dispatcher", "dev"})
 
 
-class _StdoutClosed(errors.MenosError):
-    """The process has no standard output to write its result to."""
-
-
-class _ClosedStdout(io.TextIOBase):
-    """Stands in for the stdout a process started with `>&-` lacks (Python's print would
-    drop the text silently): writing fails like a closed pipe, so a command that needs stdout
-    exits 1 saying so and one that writes nothing there (`--out FILE`) runs as usual."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        raise _StdoutClosed("standard output is closed: nowhere to write the result")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m menos`."""
     parser = build_parser()
@@ -735,7 +718,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     menos_logging.configure(conf.log_format)
     if sys.stdout is None and args.command not in _SERVICES:  # started with `>&-`
-        sys.stdout = _ClosedStdout()
+        if getattr(args, "out", None) is None:
+            # Refused before acting: a key's secret, say, must not be made and then lost.
+            print("menos: standard output is closed: nowhere to write the result", file=sys.stderr)
+            return EXIT_FAILURE
+        # The result goes to --out; stdout would only have listed the files written.
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process
     try:
         return COMMANDS[args.command](conf, args)
     except errors.MenosError as exc:

@@ -303,8 +303,10 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
     traceback."""
     menos.api()
     alice = menos.key("alice")
-    for n in range(3):
-        submit(menos, alice["api_key"], f"# note {n}")
+    notes = [submit(menos, alice["api_key"], f"# note {n}") for n in range(3)]
+    menos.worker()
+    for note in notes:
+        completed(menos, note["job_id"])
 
     def fails(done: subprocess.CompletedProcess[Any], code: int, says: str) -> None:
         assert done.returncode == code, (done.returncode, done.stderr)
@@ -348,13 +350,26 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
             cwd=menos.workdir,
         )
 
-    for command in ("menos jobs list", "menos keys list", "menos purge --dry-run"):
-        # started without a stdout at all
+    keys_before = len(sql(menos.database_url, "SELECT 1 FROM menos.api_key"))
+    for command in (
+        "menos jobs list",
+        "menos keys list",
+        "menos purge --dry-run",
+        "menos keys create --owner mallory",  # its secret would be made and lost
+        "export-summaries --format markdown",  # prints the names of the files it writes
+    ):
+        # started without a stdout at all: refused before it does anything
         fails(shell(f"{command} >&-"), 1, "menos: standard output is closed")
-    exported = tmp_path / "x.jsonl"  # a command that does not write to stdout runs as usual
+    assert len(sql(menos.database_url, "SELECT 1 FROM menos.api_key")) == keys_before
+    assert not (menos.workdir / "export").exists()
+    exported = tmp_path / "x.jsonl"  # a command whose result goes to --out runs as usual
     done = shell(f"export-summaries --out {exported} >&-")
     assert done.returncode == 0, done.stderr
     assert exported.exists()
+    written = tmp_path / "notes"
+    done = shell(f"export-summaries --format markdown --out {written} >&-")
+    assert done.returncode == 0, done.stderr
+    assert len(list(written.glob("*.md"))) == 3
     piped = shell("menos jobs list --limit 3 | true")  # the reader is gone at once
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
 
