@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -502,6 +502,29 @@ async def test_a_refused_login_is_an_outage(pg_admin_dsn: str, database_url: str
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
         await lazy.close()
+
+
+async def test_a_connection_lost_as_it_is_released_is_an_outage(pool: asyncpg.Pool[Any]) -> None:
+    """The server going away while a used connection is reset for the pool fails the call as
+    DatabaseUnavailable (503 over HTTP), like a loss during the call itself."""
+
+    class LostOnRelease:
+        failing = True
+
+        async def acquire(self) -> Any:
+            return await pool.acquire()
+
+        async def release(self, conn: Any) -> None:
+            await pool.release(conn)
+            if self.failing:
+                raise asyncpg.exceptions.ConnectionDoesNotExistError("closed in the middle")
+
+    lossy = LostOnRelease()
+    repo = repository.Repository(cast(Any, lossy), db.Queries())
+    with pytest.raises(errors.DatabaseUnavailable, match="closed in the middle"):
+        await repo.pending_migrations()
+    lossy.failing = False
+    assert await repo.pending_migrations() == []
 
 
 async def test_an_argument_the_client_cannot_encode_is_no_outage(
