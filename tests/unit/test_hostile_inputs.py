@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import urllib.parse
 import uuid
 
 import hypothesis
@@ -29,6 +30,7 @@ URLISH = st.one_of(
                     "[::1]",
                     "127.0.0.1:99999",
                     "user:pw@example.com",
+                    "me@youtu.be",
                     "exa mple.com",
                     "xn--",
                 ]
@@ -51,6 +53,7 @@ def test_any_url_is_identified_or_refused_cleanly(url: str) -> None:
         assert exc.field == "url"
         return
     assert found.resource_key.startswith(("yt:", "url:"))
+    assert "@" not in urllib.parse.urlsplit(found.source_url).netloc  # no credentials kept
     if found.content_type == "web":
         normalized = resource_keys.normalize_url(url)
         assert resource_keys.normalize_url(normalized) == normalized

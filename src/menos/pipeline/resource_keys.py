@@ -59,7 +59,8 @@ class Identified(msgspec.Struct, frozen=True):
 def identify(url: str) -> Identified:
     """Classify `url` as a YouTube video or a web page; raise InvalidInput("url") if invalid."""
     parts = _split(url)
-    source_url = url.split("#", 1)[0]
+    # Without its fragment and user-info: credentials are never stored nor shown again.
+    source_url = url.split("#", 1)[0].replace(parts.netloc, parts.netloc.rpartition("@")[2], 1)
     host = _host(parts)
     if host in _YOUTUBE_HOSTS or host == _YOUTU_BE:
         video_id = _video_id(host, parts)
@@ -72,6 +73,8 @@ def identify(url: str) -> Identified:
         return Identified(
             content_type="youtube", resource_key=f"yt:{video_id}", source_url=source_url
         )
+    if "@" in parts.netloc:  # the page would be fetched without them, so refuse it now
+        raise errors.InvalidInput(_FIELD, "URLs with user-info (user:password@) are not allowed")
     return Identified(
         content_type="web", resource_key=web_resource_key(_normalize(parts)), source_url=source_url
     )
