@@ -214,6 +214,7 @@ def test_database_outage_answers_503_and_recovers(menos: Menos) -> None:
             # the driver's message (the database's address) stays in the server's log
             assert str(proxy.port) not in down.text and "127.0.0.1" not in down.text
             assert client.get("/ready").status_code == 503
+            assert client.head("/ready").status_code == 503
             assert client.get("/health").status_code == 200
             proxy.restore()
             wait_for(lambda: client.get("/api/v1/jobs").status_code == 200, what="recovery")

@@ -107,6 +107,9 @@ def test_health_reports_the_package_version(menos: Menos) -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     menos.api()
     assert httpx.get(f"{menos.base_url}/health").json() == {"status": "ok", "app_version": version}
+    for probe in ("/health", "/ready"):  # as load balancers check
+        head = httpx.head(f"{menos.base_url}{probe}")
+        assert (head.status_code, head.content) == (200, b"")
     key = menos.key("alice")["api_key"]
     with menos.client(key) as client:
         client.post("/api/v1/content", json={"text": "versioned"})

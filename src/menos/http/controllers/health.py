@@ -4,22 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, get
+from litestar import HttpMethod, Request, Response, route
 from litestar.openapi.datastructures import ResponseSpec
 
 from menos import errors, versions
 from menos.http import schemas
 from menos.queue import repository
 
+# HEAD too, as load balancers and uptime checks often probe: the same status, no body.
+PROBE = [HttpMethod.GET, HttpMethod.HEAD]
 
-@get("/health", sync_to_thread=False, security=[{}])
+
+@route("/health", http_method=PROBE, sync_to_thread=False, security=[{}])
 def health() -> schemas.Health:
     """Liveness and the running version."""
     return schemas.Health(status="ok", app_version=versions.app_version())
 
 
-@get(
+@route(
     "/ready",
+    http_method=PROBE,
     security=[{}],
     responses={503: ResponseSpec(schemas.Ready, description="Database down or schema outdated")},
 )
