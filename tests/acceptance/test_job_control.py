@@ -216,9 +216,15 @@ def test_database_outage_answers_503_and_recovers(menos: Menos) -> None:
             assert client.get("/ready").status_code == 503
             assert client.head("/ready").status_code == 503
             assert client.get("/health").status_code == 200
+            scraped = client.get("/metrics")  # as exporters do: up 0, and what the process knows
+            assert scraped.status_code == 200
+            assert "menos_database_up 0.0" in scraped.text, scraped.text
+            assert "menos_http_requests_total" in scraped.text
+            assert "menos_jobs" not in scraped.text
             proxy.restore()
             wait_for(lambda: client.get("/api/v1/jobs").status_code == 200, what="recovery")
             assert client.get("/ready").status_code == 200
+            assert "menos_database_up 1.0" in client.get("/metrics").text
 
 
 def test_an_admins_actions_are_audited_under_the_items_owner(menos: Menos) -> None:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from menos import errors
 from menos.queue import repository, stats
 
 # Litestar appends `; charset=utf-8` to a text type: one more here would be sent twice,
@@ -135,6 +136,25 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     repo: repository.Repository = request.app.state.repo
     http: HttpMetrics = request.app.state.http_metrics
     registry = CollectorRegistry()
-    registry.register(_QueueCollector(await repo.status_counts(), await repo.metric_totals()))
+    try:
+        registry.register(_QueueCollector(await repo.status_counts(), await repo.metric_totals()))
+        up = 1
+    except errors.DatabaseUnavailable:
+        # As exporters do: the scrape still succeeds, says the database is out of reach and
+        # serves what this process knows, so an alert can tell the two apart.
+        up = 0
+    registry.register(
+        _Fixed(GaugeMetricFamily("menos_database_up", "Whether the database answered", value=up))
+    )
     body = generate_latest(registry) + generate_latest(http.registry)
     return Response(body, media_type=CONTENT_TYPE)
+
+
+class _Fixed(Collector):
+    """Metrics already computed, for one exposition."""
+
+    def __init__(self, *families: Metric) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
