@@ -7,7 +7,9 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from menos import errors, markdown, versions
 from menos.http import auth, openapi, pagination, schemas, validate
@@ -35,7 +37,7 @@ class ContentController(Controller):
         responses=openapi.PROBLEMS,
     )
     async def upload(
-        self, request: Request[Any, Any, Any], who: models.Principal
+        self, request: Request[Any, Any, Any], who: NamedDependency[models.Principal]
     ) -> schemas.Submitted:
         """Upload a markdown note (JSON `{text, …}` or multipart with `file`); 202 with its job."""
         settings: Settings = request.app.state.settings
@@ -112,12 +114,12 @@ class ContentController(Controller):
     async def index(
         self,
         request: Request[Any, Any, Any],
-        who: models.Principal,
-        processing_status: str | None = None,
-        content_type: str | None = None,
-        tag: str | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
+        who: NamedDependency[models.Principal],
+        processing_status: FromQuery[str | None] = None,
+        content_type: FromQuery[str | None] = None,
+        tag: FromQuery[str | None] = None,
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
     ) -> pagination.PageView[schemas.ContentItem]:
         """Content newest first; filters `processing_status`, `content_type`, `tag`."""
         if processing_status is not None and processing_status not in models.JOB_STATUSES:
@@ -149,10 +151,10 @@ class ContentController(Controller):
     async def reprocess(
         self,
         request: Request[Any, Any, Any],
-        who: models.Principal,
-        content_id: uuid.UUID,
-        force: bool = False,
-        data: schemas.ReprocessRequest | None = None,
+        who: NamedDependency[models.Principal],
+        content_id: FromPath[uuid.UUID],
+        force: FromQuery[bool] = False,
+        data: JSONBody[schemas.ReprocessRequest | None] = None,
     ) -> Response[schemas.ReprocessView]:
         """Run the pipeline again: 202 submitted, or 200 already_active / already_completed."""
         settings: Settings = request.app.state.settings
@@ -194,7 +196,10 @@ class ContentController(Controller):
 
     @get("/{content_id:uuid}", responses=openapi.PROBLEMS)
     async def show(
-        self, request: Request[Any, Any, Any], who: models.Principal, content_id: uuid.UUID
+        self,
+        request: Request[Any, Any, Any],
+        who: NamedDependency[models.Principal],
+        content_id: FromPath[uuid.UUID],
     ) -> schemas.ContentView:
         """One content item with its result."""
         repo: repository.Repository = request.app.state.repo

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from menos import versions
 from menos.http import auth, openapi, schemas, validate
@@ -22,7 +24,9 @@ from menos.settings import Settings
     responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.Submitted)},
 )
 async def ingest(
-    request: Request[Any, Any, Any], who: models.Principal, data: schemas.IngestRequest
+    request: Request[Any, Any, Any],
+    who: NamedDependency[models.Principal],
+    data: JSONBody[schemas.IngestRequest],
 ) -> Response[schemas.Submitted]:
     """Submit a URL: 202 with a new job, or 200 `deduplicated: true` for a known resource."""
     settings: Settings = request.app.state.settings

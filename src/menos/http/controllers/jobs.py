@@ -6,6 +6,8 @@ import uuid
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
 
 from menos import errors
 from menos.http import auth, openapi, pagination, schemas
@@ -23,11 +25,11 @@ class JobsController(Controller):
     async def index(
         self,
         request: Request[Any, Any, Any],
-        who: models.Principal,
-        status: str | None = None,
-        content_id: uuid.UUID | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
+        who: NamedDependency[models.Principal],
+        status: FromQuery[str | None] = None,
+        content_id: FromQuery[uuid.UUID | None] = None,
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
     ) -> pagination.PageView[schemas.JobView]:
         """Jobs newest first; filters `status` and `content_id`; `limit` and `cursor` page."""
         if status is not None and status not in models.JOB_STATUSES:
@@ -49,9 +51,9 @@ class JobsController(Controller):
     async def show(
         self,
         request: Request[Any, Any, Any],
-        who: models.Principal,
-        job_id: uuid.UUID,
-        verbose: bool = False,
+        who: NamedDependency[models.Principal],
+        job_id: FromPath[uuid.UUID],
+        verbose: FromQuery[bool] = False,
     ) -> schemas.JobView | schemas.JobVerboseView:
         """One job; `?verbose=true` adds stages, diagnostics, callback state (audited)."""
         repo: repository.Repository = request.app.state.repo
@@ -79,7 +81,10 @@ class JobsController(Controller):
         },
     )
     async def cancel(
-        self, request: Request[Any, Any, Any], who: models.Principal, job_id: uuid.UUID
+        self,
+        request: Request[Any, Any, Any],
+        who: NamedDependency[models.Principal],
+        job_id: FromPath[uuid.UUID],
     ) -> Response[schemas.CancelView]:
         """Cancel: pending → 200 cancelled; processing → 202 cancel requested; terminal → 409."""
         repo: repository.Repository = request.app.state.repo
