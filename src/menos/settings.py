@@ -91,8 +91,9 @@ def _up_to(maximum: int) -> Callable[[str, str], int]:
 
 
 def _dsn(name: str, raw: str) -> str:
-    """A PostgreSQL URL as asyncpg takes it (keyword/value strings are not accepted). Hosts,
-    ports and options are left to asyncpg: it also takes several `host:port`s."""
+    """A PostgreSQL URL as asyncpg takes it (keyword/value strings are not accepted), each of
+    its `host:port`s (there may be several) with a port from 1 to 65535. Options in the query
+    are left to asyncpg."""
     dsn = _text(name, raw)
     expected = "expected a postgresql://user:password@host:port/database URL"
     try:
@@ -136,12 +137,14 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
 
 
 def _url(name: str, raw: str) -> str:
+    # urlsplit drops what a URL may not hold (spaces, control characters) instead of refusing.
+    usable = raw.isprintable() and " " not in raw
     try:
         parts = urllib.parse.urlsplit(raw)
-        parts.port  # noqa: B018 - raises for a port that is not one
+        usable = usable and parts.port != 0  # .port raises for one that is no number or too big
     except ValueError:
-        parts = urllib.parse.urlsplit("")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+        usable = False
+    if not usable or parts.scheme not in ("http", "https") or not parts.hostname:
         raise errors.SettingsError(name, f"expected an http(s) URL, got {raw!r}")
     return raw.rstrip("/") if name == "MENOS_LLM_BASE_URL" else raw
 

@@ -29,6 +29,9 @@ from menos import errors, settings
         ("MENOS_LLM_BASE_URL", "http://[::1"),
         ("MENOS_LLM_BASE_URL", "http://llm:99999/v1"),
         ("MENOS_LLM_BASE_URL", "http://"),
+        ("MENOS_LLM_BASE_URL", " http://llm:8080/v1"),
+        ("MENOS_LLM_BASE_URL", "http://llm:8080/v1\n"),
+        ("MENOS_LLM_BASE_URL", "http://llm:0/v1"),
         ("MENOS_YOUTUBE_OEMBED_URL", "ftp://example.com/oembed"),
     ],
 )
