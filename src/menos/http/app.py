@@ -44,6 +44,8 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             ingest.ingest,
             health.health,
             health.ready,
+            health.health_probe,
+            health.ready_probe,
             metrics.metrics,
         ],
         middleware=[http_metrics.middleware],

@@ -4,31 +4,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import HttpMethod, Request, Response, route
+from litestar import Request, Response, get, head
 from litestar.openapi.datastructures import ResponseSpec
 
 from menos import errors, versions
 from menos.http import schemas
 from menos.queue import repository
 
-# HEAD too, as load balancers and uptime checks often probe: the same status, no body.
-PROBE = [HttpMethod.GET, HttpMethod.HEAD]
 
-
-@route("/health", http_method=PROBE, sync_to_thread=False, security=[{}])
+@get("/health", sync_to_thread=False, security=[{}])
 def health() -> schemas.Health:
     """Liveness and the running version."""
     return schemas.Health(status="ok", app_version=versions.app_version())
 
 
-@route(
+@get(
     "/ready",
-    http_method=PROBE,
     security=[{}],
     responses={503: ResponseSpec(schemas.Ready, description="Database down or schema outdated")},
 )
 async def ready(request: Request[Any, Any, Any]) -> Response[schemas.Ready]:
     """200 when the database answers and migrations are current, else 503."""
+    return await _readiness(request)
+
+
+# HEAD as well, as load balancers and uptime checks often probe: the same status, no body.
+# Kept out of the schema, which documents the GET operations under their own ids.
+
+
+@head("/health", sync_to_thread=False, include_in_schema=False)
+def health_probe() -> None:
+    """Liveness without a body."""
+
+
+@head("/ready", include_in_schema=False)
+async def ready_probe(request: Request[Any, Any, Any]) -> Response[None]:
+    """Readiness without a body."""
+    return Response(None, status_code=(await _readiness(request)).status_code)
+
+
+async def _readiness(request: Request[Any, Any, Any]) -> Response[schemas.Ready]:
     repo: repository.Repository = request.app.state.repo
     try:
         pending = await repo.pending_migrations()
