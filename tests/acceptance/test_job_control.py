@@ -6,6 +6,8 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+
 from tests.support import fake_llm, tcp_proxy
 from tests.support.processes import Menos, sql, wait_for
 
@@ -225,6 +227,26 @@ def test_database_outage_answers_503_and_recovers(menos: Menos) -> None:
             wait_for(lambda: client.get("/api/v1/jobs").status_code == 200, what="recovery")
             assert client.get("/ready").status_code == 200
             assert "menos_database_up 1.0" in client.get("/metrics").text
+
+
+def test_metrics_answer_in_time_while_the_database_does_not(menos: Menos) -> None:
+    """A database that stops answering (no refusal, no reset) still gives a scrape, with
+    `menos_database_up 0`, well within Prometheus's default 10 s scrape timeout."""
+    parts = urlsplit(menos.database_url)
+    with tcp_proxy.running(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+        menos.api(MENOS_DATABASE_URL=urlunsplit(parts._replace(netloc=netloc)))
+        assert "menos_database_up 1.0" in httpx.get(f"{menos.base_url}/metrics").text
+        proxy.stall()
+        scraped = httpx.get(f"{menos.base_url}/metrics", timeout=9.5)
+        assert scraped.status_code == 200
+        assert "menos_database_up 0.0" in scraped.text, scraped.text
+        proxy.restore()
+        wait_for(
+            lambda: "menos_database_up 1.0" in httpx.get(f"{menos.base_url}/metrics").text,
+            what="the scrape to see the database again",
+        )
+    assert "metrics_database_unavailable" in menos.logs()
 
 
 def test_an_admins_actions_are_audited_under_the_items_owner(menos: Menos) -> None:

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 
 class Proxy:
-    """Forwards connections to (host, port) while `up`; `cut()` drops every connection."""
+    """Forwards connections to (host, port) while `up`; `cut()` drops every connection and
+    `stall()` holds what they carry until `restore()`."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -19,6 +20,8 @@ class Proxy:
         self.up = True
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.flowing = threading.Event()
+        self.flowing.set()
 
     def cut(self) -> None:
         """Refuse new connections and close the open ones."""
@@ -29,9 +32,15 @@ class Proxy:
                     conn.shutdown(socket.SHUT_RDWR)
                     conn.close()
             self._conns.clear()
+        self.flowing.set()  # what a stall held now meets closed sockets
 
     def restore(self) -> None:
         self.up = True
+        self.flowing.set()
+
+    def stall(self) -> None:
+        """Keep every connection open but pass nothing on: a database that stops answering."""
+        self.flowing.clear()
 
     def serve(self) -> None:
         while True:
@@ -54,13 +63,17 @@ class Proxy:
             with self._lock:
                 self._conns += [client, upstream]
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                self.flowing.wait()
+                dst.sendall(data)
+        _close(src, dst)
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := src.recv(65536):
-            dst.sendall(data)
+def _close(src: socket.socket, dst: socket.socket) -> None:
     for sock in (src, dst):  # one side ended: end the whole connection (shutdown wakes recv)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)

@@ -70,4 +70,6 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
 def _state(settings: Settings, http_metrics: metrics.HttpMetrics) -> Any:
     from litestar.datastructures import State
 
-    return State({"settings": settings, "http_metrics": http_metrics})
+    return State(
+        {"settings": settings, "http_metrics": http_metrics, "queue_read": metrics.QueueRead()}
+    )

@@ -3,24 +3,31 @@ this API process, stage durations and deliveries flushed by every worker and dis
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from menos import errors
 from menos.queue import repository, stats
 
 # Litestar appends `; charset=utf-8` to a text type: one more here would be sent twice,
 # which strict parsers (Prometheus 3) refuse.
 CONTENT_TYPE = "text/plain; version=0.0.4"
+
+# Well inside Prometheus's default scrape timeout (10 s): a database that does not answer at all
+# still gives a scrape saying so.
+QUEUE_READ_TIMEOUT_S = 5.0
+
+log = structlog.get_logger("menos.http")
 
 
 class HttpMetrics:
@@ -130,31 +137,46 @@ def _labels(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
 
 
+class QueueRead:
+    """The database read behind a scrape. One runs at a time: scrapes that come while it is
+    still running (a database that stopped answering holds it until its command timeout)
+    wait for that one instead of each taking another connection."""
+
+    def __init__(self) -> None:
+        self._running: asyncio.Task[_QueueCollector] | None = None
+
+    async def figures(self, repo: repository.Repository) -> _QueueCollector | None:
+        """The queue figures; None when the database is out of reach or too slow to answer."""
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._read(repo))
+            # Its outcome may come after every scrape has stopped waiting: retrieve it then.
+            self._running.add_done_callback(lambda t: t.cancelled() or t.exception())
+        running = self._running
+        await asyncio.wait([running], timeout=QUEUE_READ_TIMEOUT_S)
+        if not running.done() or running.cancelled() or running.exception() is not None:
+            reason = "no answer in time" if not running.done() else str(running.exception())
+            log.warning("metrics_database_unavailable", error=reason)
+            return None
+        return running.result()
+
+    @staticmethod
+    async def _read(repo: repository.Repository) -> _QueueCollector:
+        return _QueueCollector(await repo.status_counts(), await repo.metric_totals())
+
+
 @get("/metrics", include_in_schema=True, security=[{}])
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition (no auth: restrict it at the network edge)."""
     repo: repository.Repository = request.app.state.repo
     http: HttpMetrics = request.app.state.http_metrics
+    queue_read: QueueRead = request.app.state.queue_read
     registry = CollectorRegistry()
-    try:
-        registry.register(_QueueCollector(await repo.status_counts(), await repo.metric_totals()))
-        up = 1
-    except errors.DatabaseUnavailable:
-        # As exporters do: the scrape still succeeds, says the database is out of reach and
-        # serves what this process knows, so an alert can tell the two apart.
-        up = 0
-    registry.register(
-        _Fixed(GaugeMetricFamily("menos_database_up", "Whether the database answered", value=up))
-    )
+    # As exporters do, a database out of reach (or too slow to answer in time) still gives a
+    # scrape: `menos_database_up 0` and what this process knows, so an alert tells the two apart.
+    up = Gauge("menos_database_up", "Whether the database answered", registry=registry)
+    queue = await queue_read.figures(repo)
+    if queue is not None:
+        registry.register(queue)
+    up.set(queue is not None)
     body = generate_latest(registry) + generate_latest(http.registry)
     return Response(body, media_type=CONTENT_TYPE)
-
-
-class _Fixed(Collector):
-    """Metrics already computed, for one exposition."""
-
-    def __init__(self, *families: Metric) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
