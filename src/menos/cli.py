@@ -469,8 +469,13 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
         asyncio.run(_try_listen(conf.host, conf.port))
     except OSError as exc:
         busy = exc.errno == errno.EADDRINUSE
+        # asyncio words a bind error at length; the system's own words are enough here.
+        if isinstance(exc, socket.gaierror) or exc.errno is None:
+            reason = exc.strerror or str(exc)
+        else:
+            reason = os.strerror(exc.errno)
         print(
-            f"menos: cannot listen on {conf.host} port {conf.port} ({exc.strerror or exc})"
+            f"menos: cannot listen on {conf.host} port {conf.port} ({reason})"
             + ("; set MENOS_PORT to a free port" if busy else ""),
             file=sys.stderr,
         )

@@ -381,7 +381,7 @@ def test_dev_refuses_a_port_another_server_holds(menos: Menos) -> None:
         port = taken.getsockname()[1]
         done = menos.command("dev", MENOS_PORT=str(port))
     assert done.returncode == 1, done.stderr
-    assert f"cannot listen on 127.0.0.1 port {port}" in done.stderr, done.stderr
+    assert f"cannot listen on 127.0.0.1 port {port} (Address already in use)" in done.stderr
     assert "set MENOS_PORT to a free port" in done.stderr
     assert "is running" not in done.stdout
     with socket.create_server(("::1", 0), family=socket.AF_INET6) as taken:
