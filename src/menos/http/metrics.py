@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from menos import errors
 from menos.queue import repository, stats
 
 # Litestar appends `; charset=utf-8` to a text type: one more here would be sent twice,
@@ -153,11 +154,14 @@ class QueueRead:
             self._running.add_done_callback(lambda t: t.cancelled() or t.exception())
         running = self._running
         await asyncio.wait([running], timeout=QUEUE_READ_TIMEOUT_S)
-        if not running.done() or running.cancelled() or running.exception() is not None:
-            reason = "no answer in time" if not running.done() else str(running.exception())
-            log.warning("metrics_database_unavailable", error=reason)
+        if not running.done():
+            log.warning("metrics_database_unavailable", error="no answer in time")
             return None
-        return running.result()
+        try:
+            return running.result()  # or the error of a fault that is no outage: a 500
+        except errors.DatabaseUnavailable as exc:
+            log.warning("metrics_database_unavailable", error=str(exc))
+            return None
 
     @staticmethod
     async def _read(repo: repository.Repository) -> _QueueCollector:
