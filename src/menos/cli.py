@@ -63,7 +63,7 @@ async def _with_repo(
     try:
         return await use(repository.Repository(pool, db.Queries()))
     finally:
-        await pool.close()
+        await db.close_pool(pool)
 
 
 async def _migrate(dsn: str) -> list[int]:
@@ -174,7 +174,7 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
     finally:
         await pinned.aclose()
         await plain.aclose()
-        await pool.close()
+        await db.close_pool(pool)
     return 0
 
 

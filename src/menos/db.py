@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Mapping
@@ -142,6 +143,19 @@ async def create_pool(
     except CONNECT_REFUSALS as exc:
         raise errors.DatabaseUnavailable(str(exc)) from exc
     return pool
+
+
+# How long closing a pool waits for its connections to end before it drops them: a database
+# that stopped answering would hold a stopping process up for a minute.
+CLOSE_TIMEOUT_S = 5.0
+
+
+async def close_pool(pool: asyncpg.Pool[Any], *, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+    """Close `pool` gracefully, or after `timeout_s` by dropping its connections."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        pool.terminate()
 
 
 def migrations(directory: Path | None = None) -> list[tuple[int, str, str]]:

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import os
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from menos import db, errors
 from menos.queue import models, repository
 from tests.integration import helpers
+from tests.support import tcp_proxy
 
 LEASE = 30.0
 QUEUE_TABLES = ("pipeline_job", "content")
@@ -525,6 +527,24 @@ async def test_a_connection_lost_as_it_is_released_is_an_outage(pool: asyncpg.Po
         await repo.pending_migrations()
     lossy.failing = False
     assert await repo.pending_migrations() == []
+
+
+async def test_a_pool_on_a_database_that_stopped_answering_still_closes(
+    database_url: str,
+) -> None:
+    """A stopping process closes its pool gracefully, but a database that no longer answers
+    (nothing refused, nothing reset) gets its connections dropped after the close timeout
+    instead of holding the process up (asyncpg alone waits a minute)."""
+    parts = urlsplit(database_url)
+    with tcp_proxy.running(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+        through = await db.create_pool(
+            urlunsplit(parts._replace(netloc=netloc)), min_size=2, max_size=2
+        )
+        assert await through.fetchval("SELECT 1") == 1
+        proxy.stall()
+        await asyncio.wait_for(db.close_pool(through, timeout_s=0.5), timeout=20)
+        assert through.is_closing()
 
 
 async def test_an_argument_the_client_cannot_encode_is_no_outage(

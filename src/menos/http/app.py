@@ -33,8 +33,9 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         try:
             yield
         finally:
+            await app.state.queue_read.close()
             if own_pool:
-                await used.close()
+                await db.close_pool(used)
 
     http_metrics = metrics.HttpMetrics()
     return Litestar(

@@ -163,6 +163,13 @@ class QueueRead:
             log.warning("metrics_database_unavailable", error=str(exc))
             return None
 
+    async def close(self) -> None:
+        """Stop a read still running at shutdown. It may not end at once (a cancelled query
+        waits for the server to confirm): closing the pool then drops its connection."""
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
+            await asyncio.wait([self._running], timeout=1.0)
+
     @staticmethod
     async def _read(repo: repository.Repository) -> _QueueCollector:
         return _QueueCollector(await repo.status_counts(), await repo.metric_totals())

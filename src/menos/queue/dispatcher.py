@@ -483,7 +483,7 @@ async def serve(settings: Settings, dsn: str, stop: asyncio.Event) -> None:
         await Dispatcher(config, repo, client, dsn=dsn, process_id=process_id).run(stop)
     finally:
         await client.aclose()
-        await pool.close()
+        await db.close_pool(pool)
 
 
 def _log_lost(
