@@ -135,7 +135,7 @@ def _analyzer(conf: settings.Settings, client: httpx.AsyncClient) -> analyzers.A
 
 async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
     from menos.pipeline import ssrf, stages
-    from menos.queue import worker
+    from menos.queue import stopping, worker
 
     stop = _stop_event()
     await _require_schema(dsn)
@@ -170,7 +170,12 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
         )
         repo = repository.Repository(pool, db.Queries())
         purger = maintenance.Purger(_purge_config(conf), repo)
-        await worker.Worker(config, repo, ctx, dsn=dsn, duties=[purger.run]).run(stop)
+        await stopping.run_until_stopped(
+            worker.Worker(config, repo, ctx, dsn=dsn, duties=[purger.run]).run(stop),
+            stop,
+            grace_s=conf.worker_shutdown_grace_s,
+            name="worker",
+        )
     finally:
         await pinned.aclose()
         await plain.aclose()

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from tests.support import fake_llm, tcp_proxy
+from tests.support import fake_llm, processes, tcp_proxy
 from tests.support.processes import Menos, sql, wait_for
 
 
@@ -257,6 +257,36 @@ def test_metrics_answer_in_time_while_the_database_does_not(menos: Menos) -> Non
         api.terminate()
         api.wait(timeout=30)
     assert "metrics_database_unavailable" in menos.logs()
+
+
+def test_services_stop_in_bounded_time_while_the_database_does_not_answer(
+    menos: Menos,
+) -> None:
+    """Asked to stop while every statement waits on a silent database, a worker and a
+    dispatcher end after their grace period and a margin (here 1 s + 10 s, then 5 s for the
+    pool), not after the minutes their statements' timeouts and cancellations would take."""
+    parts = urlsplit(menos.database_url)
+    with tcp_proxy.running(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+        env = {
+            "MENOS_DATABASE_URL": urlunsplit(parts._replace(netloc=netloc)),
+            "MENOS_WORKER_SHUTDOWN_GRACE_S": "1",
+            "MENOS_CALLBACK_TIMEOUT_S": "1",
+        }
+        services = [
+            menos.worker(**env),
+            menos.spawn(str(processes.BIN / "dispatcher"), **env),
+        ]
+        wait_for(
+            lambda: all(f"{event}_started" in menos.logs() for event in ("worker", "dispatcher")),
+            what="both services to start",
+        )
+        proxy.stall()  # the last writes of a stop (releases, metric totals) now wait on it
+        for service in services:
+            service.terminate()
+        for service in services:
+            service.wait(timeout=45)
+    assert "stop_deadline_passed" in menos.logs()
 
 
 def test_an_admins_actions_are_audited_under_the_items_owner(menos: Menos) -> None:

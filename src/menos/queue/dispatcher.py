@@ -19,7 +19,7 @@ import structlog
 
 from menos import db, errors, versions
 from menos.pipeline import ssrf
-from menos.queue import group_commit, models, notify, repository, signing, stats
+from menos.queue import group_commit, models, notify, repository, signing, stats, stopping
 from menos.settings import Settings
 
 log = structlog.get_logger("menos.dispatcher")
@@ -480,7 +480,12 @@ async def serve(settings: Settings, dsn: str, stop: asyncio.Event) -> None:
     )
     try:
         repo = repository.OutboxRepository(pool, queries)
-        await Dispatcher(config, repo, client, dsn=dsn, process_id=process_id).run(stop)
+        await stopping.run_until_stopped(
+            Dispatcher(config, repo, client, dsn=dsn, process_id=process_id).run(stop),
+            stop,
+            grace_s=config.timeout_s,  # deliveries in flight end within their timeout
+            name="dispatcher",
+        )
     finally:
         await client.aclose()
         await db.close_pool(pool)
