@@ -154,21 +154,22 @@ class QueueRead:
             self._running.add_done_callback(lambda t: t.cancelled() or t.exception())
         running = self._running
         await asyncio.wait([running], timeout=QUEUE_READ_TIMEOUT_S)
-        if not running.done():
-            log.warning("metrics_database_unavailable", error="no answer in time")
-            return None
         try:
-            return running.result()  # or the error of a fault that is no outage: a 500
+            if running.done() and not running.cancelled():  # cancelled: by close(), stopping
+                return running.result()  # or the error of a fault that is no outage: a 500
+            reason = "no answer in time"
         except errors.DatabaseUnavailable as exc:
-            log.warning("metrics_database_unavailable", error=str(exc))
-            return None
+            reason = str(exc)
+        log.warning("metrics_database_unavailable", error=reason)
+        return None
 
     async def close(self) -> None:
         """Stop a read still running at shutdown. It may not end at once (a cancelled query
         waits for the server to confirm): closing the pool then drops its connection."""
-        if self._running is not None and not self._running.done():
-            self._running.cancel()
-            await asyncio.wait([self._running], timeout=1.0)
+        running, self._running = self._running, None
+        if running is not None and not running.done():
+            running.cancel()
+            await asyncio.wait([running], timeout=1.0)
 
     @staticmethod
     async def _read(repo: repository.Repository) -> _QueueCollector:
