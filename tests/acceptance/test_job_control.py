@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -201,10 +200,8 @@ def test_owners_see_only_their_own_and_admins_everything(menos: Menos) -> None:
 
 def test_database_outage_answers_503_and_recovers(menos: Menos) -> None:
     """While the database is unreachable routes answer 503; they recover by themselves."""
-    parts = urlsplit(menos.database_url)
-    with tcp_proxy.running(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
-        menos.api(MENOS_DATABASE_URL=urlunsplit(parts._replace(netloc=netloc)))
+    with tcp_proxy.running(menos.database_url) as (proxy, through_proxy):
+        menos.api(MENOS_DATABASE_URL=through_proxy)
         key = menos.key("alice")
         with menos.client(key["api_key"]) as client:
             assert client.get("/ready").status_code == 200
@@ -233,11 +230,8 @@ def test_metrics_answer_in_time_while_the_database_does_not(menos: Menos) -> Non
     """A database that stops answering (no refusal, no reset) still gives a scrape, with
     `menos_database_up 0`, well within Prometheus's default 10 s scrape timeout, and does not
     keep the API from stopping."""
-    parts = urlsplit(menos.database_url)
-    with tcp_proxy.running(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
-        dsn = urlunsplit(parts._replace(netloc=netloc))
-        menos.api(MENOS_DATABASE_URL=dsn)
+    with tcp_proxy.running(menos.database_url) as (proxy, through_proxy):
+        menos.api(MENOS_DATABASE_URL=through_proxy)
         assert "menos_database_up 1.0" in httpx.get(f"{menos.base_url}/metrics").text
         proxy.stall()
         scraped = httpx.get(f"{menos.base_url}/metrics", timeout=9.5)
@@ -250,7 +244,7 @@ def test_metrics_answer_in_time_while_the_database_does_not(menos: Menos) -> Non
         )
         # Stopped while its scrape's read and its pool wait on a silent database, the API
         # still ends well before the minute asyncpg would wait for them.
-        api = menos.api(MENOS_DATABASE_URL=dsn)
+        api = menos.api(MENOS_DATABASE_URL=through_proxy)
         assert "menos_database_up 1.0" in httpx.get(f"{menos.base_url}/metrics").text
         proxy.stall()
         assert httpx.get(f"{menos.base_url}/metrics", timeout=9.5).status_code == 200
@@ -265,11 +259,9 @@ def test_services_stop_in_bounded_time_while_the_database_does_not_answer(
     """Asked to stop while every statement waits on a silent database, a worker and a
     dispatcher end after their grace period and a margin (here 1 s + 10 s, then 5 s for the
     pool), not after the minutes their statements' timeouts and cancellations would take."""
-    parts = urlsplit(menos.database_url)
-    with tcp_proxy.running(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
+    with tcp_proxy.running(menos.database_url) as (proxy, through_proxy):
         env = {
-            "MENOS_DATABASE_URL": urlunsplit(parts._replace(netloc=netloc)),
+            "MENOS_DATABASE_URL": through_proxy,
             "MENOS_WORKER_SHUTDOWN_GRACE_S": "1",
             "MENOS_CALLBACK_TIMEOUT_S": "1",
         }

@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import os
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -535,12 +534,8 @@ async def test_a_pool_on_a_database_that_stopped_answering_still_closes(
     """A stopping process closes its pool gracefully, but a database that no longer answers
     (nothing refused, nothing reset) gets its connections dropped after the close timeout
     instead of holding the process up (asyncpg alone waits a minute)."""
-    parts = urlsplit(database_url)
-    with tcp_proxy.running(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
-        through = await db.create_pool(
-            urlunsplit(parts._replace(netloc=netloc)), min_size=2, max_size=2
-        )
+    with tcp_proxy.running(database_url) as (proxy, through_proxy):
+        through = await db.create_pool(through_proxy, min_size=2, max_size=2)
         assert await through.fetchval("SELECT 1") == 1
         proxy.stall()
         await asyncio.wait_for(db.close_pool(through, timeout_s=0.5), timeout=20)

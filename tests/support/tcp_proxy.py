@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 
 class Proxy:
@@ -70,24 +71,22 @@ class Proxy:
             while data := src.recv(65536):
                 self.flowing.wait()
                 dst.sendall(data)
-        _close(src, dst)
-
-
-def _close(src: socket.socket, dst: socket.socket) -> None:
-    for sock in (src, dst):  # one side ended: end the whole connection (shutdown wakes recv)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
+        for sock in (src, dst):  # one side ended: end the whole connection (shutdown wakes recv)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 @contextmanager
-def running(host: str, port: int) -> Iterator[Proxy]:
-    """A proxy to host:port for the duration of the block."""
-    proxy = Proxy(host, port)
+def running(dsn: str) -> Iterator[tuple[Proxy, str]]:
+    """A proxy to the database of `dsn` for the duration of the block, and the DSN through it."""
+    parts = urlsplit(dsn)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     thread = threading.Thread(target=proxy.serve, daemon=True)
     thread.start()
+    netloc = parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
     try:
-        yield proxy
+        yield proxy, urlunsplit(parts._replace(netloc=netloc))
     finally:
         proxy.cut()
         proxy.listener.close()
