@@ -226,10 +226,10 @@ def test_database_outage_answers_503_and_recovers(menos: Menos) -> None:
             assert "menos_database_up 1.0" in client.get("/metrics").text
 
 
-def test_metrics_answer_in_time_while_the_database_does_not(menos: Menos) -> None:
+def test_probes_answer_in_time_while_the_database_does_not(menos: Menos) -> None:
     """A database that stops answering (no refusal, no reset) still gives a scrape, with
-    `menos_database_up 0`, well within Prometheus's default 10 s scrape timeout, and does not
-    keep the API from stopping."""
+    `menos_database_up 0`, well within Prometheus's default 10 s scrape timeout, and a 503
+    from the readiness probe, and does not keep the API from stopping."""
     with tcp_proxy.running(menos.database_url) as (proxy, through_proxy):
         menos.api(MENOS_DATABASE_URL=through_proxy)
         assert "menos_database_up 1.0" in httpx.get(f"{menos.base_url}/metrics").text
@@ -237,11 +237,16 @@ def test_metrics_answer_in_time_while_the_database_does_not(menos: Menos) -> Non
         scraped = httpx.get(f"{menos.base_url}/metrics", timeout=9.5)
         assert scraped.status_code == 200
         assert "menos_database_up 0.0" in scraped.text, scraped.text
+        ready = httpx.get(f"{menos.base_url}/ready", timeout=9.5)  # a load balancer's probe
+        assert ready.status_code == 503
+        assert ready.json()["database"] == "unreachable"
+        assert httpx.head(f"{menos.base_url}/ready", timeout=9.5).status_code == 503
         proxy.restore()
         wait_for(
             lambda: "menos_database_up 1.0" in httpx.get(f"{menos.base_url}/metrics").text,
             what="the scrape to see the database again",
         )
+        assert httpx.get(f"{menos.base_url}/ready").status_code == 200
         # Stopped while its scrape's read and its pool wait on a silent database, the API
         # still ends well before the minute asyncpg would wait for them.
         api = menos.api(MENOS_DATABASE_URL=through_proxy)

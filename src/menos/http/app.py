@@ -34,6 +34,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             yield
         finally:
             await app.state.queue_read.close()
+            await app.state.migrations_read.close()
             if own_pool:
                 await db.close_pool(used)
 
@@ -72,5 +73,10 @@ def _state(settings: Settings, http_metrics: metrics.HttpMetrics) -> Any:
     from litestar.datastructures import State
 
     return State(
-        {"settings": settings, "http_metrics": http_metrics, "queue_read": metrics.QueueRead()}
+        {
+            "settings": settings,
+            "http_metrics": http_metrics,
+            "queue_read": metrics.queue_read(),
+            "migrations_read": health.migrations_read(),
+        }
     )

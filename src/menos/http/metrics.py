@@ -3,7 +3,6 @@ this API process, stage durations and deliveries flushed by every worker and dis
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,15 +17,12 @@ from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from menos import errors
+from menos.http import shared_read
 from menos.queue import repository, stats
 
 # Litestar appends `; charset=utf-8` to a text type: one more here would be sent twice,
 # which strict parsers (Prometheus 3) refuse.
 CONTENT_TYPE = "text/plain; version=0.0.4"
-
-# Well inside Prometheus's default scrape timeout (10 s): a database that does not answer at all
-# still gives a scrape saying so.
-QUEUE_READ_TIMEOUT_S = 5.0
 
 log = structlog.get_logger("menos.http")
 
@@ -138,42 +134,13 @@ def _labels(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
 
 
-class QueueRead:
-    """The database read behind a scrape. One runs at a time: scrapes that come while it is
-    still running (a database that stopped answering holds it until its command timeout)
-    wait for that one instead of each taking another connection."""
+async def _read_queue(repo: repository.Repository) -> _QueueCollector:
+    return _QueueCollector(await repo.status_counts(), await repo.metric_totals())
 
-    def __init__(self) -> None:
-        self._running: asyncio.Task[_QueueCollector] | None = None
 
-    async def figures(self, repo: repository.Repository) -> _QueueCollector | None:
-        """The queue figures; None when the database is out of reach or too slow to answer."""
-        if self._running is None or self._running.done():
-            self._running = asyncio.create_task(self._read(repo))
-            # Its outcome may come after every scrape has stopped waiting: retrieve it then.
-            self._running.add_done_callback(lambda t: t.cancelled() or t.exception())
-        running = self._running
-        await asyncio.wait([running], timeout=QUEUE_READ_TIMEOUT_S)
-        try:
-            if running.done() and not running.cancelled():  # cancelled: by close(), stopping
-                return running.result()  # or the error of a fault that is no outage: a 500
-            reason = "no answer in time"
-        except errors.DatabaseUnavailable as exc:
-            reason = str(exc)
-        log.warning("metrics_database_unavailable", error=reason)
-        return None
-
-    async def close(self) -> None:
-        """Stop a read still running at shutdown. It may not end at once (a cancelled query
-        waits for the server to confirm): closing the pool then drops its connection."""
-        running, self._running = self._running, None
-        if running is not None and not running.done():
-            running.cancel()
-            await asyncio.wait([running], timeout=1.0)
-
-    @staticmethod
-    async def _read(repo: repository.Repository) -> _QueueCollector:
-        return _QueueCollector(await repo.status_counts(), await repo.metric_totals())
+def queue_read() -> shared_read.SharedRead[_QueueCollector]:
+    """The database read behind a scrape, shared by the scrapes that come while it runs."""
+    return shared_read.SharedRead(_read_queue)
 
 
 @get("/metrics", include_in_schema=True, security=[{}])
@@ -181,14 +148,16 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition (no auth: restrict it at the network edge)."""
     repo: repository.Repository = request.app.state.repo
     http: HttpMetrics = request.app.state.http_metrics
-    queue_read: QueueRead = request.app.state.queue_read
+    queue_read: shared_read.SharedRead[_QueueCollector] = request.app.state.queue_read
     registry = CollectorRegistry()
     # As exporters do, a database out of reach (or too slow to answer in time) still gives a
     # scrape: `menos_database_up 0` and what this process knows, so an alert tells the two apart.
     up = Gauge("menos_database_up", "Whether the database answered", registry=registry)
-    queue = await queue_read.figures(repo)
-    if queue is not None:
-        registry.register(queue)
-    up.set(queue is not None)
+    try:
+        registry.register(await queue_read.result(repo))
+        up.set(1)
+    except errors.DatabaseUnavailable as exc:  # any other fault stays a 500
+        log.warning("metrics_database_unavailable", error=str(exc))
+        up.set(0)
     body = generate_latest(registry) + generate_latest(http.registry)
     return Response(body, media_type=CONTENT_TYPE)

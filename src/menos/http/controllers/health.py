@@ -8,7 +8,7 @@ from litestar import Request, Response, get, head
 from litestar.openapi.datastructures import ResponseSpec
 
 from menos import errors, versions
-from menos.http import schemas
+from menos.http import schemas, shared_read
 from menos.queue import repository
 
 
@@ -43,10 +43,18 @@ async def ready_probe(request: Request[Any, Any, Any]) -> Response[None]:
     return Response(None, status_code=(await _readiness(request)).status_code)
 
 
+def migrations_read() -> shared_read.SharedRead[list[int]]:
+    """The database read behind a readiness probe, shared by the probes that come while it
+    runs: a database that stopped answering gives 503 in seconds, not after the command
+    timeout."""
+    return shared_read.SharedRead(repository.Repository.pending_migrations)
+
+
 async def _readiness(request: Request[Any, Any, Any]) -> Response[schemas.Ready]:
     repo: repository.Repository = request.app.state.repo
+    migrations: shared_read.SharedRead[list[int]] = request.app.state.migrations_read
     try:
-        pending = await repo.pending_migrations()
+        pending = await migrations.result(repo)
     except errors.DatabaseUnavailable:
         return Response(
             schemas.Ready(status="unavailable", database="unreachable", pending_migrations=[]),
