@@ -100,8 +100,8 @@ def test_audit_log_lines_carry_ids_as_plain_strings(menos: Menos) -> None:
     assert trigger["job_id"] == again["job_id"]
 
 
-def raw_head(base_url: str, path: str) -> tuple[str, bytes]:
-    """The status line of a HEAD request and every byte after its headers, read off the
+def raw_head(base_url: str, path: str) -> tuple[str, str, bytes]:
+    """The status line and headers of a HEAD request and every byte after them, read off the
     socket until the server closes it (an HTTP client would not read a body after HEAD)."""
     host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
     with socket.create_connection((host, port), timeout=10) as sock:
@@ -110,7 +110,8 @@ def raw_head(base_url: str, path: str) -> tuple[str, bytes]:
         while chunk := sock.recv(65536):
             answer += chunk
     head, _, rest = answer.partition(b"\r\n\r\n")
-    return head.split(b"\r\n", 1)[0].decode(), rest
+    status, _, headers = head.decode().partition("\r\n")
+    return status, headers.lower(), rest
 
 
 def test_health_reports_the_package_version(menos: Menos) -> None:
@@ -123,8 +124,10 @@ def test_health_reports_the_package_version(menos: Menos) -> None:
     menos.api()
     assert httpx.get(f"{menos.base_url}/health").json() == {"status": "ok", "app_version": version}
     for probe in ("/health", "/ready"):  # as load balancers check
-        status, rest = raw_head(menos.base_url, probe)
+        status, headers, rest = raw_head(menos.base_url, probe)
         assert (status, rest) == ("HTTP/1.1 200 OK", b""), rest  # nothing after the headers
+        length = len(httpx.get(f"{menos.base_url}{probe}").content)
+        assert f"content-length: {length}\r\n" in headers + "\r\n", headers  # the GET's
     key = menos.key("alice")["api_key"]
     with menos.client(key) as client:
         client.post("/api/v1/content", json={"text": "versioned"})

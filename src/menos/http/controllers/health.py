@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request, Response, get, head
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.serialization import encode_json
 
 from menos import errors, versions
 from menos.http import schemas, shared_read
@@ -15,7 +16,7 @@ from menos.queue import repository
 @get("/health", sync_to_thread=False, security=[{}])
 def health() -> schemas.Health:
     """Liveness and the running version."""
-    return schemas.Health(status="ok", app_version=versions.app_version())
+    return _liveness()
 
 
 @get(
@@ -33,14 +34,26 @@ async def ready(request: Request[Any, Any, Any]) -> Response[schemas.Ready]:
 
 
 @head("/health", sync_to_thread=False, include_in_schema=False)
-def health_probe() -> None:
+def health_probe() -> Response[None]:
     """Liveness without a body."""
+    return _without_body(Response(_liveness()))
 
 
 @head("/ready", include_in_schema=False)
 async def ready_probe(request: Request[Any, Any, Any]) -> Response[None]:
     """Readiness without a body."""
-    return Response(None, status_code=(await _readiness(request)).status_code)
+    return _without_body(await _readiness(request))
+
+
+def _liveness() -> schemas.Health:
+    return schemas.Health(status="ok", app_version=versions.app_version())
+
+
+def _without_body(answer: Response[Any]) -> Response[None]:
+    """The GET's status and length, and no body (RFC 9110: a HEAD's content-length is the
+    GET's)."""
+    length = len(encode_json(answer.content))
+    return Response(None, status_code=answer.status_code, headers={"content-length": str(length)})
 
 
 def migrations_read() -> shared_read.SharedRead[list[int]]:
