@@ -92,20 +92,26 @@ def _up_to(maximum: int) -> Callable[[str, str], int]:
 
 def _dsn(name: str, raw: str) -> str:
     """A PostgreSQL URL as asyncpg takes it (keyword/value strings are not accepted), each of
-    its `host:port`s (there may be several) with a port from 1 to 65535. Options in the query
-    are left to asyncpg."""
+    its `host:port`s (there may be several, also in the `host` and `port` query options) with a
+    port from 1 to 65535. Other options in the query are left to asyncpg."""
     dsn = _text(name, raw)
     expected = "expected a postgresql://user:password@host:port/database URL"
     try:
         parts = urllib.parse.urlsplit(dsn)
+        options = urllib.parse.parse_qs(parts.query)
     except ValueError as exc:  # an unclosed [IPv6] bracket, say
         raise errors.SettingsError(name, f"{expected} ({exc})") from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise errors.SettingsError(name, expected)
-    for host in parts.netloc.rpartition("@")[2].split(","):
+    hosts = [parts.netloc.rpartition("@")[2], *options.get("host", [])]
+    ports = [
         # `host`, `host:port`, `[v6]` or `[v6]:port`, each as asyncpg splits them.
-        port = host.rpartition("]")[2] if host.startswith("[") else host
-        digits = port.partition(":")[2]
+        (host.rpartition("]")[2] if host.startswith("[") else host).partition(":")[2]
+        for listed in hosts
+        for host in listed.split(",")
+    ]
+    ports += [port for listed in options.get("port", []) for port in listed.split(",")]
+    for digits in ports:
         if digits and not (digits.isascii() and digits.isdigit() and 0 < int(digits) <= 65535):
             raise errors.SettingsError(name, f"{expected}: {digits!r} is not a TCP port")
     return dsn

@@ -26,6 +26,9 @@ from menos import errors, settings
         ("MENOS_DATABASE_URL", "postgresql://u@db:99999/menos"),
         ("MENOS_DATABASE_URL", "postgresql://u@h1:5432,h2:0/menos"),
         ("MENOS_DATABASE_URL", "postgresql://u@[::1]:x/menos"),
+        ("MENOS_DATABASE_URL", "postgresql:///menos?host=db:abc"),
+        ("MENOS_DATABASE_URL", "postgresql://u@db/menos?port=70000"),
+        ("MENOS_DATABASE_URL", "postgresql:///menos?host=h1,h2&port=5432,x"),
         ("MENOS_LLM_BASE_URL", "http://[::1"),
         ("MENOS_LLM_BASE_URL", "http://llm:99999/v1"),
         ("MENOS_LLM_BASE_URL", "http://"),
@@ -62,6 +65,7 @@ def test_the_largest_usable_values_are_taken() -> None:
         "postgresql:///menos?host=/var/run/postgresql",
         "postgresql://u:p%40ss@[::1]:5432/db",
         "postgresql://u@[::1],db:5433,other/db",
+        "postgresql:///menos?host=h1:5432,[::1]&port=5433",
     ):
         assert settings.from_env({"MENOS_DATABASE_URL": dsn}).database_url == dsn
     conf = settings.from_env({"MENOS_LLM_BASE_URL": "HTTP://[::1]:8080/v1/"})
