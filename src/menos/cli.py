@@ -44,16 +44,8 @@ def database(conf: settings.Settings) -> Iterator[str]:
         yield conf.database_url
         return
     server = embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
-    running = server.running()
-    if running is not None:
+    with server.in_use() as running:
         yield running.dsn
-        return
-    started = server.start(detached=False)
-    try:
-        yield started.dsn
-    finally:
-        if server.owns_server():
-            server.stop()
 
 
 async def _with_repo(
@@ -419,13 +411,16 @@ def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     server = embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
     if args.db_command == "start":
-        dsn = (server.running() or server.start(detached=True)).dsn
-        try:
-            applied = asyncio.run(_migrate(dsn))  # ready for psql: the schema is there
-        except errors.MenosError as exc:
-            raise errors.MenosError(
-                f"{exc} (the database stays running at {dsn}; bin/menos db stop stops it)"
-            ) from exc
+        with server.in_use() as running:
+            server.keep(running)
+            try:
+                applied = asyncio.run(_migrate(running.dsn))  # ready for psql: schema there
+            except errors.MenosError as exc:
+                raise errors.MenosError(
+                    f"{exc} (the database stays running at {running.dsn};"
+                    " bin/menos db stop stops it)"
+                ) from exc
+        dsn = running.dsn
         log.info("migrations_applied", versions=applied)
         print(dsn)
         return 0

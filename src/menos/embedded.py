@@ -5,8 +5,9 @@ namespace where outer uid 0 is mapped to an unprivileged inner uid: PostgreSQL s
 that user and owning its data directory, while the kernel still grants it root's access to
 `MENOS_HOME`, even under 0700 directories. Nothing outside `MENOS_HOME` is changed.
 
-A server started for a command gets PR_SET_PDEATHSIG, so it stops (fast shutdown) when the
-process that started it dies, even by SIGKILL: no orphaned postgres.
+Commands share a server through `in_use`: the last one to leave stops it, unless `db start`
+kept it. A server started with `start(detached=False)` (the tests' own) gets PR_SET_PDEATHSIG
+instead, so it stops (fast shutdown) when the process that started it dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -249,6 +250,41 @@ class EmbeddedPostgres:
             return self._start(detached)
 
     @contextlib.contextmanager
+    def in_use(self) -> Iterator[Running]:
+        """The running server (started when none runs), kept running while the block lasts.
+
+        Every command using the server holds a shared lock on `home/clients.lock`; leaving,
+        the last one (the only one that then gets the lock exclusively) stops the server
+        unless `keep` was called for it. The kernel drops the lock of a killed command: the
+        server it leaves is stopped by the next command to leave, or by `db stop`.
+        """
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (self.home / "clients.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)  # waits while a last command stops the server
+            try:
+                yield self.start(detached=True)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # another command still uses it
+                else:
+                    running = self.running()
+                    if running is not None and not self._kept(running):
+                        self.stop()
+
+    def keep(self, running: Running) -> None:
+        """Keep this server running after its last command leaves, until `stop` (db start)."""
+        (self.home / "pg_keep").write_text(str(running.pid))
+
+    def _kept(self, running: Running) -> bool:
+        try:
+            return (self.home / "pg_keep").read_text().strip() == str(running.pid)
+        except FileNotFoundError:
+            return False
+
+    @contextlib.contextmanager
     def _start_lock(self) -> Iterator[None]:
         """An exclusive lock on `home/start.lock`, released when the block ends (or we die)."""
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -337,10 +373,6 @@ class EmbeddedPostgres:
 
         asyncio.run(create())
 
-    def owns_server(self) -> bool:
-        """Whether this object started the running server."""
-        return self._process is not None and self._process.poll() is None
-
     def stop(self) -> bool:
         """Fast-shutdown the server on this data directory; False when none was running."""
         target: int | None = None
@@ -365,4 +397,5 @@ class EmbeddedPostgres:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGQUIT)
         self._process = None
+        (self.home / "pg_keep").unlink(missing_ok=True)
         return True

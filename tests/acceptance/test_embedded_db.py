@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import BIN, sql
+from tests.support.processes import BIN, sql, wait_for
 
 
 @pytest.fixture
@@ -120,3 +120,73 @@ def test_start_with_a_schema_it_cannot_migrate_says_the_server_runs(
     assert failing.stderr.count("\n") == 1, failing.stderr
     assert "migration 0009_full_payloads_by_finish.sql failed" in failing.stderr
     assert f"the database stays running at {dsn}" in failing.stderr
+
+
+def spawn(env: dict[str, str], log: Path, *argv: str) -> subprocess.Popen[bytes]:
+    """A command of bin/ on the test's home, its output in `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(BIN / argv[0]), *argv[1:]], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def wait_logged(log: Path, event: str) -> None:
+    wait_for(lambda: event in log.read_text(), what=event)
+
+
+def test_the_server_stays_while_a_command_still_uses_it(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """The command that started the server leaving does not take it from a command attached
+    to it; the last one to leave stops it."""
+    _, env = db
+    env = {**env, "MENOS_LOG_FORMAT": "json"}
+    assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
+    first, second = tmp_path / "dispatcher.log", tmp_path / "worker.log"
+    dispatcher = spawn(env, first, "dispatcher")
+    wait_logged(first, "dispatcher_started")
+    worker = spawn(env, second, "worker")
+    wait_logged(second, "worker_started")
+    dsn = menos_db(env, "url").stdout.strip()
+    dispatcher.terminate()
+    assert dispatcher.wait(timeout=60) == 0
+    assert menos_db(env, "url").stdout.strip() == dsn
+    assert sql(dsn, "SELECT count(*) AS n FROM menos.pipeline_job") == [{"n": 0}]
+    worker.terminate()
+    assert worker.wait(timeout=60) == 0
+    assert "database_unavailable" not in second.read_text()
+    assert menos_db(env, "url").returncode == 1  # the last one stopped it
+
+
+def test_concurrent_commands_on_a_fresh_home_all_succeed_and_leave_nothing_running(
+    db: tuple[Path, dict[str, str]],
+) -> None:
+    _, env = db
+
+    def migrate(_: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "menos"), "migrate"], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(migrate, range(4)))
+    assert [r.returncode for r in runs] == [0] * 4, [r.stderr for r in runs]
+    assert menos_db(env, "url").returncode == 1
+
+
+def test_db_start_keeps_a_server_a_command_started(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`db start` on a server another command started keeps it after that command ends."""
+    _, env = db
+    env = {**env, "MENOS_LOG_FORMAT": "json"}
+    assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
+    log = tmp_path / "worker.log"
+    worker = spawn(env, log, "worker")
+    wait_logged(log, "worker_started")
+    started = menos_db(env, "start")
+    assert started.returncode == 0, started.stderr
+    worker.terminate()
+    assert worker.wait(timeout=60) == 0
+    assert menos_db(env, "url").stdout.strip() == started.stdout.strip()
+    assert menos_db(env, "stop").stdout.strip() == "stopped"
