@@ -710,6 +710,8 @@ _SERVICES = frozenset({"api", "worker", "dispatcher", "dev"})
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m menos`."""
+    if sys.stderr is None:  # started with `2>&-`
+        _stderr_to_devnull()
     parser = build_parser()
     args = parser.parse_args(argv)
     for name, value in vars(args).items():
@@ -745,6 +747,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _stderr_to_devnull() -> None:
+    """Messages and logs have nowhere to go: discard them. Descriptor 2 becomes /dev/null, so
+    no file or socket opened later takes its place (and gets what is written there)."""
+    fd = os.open(os.devnull, os.O_WRONLY)
+    if fd != 2:
+        os.dup2(fd, 2)
+        os.close(fd)
+    sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - for the process
 
 
 def _stdout_gone() -> bool:

@@ -370,6 +370,10 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
     done = shell(f"export-summaries --format markdown --out {written} >&-")
     assert done.returncode == 0, done.stderr
     assert len(list(written.glob("*.md"))) == 3
+    # started without a stderr: runs, with its messages and logs discarded
+    listed = shell("menos jobs list --limit 3 2>&-")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) >= 3, listed
+    assert shell("menos jobs show 00000000-0000-0000-0000-000000000000 2>&-").returncode == 1
     piped = shell("menos jobs list --limit 3 | true")  # the reader is gone at once
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
 
