@@ -105,6 +105,10 @@ def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
                 timeout_graceful_shutdown=5,
             )
         )
+        # uvicorn stops gracefully on SIGTERM or SIGINT, then raises the signal again for the
+        # handler it found: this one, so a requested stop ends with 0 as the services' do.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         server.run()
     return 0
 
@@ -482,7 +486,7 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     conf.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with database(conf) as dsn:
-        asyncio.run(_migrate(dsn))
+        log.info("migrations_applied", versions=asyncio.run(_migrate(dsn)))
         key = _dev_key(conf, dsn)
         env = {**os.environ, "MENOS_DATABASE_URL": dsn, "MENOS_LOG_FORMAT": conf.log_format}
         children = {

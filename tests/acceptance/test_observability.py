@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from urllib.parse import urlsplit
 
@@ -121,7 +122,7 @@ def test_health_reports_the_package_version(menos: Menos) -> None:
     from tests.support.processes import ROOT
 
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    menos.api()
+    api = menos.api()
     assert httpx.get(f"{menos.base_url}/health").json() == {"status": "ok", "app_version": version}
     for probe in ("/health", "/ready"):  # as load balancers check
         status, headers, rest = raw_head(menos.base_url, probe)
@@ -133,6 +134,10 @@ def test_health_reports_the_package_version(menos: Menos) -> None:
         client.post("/api/v1/content", json={"text": "versioned"})
     rows = sql(menos.database_url, "SELECT pipeline_version FROM menos.pipeline_job")
     assert [r["pipeline_version"] for r in rows] == [version]
+    for stop in (signal.SIGTERM, signal.SIGINT):  # a requested stop ends well: exit 0
+        api.send_signal(stop)
+        assert api.wait(timeout=30) == 0
+        api = menos.api()
 
 
 def test_verbose_reads_are_audited(menos: Menos) -> None:
