@@ -62,7 +62,7 @@ UPDATE menos.content c
 RETURNING c.content_id;
 
 -- name: complete_jobs
--- Persist runs ($1: one JSON object per job), each guarded by (job, worker, attempts): result and status on the content, job completed, owner tag counts; the status trigger writes outbox rows. Returns the jobs written.
+-- Persist runs ($1: one JSON object per job), each guarded by (job, worker, attempts): result and status on the content, job completed with its last stage as current_stage (as every ending write here), owner tag counts; the status trigger writes outbox rows. Returns the jobs written.
 WITH run AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS r (
         job_id uuid, worker_id text, attempts integer, stages jsonb, diagnostics jsonb,
@@ -70,7 +70,8 @@ WITH run AS (
 ), job AS (
     UPDATE menos.pipeline_job j
        SET status = 'completed', finished_at = coalesce($2::timestamptz, now()),
-           stages = run.stages, diagnostics = run.diagnostics, full_payload = run.full_payload,
+           stages = run.stages, current_stage = run.stages -> -1 ->> 'name',
+           diagnostics = run.diagnostics, full_payload = run.full_payload,
            lease_expires_at = NULL
       FROM run
      -- Found by primary key (an id array). The guard's `(status = 'processing') IS TRUE` means
@@ -112,7 +113,8 @@ UPDATE menos.pipeline_job
        error_code = CASE WHEN cancel_requested_at IS NULL THEN $5 END,
        error_stage = CASE WHEN cancel_requested_at IS NULL THEN $6 END,
        error_message = CASE WHEN cancel_requested_at IS NULL THEN $7 END,
-       stages = $8, diagnostics = $9, full_payload = $10, lease_expires_at = NULL
+       stages = $8, current_stage = $8::jsonb -> -1 ->> 'name', diagnostics = $9,
+       full_payload = $10, lease_expires_at = NULL
  WHERE job_id = $1 AND (status = 'processing') IS TRUE AND worker_id = $2 AND attempts = $3
 RETURNING status;
 
@@ -120,7 +122,7 @@ RETURNING status;
 -- End a run as cancelled at a stage boundary, while this worker still holds it.
 UPDATE menos.pipeline_job
    SET status = 'cancelled', finished_at = coalesce($4::timestamptz, now()), stages = $5,
-       diagnostics = $6, lease_expires_at = NULL
+       current_stage = $5::jsonb -> -1 ->> 'name', diagnostics = $6, lease_expires_at = NULL
  WHERE job_id = $1 AND (status = 'processing') IS TRUE AND worker_id = $2 AND attempts = $3
 RETURNING job_id;
 

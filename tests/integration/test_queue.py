@@ -671,3 +671,45 @@ async def test_folding_processes_never_lowers_a_metric_total(repo: repository.Re
     await repo.flush_stats("a", [("menos_stage_duration_seconds_sum", "stage=fetch", 0.1)])
     assert await repo.metric_totals() == before
     assert [t.value for t in before] == [0.6]
+
+
+async def test_an_ended_run_keeps_the_last_stage_it_entered(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """Completed, failed or cancelled, a job's current_stage is the last stage of its run
+    (null when none started), whether or not a heartbeat wrote it before."""
+    await helpers.owner(repo)
+    for n in range(4):
+        await repo.enqueue(helpers.note(body=f"stage {n}"))
+    done, failed, cancelled, early = await claim(repo, "w", 4)
+    started = dt.datetime.now(dt.UTC)
+
+    def ran(*names: str) -> list[models.StageTiming]:
+        return [models.StageTiming(name=n, started_at=started) for n in names]
+
+    def guard(claimed: models.Claimed) -> repository.Guard:
+        return repository.Guard(claimed.job.job_id, "w", claimed.job.attempts)
+
+    stages = ("fetch", "prepare", "analyze", "parse", "persist")
+    assert await repo.complete(
+        guard(done), result={}, tags=[], stages=ran(*stages), diagnostics={}, full_payload=None
+    )
+    assert await repo.fail(
+        guard(failed),
+        code="ANALYZER_FAILED",
+        stage="analyze",
+        message="no",
+        stages=ran("fetch", "prepare", "analyze"),
+        diagnostics={},
+        full_payload=None,
+    )
+    assert await repo.cancel_claimed(guard(cancelled), stages=ran("fetch"), diagnostics={})
+    assert await repo.cancel_claimed(guard(early), stages=[], diagnostics={})
+    rows = await pool.fetch("SELECT job_id, status, current_stage FROM menos.pipeline_job")
+    ended = {r["job_id"]: (r["status"], r["current_stage"]) for r in rows}
+    assert ended == {
+        done.job.job_id: ("completed", "persist"),
+        failed.job.job_id: ("failed", "analyze"),
+        cancelled.job.job_id: ("cancelled", "fetch"),
+        early.job.job_id: ("cancelled", None),
+    }
