@@ -512,7 +512,7 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
         if _wait_http(f"{base}/health", children["api"]):
             print(
                 f"\nmenos {versions.app_version()} is running\n"
-                f"  API:      {base}/api/v1\n  docs:     {base}/schema/swagger\n"
+                f"  API:      {base}  (routes under /api/v1)\n  docs:     {base}/schema/swagger\n"
                 f"  API key:  {key}\n\nTry it:\n"
                 f"  curl -s -X POST {base}/api/v1/content -H 'Authorization: Bearer {key}' "
                 "-H 'Content-Type: application/json' "

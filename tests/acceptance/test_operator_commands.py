@@ -417,7 +417,7 @@ def test_dev_runs_on_an_ipv6_address(menos: Menos, tmp_path: Path) -> None:
             what="menos dev to announce itself",
         )
         text = out.read_text()
-        assert f"API:      http://[::1]:{port}/api/v1" in text, text
+        assert f"API:      http://[::1]:{port}  (routes under /api/v1)" in text, text
         assert httpx.get(f"http://[::1]:{port}/health", timeout=5).status_code == 200
     finally:
         dev.send_signal(signal.SIGINT)
