@@ -186,12 +186,8 @@ async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
     await conn.execute(queries["migrations_lock"])
     try:
         await conn.execute(queries["migrations_table"])
-        done = {row["version"]: row for row in await conn.fetch(queries["migrations_recorded"])}
-        files = migrations()
-        for version, name, sql in files:
-            if version in done:
-                _same_migration(done[version], name, _checksum(sql))
-        for version, name, sql in files:
+        done = await _recorded_as_these_files(conn, queries)
+        for version, name, sql in migrations():
             if version in done:
                 if done[version]["checksum"] is None:
                     await conn.execute(
@@ -210,6 +206,21 @@ async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
     finally:
         await conn.execute(queries["migrations_unlock"])
     return applied_now
+
+
+async def check_applied(conn: asyncpg.Connection[Any], queries: Queries) -> None:
+    """Raise SchemaMismatch when an applied migration is not this code's file (name or text)."""
+    await _recorded_as_these_files(conn, queries)
+
+
+async def _recorded_as_these_files(
+    conn: asyncpg.Connection[Any], queries: Queries
+) -> dict[int, asyncpg.Record]:
+    done = {row["version"]: row for row in await conn.fetch(queries["migrations_recorded"])}
+    for version, name, sql in migrations():
+        if version in done:
+            _same_migration(done[version], name, _checksum(sql))
+    return done
 
 
 def _same_migration(recorded: asyncpg.Record, name: str, checksum: str) -> None:

@@ -190,3 +190,20 @@ def test_db_start_keeps_a_server_a_command_started(
     assert worker.wait(timeout=60) == 0
     assert menos_db(env, "url").stdout.strip() == started.stdout.strip()
     assert menos_db(env, "stop").stdout.strip() == "stopped"
+
+
+def test_commands_refuse_a_database_migrated_with_other_files(
+    db: tuple[Path, dict[str, str]],
+) -> None:
+    """A worker or a `jobs` command on a database whose applied migration differs from this
+    code's file stops at once with one line, as `migrate` does, instead of running on it."""
+    _, env = db
+    dsn = menos_db(env, "start").stdout.strip()
+    sql(dsn, "UPDATE menos.schema_migrations SET checksum = 'edited' WHERE version = 11")
+    for argv in (["menos", "jobs", "list"], ["worker"], ["menos", "migrate"]):
+        done = subprocess.run(
+            [str(BIN / argv[0]), *argv[1:]], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1, (argv, done.stderr)
+        assert "migrated by another version of menos" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
