@@ -349,27 +349,27 @@ def cmd_jobs(conf: settings.Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
-    async def create(repo: repository.Repository) -> int:
-        key = await repo.create_key(args.owner, "admin" if args.admin else "user")
+    def shown(key: repository.CreatedKey) -> str:
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "key_id": str(key.key_id),
-                        "owner": key.owner,
-                        "role": key.role,
-                        "api_key": key.api_key,
-                        "webhook_secret": key.webhook_secret,
-                    },
-                    separators=(",", ":"),
-                )
+            return json.dumps(
+                {
+                    "key_id": str(key.key_id),
+                    "owner": key.owner,
+                    "role": key.role,
+                    "api_key": key.api_key,
+                    "webhook_secret": key.webhook_secret,
+                },
+                separators=(",", ":"),
             )
-        else:
-            print(
-                f"key_id:         {key.key_id}\nowner:          {key.owner} ({key.role})\n"
-                f"api_key:        {key.api_key}\nwebhook_secret: {key.webhook_secret}\n"
-                "Keep both: they are shown only once."
-            )
+        return (
+            f"key_id:         {key.key_id}\nowner:          {key.owner} ({key.role})\n"
+            f"api_key:        {key.api_key}\nwebhook_secret: {key.webhook_secret}\n"
+            "Keep both: they are shown only once."
+        )
+
+    async def create(repo: repository.Repository) -> int:
+        role: models.Role = "admin" if args.admin else "user"
+        await repo.create_key(args.owner, role, hand_over=lambda key: _hand_over(shown(key)))
         return 0
 
     async def listing(repo: repository.Repository) -> int:
@@ -391,11 +391,9 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
         return 0
 
     async def rotate(repo: repository.Repository) -> int:
-        secret = await repo.rotate_secret(args.owner)
-        if secret is None:
+        if await repo.rotate_secret(args.owner, hand_over=_hand_over) is None:
             print(f"menos: no owner {args.owner}", file=sys.stderr)
             return EXIT_FAILURE
-        print(secret)
         return 0
 
     action = {"create": create, "list": listing, "revoke": revoke, "rotate-secret": rotate}
@@ -752,6 +750,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _hand_over(secret: str) -> None:
+    """Print a secret about to be kept; raise, so that it is not kept, when it cannot be."""
+    try:
+        print(secret, flush=True)
+    except OSError as exc:  # a full disk, a closed pipe
+        # What is left in the buffer goes nowhere: Python would fail flushing it at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise errors.MenosError(
+            f"could not write the result ({exc.strerror or exc}): nothing was changed"
+        ) from exc
 
 
 def _stderr_to_devnull() -> None:

@@ -362,6 +362,12 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
         fails(shell(f"{command} >&-"), 1, "menos: standard output is closed")
     assert len(sql(menos.database_url, "SELECT 1 FROM menos.api_key")) == keys_before
     assert not (menos.workdir / "export").exists()
+    secrets_before = sql(menos.database_url, "SELECT * FROM menos.owner ORDER BY name")
+    for command in ("menos keys create --owner mallory", "menos keys rotate-secret --owner alice"):
+        # a secret that cannot be written (a full disk) is not kept either
+        fails(shell(f"{command} > /dev/full"), 1, "could not write the result")
+    assert len(sql(menos.database_url, "SELECT 1 FROM menos.api_key")) == keys_before
+    assert sql(menos.database_url, "SELECT * FROM menos.owner ORDER BY name") == secrets_before
     exported = tmp_path / "x.jsonl"  # a command whose result goes to --out runs as usual
     done = shell(f"export-summaries --out {exported} >&-")
     assert done.returncode == 0, done.stderr

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
@@ -634,8 +634,15 @@ class Repository(_Store):
 
     # -- keys and owners ------------------------------------------------------------------
 
-    async def create_key(self, owner: str, role: models.Role) -> CreatedKey:
-        """A new API key for `owner` (created with its webhook secret if new)."""
+    async def create_key(
+        self,
+        owner: str,
+        role: models.Role,
+        *,
+        hand_over: Callable[[CreatedKey], None] = lambda _: None,
+    ) -> CreatedKey:
+        """A new API key for `owner` (created with its webhook secret if new). `hand_over`
+        gets it before the commit: if it raises, no key is made (its secret was not kept)."""
         api_key = "menos_" + secrets.token_urlsafe(32)
         key_id = models.new_id()
         async with self._conn() as conn, conn.transaction():
@@ -646,9 +653,11 @@ class Repository(_Store):
                     "owner", "use 1-64 characters of letters, digits, '.', '_' or '-'"
                 ) from None
             await conn.execute(self._q["insert_api_key"], key_id, owner, role, hash_key(api_key))
-        return CreatedKey(
-            key_id=key_id, owner=owner, role=role, api_key=api_key, webhook_secret=secret
-        )
+            created = CreatedKey(
+                key_id=key_id, owner=owner, role=role, api_key=api_key, webhook_secret=secret
+            )
+            hand_over(created)
+        return created
 
     async def principal(self, api_key: str) -> models.Principal | None:
         """Who a presented key belongs to; None when unknown or revoked."""
@@ -663,12 +672,22 @@ class Repository(_Store):
         """Revoke a key; False when unknown or already revoked."""
         return await self._fetchrow("revoke_api_key", key_id) is not None
 
-    async def rotate_secret(self, owner: str, now: dt.datetime | None = None) -> str | None:
-        """A new webhook secret for `owner`; the previous one signs too for 24 h."""
+    async def rotate_secret(
+        self,
+        owner: str,
+        now: dt.datetime | None = None,
+        *,
+        hand_over: Callable[[str], None] = lambda _: None,
+    ) -> str | None:
+        """A new webhook secret for `owner`; the previous one signs too for 24 h. `hand_over`
+        gets it before the commit: if it raises, the secret is not changed."""
         secret = new_webhook_secret()
         expires = (now or dt.datetime.now(dt.UTC)) + SECRET_OVERLAP
-        row = await self._fetchrow("rotate_owner_secret", owner, secret, expires)
-        return secret if row else None
+        async with self._conn() as conn, conn.transaction():
+            if await conn.fetchrow(self._q["rotate_owner_secret"], owner, secret, expires) is None:
+                return None
+            hand_over(secret)
+        return secret
 
     # -- maintenance ----------------------------------------------------------------------
 
