@@ -102,6 +102,15 @@ def _tag_text(value: object) -> str | None:
     return str(value)
 
 
+def _scalar_text(value: Any) -> str | None:
+    """A frontmatter scalar as text (`12345`, `1.5`, `true`); None for null, lists and maps."""
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as written in YAML, not Python's True
+    if isinstance(value, str | int | float):
+        return str(value)
+    return None
+
+
 def split_tags(values: Iterable[str]) -> list[str]:
     """Tags given as repeated fields and/or comma-separated strings."""
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
@@ -120,8 +129,8 @@ def choose_title(requested: str | None, note: Note, filename: str | None) -> str
     """The request's title, else the frontmatter's, else the file name or first heading."""
     if requested and requested.strip():
         return requested.strip()
-    fm_title = note.metadata.get("title")
-    if isinstance(fm_title, str) and fm_title.strip():
+    fm_title = _scalar_text(note.metadata.get("title"))
+    if fm_title is not None and fm_title.strip():
         return fm_title.strip()
     if filename:
         stem = filename.rsplit("/", 1)[-1]

@@ -83,3 +83,20 @@ def test_only_strings_and_numbers_in_frontmatter_tags_are_tags(
     """Null, booleans, lists and mappings never become tags such as 'None' or "['x', 'y']"."""
     note = markdown.parse(f"---\ntags: {tags}\n---\nbody")
     assert markdown.frontmatter_tags(note.metadata) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "title"),
+    [("12345", "12345"), ("1.5", "1.5"), ("true", "true"), ("2024-01-02", "2024-01-02")],
+)
+def test_a_scalar_frontmatter_title_is_used_as_text(value: str, title: str) -> None:
+    """`title: 12345` titles the note "12345", not the file name."""
+    note = markdown.parse(f"---\ntitle: {value}\n---\nbody")
+    assert markdown.choose_title(None, note, "file.md") == title
+
+
+@pytest.mark.parametrize("value", ["[a, b]", "{a: 1}", "null", "''"])
+def test_a_frontmatter_title_that_is_no_scalar_text_is_ignored(value: str) -> None:
+    """A list, map, null or blank title falls back to the file name."""
+    note = markdown.parse(f"---\ntitle: {value}\n---\nbody")
+    assert markdown.choose_title(None, note, "file.md") == "file"
