@@ -6,6 +6,7 @@ MenosError
 ├── SchemaOutdated       migrations not applied
 ├── EmbeddedError        the embedded PostgreSQL could not start or stop
 ├── InvalidInput         a request field is invalid (names it)
+│   └── Unresolvable     its URL's host resolves to no address
 ├── NotFound             unknown or not visible to the caller
 ├── Conflict             the state forbids the action (names the current status)
 ├── Unauthorized         missing, unknown or revoked API key
@@ -76,6 +77,10 @@ class InvalidInput(MenosError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class Unresolvable(InvalidInput):
+    """A URL's host cannot be resolved (not an SSRF refusal: nothing said it was private)."""
 
 
 class NotFound(MenosError):

@@ -249,6 +249,16 @@ async def test_private_page_url_is_refused() -> None:
     assert hosts == []
 
 
+async def test_a_host_that_cannot_be_resolved_is_not_called_an_ssrf_refusal() -> None:
+    """A DNS failure says the host cannot be resolved, without the SSRF rule's wording."""
+    error = await _fetch_error(
+        lambda request: _html("<p>never</p>"), url="http://does-not-exist.invalid/", pinned=True
+    )
+    assert error.code == "FETCH_FAILED"
+    assert "does-not-exist.invalid cannot be resolved" in error.message
+    assert "SSRF" not in error.message
+
+
 async def test_redirect_to_other_scheme_fails() -> None:
     """A redirect to a non-HTTP URL fails the fetch."""
     error = await _fetch_error(

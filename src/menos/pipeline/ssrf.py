@@ -165,7 +165,7 @@ async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise errors.InvalidInput(field, f"host {host} cannot be resolved: {exc}") from None
+        raise errors.Unresolvable(field, f"host {host} cannot be resolved: {exc}") from None
     addresses: list[IPAddress] = []
     for family, _type, _proto, _canonname, sockaddr in infos:
         if family not in (socket.AF_INET, socket.AF_INET6):
@@ -174,7 +174,7 @@ async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise errors.InvalidInput(field, f"host {host} resolves to no IP address")
+        raise errors.Unresolvable(field, f"host {host} resolves to no IP address")
     return addresses
 
 

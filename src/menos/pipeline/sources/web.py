@@ -117,6 +117,10 @@ async def _fetch(
                     current = _redirect_target(response.url, location)
                     continue
                 return await _read_page(response, current, max_bytes)
+        except errors.Unresolvable as exc:
+            raise errors.PipelineError(
+                "FETCH_FAILED", f"could not fetch the page: {exc.message}"
+            ) from exc
         except errors.InvalidInput as exc:
             raise errors.PipelineError(
                 "FETCH_FAILED", f"blocked by the SSRF rule: {exc.message}"
