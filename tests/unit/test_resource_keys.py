@@ -249,6 +249,14 @@ def test_different_pages_get_different_keys() -> None:
         "https://example.com/\x00",
         "https://example.com/\u200b",
         "https://example.com:99999/",
+        "https://example.com:65536/",
+        "https://example.com:0/",
+        "https://xn--/",
+        "https://xn--zz-zzz.com/",
+        "https://a..b/",
+        "https://" + "a" * 64 + ".com/",
+        "https://" + ".".join(["a" * 50] * 5) + ".com/",
+        "https://\u2603\u20e0.com/",
         "https://example.com:port/",
         "https://[::1/",
         "https://evil.com\\@youtube.com/",
@@ -275,3 +283,18 @@ def test_normalize_url_rejects_what_identify_rejects() -> None:
     """Normalization refuses non-HTTP URLs too."""
     with pytest.raises(errors.InvalidInput):
         resource_keys.normalize_url("mailto:someone@example.com")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://r3---sn-4g5e6nsz.googlevideo.com/",
+        "https://my_host.example.com/",
+        "https://" + "a" * 63 + ".com/",
+        "https://xn--bcher-kva.de/",
+        "https://[2606:4700::1111]:8443/",
+    ],
+)
+def test_host_names_that_are_valid_on_the_web_are_accepted(url: str) -> None:
+    """Host names httpx can send to (hyphens, underscores, 63-character labels) are accepted."""
+    assert resource_keys.identify(url).content_type == "web"

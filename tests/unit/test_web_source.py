@@ -259,6 +259,21 @@ async def test_a_host_that_cannot_be_resolved_is_not_called_an_ssrf_refusal() ->
     assert "SSRF" not in error.message
 
 
+@pytest.mark.parametrize("url", ["https://xn--/", "https://xn--zz-zzz.com/"])
+async def test_a_malformed_host_fails_the_fetch_not_the_pipeline(url: str) -> None:
+    """A page URL stored with malformed punycode fails with FETCH_FAILED, not
+    PIPELINE_EXCEPTION."""
+    error = await _fetch_error(lambda request: _html("<p>never</p>"), url=url)
+    assert error.code == "FETCH_FAILED"
+
+
+@pytest.mark.parametrize("location", ["https://xn--/", "https://xn--zz-zzz.com/page"])
+async def test_a_redirect_to_a_malformed_host_fails_the_fetch(location: str) -> None:
+    """A redirect to a host name with malformed punycode fails with FETCH_FAILED."""
+    error = await _fetch_error(lambda request: httpx.Response(302, headers={"location": location}))
+    assert error.code == "FETCH_FAILED"
+
+
 async def test_redirect_to_other_scheme_fails() -> None:
     """A redirect to a non-HTTP URL fails the fetch."""
     error = await _fetch_error(

@@ -9,11 +9,14 @@ import unicodedata
 import urllib.parse
 from typing import Literal
 
+import idna
 import msgspec
 
 from menos import errors
 
 MAX_URL_LENGTH = 2048
+MAX_LABEL = 63  # RFC 1035, for a label of a host name
+MAX_HOST = 253  # RFC 1035, for a whole host name in its A-label form
 
 _FIELD = "url"
 _VIDEO_ID = re.compile(r"[A-Za-z0-9_-]{11}")
@@ -91,31 +94,35 @@ def web_resource_key(normalized_url: str) -> str:
     return "url:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def _split(url: str) -> urllib.parse.SplitResult:
-    """Parse and validate a submitted URL; every rejection is an InvalidInput naming `url`."""
+def _split(url: str, field: str = _FIELD) -> urllib.parse.SplitResult:
+    """Parse and validate a submitted URL; every rejection is an InvalidInput naming `field`."""
     if not url:
-        raise errors.InvalidInput(_FIELD, "URL is empty")
+        raise errors.InvalidInput(field, "URL is empty")
     if len(url) > MAX_URL_LENGTH:
-        raise errors.InvalidInput(_FIELD, f"URL is longer than {MAX_URL_LENGTH} characters")
+        raise errors.InvalidInput(field, f"URL is longer than {MAX_URL_LENGTH} characters")
     if any(_forbidden_char(char) for char in url):
-        raise errors.InvalidInput(_FIELD, "URL contains whitespace or control characters")
+        raise errors.InvalidInput(field, "URL contains whitespace or control characters")
     # WHATWG parsers read a backslash as "/", urllib does not: refuse the ambiguity outright.
     if "\\" in url:
-        raise errors.InvalidInput(_FIELD, "URL contains a backslash")
+        raise errors.InvalidInput(field, "URL contains a backslash")
     try:
         parts = urllib.parse.urlsplit(url)
-        port = parts.port
     except ValueError as exc:
-        raise errors.InvalidInput(_FIELD, f"URL cannot be parsed: {exc}") from None
+        raise errors.InvalidInput(field, f"URL cannot be parsed: {exc}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # also out of range or not a number; 0 would mean the scheme's default
+        raise errors.InvalidInput(field, "URL port must be a number from 1 to 65535")
     if parts.scheme.lower() not in ("http", "https"):
-        raise errors.InvalidInput(_FIELD, "only http and https URLs are accepted")
+        raise errors.InvalidInput(field, "only http and https URLs are accepted")
     host = _host(parts)
     if not host:
-        raise errors.InvalidInput(_FIELD, "URL has no host")
+        raise errors.InvalidInput(field, "URL has no host")
     if _BAD_HOST_CHAR.search(host):
-        raise errors.InvalidInput(_FIELD, "URL host contains characters a host name cannot have")
-    if port == 0:
-        raise errors.InvalidInput(_FIELD, "URL has port 0")
+        raise errors.InvalidInput(field, "URL host contains characters a host name cannot have")
+    _a_label_host(host, field)
     return parts
 
 
@@ -127,6 +134,35 @@ def _host(parts: urllib.parse.SplitResult) -> str:
     """The host without user-info, lower-cased and without a trailing dot (IPv6 unbracketed)."""
     host = (parts.hostname or "").lower()
     return host[:-1] if host.endswith(".") else host
+
+
+def _a_label_host(host: str, field: str = _FIELD) -> str:
+    """`host` in its ASCII form (`bücher.de` → `xn--bcher-kva.de`), as httpx will send it;
+    InvalidInput naming `field` for what no request could be sent to (a `..`, a label over
+    63 characters, punycode that does not decode)."""
+    if ":" in host:  # an IPv6 literal
+        return host
+    try:
+        ascii_host = host if host.isascii() else idna.encode(host).decode("ascii")
+    except idna.IDNAError as exc:
+        raise errors.InvalidInput(field, f"URL host is not a valid host name: {exc}") from None
+    if len(ascii_host) > MAX_HOST:
+        raise errors.InvalidInput(field, f"URL host is longer than {MAX_HOST} characters")
+    for label in ascii_host.split("."):
+        if not label:
+            raise errors.InvalidInput(field, "URL host has an empty label (`..`)")
+        if len(label) > MAX_LABEL:
+            raise errors.InvalidInput(
+                field, f"URL host has a label longer than {MAX_LABEL} characters"
+            )
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError) as exc:
+                raise errors.InvalidInput(
+                    field, f"URL host has malformed punycode ({label}): {exc}"
+                ) from None
+    return ascii_host
 
 
 def _video_id(host: str, parts: urllib.parse.SplitResult) -> str | None:

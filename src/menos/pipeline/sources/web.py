@@ -129,7 +129,9 @@ async def _fetch(
             raise errors.PipelineError(
                 "FETCH_FAILED", f"timed out after {timeout_s:g} s fetching the page"
             ) from exc
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+        # UnicodeError: httpx builds the request's Host from a host its URL parser let
+        # through (malformed punycode such as `xn--`) and idna refuses it only then.
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
             raise errors.PipelineError(
                 "FETCH_FAILED", f"could not fetch the page: {type(exc).__name__}: {exc}"
             ) from exc
