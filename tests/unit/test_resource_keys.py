@@ -198,7 +198,7 @@ def test_ports_80_and_443_dropped_others_kept(url: str, normalized: str) -> None
         ("https://example.com/?", "https://example.com/"),
         ("https://example.com/?utm_source=x", "https://example.com/"),
         ("https://[2001:DB8::1]:8080/a", "https://[2001:db8::1]:8080/a"),
-        ("https://BÜCHER.de/Buch", "https://bücher.de/Buch"),
+        ("https://BÜCHER.de/Buch", "https://xn--bcher-kva.de/Buch"),
     ],
 )
 def test_normalization_rules(url: str, normalized: str) -> None:
@@ -283,6 +283,14 @@ def test_normalize_url_rejects_what_identify_rejects() -> None:
     """Normalization refuses non-HTTP URLs too."""
     with pytest.raises(errors.InvalidInput):
         resource_keys.normalize_url("mailto:someone@example.com")
+
+
+def test_an_idn_and_its_punycode_are_one_resource() -> None:
+    """`bücher.de` and `xn--bcher-kva.de` are the same site, so the same key."""
+    unicode = resource_keys.identify("https://bücher.de/").resource_key
+    punycode = resource_keys.identify("https://xn--bcher-kva.de/").resource_key
+    assert unicode == punycode
+    assert resource_keys.normalize_url("https://www.BÜCHER.de/a") == "https://xn--bcher-kva.de/a"
 
 
 @pytest.mark.parametrize(

@@ -185,7 +185,7 @@ def _video_id(host: str, parts: urllib.parse.SplitResult) -> str | None:
 
 
 def _normalize(parts: urllib.parse.SplitResult) -> str:
-    host = _host(parts)
+    host = _a_label_host(_host(parts))  # one form per host: the IDN and its punycode dedup
     if host.startswith("www."):
         host = host[len("www.") :]
     if not host:
