@@ -69,6 +69,7 @@ async def reprocess(
     """Re-run one item by the API's rules; with `wait`, follow it and exit 0/1/2."""
     content = await resolve_content(repo, target, owner)
     if callback_url is not None:
+        resource_keys.check_url(callback_url, "--callback-url")
         await ssrf.resolve_checked(
             callback_url, allow_private=allow_private, field="--callback-url"
         )

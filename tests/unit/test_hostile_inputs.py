@@ -91,3 +91,33 @@ def test_repeated_tags_count_once() -> None:
     assert validate.tags(["same"] * 51 + ["other"]) == ["same", "other"]
     with pytest.raises(errors.InvalidInput):
         validate.tags([f"t{n}" for n in range(51)])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://1.1.1.1:99999/hook",
+        "http://1.1.1.1:65536/hook",
+        "http://1.1.1.1:0/hook",
+        "http://1.1.1.1/a hook",
+        "http://1.1.1.1/\u202ekooh",
+        "http://1.1.1.1/a\x7fb",
+        "https://xn--/hook",
+        "https://xn--zz-zzz.com/hook",
+        "https://a..b/hook",
+        "https://" + "a" * 64 + ".com/hook",
+    ],
+)
+async def test_a_malformed_callback_url_is_refused_at_submission(url: str) -> None:
+    """A callback URL the `url` field would refuse (port, spaces, bidi controls, host) is a
+    400 on `callback_url`, before any delivery is tried."""
+    with pytest.raises(errors.InvalidInput) as caught:
+        await validate.callback_url(url, allow_private=False)
+    assert caught.value.field == "callback_url"
+    assert caught.value.message.startswith("URL ")
+
+
+async def test_a_well_formed_public_callback_url_is_kept() -> None:
+    """A public callback URL with a port is accepted, trimmed."""
+    url = await validate.callback_url(" http://1.1.1.1:8443/hook?a=1 ", allow_private=False)
+    assert url == "http://1.1.1.1:8443/hook?a=1"

@@ -162,6 +162,27 @@ async def test_unusable_urls_are_invalid_input(url: str, fragment: str) -> None:
     assert fragment in caught.value.message
 
 
+@pytest.mark.parametrize(
+    "url", ["http://8.8.8.8:0/", "http://8.8.8.8:65536/", "http://8.8.8.8:99999/"]
+)
+async def test_a_port_outside_the_range_is_refused(url: str) -> None:
+    """Port 0 is not taken for the scheme's default, nor a port over 65535 passed on."""
+    with pytest.raises(errors.InvalidInput) as caught:
+        await ssrf.resolve_checked(url, allow_private=False, field="callback_url")
+    assert caught.value.field == "callback_url"
+    assert "port" in caught.value.message
+
+
+async def test_transport_refuses_a_port_outside_the_range_before_connecting() -> None:
+    """A stored callback URL with port 99999 is refused clearly, never connected to."""
+    network = HandlerNetwork(_ok)
+    transport = ssrf.PinnedTransport(allow_private=False, network=network)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(errors.InvalidInput):
+            await client.post("http://8.8.8.8:99999/hook")
+    assert network.connected == []
+
+
 async def test_refusal_names_the_callers_field() -> None:
     """A refused callback URL is reported on the `callback_url` field."""
     with pytest.raises(errors.InvalidInput) as caught:

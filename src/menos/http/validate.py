@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from menos import errors, markdown
-from menos.pipeline import result, ssrf
+from menos.pipeline import resource_keys, result, ssrf
 
 MAX_TITLE = 500
 MAX_TAG = result.MAX_TAG_CHARS  # the tag index's limit, the same for result tags
@@ -59,9 +59,11 @@ def merged_tags(
 
 
 async def callback_url(value: str | None, *, allow_private: bool) -> str | None:
-    """A callback URL that passes the SSRF rule (400 when refused or unresolvable)."""
+    """A callback URL as well-formed as `url` must be, that passes the SSRF rule (400 when
+    malformed, refused or unresolvable); the one check of every route taking one."""
     url = text("callback_url", value, max_chars=2048)
     if url is None:
         return None
+    resource_keys.check_url(url.strip(), "callback_url")
     await ssrf.resolve_checked(url.strip(), allow_private=allow_private, field="callback_url")
     return url.strip()

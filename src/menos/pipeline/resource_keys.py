@@ -94,6 +94,12 @@ def web_resource_key(normalized_url: str) -> str:
     return "url:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+def check_url(url: str, field: str) -> None:
+    """Refuse what is no usable http(s) URL as `url` is refused (whitespace or control
+    characters, a port outside 1 to 65535, a malformed host name), naming `field`."""
+    _split(url, field)
+
+
 def _split(url: str, field: str = _FIELD) -> urllib.parse.SplitResult:
     """Parse and validate a submitted URL; every rejection is an InvalidInput naming `field`."""
     if not url:

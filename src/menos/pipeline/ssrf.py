@@ -139,7 +139,10 @@ def _target(url: str, field: str) -> tuple[str, int]:
         raise errors.InvalidInput(field, "URL host is not a valid host name") from None
     if not host:
         raise errors.InvalidInput(field, "URL has no host")
-    return host, parsed.port or _DEFAULT_PORTS[scheme]
+    port = parsed.port
+    if port is not None and not 1 <= port <= 65535:  # 0 is no "default port"; over is no port
+        raise errors.InvalidInput(field, "URL port must be a number from 1 to 65535")
+    return host, port or _DEFAULT_PORTS[scheme]
 
 
 async def checked_address(host: str, port: int, *, allow_private: bool, field: str) -> str:
