@@ -319,3 +319,45 @@ def test_sigkilled_dispatcher_loses_no_event(menos: Menos) -> None:
         by_id.setdefault(request.headers["webhook-id"], set()).add(request.body)
     assert set(by_id) == {str(s["event_id"]) for s in states}
     assert all(len(bodies) == 1 for bodies in by_id.values())
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        "http://1.1.1.1:99999/hook",
+        "http://1.1.1.1:0/hook",
+        "http://1.1.1.1/a\u202eb",
+        "https://xn--/",
+    ],
+)
+def test_a_malformed_callback_url_is_a_400_on_every_route_taking_one(
+    menos: Menos, callback: str
+) -> None:
+    """Ingest, both upload forms and reprocess refuse a callback URL with a bad port, a bidi
+    control or a bad host with 400 naming `callback_url`, and queue nothing with it."""
+    menos.api()
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        note = client.post("/api/v1/content", json={"text": "A note."})
+        assert note.status_code == 202, note.text
+        answers = [
+            client.post(
+                "/api/v1/ingest", json={"url": "https://example.com/", "callback_url": callback}
+            ),
+            client.post("/api/v1/content", json={"text": "Another.", "callback_url": callback}),
+            client.post(
+                "/api/v1/content",
+                files={"file": ("n.md", b"Text.", "text/markdown")},
+                data={"callback_url": callback},
+            ),
+            client.post(
+                f"/api/v1/content/{note.json()['content_id']}/reprocess?force=true",
+                json={"callback_url": callback},
+            ),
+        ]
+    for answer in answers:
+        assert answer.status_code == 400, answer.text
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert [error["field"] for error in answer.json()["errors"]] == ["callback_url"]
+    jobs = sql(menos.database_url, "SELECT callback_url FROM menos.pipeline_job")
+    assert jobs == [{"callback_url": None}]
