@@ -307,6 +307,7 @@ def test_errors_name_the_field_the_client_sent(menos: Menos) -> None:
             answer = client.post(f"/api/v1/content/{content_id}/reprocess?force={flag}")
             assert answer.status_code == 400, answer.text
             assert [e["field"] for e in answer.json()["errors"]] == ["force"]
+            assert answer.json()["detail"].startswith("force: "), answer.text  # not the route
         many = ", ".join(f"t{n}" for n in range(60))
         fm_many = client.post("/api/v1/content", json={"text": f"---\ntags: [{many}]\n---\nb"})
         assert fm_many.status_code == 400

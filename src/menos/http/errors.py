@@ -120,12 +120,10 @@ def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response
             # Litestar also reports an absent body when another parameter failed, whether or
             # not the route needs one: name only what the client sent wrong
             fields = [f for f in fields if f.message != BODY_REQUIRED] or fields
-        return problem(
-            400,
-            "Invalid input",
-            exc.detail,
-            fields or [FieldError(field="body", message=exc.detail)],
-        )
+        fields = fields or [FieldError(field="body", message=exc.detail)]
+        # As menos's own 400s: the detail names the fields, not only the route.
+        detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
+        return problem(400, "Invalid input", detail, fields)
     if isinstance(exc, lexc.HTTPException):
         status = exc.status_code
         titles = {
