@@ -125,7 +125,9 @@ async def follow(repo: repository.Repository, job_id: uuid.UUID, poll_s: float =
             job = await repo.job(job_id, owner=None)
             if job is None:
                 raise errors.NotFound(f"job {job_id} disappeared")
-            done = len([s for s in job.stages if s.finished_at is not None])
+            # A stage that failed ended without being done.
+            failed = job.error_stage if job.status == "failed" else None
+            done = len([s for s in job.stages if s.finished_at is not None and s.name != failed])
             if job.status == "completed":
                 done = len(STAGES)
             bar.n = done

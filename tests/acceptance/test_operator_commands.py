@@ -83,6 +83,9 @@ def test_reprocess_wait_exit_codes(menos: Menos, llm: fake_llm.FakeLLM) -> None:
     failed = menos.command("reprocess", first["content_id"], "--force", "--wait")
     assert failed.returncode == 1
     assert "LLM_CALL_ERROR" in failed.stderr
+    bars = re.split(r"[\r\n]", failed.stderr)
+    (last_bar,) = [line for line in bars if " stages [" in line][-1:]
+    assert "2/5 stages" in last_bar, last_bar  # fetch and prepare done; analyze failed
     unknown = menos.command("reprocess", "00000000-0000-0000-0000-000000000000")
     assert unknown.returncode == 1 and "no content" in unknown.stderr
 
