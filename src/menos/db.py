@@ -186,7 +186,7 @@ async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
     await conn.execute(queries["migrations_lock"])
     try:
         await conn.execute(queries["migrations_table"])
-        done = await _recorded_as_these_files(conn, queries)
+        done = await check_applied(conn, queries)
         for version, name, sql in migrations():
             if version in done:
                 if done[version]["checksum"] is None:
@@ -208,14 +208,11 @@ async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
     return applied_now
 
 
-async def check_applied(conn: asyncpg.Connection[Any], queries: Queries) -> None:
-    """Raise SchemaMismatch when an applied migration is not this code's file (name or text)."""
-    await _recorded_as_these_files(conn, queries)
-
-
-async def _recorded_as_these_files(
+async def check_applied(
     conn: asyncpg.Connection[Any], queries: Queries
 ) -> dict[int, asyncpg.Record]:
+    """The applied migrations by version; SchemaMismatch when one is not this code's file
+    (another name or other contents)."""
     done = {row["version"]: row for row in await conn.fetch(queries["migrations_recorded"])}
     for version, name, sql in migrations():
         if version in done:

@@ -236,7 +236,8 @@ class EmbeddedPostgres:
     def start(self, *, detached: bool = False) -> Running:
         """Start the server and wait until it accepts connections.
 
-        Not detached: the server dies with this process. Detached: it outlives it (`db start`).
+        Not detached: the server dies with this process. Detached: it outlives it, and `in_use`
+        decides when it stops.
         Commands starting at once on one home take turns: the first creates and starts the
         cluster, the others attach to it.
         """
