@@ -258,6 +258,45 @@ def test_probes_answer_in_time_while_the_database_does_not(menos: Menos) -> None
     assert "metrics_database_unavailable" in menos.logs()
 
 
+def test_api_requests_get_a_503_in_time_while_the_database_does_not_answer(
+    menos: Menos,
+) -> None:
+    """Every /api/v1 request on a silent database (no refusal, no reset) gets its 503 with a
+    retry-after within the API's deadline (10 s) and a margin, whether its connection was
+    open or had to be made, not after the minute a statement may take elsewhere; and the API
+    recovers when the database answers again."""
+    key = menos.key("alice")
+    with tcp_proxy.running(menos.database_url) as (proxy, through_proxy):
+        menos.api(MENOS_DATABASE_URL=through_proxy)
+        with menos.client(key["api_key"]) as client:
+            submitted = client.post("/api/v1/content", json={"text": "before"}).json()
+            proxy.stall()
+            answers: list[httpx.Response | httpx.HTTPError] = []
+
+            def ask(path: str) -> None:
+                try:
+                    answers.append(client.get(path, timeout=16))
+                except httpx.HTTPError as exc:
+                    answers.append(exc)
+
+            asking = [
+                threading.Thread(target=ask, args=(path,))
+                for path in ["/api/v1/jobs", f"/api/v1/jobs/{submitted['job_id']}"] * 3
+            ]
+            for thread in asking:
+                thread.start()
+            answered = client.post("/api/v1/content", json={"text": "during"}, timeout=16)
+            for thread in asking:
+                thread.join()
+            for answer in [*answers, answered]:
+                assert isinstance(answer, httpx.Response), repr(answer)
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == "1"
+            proxy.restore()
+            wait_for(lambda: client.get("/api/v1/jobs").status_code == 200, what="recovery")
+            assert client.post("/api/v1/content", json={"text": "after"}).status_code == 202
+
+
 def test_services_stop_in_bounded_time_while_the_database_does_not_answer(
     menos: Menos,
 ) -> None:

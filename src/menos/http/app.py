@@ -17,6 +17,11 @@ from menos.http.controllers import content, health, ingest, jobs
 from menos.queue import repository
 from menos.settings import Settings
 
+# How long one database use of a request may take, connecting included. The API's are
+# lookups by key and small writes that take milliseconds; one still waiting after this has met
+# a database that stopped answering, and its client gets a 503 to retry, not a minute's wait.
+DATABASE_DEADLINE_S = 10.0
+
 
 def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
     """Build the API; without `pool` one is made from `settings.database_url` at startup."""
@@ -29,7 +34,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             used = await db.create_pool(settings.database_url, min_size=0, max_size=20)
         else:
             used = pool
-        app.state.repo = repository.Repository(used, db.Queries())
+        app.state.repo = repository.Repository(used, db.Queries(), deadline_s=DATABASE_DEADLINE_S)
         try:
             yield
         finally:

@@ -7,6 +7,7 @@ attempts): a False or empty answer means the job was lost and the caller drops i
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -161,12 +162,25 @@ class CancelOutcome(msgspec.Struct, frozen=True):
 class _Store:
     """Named queries over one asyncpg pool; connection failures become DatabaseUnavailable."""
 
-    def __init__(self, pool: asyncpg.Pool[Any], queries: db.Queries) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool[Any], queries: db.Queries, *, deadline_s: float | None = None
+    ) -> None:
+        """`deadline_s` bounds each use of a connection, from acquiring it to giving it back
+        (a request's lookup or write): past it the use ends with DatabaseUnavailable."""
         self._pool = pool
         self._q = queries
+        self._deadline_s = deadline_s
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
+        try:
+            async with asyncio.timeout(self._deadline_s), self._held() as conn:
+                yield conn
+        except TimeoutError as exc:  # the deadline's: the driver's own are translated inside
+            raise errors.DatabaseUnavailable(f"no answer within {self._deadline_s} s") from exc
+
+    @contextlib.asynccontextmanager
+    async def _held(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
         try:
             # Acquiring may open a connection, and the server can refuse the login itself
             # (database not accepting connections, password changed): no answer either way.
@@ -175,6 +189,11 @@ class _Store:
             raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         try:
             yield conn
+        except asyncio.CancelledError:
+            # Its statement may still be running (or its cancellation waiting on a silent
+            # database): giving it back would wait for that, so it is dropped instead.
+            conn.terminate()
+            raise
         except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
             # The client's protocol state no longer matches the server's (seen when the
             # server shuts down mid-operation): never hand this connection out again.
