@@ -181,10 +181,6 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
 
 def cmd_worker(conf: settings.Settings, args: argparse.Namespace) -> int:
     if args.concurrency is not None:
-        most = settings.MAX_WORKER_SLOTS
-        if not 1 <= args.concurrency <= most:
-            print(f"menos: --concurrency must be a positive integer up to {most}", file=sys.stderr)
-            return EXIT_USAGE
         conf = settings.with_overrides(conf, worker_concurrency=args.concurrency)
     worker_id = args.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     with database(conf) as dsn:
@@ -252,9 +248,6 @@ def cmd_reprocess(conf: settings.Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_classify(conf: settings.Settings, args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        print("menos: --limit must be a positive integer", file=sys.stderr)
-        return EXIT_USAGE
     return _repo_command(
         conf,
         lambda repo: tools.classify(
@@ -575,6 +568,7 @@ def _command(
     """A subcommand whose own `--help` explains it: its one-line help, then `more`."""
     description = f"{help[0].upper()}{help[1:]}." + (f" {more}" if more else "")
     parser: argparse.ArgumentParser = group.add_parser(name, help=help, description=description)
+    parser.set_defaults(usage_of=parser)  # the deepest command given wins: its usage is shown
     return parser
 
 
@@ -609,7 +603,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--concurrency",
-        type=int,
+        type=_whole_number(1, settings.MAX_WORKER_SLOTS),
         help="job slots in this process (default MENOS_WORKER_CONCURRENCY)",
     )
     w.add_argument("--worker-id", help="name shown in jobs and logs (default host:pid:random)")
@@ -655,7 +649,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     cp.add_argument(
         "--stale", action="store_true", help="also content completed by an older pipeline_version"
     )
-    cp.add_argument("--limit", type=int, help="at most N items")
+    cp.add_argument("--limit", type=_whole_number(1), help="at most N items")
     cp.add_argument("--dry-run", action="store_true", help="list the content ids, enqueue nothing")
     ep = _command(sub, "export-summaries", help="export completed results")
     ep.add_argument("--owner")
@@ -673,7 +667,9 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     jl = _command(jsub, "list", help="newest jobs first")
     jl.add_argument("--owner")
     jl.add_argument("--status", choices=list(models.JOB_STATUSES))
-    jl.add_argument("--limit", type=_list_limit, default=50, help="at most N jobs (1-1000)")
+    jl.add_argument(
+        "--limit", type=_whole_number(1, 1000), default=50, help="at most N jobs (1-1000)"
+    )
     js = _command(jsub, "show", help="one job as JSON (verbose view)")
     js.add_argument("job_id", type=uuid.UUID)
     jc = _command(jsub, "cancel", help="cancel a job (pending: at once; processing: requested)")
@@ -715,12 +711,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m menos`."""
     if sys.stderr is None:  # started with `2>&-`
         _stderr_to_devnull()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    # Reported by the command they were given to, with its usage (argparse would name the
+    # top-level command for both).
+    if unknown:
+        args.usage_of.error(f"unrecognized arguments: {' '.join(unknown)}")
     for name, value in vars(args).items():
         for text in value if isinstance(value, list) else [value]:
             if isinstance(text, str) and not _is_utf8(text):
-                parser.error(f"{name}: not valid UTF-8")
+                args.usage_of.error(f"{name}: not valid UTF-8")
     try:
         conf = settings.from_env()
     except errors.SettingsError as exc:
@@ -783,15 +782,21 @@ def _stdout_gone() -> bool:
     return False
 
 
-def _list_limit(text: str) -> int:
-    """`jobs list --limit`: a whole number of jobs from 1 to 1000."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 1000, not {value}")
-    return value
+def _whole_number(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argument type: a whole number from `least` to `most` (no bound when None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if most is None and value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
+        if most is not None and not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be from {least} to {most}, not {value}")
+        return value
+
+    return parse
 
 
 def _is_utf8(text: str) -> bool:

@@ -1,0 +1,31 @@
+"""Usage errors of the command line: exit 2, with the usage of the command that was given."""
+
+from __future__ import annotations
+
+import pytest
+
+from menos import cli
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "complaint"),
+    [
+        (["purge", "--bogus"], "menos purge", "unrecognized arguments: --bogus"),
+        (["jobs", "list", "--bogus", "x"], "menos jobs list", "unrecognized arguments: --bogus x"),
+        (["db", "stop", "now"], "menos db stop", "unrecognized arguments: now"),
+        (["worker", "--concurrency", "0"], "menos worker", "--concurrency: must be from 1 to"),
+        (["classify", "--limit", "-1"], "menos classify", "--limit: must be 1 or more, not -1"),
+        (["classify", "--limit", "many"], "menos classify", "--limit: not a whole number"),
+        (["jobs", "list", "--limit", "0"], "menos jobs list", "--limit: must be from 1 to 1000"),
+        (["keys", "list", "--owner", "\udcff"], "menos keys list", "owner: not valid UTF-8"),
+    ],
+)
+def test_a_usage_error_names_the_command_it_belongs_to(
+    argv: list[str], usage: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as ended:
+        cli.main(argv)
+    assert ended.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {usage} "), err
+    assert f"{usage}: error: " in err and complaint in err, err
