@@ -203,6 +203,17 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
         assert bad_tier.status_code == 400 and bad_tier.json()["errors"][0]["field"] == "data_tier"
         nul = post(json={"text": "a\u0000b"})
         assert nul.status_code == 400
+        # A field a form or a query gives once, given twice, is refused: never one of them
+        # picked in silence.
+        for twice, field in (
+            (post(files=[("file", ("a.md", b"# a", "text/markdown"))] * 2), "file"),
+            (post(files={"file": ("a.md", b"# a")}, data={"title": ["x", "y"]}), "title"),
+            (post(files={"file": ("a.md", b"# a")}, data={"data_tier": ["full"] * 2}), "data_tier"),
+            (client.get("/api/v1/jobs?status=failed&status=completed"), "status"),
+            (client.get("/api/v1/content?limit=5&limit=6"), "limit"),
+        ):
+            assert twice.status_code == 400, twice.text
+            assert twice.json()["errors"] == [{"field": field, "message": "given more than once"}]
         unknown = client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000")
         assert unknown.status_code == 404
         not_uuid = client.get("/api/v1/jobs/not-a-uuid")
@@ -215,6 +226,7 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
         assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 404
     with menos.client("menos_not-a-real-key-at-all") as stranger:
         assert stranger.get(f"/api/v1/jobs/{job_id}").status_code == 401
+        assert stranger.get("/api/v1/jobs?status=a&status=b").status_code == 401
         # authentication comes first: whatever the body, it is never read for a stranger
         for path in ("/api/v1/ingest", "/api/v1/content", f"/api/v1/content/{job_id}/reprocess"):
             for body, media in ((b"{", "application/json"), (b"x", "text/plain")):

@@ -1,8 +1,11 @@
-"""Field checks shared by the submission routes; each failure names its field."""
+"""Field checks shared by the routes; each failure names its field."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from litestar import Request
 
 from menos import errors, markdown
 from menos.pipeline import resource_keys, result, ssrf
@@ -10,6 +13,14 @@ from menos.pipeline import resource_keys, result, ssrf
 MAX_TITLE = 500
 MAX_TAG = result.MAX_TAG_CHARS  # the tag index's limit, the same for result tags
 MAX_TAGS = 50
+GIVEN_TWICE = "given more than once"
+
+
+async def query_once(request: Request[Any, Any, Any]) -> None:
+    """Before every handler: each query parameter given once (Litestar would keep the last)."""
+    for name in request.query_params:
+        if len(request.query_params.getall(name)) > 1:
+            raise errors.InvalidInput(name, GIVEN_TWICE)
 
 
 def text(field: str, value: str | None, *, max_chars: int, required: bool = False) -> str | None:

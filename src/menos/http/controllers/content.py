@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import UploadFile
+from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -57,7 +57,7 @@ class ContentController(Controller):
                 if exc.status_code != 400 or exc.detail != FORM_LIMIT_REACHED:
                     raise
                 raise errors.InvalidInput("body", _form_limit(exc)) from None
-            upload = form.get("file")
+            upload = _one(form, "file")
             if not isinstance(upload, UploadFile):
                 raise errors.InvalidInput("file", "a markdown file is required")
             if "\x00" in (upload.filename or ""):
@@ -68,10 +68,10 @@ class ContentController(Controller):
                 raw = data.decode("utf-8")
             except UnicodeDecodeError:
                 raise http_errors.UnsupportedMedia("file: the file is not UTF-8 text") from None
-            title = _form_text(form.get("title"), "title")
+            title = _form_text(_one(form, "title"), "title")
             tag_values = [_form_text(v, "tags") or "" for v in form.getall("tags", [])]
-            callback = _form_text(form.get("callback_url"), "callback_url")
-            tier_text = _form_text(form.get("data_tier"), "data_tier")
+            callback = _form_text(_one(form, "callback_url"), "callback_url")
+            tier_text = _form_text(_one(form, "data_tier"), "data_tier")
             if tier_text not in (None, "compact", "full"):
                 raise errors.InvalidInput("data_tier", "must be compact or full")
             tier = tier_text  # type: ignore[assignment]
@@ -207,6 +207,14 @@ class ContentController(Controller):
         if found is None:
             raise errors.NotFound(f"no content {content_id}")
         return schemas.content_view(found)
+
+
+def _one(form: FormMultiDict, field: str) -> object:
+    """The form's only value of `field` (None when absent); InvalidInput when given twice."""
+    values = form.getall(field, [])
+    if len(values) > 1:
+        raise errors.InvalidInput(field, validate.GIVEN_TWICE)
+    return values[0] if values else None
 
 
 def _form_text(value: object, field: str) -> str | None:
