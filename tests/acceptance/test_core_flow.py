@@ -263,6 +263,19 @@ def test_hostile_bodies_and_cursors_get_4xx_and_store_nothing(menos: Menos) -> N
             assert broken.json()["errors"] == [
                 {"field": "body", "message": "the JSON body is not valid UTF-8"}
             ]
+            # every route names what is wrong with a JSON body it cannot read, the same way
+            for body, problem in (
+                (
+                    b'{"%s": "half a pair \\ud800"}',
+                    "a string holds an unpaired UTF-16 surrogate escape",
+                ),
+                (b'{"%s": "cut', "Input data was truncated"),
+            ):
+                unread = client.post(path, content=body % field.encode(), headers=json_type)
+                assert unread.status_code == 400, (path, unread.text)
+                assert unread.json()["errors"] == [
+                    {"field": "body", "message": f"not valid JSON: {problem}"}
+                ], (path, unread.text)
         form = client.post(
             "/api/v1/ingest",
             content=b"url=https%3A%2F%2Fexample.com%2F",

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import strategies as st
 
 from menos import errors
-from menos.http import pagination, validate
+from menos.http import pagination, schemas, validate
 from menos.pipeline import resource_keys
 
 URLISH = st.one_of(
@@ -121,3 +121,21 @@ async def test_a_well_formed_public_callback_url_is_kept() -> None:
     """A public callback URL with a port is accepted, trimmed."""
     url = await validate.callback_url(" http://1.1.1.1:8443/hook?a=1 ", allow_private=False)
     assert url == "http://1.1.1.1:8443/hook?a=1"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"text": "a \\ud800 b"}', "unpaired UTF-16 surrogate"),
+        (b'{"text": "a \\ud800"}', "unpaired UTF-16 surrogate"),
+        (b'{"text": "a \\udc00 b"}', "surrogate"),
+        (b'{"text": "cut', "truncated"),
+        (b'{"text": "x"', "truncated"),
+    ],
+)
+def test_a_json_body_is_told_what_is_wrong_with_it(body: bytes, problem: str) -> None:
+    """msgspec calls an unpaired high surrogate escape "truncated" input: it is named."""
+    with pytest.raises(errors.InvalidInput) as refused:
+        schemas.decode(body, schemas.ContentText)
+    assert refused.value.field == "body"
+    assert problem in refused.value.message

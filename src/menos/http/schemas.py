@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import uuid
 from typing import Any, Literal, TypeVar
 
 import msgspec
+from litestar import Request
+from litestar.exceptions import SerializationException
 
 from menos import errors
 from menos.http import errors as http_errors
@@ -176,11 +179,40 @@ def decode(body: bytes, into: type[T]) -> T:
         field = missing.group(1) if missing else (at.group(1) if at else "body")
         raise errors.InvalidInput(field or "body", text) from None
     except msgspec.DecodeError as exc:
-        raise errors.InvalidInput("body", f"not valid JSON: {exc}") from None
+        raise errors.InvalidInput("body", f"not valid JSON: {_decode_problem(body, exc)}") from None
     except RecursionError:
         raise errors.InvalidInput("body", http_errors.NESTED_TOO_DEEPLY) from None
     except UnicodeDecodeError:  # inside a string: msgspec lets it through
         raise errors.InvalidInput("body", http_errors.NOT_UTF8) from None
+
+
+class JSONRequest(Request[Any, Any, Any]):
+    """The API's requests: a JSON body that cannot be decoded is refused naming `body` as
+    `decode` does, where Litestar would say only msgspec's words."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except SerializationException as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, msgspec.DecodeError):
+                raise
+            problem = _decode_problem(await self.body(), cause)
+            raise errors.InvalidInput("body", f"not valid JSON: {problem}") from None
+
+
+def _decode_problem(body: bytes, exc: msgspec.DecodeError) -> str:
+    """What is wrong with a body msgspec could not decode, in its words, except that it calls
+    an unpaired high surrogate escape (`"\\ud800"`) truncated input: Python's parser reads
+    such a body whole, so that is what it holds."""
+    if "truncated" in str(exc):
+        try:
+            json.loads(body)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            return "a string holds an unpaired UTF-16 surrogate escape"
+    return str(exc)
 
 
 def content_view(content: models.Content) -> ContentView:
