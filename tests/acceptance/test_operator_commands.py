@@ -319,6 +319,19 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
         fails(menos.command("jobs", "list", "--limit", limit), 2, "--limit")
     unknown = "00000000-0000-0000-0000-000000000000"
     fails(menos.command("jobs", "show", unknown), 1, f"menos: no job {unknown}")
+    jobs_before = sql(menos.database_url, "SELECT count(*) AS n FROM menos.pipeline_job")
+    for url in ("ftp://example.com/hook", "https://example.com:99999/", "http://127.0.0.1/hook"):
+        # checked as the API checks it, before anything is enqueued
+        refused = menos.command(
+            "reprocess",
+            notes[0]["content_id"],
+            "--force",
+            "--callback-url",
+            url,
+            MENOS_CALLBACK_ALLOW_PRIVATE="false",
+        )
+        fails(refused, 1, "menos: --callback-url: ")
+    assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.pipeline_job") == jobs_before
     not_utf8 = os.fsdecode(b"\xff")
     fails(menos.command("jobs", "list", "--owner", not_utf8), 2, "owner: not valid UTF-8")
     fails(
