@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import urllib.parse
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import msgspec
+from dotenv import parser as dotenv_parser
 
 from menos import errors
 
@@ -201,7 +203,9 @@ _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """Parse a `.env` file of KEY=VALUE lines (comments and blank lines ignored)."""
+    """Parse a `.env` file of KEY=VALUE lines as python-dotenv (and so Docker Compose and
+    most tools) reads them: comments, quotes, `export`. A line that is none of these is
+    refused, naming it: skipped, its setting would keep its default without a word."""
     values: dict[str, str] = {}
     if not path.is_file():
         return values
@@ -209,12 +213,12 @@ def read_dotenv(path: Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise errors.SettingsError(str(path), "not UTF-8 text") from None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#") or "=" not in stripped:
-            continue
-        key, _, value = stripped.removeprefix("export ").partition("=")
-        values[key.strip()] = value.strip().strip("'\"")
+    for binding in dotenv_parser.parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.line
+            raise errors.SettingsError(f"{path} line {line}", "expected KEY=VALUE")
+        if binding.key is not None:  # a comment or a blank line has none
+            values[binding.key] = binding.value or ""
     return values
 
 

@@ -3,6 +3,8 @@ variable, instead of failing later in a claim, a rescue or a pool."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from menos import errors, settings
@@ -70,3 +72,35 @@ def test_the_largest_usable_values_are_taken() -> None:
         assert settings.from_env({"MENOS_DATABASE_URL": dsn}).database_url == dsn
     conf = settings.from_env({"MENOS_LLM_BASE_URL": "HTTP://[::1]:8080/v1/"})
     assert conf.llm_base_url == "HTTP://[::1]:8080/v1"
+
+
+def test_a_dotenv_file_reads_as_shells_and_compose_read_it(tmp_path: Path) -> None:
+    """Comments after a value, quotes keeping a `#`, `export`, blank values, other tools'
+    variables: the values a user means."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "# menos\n"
+        "export MENOS_HOME='/srv/menos' # where it lives\n"
+        'MENOS_LLM_MODEL="qwen # 7b"\n'
+        "MENOS_LOG_FORMAT=json   # for the collector\n"
+        "MENOS_LLM_API_KEY=\n"
+        "OTHER_TOOL = x\n",
+        encoding="utf-8",
+    )
+    assert settings.read_dotenv(dotenv) == {
+        "MENOS_HOME": "/srv/menos",
+        "MENOS_LLM_MODEL": "qwen # 7b",
+        "MENOS_LOG_FORMAT": "json",
+        "MENOS_LLM_API_KEY": "",
+        "OTHER_TOOL": "x",
+    }
+
+
+@pytest.mark.parametrize("line", ["garbage line", "=value", "MENOS_HOME='unclosed"])
+def test_a_dotenv_line_that_is_not_key_value_is_named(tmp_path: Path, line: str) -> None:
+    """Ignored, a mistyped line would leave its setting at the default without a word."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"MENOS_PORT=8001\n{line}\n", encoding="utf-8")
+    with pytest.raises(errors.SettingsError) as refused:
+        settings.read_dotenv(dotenv)
+    assert str(refused.value) == f"{dotenv} line 2: expected KEY=VALUE"
