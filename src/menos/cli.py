@@ -90,6 +90,8 @@ def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
 
     from menos.http import app as http_app
 
+    if not _can_listen(conf):  # before the database and migrations: it would fail after them
+        return EXIT_FAILURE
     with database(conf) as dsn:
         applied = asyncio.run(_migrate(dsn))
         log.info("migrations_applied", versions=applied)
@@ -461,20 +463,8 @@ def _dev_key(conf: settings.Settings, dsn: str) -> str:
 
 
 def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
-    try:  # another server there would answer the readiness check in the API's stead
-        asyncio.run(_try_listen(conf.host, conf.port))
-    except OSError as exc:
-        busy = exc.errno == errno.EADDRINUSE
-        # asyncio words a bind error at length; the system's own words are enough here.
-        if isinstance(exc, socket.gaierror) or exc.errno is None:
-            reason = exc.strerror or str(exc)
-        else:
-            reason = os.strerror(exc.errno)
-        print(
-            f"menos: cannot listen on {conf.host} port {conf.port} ({reason})"
-            + ("; set MENOS_PORT to a free port" if busy else ""),
-            file=sys.stderr,
-        )
+    # Another server there would answer the readiness check in the API's stead.
+    if not _can_listen(conf):
         return EXIT_FAILURE
     conf.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with database(conf) as dsn:
@@ -532,6 +522,26 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 proc.kill()
                 proc.wait()
     return code
+
+
+def _can_listen(conf: settings.Settings) -> bool:
+    """Whether the API can listen on MENOS_HOST:MENOS_PORT; if not, say why on stderr."""
+    try:
+        asyncio.run(_try_listen(conf.host, conf.port))
+    except OSError as exc:
+        busy = exc.errno == errno.EADDRINUSE
+        # asyncio words a bind error at length; the system's own words are enough here.
+        if isinstance(exc, socket.gaierror) or exc.errno is None:
+            reason = exc.strerror or str(exc)
+        else:
+            reason = os.strerror(exc.errno)
+        print(
+            f"menos: cannot listen on {conf.host} port {conf.port} ({reason})"
+            + ("; set MENOS_PORT to a free port" if busy else ""),
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 async def _try_listen(host: str, port: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from tests.support import fake_llm, processes
@@ -400,19 +401,20 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
 
 
-def test_dev_refuses_a_port_another_server_holds(menos: Menos) -> None:
-    """`menos dev` on a port already in use stops at once, saying so, before it starts anything
-    or announces a running API that is not its own."""
+@pytest.mark.parametrize("command", ["dev", "api"])
+def test_dev_and_api_refuse_a_port_another_server_holds(menos: Menos, command: str) -> None:
+    """`menos dev` or `bin/api` on a port already in use stops at once with exit 1, saying so,
+    before it starts anything or announces a running API that is not its own."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        done = menos.command("dev", MENOS_PORT=str(port))
+        done = menos.command(command, MENOS_PORT=str(port))
     assert done.returncode == 1, done.stderr
     assert f"cannot listen on 127.0.0.1 port {port} (Address already in use)" in done.stderr
     assert "set MENOS_PORT to a free port" in done.stderr
     assert "is running" not in done.stdout
     with socket.create_server(("::1", 0), family=socket.AF_INET6) as taken:
         port = taken.getsockname()[1]
-        done = menos.command("dev", MENOS_PORT=str(port), MENOS_HOST="::1")
+        done = menos.command(command, MENOS_PORT=str(port), MENOS_HOST="::1")
     assert done.returncode == 1, done.stderr
     assert f"cannot listen on ::1 port {port}" in done.stderr, done.stderr
 
