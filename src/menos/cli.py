@@ -643,7 +643,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         "reprocess",
         help="re-run one item (exit 0 completed, 1 failed, 2 cancelled with --wait)",
     )
-    rp.add_argument("target", metavar="CONTENT_ID|URL")
+    rp.add_argument("target", metavar="CONTENT_ID|URL", type=_content_target)
     rp.add_argument("--owner", help="the owner, when a URL is known to several")
     rp.add_argument("--force", action="store_true", help="re-run even if current")
     rp.add_argument("--wait", action="store_true", help="follow the job's stages until it ends")
@@ -790,6 +790,15 @@ def _stdout_gone() -> bool:
     except BrokenPipeError:
         return True
     return False
+
+
+def _content_target(text: str) -> str:
+    """`reprocess CONTENT_ID|URL`: a content id or a URL menos can identify."""
+    try:
+        tools.check_target(text)
+    except errors.InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
 
 
 def _whole_number(least: int, most: int | None = None) -> Callable[[str], int]:

@@ -30,6 +30,18 @@ EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 2
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
+def check_target(target: str) -> None:
+    """InvalidInput unless `target` is a content id or a URL menos can identify."""
+    try:
+        uuid.UUID(target)
+    except ValueError:
+        if "://" not in target:
+            raise errors.InvalidInput(
+                "CONTENT_ID|URL", f"neither a content id nor a URL: {target!r}"
+            ) from None
+        resource_keys.identify(target)
+
+
 async def resolve_content(
     repo: repository.Repository, target: str, owner: str | None
 ) -> models.Content:

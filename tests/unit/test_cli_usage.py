@@ -18,6 +18,10 @@ from menos import cli
         (["classify", "--limit", "many"], "menos classify", "--limit: not a whole number"),
         (["jobs", "list", "--limit", "0"], "menos jobs list", "--limit: must be from 1 to 1000"),
         (["keys", "list", "--owner", "\udcff"], "menos keys list", "owner: not valid UTF-8"),
+        (["reprocess", "01a21bef-da0d"], "menos reprocess", "neither a content id nor a URL"),
+        (["reprocess", "not-a-thing"], "menos reprocess", "neither a content id nor a URL"),
+        (["reprocess", "ftp://x"], "menos reprocess", "only http and https URLs are accepted"),
+        (["reprocess", "https://xn--/"], "menos reprocess", "CONTENT_ID|URL: "),
     ],
 )
 def test_a_usage_error_names_the_command_it_belongs_to(
