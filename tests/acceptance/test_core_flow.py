@@ -232,7 +232,20 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
             for body, media in ((b"{", "application/json"), (b"x", "text/plain")):
                 answer = stranger.post(path, content=body, headers={"content-type": media})
                 assert answer.status_code == 401, (path, media, answer.text)
-    assert processes.httpx.get(f"{menos.base_url}/api/v1/jobs/{job_id}").status_code == 401
+    # A key that was sent is called unknown, whatever its form; asking for one is for a
+    # request that sent none.
+    for header, detail in (
+        (None, "send Authorization: Bearer <api key>"),
+        ("Basic dXNlcjpwdw==", "send Authorization: Bearer <api key>"),
+        ("Bearer", "send Authorization: Bearer <api key>"),
+        ("Bearer nope", "unknown or revoked API key"),
+        ("Bearer " + "k" * 300, "unknown or revoked API key"),
+        ("Bearer menos_not-a-real-key-at-all", "unknown or revoked API key"),
+    ):
+        headers = {"authorization": header} if header else {}
+        refused = processes.httpx.get(f"{menos.base_url}/api/v1/jobs/{job_id}", headers=headers)
+        assert refused.status_code == 401
+        assert refused.json()["detail"] == detail, (header, refused.text)
 
 
 def test_hostile_bodies_and_cursors_get_4xx_and_store_nothing(menos: Menos) -> None:
