@@ -203,6 +203,25 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
         assert bad_tier.status_code == 400 and bad_tier.json()["errors"][0]["field"] == "data_tier"
         nul = post(json={"text": "a\u0000b"})
         assert nul.status_code == 400
+        # A misspelled field is refused, naming it: ignored, it would lose its callbacks in
+        # silence. So is a callback_url sent blank.
+        for path, body in (
+            ("/api/v1/content", {"text": "x", "callbak_url": "https://example.com/"}),
+            ("/api/v1/ingest", {"url": "https://example.com/", "callbak_url": "x"}),
+            (f"/api/v1/content/{uuid.uuid4()}/reprocess", {"callbak_url": "x"}),
+        ):
+            misspelled = client.post(path, json=body)
+            assert misspelled.status_code == 400, (path, misspelled.text)
+            assert misspelled.json()["errors"] == [
+                {"field": "callbak_url", "message": "unknown field"}
+            ], (path, misspelled.text)
+            known = {k: v for k, v in body.items() if k != "callbak_url"}
+            blank = client.post(path, json={**known, "callback_url": " "})
+            assert blank.status_code == 400, (path, blank.text)
+            assert blank.json()["errors"][0]["field"] == "callback_url", (path, blank.text)
+        in_form = post(files={"file": ("a.md", b"# a")}, data={"tag": "x"})
+        assert in_form.status_code == 400, in_form.text
+        assert in_form.json()["errors"] == [{"field": "tag", "message": "unknown field"}]
         # A field a form or a query gives once, given twice, is refused: never one of them
         # picked in silence.
         for twice, field in (
@@ -252,7 +271,7 @@ def test_hostile_bodies_and_cursors_get_4xx_and_store_nothing(menos: Menos) -> N
     """Inputs that once reached the database or the decoder's recursion limit as a 500."""
     menos.api()
     alice = menos.key("alice")
-    deep = b'{"url": "https://example.com/", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    deep = b'{"%s": "ok", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     json_type = {"content-type": "application/json"}
     cursor = base64.urlsafe_b64encode(
         json.dumps(["0001-01-01T00:00:00+01:00", str(uuid.uuid4())]).encode()
@@ -263,11 +282,14 @@ def test_hostile_bodies_and_cursors_get_4xx_and_store_nothing(menos: Menos) -> N
             ("/api/v1/content", "text"),
             (f"/api/v1/content/{uuid.uuid4()}/reprocess", "transcript_text"),
         ):
-            nested = client.post(path, content=deep, headers=json_type)
+            nested = client.post(path, content=deep % field.encode(), headers=json_type)
             assert nested.status_code == 400, (path, nested.text)
-            assert nested.json()["errors"] == [
-                {"field": "body", "message": "the JSON body is nested too deeply"}
-            ]
+            # refused for its depth, or for the field it is in, before the decoder reaches
+            # the bottom of it
+            assert nested.json()["errors"] in (
+                [{"field": "body", "message": "the JSON body is nested too deeply"}],
+                [{"field": "x", "message": "unknown field"}],
+            ), (path, nested.text)
             # invalid UTF-8 inside a string the route reads
             broken = client.post(
                 path, content=b'{"%s": "ok \xc3"}' % field.encode(), headers=json_type

@@ -23,6 +23,8 @@ NESTED_TOO_DEEPLY = "the JSON body is nested too deeply"
 NOT_UTF8 = "the JSON body is not valid UTF-8"
 BODY_REQUIRED = "a JSON body is required"
 _MISSING = re.compile(r"missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
+UNKNOWN_FIELD = "unknown field"
 
 STATUS: dict[type[errors.MenosError], tuple[int, str]] = {
     errors.InvalidInput: (400, "Invalid input"),
@@ -101,10 +103,18 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     return problem(status, title, detail, fields, headers)
 
 
+def unknown_field(message: str) -> str | None:
+    """The field a decoding error says the body should not hold, if that is what it says."""
+    found = _UNKNOWN.search(message)
+    return found.group(1) if found else None
+
+
 def _field_error(item: dict[str, Any]) -> FieldError:
     message = str(item.get("message", "invalid"))
     missing = _MISSING.search(message)
     key = str(item.get("key") or "")
+    if unknown := unknown_field(message):
+        return FieldError(field=unknown, message=UNKNOWN_FIELD)
     if missing:
         key = missing.group(1) if key in ("", "data") else f"{key}.{missing.group(1)}"
     elif key == "data" and message == "'data'":

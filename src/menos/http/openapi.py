@@ -63,6 +63,7 @@ class UploadOperation(Operation):
                 "application/json": OpenAPIMediaType(
                     schema=Schema(
                         type=OpenAPIType.OBJECT,
+                        additional_properties=False,
                         required=["text"],
                         properties={
                             "text": _TEXT,
@@ -76,6 +77,7 @@ class UploadOperation(Operation):
                 "multipart/form-data": OpenAPIMediaType(
                     schema=Schema(
                         type=OpenAPIType.OBJECT,
+                        additional_properties=False,
                         required=["file"],
                         properties={
                             "file": Schema(type=OpenAPIType.STRING, format="binary"),  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from litestar import Request
 from litestar.exceptions import SerializationException
+from litestar.params import Body
 
 from menos import errors
 from menos.http import errors as http_errors
@@ -23,7 +24,13 @@ _AT = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 
-class ContentText(msgspec.Struct, frozen=True):
+# Request bodies refuse fields they do not know: a misspelled `callback_url`, ignored, would
+# lose its callbacks without a word. A route's body annotated with CLOSED says so in the
+# OpenAPI schema too (`Annotated[Struct, CLOSED]`, and `| None` outside it when optional).
+CLOSED = Body(schema_extra={"additionalProperties": False})
+
+
+class ContentText(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`POST /api/v1/content` as JSON."""
 
     text: str
@@ -33,7 +40,7 @@ class ContentText(msgspec.Struct, frozen=True):
     data_tier: DataTier | None = None
 
 
-class IngestRequest(msgspec.Struct, frozen=True):
+class IngestRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`POST /api/v1/ingest`."""
 
     url: str
@@ -44,7 +51,7 @@ class IngestRequest(msgspec.Struct, frozen=True):
     data_tier: DataTier | None = None
 
 
-class ReprocessRequest(msgspec.Struct, frozen=True):
+class ReprocessRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`POST /api/v1/content/{id}/reprocess` (every field optional)."""
 
     callback_url: str | None = None
@@ -174,6 +181,8 @@ def decode(body: bytes, into: type[T]) -> T:
         return msgspec.json.decode(body, type=into)
     except msgspec.ValidationError as exc:
         text = str(exc)
+        if unknown := http_errors.unknown_field(text):
+            raise errors.InvalidInput(unknown, http_errors.UNKNOWN_FIELD) from None
         missing = _MISSING.search(text)
         at = _AT.search(text)
         field = missing.group(1) if missing else (at.group(1) if at else "body")

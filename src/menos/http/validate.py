@@ -24,9 +24,10 @@ async def query_once(request: Request[Any, Any, Any]) -> None:
 
 
 def text(field: str, value: str | None, *, max_chars: int, required: bool = False) -> str | None:
-    """A text field: no NUL characters, within its size; blank counts as missing."""
+    """A text field: no NUL characters, within its size; blank counts as missing, except for
+    the fields whose mere presence asks for something (a supplied transcript, a callback)."""
     if value is None or not value.strip():
-        if required or (value is not None and field == "transcript_text"):
+        if required or (value is not None and field in ("transcript_text", "callback_url")):
             raise errors.InvalidInput(field, "must not be blank")
         return None
     if "\x00" in value:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import FormMultiDict, UploadFile
@@ -18,6 +18,7 @@ from menos.queue import models, repository
 from menos.settings import Settings
 
 MAX_FORM_PARTS = 1000
+FORM_FIELDS = frozenset({"file", "title", "tags", "callback_url", "data_tier"})
 # How Litestar says the form parser hit one of its limits (parts, header length or count);
 # the parser's own message, which names the limit, is the exception's context.
 FORM_LIMIT_REACHED = "Request Entity Too Large"
@@ -57,6 +58,9 @@ class ContentController(Controller):
                 if exc.status_code != 400 or exc.detail != FORM_LIMIT_REACHED:
                     raise
                 raise errors.InvalidInput("body", _form_limit(exc)) from None
+            for name in form:
+                if name not in FORM_FIELDS:
+                    raise errors.InvalidInput(name, http_errors.UNKNOWN_FIELD)
             upload = _one(form, "file")
             if not isinstance(upload, UploadFile):
                 raise errors.InvalidInput("file", "a markdown file is required")
@@ -154,7 +158,7 @@ class ContentController(Controller):
         who: NamedDependency[models.Principal],
         content_id: FromPath[uuid.UUID],
         force: FromQuery[bool] = False,
-        data: JSONBody[schemas.ReprocessRequest | None] = None,
+        data: JSONBody[Annotated[schemas.ReprocessRequest, schemas.CLOSED] | None] = None,
     ) -> Response[schemas.ReprocessView]:
         """Run the pipeline again: 202 submitted, or 200 already_active / already_completed."""
         settings: Settings = request.app.state.settings

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
 
 from menos import versions
 from menos.http import auth, openapi, schemas, validate
@@ -26,7 +25,7 @@ from menos.settings import Settings
 async def ingest(
     request: Request[Any, Any, Any],
     who: NamedDependency[models.Principal],
-    data: JSONBody[schemas.IngestRequest],
+    data: Annotated[schemas.IngestRequest, schemas.CLOSED],
 ) -> Response[schemas.Submitted]:
     """Submit a URL: 202 with a new job, or 200 `deduplicated: true` for a known resource."""
     settings: Settings = request.app.state.settings
