@@ -235,8 +235,18 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
             assert twice.json()["errors"] == [{"field": field, "message": "given more than once"}]
         unknown = client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000")
         assert unknown.status_code == 404
-        not_uuid = client.get("/api/v1/jobs/not-a-uuid")
-        assert 400 <= not_uuid.status_code < 500
+        # an id that cannot be one (a placeholder left in) is named, after authentication
+        for method, path, field in (
+            ("GET", "/api/v1/jobs/<job_id>", "job_id"),
+            ("POST", "/api/v1/jobs/not-a-uuid/cancel", "job_id"),
+            ("GET", "/api/v1/content/01a21bef-da0d", "content_id"),
+            ("POST", "/api/v1/content/xyz/reprocess", "content_id"),
+        ):
+            not_uuid = client.request(method, path)
+            assert not_uuid.status_code == 400, (path, not_uuid.text)
+            assert [e["field"] for e in not_uuid.json()["errors"]] == [field], not_uuid.text
+            anonymous = processes.httpx.request(method, f"{menos.base_url}{path}")
+            assert anonymous.status_code == 401, (path, anonymous.text)
     assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.content")[0]["n"] == 0
     with menos.client(bob["api_key"]) as bob_client:
         job_id = bob_client.post("/api/v1/content", json={"text": "bob's"}).json()["job_id"]

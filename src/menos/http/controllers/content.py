@@ -147,7 +147,7 @@ class ContentController(Controller):
         )
 
     @post(
-        "/{content_id:uuid}/reprocess",
+        "/{content_id:str}/reprocess",
         status_code=202,
         guards=[http_errors.require_json],
         responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.ReprocessView)},
@@ -198,7 +198,7 @@ class ContentController(Controller):
         )
         return Response(view, status_code=202 if outcome.status == "submitted" else 200)
 
-    @get("/{content_id:uuid}", responses=openapi.PROBLEMS)
+    @get("/{content_id:str}", responses=openapi.PROBLEMS)
     async def show(
         self,
         request: Request[Any, Any, Any],

@@ -47,7 +47,7 @@ class JobsController(Controller):
             next_cursor=pagination.encode(page.last),
         )
 
-    @get("/{job_id:uuid}", responses=openapi.PROBLEMS)
+    @get("/{job_id:str}", responses=openapi.PROBLEMS)
     async def show(
         self,
         request: Request[Any, Any, Any],
@@ -72,7 +72,7 @@ class JobsController(Controller):
         return schemas.job_verbose_view(job, await repo.callback(job.job_id))
 
     @post(
-        "/{job_id:uuid}/cancel",
+        "/{job_id:str}/cancel",
         status_code=200,
         responses={
             **openapi.PROBLEMS,
