@@ -38,12 +38,23 @@ EXIT_FAILURE = 1
 
 
 @contextlib.contextmanager
-def database(conf: settings.Settings) -> Iterator[str]:
-    """The DSN to use: MENOS_DATABASE_URL, else the embedded server (attached or started)."""
+def database(conf: settings.Settings, *, create: bool = False) -> Iterator[str]:
+    """The DSN to use: MENOS_DATABASE_URL, else the embedded server (attached or started).
+
+    Only commands that apply migrations (`create`) make the embedded cluster when MENOS_HOME
+    holds none: any other would make an empty one (run from the wrong directory, say) and
+    then only find its schema missing.
+    """
     if conf.database_url:
         yield conf.database_url
         return
     server = embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
+    if not create and not server.initialized():
+        raise errors.MenosError(
+            f"no embedded database under {conf.home.absolute()}: run `make run` or"
+            " `bin/menos db start` there first, or point MENOS_HOME at the one to use"
+            " (or MENOS_DATABASE_URL at a server)"
+        )
     with server.in_use() as running:
         yield running.dsn
 
@@ -79,7 +90,7 @@ def _stop_event() -> asyncio.Event:
 
 
 def cmd_migrate(conf: settings.Settings, args: argparse.Namespace) -> int:
-    with database(conf) as dsn:
+    with database(conf, create=True) as dsn:
         applied = asyncio.run(_migrate(dsn))
     print(json.dumps({"applied": applied}))
     return 0
@@ -92,7 +103,7 @@ def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
 
     if not _can_listen(conf):  # before the database and migrations: it would fail after them
         return EXIT_FAILURE
-    with database(conf) as dsn:
+    with database(conf, create=True) as dsn:
         applied = asyncio.run(_migrate(dsn))
         log.info("migrations_applied", versions=applied)
         conf = settings.with_overrides(conf, database_url=dsn)
@@ -392,7 +403,7 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
         return 0
 
     action = {"create": create, "list": listing, "revoke": revoke, "rotate-secret": rotate}
-    with database(conf) as dsn:
+    with database(conf, create=True) as dsn:
         asyncio.run(_migrate(dsn))
         return asyncio.run(_with_repo(dsn, action[args.keys_command]))
 
@@ -467,7 +478,7 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
     if not _can_listen(conf):
         return EXIT_FAILURE
     conf.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with database(conf) as dsn:
+    with database(conf, create=True) as dsn:
         log.info("migrations_applied", versions=asyncio.run(_migrate(dsn)))
         key = _dev_key(conf, dsn)
         env = {**os.environ, "MENOS_DATABASE_URL": dsn, "MENOS_LOG_FORMAT": conf.log_format}

@@ -207,3 +207,37 @@ def test_commands_refuse_a_database_migrated_with_other_files(
         assert done.returncode == 1, (argv, done.stderr)
         assert "migrated by another version of menos" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_commands_that_only_use_a_database_do_not_make_one(
+    db: tuple[Path, dict[str, str]],
+) -> None:
+    """Run where no embedded database is (the wrong directory), a command that does not
+    migrate says so and leaves nothing behind, instead of making an empty cluster and asking
+    for migrations; the ones that migrate make it."""
+    home, env = db
+    for command in (
+        ["jobs", "list"],
+        ["reprocess", "https://example.com/"],
+        ["purge", "--dry-run"],
+        ["worker"],
+        ["dispatcher"],
+    ):
+        done = subprocess.run(
+            [str(BIN / "menos"), *command], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 1, (command, done.stderr)
+        assert done.stderr.startswith(f"menos: no embedded database under {home}:"), done.stderr
+        assert not home.exists()
+    created = subprocess.run(
+        [str(BIN / "menos"), "keys", "create", "--owner", "alice"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    listed = subprocess.run(
+        [str(BIN / "menos"), "jobs", "list"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0, listed.stderr
