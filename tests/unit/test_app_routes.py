@@ -48,3 +48,20 @@ def test_guards_dependencies_and_handlers_run_on_the_event_loop() -> None:
         for name, provider in dependencies.items():
             assert not provider.has_sync_callable or not provider.sync_to_thread, name
         assert not (handler.has_sync_callable and handler.sync_to_thread), handler.handler_name
+
+
+def test_the_schema_says_which_bodies_are_closed_or_optional() -> None:
+    """Request bodies refuse unknown fields (additionalProperties false), and the reprocess
+    body, which may be left out, is not marked required."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    schema = api.openapi_schema.to_schema()
+    components = schema["components"]["schemas"]
+    assert components["IngestRequest"]["additionalProperties"] is False
+    assert components["ReprocessRequest"]["additionalProperties"] is False
+    upload = schema["paths"]["/api/v1/content"]["post"]["requestBody"]
+    assert upload["required"] is True
+    assert all(m["schema"]["additionalProperties"] is False for m in upload["content"].values())
+    reprocess = schema["paths"]["/api/v1/content/{content_id}/reprocess"]["post"]
+    assert reprocess["requestBody"]["required"] is False
+    ingest = schema["paths"]["/api/v1/ingest"]["post"]
+    assert ingest["requestBody"]["required"] is True

@@ -27,7 +27,7 @@ def _problem(description: str) -> ResponseSpec:
     )
 
 
-__all__ = ["CONFLICT", "PROBLEMS", "ResponseSpec", "UploadOperation"]
+__all__ = ["CONFLICT", "PROBLEMS", "OptionalBodyOperation", "ResponseSpec", "UploadOperation"]
 
 PROBLEMS: dict[int, ResponseSpec] = {
     400: _problem("Invalid input; `errors` names each invalid field"),
@@ -90,3 +90,12 @@ class UploadOperation(Operation):
                 ),
             },
         )
+
+
+@dataclass
+class OptionalBodyOperation(Operation):
+    """A route whose JSON body may be left out (Litestar marks every body required)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False

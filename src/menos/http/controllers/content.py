@@ -150,6 +150,7 @@ class ContentController(Controller):
         "/{content_id:str}/reprocess",
         status_code=202,
         guards=[http_errors.require_json],
+        operation_class=openapi.OptionalBodyOperation,
         responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.ReprocessView)},
     )
     async def reprocess(
