@@ -230,9 +230,13 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
             (post(files={"file": ("a.md", b"# a")}, data={"data_tier": ["full"] * 2}), "data_tier"),
             (client.get("/api/v1/jobs?status=failed&status=completed"), "status"),
             (client.get("/api/v1/content?limit=5&limit=6"), "limit"),
+            (client.get("/api/v1/jobs/x?verbose=true&verbose=false"), "verbose"),
         ):
             assert twice.status_code == 400, twice.text
             assert twice.json()["errors"] == [{"field": field, "message": "given more than once"}]
+        # the probes, /metrics and /schema ignore their query strings, repeated or not
+        for path in ("/health", "/ready", "/metrics", "/schema/openapi.json"):
+            assert client.get(f"{path}?a=1&a=2").status_code == 200, path
         unknown = client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000")
         assert unknown.status_code == 404
         # an id that cannot be one (a placeholder left in) is named, after authentication

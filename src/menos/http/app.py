@@ -12,7 +12,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from menos import db, versions
 from menos.http import errors as http_errors
-from menos.http import metrics, openapi, schemas, validate
+from menos.http import metrics, openapi, schemas
 from menos.http.controllers import content, health, ingest, jobs
 from menos.queue import repository
 from menos.settings import Settings
@@ -56,7 +56,6 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             metrics.metrics,
         ],
         middleware=[http_metrics.middleware],
-        before_request=validate.query_once,
         request_class=schemas.JSONRequest,
         lifespan=[lifespan],
         exception_handlers=http_errors.HANDLERS,

@@ -17,7 +17,8 @@ GIVEN_TWICE = "given more than once"
 
 
 async def query_once(request: Request[Any, Any, Any]) -> None:
-    """Before every handler: each query parameter given once (Litestar would keep the last)."""
+    """Before each /api/v1 handler: each query parameter given once (Litestar would keep the
+    last). The probes, /metrics and /schema ignore their query strings, repeated or not."""
     for name in request.query_params:
         if len(request.query_params.getall(name)) > 1:
             raise errors.InvalidInput(name, GIVEN_TWICE)

@@ -29,6 +29,7 @@ class ContentController(Controller):
 
     path = "/api/v1/content"
     guards = auth.GUARDS  # before the route's own guards, and before the body is read
+    before_request = staticmethod(validate.query_once)
     dependencies = {"who": auth.PROVIDE}
 
     @post(

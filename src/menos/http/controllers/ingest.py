@@ -20,6 +20,7 @@ from menos.settings import Settings
     status_code=202,
     dependencies={"who": auth.PROVIDE},
     guards=[*auth.GUARDS, http_errors.require_json],
+    before_request=validate.query_once,
     responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.Submitted)},
 )
 async def ingest(

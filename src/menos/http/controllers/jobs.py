@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
 from menos import errors
-from menos.http import auth, openapi, pagination, schemas
+from menos.http import auth, openapi, pagination, schemas, validate
 from menos.queue import models, repository
 
 
@@ -19,6 +19,7 @@ class JobsController(Controller):
 
     path = "/api/v1/jobs"
     guards = auth.GUARDS  # before the route's own guards, and before the body is read
+    before_request = staticmethod(validate.query_once)
     dependencies = {"who": auth.PROVIDE}
 
     @get("/", responses=openapi.PROBLEMS)
