@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -202,6 +203,9 @@ _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
 }
 
 
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def read_dotenv(path: Path) -> dict[str, str]:
     """Parse a `.env` file of KEY=VALUE lines as python-dotenv (and so Docker Compose and
     most tools) reads them: comments, quotes, `export`. A line that is none of these is
@@ -214,11 +218,15 @@ def read_dotenv(path: Path) -> dict[str, str]:
     except UnicodeDecodeError:
         raise errors.SettingsError(str(path), "not UTF-8 text") from None
     for binding in dotenv_parser.parse_stream(io.StringIO(text)):
-        if binding.error:
+        if binding.key is None and not binding.error:
+            continue  # a comment or a blank line
+        # python-dotenv also takes a bare word (`MENOS_PORT`, `MENOS_PORT:8300`) for a key
+        # without a value: here that is a mistyped line too.
+        key, value = binding.key, binding.value
+        if binding.error or key is None or value is None or not _VARIABLE.match(key):
             line = binding.original.line
             raise errors.SettingsError(f"{path} line {line}", "expected KEY=VALUE")
-        if binding.key is not None:  # a comment or a blank line has none
-            values[binding.key] = binding.value or ""
+        values[key] = value
     return values
 
 

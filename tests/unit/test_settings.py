@@ -96,7 +96,10 @@ def test_a_dotenv_file_reads_as_shells_and_compose_read_it(tmp_path: Path) -> No
     }
 
 
-@pytest.mark.parametrize("line", ["garbage line", "=value", "MENOS_HOME='unclosed"])
+@pytest.mark.parametrize(
+    "line",
+    ["garbage line", "=value", "MENOS_HOME='unclosed", "MENOS_PORT:8300", "MENOS_PORT", "A-B=1"],
+)
 def test_a_dotenv_line_that_is_not_key_value_is_named(tmp_path: Path, line: str) -> None:
     """Ignored, a mistyped line would leave its setting at the default without a word."""
     dotenv = tmp_path / ".env"
