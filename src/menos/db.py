@@ -126,15 +126,29 @@ async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    timeout: float = 10.0,
+    statement_timeout_s: float | None = None,
 ) -> asyncpg.Pool[Any]:
-    """A connection pool with menos's JSON codecs; DatabaseUnavailable when it cannot connect."""
+    """A connection pool with menos's JSON codecs; DatabaseUnavailable when it cannot connect.
+
+    `statement_timeout_s` has the server end any statement of the pool's that runs longer
+    (set on each connection as it is made: a startup parameter would stop a pooler)."""
+
+    async def init(conn: asyncpg.Connection[Any]) -> None:
+        await _init_connection(conn)
+        if statement_timeout_s is not None:
+            await conn.execute(f"SET statement_timeout = {round(statement_timeout_s * 1000)}")
+
     try:
         pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init_connection,
+            init=init,
             reset=_keep_session,
             timeout=timeout,
             command_timeout=60,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import uuid
 from typing import Any
 
 import httpx
 
+from menos import db
 from tests.support import fake_llm, processes, tcp_proxy
 from tests.support.processes import Menos, sql, wait_for
 
@@ -295,6 +298,52 @@ def test_api_requests_get_a_503_in_time_while_the_database_does_not_answer(
             proxy.restore()
             wait_for(lambda: client.get("/api/v1/jobs").status_code == 200, what="recovery")
             assert client.post("/api/v1/content", json={"text": "after"}).status_code == 202
+
+
+def test_a_statement_the_api_gave_up_on_is_ended_by_the_server(menos: Menos) -> None:
+    """A cancel whose statement waits on a row lock held elsewhere gets its 503 after 10 s;
+    the server ends that statement 5 s later, so it does not cancel the job after all when
+    the lock is released."""
+    menos.api()
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        job_id = client.post("/api/v1/content", json={"text": "locked"}).json()["job_id"]
+        holding, release = threading.Event(), threading.Event()
+
+        async def hold() -> None:
+            conn = await db.connect(menos.database_url)
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "SELECT 1 FROM menos.pipeline_job WHERE job_id = $1 FOR UPDATE",
+                        uuid.UUID(job_id),
+                    )
+                    holding.set()
+                    await asyncio.get_running_loop().run_in_executor(None, release.wait)
+            finally:
+                await conn.close()
+
+        holder = threading.Thread(target=lambda: asyncio.run(hold()))
+        holder.start()
+        try:
+            assert holding.wait(30)
+            answer = client.post(f"/api/v1/jobs/{job_id}/cancel", timeout=16)
+            assert answer.status_code == 503, answer.text
+            wait_for(
+                lambda: (
+                    not sql(
+                        menos.database_url,
+                        "SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                        " AND wait_event_type = 'Lock'",
+                    )
+                ),
+                timeout=20,
+                what="the server to end the statement the API gave up on",
+            )
+        finally:
+            release.set()
+            holder.join()
+        assert status_of(client, job_id) == "pending"
 
 
 def test_services_stop_in_bounded_time_while_the_database_does_not_answer(

@@ -31,7 +31,13 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         own_pool = pool is None
         if pool is None:
             assert settings.database_url, "create_app needs a pool or settings.database_url"
-            used = await db.create_pool(settings.database_url, min_size=0, max_size=20)
+            used = await db.create_pool(
+                settings.database_url,
+                min_size=0,
+                max_size=20,
+                # a statement the request gave up on (its connection dropped) ends soon after
+                statement_timeout_s=DATABASE_DEADLINE_S + 5,
+            )
         else:
             used = pool
         app.state.repo = repository.Repository(used, db.Queries(), deadline_s=DATABASE_DEADLINE_S)
