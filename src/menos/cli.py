@@ -732,11 +732,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m menos`."""
     if sys.stderr is None:  # started with `2>&-`
         _stderr_to_devnull()
-    args, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     # Reported by the command they were given to, with its usage (argparse would name the
     # top-level command for both).
     if unknown:
-        args.usage_of.error(f"unrecognized arguments: {' '.join(unknown)}")
+        given = sys.argv[1:] if argv is None else argv
+        before_command = given[: given.index(args.command)]
+        owner = parser if set(unknown) & set(before_command) else args.usage_of
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     for name, value in vars(args).items():
         for text in value if isinstance(value, list) else [value]:
             if isinstance(text, str) and not _is_utf8(text):

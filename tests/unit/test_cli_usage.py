@@ -11,6 +11,7 @@ from menos import cli
     ("argv", "usage", "complaint"),
     [
         (["purge", "--bogus"], "menos purge", "unrecognized arguments: --bogus"),
+        (["--bogus", "jobs", "list"], "menos", "unrecognized arguments: --bogus"),
         (["jobs", "list", "--bogus", "x"], "menos jobs list", "unrecognized arguments: --bogus x"),
         (["db", "stop", "now"], "menos db stop", "unrecognized arguments: now"),
         (["worker", "--concurrency", "0"], "menos worker", "--concurrency: must be from 1 to"),
