@@ -46,7 +46,9 @@ async def claim(repo: repository.Repository, worker_id: str, n: int) -> list[mod
     )
 
 
-Completions = group_commit.GroupCommit[repository.Completion, bool | errors.PipelineError]
+Completions = group_commit.GroupCommit[
+    repository.Completion, repository.Persisted | errors.PipelineError
+]
 
 
 def completions(repo: repository.Repository, slots: int) -> Completions:

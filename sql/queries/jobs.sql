@@ -62,14 +62,15 @@ UPDATE menos.content c
 RETURNING c.content_id;
 
 -- name: complete_jobs
--- Persist runs ($1: one JSON object per job), each guarded by (job, worker, attempts): result and status on the content, job completed with its last stage as current_stage (as every ending write here), owner tag counts; the status trigger writes outbox rows. Returns the jobs written.
+-- Persist runs ($1: one JSON object per job), each guarded by (job, worker, attempts): result and status on the content, job completed with its last stage as current_stage (as every ending write here), owner tag counts; the status trigger writes outbox rows. A job whose cancel was asked before this write ends cancelled instead, keeping no result and counting no tags (its cancel was answered 202: it will end cancelled). Returns the jobs written with the status each ended in.
 WITH run AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS r (
         job_id uuid, worker_id text, attempts integer, stages jsonb, diagnostics jsonb,
         full_payload jsonb, result jsonb, tags text[])
 ), job AS (
     UPDATE menos.pipeline_job j
-       SET status = 'completed', finished_at = coalesce($2::timestamptz, now()),
+       SET status = CASE WHEN j.cancel_requested_at IS NULL THEN 'completed' ELSE 'cancelled' END,
+           finished_at = coalesce($2::timestamptz, now()),
            stages = run.stages, current_stage = run.stages -> -1 ->> 'name',
            diagnostics = run.diagnostics, full_payload = run.full_payload,
            lease_expires_at = NULL
@@ -81,7 +82,7 @@ WITH run AS (
      WHERE j.job_id = ANY (ARRAY(SELECT job_id FROM run))
        AND j.job_id = run.job_id AND (j.status = 'processing') IS TRUE
        AND j.worker_id = run.worker_id AND j.attempts = run.attempts
-    RETURNING j.job_id, j.content_id, j.owner, j.pipeline_version
+    RETURNING j.job_id, j.content_id, j.owner, j.pipeline_version, j.status
 ), saved AS (
     -- The status mirror is written here too, so the trigger leaves the row alone: one new
     -- version of the content row per completion.
@@ -92,9 +93,11 @@ WITH run AS (
            processed_at = CASE WHEN c.latest_job_id = job.job_id THEN now()
                                ELSE c.processed_at END
       FROM job JOIN run USING (job_id)
-     WHERE c.content_id = job.content_id
+     WHERE c.content_id = job.content_id AND job.status = 'completed'
 ), used AS (
-    SELECT DISTINCT job.owner, job.job_id, tag FROM job JOIN run USING (job_id), unnest(run.tags) AS tag
+    SELECT DISTINCT job.owner, job.job_id, tag
+      FROM job JOIN run USING (job_id), unnest(run.tags) AS tag
+     WHERE job.status = 'completed'
 ), counted AS (
     -- In tag order: concurrent completions of one owner lock the same rows in the same
     -- order, so they queue instead of deadlocking.
@@ -102,7 +105,7 @@ WITH run AS (
     SELECT owner, tag, count(*) FROM used GROUP BY owner, tag ORDER BY owner, tag
     ON CONFLICT (owner, tag) DO UPDATE SET uses = t.uses + excluded.uses
 )
-SELECT job_id FROM job;
+SELECT job_id, status FROM job;
 
 -- name: fail_job
 -- End a run as failed with its error, while this worker still holds it; cancelled instead

@@ -96,7 +96,7 @@ async def test_guarded_complete_after_rescue_changes_nothing(
     done = await repo.complete(
         guard, result={"summary": "late"}, tags=[], stages=[], diagnostics={}, full_payload=None
     )
-    assert done is False
+    assert done is None
     row = await pool.fetchrow(
         "SELECT status, attempts, started_at, current_stage, stages FROM menos.pipeline_job"
     )
@@ -385,7 +385,7 @@ async def test_a_claim_returns_each_job_with_its_content(repo: repository.Reposi
 async def test_completions_persist_together_each_guarded(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
-    """A batch of completions writes the held jobs, answers False for a lost one, and counts
+    """A batch of completions writes the held jobs, answers None for a lost one, and counts
     every tag once per job."""
     await helpers.owner(repo)
     for _ in range(3):
@@ -394,7 +394,7 @@ async def test_completions_persist_together_each_guarded(
     answers = await repo.complete_many(
         [_run(a, "w", "a", ["x", "y"]), _run(b, "thief", "b", ["x"]), _run(c, "w", "c", ["x"])]
     )
-    assert answers == [True, False, True]
+    assert answers == ["completed", None, "completed"]
     rows = await pool.fetch(
         "SELECT j.job_id, j.status, c.processing_status, c.result ->> 'summary' AS summary"
         "  FROM menos.pipeline_job j JOIN menos.content c USING (content_id)"
@@ -412,6 +412,39 @@ async def test_completions_persist_together_each_guarded(
     assert {e["payload"]["data"]["result_summary"]["summary"] for e in events} == {"a", "c"}
 
 
+async def test_a_cancel_asked_before_the_completion_ends_the_job_cancelled(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A cancel answered "requested" while the job persists wins over its completion: the
+    job ends cancelled with its job.cancelled event, no result and no tag counts, while the
+    others of the batch complete."""
+    await helpers.owner(repo)
+    for _ in range(2):
+        await repo.enqueue(helpers.note(callback_url="https://example.com/hook"))
+    a, b = await claim(repo, "w", 2)
+    asked = await repo.request_cancel(a.job.job_id, owner=None)
+    assert asked is not None and asked.status == "processing"
+    answers = await repo.complete_many([_run(a, "w", "a", ["x"]), _run(b, "w", "b", ["y"])])
+    assert answers == ["cancelled", "completed"]
+    rows = await pool.fetch(
+        "SELECT j.job_id, j.status, j.current_stage, c.processing_status, c.result"
+        "  FROM menos.pipeline_job j JOIN menos.content c USING (content_id)"
+    )
+    seen = {r["job_id"]: (r["status"], r["processing_status"], r["result"]) for r in rows}
+    assert seen[a.job.job_id] == ("cancelled", "cancelled", None)
+    assert seen[b.job.job_id][:2] == ("completed", "completed")
+    uses = await pool.fetch("SELECT tag FROM menos.owner_tag")
+    assert [r["tag"] for r in uses] == ["y"]
+    events = await pool.fetch("SELECT job_id, event_type, payload FROM menos.callback_outbox")
+    assert {(e["job_id"], e["event_type"]) for e in events} == {
+        (a.job.job_id, "job.cancelled"),
+        (b.job.job_id, "job.completed"),
+    }
+    # the cancel after the completion finds the job ended
+    late = await repo.request_cancel(b.job.job_id, owner=None)
+    assert late is not None and late.status == "completed"
+
+
 async def test_a_completion_the_database_refuses_fails_alone(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
@@ -425,7 +458,7 @@ async def test_a_completion_the_database_refuses_fails_alone(
     answers = await repo.complete_many(
         [_run(a, "w", "a", []), _run(b, "w", "b", [unindexable]), _run(c, "w", "c", [])]
     )
-    assert answers[0] is True and answers[2] is True
+    assert answers[0] == "completed" and answers[2] == "completed"
     assert isinstance(answers[1], errors.PipelineError) and answers[1].code == "PERSIST_ERROR"
     statuses = await pool.fetch("SELECT job_id, status FROM menos.pipeline_job")
     assert {r["job_id"]: r["status"] for r in statuses} == {

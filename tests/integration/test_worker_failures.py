@@ -4,12 +4,15 @@ holds and however the worker is stopped meanwhile."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import structlog
+import structlog.testing
 
 from menos import db, errors
 from menos.pipeline import analyzers
@@ -180,3 +183,43 @@ async def test_a_claim_lost_and_taken_again_by_the_same_worker_runs_once(
     assert row is not None
     assert (row["status"], row["diagnostics"]["model"]) == ("completed", "run-2")
     assert job_id not in worker._slots
+
+
+class CancelledWhilePersisting(repository.Repository):
+    """A cancel lands after the run's last stage boundary, just before its completion."""
+
+    async def complete_many(
+        self, runs: Sequence[repository.Completion], *, now: dt.datetime | None = None
+    ) -> list[repository.Persisted | errors.PipelineError]:
+        for run in runs:
+            await self.request_cancel(run.guard.job_id, owner=None)
+        return await super().complete_many(runs, now=now)
+
+
+async def test_a_cancel_during_persist_ends_the_job_cancelled(
+    pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """The cancel was answered "requested", so the job ends cancelled, without its result,
+    and the worker takes that ending as its own: nothing is written again, nothing lost."""
+    repo = CancelledWhilePersisting(pool, db.Queries())
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    config = helpers.worker_config(concurrency=1, max_processing=1, poll_s=0.2)
+    async with httpx.AsyncClient() as http:
+        worker = queue_worker.Worker(
+            config, repo, offline_context(http, BuiltinAnalyzer()), dsn=database_url
+        )
+        stop = asyncio.Event()
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.create_task(worker.run(stop))
+            try:
+                row = await until_failed(pool)
+            finally:
+                stop.set()
+                await running
+    assert (row["status"], row["attempts"], row["error_code"]) == ("cancelled", 1, None)
+    content = await pool.fetchrow("SELECT processing_status, result FROM menos.content")
+    assert content is not None
+    assert dict(content) == {"processing_status": "cancelled", "result": None}
+    finished = [entry for entry in logs if entry["event"] == "job_finished"]
+    assert [(e["outcome"], e["stage"]) for e in finished] == [("cancelled", "persist")]

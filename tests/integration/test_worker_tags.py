@@ -38,10 +38,10 @@ class CountingRepository(repository.Repository):
 
     async def complete_many(
         self, runs: Sequence[repository.Completion], *, now: dt.datetime | None = None
-    ) -> list[bool | errors.PipelineError]:
+    ) -> list[repository.Persisted | errors.PipelineError]:
         if self.refusals:
             self.refusals -= 1
-            return [False] * len(runs)
+            return [None] * len(runs)
         return await super().complete_many(runs, now=now)
 
 

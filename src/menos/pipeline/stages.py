@@ -28,7 +28,12 @@ log = structlog.get_logger("menos.pipeline")
 
 
 class Cancelled(Exception):
-    """Cancellation was requested: stop at this boundary."""
+    """Cancellation was requested: stop at this boundary (`ended`: the job was already ended
+    cancelled, by the write that would have completed it)."""
+
+    def __init__(self, *, ended: bool = False) -> None:
+        super().__init__()
+        self.ended = ended
 
 
 class Lost(Exception):

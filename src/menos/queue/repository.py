@@ -150,6 +150,10 @@ class MetricTotal(msgspec.Struct, frozen=True):
     value: float
 
 
+Ended = Literal["completed", "cancelled"]
+Persisted = Ended | None  # None: the job was no longer held, nothing was written
+
+
 class CancelOutcome(msgspec.Struct, frozen=True):
     """What a cancel request found and did."""
 
@@ -384,7 +388,7 @@ class Repository(_Store):
         diagnostics: Mapping[str, Any],
         full_payload: Mapping[str, Any] | None,
         now: dt.datetime | None = None,
-    ) -> bool:
+    ) -> Persisted:
         """Persist one run (see `complete_many`); PipelineError PERSIST_ERROR if it cannot."""
         run = Completion(
             guard=guard,
@@ -401,13 +405,14 @@ class Repository(_Store):
 
     async def complete_many(
         self, runs: Sequence[Completion], *, now: dt.datetime | None = None
-    ) -> list[bool | errors.PipelineError]:
+    ) -> list[Persisted | errors.PipelineError]:
         """Persist runs in one transaction, each all-or-nothing: result and status on the
         content, the job completed, owner tag counts, outbox row.
 
-        Answers per run, in order: True when written, False when the job was no longer held
-        (lost), or a PERSIST_ERROR. When the batch fails as a whole, each run is tried alone,
-        so one run the database refuses fails alone.
+        Answers per run, in order: "completed" when written, "cancelled" when a cancel was
+        asked before (the job ended cancelled, without its result), None when the job was no
+        longer held (lost), or a PERSIST_ERROR. When the batch fails as a whole, each run is
+        tried alone, so one run the database refuses fails alone.
         """
         ordered = sorted(runs, key=lambda run: run.guard.job_id)  # rows locked in one order
         try:
@@ -416,8 +421,8 @@ class Repository(_Store):
             if len(runs) == 1:
                 return [errors.PipelineError("PERSIST_ERROR", f"could not persist: {exc}")]
             return [(await self.complete_many([run], now=now))[0] for run in runs]
-        written = {row["job_id"] for row in rows}
-        return [run.guard.job_id in written for run in runs]
+        ended: dict[models.JobId, Ended] = {row["job_id"]: row["status"] for row in rows}
+        return [ended.get(run.guard.job_id) for run in runs]
 
     async def fail(
         self,

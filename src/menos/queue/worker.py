@@ -93,8 +93,10 @@ class _Slot(stages.Port):
         )
         if isinstance(outcome, errors.PipelineError):
             raise outcome
-        if not outcome:
+        if outcome is None:
             raise stages.Lost()
+        if outcome == "cancelled":  # asked while it persisted: ended cancelled, no result
+            raise stages.Cancelled(ended=True)
         self.worker.learn_tags(self.claimed.job.owner, tags)
 
     def timings(self, *, close: bool = False) -> list[models.StageTiming]:
@@ -340,11 +342,11 @@ class Worker:
         )
         try:
             await stages.run_pipeline(item, slot, self.ctx, slot.run)
-        except stages.Cancelled:
+        except stages.Cancelled as cancelled:
             outcome = "cancelled"
             # Shielded, as every terminal write here: a shutdown's cancel arriving meanwhile
             # must not leave the job processing (the release below would not run).
-            if not await asyncio.shield(
+            if not cancelled.ended and not await asyncio.shield(
                 self.repo.cancel_claimed(
                     slot.guard, stages=slot.timings(close=True), diagnostics=slot.run.diagnostics
                 )
