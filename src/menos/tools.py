@@ -137,9 +137,12 @@ async def follow(repo: repository.Repository, job_id: uuid.UUID, poll_s: float =
             job = await repo.job(job_id, owner=None)
             if job is None:
                 raise errors.NotFound(f"job {job_id} disappeared")
-            # A stage that failed ended without being done.
-            failed = job.error_stage if job.status == "failed" else None
-            done = len([s for s in job.stages if s.finished_at is not None and s.name != failed])
+            # A stage that failed ended without being done, and persist is done only when the
+            # job completed (cancelled during it, the job ended without its result).
+            undone = (job.error_stage if job.status == "failed" else None, "persist")
+            done = len(
+                [s for s in job.stages if s.finished_at is not None and s.name not in undone]
+            )
             if job.status == "completed":
                 done = len(STAGES)
             bar.n = done

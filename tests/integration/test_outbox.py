@@ -43,8 +43,16 @@ async def make_events(
     )
     for item in claimed:
         guard = repository.Guard(item.job.job_id, "w", item.job.attempts)
-        assert await repo.complete(
-            guard, result={"summary": "s"}, tags=[], stages=[], diagnostics={}, full_payload=None
+        assert (
+            await repo.complete(
+                guard,
+                result={"summary": "s"},
+                tags=[],
+                stages=[],
+                diagnostics={},
+                full_payload=None,
+            )
+            == "completed"
         )
     return [item.job.job_id for item in claimed]
 
@@ -1147,7 +1155,7 @@ async def test_dispatcher_claims_and_records_read_no_table_whole_before_any_anal
             )
             for h in held
         ]
-        assert all(await repo.complete_many(runs))
+        assert await repo.complete_many(runs) == ["completed"] * len(runs)
         before = await helpers.sequential_scans(one, tables)
         now = await db_now(one)  # type: ignore[arg-type]
         for _ in range(3):

@@ -161,7 +161,7 @@ async def test_outbox_row_exists_iff_terminal_transition_committed(
         diagnostics={},
         full_payload=None,
     )
-    assert ok
+    assert ok == "completed"
     refused = await repo.complete(
         repository.Guard(second.job.job_id, "someone-else", second.job.attempts),
         result={"summary": "s"},
@@ -170,7 +170,7 @@ async def test_outbox_row_exists_iff_terminal_transition_committed(
         diagnostics={},
         full_payload=None,
     )
-    assert not refused
+    assert refused is None
     rows = await pool.fetch("SELECT job_id, event_type, payload FROM menos.callback_outbox")
     assert [(r["job_id"], r["event_type"]) for r in rows] == [(first.job.job_id, "job.completed")]
     payload = rows[0]["payload"]
@@ -336,7 +336,7 @@ async def test_concurrent_completions_of_one_owner_never_deadlock(
     claimed = await claim(repo, "w", 24)
     tags = ["alpha", "beta", "gamma", "delta", "epsilon"]
 
-    async def complete(index: int, held: models.Claimed) -> bool:
+    async def complete(index: int, held: models.Claimed) -> repository.Persisted:
         order = tags[index % 5 :] + tags[: index % 5]
         order = order if index % 2 else list(reversed(order))
         return await repo.complete(
@@ -350,7 +350,7 @@ async def test_concurrent_completions_of_one_owner_never_deadlock(
 
     for _round in range(3):
         done = await asyncio.gather(*(complete(i, c) for i, c in enumerate(claimed)))
-        assert all(done)
+        assert done == ["completed"] * len(claimed)
         claimed = []
         for _ in range(24):
             await repo.enqueue(helpers.note())
@@ -724,8 +724,11 @@ async def test_an_ended_run_keeps_the_last_stage_it_entered(
         return repository.Guard(claimed.job.job_id, "w", claimed.job.attempts)
 
     stages = ("fetch", "prepare", "analyze", "parse", "persist")
-    assert await repo.complete(
-        guard(done), result={}, tags=[], stages=ran(*stages), diagnostics={}, full_payload=None
+    assert (
+        await repo.complete(
+            guard(done), result={}, tags=[], stages=ran(*stages), diagnostics={}, full_payload=None
+        )
+        == "completed"
     )
     assert await repo.fail(
         guard(failed),

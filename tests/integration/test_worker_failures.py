@@ -14,7 +14,7 @@ import pytest
 import structlog
 import structlog.testing
 
-from menos import db, errors
+from menos import db, errors, tools
 from menos.pipeline import analyzers
 from menos.pipeline.analyzers.builtin import BuiltinAnalyzer
 from menos.queue import repository
@@ -197,7 +197,7 @@ class CancelledWhilePersisting(repository.Repository):
 
 
 async def test_a_cancel_during_persist_ends_the_job_cancelled(
-    pool: asyncpg.Pool[Any], database_url: str
+    pool: asyncpg.Pool[Any], database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The cancel was answered "requested", so the job ends cancelled, without its result,
     and the worker takes that ending as its own: nothing is written again, nothing lost."""
@@ -223,3 +223,7 @@ async def test_a_cancel_during_persist_ends_the_job_cancelled(
     assert dict(content) == {"processing_status": "cancelled", "result": None}
     finished = [entry for entry in logs if entry["event"] == "job_finished"]
     assert [(e["outcome"], e["stage"]) for e in finished] == [("cancelled", "persist")]
+    # bin/reprocess --wait does not count the persist that stored nothing
+    job_id = await pool.fetchval("SELECT job_id FROM menos.pipeline_job")
+    assert await tools.follow(repo, job_id, poll_s=0.01) == tools.EXIT_CANCELLED
+    assert "4/5 stages" in capsys.readouterr().err

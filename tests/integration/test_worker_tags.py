@@ -67,8 +67,11 @@ async def test_only_tags_not_known_to_be_used_are_read(runner: queue_worker.Work
     await repo.enqueue(helpers.note())
     (held,) = await repo.claim("w2", 1, max_processing=9, lease_s=30, pipeline_version="v")
     guard = repository.Guard(held.job.job_id, "w2", held.job.attempts)
-    assert await repo.complete(
-        guard, result={}, tags=["x"], stages=[], diagnostics={}, full_payload=None
+    assert (
+        await repo.complete(
+            guard, result={}, tags=["x"], stages=[], diagnostics={}, full_payload=None
+        )
+        == "completed"
     )
     assert await runner.known_tags("alice", ["x", "y"]) == {"x"}
     assert await runner.known_tags("alice", ["y", "x"]) == {"x"}
