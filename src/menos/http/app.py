@@ -35,8 +35,9 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
                 settings.database_url,
                 min_size=0,
                 max_size=20,
-                # a statement the request gave up on (its connection dropped) ends soon after
-                statement_timeout_s=DATABASE_DEADLINE_S + 5,
+                # The server ends a statement first (waiting on a lock, say), so that a 503 means
+                # it did not run; the deadline still ends the wait on a silent database.
+                statement_timeout_s=DATABASE_DEADLINE_S - 1,
             )
         else:
             used = pool

@@ -170,7 +170,8 @@ class _Store:
         self, pool: asyncpg.Pool[Any], queries: db.Queries, *, deadline_s: float | None = None
     ) -> None:
         """`deadline_s` bounds each use of a connection, from acquiring it to giving it back
-        (a request's lookup or write): past it the use ends with DatabaseUnavailable."""
+        (a request's lookup or write): past it the use ends with DatabaseUnavailable, as does
+        a statement the server cancelled (its statement_timeout, set under the deadline)."""
         self._pool = pool
         self._q = queries
         self._deadline_s = deadline_s
@@ -182,6 +183,11 @@ class _Store:
                 yield conn
         except TimeoutError as exc:  # the deadline's: the driver's own are translated inside
             raise errors.DatabaseUnavailable(f"no answer within {self._deadline_s} s") from exc
+        except asyncpg.exceptions.QueryCanceledError as exc:
+            if self._deadline_s is None:
+                raise
+            # The pool's statement_timeout, set under the deadline: the statement did not run.
+            raise errors.DatabaseUnavailable(str(exc)) from exc
 
     @contextlib.asynccontextmanager
     async def _held(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
