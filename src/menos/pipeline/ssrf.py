@@ -94,6 +94,9 @@ def is_public_address(ip: IPAddress) -> bool:
         or ip.is_multicast
         or ip.is_unspecified
         or ip.is_private
+        # Reserved: all but 2000::/3 and the ranges above, no public unicast there; NAT64's
+        # well-known prefix lies in it, and its embedded address was checked above.
+        or (ip.is_reserved and ip not in _NAT64)
     )
 
 
