@@ -624,6 +624,30 @@ async def test_2xx_whose_body_stalls_counts_as_delivered(
     )
 
 
+async def test_a_refusal_whose_body_stalls_keeps_its_status(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """A receiver that answered 500 and then never finished its body is recorded with its
+    500 and what happened next, not as one that never answered."""
+
+    class Stalling(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"quota exceeded"
+            await asyncio.Event().wait()  # the rest of the answer never comes
+            yield b""
+
+    async def refused(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, stream=Stalling())
+
+    await make_events(repo, 1)
+    await deliver(refused, mock=True, timeout_s=0.2)
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("pending", 1, 500)
+    assert state["last_error"] == "HTTP 500, then no answer within 0.2 s"
+
+
 async def test_private_callback_address_is_refused_at_delivery(
     repo: repository.Repository,
     pool: asyncpg.Pool[Any],

@@ -312,7 +312,10 @@ class Dispatcher:
             if code is not None and 200 <= code < 300:
                 # accepted: only reading the rest of the answer failed
                 return Attempt(code, None, counted)
-            return self._unanswered(event, exc, counted)
+            failed = self._unanswered(event, exc, counted)
+            if code is not None:  # refused, then the rest of the answer failed
+                return Attempt(code, f"HTTP {code}, then {failed.error}", counted)
+            return failed
         counted = counter.state == "counted"
         if 200 <= code < 300:
             return Attempt(code, None, counted)
