@@ -15,7 +15,7 @@ import standardwebhooks
 
 from menos import db, errors
 from menos.pipeline import ssrf
-from menos.queue import dispatcher, group_commit, models, repository
+from menos.queue import dispatcher, group_commit, models, repository, stats
 from tests.integration import helpers
 from tests.support.http_network import HandlerNetwork
 
@@ -1029,6 +1029,8 @@ async def test_outcome_lost_to_a_database_outage_is_attempted_again(
         )
         assert await lost.run_once() == 1
     assert sent == [1]
+    # not recorded: not counted as delivered either (the next claim counts it as lost)
+    assert [s for s in lost.stats.samples() if s[0] == stats.DELIVERIES] == []
     state = await row(pool)
     assert (state["status"], state["attempts"], state["last_status_code"]) == ("pending", 1, None)
     assert await audit_details(pool) == []
@@ -1124,9 +1126,8 @@ async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_res
     config = dispatcher_config(poll_s=0.2)
     stop = asyncio.Event()
     async with httpx.AsyncClient(transport=httpx.MockTransport(ok)) as client:
-        running = asyncio.create_task(
-            dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run(stop)
-        )
+        sweeper = dispatcher.Dispatcher(config, outbox, client, dsn=database_url)
+        running = asyncio.create_task(sweeper.run(stop))
         for _ in range(200):  # up to 10 s; the loop is done in well under one
             statuses = await pool.fetch("SELECT status FROM menos.callback_outbox")
             if sorted(r["status"] for r in statuses) == ["delivered", "failed"]:
@@ -1142,6 +1143,9 @@ async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_res
         ("lost", "pending"),  # attempts 1 and 2, found by the claims after them
         ("lost", "pending"),
     ]
+    # the metric agrees with the audit rows of this dispatcher's work: the swept event failed
+    delivered = {s[1]: s[2] for s in sweeper.stats.samples() if s[0] == stats.DELIVERIES}
+    assert delivered == {"outcome=delivered": 1, "outcome=failed": 1}
 
 
 async def row_of(pool: asyncpg.Pool[Any], event_id: Any) -> dict[str, Any]:

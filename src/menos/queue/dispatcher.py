@@ -29,6 +29,13 @@ MIN_WAIT_S = 0.05  # never spin: an event due now may be locked by another dispa
 ERROR_SNIPPET_CHARS = 200
 
 Status = repository.OutboxStatus | None  # None: not recorded (the event moved on)
+# menos_callback_deliveries_total{outcome} of an attempt by the status it left its event in,
+# as its audit row says: so a lost attempt counts once, when it is found lost.
+DELIVERY_OUTCOMES: dict[repository.OutboxStatus, str] = {
+    "delivered": "delivered",
+    "pending": "retry",
+    "failed": "failed",
+}
 
 
 class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -180,6 +187,7 @@ class Dispatcher:
         swept = await self.repo.sweep_exhausted(max_attempts=self.config.max_attempts, now=now)
         for event in swept:
             _log_lost(event.event_id, event.job_id, event.owner, event.attempts, event.last_error)
+            self.stats.count_delivery("failed")
         return len(swept)
 
     async def _claim(self, limit: int) -> repository.Claim:
@@ -190,6 +198,7 @@ class Dispatcher:
             if c.lost_attempt is not None:
                 e = c.event
                 _log_lost(e.event_id, e.job_id, e.owner, c.lost_attempt, c.lost_error, "pending")
+                self.stats.count_delivery("retry")
         return claim
 
     async def _count_attempts(self, events: Sequence[models.OutboxEvent]) -> list[bool]:
@@ -242,10 +251,8 @@ class Dispatcher:
         if status == "pending":  # our own retry: look for it when it comes due
             retry_in = self.config.backoff_s * 4.0 ** (event.attempts - 1)
             self._look_by(asyncio.get_running_loop().time() + retry_in)
-        if attempt.error is None:
-            self.stats.count_delivery("delivered")
-        else:
-            self.stats.count_delivery("failed" if status == "failed" else "retry")
+        if status is not None:  # an unrecorded attempt is counted when it is found lost
+            self.stats.count_delivery(DELIVERY_OUTCOMES[status])
         log_at = log.info if attempt.error is None else log.warning
         log_at(
             "audit.callback_delivery",
