@@ -401,3 +401,14 @@ async def test_a_pooled_connection_the_server_closed_is_not_reused() -> None:
         server.close()
         await server.wait_closed()
     assert connections == 2
+
+
+async def test_a_host_written_with_its_root_dot_resolves_as_without_it() -> None:
+    """`localhost.` passes the check at submission as `localhost` does: delivery and fetches
+    resolve it the same way (the system resolver may not take the dot)."""
+    assert await ssrf.checked_address("localhost.", 80, allow_private=True, field="url") in (
+        "127.0.0.1",
+        "::1",
+    )
+    with pytest.raises(errors.InvalidInput):
+        await ssrf.checked_address("localhost.", 80, allow_private=False, field="url")

@@ -162,7 +162,9 @@ async def checked_address(host: str, port: int, *, allow_private: bool, field: s
 
 
 async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
-    """IP literals as they are, names through the system resolver, in resolver order."""
+    """IP literals as they are, names through the system resolver, in resolver order (a
+    name's root dot dropped, as the check at submission drops it: resolvers differ on it)."""
+    host = host.rstrip(".") or host
     try:
         return [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
