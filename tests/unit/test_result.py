@@ -51,6 +51,31 @@ def test_an_object_after_one_nested_too_deeply_is_found() -> None:
     assert result.extract_json(deep[:-1]) is None  # never closed
 
 
+def test_many_open_objects_over_a_long_tail_are_searched_a_bounded_number_of_times() -> None:
+    """900 objects opened over a 2 MB array that never closes: each start read to the end
+    was 2 GB of decoding (84 s on the worker's event loop); the search gives up instead."""
+    text = '{"a":' * 900 + "[" + "1," * 1_000_000
+    searched: list[int] = []
+    real = result.json.JSONDecoder.raw_decode
+
+    def counting(self: Any, s: str, idx: int = 0) -> Any:
+        searched.append(idx)
+        return real(self, s, idx)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(result.json.JSONDecoder, "raw_decode", counting)
+        assert result.extract_json(text) is None
+    assert len(searched) <= result.MAX_JSON_STARTS
+
+
+def test_an_integer_too_long_for_python_is_a_value_of_the_wrong_type() -> None:
+    """A 5,000-digit quality_score is past what Python converts: the object still reads, with
+    that value as text (the wrong type, so the field takes its default)."""
+    answer = result.extract_json('{"summary": "s", "quality_score": ' + "1" * 5000 + "}")
+    assert answer is not None and answer["summary"] == "s"
+    assert isinstance(answer["quality_score"], str)
+
+
 def test_think_block_is_skipped() -> None:
     """Reasoning in <think> with its own braces is ignored; the real answer after it is used."""
     text = '<think>Maybe {"summary": "draft"} is right?</think>\n{"summary": "final"}'

@@ -92,15 +92,31 @@ def strip_noise(text: str) -> str:
     return _FENCE_CLOSE.sub("", text)
 
 
+# How many `{` an answer's JSON object is looked for at. Each try may read to the end of the
+# answer: a few suffice for prose around one object, and a bound keeps an answer of many
+# open objects over a long tail from costing quadratic time on the worker's event loop.
+MAX_JSON_STARTS = 64
+# Python refuses to convert an integer of more digits (int_max_str_digits): such a value is
+# kept as its text, a value of the wrong type that the field's rule replaces.
+_MAX_INT_DIGITS = 4000
+
+
+def _integer(digits: str) -> int | str:
+    return int(digits) if len(digits) <= _MAX_INT_DIGITS else digits
+
+
 def extract_json(text: str) -> dict[str, Any] | None:
-    """Return the first balanced `{…}` that parses as a JSON object after stripping noise.
+    """Return the first balanced `{…}` that parses as a JSON object after stripping noise,
+    looking at the first MAX_JSON_STARTS braces.
 
     An object nesting deeper than the decoder goes is skipped whole: every `{` inside it
     would be as deep, and retrying each would cost quadratic time."""
     cleaned = strip_noise(text)
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_int=_integer)
     start = cleaned.find("{")
-    while start != -1:
+    for _ in range(MAX_JSON_STARTS):
+        if start == -1:
+            break
         try:
             # raw_decode reads one JSON value and stops at its end, so braces inside strings
             # and trailing prose are handled by the JSON grammar itself.
