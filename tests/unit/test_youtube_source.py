@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -311,6 +311,48 @@ async def test_oembed_failure_is_not_fatal(answer: httpx.Response | Exception, r
     assert video.title is None
     assert "channel" not in video.metadata
     assert reason in video.metadata["oembed_error"]
+
+
+class _Dripping(httpx.AsyncByteStream):
+    """An answer that sends a byte now and then, forever (or `total` bytes at once)."""
+
+    def __init__(self, total: int | None = None) -> None:
+        self.total = total
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.total is not None:
+            yield b'{"title": "' + b"x" * self.total + b'"}'
+            return
+        while True:
+            yield b" "
+            await asyncio.sleep(0.05)  # the slow server's pace
+
+
+async def test_an_oembed_answer_is_bounded_in_size_and_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A huge oEmbed answer is not read past 64 KiB, and one that drips never ends is given
+    up on the whole lookup's timeout: the video keeps its transcript, without a title."""
+    huge = await _fetch(
+        FakeYouTube(), oembed=_oembed_client(httpx.Response(200, stream=_Dripping(10**8)))
+    )
+    assert huge.title is None and "64 KiB" in huge.metadata["oembed_error"]
+    monkeypatch.setattr(youtube, "_OEMBED_TIMEOUT_S", 0.3)
+    slow = await _fetch(
+        FakeYouTube(), oembed=_oembed_client(httpx.Response(200, stream=_Dripping()))
+    )
+    assert slow.title is None and "within 0.3 s" in slow.metadata["oembed_error"]
+
+
+async def test_a_long_oembed_title_is_cut_to_the_title_limit() -> None:
+    named = await _fetch(
+        FakeYouTube(),
+        oembed=_oembed_client(
+            httpx.Response(200, json={"title": "t" * 2000, "author_name": "a" * 2000})
+        ),
+    )
+    assert named.title == "t" * youtube.MAX_TEXT_CHARS
+    assert named.metadata["channel"] == "a" * youtube.MAX_TEXT_CHARS
 
 
 async def test_long_transcripts_are_split_into_paragraphs() -> None:

@@ -15,7 +15,9 @@ import youtube_transcript_api
 from menos import errors
 from menos.pipeline.sources import fetched
 
-_OEMBED_TIMEOUT_S = 10.0
+_OEMBED_TIMEOUT_S = 10.0  # the whole lookup, answer included
+_OEMBED_MAX_BYTES = 64 * 1024  # a title and a channel name: real answers are under 1 KiB
+MAX_TEXT_CHARS = 500  # a title or channel name is cut here (the API's title limit)
 # The transcript library sends requests without a timeout; each of them gets this one.
 _TRANSCRIPT_TIMEOUT_S = 30.0
 # It makes several requests per transcript: the whole download is bounded by this.
@@ -117,25 +119,43 @@ class _OEmbedFailed(Exception):
 
 
 async def _oembed(client: httpx.AsyncClient, oembed_url: str, watch_url: str) -> _OEmbed:
+    """The video's title and channel, read within _OEMBED_TIMEOUT_S and _OEMBED_MAX_BYTES."""
     try:
-        response = await client.get(
-            oembed_url,
-            params={"url": watch_url, "format": "json"},
-            timeout=_OEMBED_TIMEOUT_S,
-            follow_redirects=True,
-        )
+        async with asyncio.timeout(_OEMBED_TIMEOUT_S):
+            content = await _oembed_answer(client, oembed_url, watch_url)
+    except TimeoutError as exc:
+        raise _OEmbedFailed(f"oEmbed gave no answer within {_OEMBED_TIMEOUT_S:g} s") from exc
     except (httpx.HTTPError, httpx.InvalidURL, errors.InvalidInput) as exc:
         raise _OEmbedFailed(f"oEmbed request failed: {type(exc).__name__}: {exc}") from exc
-    if response.status_code != 200:
-        raise _OEmbedFailed(f"oEmbed answered HTTP {response.status_code}")
     try:
-        oembed = msgspec.json.decode(response.content, type=_OEmbed)
+        oembed = msgspec.json.decode(content, type=_OEmbed)
     except msgspec.DecodeError as exc:
         raise _OEmbedFailed(f"oEmbed answer is not the expected JSON: {exc}") from exc
-    return _OEmbed(
-        title=" ".join((oembed.title or "").split()) or None,
-        author_name=" ".join((oembed.author_name or "").split()) or None,
-    )
+    return _OEmbed(title=_one_line(oembed.title), author_name=_one_line(oembed.author_name))
+
+
+async def _oembed_answer(client: httpx.AsyncClient, oembed_url: str, watch_url: str) -> bytes:
+    async with client.stream(
+        "GET",
+        oembed_url,
+        params={"url": watch_url, "format": "json"},
+        headers={"accept-encoding": "identity"},  # the cap below is of the bytes themselves
+        timeout=_OEMBED_TIMEOUT_S,
+        follow_redirects=True,
+    ) as response:
+        if response.status_code != 200:
+            raise _OEmbedFailed(f"oEmbed answered HTTP {response.status_code}")
+        content = b""
+        async for chunk in response.aiter_bytes():
+            content += chunk
+            if len(content) > _OEMBED_MAX_BYTES:
+                raise _OEmbedFailed(f"oEmbed answer is over {_OEMBED_MAX_BYTES // 1024} KiB")
+        return content
+
+
+def _one_line(text: str | None) -> str | None:
+    """Whitespace runs made one space, cut at MAX_TEXT_CHARS; None when nothing is left."""
+    return " ".join((text or "").split())[:MAX_TEXT_CHARS] or None
 
 
 async def _download_transcript(
