@@ -47,16 +47,25 @@ class _FrontmatterYAML(YAMLHandler):
 _HANDLERS = [_FrontmatterYAML(), JSONHandler()]
 
 
+# The pure-Python YAML reader takes about 50 µs a line, on the caller's event loop: a block
+# of metadata is a few lines, and one longer than this is not read (10 s at 200,000 keys).
+FRONTMATTER_MAX_CHARS = 64 * 1024
+
+
 def parse(raw: str) -> Note:
     """Split frontmatter from text. A frontmatter block that is not plain YAML data (broken,
     not a mapping, using aliases, nested too deeply, or holding NUL characters or lone
-    surrogates, which no text field and no JSON column accepts) is kept as plain text. A
-    leading UTF-8 byte-order mark is dropped: editors write one, and it hides the frontmatter."""
+    surrogates, which no text field and no JSON column accepts), or is longer than
+    FRONTMATTER_MAX_CHARS, is kept as plain text. A leading UTF-8 byte-order mark is
+    dropped: editors write one, and it hides the frontmatter."""
     raw = raw.removeprefix("\ufeff")
     handler = frontmatter.detect_format(raw.strip(), _HANDLERS)
     if handler is None:
         return Note(metadata={}, text=raw.strip())
     try:
+        block, _ = handler.split(raw)
+        if len(block) > FRONTMATTER_MAX_CHARS:
+            raise ValueError("frontmatter over the limit")
         post = frontmatter.loads(raw, handler=handler)
         metadata = msgspec.to_builtins(
             {str(k): v for k, v in post.metadata.items()}, str_keys=True, enc_hook=str

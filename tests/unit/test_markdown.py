@@ -100,3 +100,15 @@ def test_a_frontmatter_title_that_is_no_scalar_text_is_ignored(value: str) -> No
     """A list, map, null or blank title falls back to the file name."""
     note = markdown.parse(f"---\ntitle: {value}\n---\nbody")
     assert markdown.choose_title(None, note, "file.md") == "file"
+
+
+def test_a_frontmatter_block_over_the_limit_stays_text_unread() -> None:
+    """200,000 keys took the YAML reader 10 s, on the API's event loop: a block over
+    FRONTMATTER_MAX_CHARS is not read as YAML at all, and is kept as the note's text."""
+    block = "".join(f"k{n}: v\n" for n in range(200_000))
+    assert len(block) > markdown.FRONTMATTER_MAX_CHARS
+    raw = f"---\ntitle: Big\n{block}---\n# Body\n"
+    note = markdown.parse(raw)
+    assert note.metadata == {} and note.text == raw
+    fits = markdown.parse("---\ntitle: Small\n" + block[: block.index("k100:")] + "---\n# Body\n")
+    assert fits.metadata["title"] == "Small" and fits.text == "# Body"
