@@ -148,6 +148,16 @@ async def test_meta_charset_is_honoured_when_header_has_none() -> None:
     assert "Café “quotes”" in page.body
 
 
+@pytest.mark.parametrize("declared", ["utf-16", "UTF-16LE", "utf-16be", "utf-32"])
+async def test_a_meta_charset_of_utf_16_or_32_is_read_as_utf_8(declared: str) -> None:
+    """A <meta> tag can only be read because the page is ASCII-compatible: one naming
+    UTF-16 or UTF-32 is wrong, and browsers read UTF-8 (the page is not made CJK noise)."""
+    page_html = f'<html><head><meta charset="{declared}"></head><body><p>Café ok</p>'
+    async with _client(lambda request: _html(page_html.encode(), "text/html")) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert "Café ok" in page.body
+
+
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [

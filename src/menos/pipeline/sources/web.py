@@ -248,8 +248,8 @@ def _too_large(max_bytes: int) -> errors.PipelineError:
 
 
 def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool) -> str:
-    """A byte-order mark's encoding, else the header's charset, else an HTML <meta> charset,
-    else UTF-8; unknown names are UTF-8."""
+    """A byte-order mark's encoding, else the header's charset, else an HTML <meta> charset
+    (UTF-8 for one naming UTF-16 or UTF-32), else UTF-8; unknown names are UTF-8."""
     for bom, name in _BOMS:
         if raw.startswith(bom):
             return name
@@ -257,6 +257,10 @@ def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool) -> str:
     if candidate is None and is_html:
         match = _META_CHARSET.search(raw[:_META_CHARSET_WINDOW])
         candidate = match.group(1).decode("ascii") if match else None
+        # A <meta> readable as ASCII cannot be right about UTF-16 or UTF-32: as browsers do
+        # (WHATWG), such a page is read as UTF-8.
+        if candidate and candidate.lower().replace("_", "-").startswith(("utf-16", "utf-32")):
+            candidate = "utf-8"
     if candidate:
         try:
             return codecs.lookup(candidate).name
