@@ -597,6 +597,18 @@ async def test_slow_receiver_attempt_fails_with_a_timeout(
     assert state["last_error"] == "no answer within 0.2 s"
 
 
+class Stalling(httpx.AsyncByteStream):
+    """An answer body that starts with `first` and never finishes."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.first
+        await asyncio.Event().wait()  # the rest of the answer never comes
+        yield b""
+
+
 async def test_2xx_whose_body_stalls_counts_as_delivered(
     repo: repository.Repository,
     pool: asyncpg.Pool[Any],
@@ -605,14 +617,8 @@ async def test_2xx_whose_body_stalls_counts_as_delivered(
     """The status line decides: a receiver that accepted (2xx) but never finishes its answer
     is not sent the event again."""
 
-    class Stalling(httpx.AsyncByteStream):
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            yield b"ok"
-            await asyncio.Event().wait()  # the rest of the answer never comes
-            yield b""
-
     async def accepted(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=Stalling())
+        return httpx.Response(200, stream=Stalling(b"ok"))
 
     await make_events(repo, 1)
     await deliver(accepted, mock=True, timeout_s=0.2)
@@ -632,14 +638,8 @@ async def test_a_refusal_whose_body_stalls_keeps_its_status(
     """A receiver that answered 500 and then never finished its body is recorded with its
     500 and what happened next, not as one that never answered."""
 
-    class Stalling(httpx.AsyncByteStream):
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            yield b"quota exceeded"
-            await asyncio.Event().wait()  # the rest of the answer never comes
-            yield b""
-
     async def refused(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(500, stream=Stalling())
+        return httpx.Response(500, stream=Stalling(b"quota exceeded"))
 
     await make_events(repo, 1)
     await deliver(refused, mock=True, timeout_s=0.2)

@@ -72,6 +72,17 @@ async def job_row(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
     return dict(row)
 
 
+async def run_until_ended(worker: queue_worker.Worker, pool: asyncpg.Pool[Any]) -> dict[str, Any]:
+    """Run `worker` until the job has ended; its row then."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        return await until_failed(pool)
+    finally:
+        stop.set()
+        await running
+
+
 async def until_failed(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
     for _ in range(200):
         row = await job_row(pool)
@@ -89,14 +100,7 @@ async def test_a_nul_in_the_error_is_recorded_not_left_processing(
     repo = repository.Repository(pool, db.Queries())
     await helpers.owner(repo)
     await repo.enqueue(helpers.note())
-    worker = build(repo)
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    try:
-        row = await until_failed(pool)
-    finally:
-        stop.set()
-        await running
+    row = await run_until_ended(build(repo), pool)
     assert (row["status"], row["attempts"], row["error_code"]) == ("failed", 1, "LLM_CALL_ERROR")
     assert row["error_message"] == "model said: bad\ufffdanswer"
     assert row["diagnostics"]["error"]["message"] == "model said: bad\ufffdanswer"
@@ -209,14 +213,8 @@ async def test_a_cancel_during_persist_ends_the_job_cancelled(
         worker = queue_worker.Worker(
             config, repo, offline_context(http, BuiltinAnalyzer()), dsn=database_url
         )
-        stop = asyncio.Event()
         with structlog.testing.capture_logs() as logs:
-            running = asyncio.create_task(worker.run(stop))
-            try:
-                row = await until_failed(pool)
-            finally:
-                stop.set()
-                await running
+            row = await run_until_ended(worker, pool)
     assert (row["status"], row["attempts"], row["error_code"]) == ("cancelled", 1, None)
     content = await pool.fetchrow("SELECT processing_status, result FROM menos.content")
     assert content is not None
