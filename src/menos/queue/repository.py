@@ -2,7 +2,7 @@
 
 Rows stop here: every method returns frozen structs from `models`. Driver errors are
 translated into the MenosError tree. Writes after a claim are guarded by (job, worker,
-attempts): a False or empty answer means the job was lost and the caller drops its work.
+attempts): a False, None or empty answer means the job was lost and the caller drops its work.
 """
 
 from __future__ import annotations
