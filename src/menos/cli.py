@@ -824,10 +824,9 @@ def _whole_number(least: int, most: int | None = None) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if most is None and value < least:
-            raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
-        if most is not None and not least <= value <= most:
-            raise argparse.ArgumentTypeError(f"must be from {least} to {most}, not {value}")
+        if value < least or (most is not None and value > most):
+            bounds = f"{least} or more" if most is None else f"from {least} to {most}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {value}")
         return value
 
     return parse

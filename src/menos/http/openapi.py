@@ -27,7 +27,14 @@ def _problem(description: str) -> ResponseSpec:
     )
 
 
-__all__ = ["CONFLICT", "PROBLEMS", "OptionalBodyOperation", "ResponseSpec", "UploadOperation"]
+__all__ = [
+    "CONFLICT",
+    "PROBLEMS",
+    "UPLOAD_FORM_FIELDS",
+    "OptionalBodyOperation",
+    "ResponseSpec",
+    "UploadOperation",
+]
 
 PROBLEMS: dict[int, ResponseSpec] = {
     400: _problem("Invalid input; `errors` names each invalid field"),
@@ -49,6 +56,9 @@ COMPONENTS = Components(
 _TEXT = Schema(type=OpenAPIType.STRING)
 _TIER = Schema(type=OpenAPIType.STRING, enum=["compact", "full"])
 _TAGS = Schema(type=OpenAPIType.ARRAY, items=_TEXT)
+# The upload's fields besides its text (JSON `text`, form `file`); the route refuses any other.
+_NOTE_FIELDS = {"title": _TEXT, "tags": _TAGS, "callback_url": _TEXT, "data_tier": _TIER}
+UPLOAD_FORM_FIELDS = frozenset({"file", *_NOTE_FIELDS})
 
 
 @dataclass
@@ -65,13 +75,7 @@ class UploadOperation(Operation):
                         type=OpenAPIType.OBJECT,
                         additional_properties=False,
                         required=["text"],
-                        properties={
-                            "text": _TEXT,
-                            "title": _TEXT,
-                            "tags": _TAGS,
-                            "callback_url": _TEXT,
-                            "data_tier": _TIER,
-                        },
+                        properties={"text": _TEXT, **_NOTE_FIELDS},
                     )
                 ),
                 "multipart/form-data": OpenAPIMediaType(
@@ -81,10 +85,7 @@ class UploadOperation(Operation):
                         required=["file"],
                         properties={
                             "file": Schema(type=OpenAPIType.STRING, format="binary"),  # type: ignore[arg-type]
-                            "title": _TEXT,
-                            "tags": _TAGS,
-                            "callback_url": _TEXT,
-                            "data_tier": _TIER,
+                            **_NOTE_FIELDS,
                         },
                     )
                 ),

@@ -18,7 +18,6 @@ from menos.queue import models, repository
 from menos.settings import Settings
 
 MAX_FORM_PARTS = 1000
-FORM_FIELDS = frozenset({"file", "title", "tags", "callback_url", "data_tier"})
 # How Litestar says the form parser hit one of its limits (parts, header length or count);
 # the parser's own message, which names the limit, is the exception's context.
 FORM_LIMIT_REACHED = "Request Entity Too Large"
@@ -60,7 +59,7 @@ class ContentController(Controller):
                     raise
                 raise errors.InvalidInput("body", _form_limit(exc)) from None
             for name in form:
-                if name not in FORM_FIELDS:
+                if name not in openapi.UPLOAD_FORM_FIELDS:
                     raise errors.InvalidInput(name, http_errors.UNKNOWN_FIELD)
             upload = _one(form, "file")
             if not isinstance(upload, UploadFile):
