@@ -415,3 +415,47 @@ def test_lone_surrogates_and_nul_in_the_answer_become_replacement_characters() -
     assert got.processed_at == NOW
     encoded = msgspec.json.encode(got)  # what storage does: lone surrogates are refused
     assert b"\\u0000" not in encoded
+
+
+# coerce: bounds of the free-text fields
+
+
+def test_a_long_summary_is_cut_at_a_word_boundary_and_marked() -> None:
+    """A model's megabyte summary is stored cut, not whole (it also goes in every callback)."""
+    got = coerce({"summary": "word " * 1_000_000}).summary
+    assert len(got) <= result.MAX_SUMMARY_CHARS
+    assert got.endswith("word…")
+
+
+def test_explanations_are_bounded_in_count_and_length() -> None:
+    """At most MAX_EXPLANATIONS lines, each cut at MAX_EXPLANATION_CHARS."""
+    got = coerce({"tier_explanation": ["x" * 5_000] * 1_000}).tier_explanation
+    assert len(got) == result.MAX_EXPLANATIONS
+    assert all(len(line) == result.MAX_EXPLANATION_CHARS for line in got)
+    assert coerce({"score_explanation": "y" * 5_000}).score_explanation == [
+        "y" * (result.MAX_EXPLANATION_CHARS - 1) + "…"
+    ]
+
+
+def test_topic_names_and_hierarchies_are_bounded() -> None:
+    """A topic's name and each level are cut at MAX_NAME_CHARS; at most MAX_HIERARCHY levels."""
+    topic = coerce(
+        {"topics": [{"name": "n" * 1_000, "hierarchy": [" > ".join(["h" * 300] * 1_000)]}]}
+    ).topics[0]
+    assert len(topic.name) == result.MAX_NAME_CHARS
+    assert len(topic.hierarchy) == result.MAX_HIERARCHY
+    assert all(len(level) == result.MAX_NAME_CHARS for level in topic.hierarchy)
+    unsplit = coerce({"topics": [" > ".join(f"l{i}" for i in range(100))]}).topics[0]
+    assert unsplit.hierarchy == [f"l{i}" for i in range(result.MAX_HIERARCHY)]
+
+
+def test_entities_are_bounded() -> None:
+    """At most MAX_ENTITIES distinct entities, each part cut at MAX_NAME_CHARS."""
+    raw = [{"type": "t", "name": "same"}] * 3 + [
+        {"type": "k" * 500, "name": f"{i} " + "n" * 500} for i in range(100)
+    ]
+    got = coerce({"entities": raw}).entities
+    assert len(got) == result.MAX_ENTITIES
+    assert got[0] == result.Entity(type="t", name="same")
+    assert all(len(e.type) <= result.MAX_NAME_CHARS >= len(e.name) for e in got)
+    assert got[1] == result.Entity(type="k" * (result.MAX_NAME_CHARS - 1) + "…", name="0…")

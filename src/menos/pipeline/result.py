@@ -32,6 +32,14 @@ DEFAULT_CONFIDENCE = 0.5
 MAX_TAGS = 10
 MAX_NEW_TAGS = 3
 MAX_TOPICS = 7
+# Bounds of the free-text fields, so one answer cannot store megabytes (the summary also travels
+# in every callback body). Longer text is cut at a word boundary and marked with `…`.
+MAX_SUMMARY_CHARS = 4_000
+MAX_EXPLANATIONS = 10
+MAX_EXPLANATION_CHARS = 1_000
+MAX_HIERARCHY = 10
+MAX_ENTITIES = 50
+MAX_NAME_CHARS = 200  # a topic's name or level, an entity's type or name
 # Longer tags do not fit the tag index; submitter tags have the same limit.
 MAX_TAG_CHARS = 100
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -173,7 +181,7 @@ def coerce(
     tags = coerce_tags(raw.get("tags"), known_tags=known_tags)
     known = set(known_tags)
     return Result(
-        summary=_string(raw.get("summary")),
+        summary=trim(_string(raw.get("summary")), MAX_SUMMARY_CHARS),
         tags=tags,
         new_tags=[tag for tag in tags if tag not in known],
         tier=coerce_tier(raw.get("tier")),
@@ -245,12 +253,17 @@ def coerce_tags(value: object, *, known_tags: Collection[str]) -> list[str]:
 
 
 def coerce_explanation(value: object) -> list[str]:
-    """A string or a list of strings as a list of non-blank strings."""
-    if isinstance(value, str):
-        return [value.strip()] if value.strip() else []
-    if isinstance(value, list):
-        return [item.strip() for item in value if isinstance(item, str) and item.strip()]
-    return []
+    """A string or a list of strings as a list of non-blank strings: the first
+    MAX_EXPLANATIONS, each cut at MAX_EXPLANATION_CHARS."""
+    items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    kept: list[str] = []
+    for item in items:
+        if len(kept) >= MAX_EXPLANATIONS:
+            break
+        text = _string(item)
+        if text:
+            kept.append(trim(text, MAX_EXPLANATION_CHARS))
+    return kept
 
 
 def coerce_confidence(value: object) -> float:
@@ -292,6 +305,23 @@ def split_hierarchy(value: str) -> list[str]:
     return [part.strip() for part in value.split(">") if part.strip()]
 
 
+def _hierarchy(given: object, name: str) -> list[str]:
+    """The levels of a topic, from its `hierarchy` (a string or a list of strings) or else its
+    name: at most MAX_HIERARCHY, each cut at MAX_NAME_CHARS."""
+    parts: list[str] = []
+    if isinstance(given, str):
+        parts = split_hierarchy(given)
+    elif isinstance(given, list):
+        for item in given:
+            if isinstance(item, str):
+                parts += split_hierarchy(item)
+            if len(parts) >= MAX_HIERARCHY:
+                break
+    if not parts:
+        parts = split_hierarchy(name)
+    return [trim(part, MAX_NAME_CHARS) for part in parts[:MAX_HIERARCHY]]
+
+
 def coerce_topic(value: object) -> Topic | None:
     """One topic from a dict (or a bare name); None when it has no usable name."""
     if isinstance(value, str):
@@ -301,20 +331,9 @@ def coerce_topic(value: object) -> Topic | None:
     name = value.get("name")
     if not isinstance(name, str) or not name.strip():
         return None
-    name = name.strip()
-    given = value.get("hierarchy")
-    hierarchy: list[str] = []
-    if isinstance(given, str):
-        hierarchy = split_hierarchy(given)
-    elif isinstance(given, list):
-        hierarchy = [
-            part for item in given if isinstance(item, str) for part in split_hierarchy(item)
-        ]
-    if not hierarchy:
-        hierarchy = split_hierarchy(name)
     return Topic(
-        name=name,
-        hierarchy=hierarchy,
+        name=trim(name.strip(), MAX_NAME_CHARS),
+        hierarchy=_hierarchy(value.get("hierarchy"), name),
         confidence=coerce_confidence(value.get("confidence", DEFAULT_CONFIDENCE)),
     )
 
@@ -334,20 +353,32 @@ def coerce_topics(value: object) -> list[Topic]:
 
 
 def coerce_entities(value: object) -> list[Entity]:
-    """Distinct `{type, name}` entities; nameless ones are dropped, a missing type is `other`."""
+    """The first MAX_ENTITIES distinct `{type, name}` entities, each part cut at
+    MAX_NAME_CHARS; nameless ones are dropped, a missing type is `other`."""
     if not isinstance(value, list):
         return []
-    entities: list[Entity] = []
+    entities: dict[Entity, None] = {}  # insertion-ordered set
     for item in value:
+        if len(entities) >= MAX_ENTITIES:
+            break
         if not isinstance(item, dict):
             continue
         name = _string(item.get("name"))
         if not name:
             continue
-        entity = Entity(type=_string(item.get("type")) or "other", name=name)
-        if entity not in entities:
-            entities.append(entity)
-    return entities
+        kind = _string(item.get("type")) or "other"
+        entities[Entity(type=trim(kind, MAX_NAME_CHARS), name=trim(name, MAX_NAME_CHARS))] = None
+    return list(entities)
+
+
+def trim(text: str, limit: int) -> str:
+    """Cut text to at most `limit` characters at a word boundary, marking the cut with `…`."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:") + "…"
 
 
 def _string(value: object) -> str:

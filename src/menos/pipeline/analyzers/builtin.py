@@ -226,7 +226,7 @@ class BuiltinAnalyzer:
         ranked = sorted(scored, key=lambda item: (-item[0], item[1]))[:wanted]
         while len(ranked) > 1 and len(_join(sentences, ranked)) > SUMMARY_MAX_CHARS:
             ranked.pop()
-        return _trim(_join(sentences, ranked), SUMMARY_MAX_CHARS)
+        return result.trim(_join(sentences, ranked), SUMMARY_MAX_CHARS)
 
     def _tags(
         self, text: str, vocabulary: Sequence[str], candidates: Sequence[Keyphrase]
@@ -547,16 +547,6 @@ def _stem(word: str) -> str:
 def _join(sentences: Sequence[str], ranked: Iterable[tuple[float, int]]) -> str:
     """The chosen sentences in their original order."""
     return " ".join(sentences[index] for index in sorted(index for _, index in ranked))
-
-
-def _trim(text: str, limit: int) -> str:
-    """Cut text to at most `limit` characters at a word boundary, marking the cut with `…`."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    if " " in cut:
-        cut = cut[: cut.rindex(" ")]
-    return cut.rstrip(" ,;:") + "…"
 
 
 def _count(number: int, noun: str) -> str:
