@@ -308,3 +308,61 @@ async def test_content_parts_are_joined(analyzer: Make) -> None:
     parts = [{"type": "text", "text": '{"summary": '}, {"type": "text", "text": '"s"}'}]
     server = Server(lambda _: httpx.Response(200, json=completion(content=parts)))
     assert (await analyzer(server).analyze(request())).text == '{"summary": "s"}'
+
+
+async def test_an_answer_over_the_cap_is_llm_call_error_without_reading_it_whole(
+    analyzer: Make,
+) -> None:
+    """A 200 body over MAX_ANSWER_BYTES fails the call once the cap is passed: the stream is
+    not read to its end (here it never ends)."""
+    read = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal read
+        chunk = b"x" * 65536
+        while True:
+            read += len(chunk)
+            yield chunk
+
+    server = Server(lambda _: httpx.Response(200, content=endless()))
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert "over 8 MiB" in caught.value.message
+    assert read <= openai.MAX_ANSWER_BYTES + 65536
+
+
+async def test_an_endless_error_body_still_names_the_status(analyzer: Make) -> None:
+    """A 500 whose body never ends is read up to the cap and reported with its status."""
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"overloaded " * 6000
+
+    server = Server(lambda _: httpx.Response(500, content=endless()))
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert caught.value.message.startswith("the model server answered HTTP 500: overloaded")
+
+
+async def test_a_lone_surrogate_escape_in_the_answer_becomes_a_replacement_character(
+    analyzer: Make,
+) -> None:
+    """JSON allows "\\ud83d" alone (a model cut an emoji in two); the answer is still read,
+    and what is kept is storable."""
+    body = (
+        b'{"model": "m\\udc00", "choices": [{"message": {"content":'
+        b' "{\\"summary\\": \\"cut \\ud83d here\\"}"}}]}'
+    )
+    server = Server(lambda _: httpx.Response(200, content=body))
+    answer = await analyzer(server).analyze(request())
+    assert answer.text == '{"summary": "cut \ufffd here"}'
+    assert answer.model == "m\ufffd"
+
+
+async def test_the_answer_is_asked_for_uncompressed(analyzer: Make) -> None:
+    """The size cap counts the bytes themselves, so no compressed answer is accepted."""
+    server = Server()
+    await analyzer(server).analyze(request())
+    assert server.requests[0].headers["accept-encoding"] == "identity"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
-import msgspec
 
 from menos import errors
-from menos.pipeline import analyzers
+from menos.pipeline import analyzers, result
 
 SYSTEM_PROMPT = """You analyze content for a personal knowledge base.
 Answer with one JSON object and nothing else: no prose, no code fences.
@@ -36,6 +36,8 @@ REPAIR_PROMPT = (
 )
 
 MAX_DETAIL = 200
+# A chat completion's body: a JSON object and perhaps a reasoning trace, far below this.
+MAX_ANSWER_BYTES = 8 * 2**20
 
 
 class OpenAIAnalyzer:
@@ -99,16 +101,16 @@ class OpenAIAnalyzer:
             "temperature": 0,
             "response_format": {"type": "json_object"},
         }
-        headers = {"Accept": "application/json"}
+        # identity: the cap in _post is of the bytes themselves, and a compressed answer
+        # would be inflated a whole network chunk at a time before it is counted.
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key}"
         try:
             # httpx timeouts bound each phase; asyncio bounds the whole call, so a server that
             # trickles bytes cannot hold a worker past timeout_s.
             async with asyncio.timeout(self._timeout_s):
-                response = await self._client.post(
-                    self._url, json=body, headers=headers, timeout=self._timeout_s
-                )
+                status, content = await self._post(body, headers)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise errors.PipelineError(
                 "LLM_TIMEOUT", f"the model server did not answer within {self._timeout_s:g} s"
@@ -119,24 +121,47 @@ class OpenAIAnalyzer:
                 f"the call to the model server failed: {type(exc).__name__}: "
                 f"{self._redact(str(exc))[:MAX_DETAIL]}",
             ) from exc
-        if not response.is_success:
+        if content is None:
             raise errors.PipelineError(
                 "LLM_CALL_ERROR",
-                f"the model server answered HTTP {response.status_code}"
-                + self._error_detail(response),
+                f"the model server's answer is over {MAX_ANSWER_BYTES // 2**20} MiB",
             )
-        text, model, usage = self._read(response)
+        if not 200 <= status < 300:
+            raise errors.PipelineError(
+                "LLM_CALL_ERROR",
+                f"the model server answered HTTP {status}" + self._error_detail(content),
+            )
+        text, model, usage = self._read(content)
         return analyzers.Answer(text=text, model=model, prompt=render_prompt(messages), usage=usage)
 
-    def _read(self, response: httpx.Response) -> tuple[str, str, dict[str, Any] | None]:
-        """Content, model name and usage of a chat-completions body."""
+    async def _post(
+        self, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, bytes | None]:
+        """The status and body of one POST; the body is None when it is over MAX_ANSWER_BYTES
+        (an error body is cut there instead)."""
+        async with self._client.stream(
+            "POST", self._url, json=body, headers=headers, timeout=self._timeout_s
+        ) as response:
+            content = bytearray()
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                if len(content) > MAX_ANSWER_BYTES:
+                    if response.is_success:
+                        return response.status_code, None
+                    break
+            return response.status_code, bytes(content[:MAX_ANSWER_BYTES])
+
+    def _read(self, content: bytes) -> tuple[str, str, dict[str, Any] | None]:
+        """Content, model name and usage of a chat-completions body. A lone surrogate escape
+        in its strings becomes U+FFFD rather than failing the call."""
         try:
-            data = msgspec.json.decode(response.content)
+            # The standard library's decoder, not msgspec's: msgspec refuses "\ud800", which
+            # JSON allows and some servers send when a model cuts a character in two.
+            data = json.loads(content)
             message = data["choices"][0]["message"]
-            content = message.get("content")
+            content_field = message.get("content")
         except (
-            msgspec.DecodeError,
-            UnicodeDecodeError,  # msgspec's own error for a body that is not UTF-8
+            ValueError,  # not JSON, or not UTF-8 (UnicodeDecodeError)
             KeyError,
             IndexError,
             TypeError,
@@ -145,15 +170,15 @@ class OpenAIAnalyzer:
             raise errors.PipelineError(
                 "LLM_CALL_ERROR", "the model server's answer is not a chat completion"
             ) from exc
-        if content is None:
+        if content_field is None:
             text = ""
-        elif isinstance(content, str):
-            text = content
-        elif isinstance(content, list):
+        elif isinstance(content_field, str):
+            text = content_field
+        elif isinstance(content_field, list):
             # Some servers answer with content parts: keep the text ones, in order.
             text = "".join(
                 part["text"]
-                for part in content
+                for part in content_field
                 if isinstance(part, dict) and isinstance(part.get("text"), str)
             )
         else:
@@ -163,25 +188,24 @@ class OpenAIAnalyzer:
         model = data.get("model")
         usage = data.get("usage")
         return (
-            text,
-            model if isinstance(model, str) and model else self._model,
-            usage if isinstance(usage, dict) else None,
+            result.storable(text),
+            result.storable(model) if isinstance(model, str) and model else self._model,
+            result.storable(usage) if isinstance(usage, dict) else None,
         )
 
-    def _error_detail(self, response: httpx.Response) -> str:
+    def _error_detail(self, content: bytes) -> str:
         """A short reason from an error body (`error.message` when present), secrets removed."""
         try:
-            data = msgspec.json.decode(response.content)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            detail = response.text
+            data = json.loads(content)
+        except ValueError:
+            data = None
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            detail = error["message"]
+        elif isinstance(error, str):
+            detail = error
         else:
-            error = data.get("error") if isinstance(data, dict) else None
-            if isinstance(error, dict) and isinstance(error.get("message"), str):
-                detail = error["message"]
-            elif isinstance(error, str):
-                detail = error
-            else:
-                detail = response.text
+            detail = content.decode("utf-8", "replace")
         detail = " ".join(self._redact(detail).split())[:MAX_DETAIL]
         return f": {detail}" if detail else ""
 
