@@ -184,6 +184,35 @@ async def test_a_byte_order_mark_decides_the_encoding(body: bytes, content_type:
     assert page.body == "Un café, ça va."
 
 
+@pytest.mark.parametrize("content_type", ["text/html", "text/plain", ""])
+async def test_a_legacy_page_without_a_charset_is_read_as_windows_1252(content_type: str) -> None:
+    """Bytes that are not UTF-8 and declare nothing are read as browsers read them, not as
+    U+FFFD: windows-1252 (Latin-1 with printable 0x80-0x9F)."""
+    body = "<p>Un café “crème” à 5 €, naïve.</p>".encode("windows-1252")
+    headers = {"content-type": content_type} if content_type else {}
+    async with _client(lambda request: httpx.Response(200, content=body, headers=headers)) as c:
+        page = await web.fetch_page(c, f"{PUBLIC}/", max_bytes=MAX)
+    assert "Un café “crème” à 5 €, naïve." in page.body
+
+
+@pytest.mark.parametrize("charset", ["ISO-8859-1", "latin1", "us-ascii"])
+async def test_latin_1_and_ascii_labels_mean_windows_1252(charset: str) -> None:
+    """As in browsers: a page labelled Latin-1 or ASCII that uses 0x80-0x9F means
+    windows-1252's quotes and euro sign, not control characters."""
+    body = "“Prix” 5 € — café".encode("windows-1252")
+    async with _client(lambda request: _html(body, f"text/plain; charset={charset}")) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == "“Prix” 5 € — café"
+
+
+async def test_a_utf_8_page_with_a_stray_byte_stays_utf_8() -> None:
+    """One invalid byte in an undeclared UTF-8 page is replaced; the rest is not re-read."""
+    body = "naïve café ".encode() + b"\x92 fin"
+    async with _client(lambda request: _html(body, "text/plain")) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == "naïve café \ufffd fin"
+
+
 async def test_unknown_charset_falls_back_to_utf8() -> None:
     """A bogus charset does not fail the fetch; undecodable bytes are replaced."""
     body = "naïve".encode() + b"\xff"

@@ -43,6 +43,12 @@ _BOMS = (  # UTF-32's marks first: UTF-32LE's starts with UTF-16LE's
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
+# Browsers read these labels as windows-1252, whose 0x80-0x9F are printable (“ ” € …) where
+# Latin-1 has control characters; Python's names for them after codecs.lookup.
+_WINDOWS_1252 = "cp1252"
+_WINDOWS_1252_LABELS = frozenset({"iso8859-1", "ascii"})
+# A character a valid UTF-8 sequence of two or more bytes decodes to.
+_DECODED_BEYOND_ASCII = re.compile("[^\\x00-\\x7f\\ufffd]")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 _TAG_NAME = re.compile(r"/?([A-Za-z][A-Za-z0-9]*)")
 # trafilatura took 7.6 s on a 2.5 MB page and 24.7 s on a 5 MB one: above this, tags are stripped.
@@ -249,7 +255,8 @@ def _too_large(max_bytes: int) -> errors.PipelineError:
 
 def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool) -> str:
     """A byte-order mark's encoding, else the header's charset, else an HTML <meta> charset
-    (UTF-8 for one naming UTF-16 or UTF-32), else UTF-8; unknown names are UTF-8."""
+    (UTF-8 for one naming UTF-16 or UTF-32), else what the bytes look like (`_undeclared`).
+    Latin-1 and ASCII labels mean windows-1252, as browsers read them (WHATWG)."""
     for bom, name in _BOMS:
         if raw.startswith(bom):
             return name
@@ -263,9 +270,23 @@ def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool) -> str:
             candidate = "utf-8"
     if candidate:
         try:
-            return codecs.lookup(candidate).name
+            name = codecs.lookup(candidate).name
         except LookupError:
             pass
+        else:
+            return _WINDOWS_1252 if name in _WINDOWS_1252_LABELS else name
+    return _undeclared(raw)
+
+
+def _undeclared(raw: bytes) -> str:
+    """UTF-8, unless no byte beyond ASCII is part of a valid UTF-8 sequence: then the page was
+    written in a legacy single-byte encoding, and windows-1252 is the common one (a browser's
+    default). A UTF-8 page with a few stray bytes stays UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        if not _DECODED_BEYOND_ASCII.search(raw.decode("utf-8", errors="replace")):
+            return _WINDOWS_1252
     return "utf-8"
 
 
