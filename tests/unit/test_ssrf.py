@@ -7,8 +7,9 @@ import contextlib
 import ipaddress
 import pathlib
 import ssl
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import httpcore
 import httpx
 import pytest
 import trustme
@@ -267,6 +268,68 @@ async def test_transport_checks_every_redirect_hop() -> None:
             await client.get("http://93.184.215.14/start")
     assert "169.254.169.254" in caught.value.message
     assert network.connected == [("93.184.215.14", 80)]
+
+
+class _Refusing(HandlerNetwork):
+    """Refuses connections to the given addresses (no route, nothing listening)."""
+
+    def __init__(self, refused: set[str]) -> None:
+        super().__init__(_ok)
+        self.refused = refused
+        self.tried: list[str] = []
+
+    async def connect_tcp(self, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        self.tried.append(host)
+        if host in self.refused:
+            raise httpcore.ConnectError("[Errno 101] Network is unreachable")
+        return await super().connect_tcp(host, port, *args, **kwargs)
+
+
+def _resolving_to(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> None:
+    async def resolve(host: str, port: int, field: str) -> list[ssrf.IPAddress]:
+        return [ipaddress.ip_address(address) for address in addresses]
+
+    monkeypatch.setattr(ssrf, "_resolve", resolve)
+
+
+async def test_a_refused_address_falls_back_to_the_next_checked_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host with an IPv6 address first, on a machine with no IPv6 route, is reached over
+    its IPv4 address, as other HTTP clients do."""
+    _resolving_to(monkeypatch, "2606:4700:4700::1111", "93.184.215.14")
+    network = _Refusing({"2606:4700:4700::1111"})
+    transport = ssrf.PinnedTransport(allow_private=False, network=network)
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://hooks.example/")).text == "ok"
+    assert network.tried == ["2606:4700:4700::1111", "93.184.215.14"]
+
+
+async def test_when_no_address_accepts_the_last_error_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every address is tried once, in resolver order; the failure is a connect error."""
+    _resolving_to(monkeypatch, "2606:4700:4700::1111", "93.184.215.14")
+    network = _Refusing({"2606:4700:4700::1111", "93.184.215.14"})
+    transport = ssrf.PinnedTransport(allow_private=False, network=network)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("http://hooks.example/")
+    assert network.tried == ["2606:4700:4700::1111", "93.184.215.14"]
+
+
+async def test_one_private_address_among_public_ones_refuses_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fallback never reaches an address the rule refuses: the host is refused whole,
+    before any connection."""
+    _resolving_to(monkeypatch, "93.184.215.14", "127.0.0.1")
+    network = _Refusing({"93.184.215.14"})
+    transport = ssrf.PinnedTransport(allow_private=False, network=network)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(errors.InvalidInput):
+            await client.get("http://hooks.example/")
+    assert network.tried == []
 
 
 async def test_kept_alive_connections_are_reused_per_name_only() -> None:

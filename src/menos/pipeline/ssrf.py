@@ -149,8 +149,13 @@ def _target(url: str, field: str) -> tuple[str, int]:
 
 
 async def checked_address(host: str, port: int, *, allow_private: bool, field: str) -> str:
-    """The address to connect to for `host`: the first it resolves to, once every one of
-    them has passed the SSRF rule (unless `allow_private`); InvalidInput naming `field`."""
+    """The first address `host` resolves to, once every one has passed the SSRF rule."""
+    return (await checked_addresses(host, port, allow_private=allow_private, field=field))[0]
+
+
+async def checked_addresses(host: str, port: int, *, allow_private: bool, field: str) -> list[str]:
+    """The addresses to connect to for `host`, in resolver order, once every one of them has
+    passed the SSRF rule (unless `allow_private`); InvalidInput naming `field`."""
     addresses = await _resolve(host, port, field)
     if not allow_private:
         for address in addresses:
@@ -158,7 +163,7 @@ async def checked_address(host: str, port: int, *, allow_private: bool, field: s
                 raise errors.InvalidInput(
                     field, f"host {host} resolves to a non-public address ({address})"
                 )
-    return str(addresses[0])
+    return [str(address) for address in addresses]
 
 
 async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
@@ -236,8 +241,28 @@ class _PinnedNetwork(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        """Connect to the checked address of `host`; InvalidInput("url", …) when refused."""
-        address = await checked_address(host, port, allow_private=self._allow_private, field="url")
+        """Connect to the first checked address of `host` that accepts, in resolver order (a
+        host with an IPv6 address on a machine without an IPv6 route is reached over IPv4);
+        InvalidInput("url", …) when refused, the last address's error when none accepts."""
+        addresses = await checked_addresses(
+            host, port, allow_private=self._allow_private, field="url"
+        )
+        options = list(socket_options or ())  # read once per attempt
+        for address in addresses[:-1]:
+            try:
+                return await self._connect(address, port, timeout, local_address, options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                continue
+        return await self._connect(addresses[-1], port, timeout, local_address, options)
+
+    async def _connect(
+        self,
+        address: str,
+        port: int,
+        timeout: float | None,
+        local_address: str | None,
+        socket_options: list[httpcore.SOCKET_OPTION],
+    ) -> httpcore.AsyncNetworkStream:
         stream = await self._inner.connect_tcp(
             address,
             port,
