@@ -286,14 +286,19 @@ SELECT * FROM menos.content
  ORDER BY created_at;
 
 -- name: classify_candidates
--- A page of content to re-run, by id after $6: pending or failed (or $3 status only), or completed by another version when $4; no active job.
+-- A page of content to re-run, by id after $6: pending or failed (or $3 status only), or completed by an older version than $5 when $4 (a version that is not dotted numbers is never older); no active job.
 SELECT c.content_id, c.owner, c.processing_status, c.pipeline_version
   FROM menos.content c
  WHERE ($1::text IS NULL OR c.owner = $1)
    AND ($2::text IS NULL OR c.content_type = $2)
    AND (   ($3::text IS NULL AND c.processing_status IN ('pending', 'failed'))
         OR c.processing_status = $3
-        OR ($4 AND c.processing_status = 'completed' AND c.pipeline_version <> $5))
+        OR ($4 AND c.processing_status = 'completed'
+                -- CASE: the cast runs only on a version the pattern accepted.
+                AND CASE WHEN c.pipeline_version ~ '^[0-9]+(\.[0-9]+)*$'
+                         THEN string_to_array(c.pipeline_version, '.')::numeric[]
+                              < string_to_array($5, '.')::numeric[]
+                         ELSE false END))
    AND NOT EXISTS (SELECT 1 FROM menos.pipeline_job j
                     WHERE j.content_id = c.content_id AND j.status IN ('pending', 'processing'))
    AND ($6::uuid IS NULL OR c.content_id > $6)

@@ -124,7 +124,8 @@ def test_reprocess_wait_reports_cancellation(menos: Menos, llm: fake_llm.FakeLLM
 
 
 def test_classify_enqueues_failed_and_stale_once(menos: Menos) -> None:
-    """classify re-runs failed and (with --stale) outdated items, and a rerun adds nothing."""
+    """classify re-runs failed and (with --stale) items completed by an older version, never
+    a newer or unreadable one, and a rerun adds nothing."""
     menos.api()
     key = menos.key("alice")["api_key"]
     items = [submit(menos, key, f"# Note {i}\n\ntext {i}") for i in range(4)]
@@ -141,6 +142,13 @@ def test_classify_enqueues_failed_and_stale_once(menos: Menos) -> None:
         "UPDATE menos.content SET processing_status = 'failed' WHERE content_id = $1",
         items[1]["content_id"],
     )
+    for item, version in ((items[2], "10.0.0"), (items[3], "next")):
+        sql(
+            menos.database_url,
+            "UPDATE menos.content SET pipeline_version = $2 WHERE content_id = $1",
+            item["content_id"],
+            version,
+        )
     dry = menos.command("classify", "--stale", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert set(dry.stdout.split()) == {items[0]["content_id"], items[1]["content_id"]}
