@@ -239,6 +239,12 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
             assert client.get(f"{path}?a=1&a=2").status_code == 200, path
         unknown = client.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000")
         assert unknown.status_code == 404
+        # an unknown route is a problem document too, under /schema as anywhere else
+        for path in ("/nothing", "/api/v1/nothing", "/schema/nothing", "/schema/redoc"):
+            missing = client.get(path)
+            assert missing.status_code == 404, path
+            assert missing.headers["content-type"] == "application/problem+json", path
+            assert missing.json()["status"] == 404, path
         # an id that cannot be one (a placeholder left in) is named, after authentication
         for method, path, field in (
             ("GET", "/api/v1/jobs/<job_id>", "job_id"),

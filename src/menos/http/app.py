@@ -72,6 +72,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             title="menos",
             version=versions.app_version(),
             path="/schema",
+            openapi_router=openapi.schema_router("/schema"),
             components=openapi.COMPONENTS,
             security=openapi.SECURITY,
             render_plugins=[SwaggerRenderPlugin(path="/swagger")],

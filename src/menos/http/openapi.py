@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from litestar import Response, Router
+from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     Components,
@@ -27,6 +30,21 @@ def _problem(description: str) -> ResponseSpec:
     )
 
 
+async def _not_found_as_problem(response: Response[Any]) -> Response[Any]:
+    """Litestar answers an unknown path under the schema's with an HTML page: every other
+    unknown route is a problem document, so this one is too."""
+    if response.status_code == 404 and response.media_type == MediaType.HTML:
+        return http_errors.problem(404, "Not found", "Not Found")
+    return response
+
+
+def schema_router(path: str) -> Router:
+    """The router Litestar adds the schema and its viewer to."""
+    return Router(
+        path, route_handlers=[], include_in_schema=False, after_request=_not_found_as_problem
+    )
+
+
 __all__ = [
     "CONFLICT",
     "PROBLEMS",
@@ -34,6 +52,7 @@ __all__ = [
     "OptionalBodyOperation",
     "ResponseSpec",
     "UploadOperation",
+    "schema_router",
 ]
 
 PROBLEMS: dict[int, ResponseSpec] = {
