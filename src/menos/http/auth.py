@@ -22,7 +22,10 @@ async def authenticate(
     """Route guard: the caller behind `Authorization: Bearer <key>`, kept for `principal`;
     401 when missing, unknown or revoked. Guards run before the body is read, so an
     unauthenticated request is answered 401 whatever its body, which is never decoded."""
-    header = connection.headers.get("authorization", "")
+    given = connection.headers.getall("authorization", [])
+    if len(given) > 1:  # a proxy and the API could each read a different one
+        raise errors.Unauthorized("send one Authorization header, not several")
+    header = given[0] if given else ""
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:

@@ -61,8 +61,13 @@ class UnsupportedMedia(errors.MenosError):
     """The request's media type (or encoding) is not accepted."""
 
 
+class BodyTimeout(errors.MenosError):
+    """The request body did not arrive in time."""
+
+
 STATUS[TooLarge] = (413, "Request body too large")
 STATUS[UnsupportedMedia] = (415, "Unsupported media type")
+STATUS[BodyTimeout] = (408, "Request timeout")
 
 
 def problem(
@@ -94,6 +99,8 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     if isinstance(exc, errors.InvalidInput):
         fields = [FieldError(field=exc.field, message=exc.message)]
     headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    if status == 408:
+        headers = {"connection": "close"}  # the rest of the body may still be on its way
     detail = str(exc)
     if isinstance(exc, errors.DatabaseUnavailable):
         # The driver's message names the database's address: it goes to the log only.

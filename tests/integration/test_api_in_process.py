@@ -1,0 +1,105 @@
+"""The API in this process, served by uvicorn on 127.0.0.1: what a client holding back its
+body or doubling its headers gets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from menos import settings
+from menos.http import app, schemas
+from menos.queue import repository
+
+
+@contextlib.asynccontextmanager
+async def served(pool: asyncpg.Pool[Any]) -> AsyncIterator[str]:
+    """The API's base URL, on its own port, for as long as the context lasts. The socket
+    listens before uvicorn starts, so a connection made meanwhile waits in its backlog."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}), pool=pool)
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(api, lifespan="on", log_config=None))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def test_a_body_held_back_past_the_deadline_is_a_408_and_stores_nothing(
+    pool: asyncpg.Pool[Any], repo: repository.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is checked when the headers arrive: a body that takes longer than
+    BODY_DEADLINE_S (a revoked key's, say) is refused, the connection closed."""
+    monkeypatch.setattr(schemas, "BODY_DEADLINE_S", 0.5)
+    key = (await repo.create_key("alice", "user")).api_key
+    body = b'{"text": "held back"}'
+    async with served(pool) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(
+            b"POST /api/v1/content HTTP/1.1\r\nHost: menos\r\n"
+            b"Authorization: Bearer " + key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:5]
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # to the server's close
+        writer.close()
+    head, _, problem = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"connection: close" in head.lower()
+    assert b"did not arrive within 0.5 s" in problem
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
+
+
+async def test_a_body_that_arrives_in_time_in_pieces_is_taken(
+    pool: asyncpg.Pool[Any], repo: repository.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline is for the whole body, not each piece: a slow but steady one is read."""
+    monkeypatch.setattr(schemas, "BODY_DEADLINE_S", 5.0)
+    key = (await repo.create_key("alice", "user")).api_key
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for piece in (b'{"text": ', b'"in ', b'pieces"}'):
+            yield piece
+            await asyncio.sleep(0.2)
+
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        answer = await client.post(
+            "/api/v1/content",
+            content=pieces(),
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        )
+    assert answer.status_code == 202, answer.text
+
+
+async def test_two_authorization_headers_are_refused(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """With two keys, a proxy in front and the API could each act on a different one: the
+    request is refused, whichever order and whether or not both are valid."""
+    alice = (await repo.create_key("alice", "user")).api_key
+    bob = (await repo.create_key("bob", "user")).api_key
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        for first, second in ((alice, bob), (bob, alice), (alice, alice)):
+            answer = await client.get(
+                "/api/v1/jobs",
+                headers=[
+                    ("authorization", f"Bearer {first}"),
+                    ("authorization", f"Bearer {second}"),
+                ],
+            )
+            assert answer.status_code == 401, answer.text
+            assert answer.json()["detail"] == "send one Authorization header, not several"
+        alone = await client.get("/api/v1/jobs", headers={"authorization": f"Bearer {alice}"})
+        assert alone.status_code == 200
