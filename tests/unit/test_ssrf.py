@@ -332,6 +332,16 @@ async def test_one_private_address_among_public_ones_refuses_them_all(
     assert network.tried == []
 
 
+async def test_a_refusal_does_not_tell_which_private_address_a_name_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The message reaches the submitter: it names the host, never the internal address."""
+    _resolving_to(monkeypatch, "10.1.2.3")
+    with pytest.raises(errors.InvalidInput) as caught:
+        await ssrf.resolve_checked("http://vm.internal/", allow_private=False, field="callback_url")
+    assert caught.value.message == "host vm.internal resolves to a non-public address"
+
+
 async def test_kept_alive_connections_are_reused_per_name_only() -> None:
     """A second request to the same name reuses its connection; another name for the same
     address gets a connection (and, for https, a TLS check) of its own."""
