@@ -23,6 +23,7 @@ import structlog
 
 from menos import db, embedded, errors, settings, tools, versions
 from menos import logging as menos_logging
+from menos.pipeline import resource_keys
 from menos.queue import maintenance, models, repository
 
 if TYPE_CHECKING:
@@ -658,7 +659,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     rp.add_argument("--owner", help="the owner, when a URL is known to several")
     rp.add_argument("--force", action="store_true", help="re-run even if current")
     rp.add_argument("--wait", action="store_true", help="follow the job's stages until it ends")
-    rp.add_argument("--callback-url", help="send a callback when the run ends")
+    rp.add_argument("--callback-url", type=_callback_url, help="send a callback when the run ends")
     cp = _command(sub, "classify", help="bulk re-run pending, failed or stale content")
     cp.add_argument("--owner")
     cp.add_argument("--content-type", choices=["youtube", "web", "markdown"])
@@ -811,6 +812,16 @@ def _content_target(text: str) -> str:
     """`reprocess CONTENT_ID|URL`: a content id or a URL menos can identify."""
     try:
         tools.check_target(text)
+    except errors.InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+def _callback_url(text: str) -> str:
+    """`--callback-url`: a well-formed http(s) URL (whether its address is allowed is known
+    only once resolved, by the command: a refusal then exits 1)."""
+    try:
+        resource_keys.check_url(text, "--callback-url")
     except errors.InvalidInput as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
     return text

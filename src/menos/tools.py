@@ -80,8 +80,7 @@ async def reprocess(
 ) -> int:
     """Re-run one item by the API's rules; with `wait`, follow it and exit 0/1/2."""
     content = await resolve_content(repo, target, owner)
-    if callback_url is not None:
-        resource_keys.check_url(callback_url, "--callback-url")
+    if callback_url is not None:  # well-formed: the command line checked that
         await ssrf.resolve_checked(
             callback_url, allow_private=allow_private, field="--callback-url"
         )

@@ -341,7 +341,12 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
     unknown = "00000000-0000-0000-0000-000000000000"
     fails(menos.command("jobs", "show", unknown), 1, f"menos: no job {unknown}")
     jobs_before = sql(menos.database_url, "SELECT count(*) AS n FROM menos.pipeline_job")
-    for url in ("ftp://example.com/hook", "https://example.com:99999/", "http://127.0.0.1/hook"):
+    for url, code in (
+        ("ftp://example.com/hook", 2),  # malformed: a usage error
+        ("https://example.com:99999/", 2),
+        ("not a url", 2),
+        ("http://127.0.0.1/hook", 1),  # well-formed, refused by the SSRF rule
+    ):
         # checked as the API checks it, before anything is enqueued
         refused = menos.command(
             "reprocess",
@@ -351,7 +356,7 @@ def test_command_failures_are_one_line_never_a_traceback(menos: Menos, tmp_path:
             url,
             MENOS_CALLBACK_ALLOW_PRIVATE="false",
         )
-        fails(refused, 1, "menos: --callback-url: ")
+        fails(refused, code, "--callback-url: ")
     assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.pipeline_job") == jobs_before
     not_utf8 = os.fsdecode(b"\xff")
     fails(menos.command("jobs", "list", "--owner", not_utf8), 2, "owner: not valid UTF-8")
