@@ -53,6 +53,8 @@ def test_metrics_report_queue_stages_and_http(menos: Menos) -> None:
     requests = after["menos_http_requests_total"]
     assert requests[(("method", "POST"), ("route", "/api/v1/content"), ("status", "202"))] == 1
     assert "menos_http_request_duration_seconds_bucket" in after
+    # every series is one docs/operations.md lists: no client library extras
+    assert not [name for name in after if name.endswith("_created")]
 
 
 def test_job_logs_are_json_with_context_and_one_summary(menos: Menos) -> None:

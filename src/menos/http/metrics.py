@@ -11,7 +11,14 @@ import structlog
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -25,6 +32,10 @@ from menos.queue import repository, stats
 CONTENT_TYPE = "text/plain; version=0.0.4"
 
 log = structlog.get_logger("menos.http")
+
+# A `<name>_created` gauge beside each counter and histogram (its creation time) is in no
+# documented series and Prometheus does not read it from this text format.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class HttpMetrics:
