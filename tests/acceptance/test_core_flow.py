@@ -234,6 +234,18 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
         ):
             assert twice.status_code == 400, twice.text
             assert twice.json()["errors"] == [{"field": field, "message": "given more than once"}]
+        # a query parameter the route does not know is refused: never a filter ignored
+        for unknown_query, field in (
+            (client.get("/api/v1/jobs?stauts=failed"), "stauts"),
+            (client.get("/api/v1/content?owner=bob"), "owner"),
+            (client.get("/api/v1/jobs/x?verbos=true"), "verbos"),
+            (post(files={"file": ("a.md", b"# a")}, params={"force": "true"}), "force"),
+        ):
+            assert unknown_query.status_code == 400, unknown_query.text
+            assert unknown_query.json()["errors"] == [
+                {"field": field, "message": "unknown query parameter"}
+            ]
+        assert client.get("/api/v1/jobs?status=failed&limit=5").status_code == 200
         # the probes, /metrics and /schema ignore their query strings, repeated or not
         for path in ("/health", "/ready", "/metrics", "/schema/openapi.json"):
             assert client.get(f"{path}?a=1&a=2").status_code == 200, path

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from litestar import Request
+from litestar.handlers import BaseRouteHandler
+from litestar.params import QueryParameter
 
 from menos import errors, markdown
 from menos.pipeline import resource_keys, result, ssrf
@@ -14,14 +16,28 @@ MAX_TITLE = 500
 MAX_TAG = result.MAX_TAG_CHARS  # the tag index's limit, the same for result tags
 MAX_TAGS = 50
 GIVEN_TWICE = "given more than once"
+UNKNOWN_QUERY_PARAMETER = "unknown query parameter"
 
 
 async def query_once(request: Request[Any, Any, Any]) -> None:
-    """Before each /api/v1 handler: each query parameter given once (Litestar would keep the
-    last). The probes, /metrics and /schema ignore their query strings, repeated or not."""
+    """Before each /api/v1 handler: each query parameter one the route knows (a misspelled
+    filter is never ignored: `?stauts=failed` would list everything), given once (Litestar
+    would keep the last). The probes, /metrics and /schema ignore their query strings."""
+    known = _query_names(request.route_handler)
     for name in request.query_params:
+        if name not in known:
+            raise errors.InvalidInput(name, UNKNOWN_QUERY_PARAMETER)
         if len(request.query_params.getall(name)) > 1:
             raise errors.InvalidInput(name, GIVEN_TWICE)
+
+
+def _query_names(handler: BaseRouteHandler) -> set[str]:
+    """The query parameters a route handler declares (by their alias when they have one)."""
+    return {
+        parameter.kwarg_definition.query or name
+        for name, parameter in handler.parsed_fn_signature.parameters.items()
+        if isinstance(parameter.kwarg_definition, QueryParameter)
+    }
 
 
 def text(field: str, value: str | None, *, max_chars: int, required: bool = False) -> str | None:
