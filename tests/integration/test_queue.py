@@ -749,3 +749,20 @@ async def test_an_ended_run_keeps_the_last_stage_it_entered(
         cancelled.job.job_id: ("cancelled", "fetch"),
         early.job.job_id: ("cancelled", None),
     }
+
+
+@pytest.mark.parametrize("name", ["alice ", "al ice", "alice\n", "", "x" * 65, "ålice", "a/b"])
+async def test_an_owner_name_the_schema_refuses_is_refused_before_the_database_sees_it(
+    name: str,
+) -> None:
+    """The server logs a refused row whole, and the owner's row holds its new webhook secret:
+    the name is checked first, and nothing is sent (this pool cannot even be used)."""
+
+    class Unusable:
+        def acquire(self, **_: Any) -> Any:
+            raise AssertionError("the database was asked")
+
+    repo = repository.Repository(Unusable(), db.Queries())  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidInput) as caught:
+        await repo.create_key(name, "user")
+    assert caught.value.field == "owner"
