@@ -81,9 +81,31 @@ def _child_setup(*, as_root: bool, die_with_parent: bool, uid: int, gid: int) ->
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
 
 
+# A new cluster's port is drawn below the kernel's range for outgoing connections: a port
+# from that range can be taken by any client while the server is stopped, and the server
+# would come back on another port, which processes already running do not follow.
+_FIRST_PORT_TRIES = 20
+_LOWEST_PORT = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _below_ephemeral() -> list[int]:
+    """A few random ports from _LOWEST_PORT up to the start of the ephemeral range."""
+    try:
+        first = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768  # Linux's default
+    if first <= _LOWEST_PORT + _FIRST_PORT_TRIES:
+        return []
+    return [
+        _LOWEST_PORT + secrets.randbelow(first - _LOWEST_PORT) for _ in range(_FIRST_PORT_TRIES)
+    ]
+
+
 def _free_port(preferred: int | None = None) -> int:
-    """`preferred` when it can be bound on 127.0.0.1, else any free port."""
-    for candidate in (preferred, 0):
+    """`preferred` when it can be bound on 127.0.0.1, else a free port below the ephemeral
+    range, else any free port."""
+    for candidate in (preferred, *_below_ephemeral(), 0):
         if candidate is None:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

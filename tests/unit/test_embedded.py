@@ -49,3 +49,17 @@ def test_a_server_is_recognised_by_its_data_directory_however_spelled(tmp_path: 
         for process in started:
             process.kill()
             process.wait()
+
+
+def test_a_new_cluster_port_is_below_the_ephemeral_range() -> None:
+    """A port an outgoing connection can take while the server is stopped would move the
+    server to another port on restart: a new cluster's port is drawn below that range."""
+    first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {embedded._free_port() for _ in range(20)}
+    assert all(embedded._LOWEST_PORT <= port < first for port in ports), ports
+
+
+def test_the_previous_port_is_kept_when_it_is_free() -> None:
+    """A restarted cluster keeps its port, so the DSNs of running processes stay valid."""
+    port = embedded._free_port()
+    assert embedded._free_port(port) == port
