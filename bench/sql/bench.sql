@@ -139,16 +139,21 @@ SELECT count(*) FROM ceiling_job WHERE status = 'completed';
 -- The claim's plan with timings: the body of menos.claim_jobs run as one statement, in a rolled-back transaction.
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
 WITH picked AS (
-    SELECT job_id FROM menos.pipeline_job
+    SELECT job_id, content_id FROM menos.pipeline_job
      WHERE status = 'pending'
      ORDER BY priority, created_at, job_id
      LIMIT $1
      FOR UPDATE SKIP LOCKED
+), unlocked AS (
+    SELECT content_id FROM menos.content
+     WHERE content_id = ANY (ARRAY(SELECT content_id FROM picked))
+     FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE menos.pipeline_job j
    SET status = 'processing', attempts = j.attempts + 1, worker_id = 'explain',
        lease_expires_at = now() + interval '60 seconds', started_at = now()
- WHERE j.job_id = ANY (ARRAY(SELECT job_id FROM picked))
+ WHERE j.job_id = ANY (ARRAY(SELECT job_id FROM picked
+                              WHERE content_id = ANY (ARRAY(SELECT content_id FROM unlocked))))
 RETURNING j.job_id;
 
 -- name: explain_count_processing

@@ -252,17 +252,12 @@ def test_purge_removes_only_expired_and_is_idempotent(menos: Menos) -> None:
         menos, key, "old with callback", callback_url="http://127.0.0.1:9/hook"
     )
     recent = submit(menos, key, "recent one")
-    menos.worker()
+    worker = menos.worker()
     for item in (old, old_pending_callback, recent):
         completed(menos, item["job_id"])
-    active = submit(menos, key, "still waiting")
-    sql(
-        menos.database_url,
-        # pending again even if the worker took it meanwhile (its lease goes with it)
-        "UPDATE menos.pipeline_job SET status = 'pending', lease_expires_at = NULL "
-        "WHERE job_id = $1",
-        active["job_id"],
-    )
+    worker.terminate()  # a graceful stop: nothing is left running
+    assert worker.wait(timeout=30) == 0
+    active = submit(menos, key, "still waiting")  # stays pending: no worker takes it
     sql(
         menos.database_url,
         "UPDATE menos.pipeline_job SET finished_at = now() - interval "

@@ -766,3 +766,111 @@ async def test_an_owner_name_the_schema_refuses_is_refused_before_the_database_s
     with pytest.raises(errors.InvalidInput) as caught:
         await repo.create_key(name, "user")
     assert caught.value.field == "owner"
+
+
+# A claim holds every worker's claims until it commits (the global cap's lock): nothing one
+# client or one row does may hold it.
+
+
+async def test_a_claimer_that_stops_reading_does_not_hold_the_other_claims(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """A frozen worker's claim of five 1 MB notes commits although it reads nothing (their
+    bodies are not in its result), so another worker's claim is answered at once."""
+    await helpers.owner(repo)
+    big = [await repo.enqueue(helpers.note(body="x" * 1_000_000)) for _ in range(5)]
+    small = await repo.enqueue(helpers.note())
+    frozen = await asyncpg.connect(database_url)
+    statement = await frozen.prepare(
+        "SELECT * FROM menos.claim_jobs('frozen', 5, 100, 30, NULL, 'v')"
+    )
+    frozen._transport.pause_reading()  # type: ignore[attr-defined]  # the process stops reading
+    claiming = asyncio.create_task(statement.fetch())
+
+    try:
+        for _ in range(600):  # until committed, or the server waits to send its result
+            if await pool.fetchval(
+                "SELECT (SELECT count(*) FROM menos.pipeline_job WHERE worker_id = 'frozen') = 5"
+                " OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event = 'ClientWrite'"
+                " AND query LIKE '%claim_jobs(''frozen''%')"
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the frozen claim neither committed nor started sending")
+        held = await asyncio.wait_for(claim(repo, "w", 5), timeout=10)
+        assert [h.job.job_id for h in held] == [small.job_id]
+    finally:
+        frozen._transport.resume_reading()  # type: ignore[attr-defined]
+        rows = await claiming
+        await frozen.close()
+    assert {r["job"]["job_id"] for r in rows} == {e.job_id for e in big}
+    assert all(r["content"]["body"] is None and r["body_omitted"] for r in rows)
+
+
+async def test_bodies_past_a_claims_first_64_kib_come_after_it(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """The claim sends bodies while they add up to 64 KiB; the repository reads the others
+    once the claim has committed, so every claimed job has its whole body."""
+    await helpers.owner(repo)
+    bodies = [f"{i} " + "y" * 30_000 for i in range(3)]  # 30 KB each: the third is past 64 KiB
+    for body in bodies:
+        await repo.enqueue(helpers.note(body=body))
+    async with pool.acquire() as conn:
+        peek = conn.transaction()
+        await peek.start()
+        raw = await conn.fetch(
+            "SELECT (content).body IS NULL AS left_out, body_omitted"
+            " FROM menos.claim_jobs('peek', 3, 100, 30, NULL, 'v')"
+        )
+        await peek.rollback()  # the jobs are pending again
+    assert [(r["left_out"], r["body_omitted"]) for r in raw] == [
+        (False, False),
+        (False, False),
+        (True, True),
+    ]
+    held = await claim(repo, "w", 3)
+    assert [h.content.body for h in held] == bodies
+
+
+async def test_a_job_whose_content_row_is_locked_is_left_for_a_later_claim(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """An operator's open transaction on one content row used to hold every claim (the
+    status mirror waited for the row); that job is skipped, the others are claimed, and it
+    is claimed once the row is free."""
+    await helpers.owner(repo)
+    first = await repo.enqueue(helpers.note(body="first"))
+    second = await repo.enqueue(helpers.note(body="second"))
+    async with pool.acquire() as operator, operator.transaction():
+        await operator.execute(
+            "SELECT 1 FROM menos.content WHERE content_id = $1 FOR UPDATE", first.content_id
+        )
+        held = await asyncio.wait_for(claim(repo, "w", 2), timeout=10)
+        assert [h.job.job_id for h in held] == [second.job_id]
+    later = await claim(repo, "w", 2)
+    assert [h.job.job_id for h in later] == [first.job_id]
+
+
+async def test_a_finished_job_never_changes_status_again(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """Reopening a finished job by hand is refused by the database: a reprocess makes a new
+    job (its callback event exists already, and its rescue would fail on it)."""
+    await helpers.owner(repo)
+    enqueued = await repo.enqueue(helpers.note())
+    (held,) = await claim(repo, "w", 1)
+    assert await repo.complete_many([_run(held, "w", "s", [])]) == ["completed"]
+    with pytest.raises(asyncpg.CheckViolationError, match="never changes status again"):
+        await pool.execute(
+            "UPDATE menos.pipeline_job SET status = 'pending', finished_at = NULL"
+            " WHERE job_id = $1",
+            enqueued.job_id,
+        )
+    assert (
+        await pool.fetchval(
+            "SELECT status FROM menos.pipeline_job WHERE job_id = $1", enqueued.job_id
+        )
+        == "completed"
+    )

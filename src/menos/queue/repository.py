@@ -339,16 +339,32 @@ class Repository(_Store):
     ) -> list[models.Claimed]:
         """Claim up to `limit` jobs (never more than `max_processing` running in all).
 
-        One statement: the claimed jobs come back with their content rows.
+        One statement: the claimed jobs come back with their content rows. Bodies past the
+        first 64 KiB of a claim come after it committed, in one more statement (the claim
+        holds every worker's claims until its result is sent).
         """
         rows = await self._fetch(
             "claim_jobs", worker_id, limit, max_processing, lease_s, now, pipeline_version
         )
-        return [
+        claimed = [
             models.Claimed(
                 job=_row(r["job"], models.Job), content=_row(r["content"], models.Content)
             )
             for r in rows
+        ]
+        omitted = [
+            c.content.content_id for c, r in zip(claimed, rows, strict=True) if r["body_omitted"]
+        ]
+        if not omitted:
+            return claimed
+        bodies = {r["content_id"]: r["body"] for r in await self._fetch("content_bodies", omitted)}
+        return [
+            msgspec.structs.replace(
+                c, content=msgspec.structs.replace(c.content, body=bodies[c.content.content_id])
+            )
+            if c.content.content_id in bodies
+            else c
+            for c in claimed
         ]
 
     async def heartbeat(

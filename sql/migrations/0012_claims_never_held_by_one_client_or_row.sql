@@ -1,0 +1,99 @@
+-- A claim holds the lock that keeps MENOS_MAX_CONCURRENCY exact (pg_advisory_xact_lock) until
+-- it commits, and it commits once its result is sent: whatever holds one claim up holds every
+-- worker's. Two things could, for as long as they liked (docs/reliability.md):
+--
+-- * A claimer that stops reading (a frozen process, a paused machine, a cut network) while its
+--   result is large: the server waits to send (ClientWrite) with the lock held, where no
+--   statement timeout reaches it. Content bodies (up to MENOS_MAX_BODY_BYTES each) are now
+--   sent with the claim only while the claim's bodies add up to 64 KiB, which the two sockets'
+--   buffers hold whether or not the claimer reads; a body past that comes back as NULL with
+--   `body_omitted`, and the worker reads it once the claim has committed.
+-- * A content row locked by another transaction (an operator's open psql session, a reprocess
+--   under way): the claim's status mirror (on_job_status) waited for it, lock held. A job
+--   whose content row is locked is now skipped as a locked job is, and a later claim takes it.
+--
+-- And a finished job never changes status again (DESIGN: reprocess makes a new job). Nothing in
+-- menos does it; the trigger below refuses it from anyone, so a hand edit cannot reopen a job
+-- whose callback event already exists and stall the rescuer on it.
+
+DROP FUNCTION menos.claim_jobs(text, integer, integer, double precision, timestamptz, text);
+
+CREATE FUNCTION menos.claim_jobs(
+    p_worker text, p_limit integer, p_max integer, p_lease_s double precision,
+    p_now timestamptz, p_version text
+) RETURNS TABLE (job menos.pipeline_job, content menos.content, body_omitted boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    free integer;
+    at timestamptz := coalesce(p_now, now());
+    claimed_row record;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM pg_advisory_xact_lock(hashtext('menos.claim_jobs'));
+    -- Running jobs are the ones holding a lease, read in lease order (see 0007).
+    SELECT p_max - count(*) INTO free
+      FROM (SELECT 1 FROM menos.pipeline_job WHERE lease_expires_at > '-infinity'
+             ORDER BY lease_expires_at LIMIT p_max) AS processing;
+    IF least(free, p_limit) <= 0 THEN
+        RETURN;
+    END IF;
+    FOR claimed_row IN
+        WITH picked AS (
+            SELECT job_id, content_id FROM menos.pipeline_job
+             WHERE status = 'pending'
+             ORDER BY priority, created_at, job_id
+             LIMIT least(free, p_limit)
+               FOR UPDATE SKIP LOCKED
+        ), unlocked AS (
+            -- The status mirror writes each claimed job's content row: a row another
+            -- transaction holds is left, with its job, for a later claim.
+            SELECT content_id FROM menos.content
+             WHERE content_id = ANY (ARRAY(SELECT content_id FROM picked))
+               FOR NO KEY UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE menos.pipeline_job j
+               SET status = 'processing', attempts = j.attempts + 1, worker_id = p_worker,
+                   lease_expires_at = at + make_interval(secs => p_lease_s),
+                   started_at = at, current_stage = NULL, stages = '[]',
+                   pipeline_version = p_version,
+                   error_code = NULL, error_stage = NULL, error_message = NULL
+             WHERE j.job_id = ANY (ARRAY(
+                       SELECT job_id FROM picked
+                        WHERE content_id = ANY (ARRAY(SELECT content_id FROM unlocked))))
+            RETURNING j
+        )
+        SELECT claimed_job, claimed_content,
+               sum(coalesce(octet_length((claimed_content).body), 0)) OVER (
+                   ORDER BY (claimed_job).priority, (claimed_job).created_at, (claimed_job).job_id
+               ) > 65536 AS omitted
+          FROM (SELECT claimed.j AS claimed_job,
+                       (SELECT c FROM menos.content c
+                         WHERE c.content_id = (claimed.j).content_id) AS claimed_content
+                  FROM claimed
+                OFFSET 0) AS found  -- OFFSET 0: each content row is looked up once, by its key
+         ORDER BY (claimed_job).priority, (claimed_job).created_at, (claimed_job).job_id
+    LOOP
+        job := claimed_row.claimed_job;
+        content := claimed_row.claimed_content;
+        body_omitted := claimed_row.omitted;
+        IF body_omitted THEN
+            content.body := NULL;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION menos.refuse_reopening() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'job % is %: a finished job never changes status again', OLD.job_id, OLD.status
+        USING ERRCODE = 'check_violation',
+              HINT = 'Reprocess the content instead: that makes a new job.';
+END
+$$;
+
+CREATE TRIGGER pipeline_job_finished_stays BEFORE UPDATE OF status ON menos.pipeline_job
+    FOR EACH ROW
+    WHEN (OLD.status IN ('completed', 'failed', 'cancelled') AND NEW.status <> OLD.status)
+    EXECUTE FUNCTION menos.refuse_reopening();
