@@ -225,3 +225,45 @@ async def test_a_cancel_during_persist_ends_the_job_cancelled(
     job_id = await pool.fetchval("SELECT job_id FROM menos.pipeline_job")
     assert await tools.follow(repo, job_id, poll_s=0.01) == tools.EXIT_CANCELLED
     assert "4/5 stages" in capsys.readouterr().err
+
+
+class ReleaseRefused(repository.Repository):
+    """A repository whose release at shutdown does not get written (the database is away)."""
+
+    async def release(self, guard: repository.Guard) -> bool:
+        raise errors.DatabaseUnavailable("connection refused")
+
+
+@pytest.mark.parametrize(
+    ("repo_class", "outcome", "status"),
+    [(repository.Repository, "released", "pending"), (ReleaseRefused, "lost", "processing")],
+)
+async def test_a_shutdown_logs_released_only_when_the_release_was_written(
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+    repo_class: type[repository.Repository],
+    outcome: str,
+    status: str,
+) -> None:
+    """A job still running when the grace ends is given back: `released` when that was
+    written; `lost` when it was not, since its lease gives it back with the attempt counted."""
+    repo = repo_class(pool, db.Queries())
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    analyzer = GatedAnalyzer()  # never opened: the job runs until the grace ends
+    config = helpers.worker_config(
+        concurrency=1, max_processing=1, poll_s=0.2, shutdown_grace_s=0.1
+    )
+    async with httpx.AsyncClient() as http:
+        worker = queue_worker.Worker(
+            config, repo, offline_context(http, analyzer), dsn=database_url
+        )
+        stop = asyncio.Event()
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.create_task(worker.run(stop))
+            await analyzer.until_called(1)
+            stop.set()
+            await running
+    finished = [entry for entry in logs if entry["event"] == "job_finished"]
+    assert [e["outcome"] for e in finished] == [outcome]
+    assert (await job_row(pool))["status"] == status

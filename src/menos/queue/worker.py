@@ -357,9 +357,12 @@ class Worker:
         except errors.PipelineError as exc:
             outcome = await self._fail(slot, exc.code, exc.message)
         except asyncio.CancelledError:
-            outcome = "released"
+            # "lost" when the release was not written (the database is away, or the job is
+            # no longer ours): its lease gives it back, with the attempt counted.
+            outcome = "lost"
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.repo.release(slot.guard))
+                if await asyncio.shield(self.repo.release(slot.guard)):
+                    outcome = "released"
             raise
         except errors.DatabaseUnavailable as exc:
             outcome = "lost"  # the lease runs out and the rescuer returns the job
