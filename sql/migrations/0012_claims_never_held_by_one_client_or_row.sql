@@ -5,22 +5,26 @@
 -- * A claimer that stops reading (a frozen process, a paused machine, a cut network) while its
 --   result is large: the server waits to send (ClientWrite) with the lock held, where no
 --   statement timeout reaches it. Content bodies (up to MENOS_MAX_BODY_BYTES each) are now
---   sent with the claim only while the claim's bodies add up to 64 KiB, which the two sockets'
+--   sent with the claim only while they add up to p_inline_bytes, which the two sockets'
 --   buffers hold whether or not the claimer reads; a body past that comes back as NULL with
---   `body_omitted`, and the worker reads it once the claim has committed.
+--   `body_omitted`, and the worker reads it once the claim has committed. The content's
+--   `result`, which a run never reads (it writes a new one), is not sent at all.
 -- * A content row locked by another transaction (an operator's open psql session, a reprocess
---   under way): the claim's status mirror (on_job_status) waited for it, lock held. A job
---   whose content row is locked is now skipped as a locked job is, and a later claim takes it.
+--   under way): the claim's status mirror (on_job_status) waited for it, lock held. A pending
+--   job whose content row is locked is now passed over as a locked job is, without counting
+--   towards the claim's limit, and a later claim takes it.
+--
+-- The claim with these is a new form of the function, taking p_inline_bytes. The form of 0007
+-- stays as it was for workers of the previous version, which run until they are restarted
+-- after `bin/menos migrate` and would not know a body was left out.
 --
 -- And a finished job never changes status again (DESIGN: reprocess makes a new job). Nothing in
 -- menos does it; the trigger below refuses it from anyone, so a hand edit cannot reopen a job
 -- whose callback event already exists and stall the rescuer on it.
 
-DROP FUNCTION menos.claim_jobs(text, integer, integer, double precision, timestamptz, text);
-
 CREATE FUNCTION menos.claim_jobs(
     p_worker text, p_limit integer, p_max integer, p_lease_s double precision,
-    p_now timestamptz, p_version text
+    p_now timestamptz, p_version text, p_inline_bytes integer
 ) RETURNS TABLE (job menos.pipeline_job, content menos.content, body_omitted boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -39,17 +43,15 @@ BEGIN
     END IF;
     FOR claimed_row IN
         WITH picked AS (
-            SELECT job_id, content_id FROM menos.pipeline_job
-             WHERE status = 'pending'
-             ORDER BY priority, created_at, job_id
+            -- The status mirror writes each claimed job's content row: a job whose row
+            -- another transaction holds is passed over by the filter, below the limit.
+            SELECT j.job_id FROM menos.pipeline_job j
+             WHERE j.status = 'pending'
+               AND EXISTS (SELECT 1 FROM menos.content c WHERE c.content_id = j.content_id
+                              FOR NO KEY UPDATE SKIP LOCKED)
+             ORDER BY j.priority, j.created_at, j.job_id
              LIMIT least(free, p_limit)
-               FOR UPDATE SKIP LOCKED
-        ), unlocked AS (
-            -- The status mirror writes each claimed job's content row: a row another
-            -- transaction holds is left, with its job, for a later claim.
-            SELECT content_id FROM menos.content
-             WHERE content_id = ANY (ARRAY(SELECT content_id FROM picked))
-               FOR NO KEY UPDATE SKIP LOCKED
+               FOR UPDATE OF j SKIP LOCKED
         ), claimed AS (
             UPDATE menos.pipeline_job j
                SET status = 'processing', attempts = j.attempts + 1, worker_id = p_worker,
@@ -57,15 +59,13 @@ BEGIN
                    started_at = at, current_stage = NULL, stages = '[]',
                    pipeline_version = p_version,
                    error_code = NULL, error_stage = NULL, error_message = NULL
-             WHERE j.job_id = ANY (ARRAY(
-                       SELECT job_id FROM picked
-                        WHERE content_id = ANY (ARRAY(SELECT content_id FROM unlocked))))
+             WHERE j.job_id = ANY (ARRAY(SELECT job_id FROM picked))
             RETURNING j
         )
         SELECT claimed_job, claimed_content,
                sum(coalesce(octet_length((claimed_content).body), 0)) OVER (
                    ORDER BY (claimed_job).priority, (claimed_job).created_at, (claimed_job).job_id
-               ) > 65536 AS omitted
+               ) > p_inline_bytes AS omitted
           FROM (SELECT claimed.j AS claimed_job,
                        (SELECT c FROM menos.content c
                          WHERE c.content_id = (claimed.j).content_id) AS claimed_content
@@ -75,6 +75,7 @@ BEGIN
     LOOP
         job := claimed_row.claimed_job;
         content := claimed_row.claimed_content;
+        content.result := NULL;
         body_omitted := claimed_row.omitted;
         IF body_omitted THEN
             content.body := NULL;

@@ -36,8 +36,8 @@ SELECT c.content_id, c.content_type, c.resource_key, j.job_id,
  WHERE c.owner = $1 AND c.resource_key = $2;
 
 -- name: claim_jobs
--- Claim up to $2 pending jobs for worker $1, never more than $3 processing in all; each with its content, whose body may be left for content_bodies (see the function).
-SELECT job, content, body_omitted FROM menos.claim_jobs($1, $2, $3, $4, $5::timestamptz, $6);
+-- Claim up to $2 pending jobs for worker $1, never more than $3 processing in all; each with its content (without its result), bodies past the first $7 bytes left for content_bodies (see the function).
+SELECT job, content, body_omitted FROM menos.claim_jobs($1, $2, $3, $4, $5::timestamptz, $6, $7);
 
 -- name: content_bodies
 -- The bodies a claim left out, once it has committed.

@@ -782,7 +782,7 @@ async def test_a_claimer_that_stops_reading_does_not_hold_the_other_claims(
     small = await repo.enqueue(helpers.note())
     frozen = await asyncpg.connect(database_url)
     statement = await frozen.prepare(
-        "SELECT * FROM menos.claim_jobs('frozen', 5, 100, 30, NULL, 'v')"
+        "SELECT * FROM menos.claim_jobs('frozen', 5, 100, 30, NULL, 'v', 65536)"
     )
     frozen._transport.pause_reading()  # type: ignore[attr-defined]  # the process stops reading
     claiming = asyncio.create_task(statement.fetch())
@@ -822,7 +822,7 @@ async def test_bodies_past_a_claims_first_64_kib_come_after_it(
         await peek.start()
         raw = await conn.fetch(
             "SELECT (content).body IS NULL AS left_out, body_omitted"
-            " FROM menos.claim_jobs('peek', 3, 100, 30, NULL, 'v')"
+            " FROM menos.claim_jobs('peek', 3, 100, 30, NULL, 'v', 65536)"
         )
         await peek.rollback()  # the jobs are pending again
     assert [(r["left_out"], r["body_omitted"]) for r in raw] == [
@@ -834,12 +834,14 @@ async def test_bodies_past_a_claims_first_64_kib_come_after_it(
     assert [h.content.body for h in held] == bodies
 
 
+@pytest.mark.parametrize(("limit", "cap"), [(1, 1000), (5, 1), (2, 1000)])
 async def test_a_job_whose_content_row_is_locked_is_left_for_a_later_claim(
-    repo: repository.Repository, pool: asyncpg.Pool[Any]
+    repo: repository.Repository, pool: asyncpg.Pool[Any], limit: int, cap: int
 ) -> None:
-    """An operator's open transaction on one content row used to hold every claim (the
-    status mirror waited for the row); that job is skipped, the others are claimed, and it
-    is claimed once the row is free."""
+    """An operator's open transaction on the first job's content row used to hold every
+    claim (the status mirror waited for the row): that job is passed over without using up
+    the claim's limit (one free slot, or one left under the cap, still gets the next job),
+    and it is claimed once the row is free."""
     await helpers.owner(repo)
     first = await repo.enqueue(helpers.note(body="first"))
     second = await repo.enqueue(helpers.note(body="second"))
@@ -847,10 +849,58 @@ async def test_a_job_whose_content_row_is_locked_is_left_for_a_later_claim(
         await operator.execute(
             "SELECT 1 FROM menos.content WHERE content_id = $1 FOR UPDATE", first.content_id
         )
-        held = await asyncio.wait_for(claim(repo, "w", 2), timeout=10)
+        held = await asyncio.wait_for(claim(repo, "w", limit, cap=cap), timeout=10)
         assert [h.job.job_id for h in held] == [second.job_id]
-    later = await claim(repo, "w", 2)
+    later = await claim(repo, "w", 2, cap=2)
     assert [h.job.job_id for h in later] == [first.job_id]
+
+
+async def test_a_claim_sends_no_result_and_the_previous_form_still_sends_whole_bodies(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A run never reads the content's previous result, so the claim does not send it; and
+    workers of the previous version, still calling the claim without a byte budget until
+    they are restarted, get every body whole, as they expect."""
+    await helpers.owner(repo)
+    for _ in range(2):
+        await repo.enqueue(helpers.note(body="z" * 50_000))
+    await pool.execute('UPDATE menos.content SET result = \'{"summary": "old"}\'')
+    async with pool.acquire() as conn:
+        peek = conn.transaction()
+        await peek.start()
+        old_form = await conn.fetch(
+            "SELECT job, content FROM menos.claim_jobs('old', 2, 100, 30, NULL, 'v')"
+        )
+        await peek.rollback()
+    assert [len(r["content"]["body"]) for r in old_form] == [50_000, 50_000]
+    held = await claim(repo, "w", 2)
+    assert [len(h.content.body or "") for h in held] == [50_000, 50_000]
+    assert [h.content.result for h in held] == [None, None]
+
+
+class BodiesUnreadable(repository.Repository):
+    """A repository whose read of the bodies a claim left out fails (the database went away
+    between the two statements)."""
+
+    async def _fetch(self, name: str, *args: Any) -> list[Any]:
+        if name == "content_bodies":
+            raise errors.DatabaseUnavailable("connection lost")
+        return await super()._fetch(name, *args)
+
+
+async def test_jobs_whose_bodies_cannot_be_read_are_given_back_uncounted(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """The claim committed, then its bodies could not be read: the jobs are released at
+    once, not left processing until their leases run out with an attempt counted."""
+    repo = BodiesUnreadable(pool, db.Queries())
+    await helpers.owner(repo)
+    for _ in range(2):
+        await repo.enqueue(helpers.note(body="w" * 50_000))
+    with pytest.raises(errors.DatabaseUnavailable):
+        await claim(repo, "w", 2)
+    rows = await pool.fetch("SELECT status, attempts, worker_id FROM menos.pipeline_job")
+    assert [tuple(r) for r in rows] == [("pending", 0, None), ("pending", 0, None)]
 
 
 async def test_a_finished_job_never_changes_status_again(

@@ -29,6 +29,9 @@ T = TypeVar("T")
 log = structlog.get_logger("menos.audit")
 
 SECRET_OVERLAP = dt.timedelta(hours=24)
+# What a claim sends of its content bodies: far below what a socket's buffers hold, so a
+# claimer that stops reading cannot keep the claim (and every other claim) from committing.
+CLAIM_INLINE_BYTES = 64 * 1024
 # The owner table's CHECK, tested first: a row the server refuses is written to its log
 # whole, and an owner's row holds its new webhook secret.
 OWNER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -337,14 +340,22 @@ class Repository(_Store):
         pipeline_version: str,
         now: dt.datetime | None = None,
     ) -> list[models.Claimed]:
-        """Claim up to `limit` jobs (never more than `max_processing` running in all).
+        """Claim up to `limit` jobs (never more than `max_processing` running in all), each
+        with its content row (without its result, which a run does not read).
 
-        One statement: the claimed jobs come back with their content rows. Bodies past the
-        first 64 KiB of a claim come after it committed, in one more statement (the claim
-        holds every worker's claims until its result is sent).
+        The claim holds every worker's claims until its result is sent, so it sends bodies
+        only up to CLAIM_INLINE_BYTES in all; the others are read once it has committed, and
+        if that read fails the jobs are given back before the error is raised.
         """
         rows = await self._fetch(
-            "claim_jobs", worker_id, limit, max_processing, lease_s, now, pipeline_version
+            "claim_jobs",
+            worker_id,
+            limit,
+            max_processing,
+            lease_s,
+            now,
+            pipeline_version,
+            CLAIM_INLINE_BYTES,
         )
         claimed = [
             models.Claimed(
@@ -357,7 +368,16 @@ class Repository(_Store):
         ]
         if not omitted:
             return claimed
-        bodies = {r["content_id"]: r["body"] for r in await self._fetch("content_bodies", omitted)}
+        try:
+            found = await self._fetch("content_bodies", omitted)
+        except BaseException:
+            # Not run, so not counted; what cannot be given back now, its lease gives back.
+            releases = [
+                self.release(Guard(c.job.job_id, worker_id, c.job.attempts)) for c in claimed
+            ]
+            await asyncio.shield(asyncio.gather(*releases, return_exceptions=True))
+            raise
+        bodies = {r["content_id"]: r["body"] for r in found}
         return [
             msgspec.structs.replace(
                 c, content=msgspec.structs.replace(c.content, body=bodies[c.content.content_id])
