@@ -78,12 +78,29 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 def _encode_json(value: Any) -> bytes:
-    """JSON text PostgreSQL accepts: its JSON types refuse NUL characters (which a model's
-    answer or an exception's message may hold), so they are stored as U+FFFD."""
-    text = msgspec.json.encode(value)
+    """JSON text PostgreSQL accepts: its JSON types refuse NUL characters and lone surrogates
+    (which a model's answer, an error body or an exception's message may hold), so they are
+    stored as U+FFFD."""
+    try:
+        text = msgspec.json.encode(value)
+    except UnicodeEncodeError:  # a lone surrogate: UTF-8 cannot hold it
+        text = msgspec.json.encode(_without_surrogates(msgspec.to_builtins(value)))
     if b"\\u0000" in text:
         text = _NUL_ESCAPE.sub(rb"\1\\ufffd", text)
     return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(key): _without_surrogates(item) for key, item in value.items()}
+    return value
 
 
 def _encode_jsonb(value: Any) -> bytes:

@@ -578,14 +578,16 @@ async def test_a_pool_on_a_database_that_stopped_answering_still_closes(
 async def test_an_argument_the_client_cannot_encode_is_no_outage(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
-    """A lone surrogate cannot be sent as UTF-8: the call fails as asyncpg's DataError (it
-    would fail the same way again), not as DatabaseUnavailable, and the pool goes on."""
+    """A lone surrogate cannot be sent as UTF-8 text: the call fails as asyncpg's DataError
+    (it would fail the same way again), not as DatabaseUnavailable, and the pool goes on.
+    (In a JSON value it is sent as U+FFFD.)"""
     await helpers.owner(repo)
     with pytest.raises(asyncpg.DataError) as caught:
-        await repo.enqueue(helpers.note(body="half a pair: \ud800"))
+        await repo.list_keys("half a pair: \ud800")
     assert not isinstance(caught.value, errors.DatabaseUnavailable)
-    assert await pool.fetchval("SELECT count(*) FROM menos.content") == 0
-    assert (await repo.enqueue(helpers.note())).job_id is not None
+    stored = await repo.enqueue(helpers.note(body="half a pair: \ud800"))
+    body = await pool.fetchval("SELECT body FROM menos.content")
+    assert stored.job_id is not None and body == "half a pair: \ufffd"
 
 
 async def test_fetched_text_with_nul_characters_is_stored(

@@ -49,9 +49,11 @@ def test_no_sql_is_formatted_with_identifiers_in_runtime_code() -> None:
         ({"k\x00": ["\x00\x00"]}, {"k\ufffd": ["\ufffd\ufffd"]}),
         ("a literal \\u0000 stays", "a literal \\u0000 stays"),
         ("a backslash then \\\x00", "a backslash then \\\ufffd"),
+        ({"error": {"message": "cut \ud83d here"}}, {"error": {"message": "cut \ufffd here"}}),
+        ({"lone\udc00": ["\ud800\x00"]}, {"lone\ufffd": ["\ufffd\ufffd"]}),
     ],
 )
 def test_json_sent_to_postgresql_holds_no_nul(value: object, stored: object) -> None:
-    """PostgreSQL's JSON types refuse NUL characters: they are sent as U+FFFD, and nothing
-    else changes (not even the text `\\u0000`)."""
+    """PostgreSQL's JSON types refuse NUL characters and lone surrogates (which UTF-8 cannot
+    hold): they are sent as U+FFFD, and nothing else changes (not even the text `\\u0000`)."""
     assert msgspec.json.decode(db._encode_json(value)) == stored

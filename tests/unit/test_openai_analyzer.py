@@ -366,3 +366,14 @@ async def test_the_answer_is_asked_for_uncompressed(analyzer: Make) -> None:
     server = Server()
     await analyzer(server).analyze(request())
     assert server.requests[0].headers["accept-encoding"] == "identity"
+
+
+async def test_a_lone_surrogate_in_an_error_message_is_storable(analyzer: Make) -> None:
+    """The error's message goes into the job's error and diagnostics: a lone surrogate in it
+    becomes U+FFFD, or recording the failure would be refused and the job left processing."""
+    body = b'{"error": {"message": "bad input \\ud800 here"}}'
+    server = Server(lambda _: httpx.Response(500, content=body))
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request())
+    assert caught.value.message == "the model server answered HTTP 500: bad input \ufffd here"
+    caught.value.message.encode()  # what storage needs: no lone surrogate is left

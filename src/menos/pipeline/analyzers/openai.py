@@ -206,7 +206,9 @@ class OpenAIAnalyzer:
             detail = error
         else:
             detail = content.decode("utf-8", "replace")
-        detail = " ".join(self._redact(detail).split())[:MAX_DETAIL]
+        # storable: the message goes into the job's error and diagnostics, which PostgreSQL
+        # must accept (JSON's "\ud800" decodes to a lone surrogate).
+        detail = " ".join(result.storable(self._redact(detail)).split())[:MAX_DETAIL]
         return f": {detail}" if detail else ""
 
     def _redact(self, text: str) -> str:
