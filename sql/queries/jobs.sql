@@ -290,7 +290,7 @@ SELECT * FROM menos.content
  ORDER BY created_at;
 
 -- name: classify_candidates
--- A page of content to re-run, by id after $6: pending or failed (or $3 status only), or completed by an older version than $5 when $4 (a version that is not dotted numbers is never older); no active job.
+-- A page of content to re-run, by id after $6: pending or failed (or $3 status only), or completed by an older version than $5 (the running version's parts, or NULL) when $4 (a version that is not dotted numbers is never older); no active job.
 SELECT c.content_id, c.owner, c.processing_status, c.pipeline_version
   FROM menos.content c
  WHERE ($1::text IS NULL OR c.owner = $1)
@@ -301,7 +301,7 @@ SELECT c.content_id, c.owner, c.processing_status, c.pipeline_version
                 -- CASE: the cast runs only on a version the pattern accepted.
                 AND CASE WHEN c.pipeline_version ~ '^[0-9]+(\.[0-9]+)*$'
                          THEN string_to_array(c.pipeline_version, '.')::numeric[]
-                              < string_to_array($5, '.')::numeric[]
+                              < $5::text[]::numeric[]
                          ELSE false END))
    AND NOT EXISTS (SELECT 1 FROM menos.pipeline_job j
                     WHERE j.content_id = c.content_id AND j.status IN ('pending', 'processing'))

@@ -926,3 +926,31 @@ async def test_a_finished_job_never_changes_status_again(
         )
         == "completed"
     )
+
+
+async def test_a_running_version_that_is_not_dotted_numbers_finds_nothing_stale(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """An installed version such as 0.2.0rc1 cannot be compared part by part: no content is
+    older than it (and the query does not fail on it)."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    await pool.execute("UPDATE menos.pipeline_job SET status = 'cancelled', finished_at = now()")
+    await pool.execute(  # after the job's end, which the status mirror copies to the content
+        "UPDATE menos.content SET processing_status = 'completed', pipeline_version = '0.0.1'"
+    )
+
+    async def stale(version: str) -> int:
+        found = await repo.classify_candidates(
+            owner=None,
+            content_type=None,
+            status=None,
+            stale=True,
+            pipeline_version=version,
+            after=None,
+            limit=10,
+        )
+        return len(found)
+
+    assert await stale("0.2.0rc1") == 0
+    assert await stale("0.2.0") == 1

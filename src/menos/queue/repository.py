@@ -32,6 +32,7 @@ SECRET_OVERLAP = dt.timedelta(hours=24)
 # What a claim sends of its content bodies: far below what a socket's buffers hold, so a
 # claimer that stops reading cannot keep the claim (and every other claim) from committing.
 CLAIM_INLINE_BYTES = 64 * 1024
+_DOTTED_NUMBERS = re.compile(r"[0-9]+(\.[0-9]+)*")
 # The owner table's CHECK, tested first: a row the server refuses is written to its log
 # whole, and an owner's row holds its new webhook secret.
 OWNER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -668,16 +669,12 @@ class Repository(_Store):
         after: uuid.UUID | None,
         limit: int,
     ) -> list[tuple[models.ContentId, str]]:
-        """(content id, owner) of items `classify` would re-run, by id after `after`."""
+        """(content id, owner) of items `classify` would re-run, by id after `after`; with
+        `stale`, also those completed by a version older than `pipeline_version` (compared
+        part by part as numbers; none is older than a version that is not dotted numbers)."""
+        parts = pipeline_version.split(".") if _DOTTED_NUMBERS.fullmatch(pipeline_version) else None
         rows = await self._fetch(
-            "classify_candidates",
-            owner,
-            content_type,
-            status,
-            stale,
-            pipeline_version,
-            after,
-            limit,
+            "classify_candidates", owner, content_type, status, stale, parts, after, limit
         )
         return [(r["content_id"], r["owner"]) for r in rows]
 
