@@ -12,7 +12,9 @@
 -- * A content row locked by another transaction (an operator's open psql session, a reprocess
 --   under way): the claim's status mirror (on_job_status) waited for it, lock held. A pending
 --   job whose content row is locked is now passed over as a locked job is, without counting
---   towards the claim's limit, and a later claim takes it.
+--   towards the claim's limit, and a later claim takes it. (Done in steps, each of whose plans
+--   reads only the rows it needs: a filter that locked the content row inside the candidates'
+--   query let the planner sort every pending job, locking all their content rows, per claim.)
 --
 -- The claim with these is a new form of the function, taking p_inline_bytes. The form of 0007
 -- stays as it was for workers of the previous version, which run until they are restarted
@@ -30,6 +32,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     free integer;
     at timestamptz := coalesce(p_now, now());
+    want integer;
+    seen uuid[] := '{}';  -- candidates looked at (and locked) so far
+    chosen uuid[] := '{}';  -- those whose content row could be locked too, in queue order
+    batch_jobs uuid[];
+    batch_contents uuid[];
+    locked uuid[];
+    rounds integer := 0;
     claimed_row record;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
@@ -38,28 +47,46 @@ BEGIN
     SELECT p_max - count(*) INTO free
       FROM (SELECT 1 FROM menos.pipeline_job WHERE lease_expires_at > '-infinity'
              ORDER BY lease_expires_at LIMIT p_max) AS processing;
-    IF least(free, p_limit) <= 0 THEN
+    want := least(free, p_limit);
+    IF want <= 0 THEN
+        RETURN;
+    END IF;
+    -- The status mirror writes each claimed job's content row, so a job is taken only with
+    -- its content row locked too: one another transaction holds is passed over, and the
+    -- next candidates are read, as many more as were passed over (a few rounds at most).
+    LOOP
+        SELECT coalesce(array_agg(p.job_id), '{}'), coalesce(array_agg(p.content_id), '{}')
+          INTO batch_jobs, batch_contents
+          FROM (SELECT job_id, content_id FROM menos.pipeline_job
+                 WHERE status = 'pending' AND job_id <> ALL (seen)
+                 ORDER BY priority, created_at, job_id
+                 LIMIT want - cardinality(chosen) + (cardinality(seen) - cardinality(chosen))
+                   FOR UPDATE SKIP LOCKED) AS p;
+        SELECT coalesce(array_agg(c.content_id), '{}') INTO locked
+          FROM (SELECT content_id FROM menos.content
+                 WHERE content_id = ANY (batch_contents)
+                   FOR NO KEY UPDATE SKIP LOCKED) AS c;
+        FOR i IN 1 .. cardinality(batch_jobs) LOOP
+            IF cardinality(chosen) < want AND batch_contents[i] = ANY (locked) THEN
+                chosen := chosen || batch_jobs[i];
+            END IF;
+        END LOOP;
+        seen := seen || batch_jobs;
+        rounds := rounds + 1;
+        EXIT WHEN cardinality(chosen) >= want OR cardinality(batch_jobs) = 0 OR rounds >= 8;
+    END LOOP;
+    IF cardinality(chosen) = 0 THEN
         RETURN;
     END IF;
     FOR claimed_row IN
-        WITH picked AS (
-            -- The status mirror writes each claimed job's content row: a job whose row
-            -- another transaction holds is passed over by the filter, below the limit.
-            SELECT j.job_id FROM menos.pipeline_job j
-             WHERE j.status = 'pending'
-               AND EXISTS (SELECT 1 FROM menos.content c WHERE c.content_id = j.content_id
-                              FOR NO KEY UPDATE SKIP LOCKED)
-             ORDER BY j.priority, j.created_at, j.job_id
-             LIMIT least(free, p_limit)
-               FOR UPDATE OF j SKIP LOCKED
-        ), claimed AS (
+        WITH claimed AS (
             UPDATE menos.pipeline_job j
                SET status = 'processing', attempts = j.attempts + 1, worker_id = p_worker,
                    lease_expires_at = at + make_interval(secs => p_lease_s),
                    started_at = at, current_stage = NULL, stages = '[]',
                    pipeline_version = p_version,
                    error_code = NULL, error_stage = NULL, error_message = NULL
-             WHERE j.job_id = ANY (ARRAY(SELECT job_id FROM picked))
+             WHERE j.job_id = ANY (chosen)
             RETURNING j
         )
         SELECT claimed_job, claimed_content,
