@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 import asyncpg
 import msgspec
 
-from menos import errors
+from menos import errors, storable
 
 Pool: TypeAlias = "asyncpg.Pool[Any]"  # what callers above the repository may hold
 
@@ -84,23 +84,10 @@ def _encode_json(value: Any) -> bytes:
     try:
         text = msgspec.json.encode(value)
     except UnicodeEncodeError:  # a lone surrogate: UTF-8 cannot hold it
-        text = msgspec.json.encode(_without_surrogates(msgspec.to_builtins(value)))
+        text = msgspec.json.encode(storable.anything(msgspec.to_builtins(value)))
     if b"\\u0000" in text:
         text = _NUL_ESCAPE.sub(rb"\1\\ufffd", text)
     return text
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _without_surrogates(value: Any) -> Any:
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_without_surrogates(item) for item in value]
-    if isinstance(value, dict):
-        return {_without_surrogates(key): _without_surrogates(item) for key, item in value.items()}
-    return value
 
 
 def _encode_jsonb(value: Any) -> bytes:

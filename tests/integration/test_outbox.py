@@ -1085,8 +1085,8 @@ async def test_an_error_text_utf8_cannot_encode_is_recorded(
     outbox: repository.OutboxRepository,
     pool: asyncpg.Pool[Any],
 ) -> None:
-    """A failure whose text holds a lone surrogate is recorded, the surrogate replaced (the
-    database would refuse it for good, and the attempt would never be recorded)."""
+    """A failure whose text holds a lone surrogate is recorded, the surrogate replaced by
+    U+FFFD (the database would refuse it for good, and the attempt would never be recorded)."""
     await make_events(repo, 2)
     delivered, failed = await claim(outbox, await db_now(pool))
     statuses = await outbox.record_outcomes(
@@ -1096,7 +1096,7 @@ async def test_an_error_text_utf8_cannot_encode_is_recorded(
     error = await pool.fetchval(
         "SELECT last_error FROM menos.callback_outbox WHERE event_id = $1", failed.event_id
     )
-    assert error == "request failed: bad ? name"
+    assert error == "request failed: bad \ufffd name"
 
 
 async def test_running_dispatcher_sweeps_lost_last_attempts_and_delivers_the_rest(

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from menos import errors
+from menos import errors, storable
 
 RESULT_FIELDS = frozenset(
     {
@@ -51,9 +51,6 @@ _THINK_OPEN = re.compile(r"^\s*<think\b[^>]*>", re.IGNORECASE)
 # never cut into a string value.
 _FENCE_OPEN = re.compile(r"^[ \t]*```[\w.+-]*", re.MULTILINE)
 _FENCE_CLOSE = re.compile(r"```[ \t]*$", re.MULTILINE)
-# PostgreSQL refuses NUL in text and JSON, and UTF-8 cannot encode a lone surrogate (JSON's
-# "\ud800"); a decoded str holds surrogates only when they are lone.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class Topic(msgspec.Struct, frozen=True):
@@ -177,7 +174,7 @@ def coerce(
         raise errors.PipelineError(
             "PARSE_FAILED", f"the JSON object has none of the result fields (keys: {keys})"
         )
-    raw = storable(raw)  # coercion only keeps or trims the answer's strings
+    raw = storable.anything(raw)  # coercion only keeps or trims the answer's strings
     tags = coerce_tags(raw.get("tags"), known_tags=known_tags)
     known = set(known_tags)
     return Result(
@@ -190,21 +187,9 @@ def coerce(
         score_explanation=coerce_explanation(raw.get("score_explanation")),
         topics=coerce_topics(raw.get("topics")),
         entities=coerce_entities(raw.get("entities")),
-        model=storable(model),  # from settings: an environment value may hold surrogates
+        model=storable.text(model),  # from settings: an environment value may hold surrogates
         processed_at=processed_at,
     )
-
-
-def storable(value: Any) -> Any:
-    """`value` (str, list, dict, scalars) with NUL and lone surrogates in every string replaced
-    by U+FFFD, so PostgreSQL can store it."""
-    if isinstance(value, str):
-        return _UNSTORABLE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [storable(item) for item in value]
-    if isinstance(value, dict):
-        return {storable(key): storable(item) for key, item in value.items()}
-    return value
 
 
 def coerce_tier(value: object) -> str:

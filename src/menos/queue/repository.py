@@ -22,7 +22,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from menos import db, errors
+from menos import db, errors, storable
 from menos.queue import models
 
 T = TypeVar("T")
@@ -420,8 +420,8 @@ class Repository(_Store):
             guard.job_id,
             guard.worker_id,
             guard.attempts,
-            _storable(body),  # a page or transcript may hold NUL characters
-            None if title is None else _storable(title),
+            storable.text(body),  # a page or transcript may hold NUL characters
+            None if title is None else storable.text(title),
             dict(metadata),
         )
         return row is not None
@@ -494,7 +494,7 @@ class Repository(_Store):
             now,
             code,
             stage,
-            _storable(message[: errors.MAX_ERROR_MESSAGE]),
+            storable.text(message[: errors.MAX_ERROR_MESSAGE]),
             _timings(stages),
             dict(diagnostics),
             dict(full_payload) if full_payload is not None else None,
@@ -999,7 +999,9 @@ class OutboxRepository(_Store):
 def _outcome_row(i: int, outcome: Outcome) -> dict[str, Any]:
     """One element of `record_outbox_outcomes`' array; `detail` is the audit row's, less status."""
     event = outcome.event
-    error = None if outcome.error is None else _storable(outcome.error[: errors.MAX_ERROR_MESSAGE])
+    error = (
+        None if outcome.error is None else storable.text(outcome.error[: errors.MAX_ERROR_MESSAGE])
+    )
     return {
         "i": i,
         "event_id": str(event.event_id),
@@ -1022,10 +1024,3 @@ def _outcome_row(i: int, outcome: Outcome) -> dict[str, Any]:
             "duration_ms": outcome.duration_ms,
         },
     }
-
-
-def _storable(text: str) -> str:
-    """Text PostgreSQL can store: a receiver's answer or an error message may hold NUL
-    characters, which it refuses, or lone surrogates, which UTF-8 cannot encode."""
-    text = text.replace("\x00", "\ufffd")
-    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")

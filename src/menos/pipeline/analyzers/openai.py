@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from menos import errors
-from menos.pipeline import analyzers, result
+from menos import errors, storable
+from menos.pipeline import analyzers
 
 SYSTEM_PROMPT = """You analyze content for a personal knowledge base.
 Answer with one JSON object and nothing else: no prose, no code fences.
@@ -188,9 +188,9 @@ class OpenAIAnalyzer:
         model = data.get("model")
         usage = data.get("usage")
         return (
-            result.storable(text),
-            result.storable(model) if isinstance(model, str) and model else self._model,
-            result.storable(usage) if isinstance(usage, dict) else None,
+            storable.text(text),
+            storable.text(model) if isinstance(model, str) and model else self._model,
+            storable.anything(usage) if isinstance(usage, dict) else None,
         )
 
     def _error_detail(self, content: bytes) -> str:
@@ -208,7 +208,7 @@ class OpenAIAnalyzer:
             detail = content.decode("utf-8", "replace")
         # storable: the message goes into the job's error and diagnostics, which PostgreSQL
         # must accept (JSON's "\ud800" decodes to a lone surrogate).
-        detail = " ".join(result.storable(self._redact(detail)).split())[:MAX_DETAIL]
+        detail = " ".join(storable.text(self._redact(detail)).split())[:MAX_DETAIL]
         return f": {detail}" if detail else ""
 
     def _redact(self, text: str) -> str:
