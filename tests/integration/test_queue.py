@@ -797,7 +797,7 @@ async def test_a_claimer_that_stops_reading_does_not_hold_the_other_claims(
                 " AND query LIKE '%claim_jobs(''frozen''%')"
             ):
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the interval of this poll for the claim's state
         else:
             raise AssertionError("the frozen claim neither committed nor started sending")
         held = await asyncio.wait_for(claim(repo, "w", 5), timeout=10)
