@@ -24,7 +24,7 @@ import structlog
 from menos import db, embedded, errors, settings, tools, versions
 from menos import logging as menos_logging
 from menos.pipeline import resource_keys
-from menos.queue import maintenance, models, repository
+from menos.queue import maintenance, models, repository, stopping
 
 if TYPE_CHECKING:
     from menos.pipeline import analyzers
@@ -78,13 +78,14 @@ async def _migrate(dsn: str) -> list[int]:
         await conn.close()
 
 
-def _stop_event() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT."""
-    stop = asyncio.Event()
+def _stop_events() -> tuple[asyncio.Event, asyncio.Event]:
+    """Events set by SIGTERM or SIGINT: the first signal asks for a graceful stop (`stop`),
+    a second one ends its grace period at once (`hurry`)."""
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
+        loop.add_signal_handler(sig, stopping.on_signal, stop, hurry)
+    return stop, hurry
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -145,9 +146,9 @@ def _analyzer(conf: settings.Settings, client: httpx.AsyncClient) -> analyzers.A
 
 async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
     from menos.pipeline import ssrf, stages
-    from menos.queue import stopping, worker
+    from menos.queue import worker
 
-    stop = _stop_event()
+    stop, hurry = _stop_events()
     await _require_schema(dsn)
     pool = await db.create_pool(dsn, min_size=1, max_size=conf.worker_concurrency + 3)
     pinned = httpx.AsyncClient(
@@ -181,8 +182,9 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
         repo = repository.Repository(pool, db.Queries())
         purger = maintenance.Purger(_purge_config(conf), repo)
         await stopping.run_until_stopped(
-            worker.Worker(config, repo, ctx, dsn=dsn, duties=[purger.run]).run(stop),
+            worker.Worker(config, repo, ctx, dsn=dsn, duties=[purger.run]).run(stop, hurry),
             stop,
+            hurry=hurry,
             grace_s=conf.worker_shutdown_grace_s,
             name="worker",
         )
@@ -212,7 +214,7 @@ def cmd_dispatcher(conf: settings.Settings, args: argparse.Namespace) -> int:
 
     async def run(dsn: str) -> int:
         await _require_schema(dsn)
-        await dispatcher.serve(conf, dsn, _stop_event())
+        await dispatcher.serve(conf, dsn, *_stop_events())
         return 0
 
     with database(conf) as dsn:
@@ -493,11 +495,15 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
             )
             for name in ("api", "worker", "dispatcher")
         }
-        stopping = False
+        stop_asked = forwarded = False
 
         def stop(*_: object) -> None:
-            nonlocal stopping
-            stopping = True
+            nonlocal stop_asked
+            if forwarded:  # a second Ctrl-C: the children end their grace periods now
+                for proc in children.values():
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)
+            stop_asked = True
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
@@ -516,7 +522,7 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 flush=True,
             )
         code = 0
-        while not stopping:
+        while not stop_asked:
             exited = [name for name, proc in children.items() if proc.poll() is not None]
             if exited:
                 print(f"menos: {', '.join(exited)} exited; stopping", file=sys.stderr, flush=True)
@@ -527,6 +533,7 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
         for proc in children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        forwarded = True
         for proc in children.values():
             try:
                 proc.wait(timeout=conf.worker_shutdown_grace_s + 5)
@@ -621,7 +628,8 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         "worker",
         help="claim and run jobs until SIGTERM/SIGINT",
         more="On SIGTERM/SIGINT it stops claiming, lets running jobs finish within "
-        "MENOS_WORKER_SHUTDOWN_GRACE_S and gives the rest back to pending. Any number may run.",
+        "MENOS_WORKER_SHUTDOWN_GRACE_S and gives the rest back to pending; a second signal "
+        "gives them back at once. Any number may run.",
     )
     w.add_argument(
         "--concurrency",

@@ -167,6 +167,31 @@ def test_sigterm_past_the_grace_gives_the_job_back(menos: Menos, llm: fake_llm.F
     assert row == {"status": "pending", "attempts": 0, "worker_id": None}
 
 
+def test_a_second_sigterm_gives_the_job_back_without_waiting_the_grace(
+    menos: Menos, llm: fake_llm.FakeLLM
+) -> None:
+    """A second SIGTERM ends the grace at once: the running job goes back to pending."""
+    env = {
+        "MENOS_ANALYZER": "openai",
+        "MENOS_LLM_BASE_URL": llm.url,
+        "MENOS_LLM_MODEL": "slow-600",
+        "MENOS_WORKER_SHUTDOWN_GRACE_S": "600",
+    }
+    menos.api()
+    worker = menos.worker(**env)
+    key = menos.key("alice")
+    with menos.client(key["api_key"]) as client:
+        job_id = client.post("/api/v1/content", json={"text": "in a hurry"}).json()["job_id"]
+        wait_for(lambda: job_status(client, job_id) == "processing", what="processing")
+        worker.send_signal(signal.SIGTERM)
+        wait_for(lambda: "worker_stopping" in menos.logs(), what="the graceful stop to begin")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0  # far below the grace of ten minutes
+    assert "stop_hurried" in menos.logs()
+    row = sql(menos.database_url, "SELECT status, attempts, worker_id FROM menos.pipeline_job")[0]
+    assert row == {"status": "pending", "attempts": 0, "worker_id": None}
+
+
 def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> None:
     """Each kind of bad request answers its 4xx problem and leaves no row behind."""
     menos.api()

@@ -469,3 +469,58 @@ def test_dev_runs_on_an_ipv6_address(menos: Menos, tmp_path: Path) -> None:
         code = dev.wait(timeout=60)
     assert code == 0, out.read_text()
     assert "Traceback" not in out.read_text()
+
+
+def test_dev_on_a_second_ctrl_c_stops_without_waiting_the_grace(
+    menos: Menos, llm: fake_llm.FakeLLM, tmp_path: Path
+) -> None:
+    """The first Ctrl-C to `menos dev` stops its children gracefully; a second one passes on,
+    so the worker gives its running job back at once instead of after the grace."""
+    port = processes.free_port()
+    out = tmp_path / "dev.out"
+    env = {
+        **menos.env,
+        "MENOS_PORT": str(port),
+        "MENOS_ANALYZER": "openai",
+        "MENOS_LLM_BASE_URL": llm.url,
+        "MENOS_LLM_MODEL": "slow-600",
+        "MENOS_WORKER_SHUTDOWN_GRACE_S": "600",
+    }
+    with out.open("wb") as sink:
+        dev = subprocess.Popen(
+            [str(processes.BIN / "menos"), "dev"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=menos.workdir,
+        )
+    try:
+        wait_for(
+            lambda: "is running" in out.read_text() or dev.poll() is not None,
+            timeout=90,
+            what="menos dev to announce itself",
+        )
+        found = re.search(r"API key:  (\S+)", out.read_text())
+        assert found, out.read_text()
+        headers = {"authorization": f"Bearer {found.group(1)}"}
+        base = f"http://127.0.0.1:{port}/api/v1"
+        job_id = httpx.post(
+            f"{base}/content", json={"text": "in a hurry"}, headers=headers, timeout=30
+        ).json()["job_id"]
+        wait_for(
+            lambda: (
+                httpx.get(f"{base}/jobs/{job_id}", headers=headers).json()["status"] == "processing"
+            ),
+            what="processing",
+        )
+        dev.send_signal(signal.SIGINT)
+        wait_for(lambda: "worker_stopping" in out.read_text(), what="the graceful stop to begin")
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=60) == 0, out.read_text()  # far below the ten minutes' grace
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+    row = sql(menos.database_url, "SELECT status, attempts FROM menos.pipeline_job")[0]
+    assert row == {"status": "pending", "attempts": 0}

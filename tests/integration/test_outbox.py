@@ -1198,3 +1198,34 @@ async def test_dispatcher_claims_and_records_read_no_table_whole_before_any_anal
             ]
             assert await box.record_outcomes(outcomes) == ["delivered"] * 10
         assert await helpers.sequential_scans(one, tables) == before
+
+
+async def test_a_hurried_stop_cuts_deliveries_in_flight_and_keeps_their_events(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+) -> None:
+    """A second stop signal does not wait out a receiver that never answers: the delivery is
+    cut off, and its event stays held with the attempt counted, to be attempted again."""
+    await make_events(repo, 1)
+    reached = asyncio.Event()
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        reached.set()
+        await asyncio.Event().wait()
+        return httpx.Response(200)
+
+    transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(never_answers))
+    config = dispatcher_config(timeout_s=3600)  # without the hurry, an hour's wait
+    stop, hurry = asyncio.Event(), asyncio.Event()
+    async with httpx.AsyncClient(transport=transport) as client:
+        sender = dispatcher.Dispatcher(config, outbox, client, dsn=database_url)
+        running = asyncio.create_task(sender.run(stop, hurry))
+        await asyncio.wait_for(reached.wait(), timeout=30)
+        stop.set()
+        hurry.set()
+        await asyncio.wait_for(running, timeout=60)
+    state = await row(pool)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("pending", 1, None)
+    assert await audit_details(pool) == []  # no outcome: the next claim audits it lost

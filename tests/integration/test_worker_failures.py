@@ -267,3 +267,32 @@ async def test_a_shutdown_logs_released_only_when_the_release_was_written(
     finished = [entry for entry in logs if entry["event"] == "job_finished"]
     assert [e["outcome"] for e in finished] == [outcome]
     assert (await job_row(pool))["status"] == status
+
+
+async def test_a_hurried_shutdown_gives_running_jobs_back_without_waiting_the_grace(
+    pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """A second stop signal ends the grace at once: the job still running is given back
+    (pending, attempt uncounted) instead of being waited for."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    analyzer = GatedAnalyzer()  # never opened: the job would run for the whole grace
+    config = helpers.worker_config(
+        concurrency=1, max_processing=1, poll_s=0.2, shutdown_grace_s=3600
+    )
+    async with httpx.AsyncClient() as http:
+        worker = queue_worker.Worker(
+            config, repo, offline_context(http, analyzer), dsn=database_url
+        )
+        stop, hurry = asyncio.Event(), asyncio.Event()
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.create_task(worker.run(stop, hurry))
+            await analyzer.until_called(1)
+            stop.set()
+            hurry.set()
+            await asyncio.wait_for(running, timeout=60)  # far below the grace of an hour
+    finished = [entry for entry in logs if entry["event"] == "job_finished"]
+    assert [e["outcome"] for e in finished] == ["released"]
+    job = await job_row(pool)
+    assert (job["status"], job["attempts"]) == ("pending", 0)

@@ -344,15 +344,16 @@ class Dispatcher:
         error = f"request failed: {type(exc).__name__}: {exc}".rstrip(": ")
         return Attempt(None, error, counted)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
         """Deliver until `stop` is set, sleeping until the earliest due event, a NOTIFY or poll_s.
 
         A finished delivery frees a slot but claims again only when the last claim filled every
         free slot (more may be due): otherwise nothing can have come due before the earliest
         due time seen at the last look, one of our own retries, or a NOTIFY. On stop,
         deliveries in flight finish (each is bounded by timeout_s, twice that with the time its
-        count may wait on the database); errors are logged and the
-        loop goes on.
+        count may wait on the database) unless `hurry` is set: then they are cut off, and their
+        events are attempted again once their hold runs out. Errors are logged and the loop
+        goes on.
         """
         log.info("dispatcher_started", batch_size=self.config.batch_size)
         listener = asyncio.create_task(self._listen(stop), name="listen")
@@ -399,12 +400,14 @@ class Dispatcher:
                 await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
             if self._tasks:
                 log.info("dispatcher_stopping", in_flight=len(self._tasks))
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                await notify.first(
+                    asyncio.wait(list(self._tasks)), (hurry or asyncio.Event()).wait(), timeout=None
+                )
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
             for task in list(self._tasks):
-                task.cancel()  # only when run() itself is cancelled: held events are retried
+                task.cancel()  # hurried or cancelled: held events are attempted again
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
             await self.counts.cancel()
             await self.outcomes.cancel()
@@ -472,8 +475,9 @@ def config_from(settings: Settings) -> DispatcherConfig:
     )
 
 
-async def serve(settings: Settings, dsn: str, stop: asyncio.Event) -> None:
-    """Run one dispatcher on `dsn` until `stop` is set: the body of `bin/dispatcher`.
+async def serve(settings: Settings, dsn: str, stop: asyncio.Event, hurry: asyncio.Event) -> None:
+    """Run one dispatcher on `dsn` until `stop` is set (`hurry`: cut deliveries in flight
+    short): the body of `bin/dispatcher`.
 
     Raises DatabaseUnavailable when the database cannot be reached at start.
     """
@@ -491,8 +495,9 @@ async def serve(settings: Settings, dsn: str, stop: asyncio.Event) -> None:
     try:
         repo = repository.OutboxRepository(pool, queries)
         await stopping.run_until_stopped(
-            Dispatcher(config, repo, client, dsn=dsn, process_id=process_id).run(stop),
+            Dispatcher(config, repo, client, dsn=dsn, process_id=process_id).run(stop, hurry),
             stop,
+            hurry=hurry,
             grace_s=config.timeout_s,  # deliveries in flight end within their timeout
             name="dispatcher",
         )

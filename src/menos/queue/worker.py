@@ -219,8 +219,11 @@ class Worker:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """The worker loop: claim, wait for NOTIFY or the poll interval, repeat until stop."""
+    async def run(self, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
+        """The worker loop: claim, wait for NOTIFY or the poll interval, repeat until stop.
+
+        Then running jobs get the grace period to finish, cut short once `hurry` is set.
+        """
         log.info(
             "worker_started", worker_id=self.config.worker_id, concurrency=self.config.concurrency
         )
@@ -251,7 +254,7 @@ class Worker:
                 if claimed and len(self._tasks) < self.config.concurrency:
                     continue  # there may be more waiting
                 await notify.first(self._wake.wait(), stop.wait(), timeout=self.config.poll_s)
-            await self._shutdown()
+            await self._shutdown(hurry or asyncio.Event())
             await self.completions.close()
             await self._stats_out.retire()
         finally:
@@ -260,11 +263,13 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
         log.info("worker_stopped", worker_id=self.config.worker_id)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, hurry: asyncio.Event) -> None:
         if not self._tasks:
             return
         log.info("worker_stopping", running=len(self._tasks), grace_s=self.config.shutdown_grace_s)
-        _, unfinished = await asyncio.wait(list(self._tasks), timeout=self.config.shutdown_grace_s)
+        tasks = list(self._tasks)
+        await notify.first(asyncio.wait(tasks), hurry.wait(), timeout=self.config.shutdown_grace_s)
+        unfinished = [task for task in tasks if not task.done()]
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
