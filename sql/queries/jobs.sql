@@ -148,10 +148,11 @@ UPDATE menos.pipeline_job
 RETURNING job_id;
 
 -- name: rescue_expired
--- Return expired-lease jobs to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked).
+-- Return expired-lease jobs (all, or only job $3) to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked).
 WITH expired AS (
     SELECT job_id FROM menos.pipeline_job
      WHERE (status = 'processing') IS TRUE AND lease_expires_at < coalesce($1::timestamptz, now())
+       AND ($3::uuid IS NULL OR job_id = $3)
      ORDER BY lease_expires_at
      LIMIT 500
        FOR UPDATE SKIP LOCKED
@@ -190,6 +191,13 @@ UPDATE menos.pipeline_job j
   FROM expired
  WHERE j.job_id = expired.job_id
 RETURNING j.job_id, j.content_id, j.status, j.attempts;
+
+-- name: expired_job_ids
+-- The jobs whose lease expired, oldest lease first (at most 500): what rescue_expired takes back.
+SELECT job_id FROM menos.pipeline_job
+ WHERE (status = 'processing') IS TRUE AND lease_expires_at < coalesce($1::timestamptz, now())
+ ORDER BY lease_expires_at
+ LIMIT 500;
 
 -- name: request_cancel
 -- Cancel a pending job at once, or flag a processing one for its worker; returns the status before and after, and the job's owner.

@@ -9,9 +9,10 @@ from typing import Any, cast
 
 import asyncpg
 import pytest
+import structlog
 
 from menos import db, errors
-from menos.queue import models, repository
+from menos.queue import models, repository, rescuer
 from tests.integration import helpers
 from tests.support import tcp_proxy
 
@@ -90,8 +91,8 @@ async def test_guarded_complete_after_rescue_changes_nothing(
     await repo.enqueue(helpers.note(callback_url="https://example.com/hook"))
     (held,) = await claim(repo, "slow", 1)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LEASE + 1)
-    rescued = await repo.rescue_expired(max_attempts=3, now=later)
-    assert [r.status for r in rescued] == ["pending"]
+    rescued, refused = await repo.rescue_expired(max_attempts=3, now=later)
+    assert [r.status for r in rescued] == ["pending"] and refused == []
     guard = repository.Guard(held.job.job_id, "slow", held.job.attempts)
     done = await repo.complete(
         guard, result={"summary": "late"}, tags=[], stages=[], diagnostics={}, full_payload=None
@@ -110,6 +111,38 @@ async def test_guarded_complete_after_rescue_changes_nothing(
     }
     assert await pool.fetchval("SELECT count(*) FROM menos.callback_outbox") == 0
     assert await pool.fetchval("SELECT result FROM menos.content") is None
+
+
+async def test_a_row_the_database_refuses_to_rescue_does_not_keep_the_others(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """When the one-statement rescue is refused because of one row (here an operator's
+    trigger), every other expired job is still taken back, and the refused one is named."""
+    await helpers.owner(repo)
+    for _ in range(3):
+        await repo.enqueue(helpers.note())
+    held = await claim(repo, "gone", 3)
+    poison = held[1].job.job_id
+    await pool.execute(
+        "CREATE FUNCTION public.refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN IF NEW.job_id = '" + str(poison) + "' AND NEW.status <> 'processing'"
+        " THEN RAISE EXCEPTION 'not this one'; END IF; RETURN NEW; END $$;"
+        " CREATE TRIGGER refuse_one BEFORE UPDATE ON menos.pipeline_job"
+        " FOR EACH ROW EXECUTE FUNCTION public.refuse_one()"
+    )
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LEASE + 1)
+    with structlog.testing.capture_logs() as logs:
+        taken = await rescuer.Rescuer(repo, max_attempts=3, interval_s=1).run_once(now=later)
+    assert taken == 2
+    statuses = {
+        r["job_id"]: r["status"]
+        for r in await pool.fetch("SELECT job_id, status FROM menos.pipeline_job")
+    }
+    assert statuses == {
+        item.job.job_id: "processing" if item.job.job_id == poison else "pending" for item in held
+    }
+    (refusal,) = [e for e in logs if e["event"] == "job_rescue_refused"]
+    assert refusal["job_id"] == str(poison) and "not this one" in refusal["error"]
 
 
 async def test_rescuer_fails_job_worker_lost_after_max_attempts(

@@ -118,6 +118,13 @@ class Rescued(msgspec.Struct, frozen=True):
     attempts: int
 
 
+class Unrescued(msgspec.Struct, frozen=True):
+    """An expired job the database refused to take back, and why."""
+
+    job_id: models.JobId
+    error: str
+
+
 class Reprocessed(msgspec.Struct, frozen=True):
     """What a reprocess request did: `submitted`, `already_active` or `already_completed`."""
 
@@ -529,9 +536,30 @@ class Repository(_Store):
 
     async def rescue_expired(
         self, *, max_attempts: int, now: dt.datetime | None = None
-    ) -> list[Rescued]:
-        """Take back jobs whose lease expired (see the `rescue_expired` query)."""
-        return [_row(r, Rescued) for r in await self._fetch("rescue_expired", now, max_attempts)]
+    ) -> tuple[list[Rescued], list[Unrescued]]:
+        """Take back jobs whose lease expired (see the `rescue_expired` query).
+
+        All in one statement; if the database refuses that statement (a row an operator's
+        trigger or constraint rejects), each job is taken back in its own, so one row cannot
+        keep the others processing. Returns the jobs taken back and those refused.
+        """
+        try:
+            rows = await self._fetch("rescue_expired", now, max_attempts, None)
+        except asyncpg.PostgresError:
+            pass
+        else:
+            return [_row(r, Rescued) for r in rows], []
+        rescued: list[Rescued] = []
+        refused: list[Unrescued] = []
+        for found in await self._fetch("expired_job_ids", now):
+            job_id = found["job_id"]
+            try:
+                rows = await self._fetch("rescue_expired", now, max_attempts, job_id)
+            except asyncpg.PostgresError as exc:
+                refused.append(Unrescued(job_id, f"{type(exc).__name__}: {exc}"))
+            else:
+                rescued.extend(_row(r, Rescued) for r in rows)
+        return rescued, refused
 
     async def vocabulary(self, owner: str, limit: int = 50) -> list[str]:
         """The owner's most used result tags."""

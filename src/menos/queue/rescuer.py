@@ -32,7 +32,9 @@ class Rescuer:
 
     async def run_once(self, now: dt.datetime | None = None) -> int:
         """One sweep; returns how many jobs were taken back."""
-        rescued = await self._repo.rescue_expired(max_attempts=self._max_attempts, now=now)
+        rescued, refused = await self._repo.rescue_expired(max_attempts=self._max_attempts, now=now)
+        for unrescued in refused:
+            log.error("job_rescue_refused", job_id=str(unrescued.job_id), error=unrescued.error)
         for job in rescued:
             log.warning(
                 "job_rescued",
