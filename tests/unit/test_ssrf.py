@@ -485,3 +485,24 @@ async def test_a_host_written_with_its_root_dot_resolves_as_without_it() -> None
     )
     with pytest.raises(errors.InvalidInput):
         await ssrf.checked_address("localhost.", 80, allow_private=False, field="url")
+
+
+async def test_a_name_the_resolver_does_not_answer_for_is_unresolvable_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A silent DNS server does not hold the check: past RESOLVE_TIMEOUT_S the host is
+    unresolvable, naming the field (a 400 at submission, a failed attempt at delivery)."""
+    monkeypatch.setattr(ssrf, "RESOLVE_TIMEOUT_S", 0.05)
+
+    async def silent(*args: object, **kwargs: object) -> list[object]:
+        await asyncio.Event().wait()  # the resolver never answers
+        return []
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", silent)
+    with pytest.raises(errors.Unresolvable) as refused:
+        await asyncio.wait_for(
+            ssrf.resolve_checked("https://slow.example/hook", allow_private=False, field="cb"),
+            timeout=30,
+        )
+    assert refused.value.field == "cb"
+    assert "no answer within 0.05 s" in refused.value.message

@@ -19,6 +19,9 @@ from menos import errors
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _DEFAULT_PORTS = types.MappingProxyType({"http": 80, "https": 443})
+# A name the resolver has not answered for by then is unresolvable: a slow or silent DNS
+# server must not hold a submission (or a connection) for the resolver's own retries.
+RESOLVE_TIMEOUT_S = 5.0
 
 # IPv4 ranges refused whatever the running Python's ipaddress tables say.
 _REFUSED_V4 = tuple(
@@ -174,7 +177,12 @@ async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
         pass
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise errors.Unresolvable(
+            field, f"host {host} cannot be resolved: no answer within {RESOLVE_TIMEOUT_S:g} s"
+        ) from None
     except (OSError, UnicodeError) as exc:
         raise errors.Unresolvable(field, f"host {host} cannot be resolved: {exc}") from None
     addresses: list[IPAddress] = []
