@@ -1,10 +1,12 @@
 -- name: claim_outbox_events
--- Claim up to $2 due callback events for one attempt each: hold the event for the attempt ($4: its timeout plus a margin), not yet counting it; with the secrets that sign it now and when the next look is due. A previous attempt counted but never recorded is audited `lost` ($5) and reported.
+-- Claim up to $2 due callback events, none of the owners in $6, for one attempt each: hold the event for the attempt ($4: its timeout plus a margin), not yet counting it; with the secrets that sign it now and when the next look is due. A previous attempt counted but never recorded is audited `lost` ($5) and reported.
 WITH due AS (
     SELECT event_id, owner, attempts, unrecorded_attempt IS NOT DISTINCT FROM attempts AS lost
       FROM menos.callback_outbox
      WHERE status = 'pending' AND attempts < $3
        AND next_attempt_at <= coalesce($1::timestamptz, now())
+       -- Owners with their share of deliveries in flight wait while others' events are due.
+       AND owner <> ALL ($6::text[])
      ORDER BY next_attempt_at, event_id
      LIMIT $2
        FOR UPDATE SKIP LOCKED

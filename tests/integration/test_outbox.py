@@ -32,12 +32,13 @@ def outbox(pool: asyncpg.Pool[Any]) -> repository.OutboxRepository:
 
 
 async def make_events(
-    repo: repository.Repository, n: int, *, url: str = HOOK
+    repo: repository.Repository, n: int, *, url: str = HOOK, owner: str = "alice"
 ) -> list[models.JobId]:
-    """`n` jobs that completed with a callback, so `n` outbox events; returns the job ids."""
-    await helpers.owner(repo)
+    """`n` jobs of `owner` that completed with a callback, so `n` outbox events; returns the
+    job ids."""
+    await helpers.owner(repo, owner)
     for _ in range(n):
-        await repo.enqueue(helpers.note(callback_url=url))
+        await repo.enqueue(helpers.note(owner, callback_url=url))
     claimed = await repo.claim(
         "w", n, max_processing=1000, lease_s=30, pipeline_version=helpers.VERSION
     )
@@ -1229,3 +1230,128 @@ async def test_a_hurried_stop_cuts_deliveries_in_flight_and_keeps_their_events(
     state = await row(pool)
     assert (state["status"], state["attempts"], state["last_status_code"]) == ("pending", 1, None)
     assert await audit_details(pool) == []  # no outcome: the next claim audits it lost
+
+
+class _Receiver:
+    """A receiver on 127.0.0.1 that records which owner's request came in which order;
+    `answers` False: it reads each request and never answers (a black hole)."""
+
+    def __init__(self, arrivals: list[str], name: str, *, answers: bool) -> None:
+        self.arrivals = arrivals
+        self.name = name
+        self.answers = answers
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/hook"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            self.arrivals.append(self.name)
+            if self.answers:
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                await writer.drain()
+            else:
+                await reader.read()  # until the dispatcher gives up and closes
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_one_owners_black_hole_receivers_do_not_hold_every_slot(
+    repo: repository.Repository, outbox: repository.OutboxRepository, database_url: str
+) -> None:
+    """An owner whose receiver never answers cannot make another owner's callback wait behind
+    all of its events: once it has its share of slots in flight, others' due events go first."""
+    arrivals: list[str] = []
+    hole = _Receiver(arrivals, "mallory", answers=False)
+    good = _Receiver(arrivals, "alice", answers=True)
+    await make_events(repo, 16, url=await hole.start(), owner="mallory")
+    await make_events(repo, 1, url=await good.start(), owner="alice")  # due after all of mallory's
+    config = dispatcher.DispatcherConfig(
+        timeout_s=0.5, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9", batch_size=4
+    )
+    stop = asyncio.Event()
+    try:
+        async with httpx.AsyncClient(
+            transport=ssrf.PinnedTransport(allow_private=True), trust_env=False
+        ) as client:
+            running = asyncio.create_task(
+                dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run(stop)
+            )
+            for _ in range(400):  # up to 20 s; without the share, after 16 / 4 * 0.5 s
+                if "alice" in arrivals:
+                    break
+                await asyncio.sleep(0.05)  # the interval of this poll for alice's request
+            stop.set()
+            await running
+    finally:
+        await hole.stop()
+        await good.stop()
+    assert "alice" in arrivals
+    # in the first round of 4 slots: mallory's oldest event, alice's, then two more of mallory's
+    assert arrivals.index("alice") < config.batch_size
+
+
+class CountingClaims(repository.OutboxRepository):
+    """An outbox repository that counts the claims passing over busy owners."""
+
+    passing_over = 0
+
+    async def claim_signed(self, limit: int, **kwargs: Any) -> repository.Claim:
+        if kwargs.get("excluding"):
+            self.passing_over += 1
+        return await super().claim_signed(limit, **kwargs)
+
+
+async def test_one_owners_backlog_uses_every_slot_without_a_passing_over_claim_each_time(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """With only one owner's events due, that owner gets every slot, and the claim that looks
+    for other owners' events first (a walk past all of its due events) runs once per poll_s,
+    not before every claim."""
+    await make_events(repo, 40)
+    box = CountingClaims(pool, db.Queries())
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(ok))
+    config = dispatcher.DispatcherConfig(
+        timeout_s=5, backoff_s=BACKOFF, poll_s=3600, app_version="9.9.9", batch_size=4
+    )
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(transport=transport) as client:
+        running = asyncio.create_task(
+            dispatcher.Dispatcher(config, box, client, dsn=database_url).run(stop)
+        )
+        for _ in range(600):  # up to 30 s; the 40 deliveries take well under one
+            if (
+                await pool.fetchval(
+                    "SELECT count(*) FROM menos.callback_outbox WHERE status = 'delivered'"
+                )
+                == 40
+            ):
+                break
+            await asyncio.sleep(0.05)  # the interval of this poll for the condition above
+        stop.set()
+        await running
+    assert (
+        await pool.fetchval("SELECT count(*) FROM menos.callback_outbox WHERE status = 'delivered'")
+        == 40
+    )
+    assert box.passing_over == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import math
@@ -49,6 +50,9 @@ class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 3
     hold_margin_s: float = 2.0  # a claim holds its event for timeout_s plus this
     max_response_bytes: int = 64 * 1024  # more of a receiver's answer is never read
+    # deliveries of one owner in flight before other owners' due events go first (None: a
+    # quarter of batch_size), so one owner's slow receivers cannot hold every slot
+    owner_share: int | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.backoff_s <= 0 or self.poll_s <= 0:
@@ -57,6 +61,13 @@ class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("hold_margin_s must be > 0")
         if self.batch_size < 1 or self.max_attempts < 1 or self.max_response_bytes < 0:
             raise ValueError("batch_size and max_attempts must be >= 1, max_response_bytes >= 0")
+        if self.owner_share is not None and self.owner_share < 1:
+            raise ValueError("owner_share must be >= 1")
+
+    @property
+    def share(self) -> int:
+        """Deliveries of one owner in flight at which other owners' due events go first."""
+        return self.owner_share if self.owner_share is not None else max(1, self.batch_size // 4)
 
     @property
     def hold_s(self) -> float:
@@ -162,10 +173,12 @@ class Dispatcher:
         self.outcomes = group_commit.GroupCommit(repo.record_outcomes, max_batch=config.batch_size)
         self.client = client
         self._dsn = dsn
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], models.Owner] = {}
+        self._in_flight: collections.Counter[models.Owner] = collections.Counter()
         self._wake = asyncio.Event()
         self._notified = True  # a NOTIFY (or a LISTEN reconnect) came since the last claim
         self._look_at = 0.0  # loop time by which something may have come due: claim again
+        self._others_at = 0.0  # loop time from which to look for other owners' events first
 
     async def run_once(self) -> int:
         """Sweep lost last attempts, then attempt every due event once; returns attempts made.
@@ -190,9 +203,12 @@ class Dispatcher:
             self.stats.count_delivery("failed")
         return len(swept)
 
-    async def _claim(self, limit: int) -> repository.Claim:
+    async def _claim(self, limit: int, excluding: Sequence[str] = ()) -> repository.Claim:
         claim = await self.repo.claim_signed(
-            limit, max_attempts=self.config.max_attempts, hold_s=self.config.hold_s
+            limit,
+            max_attempts=self.config.max_attempts,
+            hold_s=self.config.hold_s,
+            excluding=excluding,
         )
         for c in claim.events:
             if c.lost_attempt is not None:
@@ -415,18 +431,49 @@ class Dispatcher:
         log.info("dispatcher_stopped")
 
     async def _start(self, free: int) -> tuple[int, float | None]:
-        """Claim up to `free` events and start their deliveries; how many, and the next due."""
-        claim = await self._claim(free)
+        """Claim up to `free` events and start their deliveries; how many, and the next due.
+
+        The oldest due events come first, at most an owner's share of them; then owners with
+        their share in flight are passed over while other owners' events are due; what is left
+        goes to anyone, so one owner's backlog still gets every slot nobody else needs.
+        """
+        share = self.config.share
+        claims = [await self._claim(min(free, share))]
+        self._launch(claims[-1])
+        left = free - len(claims[-1].events)
+        clock = asyncio.get_running_loop().time
+        busy = [owner for owner, n in self._in_flight.items() if n >= share]
+        if left > 0 and len(claims[-1].events) == share and busy and clock() >= self._others_at:
+            claims.append(await self._claim(left, busy))
+            self._launch(claims[-1])
+            if len(claims[-1].events) < left:
+                # No other owner's event is due now. That claim walked past every due event
+                # of the busy owners: with one owner's backlog it is not repeated on each
+                # claim, only once per poll_s (how late another owner's event may go first).
+                self._others_at = clock() + self.config.poll_s
+            left -= len(claims[-1].events)
+        if left > 0 and len(claims[0].events) == share:
+            claims.append(await self._claim(left))
+            self._launch(claims[-1])
+        due = [claim.next_due_in for claim in claims if claim.next_due_in is not None]
+        return sum(len(claim.events) for claim in claims), min(due, default=None)
+
+    def _launch(self, claim: repository.Claim) -> None:
+        """Start the deliveries of a claim's events, counted per owner while in flight."""
         for c in claim.events:
             task = asyncio.create_task(
                 self.deliver(c.event, c.secrets), name=f"callback-{c.event.event_id}"
             )
-            self._tasks.add(task)
+            self._tasks[task] = c.event.owner
+            self._in_flight[c.event.owner] += 1
             task.add_done_callback(self._delivery_done)
-        return len(claim.events), claim.next_due_in
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        owner = self._tasks.pop(task, None)
+        if owner is not None:
+            self._in_flight[owner] -= 1
+            if self._in_flight[owner] <= 0:
+                del self._in_flight[owner]
         self._wake.set()
 
     def _look_by(self, at: float) -> None:

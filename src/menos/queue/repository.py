@@ -898,6 +898,7 @@ class OutboxRepository(_Store):
         max_attempts: int,
         hold_s: float,
         now: dt.datetime | None = None,
+        excluding: Sequence[str] = (),
     ) -> Claim:
         """Claim up to `limit` due events for one attempt each (several claimers are safe).
 
@@ -905,10 +906,17 @@ class OutboxRepository(_Store):
         with the number of the attempt being made, not yet counted, and the secrets that sign
         it now. When it claims anything, the claim also tells what `next_due_in` would after it.
         A previous attempt whose outcome was never recorded gets its `lost` audit row here.
+        Events of the owners in `excluding` are not claimed.
         """
         async with self._conn() as conn:
             rows = await conn.fetch(
-                self._q["claim_outbox_events"], now, limit, max_attempts, hold_s, AUDIT_EVENT
+                self._q["claim_outbox_events"],
+                now,
+                limit,
+                max_attempts,
+                hold_s,
+                AUDIT_EVENT,
+                list(excluding),
             )
         return Claim(
             events=[
