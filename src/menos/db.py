@@ -113,12 +113,20 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
     )
 
 
+def _unavailable(exc: BaseException, timeout: float) -> errors.DatabaseUnavailable:
+    """DatabaseUnavailable saying why: a connect timeout (a server that accepts connections
+    but does not answer, a dropped route) is a TimeoutError without a message."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return errors.DatabaseUnavailable(f"the database did not answer within {timeout:g} s")
+    return errors.DatabaseUnavailable(str(exc) or type(exc).__name__)
+
+
 async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection[Any]:
     """One connection with menos's JSON codecs; DatabaseUnavailable when it cannot be made."""
     try:
         conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=timeout)
     except CONNECT_REFUSALS as exc:
-        raise errors.DatabaseUnavailable(str(exc)) from exc
+        raise _unavailable(exc, timeout) from exc
     await _init_connection(conn)
     return conn
 
@@ -159,7 +167,7 @@ async def create_pool(
             max_inactive_connection_lifetime=300,
         )
     except CONNECT_REFUSALS as exc:
-        raise errors.DatabaseUnavailable(str(exc)) from exc
+        raise _unavailable(exc, timeout) from exc
     return pool
 
 

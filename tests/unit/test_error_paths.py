@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from litestar import get, post
 from litestar.testing import create_test_client
 
-from menos import cli
+from menos import cli, db, errors
 from menos.http import errors as http_errors
 
 
@@ -45,3 +47,28 @@ def test_an_os_error_without_a_message_is_named(
     monkeypatch.setattr(cli.menos_logging, "configure", lambda *_: None)
     assert cli.main(["jobs", "list"]) == 1
     assert capsys.readouterr().err.strip() == "menos: TimeoutError"
+
+
+async def test_a_database_that_does_not_answer_is_named_in_the_error() -> None:
+    """A server that accepts the connection but never answers (a hung host, a dropped route)
+    gives `menos: the database did not answer within 0.2 s`, not a bare `menos: `."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # never answered
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dsn = f"postgresql://menos:secret@127.0.0.1:{port}/menos"
+    try:
+        with pytest.raises(errors.DatabaseUnavailable) as connecting:
+            await db.connect(dsn, timeout=0.2)
+        with pytest.raises(errors.DatabaseUnavailable) as pooling:
+            await db.create_pool(dsn, timeout=0.2)
+        for caught in (connecting, pooling):
+            assert str(caught.value) == "the database did not answer within 0.2 s"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
