@@ -437,7 +437,18 @@ def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
         print(dsn)
         return 0
     if args.db_command == "stop":
-        stopped = server.stop()
+        with server.unused() as unused:
+            if not unused and not args.force:
+                # Stopping it would leave `bin/menos dev`, an API or workers without their
+                # database, with nothing to start it again.
+                print(
+                    f"menos: the embedded database under {conf.home} is in use by running"
+                    " commands (bin/menos dev, bin/api, bin/worker, ...); stop them first,"
+                    " or use --force",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILURE
+            stopped = server.stop()
         print("stopped" if stopped else "not running")
         return 0
     found = server.running()
@@ -713,7 +724,14 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         help="start the embedded database in the background (or find it running), apply "
         "pending migrations and print its DSN",
     )
-    _command(dsub, "stop", help="stop the embedded database (fast shutdown)")
+    ds = _command(
+        dsub,
+        "stop",
+        help="stop the embedded database (fast shutdown)",
+        more="Refused while commands use it (bin/menos dev, bin/api, bin/worker, ...), unless "
+        "--force.",
+    )
+    ds.add_argument("--force", action="store_true", help="stop it even while commands use it")
     _command(dsub, "url", help="print the DSN of the running embedded database")
     return parser
 
@@ -735,6 +753,19 @@ COMMANDS: dict[str, Callable[[settings.Settings, argparse.Namespace], int]] = {
 
 # Commands that log (to stderr) and print nothing a caller reads.
 _SERVICES = frozenset({"api", "worker", "dispatcher", "dev"})
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP to a command that is not a service: raised where it runs, so that it
+    unwinds as after Ctrl-C and the embedded server it started stops instead of being left."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -767,6 +798,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILURE
         # The result goes to --out; stdout would only have listed the files written.
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process
+    if args.command not in _SERVICES:  # the services stop on these signals their own way
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _terminate)
     try:
         return COMMANDS[args.command](conf, args)
     except errors.MenosError as exc:
@@ -783,6 +817,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Terminated as exc:
+        return 128 + exc.signum
 
 
 def _hand_over(secret: str) -> None:

@@ -297,6 +297,23 @@ class EmbeddedPostgres:
                     if running is not None and not self._kept(running):
                         self.stop()
 
+    @contextlib.contextmanager
+    def unused(self) -> Iterator[bool]:
+        """Whether no command uses the server now (`in_use`); while the block lasts, none
+        starts to: they wait to attach until it ends."""
+        path = self.home / "clients.lock"
+        if not path.exists():
+            yield True
+            return
+        with path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                free = False
+            else:
+                free = True
+            yield free
+
     def keep(self, running: Running) -> None:
         """Keep this server running after its last command leaves, until `stop` (db start)."""
         (self.home / "pg_keep").write_text(str(running.pid))

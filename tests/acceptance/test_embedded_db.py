@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +25,9 @@ def db(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     if os.environ.get("MENOS_PG_BINDIR"):
         env["MENOS_PG_BINDIR"] = os.environ["MENOS_PG_BINDIR"]
     yield home, env
-    subprocess.run([str(BIN / "menos"), "db", "stop"], env=env, capture_output=True, timeout=60)
+    subprocess.run(
+        [str(BIN / "menos"), "db", "stop", "--force"], env=env, capture_output=True, timeout=60
+    )
 
 
 def menos_db(env: dict[str, str], action: str) -> subprocess.CompletedProcess[str]:
@@ -241,3 +245,53 @@ def test_commands_that_only_use_a_database_do_not_make_one(
         [str(BIN / "menos"), "jobs", "list"], env=env, capture_output=True, text=True, timeout=120
     )
     assert listed.returncode == 0, listed.stderr
+
+
+def test_a_command_stopped_with_sigterm_stops_the_server_it_started(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`timeout`, a process manager or a closed terminal stopping `bin/reprocess --wait`
+    (SIGTERM) leaves no PostgreSQL server running behind it."""
+    _, env = db
+    dsn = menos_db(env, "start").stdout.strip()
+    sql(dsn, "INSERT INTO menos.owner (name, webhook_secret) VALUES ('alice', 'whsec_x')")
+    content_id = "01a2159d-524a-76b8-9e58-734855fe442c"
+    sql(
+        dsn,
+        "INSERT INTO menos.content (content_id, owner, content_type, resource_key, body,"
+        " pipeline_version)"
+        " VALUES ($1::uuid, 'alice', 'markdown', 'cid:' || $1::text, '# note', '0.0.1')",
+        uuid.UUID(content_id),
+    )
+    assert menos_db(env, "stop").stdout.strip() == "stopped"
+    log = tmp_path / "reprocess.log"
+    waiting = spawn(env, log, "reprocess", content_id, "--wait")  # no worker: it waits
+    wait_logged(log, '"status": "submitted"')
+    waiting.terminate()
+    code = waiting.wait(timeout=60)
+    assert menos_db(env, "url").returncode == 1, "the server it started is still running"
+    assert code == 128 + signal.SIGTERM
+
+
+def test_db_stop_does_not_take_the_database_from_running_commands(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`db stop` while a worker (or `make run`) uses the server is refused and changes nothing,
+    instead of leaving the worker without a database that nothing starts again."""
+    _, env = db
+    env = {**env, "MENOS_LOG_FORMAT": "json"}
+    dsn = menos_db(env, "start").stdout.strip()
+    log = tmp_path / "worker.log"
+    worker = spawn(env, log, "worker")
+    try:
+        wait_logged(log, "worker_started")
+        refused = menos_db(env, "stop")
+        assert refused.returncode == 1, refused.stdout
+        assert "in use by running commands" in refused.stderr, refused.stderr
+        assert menos_db(env, "url").stdout.strip() == dsn
+        assert sql(dsn, "SELECT count(*) AS n FROM menos.pipeline_job") == [{"n": 0}]
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=60) == 0
+    assert "database_unavailable" not in log.read_text()
+    assert menos_db(env, "stop").stdout.strip() == "stopped"
