@@ -31,9 +31,19 @@ UPDATE menos.api_key SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS 
 RETURNING key_id;
 
 -- name: rotate_owner_secret
--- Replace an owner's webhook secret; the previous one keeps signing until $3.
-UPDATE menos.owner
-   SET previous_webhook_secret = webhook_secret, previous_secret_expires_at = $3,
+-- Replace an owner's webhook secret; the previous one keeps signing until $3. Returns until when the secret this drops would still have signed, if later than $4 (now).
+WITH old AS (
+    SELECT name, previous_webhook_secret, previous_secret_expires_at
+      FROM menos.owner
+     WHERE name = $1
+       FOR UPDATE  -- a concurrent rotation is then seen as it committed
+)
+UPDATE menos.owner o
+   SET previous_webhook_secret = o.webhook_secret, previous_secret_expires_at = $3,
        webhook_secret = $2
- WHERE name = $1
-RETURNING name;
+  FROM old
+ WHERE o.name = old.name
+RETURNING o.name,
+          CASE WHEN old.previous_webhook_secret IS NOT NULL
+                AND old.previous_secret_expires_at > coalesce($4::timestamptz, now())
+               THEN old.previous_secret_expires_at END AS dropped_secret_expired_at;

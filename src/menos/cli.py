@@ -400,9 +400,17 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
         return 0
 
     async def rotate(repo: repository.Repository) -> int:
-        if await repo.rotate_secret(args.owner, hand_over=_hand_over) is None:
+        rotation = await repo.rotate_secret(args.owner, hand_over=_hand_over)
+        if rotation is None:
             print(f"menos: no owner {args.owner}", file=sys.stderr)
             return EXIT_FAILURE
+        if rotation.dropped_until is not None:
+            print(
+                "menos: warning: the secret used before the last rotation no longer signs"
+                f" (it would have until {rotation.dropped_until.isoformat(timespec='seconds')});"
+                " receivers still verifying with it now reject callbacks",
+                file=sys.stderr,
+            )
         return 0
 
     action = {"create": create, "list": listing, "revoke": revoke, "rotate-secret": rotate}

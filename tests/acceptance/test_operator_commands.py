@@ -524,3 +524,18 @@ def test_dev_on_a_second_ctrl_c_stops_without_waiting_the_grace(
             dev.wait()
     row = sql(menos.database_url, "SELECT status, attempts FROM menos.pipeline_job")[0]
     assert row == {"status": "pending", "attempts": 0}
+
+
+def test_rotating_twice_within_a_day_warns_that_the_first_secret_stops_signing(
+    menos: Menos,
+) -> None:
+    """The first rotation says nothing; a second within 24 h still rotates, and warns that the
+    original secret (which receivers may still verify with) no longer signs."""
+    menos.key("alice")
+    first = menos.command("keys", "rotate-secret", "--owner", "alice")
+    assert first.returncode == 0 and first.stdout.startswith("whsec_"), first.stderr
+    assert "warning" not in first.stderr
+    second = menos.command("keys", "rotate-secret", "--owner", "alice")
+    assert second.returncode == 0 and second.stdout.startswith("whsec_"), second.stderr
+    assert "the secret used before the last rotation no longer signs" in second.stderr
+    assert second.stdout != first.stdout

@@ -451,13 +451,34 @@ async def test_a_claim_brings_the_secrets_that_sign_now(
     now = await db_now(pool)
     (before,) = (await outbox.claim_signed(1, max_attempts=MAX, hold_s=HOLD, now=now)).events
     assert before.secrets == [old]
-    new = await repo.rotate_secret("alice")
+    rotation = await repo.rotate_secret("alice")
+    assert rotation is not None and rotation.dropped_until is None  # `old` still signs
+    new = rotation.secret
     (during,) = (await outbox.claim_signed(1, max_attempts=MAX, hold_s=HOLD, now=now)).events
     assert during.secrets == [new, old]
     later = now + repository.SECRET_OVERLAP + dt.timedelta(seconds=1)
     claimed = (await outbox.claim_signed(2, max_attempts=MAX, hold_s=HOLD, now=later)).events
     assert [c.secrets for c in claimed] == [[new], [new]]
     assert [c.event.attempts for c in claimed] == [1, 1]  # the first two were never sent
+
+
+async def test_a_second_rotation_within_the_overlap_says_it_drops_the_first_secret(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """One previous secret is kept: rotating again within 24 h drops the original at once,
+    and the rotation says until when it would have signed; after the overlap it says nothing."""
+    await helpers.owner(repo)
+    first = await repo.rotate_secret("alice")
+    assert first is not None and first.dropped_until is None
+    second = await repo.rotate_secret("alice")
+    assert second is not None
+    expires = await pool.fetchval(
+        "SELECT previous_secret_expires_at FROM menos.owner WHERE name = 'alice'"
+    )
+    assert second.dropped_until is not None and second.dropped_until < expires
+    later = expires + dt.timedelta(seconds=1)
+    third = await repo.rotate_secret("alice", now=later)
+    assert third is not None and third.dropped_until is None
 
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]

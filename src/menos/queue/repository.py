@@ -118,6 +118,14 @@ class Rescued(msgspec.Struct, frozen=True):
     attempts: int
 
 
+class Rotation(msgspec.Struct, frozen=True):
+    """A new webhook secret, and until when the secret it dropped early would have signed
+    (None: the secret it replaced as previous had already stopped signing, or there was none)."""
+
+    secret: str
+    dropped_until: dt.datetime | None
+
+
 class Unrescued(msgspec.Struct, frozen=True):
     """An expired job the database refused to take back, and why."""
 
@@ -771,16 +779,20 @@ class Repository(_Store):
         now: dt.datetime | None = None,
         *,
         hand_over: Callable[[str], None] = lambda _: None,
-    ) -> str | None:
+    ) -> Rotation | None:
         """A new webhook secret for `owner`; the previous one signs too for 24 h. `hand_over`
-        gets it before the commit: if it raises, the secret is not changed."""
+        gets it before the commit: if it raises, the secret is not changed. None: no owner.
+
+        There is one previous secret: a rotation within 24 h of the last one drops the secret
+        before it at once, and says until when that one would have signed."""
         secret = new_webhook_secret()
         expires = (now or dt.datetime.now(dt.UTC)) + SECRET_OVERLAP
         async with self._conn() as conn, conn.transaction():
-            if await conn.fetchrow(self._q["rotate_owner_secret"], owner, secret, expires) is None:
+            row = await conn.fetchrow(self._q["rotate_owner_secret"], owner, secret, expires, now)
+            if row is None:
                 return None
             hand_over(secret)
-        return secret
+        return Rotation(secret, row["dropped_secret_expired_at"])
 
     # -- maintenance ----------------------------------------------------------------------
 
