@@ -296,3 +296,43 @@ async def test_a_hurried_shutdown_gives_running_jobs_back_without_waiting_the_gr
     assert [e["outcome"] for e in finished] == ["released"]
     job = await job_row(pool)
     assert (job["status"], job["attempts"]) == ("pending", 0)
+
+
+class Panic(BaseException):
+    """What pyo3 raises for a Rust panic in an extension: a BaseException, not an Exception."""
+
+
+class PanickingAnalyzer:
+    """An analyzer whose extension panics."""
+
+    name = "panicking"
+
+    async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
+        raise Panic("called `Result::unwrap()` on an `Err` value")
+
+    async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
+        raise AssertionError("never asked")
+
+
+@pytest.mark.parametrize("analyzer", [PanickingAnalyzer(), BuiltinAnalyzer()])
+async def test_a_panic_in_the_analyzer_fails_the_job_not_leaves_it_processing(
+    pool: asyncpg.Pool[Any], database_url: str, analyzer: analyzers.Analyzer
+) -> None:
+    """A note of "a'a'a'…" made the keyword extractor panic: the job stayed processing until
+    its lease ran out, ran again, and ended WORKER_LOST. It now ends at once, completed by
+    the builtin analyzer and PIPELINE_EXCEPTION for a panic no stage handles."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note(body="a'" * 1_000))
+    config = helpers.worker_config(concurrency=1, max_processing=1, poll_s=0.2)
+    async with httpx.AsyncClient() as http:
+        worker = queue_worker.Worker(
+            config, repo, offline_context(http, analyzer), dsn=database_url
+        )
+        row = await run_until_ended(worker, pool)
+    assert row["attempts"] == 1
+    if isinstance(analyzer, BuiltinAnalyzer):
+        assert (row["status"], row["error_code"]) == ("completed", None)
+    else:
+        assert (row["status"], row["error_code"]) == ("failed", "PIPELINE_EXCEPTION")
+        assert "Panic" in row["error_message"]

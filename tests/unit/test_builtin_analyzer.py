@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+import time
 from typing import Any
 
 import msgspec
@@ -243,3 +244,32 @@ async def test_a_long_text_is_analyzed_while_the_event_loop_runs() -> None:
     finally:
         ticker.cancel()
     assert threaded == builtin.BuiltinAnalyzer().analyze_text(request(long_text))
+
+
+@pytest.mark.parametrize(
+    "text", ["a'" * 1_000, "It's " + "ab'" * 1_000 + " the end.", "é'" * 1_000]
+)
+async def test_a_text_the_keyword_extractor_panics_on_is_still_analyzed(text: str) -> None:
+    """yake-rust panics on a long run of letters and apostrophes (pyo3's PanicException, a
+    BaseException): the analysis still answers, without keyphrases."""
+    got = await analyze(text)
+    assert got["summary"] and got["tier"] in result.TIERS
+    assert all(TAG.match(tag) for tag in got["tags"])
+
+
+@pytest.mark.parametrize("text", ["[a " * 30_000, "![" * 30_000, "[](" * 30_000])
+def test_brackets_without_links_are_analyzed_in_linear_time(text: str) -> None:
+    """Unclosed `[` made link removal quadratic, in one regex call holding the GIL: 90 KB of
+    "[a " took 17 s, 300 KB two minutes in which the worker renewed no lease."""
+    started = time.process_time()
+    got = builtin.BuiltinAnalyzer().analyze_text(request(text))
+    assert got["quality_score"] >= 1
+    assert time.process_time() - started < 5
+
+
+def test_links_become_their_text() -> None:
+    """Links and images read as their text; a target may hold one level of parentheses."""
+    got = builtin.BuiltinAnalyzer().analyze_text(
+        request("See [the docs](https://e.com/Foo_(bar)) and ![a diagram](d.png) here.")
+    )
+    assert got["summary"] == "See the docs and a diagram here."

@@ -372,7 +372,12 @@ class Worker:
         except errors.DatabaseUnavailable as exc:
             outcome = "lost"  # the lease runs out and the rescuer returns the job
             log.warning("job_database_unavailable", error=str(exc))
-        except Exception as exc:
+        # Not only Exception: an extension's panic (pyo3's PanicException) is a BaseException,
+        # and a job whose task died with it stayed processing until its lease ran out, then
+        # ran again, to end WORKER_LOST.
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                raise
             slot.run.diagnostics["traceback"] = traceback.format_exc()[-4000:]
             log.exception("job_exception")
             outcome = await self._fail(slot, "PIPELINE_EXCEPTION", f"{type(exc).__name__}: {exc}")

@@ -50,7 +50,11 @@ _LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+•]|\d{1,3}[.)])[ \t]+(?=\S)")
 _SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+(?=[^\sa-z])")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
-_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+# A link's text holds no bracket and its target no unbalanced parenthesis: a scan that fails
+# then stops at the next `[` or `(`, where the next try starts. With `[^\]]*` every `[` of a
+# line without `]` scanned to its end: quadratic, in one C call that holds the GIL (300 KB of
+# "[a " stopped the worker's heartbeats for two minutes, so its leases expired).
+_MD_LINK = re.compile(r"!?\[([^\[\]]*)\]\([^()]*(?:\([^()]*\)[^()]*)*\)")
 _MD_EMPHASIS = re.compile(r"[*_`]{1,3}")
 _MID_SENTENCE_AFTER = frozenset("abcdefghijklmnopqrstuvwxyz0123456789,;:")
 _WORD_JOINERS = frozenset("_'’-")  # a word followed by one of these goes on
@@ -187,11 +191,17 @@ class BuiltinAnalyzer:
             return []
         # yake-rust sums some statistics in hash-map order, so a score can differ in its last bits
         # from run to run; rounding keeps the rounded confidences of the topics identical.
-        return [
-            (phrase, float(f"{score:.9g}"))
-            for phrase, score in self._extractor.get_n_best(source, n=KEYPHRASES)
-            if math.isfinite(score)
-        ]
+        try:
+            best = self._extractor.get_n_best(source, n=KEYPHRASES)
+        except BaseException as exc:
+            # yake-rust panics on some texts (a run of letters and apostrophes such as "a'a'a'…"
+            # exceeds its tokenizer's backtrack limit), and pyo3 raises a panic as
+            # PanicException, a BaseException no `except Exception` catches: the job's task
+            # would die with its job left processing. Without keyphrases the top word is used.
+            if type(exc).__name__ != "PanicException":
+                raise
+            return []
+        return [(phrase, float(f"{score:.9g}")) for phrase, score in best if math.isfinite(score)]
 
     def _content_counts(self, tokens: Sequence[str]) -> collections.Counter[str]:
         """How often each content word occurs (stopwords and bare numbers left out)."""
