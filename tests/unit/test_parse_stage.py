@@ -146,3 +146,17 @@ async def test_a_note_with_nothing_visible_is_content_empty(body: str) -> None:
         with pytest.raises(errors.PipelineError) as caught:
             await stages.run_pipeline(note(body), RecordingPort(set()), ctx, run)
     assert (caught.value.code, run.current) == ("CONTENT_EMPTY", "prepare")
+
+
+@pytest.mark.parametrize("field", ["extra", "topics", "entities"])
+async def test_an_answer_nesting_as_deep_as_json_goes_still_completes(field: str) -> None:
+    """A value nested 700 deep parses as JSON, but made storable by recursion it raised
+    RecursionError: the job failed PIPELINE_EXCEPTION where a field of the wrong type takes
+    its default."""
+    answer = '{"summary": "s", "' + field + '": ' + "[" * 700 + "]" * 700 + "}"
+    port = RecordingPort(set())
+    async with httpx.AsyncClient() as http:
+        ctx = offline_context(http, TextAnalyzer(answer), clock=lambda: NOW)
+        run = stages.Run(full=False, clock=ctx.clock)
+        await stages.run_pipeline(note("# t\n\nSome text."), port, ctx, run)
+    assert run.current == "persist" and port.persisted == []
