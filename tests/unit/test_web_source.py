@@ -570,3 +570,22 @@ def test_a_page_too_large_for_the_parser_is_stripped_of_tags() -> None:
     assert time.process_time() - started < 5  # the parser took 7.6 s on 2.5 MB
     assert body.startswith("word0 word1") and title is None
     assert len(body) > 1_000_000  # all of it: the parser kept about 1 000 characters of it
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (
+            "<html><head><title>" + "word " * 5_000 + "</title></head><body><p>Text.</p>",
+            "text/html",
+        ),
+        ("# " + "word " * 5_000 + "\n\nText.", "text/markdown"),
+    ],
+)
+async def test_a_page_title_is_cut_to_the_title_limit(body: str, content_type: str) -> None:
+    """A page's 25,000-character <title> or heading was stored whole (up to trafilatura's
+    10,000), where every other title is at most 500 characters."""
+    async with _client(lambda request: _html(body, content_type)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.title is not None and page.title.startswith("word word")
+    assert len(page.title) <= 500

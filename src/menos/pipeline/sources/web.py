@@ -53,6 +53,8 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)"
 _TAG_NAME = re.compile(r"/?([A-Za-z][A-Za-z0-9]*)")
 # trafilatura took 7.6 s on a 2.5 MB page and 24.7 s on a 5 MB one: above this, tags are stripped.
 _PARSER_MAX_CHARS = 1_000_000
+# A page's title is cut here, as a video's is: the API's limit of every title it takes.
+TITLE_MAX_CHARS = 500
 # Elements whose content is never visible text, and elements that end a line of text.
 _INVISIBLE_TAGS = frozenset({"script", "style", "noscript", "template", "head", "svg"})
 _BLOCK_TAGS = frozenset(
@@ -358,6 +360,7 @@ def _markdown_title(text: str, content_type: str) -> str | None:
 
 
 def _clean(title: str | None) -> str | None:
+    """Whitespace runs made one space, cut at TITLE_MAX_CHARS; None when nothing is left."""
     if title is None:
         return None
-    return " ".join(title.split()) or None
+    return " ".join(title.split())[:TITLE_MAX_CHARS] or None
