@@ -1376,3 +1376,59 @@ async def test_one_owners_backlog_uses_every_slot_without_a_passing_over_claim_e
         == 40
     )
     assert box.passing_over == 1
+
+
+async def test_an_owner_with_its_share_in_flight_yields_slots_freed_one_share_at_a_time(
+    repo: repository.Repository, outbox: repository.OutboxRepository, database_url: str
+) -> None:
+    """Once an owner has its share of deliveries in flight, the next freed slots go to another
+    owner's due event, also when slots free up a few at a time (staggered timeouts), not only
+    when a whole round ends at once."""
+    arrivals: list[str] = []
+    hole = _Receiver(arrivals, "mallory", answers=False)
+    good = _Receiver(arrivals, "alice", answers=True)
+    hole_url = await hole.start()
+    config = dispatcher.DispatcherConfig(
+        timeout_s=2.0,
+        backoff_s=BACKOFF,
+        poll_s=1.0,
+        app_version="9.9.9",
+        batch_size=4,
+        owner_share=2,
+    )
+    stop = asyncio.Event()
+
+    async def arrived(n: int) -> None:
+        for _ in range(200):
+            if len(arrivals) >= n:
+                return
+            await asyncio.sleep(0.05)  # the interval of this poll for the receiver's requests
+        raise AssertionError(f"{n} requests never arrived: {arrivals}")
+
+    try:
+        async with httpx.AsyncClient(
+            transport=ssrf.PinnedTransport(allow_private=True), trust_env=False
+        ) as client:
+            running = asyncio.create_task(
+                dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run(stop)
+            )
+            await make_events(repo, 2, url=hole_url, owner="mallory")
+            await arrived(2)
+            await asyncio.sleep(0.3)  # the second pair of slots times out 0.3 s after the first
+            await make_events(repo, 2, url=hole_url, owner="mallory")
+            await arrived(4)
+            # every slot is mallory's now; then a backlog of hers, and one event of alice's
+            await make_events(repo, 12, url=hole_url, owner="mallory")
+            await make_events(repo, 1, url=await good.start(), owner="alice")
+            for _ in range(400):  # up to 20 s; without the share, after all of mallory's 12
+                if "alice" in arrivals:
+                    break
+                await asyncio.sleep(0.05)  # the interval of this poll for alice's request
+            stop.set()
+            await running
+    finally:
+        await hole.stop()
+        await good.stop()
+    assert "alice" in arrivals
+    # the first two slots freed (mallory still has her share, 2, in flight) go to alice
+    assert arrivals.index("alice") <= config.batch_size + 1, arrivals

@@ -433,30 +433,41 @@ class Dispatcher:
     async def _start(self, free: int) -> tuple[int, float | None]:
         """Claim up to `free` events and start their deliveries; how many, and the next due.
 
-        The oldest due events come first, at most an owner's share of them; then owners with
-        their share in flight are passed over while other owners' events are due; what is left
-        goes to anyone, so one owner's backlog still gets every slot nobody else needs.
+        Owners with their share in flight are passed over while other owners' events are due;
+        when no owner has its share yet, the oldest due events come first, at most a share of
+        them; what is left goes to anyone, so one owner's backlog still gets every slot nobody
+        else needs.
         """
         share = self.config.share
-        claims = [await self._claim(min(free, share))]
-        self._launch(claims[-1])
-        left = free - len(claims[-1].events)
         clock = asyncio.get_running_loop().time
-        busy = [owner for owner, n in self._in_flight.items() if n >= share]
-        if left > 0 and len(claims[-1].events) == share and busy and clock() >= self._others_at:
-            claims.append(await self._claim(left, busy))
+        claims: list[repository.Claim] = []
+
+        async def take(limit: int, excluding: Sequence[str] = ()) -> bool:
+            """Claim and start up to `limit` events; whether it took all (more may be due)."""
+            claims.append(await self._claim(limit, excluding))
             self._launch(claims[-1])
-            if len(claims[-1].events) < left:
+            return len(claims[-1].events) == limit
+
+        left, more = free, True
+        if not self._busy(share):
+            more = await take(min(left, share))
+            left -= len(claims[-1].events)
+        busy = self._busy(share)
+        if left > 0 and more and busy and clock() >= self._others_at:
+            if not await take(left, busy):
                 # No other owner's event is due now. That claim walked past every due event
                 # of the busy owners: with one owner's backlog it is not repeated on each
                 # claim, only once per poll_s (how late another owner's event may go first).
                 self._others_at = clock() + self.config.poll_s
             left -= len(claims[-1].events)
-        if left > 0 and len(claims[0].events) == share:
-            claims.append(await self._claim(left))
-            self._launch(claims[-1])
+        if left > 0 and more:
+            await take(left)
         due = [claim.next_due_in for claim in claims if claim.next_due_in is not None]
         return sum(len(claim.events) for claim in claims), min(due, default=None)
+
+    def _busy(self, share: int) -> list[models.Owner]:
+        """The owners with at least `share` deliveries in flight."""
+        return [owner for owner, n in self._in_flight.items() if n >= share]
 
     def _launch(self, claim: repository.Claim) -> None:
         """Start the deliveries of a claim's events, counted per owner while in flight."""
