@@ -37,16 +37,12 @@ async def run_until_stopped(
         await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
         stopped_at = loop.time()
         deadline = stopped_at + grace_s + MARGIN_S
-        hurried = False
-        while not running.done():
-            if hurrying.done() and not hurried:
-                hurried = True
-                deadline = min(deadline, loop.time() + MARGIN_S)
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            waits = [running] if hurried else [running, hurrying]
-            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            await asyncio.wait(
+                [running, hurrying], timeout=grace_s + MARGIN_S, return_when=asyncio.FIRST_COMPLETED
+            )
+        if not running.done() and hurrying.done():  # hurried: MARGIN_S from now at most
+            await asyncio.wait([running], timeout=min(MARGIN_S, deadline - loop.time()))
         if not running.done():
             log.warning(
                 "stop_deadline_passed", service=name, seconds=round(loop.time() - stopped_at, 1)
