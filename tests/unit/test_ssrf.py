@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import pathlib
+import socket
 import ssl
+import threading
 from typing import Any, NamedTuple
 
 import httpcore
@@ -487,22 +490,62 @@ async def test_a_host_written_with_its_root_dot_resolves_as_without_it() -> None
         await ssrf.checked_address("localhost.", 80, allow_private=False, field="url")
 
 
+class StubResolver:
+    """`socket.getaddrinfo` for names under .example: `fast.example` answers at once, any
+    other name only once `release` is set (a resolver that does not answer)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, host: str, port: int, *args: object, **kwargs: object) -> list[Any]:
+        if host != "fast.example":
+            self.release.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+
 async def test_a_name_the_resolver_does_not_answer_for_is_unresolvable_in_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A silent DNS server does not hold the check: past RESOLVE_TIMEOUT_S the host is
     unresolvable, naming the field (a 400 at submission, a failed attempt at delivery)."""
     monkeypatch.setattr(ssrf, "RESOLVE_TIMEOUT_S", 0.05)
-
-    async def silent(*args: object, **kwargs: object) -> list[object]:
-        await asyncio.Event().wait()  # the resolver never answers
-        return []
-
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", silent)
-    with pytest.raises(errors.Unresolvable) as refused:
-        await asyncio.wait_for(
-            ssrf.resolve_checked("https://slow.example/hook", allow_private=False, field="cb"),
-            timeout=30,
-        )
+    resolver = StubResolver()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    try:
+        with pytest.raises(errors.Unresolvable) as refused:
+            await asyncio.wait_for(
+                ssrf.resolve_checked("https://slow.example/hook", allow_private=False, field="cb"),
+                timeout=30,
+            )
+    finally:
+        resolver.release.set()
     assert refused.value.field == "cb"
     assert "no answer within 0.05 s" in refused.value.message
+
+
+async def test_time_spent_waiting_for_a_lookup_thread_does_not_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With every lookup thread busy on a slow name, a name that resolves at once still
+    resolves once a thread is free, however long that took: only the lookup is bounded."""
+    monkeypatch.setattr(ssrf, "RESOLVE_TIMEOUT_S", 0.05)
+    resolver = StubResolver()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    threads = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    asyncio.get_running_loop().set_default_executor(threads)
+    try:
+        slow = asyncio.create_task(
+            ssrf.checked_address("slow.example", 443, allow_private=False, field="a")
+        )
+        fast = asyncio.create_task(
+            ssrf.checked_address("fast.example", 443, allow_private=False, field="b")
+        )
+        with pytest.raises(errors.Unresolvable):
+            await slow  # its thread stays blocked: the fast name waits for it
+        await asyncio.sleep(0.2)  # longer than RESOLVE_TIMEOUT_S, all of it waiting for a thread
+        resolver.release.set()
+        assert await asyncio.wait_for(fast, timeout=30) == "93.184.216.34"
+    finally:
+        resolver.release.set()
+        threads.shutdown(wait=False)

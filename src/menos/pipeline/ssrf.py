@@ -8,6 +8,7 @@ import socket
 import ssl
 import types
 from collections.abc import Iterable
+from typing import Any
 
 import httpcore
 import httpx
@@ -20,7 +21,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _DEFAULT_PORTS = types.MappingProxyType({"http": 80, "https": 443})
 # A name the resolver has not answered for by then is unresolvable: a slow or silent DNS
-# server must not hold a submission (or a connection) for the resolver's own retries.
+# server must not hold a submission (or a connection) for the resolver's own retries. Counted
+# from when a thread starts the lookup, not while it waits for one: threads busy with other
+# names' slow lookups must not make a name that resolves at once unresolvable.
 RESOLVE_TIMEOUT_S = 5.0
 
 # IPv4 ranges refused whatever the running Python's ipaddress tables say.
@@ -176,15 +179,30 @@ async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
     except ValueError:
         pass
     loop = asyncio.get_running_loop()
+    began: asyncio.Future[None] = loop.create_future()
+
+    def start() -> None:
+        if not began.done():
+            began.set_result(None)
+
+    def lookup() -> list[tuple[Any, ...]]:
+        loop.call_soon_threadsafe(start)
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+    found = loop.run_in_executor(None, lookup)
     try:
+        waits: list[asyncio.Future[Any]] = [found, began]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await found
     except TimeoutError:
         raise errors.Unresolvable(
             field, f"host {host} cannot be resolved: no answer within {RESOLVE_TIMEOUT_S:g} s"
         ) from None
     except (OSError, UnicodeError) as exc:
         raise errors.Unresolvable(field, f"host {host} cannot be resolved: {exc}") from None
+    finally:
+        found.cancel()  # the caller gave up while it waited for a thread: nothing to look up
     addresses: list[IPAddress] = []
     for family, _type, _proto, _canonname, sockaddr in infos:
         if family not in (socket.AF_INET, socket.AF_INET6):
