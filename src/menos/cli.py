@@ -14,9 +14,9 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import structlog
@@ -33,6 +33,7 @@ log = structlog.get_logger("menos.cli")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+T = TypeVar("T")
 
 
 # -- database resolution ---------------------------------------------------------------------
@@ -93,7 +94,7 @@ def _stop_events() -> tuple[asyncio.Event, asyncio.Event]:
 
 def cmd_migrate(conf: settings.Settings, args: argparse.Namespace) -> int:
     with database(conf, create=True) as dsn:
-        applied = asyncio.run(_migrate(dsn))
+        applied = _run(_migrate(dsn))
     print(json.dumps({"applied": applied}))
     return 0
 
@@ -242,7 +243,7 @@ def _repo_command(
         return await _with_repo(dsn, use)
 
     with database(conf) as dsn:
-        return asyncio.run(run(dsn))
+        return _run(run(dsn))
 
 
 def cmd_reprocess(conf: settings.Settings, args: argparse.Namespace) -> int:
@@ -415,8 +416,8 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
 
     action = {"create": create, "list": listing, "revoke": revoke, "rotate-secret": rotate}
     with database(conf, create=True) as dsn:
-        asyncio.run(_migrate(dsn))
-        return asyncio.run(_with_repo(dsn, action[args.keys_command]))
+        _run(_migrate(dsn))
+        return _run(_with_repo(dsn, action[args.keys_command]))
 
 
 def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
@@ -434,7 +435,7 @@ def cmd_db(conf: settings.Settings, args: argparse.Namespace) -> int:
         with server.in_use() as running:
             server.keep(running)
             try:
-                applied = asyncio.run(_migrate(running.dsn))  # ready for psql: schema there
+                applied = _run(_migrate(running.dsn))  # ready for psql: schema there
             except errors.MenosError as exc:
                 raise errors.MenosError(
                     f"{exc} (the database stays running at {running.dsn};"
@@ -514,18 +515,23 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
             )
             for name in ("api", "worker", "dispatcher")
         }
-        stop_asked = forwarded = False
+        stop_asked = False
+
+        def stop_children() -> None:
+            for proc in children.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
 
         def stop(*_: object) -> None:
+            # Passed on at once: the first Ctrl-C stops the children gracefully, a second one
+            # (however soon after the first) ends their grace periods.
             nonlocal stop_asked
-            if forwarded:  # a second Ctrl-C: the children end their grace periods now
-                for proc in children.values():
-                    if proc.poll() is None:
-                        proc.send_signal(signal.SIGTERM)
             stop_asked = True
+            stop_children()
 
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        # SIGHUP: the terminal running `make run` was closed; its server must not be left.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, stop)
         host = f"[{conf.host}]" if ":" in conf.host else conf.host  # an IPv6 address
         base = f"http://{host}:{conf.port}"
         if _wait_http(f"{base}/health", children["api"]):
@@ -549,10 +555,8 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 break
             with contextlib.suppress(subprocess.TimeoutExpired):
                 children["api"].wait(timeout=0.5)
-        for proc in children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        forwarded = True
+        if not stop_asked:  # a child exited on its own: stop the others
+            stop_children()
         for proc in children.values():
             try:
                 proc.wait(timeout=conf.worker_shutdown_grace_s + 5)
@@ -772,8 +776,44 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _terminate(signum: int, _frame: object) -> None:
     raise Terminated(signum)
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run for a command that is not a service: SIGTERM or SIGHUP cancels `main`, as
+    Ctrl-C does in asyncio.run, then raises Terminated. (Raised from the handler, Terminated
+    would land in whatever the loop runs, a driver's read say, and asyncio would swallow it.)"""
+    got: list[int] = []
+
+    async def cancellable() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+
+        def cancel(signum: int, _frame: object) -> None:
+            got.append(signum)
+            task.cancel()
+            loop.call_soon_threadsafe(lambda: None)  # wake the loop, as asyncio.run does
+
+        previous = {sig: signal.signal(sig, cancel) for sig in _TERMINATING}
+        try:
+            return await main
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    try:
+        return asyncio.run(cancellable())
+    except asyncio.CancelledError:
+        if got:
+            raise Terminated(got[0]) from None
+        raise
+    finally:
+        main.close()  # not started when a signal came first: not "never awaited"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -807,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         # The result goes to --out; stdout would only have listed the files written.
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process
     if args.command not in _SERVICES:  # the services stop on these signals their own way
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in _TERMINATING:
             signal.signal(sig, _terminate)
     try:
         return COMMANDS[args.command](conf, args)

@@ -376,18 +376,24 @@ class EmbeddedPostgres:
         finally:
             log.close()
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            found = self.running()
-            if found is not None and found.pid == self._process.pid:
-                self._create_database(found.port)
-                return found
-            if self._process.poll() is not None:
-                other = self.running()
-                if other is not None:  # another command started it first: attach to that one
-                    self._process = None
-                    return other
-                raise errors.EmbeddedError(f"postgres exited at start; see {self.log_file}")
-            time.sleep(0.05)
+        try:
+            while time.monotonic() < deadline:
+                found = self.running()
+                if found is not None and found.pid == self._process.pid:
+                    self._create_database(found.port)
+                    return found
+                if self._process.poll() is not None:
+                    other = self.running()
+                    if other is not None:  # another command started it first: attach to it
+                        self._process = None
+                        return other
+                    raise errors.EmbeddedError(f"postgres exited at start; see {self.log_file}")
+                time.sleep(0.05)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or failed while it starts: no other command uses
+            # it yet, and `in_use` would not stop a server that is not ready.
+            self.stop()
+            raise
         self.stop()
         raise errors.EmbeddedError(f"postgres did not become ready; see {self.log_file}")
 

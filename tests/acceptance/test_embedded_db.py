@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import BIN, sql, wait_for
+from tests.support.processes import BIN, free_port, sql, wait_for
 
 
 @pytest.fixture
@@ -295,3 +296,51 @@ def test_db_stop_does_not_take_the_database_from_running_commands(
         assert worker.wait(timeout=60) == 0
     assert "database_unavailable" not in log.read_text()
     assert menos_db(env, "stop").stdout.strip() == "stopped"
+
+
+def test_a_command_stopped_while_its_server_starts_stops_that_server(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """SIGTERM reaching a command while the embedded server it started is not ready yet still
+    stops that server (it was left running, found by nobody, until `db stop`)."""
+    home, env = db
+    assert menos_db(env, "start").returncode == 0
+    assert menos_db(env, "stop").stdout.strip() == "stopped"
+    pid_file = home / "pgdata" / "postmaster.pid"
+    for _ in range(5):  # until the signal lands while the server starts
+        command = spawn(env, tmp_path / "jobs.log", "menos", "jobs", "list")
+        while not pid_file.exists() and command.poll() is None:
+            time.sleep(0.001)  # the interval of this poll for the server's start
+        lines = pid_file.read_text().splitlines() if pid_file.exists() else []
+        command.terminate()
+        code = command.wait(timeout=60)
+        if lines and (len(lines) < 8 or lines[7].strip() != "ready"):
+            break
+    else:
+        raise AssertionError("the server was ready each time before the signal landed")
+    assert code == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # the server it started is gone
+        os.kill(int(lines[0]), 0)
+    assert menos_db(env, "url").returncode == 1
+
+
+def test_dev_whose_terminal_is_closed_stops_its_server(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`make run` in a terminal that is closed (SIGHUP) stops its children and the embedded
+    server it started, as Ctrl-C does, instead of leaving PostgreSQL running."""
+    _, env = db
+    env = {**env, "MENOS_PORT": str(free_port())}
+    assert menos_db(env, "start").returncode == 0
+    assert menos_db(env, "stop").stdout.strip() == "stopped"
+    log = tmp_path / "dev.log"
+    dev = spawn(env, log, "menos", "dev")
+    try:
+        wait_for(lambda: "is running" in log.read_text() or dev.poll() is not None, timeout=90)
+        dev.send_signal(signal.SIGHUP)
+        assert dev.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+    assert menos_db(env, "url").returncode == 1, "the server it started is still running"

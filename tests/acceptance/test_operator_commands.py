@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -471,11 +472,13 @@ def test_dev_runs_on_an_ipv6_address(menos: Menos, tmp_path: Path) -> None:
     assert "Traceback" not in out.read_text()
 
 
+@pytest.mark.parametrize("quick", [False, True], ids=["after-the-stop-began", "double-press"])
 def test_dev_on_a_second_ctrl_c_stops_without_waiting_the_grace(
-    menos: Menos, llm: fake_llm.FakeLLM, tmp_path: Path
+    menos: Menos, llm: fake_llm.FakeLLM, tmp_path: Path, quick: bool
 ) -> None:
     """The first Ctrl-C to `menos dev` stops its children gracefully; a second one passes on,
-    so the worker gives its running job back at once instead of after the grace."""
+    so the worker gives its running job back at once instead of after the grace: also when
+    pressed a tenth of a second after the first, before dev has passed that one on."""
     port = processes.free_port()
     out = tmp_path / "dev.out"
     env = {
@@ -515,13 +518,17 @@ def test_dev_on_a_second_ctrl_c_stops_without_waiting_the_grace(
             what="processing",
         )
         dev.send_signal(signal.SIGINT)
-        wait_for(lambda: "worker_stopping" in out.read_text(), what="the graceful stop to begin")
+        if quick:
+            time.sleep(0.1)  # a double press: the second comes before dev looks at the first
+        else:
+            wait_for(lambda: "worker_stopping" in out.read_text(), what="the graceful stop")
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=60) == 0, out.read_text()  # far below the ten minutes' grace
     finally:
         if dev.poll() is None:
             dev.kill()
             dev.wait()
+    assert "stop_hurried" in out.read_text()
     row = sql(menos.database_url, "SELECT status, attempts FROM menos.pipeline_job")[0]
     assert row == {"status": "pending", "attempts": 0}
 
