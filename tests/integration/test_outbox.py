@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -1306,26 +1307,44 @@ async def test_one_owners_black_hole_receivers_do_not_hold_every_slot(
     config = dispatcher.DispatcherConfig(
         timeout_s=0.5, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9", batch_size=4
     )
-    stop = asyncio.Event()
     try:
-        async with httpx.AsyncClient(
-            transport=ssrf.PinnedTransport(allow_private=True), trust_env=False
-        ) as client:
-            running = asyncio.create_task(
-                dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run(stop)
-            )
-            for _ in range(400):  # up to 20 s; without the share, after 16 / 4 * 0.5 s
-                if "alice" in arrivals:
-                    break
-                await asyncio.sleep(0.05)  # the interval of this poll for alice's request
-            stop.set()
-            await running
+        async with dispatching(config, outbox, database_url):
+            # without the share, after 16 / 4 * 0.5 s
+            await until(lambda: "alice" in arrivals, "alice's request")
     finally:
         await hole.stop()
         await good.stop()
     assert "alice" in arrivals
     # in the first round of 4 slots: mallory's oldest event, alice's, then two more of mallory's
     assert arrivals.index("alice") < config.batch_size
+
+
+@contextlib.asynccontextmanager
+async def dispatching(
+    config: dispatcher.DispatcherConfig, outbox: repository.OutboxRepository, database_url: str
+) -> AsyncIterator[None]:
+    """A dispatcher running for the block, over real sockets to 127.0.0.1."""
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(
+        transport=ssrf.PinnedTransport(allow_private=True), trust_env=False
+    ) as client:
+        running = asyncio.create_task(
+            dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run(stop)
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            await running
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Return once `condition` holds; fail after 20 s saying `what` never came."""
+    for _ in range(400):
+        if condition():
+            return
+        await asyncio.sleep(0.05)  # the interval of this poll for the condition
+    raise AssertionError(f"{what} never came")
 
 
 class CountingClaims(repository.OutboxRepository):
@@ -1396,36 +1415,18 @@ async def test_an_owner_with_its_share_in_flight_yields_slots_freed_one_share_at
         batch_size=4,
         owner_share=2,
     )
-    stop = asyncio.Event()
-
-    async def arrived(n: int) -> None:
-        for _ in range(200):
-            if len(arrivals) >= n:
-                return
-            await asyncio.sleep(0.05)  # the interval of this poll for the receiver's requests
-        raise AssertionError(f"{n} requests never arrived: {arrivals}")
-
     try:
-        async with httpx.AsyncClient(
-            transport=ssrf.PinnedTransport(allow_private=True), trust_env=False
-        ) as client:
-            running = asyncio.create_task(
-                dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run(stop)
-            )
+        async with dispatching(config, outbox, database_url):
             await make_events(repo, 2, url=hole_url, owner="mallory")
-            await arrived(2)
+            await until(lambda: len(arrivals) >= 2, "the first two requests")
             await asyncio.sleep(0.3)  # the second pair of slots times out 0.3 s after the first
             await make_events(repo, 2, url=hole_url, owner="mallory")
-            await arrived(4)
+            await until(lambda: len(arrivals) >= 4, "the next two requests")
             # every slot is mallory's now; then a backlog of hers, and one event of alice's
             await make_events(repo, 12, url=hole_url, owner="mallory")
             await make_events(repo, 1, url=await good.start(), owner="alice")
-            for _ in range(400):  # up to 20 s; without the share, after all of mallory's 12
-                if "alice" in arrivals:
-                    break
-                await asyncio.sleep(0.05)  # the interval of this poll for alice's request
-            stop.set()
-            await running
+            # without the share, after all of mallory's 12
+            await until(lambda: "alice" in arrivals, "alice's request")
     finally:
         await hole.stop()
         await good.stop()
