@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -377,3 +379,72 @@ async def test_a_lone_surrogate_in_an_error_message_is_storable(analyzer: Make) 
         await analyzer(server).analyze(request())
     assert caught.value.message == "the model server answered HTTP 500: bad input \ufffd here"
     caught.value.message.encode()  # what storage needs: no lone surrogate is left
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_json_nested_deeper_than_python_reads_is_llm_call_error(
+    status: int, analyzer: Make
+) -> None:
+    """A body of JSON nested 100 000 deep (well under the size cap) is no chat completion:
+    LLM_CALL_ERROR naming the status, not the decoder's RecursionError as an unexpected
+    PIPELINE_EXCEPTION."""
+    nested = b"[" * 100_000 + b"]" * 100_000
+    body = nested if status == 200 else b'{"error": ' + nested + b"}"
+    server = Server(lambda _: httpx.Response(status, content=body))
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+    if status == 200:
+        assert caught.value.message == "the model server's answer is not a chat completion"
+    else:
+        assert caught.value.message.startswith("the model server answered HTTP 500: {")
+
+
+class _Wire(httpx.AsyncByteStream):
+    """A body as a server sends it: 64 KiB network reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), 65536):
+            yield self.data[start : start + 65536]
+
+
+def _gzip_of_zeros(size: int, *, layers: int = 1) -> bytes:
+    data = b"\0" * size
+    for _ in range(layers):
+        data = gzip.compress(data, compresslevel=9)
+    return data
+
+
+@pytest.mark.parametrize(("layers", "size"), [(1, 64 * 2**20), (2, 256 * 2**20)])
+async def test_a_compressed_answer_sent_unasked_is_capped_before_it_is_inflated(
+    layers: int, size: int, analyzer: Make
+) -> None:
+    """A server that compresses although asked for identity (64 MiB in 64 KB of gzip, or
+    256 MiB in a few KB of `gzip, gzip`) fails at the 8 MiB cap with memory near the cap:
+    httpx inflated each network read whole before the cap was checked."""
+    bomb = _gzip_of_zeros(size, layers=layers)
+    coding = ", ".join(["gzip"] * layers)
+    server = Server(
+        lambda _: httpx.Response(200, headers={"content-encoding": coding}, stream=_Wire(bomb))
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.PipelineError) as caught:
+            await analyzer(server).analyze(request())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert peak < 4 * openai.MAX_ANSWER_BYTES, peak
+
+
+async def test_a_gzipped_answer_sent_unasked_is_still_read(analyzer: Make) -> None:
+    """A small answer compressed against the request's wish is inflated and read."""
+    body = gzip.compress(json.dumps(completion()).encode())
+    server = Server(
+        lambda _: httpx.Response(200, headers={"content-encoding": "gzip"}, stream=_Wire(body))
+    )
+    assert (await analyzer(server).analyze(request())).text == ANSWER

@@ -589,3 +589,23 @@ async def test_a_page_title_is_cut_to_the_title_limit(body: str, content_type: s
         page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
     assert page.title is not None and page.title.startswith("word word")
     assert len(page.title) <= 500
+
+
+@pytest.mark.parametrize(
+    ("charset", "body"),
+    [
+        ("punycode", b"menos-" + b"z" * 20_000),
+        ("unicode-escape", b"C:\\new\\u0041 caf\xc3\xa9"),
+        ("raw-unicode-escape", b"C:\\u0041 caf\xc3\xa9"),
+    ],
+)
+async def test_a_charset_that_no_browser_knows_reads_as_the_bytes_say(
+    charset: str, body: bytes
+) -> None:
+    """A header naming one of Python's own codecs (for host names or source code) is ignored:
+    punycode's decoder took quadratic time on the worker's event loop (30 s for a 1 MB page,
+    every job of the worker frozen meanwhile) and the escape codecs rewrote the text."""
+    page = _html(body, f"text/plain; charset={charset}")
+    async with _client(lambda request: page) as client:
+        fetched = await web.fetch_page(client, f"{PUBLIC}/odd", max_bytes=MAX)
+    assert fetched.body == body.decode("utf-8")

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import http.server
 import json
+import socket
+import threading
 import time
+import tracemalloc
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -301,6 +306,8 @@ async def test_blank_supplied_transcript_is_content_empty() -> None:
         (httpx.Response(404, text="Not Found"), "HTTP 404"),
         (httpx.Response(200, text="<html>not json</html>"), "JSON"),
         (httpx.Response(200, json={"title": 5}), "JSON"),
+        # Valid JSON under the size cap, nested deeper than the decoder goes.
+        (httpx.Response(200, content=b'{"x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"), "JSON"),
         (httpx.ConnectError("refused"), "ConnectError"),
     ],
 )
@@ -344,6 +351,32 @@ async def test_an_oembed_answer_is_bounded_in_size_and_time(
     assert slow.title is None and "within 0.3 s" in slow.metadata["oembed_error"]
 
 
+class _Wire(httpx.AsyncByteStream):
+    """A body as a server sends it: 64 KiB network reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), 65536):
+            yield self.data[start : start + 65536]
+
+
+async def test_an_oembed_answer_compressed_unasked_is_capped_before_it_is_inflated() -> None:
+    """An oEmbed answer gzipped although asked for identity (64 MiB of spaces in 64 KB)
+    stops at 64 KiB with memory near that: httpx inflated each network read whole."""
+    bomb = gzip.compress(b" " * (64 * 2**20), compresslevel=9)
+    answer = httpx.Response(200, headers={"content-encoding": "gzip"}, stream=_Wire(bomb))
+    tracemalloc.start()
+    try:
+        video = await _fetch(FakeYouTube(), oembed=_oembed_client(answer))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert video.title is None and "64 KiB" in video.metadata["oembed_error"]
+    assert peak < 8 * 2**20, peak
+
+
 async def test_a_long_oembed_title_is_cut_to_the_title_limit() -> None:
     named = await _fetch(
         FakeYouTube(),
@@ -368,3 +401,131 @@ async def test_long_transcripts_are_split_into_paragraphs() -> None:
     assert all(paragraph.endswith(".") for paragraph in paragraphs)
     assert all(len(paragraph) <= 1000 for paragraph in paragraphs)
     assert video.metadata["duration"] == 120.0
+
+
+class _Hostile:
+    """A server on 127.0.0.1 answering every request with a 200 whose body never ends:
+    `flood` sends 64 MiB at once then drips, else it drips a byte every 50 ms. Records how
+    much it sent and whether the client hung up."""
+
+    def __init__(self, *, flood: bool) -> None:
+        self.flood = flood
+        self.sent = 0
+        self.hung_up = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n")
+                if self.flood:
+                    block = b"x" * 65536
+                    for _ in range(1024):
+                        conn.sendall(block)
+                        self.sent += len(block)
+                for _ in range(300):  # at most 15 s: a client that never hangs up
+                    conn.sendall(b"x")
+                    self.sent += 1
+                    time.sleep(0.05)  # the dripping server's pace
+            except OSError:
+                self.hung_up.set()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class _ToLocal(requests.adapters.HTTPAdapter):
+    """Sends the library's requests to a local server instead of YouTube."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        url = urllib.parse.urlsplit(request.url or "")
+        request.url = url._replace(scheme="http", netloc=f"127.0.0.1:{self.port}").geturl()
+        return super().send(request, *args, **kwargs)
+
+
+@pytest.mark.parametrize("flood", [False, True])
+async def test_a_transcript_answer_that_never_ends_is_abandoned(flood: bool) -> None:
+    """A YouTube answer that drips forever, or floods, fails the download within its time,
+    and its thread stops reading then: it does not keep an executor thread (shared with
+    DNS lookups and page extraction) and its growing body for as long as the server likes."""
+    server = _Hostile(flood=flood)
+    session = requests.Session()
+    session.mount("https://", _ToLocal(server.port))
+    try:
+        async with _oembed_client() as client:
+            with pytest.raises(errors.PipelineError) as caught:
+                await youtube.fetch_video(
+                    client,
+                    VIDEO_ID,
+                    SOURCE_URL,
+                    oembed_url=OEMBED_URL,
+                    languages=["en"],
+                    transcript=None,
+                    transcript_http=session,
+                    transcript_total_s=2.0,
+                )
+        assert caught.value.code == "FETCH_FAILED"
+        hung_up = await asyncio.to_thread(server.hung_up.wait, 5.0)
+        assert hung_up, f"still reading after {server.sent} bytes"
+        assert server.sent < 40 * 2**20
+    finally:
+        session.close()
+        server.close()
+
+
+async def test_a_transcript_is_read_over_a_real_connection_gzipped_and_chunked() -> None:
+    """The library's answers read as they arrive are whole: gzip over small chunks."""
+    fake = FakeYouTube()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            asked = requests.Request(self.command, f"https://www.youtube.com{self.path}")
+            body = gzip.compress(fake.send(asked.prepare()).content)
+            self.send_response(200)
+            self.send_header("content-encoding", "gzip")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for start in range(0, len(body), 7):
+                piece = body[start : start + 7]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+
+        do_POST = do_GET
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    session = requests.Session()
+    session.mount("https://", _ToLocal(server.server_address[1]))
+    try:
+        async with _oembed_client() as client:
+            video = await youtube.fetch_video(
+                client,
+                VIDEO_ID,
+                SOURCE_URL,
+                oembed_url=OEMBED_URL,
+                languages=["en"],
+                transcript=None,
+                transcript_http=session,
+            )
+    finally:
+        session.close()
+        server.shutdown()
+        server.server_close()
+    assert video.body.startswith("Hello and welcome to the show, everyone.\n\nAfter a pause")
+    assert fake.calls == ["GET /watch", "POST /youtubei/v1/player", "GET /api/timedtext"]

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from menos import errors, storable
-from menos.pipeline import analyzers
+from menos.pipeline import analyzers, bounded
 
 SYSTEM_PROMPT = """You analyze content for a personal knowledge base.
 Answer with one JSON object and nothing else: no prose, no code fences.
@@ -101,8 +101,8 @@ class OpenAIAnalyzer:
             "temperature": 0,
             "response_format": {"type": "json_object"},
         }
-        # identity: the cap in _post is of the bytes themselves, and a compressed answer
-        # would be inflated a whole network chunk at a time before it is counted.
+        # identity: the cap in _post is of the bytes themselves (one that compresses anyway
+        # is inflated a bounded piece at a time).
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -142,14 +142,13 @@ class OpenAIAnalyzer:
         async with self._client.stream(
             "POST", self._url, json=body, headers=headers, timeout=self._timeout_s
         ) as response:
-            content = bytearray()
-            async for chunk in response.aiter_bytes():
-                content += chunk
-                if len(content) > MAX_ANSWER_BYTES:
-                    if response.is_success:
-                        return response.status_code, None
-                    break
-            return response.status_code, bytes(content[:MAX_ANSWER_BYTES])
+            try:
+                content, more = await bounded.body(response, MAX_ANSWER_BYTES)
+            except bounded.Undecodable as exc:
+                raise errors.PipelineError("LLM_CALL_ERROR", str(exc)) from exc
+            if more and response.is_success:
+                return response.status_code, None
+            return response.status_code, content
 
     def _read(self, content: bytes) -> tuple[str, str, dict[str, Any] | None]:
         """Content, model name and usage of a chat-completions body. A lone surrogate escape
@@ -162,6 +161,7 @@ class OpenAIAnalyzer:
             content_field = message.get("content")
         except (
             ValueError,  # not JSON, or not UTF-8 (UnicodeDecodeError)
+            RecursionError,  # JSON nested deeper than the decoder goes (a few bytes a level)
             KeyError,
             IndexError,
             TypeError,
@@ -197,7 +197,7 @@ class OpenAIAnalyzer:
         """A short reason from an error body (`error.message` when present), secrets removed."""
         try:
             data = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than it decodes
             data = None
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):

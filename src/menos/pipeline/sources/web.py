@@ -7,16 +7,14 @@ import codecs
 import contextlib
 import html
 import re
-import zlib
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
-import httpx._decoders
 import msgspec
 import trafilatura
 
 from menos import errors
+from menos.pipeline import bounded
 from menos.pipeline.sources import fetched
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -24,14 +22,6 @@ _GONE_STATUSES = frozenset({404, 410})
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _VERBATIM_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
 _ACCEPT = "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8"
-# Content codings. gzip and deflate are inflated here (x-gzip and x-deflate are their old
-# names). The other compressions are refused unless httpx decodes them (br and zstd, only
-# with their packages installed): read undecoded, a page would be binary. Any other token
-# (`none`, `UTF-8`, sent by misconfigured servers) means nothing, as httpx takes it.
-_INFLATED = frozenset({"gzip", "deflate"})
-_ALIASES = {"x-gzip": "gzip", "x-deflate": "deflate"}
-_COMPRESSIONS = frozenset({"br", "zstd", "compress", "x-compress", "pack200-gzip", "aes128gcm"})
-_DECODABLE = frozenset(httpx._decoders.SUPPORTED_DECODERS)
 # Only the start of a document may declare its encoding in a <meta> tag.
 _META_CHARSET_WINDOW = 2048
 # A byte-order mark says more than any label (as browsers decode): the -sig and utf-16 codecs
@@ -47,6 +37,12 @@ _BOMS = (  # UTF-32's marks first: UTF-32LE's starts with UTF-16LE's
 # Latin-1 has control characters; Python's names for them after codecs.lookup.
 _WINDOWS_1252 = "cp1252"
 _WINDOWS_1252_LABELS = frozenset({"iso8859-1", "ascii"})
+# Python's own codecs, which no browser reads a page in: a label naming one is ignored.
+# punycode's decoder takes quadratic time (30 s for 1 MB, on the worker's event loop), the
+# escape codecs rewrite backslashes, idna and undefined always fail.
+_NOT_PAGE_ENCODINGS = frozenset(
+    {"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined"}
+)
 # A character a valid UTF-8 sequence of two or more bytes decodes to.
 _DECODED_BEYOND_ASCII = re.compile("[^\\x00-\\x7f\\ufffd]")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
@@ -166,18 +162,24 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         raise errors.PipelineError(
             "CONTENT_EMPTY", f"nothing readable: unsupported content type {content_type}"
         )
-    coding = _coding(response)
+    try:
+        coding = bounded.coding(response)
+    except bounded.Undecodable as exc:
+        raise errors.PipelineError("FETCH_FAILED", f"the page is {exc}") from None
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
-    async with contextlib.aclosing(_decoded_chunks(response, coding, max_bytes)) as body:
-        async for chunk in body:
-            size += len(chunk)
-            if size > max_bytes:
-                raise _too_large(max_bytes)
-            chunks.append(chunk)
+    try:
+        async with contextlib.aclosing(bounded.decoded(response, coding, max_bytes + 1)) as body:
+            async for chunk in body:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(max_bytes)
+                chunks.append(chunk)
+    except bounded.Undecodable as exc:
+        raise errors.PipelineError("FETCH_FAILED", f"the page is {exc}") from exc
     raw = b"".join(chunks)
     is_html = content_type not in _VERBATIM_TYPES
     try:
@@ -191,64 +193,6 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         "bytes": size,
     }
     return _Page(text=text, content_type=content_type, is_html=is_html, metadata=metadata)
-
-
-def _coding(response: httpx.Response) -> str:
-    """The page's one content coding (`identity` when none that means something)."""
-    names = (
-        name.strip().lower()
-        for name in response.headers.get_list("content-encoding", split_commas=True)
-    )
-    codings = [
-        coding
-        for coding in (_ALIASES.get(name, name) for name in names)
-        if coding in _INFLATED or coding in _COMPRESSIONS
-    ]
-    if len(codings) > 1:  # each layer multiplies what one compressed chunk expands to
-        raise errors.PipelineError(
-            "FETCH_FAILED",
-            f"the page is encoded {len(codings)} times over ({', '.join(codings)})",
-        )
-    if not codings:
-        return "identity"
-    if codings[0] in _COMPRESSIONS and codings[0] not in _DECODABLE:
-        raise errors.PipelineError(
-            "FETCH_FAILED", f"the page is encoded with {codings[0]}, not decodable here"
-        )
-    return codings[0]
-
-
-async def _decoded_chunks(
-    response: httpx.Response, coding: str, max_bytes: int
-) -> AsyncGenerator[bytes]:
-    """The body decoded, chunk by chunk. gzip and deflate are inflated here at most
-    `max_bytes + 1` bytes at a time: httpx inflates a whole network chunk at once, and 200 KB
-    of gzip hold 200 MiB. Other codings httpx decodes are left to it."""
-    # A response read before (by a transport holding it in memory) has nothing left to bound.
-    if coding not in ("gzip", "deflate") or response.is_stream_consumed:
-        async for chunk in response.aiter_bytes():
-            yield chunk
-        return
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
-    # As httpx: deflate is meant to be zlib-wrapped, but some servers send it raw.
-    retry_raw = coding == "deflate"
-    async for chunk in response.aiter_raw():
-        data = chunk
-        while not inflater.eof:  # bytes after the end of the stream are ignored, as by httpx
-            try:
-                piece = inflater.decompress(data, max_bytes + 1)
-            except zlib.error as exc:
-                if retry_raw:
-                    inflater, retry_raw = zlib.decompressobj(-zlib.MAX_WBITS), False
-                    continue
-                raise errors.PipelineError(
-                    "FETCH_FAILED", f"could not decode the {coding} page: {exc}"
-                ) from exc
-            retry_raw = False
-            data = inflater.unconsumed_tail
-            if not piece and not data:
-                break  # chunk used up; zlib holds pending output only while pieces come
-            yield piece
 
 
 def _too_large(max_bytes: int) -> errors.PipelineError:
@@ -276,7 +220,8 @@ def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool) -> str:
         except LookupError:
             pass
         else:
-            return _WINDOWS_1252 if name in _WINDOWS_1252_LABELS else name
+            if name not in _NOT_PAGE_ENCODINGS:
+                return _WINDOWS_1252 if name in _WINDOWS_1252_LABELS else name
     return _undeclared(raw)
 
 

@@ -10,9 +10,11 @@ import httpx
 import msgspec
 import requests
 import requests.adapters
+import urllib3.response
 import youtube_transcript_api
 
 from menos import errors
+from menos.pipeline import bounded
 from menos.pipeline.sources import fetched
 
 _OEMBED_TIMEOUT_S = 10.0  # the whole lookup, answer included
@@ -22,6 +24,9 @@ MAX_TEXT_CHARS = 500  # a title or channel name is cut here (the API's title lim
 _TRANSCRIPT_TIMEOUT_S = 30.0
 # It makes several requests per transcript: the whole download is bounded by this.
 TRANSCRIPT_TOTAL_S = 60.0
+# One answer of YouTube's (a watch page, the player's JSON, a caption file) is far smaller.
+_TRANSCRIPT_MAX_BYTES = 32 * 2**20
+_READ_BYTES = 64 * 1024
 # A pause this long between caption snippets starts a new paragraph.
 _PARAGRAPH_PAUSE_S = 2.0
 # Paragraphs end at a sentence end once this long, and at any snippet once twice as long.
@@ -129,7 +134,8 @@ async def _oembed(client: httpx.AsyncClient, oembed_url: str, watch_url: str) ->
         raise _OEmbedFailed(f"oEmbed request failed: {type(exc).__name__}: {exc}") from exc
     try:
         oembed = msgspec.json.decode(content, type=_OEmbed)
-    except msgspec.DecodeError as exc:
+    # RecursionError: valid JSON nested deeper than the decoder goes (64 KiB hold 32 000 levels).
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise _OEmbedFailed(f"oEmbed answer is not the expected JSON: {exc}") from exc
     return _OEmbed(title=_one_line(oembed.title), author_name=_one_line(oembed.author_name))
 
@@ -145,11 +151,12 @@ async def _oembed_answer(client: httpx.AsyncClient, oembed_url: str, watch_url: 
     ) as response:
         if response.status_code != 200:
             raise _OEmbedFailed(f"oEmbed answered HTTP {response.status_code}")
-        content = b""
-        async for chunk in response.aiter_bytes():
-            content += chunk
-            if len(content) > _OEMBED_MAX_BYTES:
-                raise _OEmbedFailed(f"oEmbed answer is over {_OEMBED_MAX_BYTES // 1024} KiB")
+        try:
+            content, more = await bounded.body(response, _OEMBED_MAX_BYTES)
+        except bounded.Undecodable as exc:
+            raise _OEmbedFailed(f"oEmbed answer unreadable: {exc}") from exc
+        if more:
+            raise _OEmbedFailed(f"oEmbed answer is over {_OEMBED_MAX_BYTES // 1024} KiB")
         return content
 
 
@@ -242,7 +249,11 @@ def _download_blocking(
 class _BoundedAdapter(requests.adapters.BaseAdapter):
     """Sends through `inner` with a timeout no longer than the time left until `deadline`
     (and at most _TRANSCRIPT_TIMEOUT_S: the transcript library sets none); past the
-    deadline it sends nothing."""
+    deadline it sends nothing. The body is read here, a piece at a time as it arrives:
+    requests' own timeout is per read, so a server dripping a byte at a time (or sending
+    without end) would hold the thread and grow its memory for as long as it liked. Reading
+    stops at the deadline (a silent server: one read timeout later) or past
+    _TRANSCRIPT_MAX_BYTES."""
 
     def __init__(self, inner: requests.adapters.BaseAdapter, deadline: float) -> None:
         super().__init__()
@@ -256,7 +267,27 @@ class _BoundedAdapter(requests.adapters.BaseAdapter):
         if left <= 0:
             raise requests.Timeout("the transcript download's time is up")
         kwargs["timeout"] = min(left, _TRANSCRIPT_TIMEOUT_S)
+        kwargs["stream"] = True
         response: requests.Response = self._inner.send(request, *args, **kwargs)
+        raw = response.raw
+        if not isinstance(raw, urllib3.response.BaseHTTPResponse):
+            return response  # an answer already in memory (a test's adapter)
+        body = bytearray()
+        try:
+            while piece := raw.read1(_READ_BYTES, decode_content=True):
+                body += piece
+                if len(body) > _TRANSCRIPT_MAX_BYTES:
+                    raise requests.RequestException(
+                        f"an answer is over {_TRANSCRIPT_MAX_BYTES // 2**20} MiB"
+                    )
+                if time.monotonic() > self._deadline:
+                    raise requests.Timeout("the transcript download's time is up")
+        except BaseException:
+            response.close()
+            raise
+        # What requests itself does once it has read a body that was not streamed.
+        response._content = bytes(body)
+        response._content_consumed = True
         return response
 
     def close(self) -> None:
