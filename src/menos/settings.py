@@ -121,8 +121,11 @@ def _dsn(name: str, raw: str) -> str:
 
 
 def _port(name: str, raw: str) -> int:
-    value = _positive_int(name, raw)
-    if value > 65535:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = 0
+    if not 0 < value <= 65535:
         raise errors.SettingsError(name, f"expected a TCP port (1-65535), got {raw!r}")
     return value
 

@@ -107,3 +107,12 @@ def test_a_dotenv_line_that_is_not_key_value_is_named(tmp_path: Path, line: str)
     with pytest.raises(errors.SettingsError) as refused:
         settings.read_dotenv(dotenv)
     assert str(refused.value) == f"{dotenv} line 2: expected KEY=VALUE"
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "70000"])
+def test_a_port_out_of_range_names_the_range(raw: str) -> None:
+    """MENOS_PORT is 1-65535 (docs/operations.md): every out-of-range value says so, the
+    same way, whether it is too small or too large."""
+    with pytest.raises(errors.SettingsError) as caught:
+        settings.from_env({"MENOS_PORT": raw})
+    assert str(caught.value) == f"MENOS_PORT: expected a TCP port (1-65535), got {raw!r}"
