@@ -902,6 +902,8 @@ def _stdout_gone() -> bool:
 
 def _content_target(text: str) -> str:
     """`reprocess CONTENT_ID|URL`: a content id or a URL menos can identify."""
+    if not _is_utf8(text):  # checked here: the check after parsing comes too late for a type
+        raise argparse.ArgumentTypeError("not valid UTF-8")
     try:
         tools.check_target(text)
     except errors.InvalidInput as exc:
@@ -912,6 +914,8 @@ def _content_target(text: str) -> str:
 def _callback_url(text: str) -> str:
     """`--callback-url`: a well-formed http(s) URL (whether its address is allowed is known
     only once resolved, by the command: a refusal then exits 1)."""
+    if not _is_utf8(text):
+        raise argparse.ArgumentTypeError("not valid UTF-8")
     try:
         resource_keys.check_url(text, "--callback-url")
     except errors.InvalidInput as exc:

@@ -23,6 +23,17 @@ from menos import cli
         (["reprocess", "not-a-thing"], "menos reprocess", "neither a content id nor a URL"),
         (["reprocess", "ftp://x"], "menos reprocess", "only http and https URLs are accepted"),
         (["reprocess", "https://xn--/"], "menos reprocess", "CONTENT_ID|URL: "),
+        (["reprocess", "http://x/\udcff"], "menos reprocess", "CONTENT_ID|URL: not valid UTF-8"),
+        (
+            [
+                "reprocess",
+                "01a21ce0-c9b7-70bc-8312-8ccb7d8ead6d",
+                "--callback-url",
+                "http://x/\udcff",
+            ],
+            "menos reprocess",
+            "--callback-url: not valid UTF-8",
+        ),
     ],
 )
 def test_a_usage_error_names_the_command_it_belongs_to(
