@@ -58,7 +58,12 @@ class TooLarge(errors.MenosError):
 
 
 class UnsupportedMedia(errors.MenosError):
-    """The request's media type (or encoding) is not accepted."""
+    """The request's media type (or encoding) is not accepted; `field`: the part at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message if field is None else f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 class BodyTimeout(errors.MenosError):
@@ -96,7 +101,7 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     else:
         status, title = 500, "Internal error"
     fields: list[FieldError] = []
-    if isinstance(exc, errors.InvalidInput):
+    if isinstance(exc, errors.InvalidInput | UnsupportedMedia) and exc.field is not None:
         fields = [FieldError(field=exc.field, message=exc.message)]
     headers = {"www-authenticate": "Bearer"} if status == 401 else None
     if status == 408:

@@ -71,7 +71,9 @@ class ContentController(Controller):
             try:
                 raw = data.decode("utf-8")
             except UnicodeDecodeError:
-                raise http_errors.UnsupportedMedia("file: the file is not UTF-8 text") from None
+                raise http_errors.UnsupportedMedia(
+                    "the file is not UTF-8 text", field="file"
+                ) from None
             title = _form_text(_one(form, "title"), "title")
             tag_values = [_form_text(v, "tags") or "" for v in form.getall("tags", [])]
             callback = _form_text(_one(form, "callback_url"), "callback_url")
