@@ -448,3 +448,30 @@ async def test_a_gzipped_answer_sent_unasked_is_still_read(analyzer: Make) -> No
         lambda _: httpx.Response(200, headers={"content-encoding": "gzip"}, stream=_Wire(body))
     )
     assert (await analyzer(server).analyze(request())).text == ANSWER
+
+
+@pytest.mark.parametrize(
+    ("status", "coding", "body", "message"),
+    [
+        (
+            200,
+            "gzip, gzip",
+            gzip.compress(gzip.compress(b"{}")),
+            "the model server's answer is encoded 2 times over (gzip, gzip)",
+        ),
+        (503, "br", b"\x1b\x03\x00\xf8\xa5\x12\x08", "the model server answered HTTP 503"),
+        (502, "gzip", b"<html>Bad Gateway</html>", "the model server answered HTTP 502"),
+    ],
+)
+async def test_an_answer_in_a_coding_not_read_here_says_whose_and_its_status(
+    status: int, coding: str, body: bytes, message: str, analyzer: Make
+) -> None:
+    """The job's error says the model server's answer could not be decoded, and an error
+    answer keeps its HTTP status (what a user looks at first) whatever its coding."""
+    server = Server(
+        lambda _: httpx.Response(status, headers={"content-encoding": coding}, stream=_Wire(body))
+    )
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert caught.value.message == message

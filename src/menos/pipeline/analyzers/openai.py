@@ -145,7 +145,11 @@ class OpenAIAnalyzer:
             try:
                 content, more = await bounded.body(response, MAX_ANSWER_BYTES)
             except bounded.Undecodable as exc:
-                raise errors.PipelineError("LLM_CALL_ERROR", str(exc)) from exc
+                if not response.is_success:  # its status says more than its coding
+                    return response.status_code, b""
+                raise errors.PipelineError(
+                    "LLM_CALL_ERROR", f"the model server's answer is {exc}"
+                ) from exc
             if more and response.is_success:
                 return response.status_code, None
             return response.status_code, content
