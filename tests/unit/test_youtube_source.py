@@ -529,3 +529,91 @@ async def test_a_transcript_is_read_over_a_real_connection_gzipped_and_chunked()
         server.server_close()
     assert video.body.startswith("Hello and welcome to the show, everyone.\n\nAfter a pause")
     assert fake.calls == ["GET /watch", "POST /youtubei/v1/player", "GET /api/timedtext"]
+
+
+def _serve_youtube(answer: Any) -> http.server.ThreadingHTTPServer:
+    """A local server whose handler's GETs and POSTs are answered by `answer(handler)`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            answer(self)
+
+        do_POST = do_GET
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+async def _fetch_through(server: http.server.ThreadingHTTPServer) -> fetched.Fetched:
+    session = requests.Session()
+    session.mount("https://", _ToLocal(server.server_address[1]))
+    try:
+        async with _oembed_client() as client:
+            return await youtube.fetch_video(
+                client,
+                VIDEO_ID,
+                SOURCE_URL,
+                oembed_url=OEMBED_URL,
+                languages=["en"],
+                transcript=None,
+                transcript_http=session,
+                transcript_total_s=10.0,
+            )
+    finally:
+        session.close()
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_connection_broken_mid_answer_is_a_network_error() -> None:
+    """A transcript answer cut short by the server fails as the network error it is, not
+    as a failure of the transcript library."""
+
+    def cut_short(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("content-length", "1000")
+        handler.end_headers()
+        handler.wfile.write(b"<html>")
+        handler.close_connection = True
+
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch_through(_serve_youtube(cut_short))
+    assert caught.value.code == "FETCH_FAILED"
+    assert caught.value.message.startswith(
+        f"network error fetching the transcript of video {VIDEO_ID}: "
+    ), caught.value.message
+
+
+async def test_a_redirect_whose_body_does_not_decode_is_still_followed() -> None:
+    """A redirect labelled gzip with a plain body (its body is never read) still leads to
+    the transcript, as it did when requests read the answers itself."""
+    fake = FakeYouTube()
+    redirected: list[str] = []
+
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        if not redirected:
+            redirected.append(handler.path)
+            handler.send_response(302)
+            handler.send_header("location", f"https://www.youtube.com{handler.path}")
+            handler.send_header("content-encoding", "gzip")
+            handler.send_header("content-length", "5")
+            handler.end_headers()
+            handler.wfile.write(b"Found")
+            return
+        asked = requests.Request(handler.command, f"https://www.youtube.com{handler.path}")
+        body = fake.send(asked.prepare()).content
+        handler.send_response(200)
+        handler.send_header("content-length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    video = await _fetch_through(_serve_youtube(answer))
+    assert video.body.startswith("Hello and welcome to the show, everyone.")
+    assert redirected == [f"/watch?v={VIDEO_ID}"]

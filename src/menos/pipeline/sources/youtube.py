@@ -10,6 +10,7 @@ import httpx
 import msgspec
 import requests
 import requests.adapters
+import urllib3.exceptions
 import urllib3.response
 import youtube_transcript_api
 
@@ -83,7 +84,7 @@ async def fetch_video(
     are not fatal: they are noted in `metadata["oembed_error"]`. Transcript failures raise
     PipelineError: SOURCE_NOT_FOUND when there is no transcript, FETCH_FAILED otherwise
     (also when the download takes over `transcript_total_s`; its thread then makes no new
-    request, and the one under way times out by the same deadline).
+    request, and stops reading the body under way by the same deadline).
     `source_url` is what the user submitted; the video itself is looked up by `video_id`.
     """
     metadata: dict[str, Any] = {
@@ -253,7 +254,9 @@ class _BoundedAdapter(requests.adapters.BaseAdapter):
     requests' own timeout is per read, so a server dripping a byte at a time (or sending
     without end) would hold the thread and grow its memory for as long as it liked. Reading
     stops at the deadline (a silent server: one read timeout later) or past
-    _TRANSCRIPT_MAX_BYTES."""
+    _TRANSCRIPT_MAX_BYTES. The status line and headers are read by `inner`, each read
+    bounded by the timeout only: a server dripping its headers can hold the thread longer
+    (the job still fails at the deadline)."""
 
     def __init__(self, inner: requests.adapters.BaseAdapter, deadline: float) -> None:
         super().__init__()
@@ -273,8 +276,11 @@ class _BoundedAdapter(requests.adapters.BaseAdapter):
         if not isinstance(raw, urllib3.response.BaseHTTPResponse):
             return response  # an answer already in memory (a test's adapter)
         body = bytearray()
+        # A redirect's body is thrown away: as requests does, one that does not decode does
+        # not stop the redirect.
+        decode = not response.is_redirect
         try:
-            while piece := raw.read1(_READ_BYTES, decode_content=True):
+            while piece := raw.read1(_READ_BYTES, decode_content=decode):
                 body += piece
                 if len(body) > _TRANSCRIPT_MAX_BYTES:
                     raise requests.RequestException(
@@ -282,6 +288,9 @@ class _BoundedAdapter(requests.adapters.BaseAdapter):
                     )
                 if time.monotonic() > self._deadline:
                     raise requests.Timeout("the transcript download's time is up")
+        except urllib3.exceptions.HTTPError as exc:
+            response.close()
+            raise _requests_error(exc) from exc
         except BaseException:
             response.close()
             raise
@@ -292,6 +301,21 @@ class _BoundedAdapter(requests.adapters.BaseAdapter):
 
     def close(self) -> None:
         self._inner.close()
+
+
+def _requests_error(exc: urllib3.exceptions.HTTPError) -> requests.RequestException:
+    """What requests raises for `exc` met while it reads a body itself (iter_content)."""
+    match exc:
+        case urllib3.exceptions.ProtocolError():
+            return requests.exceptions.ChunkedEncodingError(exc)
+        case urllib3.exceptions.DecodeError():
+            return requests.exceptions.ContentDecodingError(exc)
+        case urllib3.exceptions.ReadTimeoutError():
+            return requests.ConnectionError(exc)
+        case urllib3.exceptions.SSLError():
+            return requests.exceptions.SSLError(exc)
+        case _:
+            return requests.RequestException(exc)
 
 
 def _paragraphs(snippets: list[_Snippet]) -> str:
