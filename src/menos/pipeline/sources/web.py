@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import html
 import re
 from typing import Any
@@ -162,25 +161,16 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         raise errors.PipelineError(
             "CONTENT_EMPTY", f"nothing readable: unsupported content type {content_type}"
         )
-    try:
-        coding = bounded.coding(response)
-    except bounded.Undecodable as exc:
-        raise errors.PipelineError("FETCH_FAILED", f"the page is {exc}") from None
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async with contextlib.aclosing(bounded.decoded(response, coding, max_bytes + 1)) as body:
-            async for chunk in body:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise _too_large(max_bytes)
-                chunks.append(chunk)
+        raw, more = await bounded.body(response, max_bytes)
     except bounded.Undecodable as exc:
-        raise errors.PipelineError("FETCH_FAILED", f"the page is {exc}") from exc
-    raw = b"".join(chunks)
+        raise errors.PipelineError("FETCH_FAILED", f"the page is {exc}") from None
+    if more:
+        raise _too_large(max_bytes)
+    size = len(raw)
     is_html = content_type not in _VERBATIM_TYPES
     try:
         text = raw.decode(_encoding(response, raw, is_html=is_html), errors="replace")
