@@ -15,6 +15,7 @@ import pytest
 from menos import errors
 from menos.pipeline import analyzers
 from menos.pipeline.analyzers import openai
+from tests.support import wire
 
 ANSWER = '{"summary": "s", "tags": ["a"], "tier": "B"}'
 USAGE = {"prompt_tokens": 321, "completion_tokens": 45, "total_tokens": 366}
@@ -400,17 +401,6 @@ async def test_json_nested_deeper_than_python_reads_is_llm_call_error(
         assert caught.value.message.startswith("the model server answered HTTP 500: {")
 
 
-class _Wire(httpx.AsyncByteStream):
-    """A body as a server sends it: 64 KiB network reads."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for start in range(0, len(self.data), 65536):
-            yield self.data[start : start + 65536]
-
-
 def _gzip_of_zeros(size: int, *, layers: int = 1) -> bytes:
     data = b"\0" * size
     for _ in range(layers):
@@ -428,7 +418,7 @@ async def test_a_compressed_answer_sent_unasked_is_capped_before_it_is_inflated(
     bomb = _gzip_of_zeros(size, layers=layers)
     coding = ", ".join(["gzip"] * layers)
     server = Server(
-        lambda _: httpx.Response(200, headers={"content-encoding": coding}, stream=_Wire(bomb))
+        lambda _: httpx.Response(200, headers={"content-encoding": coding}, stream=wire.Wire(bomb))
     )
     tracemalloc.start()
     try:
@@ -445,7 +435,7 @@ async def test_a_gzipped_answer_sent_unasked_is_still_read(analyzer: Make) -> No
     """A small answer compressed against the request's wish is inflated and read."""
     body = gzip.compress(json.dumps(completion()).encode())
     server = Server(
-        lambda _: httpx.Response(200, headers={"content-encoding": "gzip"}, stream=_Wire(body))
+        lambda _: httpx.Response(200, headers={"content-encoding": "gzip"}, stream=wire.Wire(body))
     )
     assert (await analyzer(server).analyze(request())).text == ANSWER
 
@@ -469,7 +459,9 @@ async def test_an_answer_in_a_coding_not_read_here_says_whose_and_its_status(
     """The job's error says the model server's answer could not be decoded, and an error
     answer keeps its HTTP status (what a user looks at first) whatever its coding."""
     server = Server(
-        lambda _: httpx.Response(status, headers={"content-encoding": coding}, stream=_Wire(body))
+        lambda _: httpx.Response(
+            status, headers={"content-encoding": coding}, stream=wire.Wire(body)
+        )
     )
     with pytest.raises(errors.PipelineError) as caught:
         await analyzer(server).analyze(request())

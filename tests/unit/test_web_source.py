@@ -17,6 +17,7 @@ import pytest
 from menos import errors
 from menos.pipeline import ssrf
 from menos.pipeline.sources import web
+from tests.support import wire
 from tests.support.http_network import HandlerNetwork
 
 Handler = (
@@ -449,20 +450,9 @@ async def test_a_page_compressed_twice_over_is_refused_before_reading() -> None:
     assert "encoded 2 times over" in error.message
 
 
-class _Wire(httpx.AsyncByteStream):
-    """A body as the network gives it: raw bytes in 64 KB reads, not decoded beforehand."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for start in range(0, len(self.data), 65536):
-            yield self.data[start : start + 65536]
-
-
 def _encoded(coding: str, data: bytes, content_type: str = "text/plain") -> httpx.Response:
     headers = {"content-type": content_type, "content-encoding": coding}
-    return httpx.Response(200, headers=headers, stream=_Wire(data))
+    return httpx.Response(200, headers=headers, stream=wire.Wire(data))
 
 
 def _compressed(coding: str, data: bytes) -> bytes:

@@ -22,6 +22,7 @@ import requests.structures
 
 from menos import errors
 from menos.pipeline.sources import fetched, youtube
+from tests.support import wire
 
 VIDEO_ID = "dQw4w9WgXcQ"
 OEMBED_URL = "http://oembed.test/oembed"
@@ -145,14 +146,16 @@ def _oembed_client(
 
 
 async def _fetch(
-    fake: FakeYouTube,
+    fake: FakeYouTube | None = None,
     *,
+    session: requests.Session | None = None,
     languages: list[str] | None = None,
     transcript: str | None = None,
     oembed: httpx.AsyncClient | None = None,
     total_s: float = youtube.TRANSCRIPT_TOTAL_S,
 ) -> fetched.Fetched:
-    session = _session(fake)
+    """The video fetched with the transcript from `fake`, or through `session` (closed after)."""
+    session = session or _session(fake or FakeYouTube())
     async with oembed if oembed is not None else _oembed_client() as client:
         try:
             return await youtube.fetch_video(
@@ -351,22 +354,11 @@ async def test_an_oembed_answer_is_bounded_in_size_and_time(
     assert slow.title is None and "within 0.3 s" in slow.metadata["oembed_error"]
 
 
-class _Wire(httpx.AsyncByteStream):
-    """A body as a server sends it: 64 KiB network reads."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for start in range(0, len(self.data), 65536):
-            yield self.data[start : start + 65536]
-
-
 async def test_an_oembed_answer_compressed_unasked_is_capped_before_it_is_inflated() -> None:
     """An oEmbed answer gzipped although asked for identity (64 MiB of spaces in 64 KB)
     stops at 64 KiB with memory near that: httpx inflated each network read whole."""
     bomb = gzip.compress(b" " * (64 * 2**20), compresslevel=9)
-    answer = httpx.Response(200, headers={"content-encoding": "gzip"}, stream=_Wire(bomb))
+    answer = httpx.Response(200, headers={"content-encoding": "gzip"}, stream=wire.Wire(bomb))
     tracemalloc.start()
     try:
         video = await _fetch(FakeYouTube(), oembed=_oembed_client(answer))
@@ -459,27 +451,14 @@ async def test_a_transcript_answer_that_never_ends_is_abandoned(flood: bool) -> 
     and its thread stops reading then: it does not keep an executor thread (shared with
     DNS lookups and page extraction) and its growing body for as long as the server likes."""
     server = _Hostile(flood=flood)
-    session = requests.Session()
-    session.mount("https://", _ToLocal(server.port))
     try:
-        async with _oembed_client() as client:
-            with pytest.raises(errors.PipelineError) as caught:
-                await youtube.fetch_video(
-                    client,
-                    VIDEO_ID,
-                    SOURCE_URL,
-                    oembed_url=OEMBED_URL,
-                    languages=["en"],
-                    transcript=None,
-                    transcript_http=session,
-                    transcript_total_s=2.0,
-                )
+        with pytest.raises(errors.PipelineError) as caught:
+            await _fetch_from_local(server.port, total_s=2.0)
         assert caught.value.code == "FETCH_FAILED"
         hung_up = await asyncio.to_thread(server.hung_up.wait, 5.0)
         assert hung_up, f"still reading after {server.sent} bytes"
         assert server.sent < 40 * 2**20
     finally:
-        session.close()
         server.close()
 
 
@@ -487,46 +466,20 @@ async def test_a_transcript_is_read_over_a_real_connection_gzipped_and_chunked()
     """The library's answers read as they arrive are whole: gzip over small chunks."""
     fake = FakeYouTube()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        asked = requests.Request(handler.command, f"https://www.youtube.com{handler.path}")
+        body = gzip.compress(fake.send(asked.prepare()).content)
+        handler.send_response(200)
+        handler.send_header("content-encoding", "gzip")
+        handler.send_header("transfer-encoding", "chunked")
+        handler.end_headers()
+        for start in range(0, len(body), 7):
+            piece = body[start : start + 7]
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        handler.wfile.write(b"0\r\n\r\n")
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length", "0")))
-            asked = requests.Request(self.command, f"https://www.youtube.com{self.path}")
-            body = gzip.compress(fake.send(asked.prepare()).content)
-            self.send_response(200)
-            self.send_header("content-encoding", "gzip")
-            self.send_header("transfer-encoding", "chunked")
-            self.end_headers()
-            for start in range(0, len(body), 7):
-                piece = body[start : start + 7]
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-            self.wfile.write(b"0\r\n\r\n")
-
-        do_POST = do_GET
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    session = requests.Session()
-    session.mount("https://", _ToLocal(server.server_address[1]))
-    try:
-        async with _oembed_client() as client:
-            video = await youtube.fetch_video(
-                client,
-                VIDEO_ID,
-                SOURCE_URL,
-                oembed_url=OEMBED_URL,
-                languages=["en"],
-                transcript=None,
-                transcript_http=session,
-            )
-    finally:
-        session.close()
-        server.shutdown()
-        server.server_close()
+    server = _serve_youtube(answer)
+    video = await _fetch_through(server)
     assert video.body.startswith("Hello and welcome to the show, everyone.\n\nAfter a pause")
     assert fake.calls == ["GET /watch", "POST /youtubei/v1/player", "GET /api/timedtext"]
 
@@ -552,24 +505,19 @@ def _serve_youtube(answer: Any) -> http.server.ThreadingHTTPServer:
 
 
 async def _fetch_through(server: http.server.ThreadingHTTPServer) -> fetched.Fetched:
-    session = requests.Session()
-    session.mount("https://", _ToLocal(server.server_address[1]))
+    """The video fetched with its transcript downloaded from `server`, shut down after."""
     try:
-        async with _oembed_client() as client:
-            return await youtube.fetch_video(
-                client,
-                VIDEO_ID,
-                SOURCE_URL,
-                oembed_url=OEMBED_URL,
-                languages=["en"],
-                transcript=None,
-                transcript_http=session,
-                transcript_total_s=10.0,
-            )
+        return await _fetch_from_local(server.server_address[1], total_s=10.0)
     finally:
-        session.close()
         server.shutdown()
         server.server_close()
+
+
+async def _fetch_from_local(port: int, *, total_s: float) -> fetched.Fetched:
+    """The video fetched with its transcript downloaded from a server on 127.0.0.1:`port`."""
+    session = requests.Session()
+    session.mount("https://", _ToLocal(port))
+    return await _fetch(session=session, total_s=total_s)
 
 
 async def test_a_connection_broken_mid_answer_is_a_network_error() -> None:
