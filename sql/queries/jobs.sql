@@ -134,7 +134,7 @@ UPDATE menos.pipeline_job
 RETURNING job_id;
 
 -- name: release_job
--- Give a claim back on graceful stop: pending again with the attempt not counted, or cancelled when a cancel was asked.
+-- Give a claim back on graceful stop: pending again with the attempt not counted, or cancelled when a cancel was asked; returns the status it ended in.
 UPDATE menos.pipeline_job
    SET status = CASE WHEN cancel_requested_at IS NULL THEN 'pending' ELSE 'cancelled' END,
        attempts = CASE WHEN cancel_requested_at IS NULL THEN attempts - 1 ELSE attempts END,
@@ -145,7 +145,7 @@ UPDATE menos.pipeline_job
        worker_id = CASE WHEN cancel_requested_at IS NULL THEN NULL ELSE worker_id END,
        lease_expires_at = NULL
  WHERE job_id = $1 AND (status = 'processing') IS TRUE AND worker_id = $2 AND attempts = $3
-RETURNING job_id;
+RETURNING job_id, status;
 
 -- name: rescue_expired
 -- Return expired-lease jobs (all, or only job $3) to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked).

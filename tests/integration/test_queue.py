@@ -235,7 +235,8 @@ async def test_graceful_release_does_not_count_an_attempt(
     await helpers.owner(repo)
     await repo.enqueue(helpers.note())
     (held,) = await claim(repo, "w", 1)
-    assert await repo.release(repository.Guard(held.job.job_id, "w", held.job.attempts))
+    guard = repository.Guard(held.job.job_id, "w", held.job.attempts)
+    assert await repo.release(guard) == "released"
     row = await pool.fetchrow("SELECT status, attempts, worker_id FROM menos.pipeline_job")
     assert dict(row) == {"status": "pending", "attempts": 0, "worker_id": None}
 
@@ -249,7 +250,8 @@ async def test_graceful_release_of_a_job_asked_to_cancel_cancels_it(
     await repo.enqueue(helpers.note(callback_url="http://127.0.0.1:9/hook"))
     (held,) = await claim(repo, "w", 1)
     assert (await repo.request_cancel(held.job.job_id, owner="alice")) is not None
-    assert await repo.release(repository.Guard(held.job.job_id, "w", held.job.attempts))
+    guard = repository.Guard(held.job.job_id, "w", held.job.attempts)
+    assert await repo.release(guard) == "cancelled"  # and the worker's summary line says so
     row = await pool.fetchrow(
         "SELECT status, attempts, worker_id, lease_expires_at, finished_at IS NOT NULL AS ended"
         " FROM menos.pipeline_job"

@@ -230,26 +230,32 @@ async def test_a_cancel_during_persist_ends_the_job_cancelled(
 class ReleaseRefused(repository.Repository):
     """A repository whose release at shutdown does not get written (the database is away)."""
 
-    async def release(self, guard: repository.Guard) -> bool:
+    async def release(self, guard: repository.Guard) -> None:
         raise errors.DatabaseUnavailable("connection refused")
 
 
 @pytest.mark.parametrize(
-    ("repo_class", "outcome", "status"),
-    [(repository.Repository, "released", "pending"), (ReleaseRefused, "lost", "processing")],
+    ("repo_class", "cancel", "outcome", "status"),
+    [
+        (repository.Repository, False, "released", "pending"),
+        (repository.Repository, True, "cancelled", "cancelled"),
+        (ReleaseRefused, False, "lost", "processing"),
+    ],
 )
 async def test_a_shutdown_logs_released_only_when_the_release_was_written(
     pool: asyncpg.Pool[Any],
     database_url: str,
     repo_class: type[repository.Repository],
+    cancel: bool,
     outcome: str,
     status: str,
 ) -> None:
     """A job still running when the grace ends is given back: `released` when that was
-    written; `lost` when it was not, since its lease gives it back with the attempt counted."""
+    written (`cancelled` when a cancel was asked meanwhile, as the release then ends it);
+    `lost` when it was not, since its lease gives it back with the attempt counted."""
     repo = repo_class(pool, db.Queries())
     await helpers.owner(repo)
-    await repo.enqueue(helpers.note())
+    job_id = (await repo.enqueue(helpers.note())).job_id
     analyzer = GatedAnalyzer()  # never opened: the job runs until the grace ends
     config = helpers.worker_config(
         concurrency=1, max_processing=1, poll_s=0.2, shutdown_grace_s=0.1
@@ -262,6 +268,8 @@ async def test_a_shutdown_logs_released_only_when_the_release_was_written(
         with structlog.testing.capture_logs() as logs:
             running = asyncio.create_task(worker.run(stop))
             await analyzer.until_called(1)
+            if cancel:  # asked while the analyzer runs: no stage boundary comes before the stop
+                assert await repo.request_cancel(job_id, owner=None) is not None
             stop.set()
             await running
     finished = [entry for entry in logs if entry["event"] == "job_finished"]

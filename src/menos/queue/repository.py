@@ -536,11 +536,13 @@ class Repository(_Store):
         )
         return row is not None
 
-    async def release(self, guard: Guard) -> bool:
-        """Give a claim back (graceful stop): pending again with the attempt not counted, or
-        cancelled when a cancel was asked meanwhile."""
+    async def release(self, guard: Guard) -> Literal["released", "cancelled"] | None:
+        """Give a claim back (graceful stop): `released`, pending again with the attempt not
+        counted, or `cancelled` when a cancel was asked meanwhile; None when not ours."""
         row = await self._fetchrow("release_job", guard.job_id, guard.worker_id, guard.attempts)
-        return row is not None
+        if row is None:
+            return None
+        return "cancelled" if row["status"] == "cancelled" else "released"
 
     async def rescue_expired(
         self, *, max_attempts: int, now: dt.datetime | None = None

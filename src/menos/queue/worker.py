@@ -366,8 +366,8 @@ class Worker:
             # no longer ours): its lease gives it back, with the attempt counted.
             outcome = "lost"
             with contextlib.suppress(Exception):
-                if await asyncio.shield(self.repo.release(slot.guard)):
-                    outcome = "released"
+                released = await asyncio.shield(self.repo.release(slot.guard))
+                outcome = released or "lost"
             raise
         except errors.DatabaseUnavailable as exc:
             outcome = "lost"  # the lease runs out and the rescuer returns the job
