@@ -291,6 +291,19 @@ SELECT * FROM menos.content
  ORDER BY created_at DESC, content_id DESC
  LIMIT $7;
 
+-- name: export_content
+-- A page of completed content that has a result (of owner $1, or all), newest first after the
+-- cursor ($2, $3), without its body: the export never writes it, and bodies run to megabytes.
+SELECT content_id, owner, content_type, resource_key, source_url, title, tags,
+       NULL::text AS body, source_metadata, processing_status, processed_at, pipeline_version,
+       result, latest_job_id, created_at, updated_at
+  FROM menos.content
+ WHERE ($1::text IS NULL OR owner = $1)
+   AND processing_status = 'completed' AND result IS NOT NULL
+   AND ($2::timestamptz IS NULL OR (created_at, content_id) < ($2, $3::uuid))
+ ORDER BY created_at DESC, content_id DESC
+ LIMIT $4;
+
 -- name: contents_by_resource_key
 -- Content items with this resource key, optionally of one owner.
 SELECT * FROM menos.content

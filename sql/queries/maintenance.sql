@@ -6,6 +6,10 @@ SELECT pg_try_advisory_lock(hashtext($1));
 -- Give up the duty's lock.
 SELECT pg_advisory_unlock(hashtext($1));
 
+-- name: database_now
+-- The database's clock, which stamps finished_at, audit_event.at and metric_sample.updated_at.
+SELECT now();
+
 -- name: purge_jobs
 -- Delete up to $2 terminal jobs finished before $1 whose callback event is not still pending (outbox rows go with them).
 WITH doomed AS (

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
-import io
 import json
 import re
 import sys
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -239,21 +239,22 @@ async def classify(
 
 async def _completed(
     repo: repository.Repository, owner: str | None, content_id: uuid.UUID | None
-) -> list[models.Content]:
+) -> AsyncIterator[models.Content]:
+    """The items to export, a page at a time: a large export never holds them all (nor any
+    body) in memory."""
     if content_id is not None:
         one = await repo.content(content_id, owner=owner)
         if one is None or one.result is None:
             raise errors.NotFound(f"no completed content {content_id}")
-        return [one]
-    items: list[models.Content] = []
+        yield one
+        return
     after = None
     while True:
-        page = await repo.list_content(
-            owner=owner, status="completed", content_type=None, tag=None, after=after, limit=100
-        )
-        items += [c for c in page.items if c.result is not None]
+        page = await repo.export_page(owner=owner, after=after, limit=100)
+        for item in page.items:
+            yield item
         if page.last is None:
-            return items
+            return
         after = page.last
 
 
@@ -278,6 +279,21 @@ def slug(text: str, limit: int = 60) -> str:
     return _SLUG.sub("-", ascii_text.lower()).strip("-")[:limit].strip("-") or "untitled"
 
 
+class _FrontmatterDumper(yaml.SafeDumper):
+    """safe_dump's rules, except that a string holding a character YAML reads as a line break
+    (NEL, U+2028, U+2029) is double-quoted, where it is escaped: PyYAML writes NEL bare in a
+    plain or single-quoted scalar, which reads back folded into a space."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    if any(ch in data for ch in "\x85\u2028\u2029"):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+    return dumper.represent_str(data)
+
+
+_FrontmatterDumper.add_representer(str, _represent_str)
+
+
 def markdown_document(content: models.Content) -> str:
     """One item as markdown with YAML frontmatter (safe_dump: it parses back to the same data)."""
     result = content.result or {}
@@ -295,7 +311,7 @@ def markdown_document(content: models.Content) -> str:
     }
     lines = [
         "---",
-        yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(),
+        yaml.dump(front, Dumper=_FrontmatterDumper, sort_keys=False, allow_unicode=True).rstrip(),
         "---",
         "",
         f"# {content.title or content.resource_key}",
@@ -318,42 +334,62 @@ def _cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def _csv(items: list[models.Content]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        [
-            "content_id",
-            "owner",
-            "content_type",
-            "title",
-            "source_url",
-            "tags",
-            "tier",
-            "quality_score",
-            "result_tags",
-            "summary",
-            "processed_at",
-        ]
-    )
-    for c in items:
-        r = c.result or {}
-        writer.writerow(
-            [
-                c.content_id,
-                c.owner,
-                c.content_type,
-                _cell(c.title or ""),
-                _cell(c.source_url or ""),
-                _cell(";".join(c.tags)),
-                r.get("tier", ""),
-                r.get("quality_score", ""),
-                ";".join(r.get("tags", [])),  # lower-case letters first: never a formula
-                _cell(str(r.get("summary", ""))),
-                c.processed_at.isoformat(),
-            ]
-        )
-    yield buffer.getvalue()
+_CSV_HEADER = [
+    "content_id",
+    "owner",
+    "content_type",
+    "title",
+    "source_url",
+    "tags",
+    "tier",
+    "quality_score",
+    "result_tags",
+    "summary",
+    "processed_at",
+]
+
+
+def _csv_row(c: models.Content) -> list[Any]:
+    r = c.result or {}
+    return [
+        c.content_id,
+        c.owner,
+        c.content_type,
+        _cell(c.title or ""),
+        _cell(c.source_url or ""),
+        _cell(";".join(c.tags)),
+        r.get("tier", ""),
+        r.get("quality_score", ""),
+        ";".join(r.get("tags", [])),  # lower-case letters first: never a formula
+        _cell(str(r.get("summary", ""))),
+        c.processed_at.isoformat(),
+    ]
+
+
+def _write_items(handle: TextIO, fmt: str) -> Callable[[models.Content], None]:
+    """A writer of one item at a time in `fmt` (the CSV header is written at once)."""
+    if fmt == "csv":
+        writer = csv.writer(handle)
+        writer.writerow(_CSV_HEADER)
+
+        def write_row(c: models.Content) -> None:
+            writer.writerow(_csv_row(c))
+
+        return write_row
+
+    def write_line(c: models.Content) -> None:
+        handle.write(json.dumps(_record(c), ensure_ascii=False) + "\n")
+
+    return write_line
+
+
+async def _then(
+    first: models.Content | None, rest: AsyncIterator[models.Content]
+) -> AsyncIterator[models.Content]:
+    if first is not None:
+        yield first
+        async for item in rest:
+            yield item
 
 
 async def export(
@@ -366,31 +402,33 @@ async def export(
     stdout: TextIO,
 ) -> int:
     """Write completed results as jsonl, csv, or one markdown file per item."""
-    items = await _completed(repo, owner, content_id)
+    pages = _completed(repo, owner, content_id)
+    first = await anext(pages, None)  # an unknown --content-id fails before any output
+    items = _then(first, pages)
+    count = 0
     if fmt == "markdown":
         directory = out or Path("export")
         directory.mkdir(parents=True, exist_ok=True)
-        for content in items:
+        async for content in items:
+            count += 1
             # The id's last 12 hex digits are random (its first ones are a timestamp).
             stem = f"{slug(content.title or content.resource_key)}-{content.content_id.hex[-12:]}"
             path = directory / f"{stem}.md"
             path.write_text(markdown_document(content), encoding="utf-8")
             print(str(path), file=stdout)
-        log.info("export_finished", items=len(items), directory=str(directory))
+        log.info("export_finished", items=count, directory=str(directory))
         return EXIT_OK
-    chunks = (
-        _csv(items)
-        if fmt == "csv"
-        else (json.dumps(_record(c), ensure_ascii=False) + "\n" for c in items)
-    )
-    if out is None:
-        for chunk in chunks:
-            stdout.write(chunk)
-    else:
-        with out.open("w", encoding="utf-8", newline="") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-    log.info("export_finished", items=len(items), format=fmt)
+    with contextlib.ExitStack() as stack:
+        handle = (
+            stdout
+            if out is None
+            else stack.enter_context(out.open("w", encoding="utf-8", newline=""))
+        )
+        write = _write_items(handle, fmt)
+        async for content in items:
+            write(content)
+            count += 1
+    log.info("export_finished", items=count, format=fmt)
     return EXIT_OK
 
 

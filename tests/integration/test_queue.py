@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import types
 from typing import Any, cast
 
 import asyncpg
@@ -12,7 +13,7 @@ import pytest
 import structlog
 
 from menos import db, errors
-from menos.queue import models, repository, rescuer
+from menos.queue import maintenance, models, repository, rescuer
 from tests.integration import helpers
 from tests.support import tcp_proxy
 
@@ -989,3 +990,42 @@ async def test_a_running_version_that_is_not_dotted_numbers_finds_nothing_stale(
 
     assert await stale("0.2.0rc1") == 0
     assert await stale("0.2.0") == 1
+
+
+async def test_the_purge_measures_retention_on_the_database_clock(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database stamps finished_at, audit times and metric samples, so retention counts
+    back from its clock: a worker whose clock runs two days fast purges nothing early and
+    folds no live process's samples (which would count them twice once it writes again)."""
+    await helpers.owner(repo)
+    [job] = await repo.enqueue_many([helpers.note()])
+    await pool.execute(
+        "UPDATE menos.pipeline_job SET status = 'completed', full_payload = '{}',"
+        " finished_at = now() - interval '59 days'"
+    )
+    await pool.execute(
+        "INSERT INTO menos.audit_event (event, at) VALUES ('audit.x', now() - interval '59 days')"
+    )
+    await repo.flush_stats("live", [("menos_callback_deliveries_total", "outcome=delivered", 7)])
+
+    class FastClock(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> FastClock:
+            return cast(FastClock, dt.datetime.now(tz) + dt.timedelta(days=2))
+
+    fast = types.ModuleType("datetime")
+    fast.__dict__.update(vars(dt), datetime=FastClock)
+    monkeypatch.setattr(maintenance, "dt", fast)  # this process's clock, not the database's
+    purger = maintenance.Purger(maintenance.PurgeConfig(compact_days=60, full_days=60), repo)
+    nothing = repository.PurgeCounts()
+    assert await purger.preview() == nothing
+    assert await purger.run_once() == nothing
+    assert await pool.fetchval(
+        "SELECT full_payload IS NOT NULL FROM menos.pipeline_job WHERE job_id = $1", job.job_id
+    )
+    assert await pool.fetchval("SELECT count(*) FROM menos.audit_event") == 1
+    assert (
+        await pool.fetchval("SELECT count(*) FROM menos.metric_sample WHERE process_id = 'live'")
+        == 1
+    )

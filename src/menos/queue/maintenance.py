@@ -49,11 +49,13 @@ class Purger:
         self._config = config
         self._repo = repo
 
-    def cutoffs(
+    async def cutoffs(
         self, now: dt.datetime | None = None
     ) -> tuple[dt.datetime, dt.datetime, dt.datetime]:
-        """(jobs and audit events before, full payloads before, metric samples quiet since)."""
-        at = now or dt.datetime.now(dt.UTC)
+        """(jobs and audit events before, full payloads before, metric samples quiet since),
+        counted back from `now` or else the database's clock, which stamped every time they
+        are compared with (finished_at, at, updated_at): this host's clock may be off."""
+        at = now or await self._repo.database_now()
         return (
             _days_before(at, self._config.compact_days),
             _days_before(at, self._config.full_days),
@@ -62,11 +64,11 @@ class Purger:
 
     async def preview(self, now: dt.datetime | None = None) -> repository.PurgeCounts:
         """What `run_once` would remove now (`purge --dry-run`)."""
-        return await self._repo.purge_preview(*self.cutoffs(now))
+        return await self._repo.purge_preview(*(await self.cutoffs(now)))
 
     async def run_once(self, now: dt.datetime | None = None) -> repository.PurgeCounts:
         """Purge everything expired, batch by batch; running it again removes nothing more."""
-        jobs_before, full_before, quiet_since = self.cutoffs(now)
+        jobs_before, full_before, quiet_since = await self.cutoffs(now)
         counts: dict[str, int] = {}
         steps = (
             ("full_payloads", full_before),

@@ -689,6 +689,15 @@ class Repository(_Store):
         last = (items[-1].created_at, items[-1].content_id) if len(rows) > limit else None
         return Page(items=items, last=last)
 
+    async def export_page(
+        self, *, owner: str | None, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
+    ) -> Page[models.Content]:
+        """Completed content with a result, newest first after `after`, without bodies."""
+        rows = await self._fetch("export_content", owner, *(after or (None, None)), limit + 1)
+        items = [_row(r, models.Content) for r in rows[:limit]]
+        last = (items[-1].created_at, items[-1].content_id) if len(rows) > limit else None
+        return Page(items=items, last=last)
+
     async def contents_by_resource_key(
         self, resource_key: str, *, owner: str | None
     ) -> list[models.Content]:
@@ -808,6 +817,13 @@ class Repository(_Store):
             finally:
                 if held:
                     await conn.fetchval(self._q["release_leader_lock"], duty)
+
+    async def database_now(self) -> dt.datetime:
+        """The database's clock (retention is measured on it, as every time it stamps)."""
+        row = await self._fetchrow("database_now")
+        assert row is not None
+        now: dt.datetime = row[0]
+        return now
 
     async def purge_batch(
         self,
