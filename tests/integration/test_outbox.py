@@ -1321,13 +1321,15 @@ async def test_one_owners_black_hole_receivers_do_not_hold_every_slot(
 
 @contextlib.asynccontextmanager
 async def dispatching(
-    config: dispatcher.DispatcherConfig, outbox: repository.OutboxRepository, database_url: str
+    config: dispatcher.DispatcherConfig,
+    outbox: repository.OutboxRepository,
+    database_url: str,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[None]:
-    """A dispatcher running for the block, over real sockets to 127.0.0.1."""
+    """A dispatcher running for the block, over real sockets to 127.0.0.1 (or `transport`)."""
     stop = asyncio.Event()
-    async with httpx.AsyncClient(
-        transport=ssrf.PinnedTransport(allow_private=True), trust_env=False
-    ) as client:
+    transport = transport or ssrf.PinnedTransport(allow_private=True)
+    async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
         running = asyncio.create_task(
             dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run(stop)
         )
@@ -1374,22 +1376,14 @@ async def test_one_owners_backlog_uses_every_slot_without_a_passing_over_claim_e
     config = dispatcher.DispatcherConfig(
         timeout_s=5, backoff_s=BACKOFF, poll_s=3600, app_version="9.9.9", batch_size=4
     )
-    stop = asyncio.Event()
-    async with httpx.AsyncClient(transport=transport) as client:
-        running = asyncio.create_task(
-            dispatcher.Dispatcher(config, box, client, dsn=database_url).run(stop)
-        )
+    async with dispatching(config, box, database_url, transport):
         for _ in range(600):  # up to 30 s; the 40 deliveries take well under one
-            if (
-                await pool.fetchval(
-                    "SELECT count(*) FROM menos.callback_outbox WHERE status = 'delivered'"
-                )
-                == 40
-            ):
+            delivered = await pool.fetchval(
+                "SELECT count(*) FROM menos.callback_outbox WHERE status = 'delivered'"
+            )
+            if delivered == 40:
                 break
             await asyncio.sleep(0.05)  # the interval of this poll for the condition above
-        stop.set()
-        await running
     assert (
         await pool.fetchval("SELECT count(*) FROM menos.callback_outbox WHERE status = 'delivered'")
         == 40
