@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import yaml
 
 from menos import markdown
 
@@ -112,6 +113,16 @@ def test_a_frontmatter_block_over_the_limit_stays_text_unread() -> None:
     assert note.metadata == {} and note.text == raw
     fits = markdown.parse("---\ntitle: Small\n" + block[: block.index("k100:")] + "---\n# Body\n")
     assert fits.metadata["title"] == "Small" and fits.text == "# Body"
+
+
+def test_frontmatter_is_read_by_libyaml() -> None:
+    """The pure-Python YAML reader spent about a second of the API's event loop on a
+    64 KB block (a deep flow collection); libyaml reads or refuses it in milliseconds. The
+    locked PyYAML wheel carries libyaml, and the reader must use it."""
+    assert yaml.__with_libyaml__
+    assert markdown._SafeLoader is yaml.CSafeLoader
+    deep = "x: " + "[" * 30_000 + "]" * 30_000
+    assert markdown.parse(f"---\ntitle: Deep\n{deep}\n---\nbody").metadata == {}
 
 
 @pytest.mark.parametrize(
