@@ -1,14 +1,10 @@
 -- name: ensure_owner
--- Create an owner with its webhook secret unless it exists; returns the owner's secret.
-WITH inserted AS (
-    INSERT INTO menos.owner (name, webhook_secret) VALUES ($1, $2)
-    ON CONFLICT (name) DO NOTHING
-    RETURNING webhook_secret
-)
-SELECT webhook_secret FROM inserted
-UNION ALL
-SELECT webhook_secret FROM menos.owner WHERE name = $1
-LIMIT 1;
+-- Create an owner with its webhook secret unless it exists; returns the owner's secret. The
+-- no-op update locks and returns the row a concurrent creation committed (a plain SELECT here
+-- would read the statement's snapshot, taken before that commit, and find nothing).
+INSERT INTO menos.owner (name, webhook_secret) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET webhook_secret = menos.owner.webhook_secret
+RETURNING webhook_secret;
 
 -- name: insert_api_key
 -- Store a new key by its hash.
@@ -31,7 +27,9 @@ UPDATE menos.api_key SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS 
 RETURNING key_id;
 
 -- name: rotate_owner_secret
--- Replace an owner's webhook secret; the previous one keeps signing until $3. Returns until when the secret this drops would still have signed, if later than $4 (now).
+-- Replace an owner's webhook secret; the previous one keeps signing for $3 from $4 (now, the
+-- database's unless given: the dispatcher compares with its clock). Returns until when the
+-- secret this drops would still have signed, if later than now.
 WITH old AS (
     SELECT name, previous_webhook_secret, previous_secret_expires_at
       FROM menos.owner
@@ -39,7 +37,8 @@ WITH old AS (
        FOR UPDATE  -- a concurrent rotation is then seen as it committed
 )
 UPDATE menos.owner o
-   SET previous_webhook_secret = o.webhook_secret, previous_secret_expires_at = $3,
+   SET previous_webhook_secret = o.webhook_secret,
+       previous_secret_expires_at = coalesce($4::timestamptz, now()) + $3::interval,
        webhook_secret = $2
   FROM old
  WHERE o.name = old.name

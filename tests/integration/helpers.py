@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import types
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -101,3 +103,17 @@ async def sequential_scans(one: OneTransaction, tables: tuple[str, ...]) -> dict
     )
     assert sorted(r["relname"] for r in rows) == sorted(tables)
     return {r["relname"]: r["seq_scan"] for r in rows}
+
+
+def clock_ahead(by: dt.timedelta) -> types.ModuleType:
+    """A `datetime` module whose `datetime.now()` runs `by` ahead: a host clock that is off,
+    for a module's `dt` (monkeypatched), while the database keeps its own."""
+
+    class FastClock(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> FastClock:
+            return cast(FastClock, dt.datetime.now(tz) + by)
+
+    fast = types.ModuleType("datetime")
+    fast.__dict__.update(vars(dt), datetime=FastClock)
+    return fast

@@ -482,6 +482,21 @@ async def test_a_second_rotation_within_the_overlap_says_it_drops_the_first_secr
     assert third is not None and third.dropped_until is None
 
 
+async def test_a_rotated_secret_signs_for_24_hours_of_the_database_clock(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher compares the previous secret's end with the database's clock, so a
+    rotation sets it from that clock: a CLI host two days fast does not keep the old secret
+    signing for three days."""
+    await helpers.owner(repo)
+    monkeypatch.setattr(repository, "dt", helpers.clock_ahead(dt.timedelta(days=2)))
+    assert await repo.rotate_secret("alice") is not None
+    overlap = await pool.fetchval(
+        "SELECT previous_secret_expires_at - now() FROM menos.owner WHERE name = 'alice'"
+    )
+    assert abs(overlap - repository.SECRET_OVERLAP) < dt.timedelta(minutes=1)
+
+
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import types
 from typing import Any, cast
 
 import asyncpg
@@ -806,6 +805,18 @@ async def test_an_owner_name_the_schema_refuses_is_refused_before_the_database_s
     assert caught.value.field == "owner"
 
 
+async def test_keys_created_at_once_for_a_new_owner_all_show_its_webhook_secret(
+    repo: repository.Repository,
+) -> None:
+    """Every `keys create` for an owner shows the owner's webhook secret, also when several
+    create the owner at the same moment (the losers read a snapshot taken before the winner's
+    commit, and printed `"webhook_secret": null`)."""
+    for round_ in range(10):
+        created = await asyncio.gather(*(repo.create_key(f"new{round_}", "user") for _ in range(4)))
+        secrets = {key.webhook_secret for key in created}
+        assert len(secrets) == 1 and None not in secrets, secrets
+
+
 # A claim holds every worker's claims until it commits (the global cap's lock): nothing one
 # client or one row does may hold it.
 
@@ -1009,14 +1020,8 @@ async def test_the_purge_measures_retention_on_the_database_clock(
     )
     await repo.flush_stats("live", [("menos_callback_deliveries_total", "outcome=delivered", 7)])
 
-    class FastClock(dt.datetime):
-        @classmethod
-        def now(cls, tz: dt.tzinfo | None = None) -> FastClock:
-            return cast(FastClock, dt.datetime.now(tz) + dt.timedelta(days=2))
-
-    fast = types.ModuleType("datetime")
-    fast.__dict__.update(vars(dt), datetime=FastClock)
-    monkeypatch.setattr(maintenance, "dt", fast)  # this process's clock, not the database's
+    # this process's clock, not the database's
+    monkeypatch.setattr(maintenance, "dt", helpers.clock_ahead(dt.timedelta(days=2)))
     purger = maintenance.Purger(maintenance.PurgeConfig(compact_days=60, full_days=60), repo)
     nothing = repository.PurgeCounts()
     assert await purger.preview() == nothing

@@ -797,9 +797,10 @@ class Repository(_Store):
         There is one previous secret: a rotation within 24 h of the last one drops the secret
         before it at once, and says until when that one would have signed."""
         secret = new_webhook_secret()
-        expires = (now or dt.datetime.now(dt.UTC)) + SECRET_OVERLAP
         async with self._conn() as conn, conn.transaction():
-            row = await conn.fetchrow(self._q["rotate_owner_secret"], owner, secret, expires, now)
+            row = await conn.fetchrow(
+                self._q["rotate_owner_secret"], owner, secret, SECRET_OVERLAP, now
+            )
             if row is None:
                 return None
             hand_over(secret)
