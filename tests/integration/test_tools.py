@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from menos import tools
+from menos import cli, settings, tools
 from menos.queue import repository
 from tests.integration import helpers
 
@@ -43,3 +45,24 @@ async def test_a_large_export_streams_without_the_bodies(
         if fmt == "jsonl":
             assert {json.loads(line)["title"] for line in lines} == {f"T{n}" for n in range(1, 201)}
         assert peak < 8 * 2**20, f"{fmt}: peak {peak / 2**20:.0f} MiB"
+
+
+def test_the_dev_key_file_is_readable_by_its_owner_alone_whatever_it_was(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`menos dev` keeps its admin key in MENOS_HOME/dev_api_key at mode 0600: also when the
+    file was made readable to others since, whether its key still works (it is kept) or not
+    (a new one replaces it). O_CREAT's mode used to apply to a new file only."""
+    conf = settings.Settings(home=tmp_path)
+    key_file = tmp_path / "dev_api_key"
+    first = cli._dev_key(conf, database_url)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key_file.chmod(0o644)
+    assert cli._dev_key(conf, database_url) == first
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key_file.write_text("menos_revoked\n")
+    key_file.chmod(0o644)
+    second = cli._dev_key(conf, database_url)
+    assert second != first and second.startswith("menos_")
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev_api_key"]
