@@ -115,3 +115,22 @@ async def test_two_authorization_headers_are_refused(
             assert answer.json()["detail"] == "send one Authorization header, not several"
         alone = await client.get("/api/v1/jobs", headers={"authorization": f"Bearer {alice}"})
         assert alone.status_code == 200
+
+
+async def test_a_key_is_only_taken_between_spaces_and_tabs(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """Spaces and tabs around the key are HTTP's optional whitespace; anything else next to
+    it (a no-break space, NEL, a file separator: all Unicode whitespace) makes another key."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        for header, status in (
+            (f"Bearer \t {key}", 200),
+            (f"Bearer \xa0{key}\xa0", 401),
+            (f"Bearer {key}\x85", 401),
+            (f"Bearer {key}\x1c", 401),
+        ):
+            answer = await client.get(
+                "/api/v1/jobs", headers=[(b"authorization", header.encode("latin-1"))]
+            )
+            assert answer.status_code == status, (header, answer.text)

@@ -13,7 +13,7 @@ from litestar.handlers import BaseRouteHandler
 from menos import errors
 from menos.queue import models, repository
 
-_KEY = re.compile(r"^[A-Za-z0-9_-]{8,200}$")
+_KEY = re.compile(r"[A-Za-z0-9_-]{8,200}")
 
 
 async def authenticate(
@@ -27,12 +27,12 @@ async def authenticate(
         raise errors.Unauthorized("send one Authorization header, not several")
     header = given[0] if given else ""
     scheme, _, key = header.partition(" ")
-    key = key.strip()
+    key = key.strip(" \t")  # HTTP's optional whitespace; no other character is a key's
     if scheme.lower() != "bearer" or not key:
         raise errors.Unauthorized("send Authorization: Bearer <api key>")
     repo: repository.Repository = connection.app.state.repo
     # A key that cannot be one of ours is not looked up (nor hashed, at any length).
-    found = await repo.principal(key) if _KEY.match(key) else None
+    found = await repo.principal(key) if _KEY.fullmatch(key) else None
     if found is None:
         raise errors.Unauthorized("unknown or revoked API key")
     connection.state.principal = found
