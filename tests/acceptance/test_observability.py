@@ -183,7 +183,7 @@ def test_stopped_and_gone_processes_fold_into_one_metric_total(menos: Menos) -> 
 
     def processes() -> set[str]:
         rows = sql(menos.database_url, "SELECT DISTINCT process_id FROM menos.metric_sample")
-        return {r["process_id"] for r in rows}
+        return {r["process_id"].rsplit("#", 1)[0] for r in rows}  # without the run's suffix
 
     first = menos.worker("--worker-id", "first")
     finish("one")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -88,17 +89,17 @@ class Flusher:
     """Writes one process's samples: when they changed, at least every TOUCH_S, and when the
     process stops, when it also folds them into the retired total so their rows go.
 
-    Before its first write it folds the rows already under its id: those of an earlier run
-    with the same id (`--worker-id`), killed, which this run's counts from zero would
-    overwrite. Writes and the retirement take turns, and nothing is written after it."""
+    Each run writes its rows under its own id, `process_id` and a random suffix: two live
+    processes given one `--worker-id`, or a run after one that was killed, never overwrite
+    each other's totals. Writes and the retirement take turns, and nothing is written after
+    it."""
 
     def __init__(self, store: SampleStore, process_id: str, stats: ProcessStats) -> None:
         self._store = store
-        self._process_id = process_id
+        self.run_id = f"{process_id}#{secrets.token_hex(4)}"
         self._stats = stats
         self._written_at = time.monotonic()
         self._lock = asyncio.Lock()
-        self._adopted = False
         self._retired = False
 
     async def flush(self) -> bool:
@@ -114,7 +115,7 @@ class Flusher:
                 return
             self._retired = True
             try:
-                await self._store.retire_stats(self._process_id)
+                await self._store.retire_stats(self.run_id)
             except Exception as exc:
                 log.warning("stats_retire_failed", error=str(exc))
 
@@ -127,10 +128,7 @@ class Flusher:
         stats.dirty = False  # what is counted while the write is under way makes it dirty again
         samples = stats.samples()
         try:
-            if not self._adopted:
-                await self._store.retire_stats(self._process_id)
-                self._adopted = True
-            await self._store.flush_stats(self._process_id, samples)
+            await self._store.flush_stats(self.run_id, samples)
         except Exception as exc:
             stats.dirty = True
             log.warning("stats_flush_failed", error=str(exc))
