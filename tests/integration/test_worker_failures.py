@@ -306,6 +306,41 @@ async def test_a_hurried_shutdown_gives_running_jobs_back_without_waiting_the_gr
     assert (job["status"], job["attempts"]) == ("pending", 0)
 
 
+class FailRefused(repository.Repository):
+    """A repository whose record of a failed run does not get written."""
+
+    refusal: Exception = errors.DatabaseUnavailable("connection refused")
+    refused = asyncio.Event()
+
+    async def fail(self, guard: repository.Guard, **fields: Any) -> bool:
+        self.refused.set()
+        raise self.refusal
+
+
+@pytest.mark.parametrize(
+    "refusal", [errors.DatabaseUnavailable("connection refused"), RuntimeError("refused")]
+)
+async def test_a_failure_that_was_not_recorded_is_logged_lost(
+    pool: asyncpg.Pool[Any], build: Build, refusal: Exception
+) -> None:
+    """The job is still processing and runs again once its lease runs out, so its summary
+    line says `lost`, not `failed` (which made two `failed` lines for one job)."""
+    repo = FailRefused(pool, db.Queries())
+    repo.refusal, repo.refused = refusal, asyncio.Event()
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    worker = build(repo)
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(worker.run(stop))
+        await repo.refused.wait()
+        stop.set()
+        await running
+    finished = [entry for entry in logs if entry["event"] == "job_finished"]
+    assert [e["outcome"] for e in finished] == ["lost"]
+    assert (await job_row(pool))["status"] == "processing"
+
+
 class Panic(BaseException):
     """What pyo3 raises for a Rust panic in an extension: a BaseException, not an Exception."""
 

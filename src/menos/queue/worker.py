@@ -414,12 +414,13 @@ class Worker:
                     full_payload=slot.run.full_payload,
                 )
             )
+        # Not recorded: the lease runs out and the rescuer takes the job back, to run again.
         except errors.DatabaseUnavailable as exc:
             log.warning("job_fail_not_recorded", error=str(exc))
-            return "failed"
-        except Exception:  # the lease runs out and the rescuer takes the job back
+            return "lost"
+        except Exception:
             log.exception("job_fail_not_recorded")
-            return "failed"
+            return "lost"
         if written is None:
             log.info("job_lost_before_fail")
             return "lost"
