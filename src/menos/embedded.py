@@ -6,8 +6,10 @@ that user and owning its data directory, while the kernel still grants it root's
 `MENOS_HOME`, even under 0700 directories. Nothing outside `MENOS_HOME` is changed.
 
 Commands share a server through `in_use`: the last one to leave stops it, unless `db start`
-kept it. A server started with `start(detached=False)` (the tests' own) gets PR_SET_PDEATHSIG
-instead, so it stops (fast shutdown) when the process that started it dies, even by SIGKILL.
+kept it. A command that starts the server also starts a guard process, which stops it once that
+command has ended, even by SIGKILL, and no other uses it. A server started with
+`start(detached=False)` (the tests' own) gets PR_SET_PDEATHSIG instead, so it stops (fast
+shutdown) when the process that started it dies.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +176,7 @@ class EmbeddedPostgres:
         self.password_file = self.home / "pg_password"
         self.log_file = self.home / "postgres.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._guarded_by: int | None = None  # write end of the guard's pipe, while it waits
         if not (self.bindir / "postgres").exists():
             raise errors.EmbeddedError(f"no postgres binary in {self.bindir} (MENOS_PG_BINDIR)")
 
@@ -296,6 +300,7 @@ class EmbeddedPostgres:
                     running = self.running()
                     if running is not None and not self._kept(running):
                         self.stop()
+                self._release_guard()
 
     @contextlib.contextmanager
     def unused(self) -> Iterator[bool]:
@@ -349,6 +354,8 @@ class EmbeddedPostgres:
         previous = port_file.read_text().strip() if port_file.exists() else ""
         port = _free_port(int(previous) if previous.isdigit() else None)
         port_file.write_text(str(port))
+        if detached:
+            self._start_guard()
         log = self.log_file.open("ab")
         try:
             self._process = self._spawn(
@@ -396,6 +403,32 @@ class EmbeddedPostgres:
             raise
         self.stop()
         raise errors.EmbeddedError(f"postgres did not become ready; see {self.log_file}")
+
+    def _start_guard(self) -> None:
+        """Start the process that stops this server once this one has ended (see `guard`).
+        It learns that through a pipe only this process holds open: the kernel closes it
+        however this process ends, SIGKILL included."""
+        self._release_guard()
+        read_end, self._guarded_by = os.pipe()
+        try:
+            subprocess.Popen(
+                [sys.executable, "-m", "menos.embedded", str(self.home), str(self.bindir)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C or hangup does not reach it
+                close_fds=True,
+            )
+        finally:
+            os.close(read_end)
+
+    def _release_guard(self) -> None:
+        """This process is done with the server: its guard leaves the rest to `in_use`."""
+        if self._guarded_by is not None:
+            with contextlib.suppress(OSError):  # a guard that is gone has nothing to do
+                os.write(self._guarded_by, b"done")
+            os.close(self._guarded_by)
+            self._guarded_by = None
 
     def _create_database(self, port: int) -> None:
         import asyncio
@@ -445,3 +478,23 @@ class EmbeddedPostgres:
         self._process = None
         (self.home / "pg_keep").unlink(missing_ok=True)
         return True
+
+
+def guard(home: Path, bindir: Path) -> None:
+    """Wait until the command that started the server has ended. When it left the server
+    through `in_use` (it wrote on the pipe that is standard input here), that stopped it, or
+    left it to the commands still using it, the last of which stops it. When it was killed
+    (the pipe ends without a word), wait until no command uses the server (`in_use`'s lock
+    alone) and stop it unless `db start` kept it."""
+    if os.read(0, 4):
+        return
+    server = EmbeddedPostgres(home, bindir)
+    with (home / "clients.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        running = server.running()
+        if running is not None and not server._kept(running):
+            server.stop()
+
+
+if __name__ == "__main__":
+    guard(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -179,6 +179,30 @@ def test_concurrent_commands_on_a_fresh_home_all_succeed_and_leave_nothing_runni
     assert menos_db(env, "url").returncode == 1
 
 
+def test_a_command_killed_with_sigkill_leaves_no_server_behind(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """The server a command started is stopped when that command is killed (SIGKILL: it
+    cannot stop anything itself), once no other command uses it; it ran until some later
+    command ended before."""
+    _, env = db
+    env = {**env, "MENOS_LOG_FORMAT": "json"}
+    assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    starter = spawn(env, first, "worker")
+    wait_logged(first, "worker_started")
+    attached = spawn(env, second, "dispatcher")
+    wait_logged(second, "dispatcher_started")
+    dsn = menos_db(env, "url").stdout.strip()
+    starter.kill()
+    starter.wait()
+    time.sleep(1)  # the guard, had it acted, would have stopped the server by now
+    assert sql(dsn, "SELECT count(*) AS n FROM menos.pipeline_job") == [{"n": 0}]
+    attached.kill()  # the last user goes the same way
+    attached.wait()
+    wait_for(lambda: menos_db(env, "url").returncode == 1, what="the server to stop")
+
+
 def test_db_start_keeps_a_server_a_command_started(
     db: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
