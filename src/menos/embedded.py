@@ -185,18 +185,27 @@ class EmbeddedPostgres:
     ) -> subprocess.Popen[bytes]:
         as_root = os.geteuid() == 0
         uid, gid = _unprivileged_uid() if as_root else (os.geteuid(), os.getegid())
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log if log is not None else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
-            preexec_fn=lambda: _child_setup(
-                as_root=as_root, die_with_parent=die_with_parent, uid=uid, gid=gid
-            ),
-            start_new_session=True,  # Ctrl-C in a terminal must not reach the server directly
-            close_fds=True,
-            env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
-        )
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log if log is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+                preexec_fn=lambda: _child_setup(
+                    as_root=as_root, die_with_parent=die_with_parent, uid=uid, gid=gid
+                ),
+                start_new_session=True,  # Ctrl-C in a terminal must not reach the server
+                close_fds=True,
+                env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
+            )
+        except subprocess.SubprocessError:  # _child_setup failed in the child
+            if not as_root:
+                raise
+            raise errors.EmbeddedError(
+                f"cannot run {Path(argv[0]).name} as root: creating a user namespace for it was"
+                " refused (user namespaces disabled, or a container's seccomp profile); set"
+                " MENOS_DATABASE_URL to a PostgreSQL server instead"
+            ) from None
 
     def _password(self) -> str:
         return self.password_file.read_text(encoding="utf-8").strip()

@@ -75,3 +75,20 @@ def test_the_previous_port_is_kept_when_it_is_free() -> None:
     """A restarted cluster keeps its port, so the DSNs of running processes stay valid."""
     port = embedded._free_port()
     assert embedded._free_port(port) == port
+
+
+def test_a_refused_user_namespace_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Where unshare(CLONE_NEWUSER) is refused (a container's default seccomp profile),
+    starting the server as root printed a 30-line traceback ending in `Exception occurred in
+    preexec_fn`; it says what failed and what to do instead."""
+
+    def refused(**_: object) -> None:
+        raise OSError(1, "unshare(CLONE_NEWUSER) failed")
+
+    monkeypatch.setattr(embedded.os, "geteuid", lambda: 0)  # as root, which needs one
+    monkeypatch.setattr(embedded, "_child_setup", refused)
+    with pytest.raises(embedded.errors.EmbeddedError, match="MENOS_DATABASE_URL"):
+        embedded.EmbeddedPostgres(tmp_path).init()
+    assert not (tmp_path / "pgdata").exists()
