@@ -250,9 +250,9 @@ class EmbeddedPostgres:
     def running(self) -> Running | None:
         """The server already running on this data directory, if any (from postmaster.pid)."""
         pid_file = self.data_dir / "postmaster.pid"
-        try:
-            lines = pid_file.read_text(encoding="utf-8").splitlines()
-        except (FileNotFoundError, UnicodeDecodeError):
+        try:  # its second line is the data directory: a path, not necessarily UTF-8
+            lines = pid_file.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        except FileNotFoundError:
             return None
         if len(lines) < 8 or lines[7].strip() != "ready":
             return None
@@ -352,8 +352,8 @@ class EmbeddedPostgres:
         A live server's file, ready or still starting, is left alone."""
         pid_file = self.data_dir / "postmaster.pid"
         try:
-            first = pid_file.read_text(encoding="utf-8").split("\n", 1)[0]
-        except (FileNotFoundError, UnicodeDecodeError):
+            first = pid_file.read_bytes().split(b"\n", 1)[0].decode("ascii", errors="replace")
+        except FileNotFoundError:
             return
         if first.strip().isdigit() and not _serves(int(first), self.data_dir):
             pid_file.unlink(missing_ok=True)

@@ -92,3 +92,23 @@ def test_a_refused_user_namespace_is_a_clear_error(
     with pytest.raises(embedded.errors.EmbeddedError, match="MENOS_DATABASE_URL"):
         embedded.EmbeddedPostgres(tmp_path).init()
     assert not (tmp_path / "pgdata").exists()
+
+
+def test_a_server_under_a_home_that_is_not_utf8_is_found(tmp_path: Path) -> None:
+    """postmaster.pid names the data directory: under a MENOS_HOME whose name is not UTF-8
+    the file was not readable as text, the ready server was not seen, and the start gave up
+    after 60 s ("postgres did not become ready")."""
+    home = tmp_path / os.fsdecode(b"lat\xe9n")
+    data_dir = home / "pgdata"
+    data_dir.mkdir(parents=True)
+    (home / "pg_password").write_text("secret")
+    code = "import time; time.sleep(60)"
+    server = subprocess.Popen([sys.executable, "-c", code, "-D", str(data_dir)])
+    try:
+        fields = [str(server.pid), str(data_dir), "0", "5432", "", "127.0.0.1", "0 0", "ready"]
+        (data_dir / "postmaster.pid").write_bytes(os.fsencode("\n".join(fields) + "\n"))
+        found = embedded.EmbeddedPostgres(home).running()
+        assert found is not None and (found.pid, found.port) == (server.pid, 5432)
+    finally:
+        server.kill()
+        server.wait()
