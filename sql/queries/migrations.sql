@@ -36,3 +36,8 @@ INSERT INTO menos.schema_migrations (version, name, checksum) VALUES ($1, $2, $3
 -- name: migrations_record_checksum
 -- Keep the checksum of a migration recorded before checksums were (its name matched).
 UPDATE menos.schema_migrations SET checksum = $2 WHERE version = $1 AND checksum IS NULL;
+
+-- name: database_read_only
+-- Whether this database refuses writes: a standby (after a failover to the wrong side), or
+-- default_transaction_read_only set on it.
+SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean;

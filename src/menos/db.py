@@ -28,6 +28,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A standby, or a database set read-only: no write can be done until that changes.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
     TimeoutError,
 )
 # What connecting can raise besides an outage: the server refusing this login or database

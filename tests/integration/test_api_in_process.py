@@ -14,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
-from menos import settings
+from menos import db, settings
 from menos.http import app, schemas
 from menos.queue import repository
 
@@ -134,3 +134,37 @@ async def test_a_key_is_only_taken_between_spaces_and_tabs(
                 "/api/v1/jobs", headers=[(b"authorization", header.encode("latin-1"))]
             )
             assert answer.status_code == status, (header, answer.text)
+
+
+async def test_a_database_that_refuses_writes_is_not_ready_and_answers_503(
+    pg_admin_dsn: str, database_url: str, repo: repository.Repository
+) -> None:
+    """A read-only database (a standby after a failover, or default_transaction_read_only):
+    /ready said 200 while every submission was a 500 and every claim a traceback. It is
+    `read_only` and 503, and a write is 503 problem details, as for a database that is away."""
+    key = (await repo.create_key("alice", "user")).api_key
+    name = database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        read_only = await db.create_pool(database_url, min_size=0, max_size=2)
+        async with served(read_only) as url, httpx.AsyncClient(base_url=url) as client:
+            ready = await client.get("/ready")
+            assert ready.status_code == 503
+            assert ready.json() == {
+                "status": "unavailable",
+                "database": "read_only",
+                "pending_migrations": [],
+            }
+            submitted = await client.post(
+                "/api/v1/content",
+                json={"text": "# Note"},
+                headers={"authorization": f"Bearer {key}"},
+            )
+            assert submitted.status_code == 503, submitted.text
+            assert submitted.headers["content-type"] == "application/problem+json"
+        await db.close_pool(read_only)
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        await admin.close()
+    assert await repo.principal(key) is not None

@@ -564,9 +564,9 @@ async def test_a_refused_login_is_an_outage(pg_admin_dsn: str, database_url: str
     try:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         with pytest.raises(errors.DatabaseUnavailable, match="not currently accepting"):
-            await repo.pending_migrations()
+            await repo.readiness()
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        assert await repo.pending_migrations() == []
+        assert (await repo.readiness()).pending_migrations == []
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
@@ -591,9 +591,9 @@ async def test_a_connection_lost_as_it_is_released_is_an_outage(pool: asyncpg.Po
     lossy = LostOnRelease()
     repo = repository.Repository(cast(Any, lossy), db.Queries())
     with pytest.raises(errors.DatabaseUnavailable, match="closed in the middle"):
-        await repo.pending_migrations()
+        await repo.readiness()
     lossy.failing = False
-    assert await repo.pending_migrations() == []
+    assert (await repo.readiness()).pending_migrations == []
 
 
 async def test_a_pool_on_a_database_that_stopped_answering_still_closes(

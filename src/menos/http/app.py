@@ -46,7 +46,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             yield
         finally:
             await app.state.queue_read.close()
-            await app.state.migrations_read.close()
+            await app.state.readiness_read.close()
             if own_pool:
                 await db.close_pool(used)
 
@@ -91,6 +91,6 @@ def _state(settings: Settings, http_metrics: metrics.HttpMetrics) -> Any:
             "settings": settings,
             "http_metrics": http_metrics,
             "queue_read": metrics.queue_read(),
-            "migrations_read": health.migrations_read(),
+            "readiness_read": health.readiness_read(),
         }
     )

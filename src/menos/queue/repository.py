@@ -99,6 +99,13 @@ def completion_row(run: Completion) -> dict[str, Any]:
     }
 
 
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    """What `GET /ready` reports about the database."""
+
+    pending_migrations: list[int]
+    read_only: bool
+
+
 class CreatedKey(msgspec.Struct, frozen=True):
     """A new API key, shown once."""
 
@@ -281,10 +288,12 @@ class Repository(_Store):
 
     # -- schema ---------------------------------------------------------------------------
 
-    async def pending_migrations(self) -> list[int]:
-        """Migration versions not yet applied."""
+    async def readiness(self) -> Readiness:
+        """Migration versions not yet applied, and whether the database refuses writes."""
         async with self._conn() as conn:
-            return await db.pending_migrations(conn, self._q)  # type: ignore[arg-type]
+            pending = await db.pending_migrations(conn, self._q)  # type: ignore[arg-type]
+            read_only: bool = await conn.fetchval(self._q["database_read_only"])
+        return Readiness(pending_migrations=pending, read_only=read_only)
 
     async def ping(self) -> None:
         """Raise DatabaseUnavailable unless the database answers."""

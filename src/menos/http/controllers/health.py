@@ -56,26 +56,29 @@ def _without_body(answer: Response[Any]) -> Response[None]:
     return Response(None, status_code=answer.status_code, headers={"content-length": str(length)})
 
 
-def migrations_read() -> shared_read.SharedRead[list[int]]:
+def readiness_read() -> shared_read.SharedRead[repository.Readiness]:
     """The database read behind a readiness probe, shared by the probes that come while it
     runs: a database that stopped answering gives 503 in seconds, not after the command
     timeout."""
-    return shared_read.SharedRead(repository.Repository.pending_migrations)
+    return shared_read.SharedRead(repository.Repository.readiness)
 
 
 async def _readiness(request: Request[Any, Any, Any]) -> Response[schemas.Ready]:
     repo: repository.Repository = request.app.state.repo
-    migrations: shared_read.SharedRead[list[int]] = request.app.state.migrations_read
+    readiness: shared_read.SharedRead[repository.Readiness] = request.app.state.readiness_read
     try:
-        pending = await migrations.result(repo)
+        found = await readiness.result(repo)
     except errors.DatabaseUnavailable:
-        return Response(
-            schemas.Ready(status="unavailable", database="unreachable", pending_migrations=[]),
-            status_code=503,
-        )
-    if pending:
-        return Response(
-            schemas.Ready(status="unavailable", database="outdated", pending_migrations=pending),
-            status_code=503,
-        )
+        return _unready("unreachable")
+    if found.pending_migrations:
+        return _unready("outdated", found.pending_migrations)
+    if found.read_only:  # every submission and every claim would fail
+        return _unready("read_only")
     return Response(schemas.Ready(status="ok", database="ok", pending_migrations=[]))
+
+
+def _unready(database: str, pending: list[int] | None = None) -> Response[schemas.Ready]:
+    return Response(
+        schemas.Ready(status="unavailable", database=database, pending_migrations=pending or []),
+        status_code=503,
+    )
