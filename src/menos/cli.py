@@ -322,31 +322,25 @@ def cmd_jobs(conf: settings.Settings, args: argparse.Namespace) -> int:
         if job is None:
             print(f"menos: no job {args.job_id}", file=sys.stderr)
             return EXIT_FAILURE
-        await repo.audit(
+        callback = await repo.callback(job.job_id)
+        await repo.audit(  # stored before anything of the full tier is shown
             "audit.full_tier_access",
             owner=job.owner,
             actor_key_id=None,
             subject=job.job_id,
             detail={"data_tier": job.data_tier, "via": "bin/menos"},
         )
-        print(tools.job_json(job, await repo.callback(job.job_id)))
+        print(tools.job_json(job, callback))
         return 0
 
     async def cancel(repo: repository.Repository) -> int:
-        outcome = await repo.request_cancel(args.job_id, owner=None)
+        outcome = await repo.request_cancel(
+            args.job_id, owner=None, actor=repository.Actor(None, {"via": "bin/menos"})
+        )
         if outcome is None:
             print(f"menos: no job {args.job_id}", file=sys.stderr)
             return EXIT_FAILURE
-        result = {"pending": "cancelled", "processing": "cancel_requested"}.get(
-            outcome.previous, "refused"
-        )
-        await repo.audit(
-            "audit.cancellation",
-            owner=outcome.owner,
-            actor_key_id=None,
-            subject=args.job_id,
-            detail={"outcome": result, "via": "bin/menos", "previous_status": outcome.previous},
-        )
+        result = outcome.result
         print(
             json.dumps(
                 {"job_id": str(args.job_id), "previous": outcome.previous, "outcome": result}

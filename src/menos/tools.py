@@ -92,20 +92,9 @@ async def reprocess(
         callback_url=callback_url,
         data_tier=data_tier,
         transcript=None,
+        actor=repository.Actor(None, {"via": "bin/reprocess"}),
     )
     assert outcome is not None
-    await repo.audit(
-        "audit.reprocess_trigger",
-        owner=content.owner,
-        actor_key_id=None,
-        subject=content.content_id,
-        detail={
-            "outcome": outcome.status,
-            "job_id": outcome.job_id,
-            "force": force,
-            "via": "bin/reprocess",
-        },
-    )
     print(
         json.dumps(
             {
@@ -211,20 +200,8 @@ async def classify(
                         callback_url=None,
                         data_tier=data_tier,
                         transcript=None,
+                        actor=repository.Actor(None, {"via": "bin/classify"}),
                     )
-                    if outcome is not None:
-                        await repo.audit(
-                            "audit.reprocess_trigger",
-                            owner=outcome.owner,
-                            actor_key_id=None,
-                            subject=content_id,
-                            detail={
-                                "outcome": outcome.status,
-                                "job_id": outcome.job_id,
-                                "force": stale,
-                                "via": "bin/classify",
-                            },
-                        )
                     if outcome is not None and outcome.status == "submitted":
                         submitted += 1
                     else:

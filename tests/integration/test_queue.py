@@ -817,6 +817,46 @@ async def test_keys_created_at_once_for_a_new_owner_all_show_its_webhook_secret(
         assert len(secrets) == 1 and None not in secrets, secrets
 
 
+@pytest.mark.parametrize("action", ["cancel", "reprocess"])
+async def test_an_audited_action_and_its_audit_event_are_one_transaction(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], action: str
+) -> None:
+    """A cancel or reprocess whose audit event cannot be stored does not happen, and logs
+    nothing; before, the job was cancelled (a retry then got 409), the trail had no row, and
+    the log a line for an event that was never stored."""
+    await helpers.owner(repo)
+    job = await repo.enqueue(helpers.note())
+    assert job.job_id is not None
+    await pool.execute(
+        "ALTER TABLE menos.audit_event ADD CONSTRAINT refused CHECK (false) NOT VALID"
+    )
+    actor = repository.Actor(None, {"via": "test"})
+    with structlog.testing.capture_logs() as logs, pytest.raises(asyncpg.CheckViolationError):
+        if action == "cancel":
+            await repo.request_cancel(job.job_id, owner=None, actor=actor)
+        else:
+            await pool.execute("UPDATE menos.pipeline_job SET status = 'failed'")
+            await repo.reprocess(
+                job.content_id,
+                owner=None,
+                force=False,
+                pipeline_version=helpers.VERSION,
+                callback_url=None,
+                data_tier="compact",
+                transcript=None,
+                actor=actor,
+            )
+    assert not [entry for entry in logs if entry["event"].startswith("audit.")]
+    assert await pool.fetchval("SELECT count(*) FROM menos.pipeline_job") == 1
+    assert await pool.fetchval("SELECT status FROM menos.pipeline_job") in ("pending", "failed")
+    await pool.execute("ALTER TABLE menos.audit_event DROP CONSTRAINT refused")
+    if action == "cancel":
+        done = await repo.request_cancel(job.job_id, owner=None, actor=actor)
+        assert done is not None and done.result == "cancelled"
+        detail = await pool.fetchval("SELECT detail FROM menos.audit_event")
+        assert detail == {"outcome": "cancelled", "previous_status": "pending", "via": "test"}
+
+
 # A claim holds every worker's claims until it commits (the global cap's lock): nothing one
 # client or one row does may hold it.
 

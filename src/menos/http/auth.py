@@ -51,3 +51,8 @@ def scope(who: models.Principal) -> str | None:
 
 PROVIDE = Provide(principal)
 GUARDS = [authenticate]
+
+
+def actor(who: models.Principal) -> repository.Actor:
+    """The caller as the audit trail names it."""
+    return repository.Actor(key_id=who.key_id, detail={"actor_owner": who.owner})

@@ -193,6 +193,31 @@ class CancelOutcome(msgspec.Struct, frozen=True):
     status: models.JobStatus
     owner: str  # the job's
 
+    @property
+    def result(self) -> Literal["cancelled", "cancel_requested", "refused"]:
+        """`cancelled` (it was pending), `cancel_requested` (processing), else `refused`."""
+        if self.previous == "pending":
+            return "cancelled"
+        return "cancel_requested" if self.previous == "processing" else "refused"
+
+
+class Actor(msgspec.Struct, frozen=True):
+    """Who acts, for the audit trail: an API key (its id, and `actor_owner` in `detail`), or a
+    command (`via` in `detail`)."""
+
+    key_id: uuid.UUID | None
+    detail: dict[str, Any]
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of `menos.audit_event`, and one log line once it is stored."""
+
+    event: str
+    owner: str | None
+    actor_key_id: uuid.UUID | None
+    subject: uuid.UUID | None
+    detail: dict[str, Any]
+
 
 class _Store:
     """Named queries over one asyncpg pool; connection failures become DatabaseUnavailable."""
@@ -606,11 +631,37 @@ class Repository(_Store):
         return _row(row, models.Content) if row else None
 
     async def request_cancel(
-        self, job_id: uuid.UUID, *, owner: str | None, now: dt.datetime | None = None
+        self,
+        job_id: uuid.UUID,
+        *,
+        owner: str | None,
+        actor: Actor | None = None,
+        now: dt.datetime | None = None,
     ) -> CancelOutcome | None:
-        """Cancel a pending job, flag a processing one; None when not visible."""
-        row = await self._fetchrow("request_cancel", job_id, owner, now)
-        return _row(row, CancelOutcome) if row else None
+        """Cancel a pending job, flag a processing one; None when not visible. With an
+        `actor`, the `audit.cancellation` event is stored in the same transaction."""
+        if actor is None:
+            row = await self._fetchrow("request_cancel", job_id, owner, now)
+            return _row(row, CancelOutcome) if row else None
+        async with self._audited() as (conn, events):
+            row = await conn.fetchrow(self._q["request_cancel"], job_id, owner, now)
+            if row is None:
+                return None
+            outcome = _row(row, CancelOutcome)
+            events.append(
+                AuditEvent(
+                    event="audit.cancellation",
+                    owner=outcome.owner,
+                    actor_key_id=actor.key_id,
+                    subject=job_id,
+                    detail={
+                        "outcome": outcome.result,
+                        "previous_status": outcome.previous,
+                        **actor.detail,
+                    },
+                )
+            )
+        return outcome
 
     async def reprocess(
         self,
@@ -622,46 +673,85 @@ class Repository(_Store):
         callback_url: str | None,
         data_tier: models.DataTier,
         transcript: str | None,
+        actor: Actor | None = None,
     ) -> Reprocessed | None:
         """Start a new run of known content unless one is active or it is current; None: unseen.
+        With an `actor`, the `audit.reprocess_trigger` event is stored in the same transaction.
 
         The content row is locked for the decision; the partial unique index on active jobs
         is the last word when two requests race anyway.
         """
-        async with self._conn() as conn, conn.transaction():
-            content = await conn.fetchrow(self._q["lock_content"], content_id, owner)
-            if content is None:
-                return None
-            active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
-            if active is not None:
-                return Reprocessed(
-                    "already_active", active["job_id"], content["content_id"], content["owner"]
-                )
-            current = content["pipeline_version"] == pipeline_version
-            if content["processing_status"] == "completed" and current and not force:
-                return Reprocessed(
-                    "already_completed", None, content["content_id"], content["owner"]
-                )
-            job_id = await conn.fetchval(
-                self._q["insert_reprocess_job"],
-                models.new_id(),
+        async with self._audited() as (conn, events):
+            outcome = await self._reprocess(
+                conn,
                 content_id,
-                content["owner"],
-                content["resource_key"],
-                data_tier,
-                callback_url,
-                pipeline_version,
-                transcript,
+                owner=owner,
+                force=force,
+                pipeline_version=pipeline_version,
+                callback_url=callback_url,
+                data_tier=data_tier,
+                transcript=transcript,
             )
-            if job_id is None:
-                active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
-                return Reprocessed(
-                    "already_active",
-                    active["job_id"] if active else None,
-                    content["content_id"],
-                    content["owner"],
+            if outcome is not None and actor is not None:
+                events.append(
+                    AuditEvent(
+                        event="audit.reprocess_trigger",
+                        owner=outcome.owner,
+                        actor_key_id=actor.key_id,
+                        subject=content_id,
+                        detail={
+                            "outcome": outcome.status,
+                            "job_id": outcome.job_id,
+                            "force": force,
+                            **actor.detail,
+                        },
+                    )
                 )
-            return Reprocessed("submitted", job_id, content["content_id"], content["owner"])
+        return outcome
+
+    async def _reprocess(
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy[Any],
+        content_id: uuid.UUID,
+        *,
+        owner: str | None,
+        force: bool,
+        pipeline_version: str,
+        callback_url: str | None,
+        data_tier: models.DataTier,
+        transcript: str | None,
+    ) -> Reprocessed | None:
+        content = await conn.fetchrow(self._q["lock_content"], content_id, owner)
+        if content is None:
+            return None
+        active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
+        if active is not None:
+            return Reprocessed(
+                "already_active", active["job_id"], content["content_id"], content["owner"]
+            )
+        current = content["pipeline_version"] == pipeline_version
+        if content["processing_status"] == "completed" and current and not force:
+            return Reprocessed("already_completed", None, content["content_id"], content["owner"])
+        job_id = await conn.fetchval(
+            self._q["insert_reprocess_job"],
+            models.new_id(),
+            content_id,
+            content["owner"],
+            content["resource_key"],
+            data_tier,
+            callback_url,
+            pipeline_version,
+            transcript,
+        )
+        if job_id is None:
+            active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
+            return Reprocessed(
+                "already_active",
+                active["job_id"] if active else None,
+                content["content_id"],
+                content["owner"],
+            )
+        return Reprocessed("submitted", job_id, content["content_id"], content["owner"])
 
     async def list_jobs(
         self,
@@ -743,18 +833,43 @@ class Repository(_Store):
         subject: uuid.UUID | None,
         detail: Mapping[str, Any],
     ) -> None:
-        """Log and store an audit event."""
-        log.info(
-            event,
+        """Store an audit event, then log it."""
+        stored = AuditEvent(
+            event=event,
             owner=owner,
-            actor_key_id=str(actor_key_id) if actor_key_id else None,
-            subject=str(subject) if subject else None,
-            **dict(detail),
+            actor_key_id=actor_key_id,
+            subject=subject,
+            detail=dict(detail),
         )
         async with self._conn() as conn:
-            await conn.execute(
-                self._q["insert_audit_event"], event, owner, actor_key_id, subject, dict(detail)
-            )
+            await self._store_audit(conn, stored)
+        _log_audit(stored)
+
+    @contextlib.asynccontextmanager
+    async def _audited(
+        self,
+    ) -> AsyncIterator[tuple[asyncpg.pool.PoolConnectionProxy[Any], list[AuditEvent]]]:
+        """A transaction, and the audit events it adds: they are stored in it, and logged once
+        it has committed (never for an action that did not happen)."""
+        events: list[AuditEvent] = []
+        async with self._conn() as conn, conn.transaction():
+            yield conn, events
+            for event in events:
+                await self._store_audit(conn, event)
+        for event in events:
+            _log_audit(event)
+
+    async def _store_audit(
+        self, conn: asyncpg.pool.PoolConnectionProxy[Any], event: AuditEvent
+    ) -> None:
+        await conn.execute(
+            self._q["insert_audit_event"],
+            event.event,
+            event.owner,
+            event.actor_key_id,
+            event.subject,
+            event.detail,
+        )
 
     # -- keys and owners ------------------------------------------------------------------
 
@@ -1100,3 +1215,13 @@ def _outcome_row(i: int, outcome: Outcome) -> dict[str, Any]:
             "duration_ms": outcome.duration_ms,
         },
     }
+
+
+def _log_audit(event: AuditEvent) -> None:
+    log.info(
+        event.event,
+        owner=event.owner,
+        actor_key_id=str(event.actor_key_id) if event.actor_key_id else None,
+        subject=str(event.subject) if event.subject else None,
+        **event.detail,
+    )

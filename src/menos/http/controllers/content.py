@@ -181,21 +181,10 @@ class ContentController(Controller):
             callback_url=callback_url,
             data_tier=body.data_tier or settings.data_tier,
             transcript=transcript,
+            actor=auth.actor(who),
         )
         if outcome is None:
             raise errors.NotFound(f"no content {content_id}")
-        await repo.audit(
-            "audit.reprocess_trigger",
-            owner=outcome.owner,
-            actor_key_id=who.key_id,
-            subject=content_id,
-            detail={
-                "outcome": outcome.status,
-                "job_id": outcome.job_id,
-                "force": force,
-                "actor_owner": who.owner,
-            },
-        )
         view = schemas.ReprocessView(
             job_id=outcome.job_id, content_id=outcome.content_id, status=outcome.status
         )

@@ -63,14 +63,15 @@ class JobsController(Controller):
             raise errors.NotFound(f"no job {job_id}")
         if not verbose:
             return schemas.job_view(job)
-        await repo.audit(
+        callback = await repo.callback(job.job_id)
+        await repo.audit(  # stored before anything of the full tier is answered
             "audit.full_tier_access",
             owner=job.owner,
             actor_key_id=who.key_id,
             subject=job.job_id,
             detail={"data_tier": job.data_tier, "actor_owner": who.owner},
         )
-        return schemas.job_verbose_view(job, await repo.callback(job.job_id))
+        return schemas.job_verbose_view(job, callback)
 
     @post(
         "/{job_id:str}/cancel",
@@ -89,23 +90,9 @@ class JobsController(Controller):
     ) -> Response[schemas.CancelView]:
         """Cancel: pending → 200 cancelled; processing → 202 cancel requested; terminal → 409."""
         repo: repository.Repository = request.app.state.repo
-        outcome = await repo.request_cancel(job_id, owner=auth.scope(who))
+        outcome = await repo.request_cancel(job_id, owner=auth.scope(who), actor=auth.actor(who))
         if outcome is None:
             raise errors.NotFound(f"no job {job_id}")
-        result = {"pending": "cancelled", "processing": "cancel_requested"}.get(
-            outcome.previous, "refused"
-        )
-        await repo.audit(
-            "audit.cancellation",
-            owner=outcome.owner,
-            actor_key_id=who.key_id,
-            subject=job_id,
-            detail={
-                "outcome": result,
-                "previous_status": outcome.previous,
-                "actor_owner": who.owner,
-            },
-        )
         if outcome.previous == "pending":
             return Response(schemas.CancelView(job_id=job_id, status="cancelled"), status_code=200)
         if outcome.previous == "processing":
