@@ -168,3 +168,42 @@ async def test_a_database_that_refuses_writes_is_not_ready_and_answers_503(
         await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
         await admin.close()
     assert await repo.principal(key) is not None
+
+
+async def test_http_metrics_count_every_request_and_no_invented_500(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """Paths and methods no route serves (404, 405) were never counted, an upload its client
+    abandoned was counted as a 500 nobody was sent, and any method token made a series."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/nowhere")).status_code == 404
+        assert (await client.delete("/health")).status_code == 405
+        assert (await client.request("BREW", "/health")).status_code == 405
+        _reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(
+            b"POST /api/v1/content HTTP/1.1\r\nHost: menos\r\n"
+            b"Authorization: Bearer " + key.encode() + b"\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"text": '
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        abandoned = 'menos_http_requests_total{method="POST",route="/api/v1/content",status="499"}'
+        for _ in range(100):
+            scraped = (await client.get("/metrics")).text
+            if abandoned in scraped:
+                break
+            await asyncio.sleep(0.05)
+    counted = {
+        line.rsplit(" ", 1)[0]
+        for line in scraped.splitlines()
+        if line.startswith("menos_http_requests_total{")
+    }
+    assert {
+        'menos_http_requests_total{method="GET",route="unmatched",status="404"}',
+        'menos_http_requests_total{method="DELETE",route="unmatched",status="405"}',
+        'menos_http_requests_total{method="other",route="unmatched",status="405"}',
+        abandoned,
+    } <= counted, counted
+    assert not any('status="500"' in line for line in counted), counted

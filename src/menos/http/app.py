@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
                 await db.close_pool(used)
 
     http_metrics = metrics.HttpMetrics()
-    return Litestar(
+    api = Litestar(
         route_handlers=[
             content.ContentController,
             jobs.JobsController,
@@ -62,7 +62,6 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             health.ready_probe,
             metrics.metrics,
         ],
-        middleware=[http_metrics.middleware],
         request_class=schemas.JSONRequest,
         lifespan=[lifespan],
         exception_handlers=http_errors.HANDLERS,
@@ -81,6 +80,10 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         debug=False,
         logging_config=None,  # menos.logging configures logging for the whole process
     )
+    # Around the router, not as route middleware: a path or method no route serves (404, 405)
+    # is answered before any route's middleware would run, and must be counted too.
+    api.asgi_handler = http_metrics.middleware(api.asgi_handler)
+    return api
 
 
 def _state(settings: Settings, http_metrics: metrics.HttpMetrics) -> Any:

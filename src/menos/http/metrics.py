@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -30,6 +30,8 @@ from menos.queue import repository, stats
 # Litestar appends `; charset=utf-8` to a text type: one more here would be sent twice,
 # which strict parsers (Prometheus 3) refuse.
 CONTENT_TYPE = "text/plain; version=0.0.4"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+CLIENT_GONE = 499  # the status counted for a request its client left before it was answered
 
 log = structlog.get_logger("menos.http")
 
@@ -58,27 +60,38 @@ class HttpMetrics:
         )
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
-        """Wrap the app: time every HTTP request and count it by route template and status."""
+        """Wrap the app: time every HTTP request and count it by route template and status.
+        A request whose client went away before it was answered (an abandoned upload) is
+        counted as `499`, as nginx does, not as the `500` the app then answers nobody."""
 
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != ScopeType.HTTP:
                 await app(scope, receive, send)
                 return
             started = time.perf_counter()
-            status = 500
+            status: int | None = None
+            gone = False
 
-            async def capture(message: Message) -> None:
+            async def watch(message: Message) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = int(message["status"])
                 await send(message)
 
+            async def heard() -> ReceiveMessage:
+                nonlocal gone
+                message = await receive()
+                gone = gone or (message["type"] == "http.disconnect" and status is None)
+                return message
+
             try:
-                await app(scope, receive, capture)
+                await app(scope, heard, watch)
             finally:
+                code = CLIENT_GONE if gone else status or 500
                 route = str(scope.get("path_template") or "unmatched")
                 method = str(scope.get("method", ""))
-                self.requests.labels(method, route, str(status)).inc()
+                method = method if method in _METHODS else "other"  # any token is one
+                self.requests.labels(method, route, str(code)).inc()
                 self.latency.labels(method, route).observe(time.perf_counter() - started)
 
         return timed
