@@ -50,6 +50,23 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    pool = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLineReconnects) for f in pool.filters):
+        pool.addFilter(_OneLineReconnects())
+
+
+class _OneLineReconnects(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reconnect, every 1 to 60 s per
+    pool while the database is away: thousands of lines for a short outage, drowning menos's
+    own one-line warnings. What failed is enough: the error's type and text, in the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def _dumps(event: dict[str, Any], **_: Any) -> str:
