@@ -552,12 +552,14 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 flush=True,
             )
         code = 0
+        watch = _ServerWatch(conf)
         while not stop_asked:
             exited = [name for name, proc in children.items() if proc.poll() is not None]
             if exited:
                 print(f"menos: {', '.join(exited)} exited; stopping", file=sys.stderr, flush=True)
                 code = EXIT_FAILURE
                 break
+            watch.check()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 children["api"].wait(timeout=0.5)
         if not stop_asked:  # a child exited on its own: stop the others
@@ -569,6 +571,32 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 proc.kill()
                 proc.wait()
     return code
+
+
+class _ServerWatch:
+    """Says on stderr when the embedded server `dev` runs on stops under it (killed, crashed,
+    `db stop --force`) and when it is back: the children only log that they cannot reach it."""
+
+    def __init__(self, conf: settings.Settings) -> None:
+        self._server = (
+            None if conf.database_url else embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
+        )
+        self._up = True
+
+    def check(self) -> None:
+        if self._server is None:
+            return
+        up = self._server.running() is not None
+        if up != self._up:
+            self._up = up
+            print(
+                "menos: the embedded PostgreSQL is running again"
+                if up
+                else "menos: the embedded PostgreSQL stopped (see "
+                f"{self._server.log_file}); `bin/menos db start` starts it again",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _can_listen(conf: settings.Settings) -> bool:

@@ -368,3 +368,29 @@ def test_dev_whose_terminal_is_closed_stops_its_server(
             dev.kill()
             dev.wait()
     assert menos_db(env, "url").returncode == 1, "the server it started is still running"
+
+
+def test_dev_says_when_its_server_stops_under_it_and_when_it_is_back(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """A postmaster killed under `make run` left it running as if nothing happened, its
+    children logging that they could not connect: it says so once, and when it is back."""
+    home, env = db
+    env = {**env, "MENOS_PORT": str(free_port())}
+    log = tmp_path / "dev.log"
+    dev = spawn(env, log, "menos", "dev")
+    try:
+        wait_for(lambda: "is running" in log.read_text() or dev.poll() is not None, timeout=90)
+        pid = int((home / "pgdata" / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, signal.SIGKILL)
+        wait_logged(log, "the embedded PostgreSQL stopped (see")
+        assert menos_db(env, "start").returncode == 0
+        wait_logged(log, "the embedded PostgreSQL is running again")
+        assert dev.poll() is None
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+    assert log.read_text().count("the embedded PostgreSQL stopped") == 1
