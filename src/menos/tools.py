@@ -112,14 +112,18 @@ async def reprocess(
 
 
 async def follow(repo: repository.Repository, job_id: uuid.UUID, poll_s: float = 0.25) -> int:
-    """Show a job's stage progress on stderr until it ends; its exit code (0/1/2)."""
+    """Show a job's stage progress on stderr until it ends; its exit code (0/1/2). On a
+    terminal as a progress bar; elsewhere (a log file, a pipe) as a `job_progress` log line
+    at each change, so that stderr holds only lines of the log format."""
     bar = tqdm(
         total=len(STAGES),
         desc="pending",
         unit="stage",
         file=sys.stderr,
         bar_format="{desc:<22} {bar} {n_fmt}/{total_fmt} stages [{elapsed}]",
+        disable=not sys.stderr.isatty(),
     )
+    shown: tuple[str, str | None, int] | None = None
     try:
         while True:
             job = await repo.job(job_id, owner=None)
@@ -140,6 +144,16 @@ async def follow(repo: repository.Repository, job_id: uuid.UUID, poll_s: float =
                 else job.status
             )
             bar.refresh()
+            if bar.disable and shown != (job.status, job.current_stage, done):
+                shown = (job.status, job.current_stage, done)
+                log.info(
+                    "job_progress",
+                    job_id=str(job_id),
+                    status=job.status,
+                    stage=job.current_stage,
+                    stages_done=done,
+                    stages=len(STAGES),
+                )
             match job.status:
                 case "completed":
                     return EXIT_OK
@@ -172,7 +186,9 @@ async def classify(
     """Enqueue re-runs for pending, failed or stale content; never a second active job."""
     submitted = skipped = seen = 0
     after: uuid.UUID | None = None
-    bar = tqdm(desc="classify", unit="item", file=sys.stderr, total=limit)
+    bar = tqdm(
+        desc="classify", unit="item", file=sys.stderr, total=limit, disable=not sys.stderr.isatty()
+    )
     try:
         while limit is None or seen < limit:
             batch = await repo.classify_candidates(

@@ -85,9 +85,11 @@ def test_reprocess_wait_exit_codes(menos: Menos, llm: fake_llm.FakeLLM) -> None:
     failed = menos.command("reprocess", first["content_id"], "--force", "--wait")
     assert failed.returncode == 1
     assert "LLM_CALL_ERROR" in failed.stderr
-    bars = re.split(r"[\r\n]", failed.stderr)
-    (last_bar,) = [line for line in bars if " stages [" in line][-1:]
-    assert "2/5 stages" in last_bar, last_bar  # fetch and prepare done; analyze failed
+    # stderr is no terminal: progress comes as log lines, and nothing but lines
+    assert "\r" not in failed.stderr
+    progress = [json.loads(line) for line in failed.stderr.splitlines() if "job_progress" in line]
+    assert progress[-1]["stages_done"] == 2, progress  # fetch and prepare done; analyze failed
+    assert progress[-1]["status"] == "failed"
     unknown = menos.command("reprocess", "00000000-0000-0000-0000-000000000000")
     assert unknown.returncode == 1 and "no content" in unknown.stderr
 
