@@ -148,9 +148,9 @@ UPDATE menos.pipeline_job
 RETURNING job_id, status;
 
 -- name: rescue_expired
--- Return expired-lease jobs (all, or only job $3) to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked).
+-- Return expired-lease jobs (all, or only job $3) to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked); names the worker each was lost by.
 WITH expired AS (
-    SELECT job_id FROM menos.pipeline_job
+    SELECT job_id, worker_id FROM menos.pipeline_job
      WHERE (status = 'processing') IS TRUE AND lease_expires_at < coalesce($1::timestamptz, now())
        AND ($3::uuid IS NULL OR job_id = $3)
      ORDER BY lease_expires_at
@@ -190,7 +190,7 @@ UPDATE menos.pipeline_job j
        lease_expires_at = NULL
   FROM expired
  WHERE j.job_id = expired.job_id
-RETURNING j.job_id, j.content_id, j.status, j.attempts;
+RETURNING j.job_id, j.content_id, j.status, j.attempts, expired.worker_id AS lost_worker_id;
 
 -- name: expired_job_ids
 -- The jobs whose lease expired, oldest lease first (at most 500): what rescue_expired takes back.

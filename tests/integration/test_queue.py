@@ -93,6 +93,7 @@ async def test_guarded_complete_after_rescue_changes_nothing(
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LEASE + 1)
     rescued, refused = await repo.rescue_expired(max_attempts=3, now=later)
     assert [r.status for r in rescued] == ["pending"] and refused == []
+    assert [r.lost_worker_id for r in rescued] == ["slow"]  # the job's own is cleared
     guard = repository.Guard(held.job.job_id, "slow", held.job.attempts)
     done = await repo.complete(
         guard, result={"summary": "late"}, tags=[], stages=[], diagnostics={}, full_payload=None
@@ -141,6 +142,7 @@ async def test_a_row_the_database_refuses_to_rescue_does_not_keep_the_others(
     assert statuses == {
         item.job.job_id: "processing" if item.job.job_id == poison else "pending" for item in held
     }
+    assert {e["lost_worker_id"] for e in logs if e["event"] == "job_rescued"} == {"gone"}
     (refusal,) = [e for e in logs if e["event"] == "job_rescue_refused"]
     assert refusal["job_id"] == str(poison) and "not this one" in refusal["error"]
 

@@ -275,6 +275,7 @@ class Dispatcher:
             event_id=str(event.event_id),
             job_id=str(event.job_id),
             owner=event.owner,
+            url=event.url,
             attempt=event.attempts,
             outcome="delivered" if attempt.error is None else "failed",
             status_code=attempt.status_code,

@@ -123,6 +123,7 @@ class Rescued(msgspec.Struct, frozen=True):
     content_id: models.ContentId
     status: models.JobStatus
     attempts: int
+    lost_worker_id: str | None  # the worker whose lease ran out
 
 
 class Rotation(msgspec.Struct, frozen=True):

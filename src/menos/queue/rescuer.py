@@ -42,6 +42,7 @@ class Rescuer:
                 content_id=str(job.content_id),
                 status=job.status,
                 attempts=job.attempts,
+                lost_worker_id=job.lost_worker_id,
             )
         return len(rescued)
 
