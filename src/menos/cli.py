@@ -100,9 +100,8 @@ def cmd_migrate(conf: settings.Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     from menos.http import app as http_app
+    from menos.http import serving
 
     if not _can_listen(conf):  # before the database and migrations: it would fail after them
         return EXIT_FAILURE
@@ -110,22 +109,11 @@ def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
         applied = asyncio.run(_migrate(dsn))
         log.info("migrations_applied", versions=applied)
         conf = settings.with_overrides(conf, database_url=dsn)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                http_app.create_app(conf),
-                host=conf.host,
-                port=conf.port,
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=5,
-            )
-        )
         # uvicorn stops gracefully on SIGTERM or SIGINT, then raises the signal again for the
         # handler it found: this one, so a requested stop ends with 0 as the services' do.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)
-        server.run()
+        serving.serve(http_app.create_app(conf), host=conf.host, port=conf.port)
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from menos import db, settings
-from menos.http import app, schemas
+from menos.http import app, schemas, serving
 from menos.queue import repository
 
 
@@ -25,7 +25,10 @@ async def served(pool: asyncpg.Pool[Any]) -> AsyncIterator[str]:
     listens before uvicorn starts, so a connection made meanwhile waits in its backlog."""
     api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}), pool=pool)
     sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(api, lifespan="on", log_config=None))
+    config = uvicorn.Config(
+        serving.guarded(api), lifespan="on", log_config=None, http=serving.HeadersInTime
+    )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -207,3 +210,85 @@ async def test_http_metrics_count_every_request_and_no_invented_500(
         abandoned,
     } <= counted, counted
     assert not any('status="500"' in line for line in counted), counted
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """Whether the server closes the connection (nothing more to read, or a write of ours
+    refused) rather than answer."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=10) == b""
+    except ConnectionError:
+        return True
+
+
+async def test_a_request_head_must_arrive_in_time(
+    pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection sending nothing, or its headers a byte now and then, held a file
+    descriptor forever (enough of them and /health went unanswered): the head of each request
+    must arrive within HEADERS_DEADLINE_S of the connection or of the previous answer."""
+    monkeypatch.setattr(serving, "HEADERS_DEADLINE_S", 0.5)
+    async with served(pool) as url:
+        address = url.removeprefix("http://").split(":")
+        silent_reader, silent = await asyncio.open_connection(*address)
+        trickle_reader, trickle = await asyncio.open_connection(*address)
+        kept_reader, kept = await asyncio.open_connection(*address)
+        for _ in range(3):  # each head within the deadline of the answer before it
+            kept.write(b"GET /health HTTP/1.1\r\nHost: menos\r\n\r\n")
+            assert (await kept_reader.readuntil(b"}")).startswith(b"HTTP/1.1 200 ")
+            await asyncio.sleep(0.3)
+        trickle.write(b"GET /health HTTP/1.1\r\n")
+        with contextlib.suppress(ConnectionError):  # until the server has closed it
+            for _ in range(30):  # well past the deadline, a header line at a time
+                trickle.write(b"X-Slow: 1\r\n")
+                await trickle.drain()
+                await asyncio.sleep(0.1)
+        assert await closed_by_server(silent_reader)
+        assert await closed_by_server(trickle_reader)
+        for writer in (silent, trickle, kept):
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_a_request_with_two_framings_is_refused_and_its_connection_closed(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Content-Length and Transfer-Encoding together: a proxy in front may read the body by
+    the other one, and take what follows for another request (RFC 9112 §6.1)."""
+    async with served(pool) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(
+            b"POST /api/v1/content HTTP/1.1\r\nHost: menos\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: menos\r\n\r\n"
+        )
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # to the server's close
+        writer.close()
+    head, _, problem = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    assert b"not both" in problem and b"HTTP/1.1 200" not in answer
+
+
+async def test_a_request_the_shutdown_cancels_is_answered_503() -> None:
+    """A request still waiting (on a frozen database, say) when the shutdown's grace ends
+    got uvicorn's plain-text 500: it is a 503 problem, and its connection closes."""
+    sent: list[dict[str, Any]] = []
+    waiting = asyncio.Event()
+
+    async def frozen(scope: Any, receive: Any, send: Any) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"host", b"menos")]}
+    task = asyncio.create_task(serving.guarded(frozen)(scope, None, send))  # type: ignore[arg-type]
+    await waiting.wait()
+    task.cancel()  # as uvicorn does when the grace has ended
+    await task
+    start, body = sent
+    assert start["status"] == 503
+    assert (b"connection", b"close") in start["headers"]
+    assert b"shutting down" in body["body"]

@@ -1,0 +1,169 @@
+"""How `bin/api` serves the app: uvicorn, with limits on what a client can hold.
+
+- The head of a request (request line and headers) must arrive within HEADERS_DEADLINE_S of
+  the connection opening or of the previous answer: otherwise a client sending nothing, or a
+  header byte now and then, keeps a connection (a file descriptor) forever, and enough of them
+  leave none for anyone else.
+- The process may open as many files as its hard limit allows, not the 1,024 of most shells.
+- An accept that fails for want of files is logged once in a while, not thousands of times a
+  second.
+- A request carrying both Content-Length and Transfer-Encoding is refused and its connection
+  closed (RFC 9112 §6.1): a proxy in front may have read its body differently.
+- A request still running when the shutdown's grace ends is answered 503, not uvicorn's
+  plain-text 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from typing import Any
+
+import h11
+import msgspec
+import structlog
+import uvicorn
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from menos.http import errors as http_errors
+
+log = structlog.get_logger("menos.http")
+
+HEADERS_DEADLINE_S = 10.0
+SHUTDOWN_GRACE_S = 5
+_ACCEPT_ERRORS_EVERY_S = 10.0
+
+
+class HeadersInTime(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose next request's head has not
+    arrived within HEADERS_DEADLINE_S."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._headers_due: asyncio.TimerHandle | None = None
+        self._wait_for_headers()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE and self._headers_due is not None:
+            self._headers_due.cancel()  # the head has arrived
+            self._headers_due = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE:
+            self._wait_for_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._headers_due is not None:
+            self._headers_due.cancel()
+        super().connection_lost(exc)
+
+    def _wait_for_headers(self) -> None:
+        if self._headers_due is not None:
+            self._headers_due.cancel()
+        self._headers_due = self.loop.call_later(HEADERS_DEADLINE_S, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._headers_due = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def guarded(app: ASGIApp) -> ASGIApp:
+    """`app`, refusing ambiguous framing and answering 503 to a request the shutdown cancels."""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        names = {name for name, _ in scope["headers"]}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            await _problem(
+                send, 400, "Invalid input", "send Content-Length or Transfer-Encoding, not both"
+            )
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await app(scope, receive, watch)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            # The server's shutdown ended its grace while this request still ran.
+            await _problem(send, 503, "Service unavailable", "the server is shutting down")
+
+    return handle
+
+
+async def _problem(send: Send, status: int, title: str, detail: str) -> None:
+    body = msgspec.json.encode(http_errors.Problem(title=title, status=status, detail=detail))
+    headers = [
+        (b"content-type", http_errors.PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def open_files_to_hard_limit() -> None:
+    """Raise this process's limit on open files to its hard limit (many shells start at 1,024:
+    as many connections, the database pool's and the log's included)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class _AcceptErrors:
+    """The loop's exception handler: an accept failing for want of files (which asyncio logs
+    with a traceback at every try) is logged at most every _ACCEPT_ERRORS_EVERY_S."""
+
+    def __init__(self) -> None:
+        self._logged_at = -_ACCEPT_ERRORS_EVERY_S
+        self._missed = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "out of system resource" not in str(context.get("message", "")):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._logged_at < _ACCEPT_ERRORS_EVERY_S:
+            self._missed += 1
+            return
+        exc = context.get("exception")
+        log.error("accept_failed", error=str(exc), since_last=self._missed)
+        self._logged_at, self._missed = now, 0
+
+
+def serve(app: ASGIApp, *, host: str, port: int) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then let requests finish for SHUTDOWN_GRACE_S."""
+    open_files_to_hard_limit()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            guarded(app),
+            host=host,
+            port=port,
+            http=HeadersInTime,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
+    )
+
+    async def run() -> None:
+        asyncio.get_running_loop().set_exception_handler(_AcceptErrors())
+        await server.serve()
+
+    asyncio.run(run())
