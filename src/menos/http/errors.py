@@ -110,7 +110,7 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     if isinstance(exc, errors.DatabaseUnavailable):
         # The driver's message names the database's address: it goes to the log only.
         log.warning("request_database_unavailable", path=request.url.path, error=detail)
-        detail = "the database cannot be reached; try again shortly"
+        detail = "the database is unavailable or too busy to answer in time; try again shortly"
         headers = {"retry-after": "1"}
     return problem(status, title, detail, fields, headers)
 
