@@ -498,16 +498,29 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
         log.info("migrations_applied", versions=asyncio.run(_migrate(dsn)))
         key = _dev_key(conf, dsn)
         env = {**os.environ, "MENOS_DATABASE_URL": dsn, "MENOS_LOG_FORMAT": conf.log_format}
-        children = {
-            name: subprocess.Popen(
-                [sys.executable, "-m", "menos", name],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-                start_new_session=True,
-            )
-            for name in ("api", "worker", "dispatcher")
-        }
+        # The children use the embedded server as long as they run: when dev is killed they
+        # stop gracefully (a worker finishes or gives back its jobs), and the guard that then
+        # stops the server must wait for them, as `in_use` makes it wait for commands.
+        held = (
+            None
+            if conf.database_url
+            else embedded.EmbeddedPostgres(conf.home, conf.pg_bindir).hold()
+        )
+        try:
+            children = {
+                name: subprocess.Popen(
+                    [sys.executable, "-m", "menos", name],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent,
+                    start_new_session=True,
+                    pass_fds=() if held is None else (held,),
+                )
+                for name in ("api", "worker", "dispatcher")
+            }
+        finally:
+            if held is not None:
+                os.close(held)  # the children's copies hold the lock now
         stop_asked = False
 
         def stop_children() -> None:

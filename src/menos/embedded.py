@@ -7,9 +7,9 @@ that user and owning its data directory, while the kernel still grants it root's
 
 Commands share a server through `in_use`: the last one to leave stops it, unless `db start`
 kept it. A command that starts the server also starts a guard process, which stops it once that
-command has ended, even by SIGKILL, and no other uses it. A server started with
-`start(detached=False)` (the tests' own) gets PR_SET_PDEATHSIG instead, so it stops (fast
-shutdown) when the process that started it dies.
+command has ended, even by SIGKILL, and no other uses it (the last of them may be killed too).
+A server started with `start(detached=False)` (the tests' own) gets PR_SET_PDEATHSIG instead,
+so it stops (fast shutdown) when the process that started it dies.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ class EmbeddedPostgres:
         Every command using the server holds a shared lock on `home/clients.lock`; leaving,
         the last one (the only one that then gets the lock exclusively) stops the server
         unless `keep` was called for it. The kernel drops the lock of a killed command: the
-        server it leaves is stopped by the next command to leave, or by `db stop`.
+        guard of the command that started the server then stops it once no command uses it.
         """
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         with (self.home / "clients.lock").open("a") as handle:
@@ -304,12 +304,32 @@ class EmbeddedPostgres:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    pass  # another command still uses it
+                    # Another command still uses it, and may be killed: this command's guard
+                    # (if it started the server) stays to stop it once none uses it.
+                    self._release_guard(hand_over=True)
+                    # Or a guard handed over before got the lock first, and is stopping the
+                    # server this command was the last to use: it has stopped once the lock
+                    # can be shared again (new shared locks wait for no waiting guard).
+                    fcntl.flock(handle, fcntl.LOCK_SH)
+                    fcntl.flock(handle, fcntl.LOCK_UN)
                 else:
                     running = self.running()
                     if running is not None and not self._kept(running):
                         self.stop()
-                self._release_guard()
+                    self._release_guard()
+
+    def hold(self) -> int:
+        """A new descriptor of `home/clients.lock` holding a shared lock of its own, as a
+        command in `in_use` does, for child processes to inherit (`pass_fds`): the server is
+        in use until the last of them has ended, also when the command that started them is
+        killed and its guard comes to stop the server. The caller closes its own copy."""
+        fd = os.open(self.home / "clients.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     @contextlib.contextmanager
     def unused(self) -> Iterator[bool]:
@@ -393,6 +413,9 @@ class EmbeddedPostgres:
             log.close()
         deadline = time.monotonic() + _START_TIMEOUT_S
         try:
+            if self._guarded_by is not None:  # which server to stop if this one is killed now
+                with contextlib.suppress(OSError):
+                    os.write(self._guarded_by, b"pid %d\n" % self._process.pid)
             while time.monotonic() < deadline:
                 found = self.running()
                 if found is not None and found.pid == self._process.pid:
@@ -431,11 +454,14 @@ class EmbeddedPostgres:
         finally:
             os.close(read_end)
 
-    def _release_guard(self) -> None:
-        """This process is done with the server: its guard leaves the rest to `in_use`."""
+    def _release_guard(self, *, hand_over: bool = False) -> None:
+        """This process is done with the server. Its guard exits, or, handed over (other
+        commands still use the server), waits until none does and stops it, as when this
+        process is killed: the last of them may be killed too."""
         if self._guarded_by is not None:
-            with contextlib.suppress(OSError):  # a guard that is gone has nothing to do
-                os.write(self._guarded_by, b"done")
+            if not hand_over:
+                with contextlib.suppress(OSError):  # a guard that is gone has nothing to do
+                    os.write(self._guarded_by, b"done")
             os.close(self._guarded_by)
             self._guarded_by = None
 
@@ -491,18 +517,34 @@ class EmbeddedPostgres:
 
 def guard(home: Path, bindir: Path) -> None:
     """Wait until the command that started the server has ended. When it left the server
-    through `in_use` (it wrote on the pipe that is standard input here), that stopped it, or
-    left it to the commands still using it, the last of which stops it. When it was killed
-    (the pipe ends without a word), wait until no command uses the server (`in_use`'s lock
-    alone) and stop it unless `db start` kept it."""
-    if os.read(0, 4):
-        return
+    last through `in_use` (it wrote on the pipe that is standard input here), that stopped it.
+    When it was killed, or left while other commands still used the server (the pipe ends
+    without a word), wait until no command uses the server (`in_use`'s lock alone) and stop
+    it unless `db start` kept it. The server of a command killed while it started is waited
+    for (ready, or gone) first: not ready, it is not `running` yet."""
+    said = b""
+    while chunk := os.read(0, 64):
+        said += chunk
+        if b"done" in said:
+            return
+    started = int(said.split()[1]) if said.startswith(b"pid ") else None
     server = EmbeddedPostgres(home, bindir)
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while (
+        started is not None
+        and server.running() is None
+        and _serves(started, server.data_dir)
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
     with (home / "clients.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         running = server.running()
         if running is not None and not server._kept(running):
             server.stop()
+        elif running is None and started is not None and _serves(started, server.data_dir):
+            with contextlib.suppress(ProcessLookupError):  # it never became ready
+                os.kill(started, signal.SIGINT)
 
 
 if __name__ == "__main__":

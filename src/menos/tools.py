@@ -114,7 +114,7 @@ async def reprocess(
 async def follow(repo: repository.Repository, job_id: uuid.UUID, poll_s: float = 0.25) -> int:
     """Show a job's stage progress on stderr until it ends; its exit code (0/1/2). On a
     terminal as a progress bar; elsewhere (a log file, a pipe) as a `job_progress` log line
-    at each change, so that stderr holds only lines of the log format."""
+    at each change, so that stderr holds whole lines (log lines, and a failure's message)."""
     bar = tqdm(
         total=len(STAGES),
         desc="pending",

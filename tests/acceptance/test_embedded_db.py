@@ -6,14 +6,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from menos import embedded
 from tests.support.processes import BIN, free_port, sql, wait_for
 
 
@@ -179,13 +184,31 @@ def test_concurrent_commands_on_a_fresh_home_all_succeed_and_leave_nothing_runni
     assert menos_db(env, "url").returncode == 1
 
 
+def guard_waits_for(home: Path) -> bool:
+    """Whether the guard of `home`'s server waits for the lock that commands share (a blocked
+    request of its pid in /proc/locks): it stops the server only once it has that lock."""
+    guards = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"menos.embedded" in argv and os.fsencode(home) in argv:
+            guards.add(entry.name)
+    blocked = [
+        line.split() for line in Path("/proc/locks").read_text().splitlines() if "->" in line
+    ]
+    # "1: -> FLOCK  ADVISORY  WRITE <pid> <device:inode> 0 EOF"
+    return any(fields[5] in guards for fields in blocked if len(fields) > 5)
+
+
 def test_a_command_killed_with_sigkill_leaves_no_server_behind(
     db: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     """The server a command started is stopped when that command is killed (SIGKILL: it
     cannot stop anything itself), once no other command uses it; it ran until some later
     command ended before."""
-    _, env = db
+    home, env = db
     env = {**env, "MENOS_LOG_FORMAT": "json"}
     assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
     first, second = tmp_path / "first.log", tmp_path / "second.log"
@@ -196,7 +219,7 @@ def test_a_command_killed_with_sigkill_leaves_no_server_behind(
     dsn = menos_db(env, "url").stdout.strip()
     starter.kill()
     starter.wait()
-    time.sleep(1)  # the guard, had it acted, would have stopped the server by now
+    wait_for(lambda: guard_waits_for(home), what="the guard to wait for the lock")
     assert sql(dsn, "SELECT count(*) AS n FROM menos.pipeline_job") == [{"n": 0}]
     attached.kill()  # the last user goes the same way
     attached.wait()
@@ -394,3 +417,131 @@ def test_dev_says_when_its_server_stops_under_it_and_when_it_is_back(
             dev.kill()
             dev.wait()
     assert log.read_text().count("the embedded PostgreSQL stopped") == 1
+
+
+@pytest.mark.timeout(300)
+def test_dev_killed_with_sigkill_lets_its_worker_finish_before_the_server_stops(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`make run` killed with SIGKILL: its worker, stopping gracefully, finishes the job it
+    runs before the guard stops the server (the server was stopped at once: the job's result
+    was lost and the job left `processing`, its attempt counted)."""
+    home, env = db
+    port = free_port()
+    env = {
+        **env,
+        "MENOS_PORT": str(port),
+        "MENOS_LOG_FORMAT": "json",
+        "MENOS_CALLBACK_ALLOW_PRIVATE": "true",
+    }
+    asked = threading.Event()
+
+    class SlowPage(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            asked.set()
+            time.sleep(5)  # dev is killed while the worker waits for this
+            body = b"<html><body><p>" + b"A page that took its time. " * 20 + b"</p></body></html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), SlowPage)
+    site.daemon_threads = True
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    log = tmp_path / "dev.log"
+    dev = spawn(env, log, "menos", "dev")
+    try:
+        wait_for(lambda: "is running" in log.read_text() or dev.poll() is not None, timeout=120)
+        assert dev.poll() is None, log.read_text()
+        key = (home / "dev_api_key").read_text().strip()
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/ingest",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"url": f"http://127.0.0.1:{site.server_address[1]}/slow"},
+            timeout=30,
+        )
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["job_id"]
+        assert asked.wait(60), "the worker never fetched the page"
+        dev.kill()
+        dev.wait()
+        wait_logged(log, "worker_stopped")
+        wait_for(lambda: menos_db(env, "url").returncode == 1, what="the server to stop")
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+        site.shutdown()
+        site.server_close()
+    dsn = menos_db(env, "start").stdout.strip()
+    job = sql(dsn, "SELECT status FROM menos.pipeline_job WHERE job_id = $1", uuid.UUID(job_id))
+    assert job == [{"status": "completed"}], log.read_text()
+
+
+def _serving(data_dir: Path) -> list[int]:
+    """The pids of processes started as a server of `data_dir` (`-D data_dir`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-D" in argv and os.fsencode(data_dir) in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_command_killed_while_its_server_starts_leaves_no_server_behind(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """SIGKILL reaching a command while the server it started is not ready yet (a slow start:
+    crash recovery, a slow disk): the guard took the server for none and exited, and the
+    server, ready a moment later, ran on, found by nobody."""
+    home, env = db
+    assert menos_db(env, "start").returncode == 0
+    assert menos_db(env, "stop").stdout.strip() == "stopped"
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    real = embedded.default_bindir()
+    for binary in real.iterdir():
+        (slow / binary.name).symlink_to(binary)
+    (slow / "postgres").unlink()
+    (slow / "postgres").write_text(f'#!/bin/sh\nsleep 4\nexec {real / "postgres"} "$@"\n')
+    (slow / "postgres").chmod(0o755)
+    data_dir = home / "pgdata"
+    command = spawn(
+        {**env, "MENOS_PG_BINDIR": str(slow)}, tmp_path / "jobs.log", "menos", "jobs", "list"
+    )
+    wait_for(lambda: _serving(data_dir), what="the server to be started")
+    command.kill()
+    command.wait()
+    wait_for(lambda: not _serving(data_dir), timeout=60, what="the server to stop")
+
+
+def test_a_killed_command_that_only_attached_leaves_no_server_behind(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """The command that started the server ends normally while another still uses it; that
+    other one, killed with SIGKILL, left the server running for good (its starter's guard had
+    already gone)."""
+    _, env = db
+    env = {**env, "MENOS_LOG_FORMAT": "json"}
+    assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    starter = spawn(env, first, "worker")
+    wait_logged(first, "worker_started")
+    attached = spawn(env, second, "dispatcher")
+    wait_logged(second, "dispatcher_started")
+    starter.terminate()
+    assert starter.wait(timeout=60) == 0
+    assert menos_db(env, "url").returncode == 0  # the attached command still uses it
+    attached.kill()
+    attached.wait()
+    wait_for(lambda: menos_db(env, "url").returncode == 1, what="the server to stop")
