@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -144,6 +145,20 @@ def wait_logged(log: Path, event: str) -> None:
     wait_for(lambda: event in log.read_text(), what=event)
 
 
+def start_two(
+    env: dict[str, str], tmp_path: Path, first: str, second: str
+) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """Migrate, then start `first` (which starts the server) and `second` (which attaches to
+    it), each once it logs that it started; the processes and their logs."""
+    assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
+    started = []
+    for name in (first, second):
+        log = tmp_path / f"{name}.log"
+        started.append((spawn(env, log, name), log))
+        wait_logged(log, f"{name}_started")
+    return started
+
+
 def test_the_server_stays_while_a_command_still_uses_it(
     db: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -151,12 +166,7 @@ def test_the_server_stays_while_a_command_still_uses_it(
     to it; the last one to leave stops it."""
     _, env = db
     env = {**env, "MENOS_LOG_FORMAT": "json"}
-    assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
-    first, second = tmp_path / "dispatcher.log", tmp_path / "worker.log"
-    dispatcher = spawn(env, first, "dispatcher")
-    wait_logged(first, "dispatcher_started")
-    worker = spawn(env, second, "worker")
-    wait_logged(second, "worker_started")
+    (dispatcher, _), (worker, second) = start_two(env, tmp_path, "dispatcher", "worker")
     dsn = menos_db(env, "url").stdout.strip()
     dispatcher.terminate()
     assert dispatcher.wait(timeout=60) == 0
@@ -210,12 +220,7 @@ def test_a_command_killed_with_sigkill_leaves_no_server_behind(
     command ended before."""
     home, env = db
     env = {**env, "MENOS_LOG_FORMAT": "json"}
-    assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
-    first, second = tmp_path / "first.log", tmp_path / "second.log"
-    starter = spawn(env, first, "worker")
-    wait_logged(first, "worker_started")
-    attached = spawn(env, second, "dispatcher")
-    wait_logged(second, "dispatcher_started")
+    (starter, _), (attached, _) = start_two(env, tmp_path, "worker", "dispatcher")
     dsn = menos_db(env, "url").stdout.strip()
     starter.kill()
     starter.wait()
@@ -371,6 +376,21 @@ def test_a_command_stopped_while_its_server_starts_stops_that_server(
     assert menos_db(env, "url").returncode == 1
 
 
+@contextlib.contextmanager
+def running_dev(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`bin/menos dev` on the test's home, once it says it is running; killed if the block
+    leaves it running."""
+    dev = spawn(env, log, "menos", "dev")
+    try:
+        wait_for(lambda: "is running" in log.read_text() or dev.poll() is not None, timeout=120)
+        assert dev.poll() is None, log.read_text()
+        yield dev
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+
+
 def test_dev_whose_terminal_is_closed_stops_its_server(
     db: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -381,15 +401,9 @@ def test_dev_whose_terminal_is_closed_stops_its_server(
     assert menos_db(env, "start").returncode == 0
     assert menos_db(env, "stop").stdout.strip() == "stopped"
     log = tmp_path / "dev.log"
-    dev = spawn(env, log, "menos", "dev")
-    try:
-        wait_for(lambda: "is running" in log.read_text() or dev.poll() is not None, timeout=90)
+    with running_dev(env, log) as dev:
         dev.send_signal(signal.SIGHUP)
         assert dev.wait(timeout=60) == 0, log.read_text()
-    finally:
-        if dev.poll() is None:
-            dev.kill()
-            dev.wait()
     assert menos_db(env, "url").returncode == 1, "the server it started is still running"
 
 
@@ -401,9 +415,7 @@ def test_dev_says_when_its_server_stops_under_it_and_when_it_is_back(
     home, env = db
     env = {**env, "MENOS_PORT": str(free_port())}
     log = tmp_path / "dev.log"
-    dev = spawn(env, log, "menos", "dev")
-    try:
-        wait_for(lambda: "is running" in log.read_text() or dev.poll() is not None, timeout=90)
+    with running_dev(env, log) as dev:
         pid = int((home / "pgdata" / "postmaster.pid").read_text().split("\n", 1)[0])
         os.kill(pid, signal.SIGKILL)
         wait_logged(log, "the embedded PostgreSQL stopped (see")
@@ -412,10 +424,6 @@ def test_dev_says_when_its_server_stops_under_it_and_when_it_is_back(
         assert dev.poll() is None
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=60) == 0, log.read_text()
-    finally:
-        if dev.poll() is None:
-            dev.kill()
-            dev.wait()
     assert log.read_text().count("the embedded PostgreSQL stopped") == 1
 
 
@@ -454,10 +462,10 @@ def test_dev_killed_with_sigkill_lets_its_worker_finish_before_the_server_stops(
     site.daemon_threads = True
     threading.Thread(target=site.serve_forever, daemon=True).start()
     log = tmp_path / "dev.log"
-    dev = spawn(env, log, "menos", "dev")
-    try:
-        wait_for(lambda: "is running" in log.read_text() or dev.poll() is not None, timeout=120)
-        assert dev.poll() is None, log.read_text()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(site.server_close)
+        cleanup.callback(site.shutdown)
+        dev = cleanup.enter_context(running_dev(env, log))
         key = (home / "dev_api_key").read_text().strip()
         answer = httpx.post(
             f"http://127.0.0.1:{port}/api/v1/ingest",
@@ -472,12 +480,6 @@ def test_dev_killed_with_sigkill_lets_its_worker_finish_before_the_server_stops(
         dev.wait()
         wait_logged(log, "worker_stopped")
         wait_for(lambda: menos_db(env, "url").returncode == 1, what="the server to stop")
-    finally:
-        if dev.poll() is None:
-            dev.kill()
-            dev.wait()
-        site.shutdown()
-        site.server_close()
     dsn = menos_db(env, "start").stdout.strip()
     job = sql(dsn, "SELECT status FROM menos.pipeline_job WHERE job_id = $1", uuid.UUID(job_id))
     assert job == [{"status": "completed"}], log.read_text()
@@ -533,12 +535,7 @@ def test_a_killed_command_that_only_attached_leaves_no_server_behind(
     already gone)."""
     _, env = db
     env = {**env, "MENOS_LOG_FORMAT": "json"}
-    assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
-    first, second = tmp_path / "first.log", tmp_path / "second.log"
-    starter = spawn(env, first, "worker")
-    wait_logged(first, "worker_started")
-    attached = spawn(env, second, "dispatcher")
-    wait_logged(second, "dispatcher_started")
+    (starter, _), (attached, _) = start_two(env, tmp_path, "worker", "dispatcher")
     starter.terminate()
     assert starter.wait(timeout=60) == 0
     assert menos_db(env, "url").returncode == 0  # the attached command still uses it

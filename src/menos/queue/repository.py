@@ -209,6 +209,16 @@ class Actor(msgspec.Struct, frozen=True):
     key_id: uuid.UUID | None
     detail: dict[str, Any]
 
+    def did(self, event: str, *, owner: str, subject: uuid.UUID, **detail: Any) -> AuditEvent:
+        """The audit event of this actor's action `event` on `subject`."""
+        return AuditEvent(
+            event=event,
+            owner=owner,
+            actor_key_id=self.key_id,
+            subject=subject,
+            detail={**detail, **self.detail},
+        )
+
 
 class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One row of `menos.audit_event`, and one log line once it is stored."""
@@ -650,16 +660,12 @@ class Repository(_Store):
                 return None
             outcome = _row(row, CancelOutcome)
             events.append(
-                AuditEvent(
-                    event="audit.cancellation",
+                actor.did(
+                    "audit.cancellation",
                     owner=outcome.owner,
-                    actor_key_id=actor.key_id,
                     subject=job_id,
-                    detail={
-                        "outcome": outcome.result,
-                        "previous_status": outcome.previous,
-                        **actor.detail,
-                    },
+                    outcome=outcome.result,
+                    previous_status=outcome.previous,
                 )
             )
         return outcome
@@ -683,76 +689,55 @@ class Repository(_Store):
         is the last word when two requests race anyway.
         """
         async with self._audited() as (conn, events):
-            outcome = await self._reprocess(
-                conn,
-                content_id,
-                owner=owner,
-                force=force,
-                pipeline_version=pipeline_version,
-                callback_url=callback_url,
-                data_tier=data_tier,
-                transcript=transcript,
-            )
+
+            async def decide() -> Reprocessed | None:
+                content = await conn.fetchrow(self._q["lock_content"], content_id, owner)
+                if content is None:
+                    return None
+                active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
+                if active is not None:
+                    return Reprocessed(
+                        "already_active", active["job_id"], content["content_id"], content["owner"]
+                    )
+                current = content["pipeline_version"] == pipeline_version
+                if content["processing_status"] == "completed" and current and not force:
+                    return Reprocessed(
+                        "already_completed", None, content["content_id"], content["owner"]
+                    )
+                job_id = await conn.fetchval(
+                    self._q["insert_reprocess_job"],
+                    models.new_id(),
+                    content_id,
+                    content["owner"],
+                    content["resource_key"],
+                    data_tier,
+                    callback_url,
+                    pipeline_version,
+                    transcript,
+                )
+                if job_id is None:
+                    active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
+                    return Reprocessed(
+                        "already_active",
+                        active["job_id"] if active else None,
+                        content["content_id"],
+                        content["owner"],
+                    )
+                return Reprocessed("submitted", job_id, content["content_id"], content["owner"])
+
+            outcome = await decide()
             if outcome is not None and actor is not None:
                 events.append(
-                    AuditEvent(
-                        event="audit.reprocess_trigger",
+                    actor.did(
+                        "audit.reprocess_trigger",
                         owner=outcome.owner,
-                        actor_key_id=actor.key_id,
                         subject=content_id,
-                        detail={
-                            "outcome": outcome.status,
-                            "job_id": outcome.job_id,
-                            "force": force,
-                            **actor.detail,
-                        },
+                        outcome=outcome.status,
+                        job_id=outcome.job_id,
+                        force=force,
                     )
                 )
         return outcome
-
-    async def _reprocess(
-        self,
-        conn: asyncpg.pool.PoolConnectionProxy[Any],
-        content_id: uuid.UUID,
-        *,
-        owner: str | None,
-        force: bool,
-        pipeline_version: str,
-        callback_url: str | None,
-        data_tier: models.DataTier,
-        transcript: str | None,
-    ) -> Reprocessed | None:
-        content = await conn.fetchrow(self._q["lock_content"], content_id, owner)
-        if content is None:
-            return None
-        active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
-        if active is not None:
-            return Reprocessed(
-                "already_active", active["job_id"], content["content_id"], content["owner"]
-            )
-        current = content["pipeline_version"] == pipeline_version
-        if content["processing_status"] == "completed" and current and not force:
-            return Reprocessed("already_completed", None, content["content_id"], content["owner"])
-        job_id = await conn.fetchval(
-            self._q["insert_reprocess_job"],
-            models.new_id(),
-            content_id,
-            content["owner"],
-            content["resource_key"],
-            data_tier,
-            callback_url,
-            pipeline_version,
-            transcript,
-        )
-        if job_id is None:
-            active = await conn.fetchrow(self._q["active_job_of_content"], content_id)
-            return Reprocessed(
-                "already_active",
-                active["job_id"] if active else None,
-                content["content_id"],
-                content["owner"],
-            )
-        return Reprocessed("submitted", job_id, content["content_id"], content["owner"])
 
     async def list_jobs(
         self,
