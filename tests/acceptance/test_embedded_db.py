@@ -145,18 +145,27 @@ def wait_logged(log: Path, event: str) -> None:
     wait_for(lambda: event in log.read_text(), what=event)
 
 
-def start_two(
+@contextlib.contextmanager
+def two_commands(
     env: dict[str, str], tmp_path: Path, first: str, second: str
-) -> list[tuple[subprocess.Popen[bytes], Path]]:
+) -> Iterator[list[tuple[subprocess.Popen[bytes], Path]]]:
     """Migrate, then start `first` (which starts the server) and `second` (which attaches to
-    it), each once it logs that it started; the processes and their logs."""
+    it), each once it logs that it started; the processes and their logs. Whatever of them
+    still runs when the block ends is killed (a failed test must not leave one holding the
+    server, and the server's guard waiting, for good)."""
     assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
-    started = []
-    for name in (first, second):
-        log = tmp_path / f"{name}.log"
-        started.append((spawn(env, log, name), log))
-        wait_logged(log, f"{name}_started")
-    return started
+    started: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        for name in (first, second):
+            log = tmp_path / f"{name}.log"
+            started.append((spawn(env, log, name), log))
+            wait_logged(log, f"{name}_started")
+        yield started
+    finally:
+        for process, _ in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_the_server_stays_while_a_command_still_uses_it(
@@ -166,14 +175,15 @@ def test_the_server_stays_while_a_command_still_uses_it(
     to it; the last one to leave stops it."""
     _, env = db
     env = {**env, "MENOS_LOG_FORMAT": "json"}
-    (dispatcher, _), (worker, second) = start_two(env, tmp_path, "dispatcher", "worker")
-    dsn = menos_db(env, "url").stdout.strip()
-    dispatcher.terminate()
-    assert dispatcher.wait(timeout=60) == 0
-    assert menos_db(env, "url").stdout.strip() == dsn
-    assert sql(dsn, "SELECT count(*) AS n FROM menos.pipeline_job") == [{"n": 0}]
-    worker.terminate()
-    assert worker.wait(timeout=60) == 0
+    with two_commands(env, tmp_path, "dispatcher", "worker") as started:
+        (dispatcher, _), (worker, second) = started
+        dsn = menos_db(env, "url").stdout.strip()
+        dispatcher.terminate()
+        assert dispatcher.wait(timeout=60) == 0
+        assert menos_db(env, "url").stdout.strip() == dsn
+        assert sql(dsn, "SELECT count(*) AS n FROM menos.pipeline_job") == [{"n": 0}]
+        worker.terminate()
+        assert worker.wait(timeout=60) == 0
     assert "database_unavailable" not in second.read_text()
     assert menos_db(env, "url").returncode == 1  # the last one stopped it
 
@@ -220,14 +230,15 @@ def test_a_command_killed_with_sigkill_leaves_no_server_behind(
     command ended before."""
     home, env = db
     env = {**env, "MENOS_LOG_FORMAT": "json"}
-    (starter, _), (attached, _) = start_two(env, tmp_path, "worker", "dispatcher")
-    dsn = menos_db(env, "url").stdout.strip()
-    starter.kill()
-    starter.wait()
-    wait_for(lambda: guard_waits_for(home), what="the guard to wait for the lock")
-    assert sql(dsn, "SELECT count(*) AS n FROM menos.pipeline_job") == [{"n": 0}]
-    attached.kill()  # the last user goes the same way
-    attached.wait()
+    with two_commands(env, tmp_path, "worker", "dispatcher") as started:
+        (starter, _), (attached, _) = started
+        dsn = menos_db(env, "url").stdout.strip()
+        starter.kill()
+        starter.wait()
+        wait_for(lambda: guard_waits_for(home), what="the guard to wait for the lock")
+        assert sql(dsn, "SELECT count(*) AS n FROM menos.pipeline_job") == [{"n": 0}]
+        attached.kill()  # the last user goes the same way
+        attached.wait()
     wait_for(lambda: menos_db(env, "url").returncode == 1, what="the server to stop")
 
 
@@ -535,10 +546,11 @@ def test_a_killed_command_that_only_attached_leaves_no_server_behind(
     already gone)."""
     _, env = db
     env = {**env, "MENOS_LOG_FORMAT": "json"}
-    (starter, _), (attached, _) = start_two(env, tmp_path, "worker", "dispatcher")
-    starter.terminate()
-    assert starter.wait(timeout=60) == 0
-    assert menos_db(env, "url").returncode == 0  # the attached command still uses it
-    attached.kill()
-    attached.wait()
+    with two_commands(env, tmp_path, "worker", "dispatcher") as started:
+        (starter, _), (attached, _) = started
+        starter.terminate()
+        assert starter.wait(timeout=60) == 0
+        assert menos_db(env, "url").returncode == 0  # the attached command still uses it
+        attached.kill()
+        attached.wait()
     wait_for(lambda: menos_db(env, "url").returncode == 1, what="the server to stop")

@@ -20,7 +20,6 @@ import resource
 import time
 from typing import Any
 
-import h11
 import msgspec
 import structlog
 import uvicorn
@@ -48,14 +47,20 @@ class HeadersInTime(H11Protocol):
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE and self._headers_due is not None:
+        if self._headers_due is not None and self._answering():
             self._headers_due.cancel()  # the head has arrived
             self._headers_due = None
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.IDLE:
+        # Also when the client still sends the body of the request just answered (an answer
+        # given before reading it: 401, 413): that body, then the next head, are due in time.
+        if not self._answering():
             self._wait_for_headers()
+
+    def _answering(self) -> bool:
+        """Whether a request's head has arrived and its answer is not complete yet."""
+        return self.cycle is not None and not self.cycle.response_complete
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._headers_due is not None:
@@ -69,7 +74,7 @@ class HeadersInTime(H11Protocol):
 
     def _headers_late(self) -> None:
         self._headers_due = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if not self._answering() and not self.transport.is_closing():
             self.transport.close()
 
 
