@@ -36,6 +36,7 @@ from menos import db, errors
 _PR_SET_PDEATHSIG = 1
 _CLONE_NEWUSER = 0x10000000
 _START_TIMEOUT_S = 60.0
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 _STOP_TIMEOUT_S = 30.0
 DATABASE = "menos"
 USER = "menos"
@@ -72,6 +73,7 @@ def _unprivileged_uid() -> tuple[int, int]:
 
 def _child_setup(*, as_root: bool, die_with_parent: bool, uid: int, gid: int) -> None:
     """Runs in the forked child before exec: enter a user namespace, arm the death signal."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # the parent blocks stop signals meanwhile
     libc = ctypes.CDLL(None, use_errno=True)
     if as_root:
         if libc.unshare(_CLONE_NEWUSER) != 0:
@@ -385,34 +387,37 @@ class EmbeddedPostgres:
         port_file.write_text(str(port))
         if detached:
             self._start_guard()
-        log = self.log_file.open("ab")
-        try:
-            self._process = self._spawn(
-                [
-                    str(self.bindir / "postgres"),
-                    "-D",
-                    str(self.data_dir),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    f"port={port}",
-                    "-c",
-                    "unix_socket_directories=",
-                    "-c",
-                    "max_connections=200",
-                    "-c",
-                    "fsync=on",
-                    "-c",
-                    "log_min_messages=warning",
-                ],
-                die_with_parent=not detached,
-                detached=detached,
-                log=log.fileno(),
-            )
-        finally:
-            log.close()
         deadline = time.monotonic() + _START_TIMEOUT_S
+        # A stop signal arriving while the server is spawned (the child may run and write its
+        # postmaster.pid before Popen returns here) waits until the server is ours to stop.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
+            try:
+                with self.log_file.open("ab") as log:
+                    self._process = self._spawn(
+                        [
+                            str(self.bindir / "postgres"),
+                            "-D",
+                            str(self.data_dir),
+                            "-c",
+                            "listen_addresses=127.0.0.1",
+                            "-c",
+                            f"port={port}",
+                            "-c",
+                            "unix_socket_directories=",
+                            "-c",
+                            "max_connections=200",
+                            "-c",
+                            "fsync=on",
+                            "-c",
+                            "log_min_messages=warning",
+                        ],
+                        die_with_parent=not detached,
+                        detached=detached,
+                        log=log.fileno(),
+                    )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # it lands here now
             if self._guarded_by is not None:  # which server to stop if this one is killed now
                 with contextlib.suppress(OSError):
                     os.write(self._guarded_by, b"pid %d\n" % self._process.pid)
