@@ -141,6 +141,14 @@ def spawn(env: dict[str, str], log: Path, *argv: str) -> subprocess.Popen[bytes]
         )
 
 
+def kill_if_running(process: subprocess.Popen[bytes]) -> None:
+    """Kill a command a test started and did not see end (a failed test must not leave one
+    holding the server, and its guard waiting, for good)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def wait_logged(log: Path, event: str) -> None:
     wait_for(lambda: event in log.read_text(), what=event)
 
@@ -151,8 +159,7 @@ def two_commands(
 ) -> Iterator[list[tuple[subprocess.Popen[bytes], Path]]]:
     """Migrate, then start `first` (which starts the server) and `second` (which attaches to
     it), each once it logs that it started; the processes and their logs. Whatever of them
-    still runs when the block ends is killed (a failed test must not leave one holding the
-    server, and the server's guard waiting, for good)."""
+    still runs when the block ends is killed."""
     assert subprocess.run([str(BIN / "menos"), "migrate"], env=env, timeout=120).returncode == 0
     started: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
@@ -163,9 +170,7 @@ def two_commands(
         yield started
     finally:
         for process, _ in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            kill_if_running(process)
 
 
 def test_the_server_stays_while_a_command_still_uses_it(
@@ -397,9 +402,7 @@ def running_dev(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[byt
         assert dev.poll() is None, log.read_text()
         yield dev
     finally:
-        if dev.poll() is None:
-            dev.kill()
-            dev.wait()
+        kill_if_running(dev)
 
 
 def test_dev_whose_terminal_is_closed_stops_its_server(
