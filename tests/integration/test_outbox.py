@@ -13,11 +13,13 @@ import asyncpg
 import httpx
 import pytest
 import standardwebhooks
+import structlog.testing
 
 from menos import db, errors
 from menos.pipeline import ssrf
 from menos.queue import dispatcher, group_commit, models, repository, stats
 from tests.integration import helpers
+from tests.support import tcp_proxy
 from tests.support.http_network import HandlerNetwork
 
 HOLD = 12.0
@@ -1077,6 +1079,40 @@ async def test_outcome_lost_to_a_database_outage_is_attempted_again(
     assert again.attempts == 2
     assert await record_delivered(outbox, again, status_code=200, duration_ms=1.0, counted=False)
     assert (await row(pool))["status"] == "delivered"
+
+
+async def test_a_dispatcher_backs_off_during_an_outage_and_delivers_once_it_is_back(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """While the database is down the dispatcher tries (and logs) less and less often, not
+    once per poll; once it is back, due events are delivered without waiting out the backoff."""
+    await make_events(repo, 1)
+    delivered: list[int] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        delivered.append(1)
+        return httpx.Response(204)
+
+    transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(answer))
+    with tcp_proxy.running(database_url) as (proxy, through):
+        lossy = await db.create_pool(through, min_size=0, max_size=3)
+        outbox = repository.OutboxRepository(lossy, db.Queries())
+        proxy.cut()
+        try:
+            with structlog.testing.capture_logs() as logs:
+                async with dispatching(dispatcher_config(poll_s=0.05), outbox, through, transport):
+                    await asyncio.sleep(1.6)  # the outage: 32 polls of 0.05 s
+                    tries = [e for e in logs if e["event"] == "dispatcher_database_unavailable"]
+                    assert 1 <= len(tries) <= 8, [e["retry_in_s"] for e in tries]
+                    assert [e["retry_in_s"] for e in tries[:3]] == [0.05, 0.1, 0.2]
+                    proxy.restore()
+                    await until(lambda: bool(delivered), "the delivery")
+        finally:
+            await lossy.close()
+    assert (await row(pool))["status"] == "delivered"
+    assert [e["after_failures"] for e in logs if e["event"] == "dispatcher_database_available"] == [
+        len([e for e in logs if e["event"] == "dispatcher_database_unavailable"])
+    ]
 
 
 async def test_an_unsent_attempt_whose_outcome_is_always_refused_still_counts(

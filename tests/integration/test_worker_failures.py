@@ -20,6 +20,7 @@ from menos.pipeline.analyzers.builtin import BuiltinAnalyzer
 from menos.queue import repository
 from menos.queue import worker as queue_worker
 from tests.integration import helpers
+from tests.support import tcp_proxy
 from tests.support.pipeline import offline_context
 
 
@@ -380,3 +381,41 @@ async def test_a_panic_in_the_analyzer_fails_the_job_not_leaves_it_processing(
     else:
         assert (row["status"], row["error_code"]) == ("failed", "PIPELINE_EXCEPTION")
         assert "Panic" in row["error_message"]
+
+
+async def test_a_worker_backs_off_during_an_outage_and_claims_once_the_database_is_back(
+    database_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """While the database is down the worker tries (and logs) less and less often, not once
+    per poll; once it is back, waiting work is claimed without waiting out the backoff."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    with tcp_proxy.running(database_url) as (proxy, through):
+        lossy = await db.create_pool(through, min_size=0, max_size=3)
+        config = helpers.worker_config(concurrency=1, max_processing=1, poll_s=0.05)
+        async with httpx.AsyncClient() as http:
+            ctx = offline_context(http, BuiltinAnalyzer())
+            worker = queue_worker.Worker(
+                config, repository.Repository(lossy, db.Queries()), ctx, dsn=through
+            )
+            proxy.cut()
+            stop = asyncio.Event()
+            with structlog.testing.capture_logs() as logs:
+                running = asyncio.create_task(worker.run(stop))
+                await asyncio.sleep(1.6)  # the outage: 32 polls of 0.05 s
+                tries = [e for e in logs if e["event"] == "claim_database_unavailable"]
+                assert 1 <= len(tries) <= 8, [e["retry_in_s"] for e in tries]
+                assert [e["retry_in_s"] for e in tries[:3]] == [0.05, 0.1, 0.2]
+                proxy.restore()
+                await repo.enqueue(helpers.note())
+                try:
+                    row = await until_failed(pool)  # any end: here the job completes
+                finally:
+                    stop.set()
+                    await running
+                    await lossy.close()
+    assert row["status"] == "completed"
+    assert [e["after_failures"] for e in logs if e["event"] == "claim_database_available"] == [
+        len([e for e in logs if e["event"] == "claim_database_unavailable"])
+    ]
+    assert any(e["event"] == "listen_restored" for e in logs)

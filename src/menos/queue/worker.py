@@ -240,20 +240,31 @@ class Worker:
             ),
             *(asyncio.create_task(duty(stop)) for duty in self._duties),
         ]
+        outage = notify.Backoff(self.config.poll_s)
         try:
             while not stop.is_set():
                 self._wake.clear()
+                wait = self.config.poll_s
                 try:
                     claimed = await self.run_once()
                 except errors.DatabaseUnavailable as exc:
-                    log.warning("claim_database_unavailable", error=str(exc))
+                    wait = outage.failed()
+                    log.warning(
+                        "claim_database_unavailable",
+                        error=str(exc),
+                        failures=outage.failures,
+                        retry_in_s=wait,
+                    )
                     claimed = 0
                 except Exception:
                     log.exception("claim_failed")
                     claimed = 0
+                else:
+                    if failures := outage.succeeded():
+                        log.info("claim_database_available", after_failures=failures)
                 if claimed and len(self._tasks) < self.config.concurrency:
                     continue  # there may be more waiting
-                await notify.first(self._wake.wait(), stop.wait(), timeout=self.config.poll_s)
+                await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
             await self._shutdown(hurry or asyncio.Event())
             await self.completions.close()
             await self._stats_out.retire()
