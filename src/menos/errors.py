@@ -33,6 +33,12 @@ ErrorCode = Literal[
 MAX_ERROR_MESSAGE = 500
 
 
+def describe(exc: BaseException) -> str:
+    """`Type: message`, or only `Type` for an exception without a message (httpx's ReadError
+    for a connection reset mid-answer has none)."""
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
 class MenosError(Exception):
     """Base of every error menos raises on purpose."""
 

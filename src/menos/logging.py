@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 import structlog
 
+from menos import errors
+
 
 def configure(fmt: str, *, level: int = logging.INFO) -> None:
     """Route structlog and the standard library's logging to stderr in `fmt` (json|console)."""
@@ -77,5 +79,5 @@ def _dumps(event: dict[str, Any], **_: Any) -> str:
 
 def _text(value: Any) -> str:
     if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}".rstrip(": ")
+        return errors.describe(value)
     return str(value)

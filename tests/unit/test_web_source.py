@@ -485,6 +485,22 @@ async def test_a_corrupt_gzip_page_fails_the_fetch() -> None:
     assert "gzip" in error.message
 
 
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_compressed_page_cut_off_fails_instead_of_keeping_a_part(coding: str) -> None:
+    """A body whose compressed data ends early (a connection closed, or a chunked answer
+    ended on purpose) was stored as the whole page, half of it; reprocess never fetches it
+    again."""
+    body = _compressed(coding, " ".join(f"word{n}" for n in range(20_000)).encode())
+    error = await _fetch_error(lambda request: _encoded(coding, body[: len(body) // 2]))
+    assert error.code == "FETCH_FAILED"
+    assert error.message == f"the page is cut off: its {coding} data ends early"
+
+
+async def test_an_empty_body_said_to_be_compressed_is_an_empty_page() -> None:
+    error = await _fetch_error(lambda request: _encoded("gzip", b""))
+    assert error.code == "CONTENT_EMPTY"
+
+
 async def test_a_gzip_bomb_is_refused_without_inflating_it_whole() -> None:
     """64 MiB of zeros in 64 KB of gzip is refused at the 5 MiB cap while memory stays near
     the cap (httpx inflated each 64 KB network read whole: 64 MiB at once)."""
@@ -540,6 +556,43 @@ async def test_the_old_names_of_gzip_and_deflate_are_inflated(coding: str) -> No
     assert page.body == text.strip()
 
 
+async def test_a_charset_holding_a_nul_reads_as_the_bytes_say() -> None:
+    """httpx reads RFC 2231's `charset*=''utf-8%00` as `utf-8\\x00`, which codecs.lookup
+    refuses with ValueError: the job failed with PIPELINE_EXCEPTION."""
+    page = _html("Plain words, café.".encode(), "text/plain; charset*=''utf-8%00")
+    async with _client(lambda request: page) as client:
+        fetched = await web.fetch_page(client, f"{PUBLIC}/odd", max_bytes=MAX)
+    assert fetched.body == "Plain words, café."
+
+
+async def test_a_content_type_sent_twice_is_read_once() -> None:
+    """httpx joins two headers into `text/html, text/html`: the page was refused as an
+    unsupported content type."""
+    page = httpx.Response(
+        200,
+        headers=[("content-type", "text/plain"), ("content-type", "text/markdown")],
+        content=b"# Heading\n\nWords.",
+    )
+    async with _client(lambda request: page) as client:
+        fetched = await web.fetch_page(client, f"{PUBLIC}/twice", max_bytes=MAX)
+    assert (fetched.title, fetched.metadata["content_type"]) == ("Heading", "text/markdown")
+
+
+@pytest.mark.parametrize("location", ["data:text/html,hi", "javascript:alert(1)", "mailto:a@b.c"])
+async def test_a_redirect_to_a_url_that_cannot_be_fetched_says_so(location: str) -> None:
+    error = await _fetch_error(lambda request: httpx.Response(302, headers={"location": location}))
+    assert error.code == "FETCH_FAILED"
+    assert error.message.startswith("redirected to a URL that cannot be fetched")
+
+
+async def test_a_connection_reset_mid_answer_names_the_error_without_a_dangling_colon() -> None:
+    def reset(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("")
+
+    error = await _fetch_error(reset)
+    assert error.message == "could not fetch the page: ReadError"
+
+
 @pytest.mark.parametrize("charset", ["base64", "rot13", "idna", "zlib"])
 async def test_a_charset_that_is_no_text_encoding_reads_as_utf8(charset: str) -> None:
     body = "Plain words, café.".encode()
@@ -560,6 +613,35 @@ def test_a_page_too_large_for_the_parser_is_stripped_of_tags() -> None:
     assert time.process_time() - started < 5  # the parser took 7.6 s on 2.5 MB
     assert body.startswith("word0 word1") and title is None
     assert len(body) > 1_000_000  # all of it: the parser kept about 1 000 characters of it
+
+
+@pytest.mark.parametrize(
+    ("table", "tables_kept"),
+    [
+        (("<tr>" + "<td>cell" * 20) * 2_000, True),  # a large table of data
+        ("<tr>" + "<td>a" * 20_000, False),  # one row: 50,000 cells took 16 s
+        ("<tr><td colspan=100>a" * 5_000, False),  # 47,000 such rows: 18 s, 790 MB
+        ("<tr>" + "<td>h" * 100 + "<tr><td>a" * 5_000, False),  # one wide row pads the rest
+    ],
+    ids=["data", "one-long-row", "wide-cells", "one-wide-row"],
+)
+def test_tables_that_would_take_the_extractor_minutes_are_left_out(
+    table: str, tables_kept: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trafilatura pads every row to the table's width and counts each row cell by cell: a
+    hostile table under the parser's size limit held a job's fetch for 6 minutes (a cancel
+    waited as long). Such tables are left out; the text still comes from the tag strip."""
+    seen: list[bool] = []
+    extract = web.trafilatura.bare_extraction
+
+    def recording(page: object, **options: bool) -> object:
+        seen.append(options["include_tables"])
+        return extract(page, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(web.trafilatura, "bare_extraction", recording)
+    body, _ = web._readable_html(f"<html><body><p>Intro.</p><table>{table}</table></body></html>")
+    assert seen == [tables_kept]
+    assert ("cell" if tables_kept else "a") in body.split()
 
 
 @pytest.mark.parametrize(

@@ -312,6 +312,9 @@ async def test_blank_supplied_transcript_is_content_empty() -> None:
         # Valid JSON under the size cap, nested deeper than the decoder goes.
         (httpx.Response(200, content=b'{"x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"), "JSON"),
         (httpx.ConnectError("refused"), "ConnectError"),
+        # A Latin-1 title: msgspec raises UnicodeDecodeError, which failed the whole job.
+        (httpx.Response(200, content=b'{"title": "Caf\xe9"}'), "JSON"),
+        (httpx.ReadError(""), "oEmbed request failed: ReadError"),
     ],
 )
 async def test_oembed_failure_is_not_fatal(answer: httpx.Response | Exception, reason: str) -> None:
@@ -321,6 +324,7 @@ async def test_oembed_failure_is_not_fatal(answer: httpx.Response | Exception, r
     assert video.title is None
     assert "channel" not in video.metadata
     assert reason in video.metadata["oembed_error"]
+    assert not video.metadata["oembed_error"].rstrip().endswith(":")
 
 
 class _Dripping(httpx.AsyncByteStream):

@@ -20,8 +20,9 @@ _PIECE_BYTES = 2**20  # inflated at most this much at a time
 
 
 class Undecodable(Exception):
-    """The body is compressed more than once over, or in a compression not decodable here;
-    the message says how (`encoded with br, not decodable here`)."""
+    """The body is compressed more than once over, in a compression not decodable here, or
+    its compressed data is broken or cut off; the message says how (`encoded with br, not
+    decodable here`)."""
 
 
 def coding(response: httpx.Response) -> str:
@@ -56,8 +57,10 @@ async def decoded(response: httpx.Response, coding: str, piece_bytes: int) -> As
     inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
     # As httpx: deflate is meant to be zlib-wrapped, but some servers send it raw.
     retry_raw = coding == "deflate"
+    received = False
     async for chunk in response.aiter_raw():
         data = chunk
+        received = received or bool(chunk)
         while not inflater.eof:  # bytes after the end of the stream are ignored, as by httpx
             try:
                 piece = inflater.decompress(data, piece_bytes)
@@ -71,6 +74,10 @@ async def decoded(response: httpx.Response, coding: str, piece_bytes: int) -> As
             if not piece and not data:
                 break  # chunk used up; zlib holds pending output only while pieces come
             yield piece
+    # The connection ended (a body read to its close, or a chunked one ended early on
+    # purpose) before the compressed data did: what came is only part of the body.
+    if received and not inflater.eof:
+        raise Undecodable(f"cut off: its {coding} data ends early")
 
 
 async def body(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:

@@ -358,7 +358,7 @@ class Dispatcher:
             return Attempt(None, f"callback URL refused: {exc.message}", counted)
         if not isinstance(exc, httpx.HTTPError):
             log.exception("callback_attempt_error", event_id=str(event.event_id))
-        error = f"request failed: {type(exc).__name__}: {exc}".rstrip(": ")
+        error = f"request failed: {errors.describe(exc)}"
         return Attempt(None, error, counted)
 
     async def run(self, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:

@@ -48,6 +48,13 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)"
 _TAG_NAME = re.compile(r"/?([A-Za-z][A-Za-z0-9]*)")
 # trafilatura took 7.6 s on a 2.5 MB page and 24.7 s on a 5 MB one: above this, tags are stripped.
 _PARSER_MAX_CHARS = 1_000_000
+# trafilatura pads each table row to the table's width (at most _SPAN_MAX columns) and finds
+# each cell's column by counting the row so far: one row of 50,000 cells took 16 s, 47,000
+# rows of a 100-column cell 18 s and 790 MB. Above this much work (the squared widths of the
+# rows, as it counts them), a page's tables are left out of the extraction.
+_TABLE_WORK_MAX = 20_000_000
+_SPAN_MAX = 100  # trafilatura's own cap of a colspan
+_CELL_TAGS = frozenset({"td", "th"})
 # A page's title is cut here, as a video's is: the API's limit of every title it takes.
 TITLE_MAX_CHARS = 500
 # Elements whose content is never visible text, and elements that end a line of text.
@@ -132,11 +139,18 @@ async def _fetch(
             raise errors.PipelineError(
                 "FETCH_FAILED", f"timed out after {timeout_s:g} s fetching the page"
             ) from exc
+        # Every URL requested here is a valid one (checked when submitted, or built by
+        # `_redirect_target`); httpx also builds the next request of a redirect it is not
+        # following, and its Location (`data:…`, `mailto:…`) is what it refuses.
+        except httpx.InvalidURL as exc:
+            raise errors.PipelineError(
+                "FETCH_FAILED", f"redirected to a URL that cannot be fetched ({exc})"
+            ) from exc
         # UnicodeError: httpx builds the request's Host from a host its URL parser let
         # through (malformed punycode such as `xn--`) and idna refuses it only then.
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
+        except (httpx.HTTPError, httpx.StreamError, UnicodeError) as exc:
             raise errors.PipelineError(
-                "FETCH_FAILED", f"could not fetch the page: {type(exc).__name__}: {exc}"
+                "FETCH_FAILED", f"could not fetch the page: {errors.describe(exc)}"
             ) from exc
     raise errors.PipelineError("FETCH_FAILED", f"more than {max_redirects} redirects")
 
@@ -156,7 +170,9 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         raise errors.PipelineError("SOURCE_NOT_FOUND", f"page not found (HTTP {status})")
     if not 200 <= status < 300:
         raise errors.PipelineError("FETCH_FAILED", f"the server answered HTTP {status}")
-    content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    # A header sent twice is read as its last (as browsers do), not as the two joined.
+    declared_types = response.headers.get_list("content-type") or [""]
+    content_type = declared_types[-1].split(";", 1)[0].strip().lower()
     if content_type and content_type not in _HTML_TYPES and content_type not in _VERBATIM_TYPES:
         raise errors.PipelineError(
             "CONTENT_EMPTY", f"nothing readable: unsupported content type {content_type}"
@@ -207,7 +223,7 @@ def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool) -> str:
     if candidate:
         try:
             name = codecs.lookup(candidate).name
-        except LookupError:
+        except (LookupError, ValueError):  # ValueError: a NUL in the name (RFC 2231's %00)
             pass
         else:
             if name not in _NOT_PAGE_ENCODINGS:
@@ -235,8 +251,12 @@ def _readable_html(page: str) -> tuple[str, str | None]:
     if len(page) > _PARSER_MAX_CHARS:
         return _strip_tags(page).strip(), None
     try:
+        tree = trafilatura.load_html(page)
         document = trafilatura.bare_extraction(
-            page, with_metadata=True, include_comments=False, include_tables=True
+            tree,
+            with_metadata=True,
+            include_comments=False,
+            include_tables=tree is None or _table_work(tree) <= _TABLE_WORK_MAX,
         )
         if document is not None and not isinstance(document, dict):
             text = document.text or ""
@@ -251,6 +271,25 @@ def _readable_html(page: str) -> tuple[str, str | None]:
     if not text.strip():
         text = _strip_tags(page)
     return text.strip(), _clean(title)
+
+
+def _table_work(tree: Any) -> int:
+    """How much work trafilatura's table handling would do on `tree`: per table, the sum over
+    its rows of the row's width squared, every row at least as wide as the widest (up to
+    _SPAN_MAX). Rows of nested tables count in each table around them too."""
+    work = 0
+    for table in tree.iter("table"):
+        widths = [
+            sum(_span(cell.get("colspan")) for cell in row if cell.tag in _CELL_TAGS)
+            for row in table.iter("tr")
+        ]
+        widest = min(max(widths, default=0), _SPAN_MAX)
+        work += sum(max(width, widest) ** 2 for width in widths)
+    return work
+
+
+def _span(value: str | None) -> int:
+    return min(int(value), _SPAN_MAX) if value and value.isdecimal() else 1
 
 
 def _strip_tags(page: str) -> str:

@@ -132,11 +132,12 @@ async def _oembed(client: httpx.AsyncClient, oembed_url: str, watch_url: str) ->
     except TimeoutError as exc:
         raise _OEmbedFailed(f"oEmbed gave no answer within {_OEMBED_TIMEOUT_S:g} s") from exc
     except (httpx.HTTPError, httpx.InvalidURL, errors.InvalidInput) as exc:
-        raise _OEmbedFailed(f"oEmbed request failed: {type(exc).__name__}: {exc}") from exc
+        raise _OEmbedFailed(f"oEmbed request failed: {errors.describe(exc)}") from exc
     try:
         oembed = msgspec.json.decode(content, type=_OEmbed)
-    # RecursionError: valid JSON nested deeper than the decoder goes (64 KiB hold 32 000 levels).
-    except (msgspec.DecodeError, RecursionError) as exc:
+    # RecursionError: valid JSON nested deeper than the decoder goes (64 KiB hold 32 000 levels);
+    # UnicodeDecodeError: a string that is not UTF-8 (a Latin-1 `Café`).
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise _OEmbedFailed(f"oEmbed answer is not the expected JSON: {exc}") from exc
     return _OEmbed(title=_one_line(oembed.title), author_name=_one_line(oembed.author_name))
 
