@@ -209,11 +209,34 @@ async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
     SchemaMismatch, applying nothing, when an applied version was recorded under another
     name or with other contents than this code's file: migrations are forward-only, never
     edited once applied. (A version recorded before checksums were kept gets its checksum.)
+
+    A database with nothing to apply is only read: a role that may read and write menos's
+    rows but not change its schema can start. MigrationFailed names what a role that may
+    not change the schema lacks when something is to be applied.
     """
+    try:
+        if await _up_to_date(conn, queries):
+            return []
+        return await _migrate_locked(conn, queries)
+    except CONNECTION_ERRORS as exc:
+        cause: BaseException = exc  # a transaction's exit names only the closed connection
+        while isinstance(cause.__context__, CONNECTION_ERRORS):
+            cause = cause.__context__
+        raise errors.DatabaseUnavailable(f"the database could not be migrated: {cause}") from exc
+
+
+async def _migrate_locked(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
     applied_now: list[int] = []
     await conn.execute(queries["migrations_lock"])
     try:
-        await conn.execute(queries["migrations_table"])
+        try:
+            await conn.execute(queries["migrations_table"])
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise errors.MigrationFailed(
+                f"this database role cannot migrate the schema: {exc} (migrating needs a role"
+                " that may create schemas in the database and owns the menos schema's tables:"
+                " run `bin/menos migrate` once as that role)"
+            ) from exc
         done = await check_applied(conn, queries)
         for version, name, sql in migrations():
             if version in done:
@@ -232,8 +255,23 @@ async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
                 ) from exc
             applied_now.append(version)
     finally:
-        await conn.execute(queries["migrations_unlock"])
+        if not conn.is_closed():  # else the lock ended with its session
+            await conn.execute(queries["migrations_unlock"])
     return applied_now
+
+
+async def _up_to_date(conn: asyncpg.Connection[Any], queries: Queries) -> bool:
+    """Whether every migration file is applied and recorded with its checksum, read without
+    writing; SchemaMismatch when an applied one is not this code's file."""
+    if not await conn.fetchval(queries["migrations_table_exists"]):
+        return False
+    try:
+        done = await check_applied(conn, queries)
+    except asyncpg.UndefinedColumnError:  # recorded before checksums were kept
+        return False
+    return all(
+        version in done and done[version]["checksum"] is not None for version, _, _ in migrations()
+    )
 
 
 async def check_applied(

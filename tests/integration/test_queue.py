@@ -676,6 +676,79 @@ async def test_a_database_migrated_with_other_migration_files_is_refused(
         await postgres.drop_database(pg_admin_dsn, name)
 
 
+async def test_a_role_that_only_reads_and_writes_rows_starts_on_a_migrated_database(
+    pg_admin_dsn: str,
+) -> None:
+    """`migrate` on a current database changes nothing, so a role without the right to
+    change the schema (an application role apart from the owner) can start `bin/api`; with
+    migrations pending, it is told what it lacks."""
+    from tests.support import postgres
+
+    name = await postgres.create_database(pg_admin_dsn)
+    role = f"menos_rows_{name[-12:]}"  # test-only DDL: generated names, never user input
+    conn = await db.connect(postgres.with_database(pg_admin_dsn, name))
+    try:
+        await conn.execute(f"CREATE ROLE {role} NOLOGIN")
+        await conn.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}, PUBLIC")
+        await conn.execute(f'REVOKE CREATE ON DATABASE "{name}" FROM {role}, PUBLIC')
+        await db.migrate(conn, db.Queries())
+        await conn.execute(f"GRANT USAGE ON SCHEMA menos TO {role}")
+        await conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA menos TO {role}"
+        )
+        await conn.execute(f"SET ROLE {role}")
+        assert await db.migrate(conn, db.Queries()) == []
+        await conn.execute("RESET ROLE")
+        latest = max(v for v, _, _ in db.migrations())
+        await conn.execute("DELETE FROM menos.schema_migrations WHERE version = $1", latest)
+        await conn.execute(f"SET ROLE {role}")
+        with pytest.raises(errors.MigrationFailed, match="cannot migrate the schema: permission"):
+            await db.migrate(conn, db.Queries())
+    finally:
+        await conn.close()
+        await postgres.drop_database(pg_admin_dsn, name)
+        admin = await db.connect(pg_admin_dsn)
+        try:
+            await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            await admin.close()
+
+
+async def test_a_connection_lost_or_read_only_while_migrating_is_the_database_unavailable(
+    pg_admin_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that ends the session in the middle of a migration (a restart, a failover),
+    or a database that refuses writes, stops `migrate` with one DatabaseUnavailable, not
+    with the driver's errors."""
+    from tests.support import postgres
+
+    monkeypatch.setattr(db, "migrations", lambda: [(1, "slow", "SELECT pg_sleep(30)")])
+    name = await postgres.create_database(pg_admin_dsn)
+    conn = await db.connect(postgres.with_database(pg_admin_dsn, name))
+    admin = await db.connect(pg_admin_dsn)
+    try:
+        running = asyncio.ensure_future(db.migrate(conn, db.Queries()))
+        pid = conn.get_server_pid()
+        for _ in range(400):
+            if await admin.fetchval(
+                "SELECT wait_event = 'PgSleep' FROM pg_stat_activity WHERE pid = $1", pid
+            ):
+                break
+            await asyncio.sleep(0.05)  # the interval of this poll for the migration's sleep
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(errors.DatabaseUnavailable, match="middle of operation"):
+            await running
+        await admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        await conn.close()
+        conn = await db.connect(postgres.with_database(pg_admin_dsn, name))
+        with pytest.raises(errors.DatabaseUnavailable, match="read-only transaction"):
+            await db.migrate(conn, db.Queries())
+    finally:
+        await admin.close()
+        await conn.close()
+        await postgres.drop_database(pg_admin_dsn, name)
+
+
 async def test_a_job_cannot_leave_processing_keeping_its_lease(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
