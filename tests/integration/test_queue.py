@@ -749,6 +749,37 @@ async def test_a_connection_lost_or_read_only_while_migrating_is_the_database_un
         await postgres.drop_database(pg_admin_dsn, name)
 
 
+async def test_a_database_migrated_by_an_earlier_text_of_0004_to_0006_is_healed(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A database migrated before checksums were kept, while 0004 made the status trigger a
+    row trigger and 0005 kept the leases index on the status, gets today's objects: a job
+    runs to its end again (the row trigger failed on the statement's transition tables)."""
+    # What a database migrated by those earlier texts holds (test-only DDL).
+    await pool.execute(
+        """
+        DROP TRIGGER pipeline_job_status ON menos.pipeline_job;
+        CREATE TRIGGER pipeline_job_status AFTER UPDATE OF status ON menos.pipeline_job
+            FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status)
+            EXECUTE FUNCTION menos.on_job_status();
+        DROP INDEX menos.pipeline_job_leases;
+        CREATE INDEX pipeline_job_leases ON menos.pipeline_job (lease_expires_at)
+            WHERE status = 'processing';
+        UPDATE menos.schema_migrations SET checksum = NULL WHERE version <= 6;
+        DELETE FROM menos.schema_migrations WHERE version > 12;
+        """
+    )
+    async with pool.acquire() as conn:
+        assert await db.migrate(conn, db.Queries()) == [v for v, _, _ in db.migrations() if v > 12]
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    assert len(await claim(repo, "w", 1)) == 1
+    assert await pool.fetchval("SELECT status FROM menos.pipeline_job") == "processing"
+    assert "WHERE (lease_expires_at IS NOT NULL)" in await pool.fetchval(
+        "SELECT pg_get_indexdef('menos.pipeline_job_leases'::regclass)"
+    )
+
+
 async def test_a_job_cannot_leave_processing_keeping_its_lease(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:

@@ -1,0 +1,34 @@
+"""Migrations are forward-only: a file, once committed, is never edited.
+
+A database applies a migration once and records its checksum; an edited file then either
+stops every command on that database (`the database was migrated by another version`) or,
+for a version recorded before checksums were kept, leaves the database with the earlier
+objects while its record says otherwise. A change goes into a new file, and each new file's
+checksum is added here.
+"""
+
+from __future__ import annotations
+
+from menos import db
+
+# The SHA-256 of each committed migration file, by version.
+COMMITTED = {
+    1: "9278d7293d14e1a74e45b430df509a750b6008323d914ca9a12109663f85b3cb",
+    2: "ffa10ff4d45a56c5b313254ebfb1882487e4fef1117c4ecfc3fe322145023ee7",
+    3: "51239a5badc4135eab33438afe1c619ec457a3fab97b50de7d785e4b36ad86f3",
+    4: "bc77ec2b40ab18e8d42c41b77b9d9f146062af0110a7d0240b9eb9c0f6238f2b",
+    5: "ac63260493dd0781598c5d2f62c801c82cfc8c3372b9daa8fe64ddeac787ffae",
+    6: "3d9293ed8bfac5baa2872fa09c51afe334086332e57bfe103ef96ed6de78fed9",
+    7: "0b7d1b3eb8b82139944fe6b815af83d74ae376d1e0806ebadde956ea2947dbd3",
+    8: "7217ba539ea7586a1b2dad29f15af9665f49a9c0e49833e125dad4e77bc27980",
+    9: "97ec7182778a94dbca0fc5e885855d68a3249be986ed5a1cf0c077d3bcfa8515",
+    10: "3287a6cf2f9a5d9d84ed6566f2130256447c8b2a9bbebc1018869e64e4aa3eca",
+    11: "8736c59616688bdacbe58ebbee273e5c8b1cf73ac7ac6de5155711b4fa7829f3",
+    12: "dc6ce9a2dae37803b3252d87d7bee13f9b92c05f76a3651ac80efd995cf78375",
+    13: "37bc481d3bd19b36cf66e04c9e2b9136d533ebfcb6161ec4d16f3b7f409d3398",
+}
+
+
+def test_no_committed_migration_is_edited() -> None:
+    """Every migration file keeps the text it was committed with, and each one is listed."""
+    assert {version: db._checksum(sql) for version, _, sql in db.migrations()} == COMMITTED
