@@ -29,6 +29,22 @@ SELECT version FROM menos.schema_migrations ORDER BY version;
 -- Versions already applied, with the name and checksum recorded for each (after migrations_table).
 SELECT version, name, checksum FROM menos.schema_migrations ORDER BY version;
 
+-- name: migrations_lock_timeout
+-- How long the statements of this migration's transaction wait for a lock ($1 seconds).
+SELECT set_config('lock_timeout', ($1::float8 * 1000)::bigint::text, true);
+
+-- name: migrations_long_transactions
+-- Other sessions on this database in a transaction for longer than $1 seconds: those that
+-- may hold what a migration waits for (query text only where this role may read it).
+SELECT pid, usename AS role, application_name, state,
+       round(extract(epoch FROM now() - xact_start))::integer AS in_transaction_s,
+       left(query, 200) AS query
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND pid <> pg_backend_pid()
+   AND xact_start < now() - make_interval(secs => $1)
+ ORDER BY xact_start
+ LIMIT 10;
+
 -- name: migrations_record
 -- Record one applied migration and its file's checksum.
 INSERT INTO menos.schema_migrations (version, name, checksum) VALUES ($1, $2, $3);

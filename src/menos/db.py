@@ -12,13 +12,22 @@ from typing import Any, TypeAlias
 
 import asyncpg
 import msgspec
+import structlog
 
 from menos import errors, storable
+
+log = structlog.get_logger("menos.db")
 
 Pool: TypeAlias = "asyncpg.Pool[Any]"  # what callers above the repository may hold
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# A migration needing a lock that another session holds (an open transaction that read a
+# menos table) would wait for it with every later statement on that table queued behind
+# it: it gives up after MIGRATION_LOCK_WAIT_S, names the sessions in long transactions,
+# and tries again after MIGRATION_RETRY_S, while those statements run.
+MIGRATION_LOCK_WAIT_S = 2.0
+MIGRATION_RETRY_S = 3.0
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -245,19 +254,42 @@ async def _migrate_locked(conn: asyncpg.Connection[Any], queries: Queries) -> li
                         queries["migrations_record_checksum"], version, _checksum(sql)
                     )
                 continue
-            try:
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(queries["migrations_record"], version, name, _checksum(sql))
-            except asyncpg.PostgresError as exc:
-                raise errors.MigrationFailed(
-                    f"migration {version:04d}_{name}.sql failed and was rolled back: {exc}"
-                ) from exc
+            await _apply(conn, queries, version, name, sql)
             applied_now.append(version)
     finally:
         if not conn.is_closed():  # else the lock ended with its session
             await conn.execute(queries["migrations_unlock"])
     return applied_now
+
+
+async def _apply(
+    conn: asyncpg.Connection[Any], queries: Queries, version: int, name: str, sql: str
+) -> None:
+    """Apply one migration and record it, in one transaction; tried again for as long as
+    the locks it needs are held by other sessions."""
+    file = f"{version:04d}_{name}.sql"
+    while True:
+        try:
+            async with conn.transaction():
+                await conn.execute(queries["migrations_lock_timeout"], MIGRATION_LOCK_WAIT_S)
+                await conn.execute(sql)
+                await conn.execute(queries["migrations_record"], version, name, _checksum(sql))
+            return
+        except asyncpg.LockNotAvailableError:
+            holders = await conn.fetch(
+                queries["migrations_long_transactions"], MIGRATION_LOCK_WAIT_S
+            )
+            log.warning(
+                "migration_waiting_for_locks",
+                migration=file,
+                retry_in_s=MIGRATION_RETRY_S,
+                sessions=[dict(holder) for holder in holders],
+            )
+        except asyncpg.PostgresError as exc:
+            raise errors.MigrationFailed(
+                f"migration {file} failed and was rolled back: {exc}"
+            ) from exc
+        await asyncio.sleep(MIGRATION_RETRY_S)
 
 
 async def _up_to_date(conn: asyncpg.Connection[Any], queries: Queries) -> bool:

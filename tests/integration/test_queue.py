@@ -10,6 +10,7 @@ from typing import Any, cast
 import asyncpg
 import pytest
 import structlog
+import structlog.testing
 
 from menos import db, errors
 from menos.queue import maintenance, models, repository, rescuer
@@ -712,6 +713,43 @@ async def test_a_role_that_only_reads_and_writes_rows_starts_on_a_migrated_datab
             await admin.execute(f"DROP ROLE IF EXISTS {role}")
         finally:
             await admin.close()
+
+
+async def test_a_migration_blocked_by_a_long_transaction_lets_other_statements_through(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration waiting for a lock that an open transaction holds (a `psql` session that
+    read a menos table) queued every later statement on that table behind it, silently and
+    for as long as the transaction stayed open: the API answered 503 to everything. It now
+    waits MIGRATION_LOCK_WAIT_S at a time, names the sessions in long transactions, and
+    lets the queued statements through between tries."""
+    real = db.migrations()
+    needs_a_lock = (99, "needs_a_lock", "ALTER TABLE menos.pipeline_job ADD COLUMN waited integer")
+    monkeypatch.setattr(db, "migrations", lambda: [*real, needs_a_lock])
+    monkeypatch.setattr(db, "MIGRATION_RETRY_S", 0.5)
+    holder, migrating, reader = [await db.connect(database_url) for _ in range(3)]
+    try:
+        open_transaction = holder.transaction()
+        await open_transaction.start()
+        await holder.fetchval("SELECT count(*) FROM menos.pipeline_job")
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.ensure_future(db.migrate(migrating, db.Queries()))
+            for _ in range(400):
+                waiting = [e for e in logs if e["event"] == "migration_waiting_for_locks"]
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)  # the interval of this poll for the warning
+            assert waiting and waiting[0]["migration"] == "0099_needs_a_lock.sql"
+            assert holder.get_server_pid() in [s["pid"] for s in waiting[0]["sessions"]]
+            # Behind a migration waiting without end, this read would wait out its own limit.
+            await reader.execute("SET lock_timeout = '10s'")
+            assert await reader.fetchval("SELECT count(*) FROM menos.pipeline_job") == 0
+            assert not running.done()
+            await open_transaction.rollback()
+            assert await asyncio.wait_for(running, timeout=30) == [99]
+    finally:
+        for conn in (holder, migrating, reader):
+            await conn.close()
 
 
 async def test_a_connection_lost_or_read_only_while_migrating_is_the_database_unavailable(
