@@ -71,8 +71,19 @@ def _unprivileged_uid() -> tuple[int, int]:
     raise errors.EmbeddedError("no non-root user exists to map the PostgreSQL server onto")
 
 
-def _child_setup(*, as_root: bool, die_with_parent: bool, uid: int, gid: int) -> None:
-    """Runs in the forked child before exec: enter a user namespace, arm the death signal."""
+def _child_setup(
+    *, as_root: bool, die_with_parent: bool, uid: int, gid: int, tell: int | None
+) -> None:
+    """Runs in the forked child before exec: tell the guard its pid (on `tell`), enter a user
+    namespace, arm the death signal."""
+    if tell is not None:
+        # From here, not from the parent once Popen returns: the parent may be killed before
+        # that (SIGKILL; a stop signal whose action is to end it), leaving the server it
+        # started unknown to the guard, which takes a server not ready yet for none.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a guard that is gone: EPIPE, not death
+        with contextlib.suppress(OSError):
+            os.write(tell, b"pid %d\n" % os.getpid())
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as subprocess's restore_signals left it
     signal.pthread_sigmask(signal.SIG_SETMASK, [])  # the parent blocks stop signals meanwhile
     libc = ctypes.CDLL(None, use_errno=True)
     if as_root:
@@ -183,7 +194,13 @@ class EmbeddedPostgres:
             raise errors.EmbeddedError(f"no postgres binary in {self.bindir} (MENOS_PG_BINDIR)")
 
     def _spawn(
-        self, argv: list[str], *, die_with_parent: bool, detached: bool, log: int | None = None
+        self,
+        argv: list[str],
+        *,
+        die_with_parent: bool,
+        detached: bool,
+        log: int | None = None,
+        tell: int | None = None,
     ) -> subprocess.Popen[bytes]:
         as_root = os.geteuid() == 0
         uid, gid = _unprivileged_uid() if as_root else (os.geteuid(), os.getegid())
@@ -194,7 +211,7 @@ class EmbeddedPostgres:
                 stdout=log if log is not None else subprocess.DEVNULL,
                 stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
                 preexec_fn=lambda: _child_setup(
-                    as_root=as_root, die_with_parent=die_with_parent, uid=uid, gid=gid
+                    as_root=as_root, die_with_parent=die_with_parent, uid=uid, gid=gid, tell=tell
                 ),
                 start_new_session=True,  # Ctrl-C in a terminal must not reach the server
                 close_fds=True,
@@ -415,12 +432,10 @@ class EmbeddedPostgres:
                         die_with_parent=not detached,
                         detached=detached,
                         log=log.fileno(),
+                        tell=self._guarded_by,  # which server to stop if this one is killed
                     )
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # it lands here now
-            if self._guarded_by is not None:  # which server to stop if this one is killed now
-                with contextlib.suppress(OSError):
-                    os.write(self._guarded_by, b"pid %d\n" % self._process.pid)
             while time.monotonic() < deadline:
                 found = self.running()
                 if found is not None and found.pid == self._process.pid:

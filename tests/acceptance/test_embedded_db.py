@@ -514,6 +514,20 @@ def _serving(data_dir: Path) -> list[int]:
     return found
 
 
+def slow_bindir(tmp_path: Path) -> Path:
+    """The embedded binaries, with a postgres that takes 4 s before it starts (a slow start:
+    crash recovery, a slow disk)."""
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    real = embedded.default_bindir()
+    for binary in real.iterdir():
+        (slow / binary.name).symlink_to(binary)
+    (slow / "postgres").unlink()
+    (slow / "postgres").write_text(f'#!/bin/sh\nsleep 4\nexec {real / "postgres"} "$@"\n')
+    (slow / "postgres").chmod(0o755)
+    return slow
+
+
 def test_a_command_killed_while_its_server_starts_leaves_no_server_behind(
     db: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -523,14 +537,7 @@ def test_a_command_killed_while_its_server_starts_leaves_no_server_behind(
     home, env = db
     assert menos_db(env, "start").returncode == 0
     assert menos_db(env, "stop").stdout.strip() == "stopped"
-    slow = tmp_path / "slow-bin"
-    slow.mkdir()
-    real = embedded.default_bindir()
-    for binary in real.iterdir():
-        (slow / binary.name).symlink_to(binary)
-    (slow / "postgres").unlink()
-    (slow / "postgres").write_text(f'#!/bin/sh\nsleep 4\nexec {real / "postgres"} "$@"\n')
-    (slow / "postgres").chmod(0o755)
+    slow = slow_bindir(tmp_path)
     data_dir = home / "pgdata"
     command = spawn(
         {**env, "MENOS_PG_BINDIR": str(slow)}, tmp_path / "jobs.log", "menos", "jobs", "list"
@@ -557,3 +564,46 @@ def test_a_killed_command_that_only_attached_leaves_no_server_behind(
         attached.kill()
         attached.wait()
     wait_for(lambda: menos_db(env, "url").returncode == 1, what="the server to stop")
+
+
+# A signal arrives while the server is spawned, after its exec: SIGTERM (blocked meanwhile, at
+# its default action) or SIGKILL (which nothing blocks).
+_SIGNALLED_IN_SPAWN = """
+import os, sys
+from pathlib import Path
+from menos import embedded
+
+server = embedded.EmbeddedPostgres(Path(sys.argv[1]), Path(sys.argv[2]))
+spawn = server._spawn
+
+def spawn_then_signalled(*args, **kwargs):
+    process = spawn(*args, **kwargs)
+    os.kill(os.getpid(), int(sys.argv[3]))
+    return process
+
+server._spawn = spawn_then_signalled
+with server.in_use():
+    pass
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_command_ended_while_it_spawns_its_server_leaves_no_server_behind(
+    db: tuple[Path, dict[str, str]], tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A command ended by a signal while it spawns the server (SIGKILL; SIGTERM to a service,
+    api, worker or dev, which it ends as any process while they start the server): the
+    command told the guard the server's pid once Popen had returned, so it never did, and the
+    guard took the server, not ready yet, for none; it ran on, found by nobody."""
+    home, env = db
+    assert menos_db(env, "start").returncode == 0
+    assert menos_db(env, "stop").stdout.strip() == "stopped"
+    slow = slow_bindir(tmp_path)
+    command = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_IN_SPAWN, str(home), str(slow), str(int(signum))],
+        env=env,
+        timeout=60,
+    )
+    assert command.returncode == -signum
+    assert _serving(home / "pgdata")  # started, not ready yet
+    wait_for(lambda: not _serving(home / "pgdata"), timeout=60, what="the server to stop")
