@@ -594,7 +594,8 @@ class _ServerWatch:
                 "menos: the embedded PostgreSQL is running again"
                 if up
                 else "menos: the embedded PostgreSQL stopped (see "
-                f"{self._server.log_file}); `bin/menos db start` starts it again",
+                f"{self._server.log_file}); `bin/menos db start` starts it again, and keeps it"
+                " running after this command ends, until `bin/menos db stop`",
                 file=sys.stderr,
                 flush=True,
             )

@@ -425,7 +425,9 @@ def test_dev_says_when_its_server_stops_under_it_and_when_it_is_back(
     db: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     """A postmaster killed under `make run` left it running as if nothing happened, its
-    children logging that they could not connect: it says so once, and when it is back."""
+    children logging that they could not connect: it says so once, and when it is back. The
+    command it names keeps the server after `make run` ends, and it says that too (Ctrl-C
+    left a PostgreSQL running that nothing had announced)."""
     home, env = db
     env = {**env, "MENOS_PORT": str(free_port())}
     log = tmp_path / "dev.log"
@@ -439,6 +441,8 @@ def test_dev_says_when_its_server_stops_under_it_and_when_it_is_back(
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=60) == 0, log.read_text()
     assert log.read_text().count("the embedded PostgreSQL stopped") == 1
+    assert "until `bin/menos db stop`" in log.read_text()
+    assert menos_db(env, "url").returncode == 0  # db start's server, kept
 
 
 @pytest.mark.timeout(300)
