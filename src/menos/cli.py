@@ -460,16 +460,6 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _write_private(path: Path, line: str) -> None:
-    """Replace `path` with one line readable by its owner alone, whatever mode it had."""
-    temporary = path.with_name(path.name + ".new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # O_CREAT's mode applies to a new file only
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-    os.replace(temporary, path)
-
-
 def _dev_key(conf: settings.Settings, dsn: str) -> str:
     key_file = conf.home / "dev_api_key"
 
@@ -481,7 +471,11 @@ def _dev_key(conf: settings.Settings, dsn: str) -> str:
                 return 0
         # Written before the key is committed: a key that cannot be kept is not made.
         await repo.create_key(
-            "local", "admin", hand_over=lambda created: _write_private(key_file, created.api_key)
+            "local",
+            "admin",
+            hand_over=lambda created: tools.replace_file(
+                key_file, created.api_key + "\n", mode=0o600
+            ),
         )
         return 0
 

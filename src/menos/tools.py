@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -402,12 +403,18 @@ async def export(
     if fmt == "markdown":
         directory = out or Path("export")
         directory.mkdir(parents=True, exist_ok=True)
+        written: set[str] = set()
         async for content in items:
             count += 1
-            # The id's last 12 hex digits are random (its first ones are a timestamp).
-            stem = f"{slug(content.title or content.resource_key)}-{content.content_id.hex[-12:]}"
+            # The id's last 12 hex digits are random (its first ones are a timestamp); two
+            # items whose titles and random digits meet get the whole id.
+            name = slug(content.title or content.resource_key)
+            stem = f"{name}-{content.content_id.hex[-12:]}"
+            if stem in written:
+                stem = f"{name}-{content.content_id.hex}"
+            written.add(stem)
             path = directory / f"{stem}.md"
-            path.write_text(markdown_document(content), encoding="utf-8")
+            replace_file(path, markdown_document(content))
             print(str(path), file=stdout)
         log.info("export_finished", items=count, directory=str(directory))
         return EXIT_OK
@@ -423,6 +430,26 @@ async def export(
             count += 1
     log.info("export_finished", items=count, format=fmt)
     return EXIT_OK
+
+
+def replace_file(path: Path, text: str, *, mode: int = 0o666) -> None:
+    """Write `path` whole or not at all: a new file beside it, renamed over it. A symlink at
+    `path` is replaced, never followed; a full disk leaves no part of a file behind; the file
+    has `mode` (less the umask), whatever mode an older one had."""
+    temporary = path.with_name(f".{path.name}.new")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()  # left by a write cut short
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:  # a write's error names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def job_json(job: models.Job, callback: models.Callback | None) -> str:

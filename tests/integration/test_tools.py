@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import tracemalloc
 from pathlib import Path
@@ -66,3 +67,63 @@ def test_the_dev_key_file_is_readable_by_its_owner_alone_whatever_it_was(
     assert second != first and second.startswith("menos_")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev_api_key"]
+
+
+async def test_a_markdown_export_writes_every_item_whole_and_only_in_its_directory(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Two items with one title whose ids end alike each get a file (the second overwrote
+    the first); a symlink already in the directory is replaced, not written through; a
+    write that fails (a full disk) leaves no part of a file and names it."""
+    await helpers.owner(repo)
+    await pool.execute(
+        "INSERT INTO menos.content (content_id, owner, content_type, resource_key,"
+        " pipeline_version, processing_status, title, body, result)"
+        " SELECT ('00000000-0000-7000-8' || g || '00-0000deadbeef')::uuid, 'alice', 'markdown',"
+        " 'cid:' || g, '0.1.0', 'completed', 'Same Title', 'b', '{\"summary\": \"s\"}'"
+        " FROM generate_series(1, 2) AS g"
+    )
+    outside = tmp_path / "outside.md"
+    outside.write_text("not the export's\n")
+    directory = tmp_path / "export"
+    directory.mkdir()
+    (directory / "same-title-0000deadbeef.md").symlink_to(outside)
+    out = io.StringIO()
+    assert (
+        await tools.export(
+            repo, owner=None, fmt="markdown", out=directory, content_id=None, stdout=out
+        )
+        == tools.EXIT_OK
+    )
+    paths = [Path(line) for line in out.getvalue().splitlines()]
+    assert len(set(paths)) == 2 and all(p.is_file() and not p.is_symlink() for p in paths)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in paths)
+    assert outside.read_text() == "not the export's\n"
+
+    opened = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd: int, *args: Any, **kwargs: Any) -> None:
+            self.file = opened(fd, *args, **kwargs)
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    again = tmp_path / "again"
+    again.mkdir()
+    try:
+        await tools.export(repo, owner=None, fmt="markdown", out=again, content_id=None, stdout=out)
+    except OSError as exc:
+        assert exc.filename is not None and exc.filename.startswith(str(again))
+    else:
+        raise AssertionError("the failed write was not reported")
+    finally:
+        monkeypatch.undo()
+    assert list(again.iterdir()) == []
