@@ -324,8 +324,11 @@ SELECT c.content_id, c.owner, c.processing_status, c.pipeline_version
                          THEN string_to_array(c.pipeline_version, '.')::numeric[]
                               < $5::text[]::numeric[]
                          ELSE false END))
+   -- The item's active job, looked up as the unique index of active jobs holds them: a
+   -- lookup by content_id became a merge join reading every job up to the page, each page.
    AND NOT EXISTS (SELECT 1 FROM menos.pipeline_job j
-                    WHERE j.content_id = c.content_id AND j.status IN ('pending', 'processing'))
+                    WHERE j.owner = c.owner AND j.resource_key = c.resource_key
+                      AND j.status IN ('pending', 'processing'))
    AND ($6::uuid IS NULL OR c.content_id > $6)
  ORDER BY c.content_id
  LIMIT $7;
