@@ -9,6 +9,7 @@ import ctypes
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -921,12 +922,15 @@ def _stderr_to_devnull() -> None:
 
 
 def _stdout_gone() -> bool:
-    """True when stdout is a pipe whose reader has closed it."""
+    """True when stdout is a pipe whose reader has closed it (the write that failed may have
+    emptied the buffer: flushing it again can succeed, but the pipe reports its error)."""
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         return True
-    return False
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), 0)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _content_target(text: str) -> str:
