@@ -65,7 +65,7 @@ def database(conf: settings.Settings, *, create: bool = False) -> Iterator[str]:
 async def _with_repo(
     dsn: str, use: Callable[[repository.Repository], Awaitable[int]], *, max_size: int = 4
 ) -> int:
-    pool = await db.create_pool(dsn, min_size=1, max_size=max_size, custom_plans=True)
+    pool = await db.create_pool(dsn, min_size=1, max_size=max_size)
     try:
         return await use(repository.Repository(pool, db.Queries()))
     finally:

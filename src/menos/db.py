@@ -155,23 +155,16 @@ async def create_pool(
     max_size: int = 10,
     timeout: float = 10.0,
     statement_timeout_s: float | None = None,
-    custom_plans: bool = False,
 ) -> asyncpg.Pool[Any]:
     """A connection pool with menos's JSON codecs; DatabaseUnavailable when it cannot connect.
 
-    `statement_timeout_s` has the server end any statement of the pool's that runs longer.
-    `custom_plans` has every statement planned for its own arguments, for pools that run the
-    listings with optional filters (`$1 IS NULL OR owner = $1`): after five runs of one
-    prepared statement, PostgreSQL may keep a generic plan for all arguments, and one made
-    for an admin's listing of everyone reads the whole table for one owner's. (Both are set
-    on each connection as it is made: a startup parameter would stop a pooler.)"""
+    `statement_timeout_s` has the server end any statement of the pool's that runs longer
+    (set on each connection as it is made: a startup parameter would stop a pooler)."""
 
     async def init(conn: asyncpg.Connection[Any]) -> None:
         await _init_connection(conn)
         if statement_timeout_s is not None:
             await conn.execute(f"SET statement_timeout = {round(statement_timeout_s * 1000)}")
-        if custom_plans:
-            await conn.execute("SET plan_cache_mode = force_custom_plan")
 
     try:
         pool: asyncpg.Pool[Any] = await asyncpg.create_pool(

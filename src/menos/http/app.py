@@ -38,7 +38,6 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
                 # The server ends a statement first (waiting on a lock, say), so that a 503 means
                 # it did not run; the deadline still ends the wait on a silent database.
                 statement_timeout_s=DATABASE_DEADLINE_S - 1,
-                custom_plans=True,  # the listings' optional filters
             )
         else:
             used = pool
