@@ -377,7 +377,11 @@ class Dispatcher:
         clock = asyncio.get_running_loop().time
         next_sweep = next_flush = clock()
         more = False  # the last claim filled every free slot: more may be due
-        outage = notify.Backoff(self.config.poll_s)
+        outage = notify.Backoff(
+            self.config.poll_s,
+            failed="dispatcher_database_unavailable",
+            recovered="dispatcher_database_available",
+        )
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -387,13 +391,13 @@ class Dispatcher:
                     if clock() >= next_sweep:
                         next_sweep = clock() + self.config.poll_s
                         await self.sweep()
-                        _answered(outage)
+                        outage.succeeded()
                     free = self.config.batch_size - len(self._tasks)
                     if free > 0 and (more or self._notified or clock() >= self._look_at):
                         self._notified = False
                         self._look_at = math.inf  # retries recorded meanwhile may lower it
                         claimed, due_in = await self._start(free)
-                        _answered(outage)
+                        outage.succeeded()
                         more = claimed == free
                         if more:
                             continue  # there may be more due
@@ -406,13 +410,7 @@ class Dispatcher:
                                 next_sweep = clock()
                         self._look_at = min(self._look_at, clock() + look_in)
                 except errors.DatabaseUnavailable as exc:
-                    wait = outage.failed()
-                    log.warning(
-                        "dispatcher_database_unavailable",
-                        error=str(exc),
-                        failures=outage.failures,
-                        retry_in_s=wait,
-                    )
+                    wait = outage.failed(exc)
                     self._look_at = min(self._look_at, clock() + self.config.poll_s)
                     await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
                     continue
@@ -596,9 +594,3 @@ def _log_lost(
         error=error,
         status=status,
     )
-
-
-def _answered(outage: notify.Backoff) -> None:
-    """The outbox answered: an outage the loop was backing off from is over."""
-    if failures := outage.succeeded():
-        log.info("dispatcher_database_available", after_failures=failures)

@@ -21,25 +21,39 @@ BACKOFF_CAP_S = 10.0  # the longest wait between tries at an unavailable databas
 
 class Backoff:
     """How long a loop waits before trying again what keeps failing: `base_s`, doubled after
-    each failure in a row up to `cap_s`; a success starts over.
+    each failure in a row up to `cap_s`; a success starts over. Each failure is logged as a
+    warning `failed` (`error`, `failures` in a row, `retry_in_s`), and the first success
+    after failures as `recovered` (`after_failures`).
 
     During an outage every process's loops would otherwise try (and log) every `base_s`.
     """
 
-    def __init__(self, base_s: float, cap_s: float = BACKOFF_CAP_S) -> None:
+    def __init__(
+        self, base_s: float, *, failed: str, recovered: str, cap_s: float = BACKOFF_CAP_S
+    ) -> None:
         self._base_s = base_s
         self._cap_s = max(cap_s, base_s)
+        self._failed = failed
+        self._recovered = recovered
         self.failures = 0
 
-    def failed(self) -> float:
-        """Count a failure; returns the wait before the next try."""
+    def failed(self, exc: BaseException) -> float:
+        """Count and log a failure; returns the wait before the next try."""
         self.failures += 1
-        return min(self._cap_s, self._base_s * 2.0 ** min(self.failures - 1, 32))
+        wait = min(self._cap_s, self._base_s * 2.0 ** min(self.failures - 1, 32))
+        log.warning(
+            self._failed,
+            error=str(exc) or type(exc).__name__,
+            failures=self.failures,
+            retry_in_s=wait,
+        )
+        return wait
 
-    def succeeded(self) -> int:
-        """Start over; returns how many failures in a row came before."""
-        failures, self.failures = self.failures, 0
-        return failures
+    def succeeded(self) -> None:
+        """Start over, logging the end of the failures that came before, if any."""
+        if self.failures:
+            log.info(self._recovered, after_failures=self.failures)
+        self.failures = 0
 
 
 async def first(*aws: Awaitable[Any], timeout: float | None) -> None:
@@ -67,7 +81,7 @@ async def listen(
     lost, so the caller looks for work once. A lost connection is tried again after
     `retry_s`; failed tries back off from there.
     """
-    backoff = Backoff(retry_s)
+    backoff = Backoff(retry_s, failed="listen_failed", recovered="listen_restored")
     while not stop.is_set():
         conn: asyncpg.Connection[Any] | None = None
         closed = asyncio.Event()
@@ -77,18 +91,11 @@ async def listen(
             conn.add_termination_listener(lambda _c, lost=closed: lost.set())
             for channel, handler in handlers.items():
                 await conn.add_listener(channel, handler)
-            if failures := backoff.succeeded():
-                log.info("listen_restored", after_failures=failures)
+            backoff.succeeded()
             on_connect()
             await first(closed.wait(), stop.wait(), timeout=None)
         except Exception as exc:
-            wait = backoff.failed()
-            log.warning(
-                "listen_failed",
-                error=str(exc) or type(exc).__name__,
-                failures=backoff.failures,
-                retry_in_s=wait,
-            )
+            wait = backoff.failed(exc)
         finally:
             if conn is not None and not conn.is_closed():
                 with contextlib.suppress(Exception):

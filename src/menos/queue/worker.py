@@ -240,7 +240,11 @@ class Worker:
             ),
             *(asyncio.create_task(duty(stop)) for duty in self._duties),
         ]
-        outage = notify.Backoff(self.config.poll_s)
+        outage = notify.Backoff(
+            self.config.poll_s,
+            failed="claim_database_unavailable",
+            recovered="claim_database_available",
+        )
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -248,20 +252,13 @@ class Worker:
                 try:
                     claimed = await self.run_once()
                 except errors.DatabaseUnavailable as exc:
-                    wait = outage.failed()
-                    log.warning(
-                        "claim_database_unavailable",
-                        error=str(exc),
-                        failures=outage.failures,
-                        retry_in_s=wait,
-                    )
+                    wait = outage.failed(exc)
                     claimed = 0
                 except Exception:
                     log.exception("claim_failed")
                     claimed = 0
                 else:
-                    if failures := outage.succeeded():
-                        log.info("claim_database_available", after_failures=failures)
+                    outage.succeeded()
                 if claimed and len(self._tasks) < self.config.concurrency:
                     continue  # there may be more waiting
                 await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
