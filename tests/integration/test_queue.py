@@ -851,11 +851,11 @@ async def test_a_database_migrated_by_an_earlier_text_of_0004_to_0006_is_healed(
         CREATE INDEX pipeline_job_leases ON menos.pipeline_job (lease_expires_at)
             WHERE status = 'processing';
         UPDATE menos.schema_migrations SET checksum = NULL WHERE version <= 6;
-        DELETE FROM menos.schema_migrations WHERE version > 12;
+        DELETE FROM menos.schema_migrations WHERE version = 13;
         """
     )
     async with pool.acquire() as conn:
-        assert await db.migrate(conn, db.Queries()) == [v for v, _, _ in db.migrations() if v > 12]
+        assert await db.migrate(conn, db.Queries()) == [13]
     await helpers.owner(repo)
     await repo.enqueue(helpers.note())
     assert len(await claim(repo, "w", 1)) == 1
