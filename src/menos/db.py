@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -196,14 +197,22 @@ async def close_pool(pool: asyncpg.Pool[Any], *, timeout_s: float = CLOSE_TIMEOU
 
 
 def migrations(directory: Path | None = None) -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every migration file, in order."""
+    """(version, name, sql) of every migration file, in order: the files this process found
+    when it first looked. A process runs the code it started with, so the schema it needs is
+    that of its files then (a checkout upgraded under a running API does not make its
+    `/ready` say `outdated`)."""
+    return list(_migration_files((directory or sql_dir() / "migrations").resolve()))
+
+
+@functools.cache
+def _migration_files(directory: Path) -> tuple[tuple[int, str, str], ...]:
     found = []
-    for path in sorted((directory or sql_dir() / "migrations").glob("*.sql")):
+    for path in sorted(directory.glob("*.sql")):
         match = _MIGRATION.match(path.name)
         if match is None:
             raise ValueError(f"migration file {path.name} is not named NNNN_name.sql")
         found.append((int(match.group(1)), match.group(2), path.read_text(encoding="utf-8")))
-    return found
+    return tuple(found)
 
 
 def _checksum(sql: str) -> str:

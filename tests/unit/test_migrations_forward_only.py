@@ -9,6 +9,8 @@ checksum is added here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from menos import db
 
 # The SHA-256 of each committed migration file, by version.
@@ -33,3 +35,12 @@ COMMITTED = {
 def test_no_committed_migration_is_edited() -> None:
     """Every migration file keeps the text it was committed with, and each one is listed."""
     assert {version: db._checksum(sql) for version, _, sql in db.migrations()} == COMMITTED
+
+
+def test_a_process_keeps_the_migration_files_it_first_found(tmp_path: Path) -> None:
+    """A checkout upgraded under a running API made its `/ready` answer 503 `outdated`
+    (it read the files on every probe), although the code it runs needs no new migration."""
+    (tmp_path / "0001_first.sql").write_text("SELECT 1;\n")
+    assert [version for version, _, _ in db.migrations(tmp_path)] == [1]
+    (tmp_path / "0002_added_later.sql").write_text("SELECT 2;\n")
+    assert [version for version, _, _ in db.migrations(tmp_path)] == [1]
