@@ -664,6 +664,23 @@ async def test_a_page_title_is_cut_to_the_title_limit(body: str, content_type: s
 
 
 @pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (
+            "<html><head><title>&#27;[31mRed&#7; \x01 page</title></head><body><p>T.</p>",
+            "text/html",
+        ),
+        ("# \x1b[31mRed\x07 \x01 page\n\nText.", "text/markdown"),
+    ],
+)
+async def test_a_page_title_loses_its_control_characters(body: str, content_type: str) -> None:
+    """A terminal escape in a page's title (as a character reference or as itself) is dropped."""
+    async with _client(lambda request: _html(body, content_type)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.title == "[31mRed page"
+
+
+@pytest.mark.parametrize(
     ("charset", "body"),
     [
         ("punycode", b"menos-" + b"z" * 20_000),

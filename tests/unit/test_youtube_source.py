@@ -380,8 +380,23 @@ async def test_a_long_oembed_title_is_cut_to_the_title_limit() -> None:
             httpx.Response(200, json={"title": "t" * 2000, "author_name": "a" * 2000})
         ),
     )
-    assert named.title == "t" * youtube.MAX_TEXT_CHARS
-    assert named.metadata["channel"] == "a" * youtube.MAX_TEXT_CHARS
+    assert named.title == "t" * fetched.TITLE_MAX_CHARS
+    assert named.metadata["channel"] == "a" * fetched.TITLE_MAX_CHARS
+
+
+async def test_an_oembed_title_loses_its_control_characters() -> None:
+    """A terminal escape in a video's title or channel (`menos content list` prints them) is
+    dropped, and a control character between words leaves one space."""
+    named = await _fetch(
+        FakeYouTube(),
+        oembed=_oembed_client(
+            httpx.Response(
+                200,
+                json={"title": "\x1b[2J\x1b[31mRed\x07 \x00 talk\x9b", "author_name": "\x08Chan"},
+            )
+        ),
+    )
+    assert (named.title, named.metadata["channel"]) == ("[2J[31mRed talk", "Chan")
 
 
 async def test_long_transcripts_are_split_into_paragraphs() -> None:

@@ -55,8 +55,6 @@ _PARSER_MAX_CHARS = 1_000_000
 _TABLE_WORK_MAX = 20_000_000
 _SPAN_MAX = 100  # trafilatura's own cap of a colspan
 _CELL_TAGS = frozenset({"td", "th"})
-# A page's title is cut here, as a video's is: the API's limit of every title it takes.
-TITLE_MAX_CHARS = 500
 # Elements whose content is never visible text, and elements that end a line of text.
 _INVISIBLE_TAGS = frozenset({"script", "style", "noscript", "template", "head", "svg"})
 _BLOCK_TAGS = frozenset(
@@ -270,7 +268,7 @@ def _readable_html(page: str) -> tuple[str, str | None]:
         pass
     if not text.strip():
         text = _strip_tags(page)
-    return text.strip(), _clean(title)
+    return text.strip(), fetched.one_line(title)
 
 
 def _table_work(tree: Any) -> int:
@@ -329,12 +327,5 @@ def _markdown_title(text: str, content_type: str) -> str | None:
         return None
     for line in text.splitlines():
         if line.startswith("# "):
-            return _clean(line[2:].strip().rstrip("#"))
+            return fetched.one_line(line[2:].strip().rstrip("#"))
     return None
-
-
-def _clean(title: str | None) -> str | None:
-    """Whitespace runs made one space, cut at TITLE_MAX_CHARS; None when nothing is left."""
-    if title is None:
-        return None
-    return " ".join(title.split())[:TITLE_MAX_CHARS] or None

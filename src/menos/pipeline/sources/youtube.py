@@ -20,7 +20,6 @@ from menos.pipeline.sources import fetched
 
 _OEMBED_TIMEOUT_S = 10.0  # the whole lookup, answer included
 _OEMBED_MAX_BYTES = 64 * 1024  # a title and a channel name: real answers are under 1 KiB
-MAX_TEXT_CHARS = 500  # a title or channel name is cut here (the API's title limit)
 # The transcript library sends requests without a timeout; each of them gets this one.
 _TRANSCRIPT_TIMEOUT_S = 30.0
 # It makes several requests per transcript: the whole download is bounded by this.
@@ -139,7 +138,9 @@ async def _oembed(client: httpx.AsyncClient, oembed_url: str, watch_url: str) ->
     # UnicodeDecodeError: a string that is not UTF-8 (a Latin-1 `Café`).
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise _OEmbedFailed(f"oEmbed answer is not the expected JSON: {exc}") from exc
-    return _OEmbed(title=_one_line(oembed.title), author_name=_one_line(oembed.author_name))
+    return _OEmbed(
+        title=fetched.one_line(oembed.title), author_name=fetched.one_line(oembed.author_name)
+    )
 
 
 async def _oembed_answer(client: httpx.AsyncClient, oembed_url: str, watch_url: str) -> bytes:
@@ -160,11 +161,6 @@ async def _oembed_answer(client: httpx.AsyncClient, oembed_url: str, watch_url: 
         if more:
             raise _OEmbedFailed(f"oEmbed answer is over {_OEMBED_MAX_BYTES // 1024} KiB")
         return content
-
-
-def _one_line(text: str | None) -> str | None:
-    """Whitespace runs made one space, cut at MAX_TEXT_CHARS; None when nothing is left."""
-    return " ".join((text or "").split())[:MAX_TEXT_CHARS] or None
 
 
 async def _download_transcript(
