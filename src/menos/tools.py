@@ -203,16 +203,19 @@ async def classify(
             )
             if not batch:
                 break
-            for content_id, _ in batch:
+            for content_id, _, current in batch:
                 seen += 1
                 after = content_id
                 if dry_run:
                     print(str(content_id), file=out)
                 else:
+                    # Forced only when it was current as listed (`--status completed`): a
+                    # stale, failed or pending item needs no force, and one that a reprocess
+                    # made current since it was listed is then skipped, not run again.
                     outcome = await repo.reprocess(
                         content_id,
                         owner=None,
-                        force=stale,
+                        force=stale and current,
                         pipeline_version=version,
                         callback_url=None,
                         data_tier=data_tier,

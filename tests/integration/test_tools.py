@@ -127,3 +127,44 @@ async def test_a_markdown_export_writes_every_item_whole_and_only_in_its_directo
     finally:
         monkeypatch.undo()
     assert list(again.iterdir()) == []
+
+
+async def test_classify_stale_leaves_content_made_current_after_it_was_listed(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], monkeypatch: Any
+) -> None:
+    """A stale item that a reprocess (API, bin/reprocess) completes by the running version
+    between classify's listing and its turn is current: skipped, not run once more."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    await pool.execute("UPDATE menos.pipeline_job SET status = 'completed', finished_at = now()")
+    await pool.execute(
+        "UPDATE menos.content SET processing_status = 'completed', pipeline_version = '0.1.0'"
+    )
+    listed = repo.classify_candidates
+
+    async def made_current_meanwhile(**kwargs: Any) -> Any:
+        batch = await listed(**kwargs)
+        await pool.execute("UPDATE menos.content SET pipeline_version = '0.2.0'")
+        return batch
+
+    monkeypatch.setattr(repo, "classify_candidates", made_current_meanwhile)
+    out = io.StringIO()
+    await tools.classify(
+        repo,
+        owner=None,
+        content_type=None,
+        status=None,
+        stale=True,
+        limit=None,
+        dry_run=False,
+        version="0.2.0",
+        data_tier="compact",
+        out=out,
+    )
+    assert json.loads(out.getvalue()) == {
+        "candidates": 1,
+        "submitted": 0,
+        "skipped": 1,
+        "dry_run": False,
+    }
+    assert await pool.fetchval("SELECT count(*) FROM menos.pipeline_job") == 1

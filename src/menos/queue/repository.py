@@ -812,15 +812,23 @@ class Repository(_Store):
         pipeline_version: str,
         after: uuid.UUID | None,
         limit: int,
-    ) -> list[tuple[models.ContentId, str]]:
-        """(content id, owner) of items `classify` would re-run, by id after `after`; with
-        `stale`, also those completed by a version older than `pipeline_version` (compared
-        part by part as numbers; none is older than a version that is not dotted numbers)."""
+    ) -> list[tuple[models.ContentId, str, bool]]:
+        """(content id, owner, current) of items `classify` would re-run, by id after `after`;
+        with `stale`, also those completed by a version older than `pipeline_version` (compared
+        part by part as numbers; none is older than a version that is not dotted numbers).
+        `current`: completed by `pipeline_version` when listed."""
         parts = pipeline_version.split(".") if _DOTTED_NUMBERS.fullmatch(pipeline_version) else None
         rows = await self._fetch_planned(
             "classify_candidates", owner, content_type, status, stale, parts, after, limit
         )
-        return [(r["content_id"], r["owner"]) for r in rows]
+        return [
+            (
+                r["content_id"],
+                r["owner"],
+                r["processing_status"] == "completed" and r["pipeline_version"] == pipeline_version,
+            )
+            for r in rows
+        ]
 
     async def audit(
         self,
