@@ -594,6 +594,26 @@ async def test_redirect_is_a_failed_attempt_and_is_not_followed(
     assert "redirects are not followed" in state["last_error"]
 
 
+async def test_a_long_redirect_location_is_logged_as_it_is_stored(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
+) -> None:
+    """A receiver's huge `location` is cut as its body would be: the attempt's log line was
+    60 KB long (the stored copy was cut to 500 characters)."""
+
+    async def redirect(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"location": "http://x/" + "A" * 60_000})
+
+    await make_events(repo, 1)
+    with structlog.testing.capture_logs() as logs:
+        await deliver(redirect)
+    (line,) = [e for e in logs if e["event"] == "audit.callback_delivery"]
+    (detail,) = await audit_details(pool)
+    assert len(line["error"]) < 300
+    assert line["error"] == detail["error"] == (await row(pool))["last_error"]
+
+
 async def test_endless_answer_is_read_only_up_to_64_kib(
     repo: repository.Repository,
     pool: asyncpg.Pool[Any],

@@ -344,7 +344,8 @@ class Dispatcher:
         if 200 <= code < 300:
             return Attempt(code, None, counted)
         if 300 <= code < 400:
-            where = response.headers.get("location", "")
+            # Cut as an answer's body is: a receiver's header may run to 100 KB.
+            where = response.headers.get("location", "")[:ERROR_SNIPPET_CHARS]
             error = f"HTTP {code}: redirects are not followed (location: {where})"
             return Attempt(code, error, counted)
         snippet = " ".join(answer.decode("utf-8", errors="replace").split())
