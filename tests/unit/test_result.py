@@ -94,6 +94,13 @@ def test_orphan_closing_think_tag_drops_the_reasoning_before_it() -> None:
     assert result.extract_json(text) == {"summary": "final"}
 
 
+@pytest.mark.parametrize("tag", ["<think>", "<think"])
+def test_many_unclosed_think_tags_do_not_stall_the_parse(tag: str) -> None:
+    """An answer of 300,000 `<think>` that never close (2 MB, far below the 8 MiB an answer
+    may be) is read at once: each one retried up to the end held the worker for hours."""
+    assert result.extract_json('{"summary": "ok"}' + tag * 300_000) == {"summary": "ok"}
+
+
 def test_unclosed_leading_think_yields_nothing() -> None:
     """A model cut off mid-reasoning gives no object, so the repair call is made."""
     assert result.extract_json('<think>I should answer {"summary": "draft"} but') is None

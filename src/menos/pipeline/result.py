@@ -44,7 +44,7 @@ MAX_NAME_CHARS = 200  # a topic's name or level, an entity's type or name
 MAX_TAG_CHARS = 100
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 
-_THINK_BLOCK = re.compile(r"<think\b[^>]*>.*?</think\s*>", re.IGNORECASE | re.DOTALL)
+_THINK_TAG = re.compile(r"<think\b", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think\s*>", re.IGNORECASE)
 _THINK_OPEN = re.compile(r"^\s*<think\b[^>]*>", re.IGNORECASE)
 # Fence markers only at a line start or end: a JSON string cannot span a raw newline, so these
@@ -86,7 +86,7 @@ class Result(msgspec.Struct, frozen=True):
 
 def strip_noise(text: str) -> str:
     """Remove `<think>` blocks (an unclosed leading one runs to the end) and code fence markers."""
-    text = _THINK_BLOCK.sub("", text)
+    text = _drop_think_blocks(text)
     # A stray closing tag means the opening one was in the chat template: drop what precedes it.
     closes = list(_THINK_CLOSE.finditer(text))
     if closes:
@@ -95,6 +95,25 @@ def strip_noise(text: str) -> str:
         return ""
     text = _FENCE_OPEN.sub("", text)
     return _FENCE_CLOSE.sub("", text)
+
+
+def _drop_think_blocks(text: str) -> str:
+    """Text without its `<think …>…</think>` blocks, in one pass. A regular expression for a
+    block retries at every later `<think` once one has no closing tag (or no `>`), and an
+    answer of many of them held the worker's event loop for hours."""
+    kept: list[str] = []
+    position = 0
+    while (opening := _THINK_TAG.search(text, position)) is not None:
+        tag_end = text.find(">", opening.end())
+        if tag_end == -1:
+            break  # no later `<think` has its `>` either
+        closing = _THINK_CLOSE.search(text, tag_end + 1)
+        if closing is None:
+            break  # no later block closes either
+        kept.append(text[position : opening.start()])
+        position = closing.end()
+    kept.append(text[position:])
+    return "".join(kept)
 
 
 # How many `{` an answer's JSON object is looked for at. Each try may read to the end of the
