@@ -167,6 +167,18 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _api_key(name: str, raw: str) -> str:
+    # Sent in an HTTP header: httpx cannot encode other characters (every job would fail
+    # unexpectedly), and a control character came back in its error, unmasked. The message
+    # does not repeat the value: it is a secret.
+    key = _text(name, raw)
+    if not all("!" <= char <= "~" for char in key):
+        raise errors.SettingsError(
+            name, "expected visible ASCII characters only (no spaces or control characters)"
+        )
+    return key
+
+
 def _languages(name: str, raw: str) -> tuple[str, ...]:
     langs = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not langs:
@@ -188,7 +200,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "MENOS_ANALYZER": ("analyzer", _choice("builtin", "openai")),
     "MENOS_LLM_BASE_URL": ("llm_base_url", _url),
     "MENOS_LLM_MODEL": ("llm_model", _text),
-    "MENOS_LLM_API_KEY": ("llm_api_key", _text),
+    "MENOS_LLM_API_KEY": ("llm_api_key", _api_key),
     "MENOS_LLM_TIMEOUT_S": ("llm_timeout_s", _seconds),
     "MENOS_PIPELINE_MAX_CHARS": ("pipeline_max_chars", _positive_int),
     "MENOS_CALLBACK_TIMEOUT_S": ("callback_timeout_s", _seconds),

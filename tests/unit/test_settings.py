@@ -47,6 +47,16 @@ def test_values_menos_cannot_use_name_their_variable(variable: str, raw: str) ->
     assert str(caught.value).startswith(variable)
 
 
+@pytest.mark.parametrize("raw", ["sk-proj-ünïcode-SECRET", "sk-a\rSECRET", "sk-a SECRET"])
+def test_an_llm_api_key_that_cannot_be_a_header_is_refused_without_showing_it(raw: str) -> None:
+    """A key httpx cannot send failed every job with PIPELINE_EXCEPTION, or came back unmasked
+    in the job's error; it is refused at start, and the message does not repeat it."""
+    with pytest.raises(errors.SettingsError) as caught:
+        settings.from_env({"MENOS_LLM_API_KEY": raw})
+    assert str(caught.value).startswith("MENOS_LLM_API_KEY")
+    assert "SECRET" not in str(caught.value)
+
+
 def test_the_largest_usable_values_are_taken() -> None:
     """The bounds themselves pass, as do a huge retention and any URL asyncpg takes."""
     conf = settings.from_env(
