@@ -185,6 +185,19 @@ async def test_missing_model_and_usage_fall_back(analyzer: Make) -> None:
     assert answer.usage is None
 
 
+async def test_a_huge_model_name_and_usage_are_not_stored_whole(analyzer: Make) -> None:
+    """A server answering a 3 MiB model name and usage made every job, compact ones included,
+    store megabytes (and the result's model); the name is cut and the usage left out."""
+    server = Server(
+        lambda _: httpx.Response(
+            200, json=completion(model="M" * 3 * 2**20, usage={"junk": "x" * 3 * 2**20})
+        )
+    )
+    answer = await analyzer(server).analyze(request())
+    assert answer.model == "M" * openai.MAX_MODEL_CHARS
+    assert answer.usage is None
+
+
 async def test_no_api_key_sends_no_authorization(analyzer: Make) -> None:
     """A local server without a key gets no Authorization header."""
     server = Server()

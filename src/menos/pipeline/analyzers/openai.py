@@ -36,6 +36,10 @@ REPAIR_PROMPT = (
 )
 
 MAX_DETAIL = 200
+# What is kept of the server's `model` and `usage`: both are stored on every job (compact tier
+# included) and the model name in the result, where every other string is bounded too.
+MAX_MODEL_CHARS = 200
+MAX_USAGE_BYTES = 4096
 # A chat completion's body: a JSON object and perhaps a reasoning trace, far below this.
 MAX_ANSWER_BYTES = 8 * 2**20
 
@@ -191,9 +195,13 @@ class OpenAIAnalyzer:
             )
         model = data.get("model")
         usage = data.get("usage")
+        if isinstance(usage, dict) and len(json.dumps(usage)) > MAX_USAGE_BYTES:
+            usage = None  # token counts are a few numbers; anything that large is not them
         return (
             storable.text(text),
-            storable.text(model) if isinstance(model, str) and model else self._model,
+            storable.text(model[:MAX_MODEL_CHARS])
+            if isinstance(model, str) and model
+            else self._model,
             storable.anything(usage) if isinstance(usage, dict) else None,
         )
 
