@@ -104,7 +104,11 @@ class Unauthorized(MenosError):
 class PipelineError(MenosError):
     """A pipeline stage failed with a code of the error taxonomy."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, *, kept: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message[:MAX_ERROR_MESSAGE])
         self.code: ErrorCode = code
         self.message = message[:MAX_ERROR_MESSAGE]
+        # What a failed analyzer call sent (`prompt`) and got back (`answer`), for the full tier.
+        self.kept: dict[str, str] = dict(kept or {})

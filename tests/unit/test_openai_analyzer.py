@@ -480,3 +480,15 @@ async def test_an_answer_in_a_coding_not_read_here_says_whose_and_its_status(
         await analyzer(server).analyze(request())
     assert caught.value.code == "LLM_CALL_ERROR"
     assert caught.value.message == message
+
+
+async def test_a_call_that_is_not_a_chat_completion_keeps_its_prompt_and_body(
+    analyzer: Make,
+) -> None:
+    """The job's full tier can show what was sent and what came back instead of an answer."""
+    server = Server(lambda _: httpx.Response(200, text="<html>proxy login</html>"))
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request("Body text."))
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert "Body text." in caught.value.kept["prompt"]
+    assert caught.value.kept["answer"] == "<html>proxy login</html>"

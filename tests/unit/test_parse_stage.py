@@ -11,7 +11,7 @@ import pytest
 
 from menos import errors
 from menos.pipeline import analyzers, stages
-from menos.pipeline.analyzers import builtin
+from menos.pipeline.analyzers import builtin, openai
 from tests.support.pipeline import offline_context
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -160,3 +160,36 @@ async def test_an_answer_nesting_as_deep_as_json_goes_still_completes(field: str
         run = stages.Run(full=False, clock=ctx.clock)
         await stages.run_pipeline(note("# t\n\nSome text."), port, ctx, run)
     assert run.current == "persist" and port.persisted == []
+
+
+async def test_a_failed_model_call_keeps_what_was_sent_and_answered_in_the_full_tier() -> None:
+    """The full tier is what an operator reads when a model server misbehaves: the prompt and
+    the answer of a failed call (first or repair) are kept, the API key masked in it."""
+    calls: list[int] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            body = {"choices": [{"message": {"content": "Sorry, no JSON today."}}]}
+            return httpx.Response(200, json=body)
+        return httpx.Response(401, json={"error": {"message": "bad key sk-secret-key"}})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
+        analyzer = openai.OpenAIAnalyzer(
+            http,
+            base_url="http://llm.test/v1",
+            model="m",
+            api_key="sk-secret-key",
+            timeout_s=5,
+            max_chars=1000,
+        )
+        ctx = offline_context(http, analyzer, clock=lambda: NOW)
+        run = stages.Run(full=True, clock=ctx.clock)
+        with pytest.raises(errors.PipelineError) as caught:
+            await stages.run_pipeline(note("# t\n\nSome text."), RecordingPort(set()), ctx, run)
+    assert (caught.value.code, run.current) == ("LLM_CALL_ERROR", "parse")
+    payload = run.full_payload or {}
+    assert payload["raw_answer"] == "Sorry, no JSON today."
+    assert "Some text." in payload["repair_prompt"]
+    assert "bad key ***" in payload["repair_answer"]
+    assert "sk-secret-key" not in json.dumps(payload)

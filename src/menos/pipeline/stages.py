@@ -187,7 +187,11 @@ async def _analyze(state: _State, port: Port, ctx: Context, run: Run) -> None:
         tags=item.tags,
         vocabulary=await port.vocabulary(),
     )
-    state.answer = await ctx.analyzer.analyze(state.request)
+    try:
+        state.answer = await ctx.analyzer.analyze(state.request)
+    except errors.PipelineError as exc:
+        _keep_failed_call(run, exc, prompt="prompt", answer="raw_answer")
+        raise
     run.diagnostics["analyzer"] = ctx.analyzer.name
     run.diagnostics["model"] = state.answer.model
     if state.answer.usage is not None:
@@ -200,7 +204,11 @@ async def _parse(state: _State, port: Port, ctx: Context, run: Run) -> None:
     raw = result.extract_json(state.answer.text)
     run.diagnostics["repair_call"] = raw is None
     if raw is None:
-        repaired = await ctx.analyzer.repair(state.request, state.answer)
+        try:
+            repaired = await ctx.analyzer.repair(state.request, state.answer)
+        except errors.PipelineError as exc:
+            _keep_failed_call(run, exc, prompt="repair_prompt", answer="repair_answer")
+            raise
         run.keep(repair_prompt=repaired.prompt, repair_answer=repaired.text)
         if repaired.usage is not None:
             run.diagnostics["repair_usage"] = repaired.usage
@@ -216,6 +224,12 @@ async def _parse(state: _State, port: Port, ctx: Context, run: Run) -> None:
     state.result = result.coerce(
         raw, known_tags=known, model=state.answer.model, processed_at=ctx.clock()
     )
+
+
+def _keep_failed_call(run: Run, exc: errors.PipelineError, *, prompt: str, answer: str) -> None:
+    """Keep what a failed analyzer call sent and got (full tier), under these names."""
+    names = {"prompt": prompt, "answer": answer}
+    run.keep(**{names[key]: value for key, value in exc.kept.items() if key in names})
 
 
 async def _persist(state: _State, port: Port, ctx: Context, run: Run) -> None:

@@ -98,7 +98,17 @@ class OpenAIAnalyzer:
         ]
 
     async def _complete(self, messages: list[dict[str, str]]) -> analyzers.Answer:
-        """POST the messages and read the answer; errors become PipelineError codes."""
+        """POST the messages and read the answer; errors become PipelineError codes, which
+        keep the prompt (and the answer, when one came) for the full tier."""
+        prompt = render_prompt(messages)
+        try:
+            return await self._call(messages, prompt)
+        except errors.PipelineError as exc:
+            exc.kept["prompt"] = prompt
+            raise
+
+    async def _call(self, messages: list[dict[str, str]], prompt: str) -> analyzers.Answer:
+        """One POST of the messages and its answer read."""
         body = {
             "model": self._model,
             "messages": messages,
@@ -134,9 +144,14 @@ class OpenAIAnalyzer:
             raise errors.PipelineError(
                 "LLM_CALL_ERROR",
                 f"the model server answered HTTP {status}" + self._error_detail(content),
+                kept={"answer": self._stored(content)},
             )
-        text, model, usage = self._read(content)
-        return analyzers.Answer(text=text, model=model, prompt=render_prompt(messages), usage=usage)
+        try:
+            text, model, usage = self._read(content)
+        except errors.PipelineError as exc:
+            exc.kept["answer"] = self._stored(content)
+            raise
+        return analyzers.Answer(text=text, model=model, prompt=prompt, usage=usage)
 
     async def _post(
         self, body: dict[str, Any], headers: dict[str, str]
@@ -222,6 +237,10 @@ class OpenAIAnalyzer:
         # must accept (JSON's "\ud800" decodes to a lone surrogate).
         detail = " ".join(storable.text(self._redact(detail)).split())[:MAX_DETAIL]
         return f": {detail}" if detail else ""
+
+    def _stored(self, content: bytes) -> str:
+        """A body as text that can be stored, secrets removed."""
+        return storable.text(self._redact(content.decode("utf-8", "replace")))
 
     def _redact(self, text: str) -> str:
         """Text with the API key masked, should a server echo it."""
