@@ -1495,3 +1495,36 @@ async def test_an_owner_with_its_share_in_flight_yields_slots_freed_one_share_at
     assert "alice" in arrivals
     # the first two slots freed (mallory still has her share, 2, in flight) go to alice
     assert arrivals.index("alice") <= config.batch_size + 1, arrivals
+
+
+async def test_a_running_dispatcher_stores_its_delivery_counts_within_seconds(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+) -> None:
+    """Deliveries reach `menos.metric_sample` about once a second, as docs/operations.md says,
+    also when MENOS_WORKER_POLL_S is long: a dispatcher killed meanwhile loses only that."""
+    await make_events(repo, 1)
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    config = dispatcher_config(poll_s=30.0)
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(ok)) as client:
+        sender = dispatcher.Dispatcher(config, outbox, client, dsn=database_url)
+        running = asyncio.create_task(sender.run(stop))
+        stored = None
+        for _ in range(60):  # up to 3 s
+            stored = await pool.fetchval(
+                "SELECT sum(value) FROM menos.metric_sample WHERE name = $1 AND labels = $2",
+                stats.DELIVERIES,
+                "outcome=delivered",
+            )
+            if stored:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+    assert stored == 1

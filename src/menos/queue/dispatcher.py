@@ -27,6 +27,9 @@ log = structlog.get_logger("menos.dispatcher")
 
 CHANNEL_OUTBOX = "menos_outbox"
 MIN_WAIT_S = 0.05  # never spin: an event due now may be locked by another dispatcher's claim
+# How often the delivery counts are stored, whatever poll_s is: about once a second, as a
+# worker's stage durations, so a dispatcher killed loses at most that much of them.
+FLUSH_S = 1.0
 ERROR_SNIPPET_CHARS = 200
 
 Status = repository.OutboxStatus | None  # None: not recorded (the event moved on)
@@ -419,9 +422,9 @@ class Dispatcher:
                     log.exception("dispatcher_failed")
                     self._look_at = min(self._look_at, clock() + self.config.poll_s)
                 if clock() >= next_flush:
-                    next_flush = clock() + self.config.poll_s
+                    next_flush = clock() + FLUSH_S
                     await self._stats_out.flush()
-                wait = self.config.poll_s
+                wait = min(self.config.poll_s, max(next_flush - clock(), 0.0))
                 if len(self._tasks) < self.config.batch_size:
                     wait = min(wait, max(self._look_at - clock(), 0.0))
                 await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
