@@ -150,7 +150,12 @@ RETURNING job_id, status;
 -- name: rescue_expired
 -- Return expired-lease jobs (all, or only job $3) to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked); names the worker each was lost by.
 WITH expired AS (
-    SELECT job_id, worker_id FROM menos.pipeline_job
+    SELECT job_id, worker_id,
+           CASE WHEN attempts = 1
+                THEN 'the worker running this job was lost (lease expired)'
+                ELSE format('the workers running this job were lost %s times (lease expired)',
+                            attempts) END AS lost_message
+      FROM menos.pipeline_job
      WHERE (status = 'processing') IS TRUE AND lease_expires_at < coalesce($1::timestamptz, now())
        AND ($3::uuid IS NULL OR job_id = $3)
      ORDER BY lease_expires_at
@@ -168,12 +173,14 @@ UPDATE menos.pipeline_job j
            WHEN j.cancel_requested_at IS NULL AND j.attempts >= $2
            THEN coalesce(j.current_stage, 'fetch') END,
        error_message = CASE
+           WHEN j.cancel_requested_at IS NULL AND j.attempts >= $2 THEN expired.lost_message END,
+       -- the compact record names the failure, as a worker's own failures do
+       diagnostics = CASE
            WHEN j.cancel_requested_at IS NULL AND j.attempts >= $2
-           THEN CASE WHEN j.attempts = 1
-                     THEN 'the worker running this job was lost (lease expired)'
-                     ELSE format('the workers running this job were lost %s times (lease expired)',
-                                 j.attempts) END
-           END,
+           THEN j.diagnostics || jsonb_build_object('error', jsonb_build_object(
+                    'code', 'WORKER_LOST', 'stage', coalesce(j.current_stage, 'fetch'),
+                    'message', expired.lost_message))
+           ELSE j.diagnostics END,
        finished_at = CASE
            WHEN j.cancel_requested_at IS NOT NULL OR j.attempts >= $2
            THEN coalesce($1::timestamptz, now()) END,

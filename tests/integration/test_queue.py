@@ -179,6 +179,16 @@ async def test_rescuer_fails_job_worker_lost_after_max_attempts(
     }
     status = await pool.fetchval("SELECT processing_status FROM menos.content")
     assert status == "failed"
+    # as for every other failure, the compact record names it too (docs/api.md, data tiers)
+    error = await pool.fetchrow(
+        "SELECT d ->> 'code' AS code, d ->> 'stage' AS stage, d ->> 'message' AS message"
+        " FROM (SELECT diagnostics -> 'error' AS d FROM menos.pipeline_job) AS j"
+    )
+    assert dict(error) == {
+        "code": "WORKER_LOST",
+        "stage": "analyze",
+        "message": "the workers running this job were lost 2 times (lease expired)",
+    }
 
 
 async def test_outbox_row_exists_iff_terminal_transition_committed(
