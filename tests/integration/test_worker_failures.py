@@ -107,6 +107,21 @@ async def test_a_nul_in_the_error_is_recorded_not_left_processing(
     assert row["diagnostics"]["error"]["message"] == "model said: bad\ufffdanswer"
 
 
+async def test_a_failed_jobs_summary_line_names_its_error_code(
+    pool: asyncpg.Pool[Any], build: Build
+) -> None:
+    """An operator reading the log learns why a job failed from its one summary line."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    with structlog.testing.capture_logs() as logs:
+        row = await run_until_ended(build(repo), pool)
+    assert row["error_code"] == "LLM_CALL_ERROR"
+    (finished,) = [entry for entry in logs if entry["event"] == "job_finished"]
+    assert (finished["outcome"], finished["stage"]) == ("failed", "analyze")
+    assert finished["error_code"] == "LLM_CALL_ERROR"
+
+
 async def test_a_shutdown_during_the_fail_write_still_records_it(
     pool: asyncpg.Pool[Any], build: Build
 ) -> None:
@@ -277,6 +292,11 @@ async def test_a_shutdown_logs_released_only_when_the_release_was_written(
     finished = [entry for entry in logs if entry["event"] == "job_finished"]
     assert [e["outcome"] for e in finished] == [outcome]
     assert (await job_row(pool))["status"] == status
+    # the stages that ran to their end are durations; `analyze`, cut off by the stop, is none
+    counted = {
+        labels: value for name, labels, value in worker.stats.samples() if name.endswith("_count")
+    }
+    assert counted == {"stage=fetch": 1, "stage=prepare": 1}
 
 
 async def test_a_hurried_shutdown_gives_running_jobs_back_without_waiting_the_grace(

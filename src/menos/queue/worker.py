@@ -342,6 +342,7 @@ class Worker:
         )
         started = time.perf_counter()
         outcome = "completed"
+        stage_failed = False  # the running stage ended in a failure (else it was cut off)
         log.info("job_claimed", attempts=job.attempts, content_type=content.content_type)
         item = stages.Item(
             owner=content.owner,
@@ -368,6 +369,7 @@ class Worker:
         except stages.Lost:
             outcome = "lost"
         except errors.PipelineError as exc:
+            stage_failed = True
             outcome = await self._fail(slot, exc.code, exc.message)
         except asyncio.CancelledError:
             # "lost" when the release was not written (the database is away, or the job is
@@ -386,20 +388,25 @@ class Worker:
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
                 raise
+            stage_failed = True
             slot.run.diagnostics["traceback"] = traceback.format_exc()[-4000:]
             log.exception("job_exception")
             outcome = await self._fail(slot, "PIPELINE_EXCEPTION", f"{type(exc).__name__}: {exc}")
         finally:
             if self._slots.get(job.job_id) is slot:
                 del self._slots[job.job_id]
-            for stage in slot.timings(close=True):
+            # A stage that failed ended there; one cut off (a stop, a lost lease) did not:
+            # its time so far is no stage duration.
+            for stage in slot.timings(close=stage_failed):
                 if stage.duration_ms is not None:
                     self.stats.observe_stage(stage.name, stage.duration_ms / 1000)
+            failure = slot.run.diagnostics.get("error") if outcome == "failed" else None
             log.info(
                 "job_finished",
                 outcome=outcome,
                 stage=slot.run.current,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                **({"error_code": failure["code"]} if failure else {}),
             )
             structlog.contextvars.unbind_contextvars("job_id", "content_id", "worker_id")
 
