@@ -94,6 +94,20 @@ def test_orphan_closing_think_tag_drops_the_reasoning_before_it() -> None:
     assert result.extract_json(text) == {"summary": "final"}
 
 
+def test_a_closing_think_tag_inside_the_answer_leaves_the_answer() -> None:
+    """A summary of an article on reasoning models may quote `</think>`: the answer after the
+    template's own closing tag is read whole (only the text after the quoted tag was)."""
+    text = 'thinking done</think>{"summary": "R1 ends its reasoning with </think> first."}'
+    assert result.extract_json(text) == {"summary": "R1 ends its reasoning with </think> first."}
+    quoted_alone = '```json\n{"summary": "R1 ends its reasoning with </think> first."}\n```'
+    assert result.extract_json(quoted_alone) == {
+        "summary": "R1 ends its reasoning with </think> first."
+    }
+    # a draft in the reasoning is still never the answer
+    assert result.extract_json('draft {"summary": "x"} done</think> no JSON here') is None
+    assert result.extract_json('done</think> <think>{"summary": "cut off"}') is None
+
+
 @pytest.mark.parametrize("tag", ["<think>", "<think"])
 def test_many_unclosed_think_tags_do_not_stall_the_parse(tag: str) -> None:
     """An answer of 300,000 `<think>` that never close (2 MB, far below the 8 MiB an answer

@@ -84,17 +84,23 @@ class Result(msgspec.Struct, frozen=True):
     processed_at: datetime.datetime
 
 
-def strip_noise(text: str) -> str:
-    """Remove `<think>` blocks (an unclosed leading one runs to the end) and code fence markers."""
+def _without_noise(text: str) -> tuple[str, int]:
+    """The answer without `<think>` blocks and code fence markers, and where its reasoning
+    ends. A stray closing tag means the opening one was in the chat template: the reasoning
+    ends at the last one (0 without one), and an object ending before it is a draft. An
+    object reaching past it quotes the tag: a summary about reasoning models. An unclosed
+    `<think>` leading the answer runs to the end: nothing is left."""
     text = _drop_think_blocks(text)
-    # A stray closing tag means the opening one was in the chat template: drop what precedes it.
     closes = list(_THINK_CLOSE.finditer(text))
-    if closes:
-        text = text[closes[-1].end() :]
-    if _THINK_OPEN.match(text):
-        return ""
-    text = _FENCE_OPEN.sub("", text)
-    return _FENCE_CLOSE.sub("", text)
+    reasoning_end = closes[-1].start() if closes else 0
+    if _THINK_OPEN.match(text[closes[-1].end() :] if closes else text):
+        return "", 0
+    reasoning = _without_fences(text[:reasoning_end])
+    return reasoning + _without_fences(text[reasoning_end:]), len(reasoning)
+
+
+def _without_fences(text: str) -> str:
+    return _FENCE_CLOSE.sub("", _FENCE_OPEN.sub("", text))
 
 
 def _drop_think_blocks(text: str) -> str:
@@ -130,28 +136,35 @@ def _integer(digits: str) -> int | str:
 
 
 def extract_json(text: str) -> dict[str, Any] | None:
-    """Return the first balanced `{…}` that parses as a JSON object after stripping noise,
-    looking at the first MAX_JSON_STARTS braces.
+    """Return the first balanced `{…}` that parses as a JSON object after stripping noise and
+    ends after the reasoning, looking at the first MAX_JSON_STARTS braces after the
+    reasoning, then at those before it (an object quoting `</think>` starts there).
 
     An object nesting deeper than the decoder goes is skipped whole: every `{` inside it
     would be as deep, and retrying each would cost quadratic time."""
-    cleaned = strip_noise(text)
+    cleaned, reasoning_end = _without_noise(text)
+    return _first_object(cleaned, reasoning_end, reasoning_end) or (
+        _first_object(cleaned, 0, reasoning_end) if reasoning_end else None
+    )
+
+
+def _first_object(cleaned: str, start: int, reasoning_end: int) -> dict[str, Any] | None:
     decoder = json.JSONDecoder(parse_int=_integer)
-    start = cleaned.find("{")
+    start = cleaned.find("{", start)
     for _ in range(MAX_JSON_STARTS):
         if start == -1:
             break
         try:
             # raw_decode reads one JSON value and stops at its end, so braces inside strings
             # and trailing prose are handled by the JSON grammar itself.
-            value, _ = decoder.raw_decode(cleaned, start)
+            value, end = decoder.raw_decode(cleaned, start)
         except ValueError:
             pass
         except RecursionError:
             start = cleaned.find("{", _end_of_nesting(cleaned, start))
             continue
         else:
-            if isinstance(value, dict):
+            if isinstance(value, dict) and end > reasoning_end:
                 return value
         start = cleaned.find("{", start + 1)
     return None
