@@ -439,7 +439,9 @@ def replace_file(path: Path, text: str, *, mode: int = 0o666) -> None:
     """Write `path` whole or not at all: a new file beside it, renamed over it. A symlink at
     `path` is replaced, never followed; a full disk leaves no part of a file behind; the file
     has `mode` (less the umask), whatever mode an older one had."""
-    temporary = path.with_name(f".{path.name}.new")
+    # Named for this process: another one writing `path` at once (two exports into one
+    # directory) would remove it, or rename it over `path` half written.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()  # left by a write cut short
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -450,7 +452,9 @@ def replace_file(path: Path, text: str, *, mode: int = 0o666) -> None:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             temporary.unlink()
-        if isinstance(exc, OSError) and exc.filename is None:  # a write's error names no file
+        # A write's error names no file, and the new file is not what the user asked for
+        # (`Is a directory: .x.md.new` when x.md is one).
+        if isinstance(exc, OSError) and exc.filename in (None, temporary, os.fspath(temporary)):
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 

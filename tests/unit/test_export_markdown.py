@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import uuid
+from pathlib import Path
 
+import pytest
 import yaml
 
 from menos import tools
@@ -37,3 +40,39 @@ def test_frontmatter_keeps_characters_yaml_reads_as_line_breaks() -> None:
     assert front["title"] == title
     assert front["tags"] == ["a\x85b", "plain"]
     assert front["processed_at"] == now.isoformat()
+
+
+def _replace_often(path: str, text: str, times: int) -> int:
+    """Replace `path` `times` times; how many of those failed."""
+    failed = 0
+    for _ in range(times):
+        try:
+            tools.replace_file(Path(path), text)
+        except OSError:
+            failed += 1
+    return failed
+
+
+def test_two_processes_replacing_one_file_at_once_both_succeed(tmp_path: Path) -> None:
+    """Two exports into one directory write the same files: neither takes away the other's
+    new file, so neither fails, and the file is whole after each."""
+    target = tmp_path / "note.md"
+    text = "x" * 100_000 + "\n"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as processes:
+        failures = processes.starmap(_replace_often, [(str(target), text, 400)] * 2)
+    assert failures == [0, 0]
+    assert target.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["note.md"]
+
+
+def test_a_file_that_cannot_be_replaced_is_named_not_the_new_file_beside_it(
+    tmp_path: Path,
+) -> None:
+    """`menos: Is a directory: export/.note.md.new` named a file that is never left behind."""
+    target = tmp_path / "note.md"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as raised:
+        tools.replace_file(target, "text\n")
+    assert raised.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["note.md"]
