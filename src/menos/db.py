@@ -248,7 +248,10 @@ async def _migrate_locked(conn: asyncpg.Connection[Any], queries: Queries) -> li
     await conn.execute(queries["migrations_lock"])
     try:
         try:
-            await conn.execute(queries["migrations_table"])
+            # Its ALTER TABLE waits, as a migration does, for a session that read the table.
+            await _when_unlocked(
+                conn, queries, "menos.schema_migrations", queries["migrations_table"]
+            )
         except asyncpg.InsufficientPrivilegeError as exc:
             raise errors.MigrationFailed(
                 f"this database role cannot migrate the schema: {exc} (migrating needs a role"
@@ -277,12 +280,27 @@ async def _apply(
     """Apply one migration and record it, in one transaction; tried again for as long as
     the locks it needs are held by other sessions."""
     file = f"{version:04d}_{name}.sql"
+    try:
+        await _when_unlocked(
+            conn, queries, file, sql, (queries["migrations_record"], version, name, _checksum(sql))
+        )
+    except asyncpg.PostgresError as exc:
+        raise errors.MigrationFailed(f"migration {file} failed and was rolled back: {exc}") from exc
+
+
+async def _when_unlocked(
+    conn: asyncpg.Connection[Any], queries: Queries, what: str, sql: str, *then: tuple[Any, ...]
+) -> None:
+    """Run `sql`, then each (statement, *arguments) of `then`, in one transaction whose
+    statements wait MIGRATION_LOCK_WAIT_S for a lock; after each such wait, log the sessions
+    in long transactions and try again after MIGRATION_RETRY_S."""
     while True:
         try:
             async with conn.transaction():
                 await conn.execute(queries["migrations_lock_timeout"], MIGRATION_LOCK_WAIT_S)
                 await conn.execute(sql)
-                await conn.execute(queries["migrations_record"], version, name, _checksum(sql))
+                for statement, *args in then:
+                    await conn.execute(statement, *args)
             return
         except asyncpg.LockNotAvailableError:
             holders = await conn.fetch(
@@ -290,14 +308,10 @@ async def _apply(
             )
             log.warning(
                 "migration_waiting_for_locks",
-                migration=file,
+                migration=what,
                 retry_in_s=MIGRATION_RETRY_S,
                 sessions=[dict(holder) for holder in holders],
             )
-        except asyncpg.PostgresError as exc:
-            raise errors.MigrationFailed(
-                f"migration {file} failed and was rolled back: {exc}"
-            ) from exc
         await asyncio.sleep(MIGRATION_RETRY_S)
 
 

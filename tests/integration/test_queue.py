@@ -809,6 +809,40 @@ async def test_a_migration_blocked_by_a_long_transaction_lets_other_statements_t
             await conn.close()
 
 
+async def test_a_session_that_read_the_migrations_table_is_waited_for_as_a_migration(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a migration pending, the runner's ALTER TABLE of menos.schema_migrations waited
+    silently for an open transaction that had read it, and every read of that table (each
+    `/ready`, each process's start) queued behind it: the API answered 503 `unreachable`.
+    It waits as a migration does, naming the sessions, and lets the reads through."""
+    real = db.migrations()
+    monkeypatch.setattr(db, "migrations", lambda: [*real, (99, "pending", "SELECT 1")])
+    monkeypatch.setattr(db, "MIGRATION_RETRY_S", 0.5)
+    holder, migrating, reader = [await db.connect(database_url) for _ in range(3)]
+    try:
+        open_transaction = holder.transaction()
+        await open_transaction.start()
+        await holder.fetchval("SELECT count(*) FROM menos.schema_migrations")
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.ensure_future(db.migrate(migrating, db.Queries()))
+            for _ in range(400):
+                waiting = [e for e in logs if e["event"] == "migration_waiting_for_locks"]
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)  # the interval of this poll for the warning
+            assert waiting and waiting[0]["migration"] == "menos.schema_migrations"
+            assert holder.get_server_pid() in [s["pid"] for s in waiting[0]["sessions"]]
+            await reader.execute("SET lock_timeout = '10s'")
+            assert await db.pending_migrations(reader, db.Queries()) == [99]
+            assert not running.done()
+            await open_transaction.rollback()
+            assert await asyncio.wait_for(running, timeout=30) == [99]
+    finally:
+        for conn in (holder, migrating, reader):
+            await conn.close()
+
+
 async def test_a_connection_lost_or_read_only_while_migrating_is_the_database_unavailable(
     pg_admin_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
