@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import asyncpg
 import httpx
 import structlog
 
@@ -883,6 +884,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](conf, args)
     except errors.MenosError as exc:
         print(f"menos: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except asyncpg.InsufficientPrivilegeError as exc:
+        print(
+            f"menos: this database role may not use menos's tables: {exc} (docs/operations.md,"
+            " Migrations, lists the grants a role needs)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     except OSError as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_gone():

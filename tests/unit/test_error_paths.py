@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 from litestar import get, post
 from litestar.testing import create_test_client
@@ -47,6 +48,23 @@ def test_an_os_error_without_a_message_is_named(
     monkeypatch.setattr(cli.menos_logging, "configure", lambda *_: None)
     assert cli.main(["jobs", "list"]) == 1
     assert capsys.readouterr().err.strip() == "menos: TimeoutError"
+
+
+def test_a_role_without_grants_gets_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A role without USAGE on the menos schema, or SELECT on its tables, got asyncpg's
+    traceback from every command (its first read is the migrations check)."""
+
+    def denied(*_: object) -> int:
+        raise asyncpg.InsufficientPrivilegeError("permission denied for schema menos")
+
+    monkeypatch.setitem(cli.COMMANDS, "jobs", denied)
+    monkeypatch.setattr(cli.menos_logging, "configure", lambda *_: None)
+    assert cli.main(["jobs", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("menos: this database role may not use menos's tables: permission")
 
 
 async def test_a_database_that_does_not_answer_is_named_in_the_error() -> None:
