@@ -112,10 +112,18 @@ def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
         log.info("migrations_applied", versions=applied)
         conf = settings.with_overrides(conf, database_url=dsn)
         # uvicorn stops gracefully on SIGTERM or SIGINT, then raises the signal again for the
-        # handler it found: this one, so a requested stop ends with 0 as the services' do.
+        # handler it found: this one, so a requested stop ends with 0 as the services' do. A
+        # signal coming before uvicorn listens for them (while the app is made) is kept, and
+        # the server stops as soon as it has started.
+        stop_requested: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
-        serving.serve(http_app.create_app(conf), host=conf.host, port=conf.port)
+            signal.signal(sig, lambda signum, _frame: stop_requested.append(signum))
+        serving.serve(
+            http_app.create_app(conf),
+            host=conf.host,
+            port=conf.port,
+            stop_requested=stop_requested,
+        )
     return 0
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import os
 import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from menos import cli
+from menos import cli, settings
+from menos.http import app as http_app
 
 
 def test_sigterm_landing_in_an_event_loop_callback_still_ends_the_command() -> None:
@@ -37,3 +45,53 @@ def test_sigterm_landing_in_an_event_loop_callback_still_ends_the_command() -> N
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert stopped.value.signum == signal.SIGTERM
+
+
+def test_a_stop_asked_before_the_api_listens_for_signals_still_stops_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGTERM arriving once the migrations were applied but before uvicorn took over the
+    signals (while the app was made) was swallowed: the API served on until a second signal,
+    and a process manager restarting it waited for its stop timeout."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def create_app(_conf: object) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # the stop, while the app is made
+        return app
+
+    async def migrate(_dsn: str) -> list[int]:
+        return []
+
+    @contextlib.contextmanager
+    def database(_conf: object, *, create: bool = False) -> Iterator[str]:
+        yield "postgresql://menos@127.0.0.1/menos"
+
+    monkeypatch.setattr(cli, "_migrate", migrate)
+    monkeypatch.setattr(cli, "database", database)
+    monkeypatch.setattr(http_app, "create_app", create_app)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    conf = settings.from_env({"MENOS_PORT": str(port)}, dotenv=tmp_path / ".env")
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Without the fix the API would serve for good: a second signal ends the test then.
+    seconds: list[int] = []
+
+    def second_signal() -> None:
+        seconds.append(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    second = threading.Timer(30, second_signal)
+    second.start()
+    try:
+        assert cli.cmd_api(conf, argparse.Namespace()) == 0
+    finally:
+        second.cancel()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert seconds == []

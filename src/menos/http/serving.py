@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -151,8 +153,11 @@ class _AcceptErrors:
         self._logged_at, self._missed = now, 0
 
 
-def serve(app: ASGIApp, *, host: str, port: int) -> None:
-    """Serve `app` until SIGTERM or SIGINT, then let requests finish for SHUTDOWN_GRACE_S."""
+def serve(app: ASGIApp, *, host: str, port: int, stop_requested: Sequence[int] = ()) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then let requests finish for SHUTDOWN_GRACE_S.
+
+    `stop_requested` holds the signals that came before this process listened for them: it
+    is read once uvicorn listens, and a stop asked there ends the server once it started."""
     open_files_to_hard_limit()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -170,5 +175,14 @@ def serve(app: ASGIApp, *, host: str, port: int) -> None:
     async def run() -> None:
         asyncio.get_running_loop().set_exception_handler(_AcceptErrors())
         await server.serve()
+
+    # Until uvicorn's own handlers are in place, a stop signal ends the server once it started.
+    def stop(_signum: int, _frame: object) -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    if stop_requested:
+        server.should_exit = True
 
     asyncio.run(run())
