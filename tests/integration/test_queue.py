@@ -16,6 +16,7 @@ from menos import db, errors
 from menos.queue import maintenance, models, repository, rescuer
 from tests.integration import helpers
 from tests.support import tcp_proxy
+from tests.support.processes import ROOT
 
 LEASE = 30.0
 QUEUE_TABLES = ("pipeline_job", "content")
@@ -1309,3 +1310,73 @@ async def test_the_purge_measures_retention_on_the_database_clock(
         await pool.fetchval("SELECT count(*) FROM menos.metric_sample WHERE process_id = 'live'")
         == 1
     )
+
+
+SUPERSEDED_FIXTURES = ROOT / "tests" / "fixtures" / "superseded_migrations"
+
+
+@pytest.mark.parametrize(
+    "superseded",
+    [
+        "0011_lost_attempts_audited.bee75e5.sql",
+        "0012_claims_never_held_by_one_client_or_row.0b026d3.sql",
+        "0012_claims_never_held_by_one_client_or_row.270314a.sql",
+    ],
+)
+async def test_a_database_migrated_by_a_superseded_text_is_upgraded(
+    pg_admin_dsn: str, superseded: str
+) -> None:
+    """A database that a build migrated with an earlier text of 0011 or 0012 was refused
+    (`had other contents than this code's`) with no way forward. It is migrated, and its
+    outbox columns and claim are today's: a claim works."""
+    from tests.support import postgres
+
+    version = int(superseded[:4])
+    old_sql = (SUPERSEDED_FIXTURES / superseded).read_text()
+    queries = db.Queries()
+    fresh = await postgres.create_database(pg_admin_dsn)
+    upgraded = await postgres.create_database(pg_admin_dsn)
+    try:
+        conn = await db.connect(postgres.with_database(pg_admin_dsn, upgraded))
+        try:
+            # as the build did: today's files up to the superseded one, which it applied
+            await conn.execute(queries["migrations_table"])
+            for number, name, sql in db.migrations():
+                if number > version:
+                    break
+                text = old_sql if number == version else sql
+                await conn.execute(text)
+                await conn.execute(queries["migrations_record"], number, name, db._checksum(text))
+            assert await db.migrate(conn, queries) == [
+                number for number, _, _ in db.migrations() if number > version
+            ]
+            pool = await db.create_pool(postgres.with_database(pg_admin_dsn, upgraded))
+            try:
+                repo = repository.Repository(pool, queries)
+                await helpers.owner(repo)
+                await repo.enqueue(helpers.note())
+            finally:
+                await pool.close()
+            claimed = await conn.fetch(
+                "SELECT * FROM menos.claim_jobs('w', 1, 10, 30, NULL, 'v', 65536)"
+            )
+            assert len(claimed) == 1
+            shape = (
+                "SELECT (SELECT array_agg(attname::text ORDER BY attname) FROM pg_attribute"
+                "         WHERE attrelid = 'menos.callback_outbox'::regclass AND attnum > 0"
+                "           AND NOT attisdropped),"
+                "       pg_get_functiondef('menos.claim_jobs(text, integer, integer,"
+                " double precision, timestamptz, text, integer)'::regprocedure)"
+            )
+            got = await conn.fetchrow(shape)
+        finally:
+            await conn.close()
+        conn = await db.connect(postgres.with_database(pg_admin_dsn, fresh))
+        try:
+            await db.migrate(conn, queries)
+            assert tuple(got) == tuple(await conn.fetchrow(shape))
+        finally:
+            await conn.close()
+    finally:
+        for name in (fresh, upgraded):
+            await postgres.drop_database(pg_admin_dsn, name)

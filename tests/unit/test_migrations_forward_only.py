@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from menos import db
+from tests.support.processes import ROOT
 
 # The SHA-256 of each committed migration file, by version.
 COMMITTED = {
@@ -29,6 +30,7 @@ COMMITTED = {
     12: "dc6ce9a2dae37803b3252d87d7bee13f9b92c05f76a3651ac80efd995cf78375",
     13: "37bc481d3bd19b36cf66e04c9e2b9136d533ebfcb6161ec4d16f3b7f409d3398",
     14: "de3b694636cda0c51d22109639c5f54f32a2d66413dddb2322a29d58091ad99d",
+    15: "9593a3fc31cb8e98524b7fd015760e8494dc4bd4f6d67e60e1b77f65f3b9c7e2",
 }
 
 
@@ -44,3 +46,13 @@ def test_a_process_keeps_the_migration_files_it_first_found(tmp_path: Path) -> N
     assert [version for version, _, _ in db.migrations(tmp_path)] == [1]
     (tmp_path / "0002_added_later.sql").write_text("SELECT 2;\n")
     assert [version for version, _, _ in db.migrations(tmp_path)] == [1]
+
+
+def test_each_superseded_text_is_kept_as_a_fixture() -> None:
+    """db.SUPERSEDED lists exactly the texts under tests/fixtures/superseded_migrations, the
+    ones the upgrade test applies as the builds that applied them did."""
+    fixtures = ROOT / "tests" / "fixtures" / "superseded_migrations"
+    kept: dict[int, set[str]] = {}
+    for path in fixtures.glob("*.sql"):
+        kept.setdefault(int(path.name[:4]), set()).add(db._checksum(path.read_text()))
+    assert kept == {version: set(sums) for version, sums in db.SUPERSEDED.items()}
