@@ -9,7 +9,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -19,6 +19,18 @@ from menos.pipeline import stages
 from menos.queue import group_commit, models, notify, repository, rescuer, stats
 
 log = structlog.get_logger("menos.worker")
+T = TypeVar("T")
+
+
+async def shielded(write: Coroutine[Any, Any, T]) -> T:
+    """`write` shielded from a cancel of its caller. When the caller is cancelled meanwhile
+    (a stop's deadline), the write goes on alone and its outcome is read when it ends, so
+    its failure (the database away) is not logged by asyncio as an error "never retrieved",
+    without a job: the caller has already logged the job as lost."""
+    task = asyncio.ensure_future(write)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return await asyncio.shield(task)
+
 
 CHANNEL_JOBS = "menos_jobs"
 CHANNEL_CANCEL = "menos_cancel"
@@ -360,7 +372,7 @@ class Worker:
             outcome = "cancelled"
             # Shielded, as every terminal write here: a shutdown's cancel arriving meanwhile
             # must not leave the job processing (the release below would not run).
-            if not cancelled.ended and not await asyncio.shield(
+            if not cancelled.ended and not await shielded(
                 self.repo.cancel_claimed(
                     slot.guard, stages=slot.timings(close=True), diagnostics=slot.run.diagnostics
                 )
@@ -376,7 +388,7 @@ class Worker:
             # no longer ours): its lease gives it back, with the attempt counted.
             outcome = "lost"
             with contextlib.suppress(Exception):
-                released = await asyncio.shield(self.repo.release(slot.guard))
+                released = await shielded(self.repo.release(slot.guard))
                 outcome = released or "lost"
             raise
         except errors.DatabaseUnavailable as exc:
@@ -418,7 +430,7 @@ class Worker:
         stage = slot.run.current or "fetch"
         slot.run.diagnostics["error"] = {"code": code, "stage": stage, "message": message}
         try:
-            written = await asyncio.shield(
+            written = await shielded(
                 self.repo.fail(
                     slot.guard,
                     code=code,
