@@ -1363,3 +1363,26 @@ async def test_a_database_migrated_by_a_superseded_text_is_upgraded(
     finally:
         for name in (fresh, upgraded):
             await postgres.drop_database(pg_admin_dsn, name)
+
+
+async def test_a_submission_given_up_on_at_the_deadline_is_never_stored(
+    database_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """The API answers 503 when the database has not answered a submission by its deadline
+    (it stopped answering: frozen, cut off): the client may submit again, so the statement it
+    gave up on must not commit when the database wakes up and reads it after all."""
+    with tcp_proxy.running(database_url) as (proxy, through_proxy):
+        through = await db.create_pool(through_proxy, min_size=1, max_size=1)
+        try:
+            api = repository.Repository(through, db.Queries(), deadline_s=1.0)
+            await helpers.owner(api)
+            await api.enqueue(helpers.note())  # its statement is now prepared on the connection
+            proxy.stall()
+            with pytest.raises(errors.DatabaseUnavailable):
+                await api.enqueue(helpers.note(body="given up"))
+            proxy.restore()
+            await asyncio.sleep(1.0)
+            assert await pool.fetchval("SELECT count(*) FROM menos.content") == 1
+            assert await pool.fetchval("SELECT count(*) FROM menos.pipeline_job") == 1
+        finally:
+            await db.close_pool(through, timeout_s=0.5)

@@ -318,6 +318,15 @@ class Repository(_Store):
         async with self._conn() as conn:
             return list(await conn.fetch(self._q[name], *args))
 
+    async def _fetch_committed(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        """`_fetch` in a transaction of its own, committed only once the statement has
+        answered. Alone, a statement sent to a database that stopped answering (frozen,
+        cut off) still commits when the database reads it after the deadline gave up on it
+        and the caller was answered 503; in a transaction it is rolled back then, as the
+        connection is gone. Only a COMMIT the deadline overtakes stays uncertain."""
+        async with self._conn() as conn, conn.transaction():
+            return list(await conn.fetch(self._q[name], *args))
+
     async def _fetch_planned(self, name: str, *args: Any) -> list[asyncpg.Record]:
         """`_fetch` through a statement prepared for this call alone, which PostgreSQL plans
         for these arguments. The listings take optional filters (`$1 IS NULL OR owner = $1`):
@@ -365,7 +374,7 @@ class Repository(_Store):
         waiting = list(range(len(items)))
         for _ in range(3):
             fresh = {models.new_id(): index for index in waiting}  # job id -> item
-            rows = await self._fetch(
+            rows = await self._fetch_committed(
                 "insert_contents_and_jobs",
                 [_new_item(items[index], job_id) for job_id, index in fresh.items()],
             )
