@@ -102,13 +102,24 @@ def cmd_migrate(conf: settings.Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
+    if not _can_listen(conf):  # before the database and migrations: it would fail after them
+        return EXIT_FAILURE
+    # A stop asked while the embedded server starts or the migrations run (they may wait for
+    # locks for as long as a session holds them) ends the command there, as a stop: the
+    # embedded server it started is stopped, and it exits 0 as when serving.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _api(conf)
+    except (KeyboardInterrupt, Terminated):
+        return 0
+
+
+def _api(conf: settings.Settings) -> int:
     from menos.http import app as http_app
     from menos.http import serving
 
-    if not _can_listen(conf):  # before the database and migrations: it would fail after them
-        return EXIT_FAILURE
     with database(conf, create=True) as dsn:
-        applied = asyncio.run(_migrate(dsn))
+        applied = _run(_migrate(dsn))
         log.info("migrations_applied", versions=applied)
         conf = settings.with_overrides(conf, database_url=dsn)
         # uvicorn stops gracefully on SIGTERM or SIGINT, then raises the signal again for the

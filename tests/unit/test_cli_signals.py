@@ -95,3 +95,51 @@ def test_a_stop_asked_before_the_api_listens_for_signals_still_stops_it(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     assert seconds == []
+
+
+class _Killed(Exception):
+    """What the default SIGTERM would have done: the process ends there."""
+
+
+def _killed(_signum: int, _frame: object) -> None:
+    raise _Killed
+
+
+def test_a_stop_asked_while_the_api_migrates_ends_it_with_0_and_its_database_stopped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGTERM while the API's migrations waited for a lock (for as long as a psql session
+    held it) killed the process: exit 143 instead of the services' 0, and an embedded server
+    it had started was left running."""
+    exited: list[str] = []
+
+    async def migrate(_dsn: str) -> list[int]:
+        os.kill(os.getpid(), signal.SIGTERM)  # the stop, while a migration waits for locks
+        await asyncio.sleep(30)
+        return []
+
+    @contextlib.contextmanager
+    def database(_conf: object, *, create: bool = False) -> Iterator[str]:
+        try:
+            yield "postgresql://menos@127.0.0.1/menos"
+        finally:
+            exited.append("database")
+
+    def create_app(_conf: object) -> Any:
+        raise AssertionError("the API was not to be made")
+
+    monkeypatch.setattr(cli, "_migrate", migrate)
+    monkeypatch.setattr(cli, "database", database)
+    monkeypatch.setattr(http_app, "create_app", create_app)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    conf = settings.from_env({"MENOS_PORT": str(port)}, dotenv=tmp_path / ".env")
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _killed)
+    try:
+        assert cli.cmd_api(conf, argparse.Namespace()) == 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert exited == ["database"]
