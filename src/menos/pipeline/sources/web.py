@@ -54,10 +54,6 @@ _PARSER_MAX_CHARS = 1_000_000
 # rows, as it counts them), a page's tables are left out of the extraction.
 _TABLE_WORK_MAX = 20_000_000
 _SPAN_MAX = 100  # trafilatura's own cap of a colspan
-# Each table's handling also visits every row inside it, those of nested tables included,
-# at about the cost of a row 10 cells wide: 80 nested tables around 110,000 one-cell rows
-# took 35 s (counted by width alone, 8.8 million).
-_ROW_WORK = 100
 _CELL_TAGS = frozenset({"td", "th"})
 # Elements whose content is never visible text, and elements that end a line of text.
 _INVISIBLE_TAGS = frozenset({"script", "style", "noscript", "template", "head", "svg"})
@@ -278,8 +274,7 @@ def _readable_html(page: str) -> tuple[str, str | None]:
 def _table_work(tree: Any) -> int:
     """How much work trafilatura's table handling would do on `tree`: per table, the sum over
     its rows of the row's width squared, every row at least as wide as the widest (up to
-    _SPAN_MAX), plus _ROW_WORK. Rows of nested tables count in each table around them too;
-    the count stops past _TABLE_WORK_MAX (counting them all took as long as the extraction)."""
+    _SPAN_MAX). Rows of nested tables count in each table around them too."""
     work = 0
     for table in tree.iter("table"):
         widths = [
@@ -287,9 +282,7 @@ def _table_work(tree: Any) -> int:
             for row in table.iter("tr")
         ]
         widest = min(max(widths, default=0), _SPAN_MAX)
-        work += sum(max(width, widest) ** 2 + _ROW_WORK for width in widths)
-        if work > _TABLE_WORK_MAX:
-            break
+        work += sum(max(width, widest) ** 2 for width in widths)
     return work
 
 
