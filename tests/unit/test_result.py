@@ -106,6 +106,7 @@ def test_a_closing_think_tag_inside_the_answer_leaves_the_answer() -> None:
     # a draft in the reasoning is still never the answer
     assert result.extract_json('draft {"summary": "x"} done</think> no JSON here') is None
     assert result.extract_json('done</think> <think>{"summary": "cut off"}') is None
+    assert result.extract_json("{}") == {}  # an empty object is found, as any other
 
 
 @pytest.mark.parametrize("tag", ["<think>", "<think"])

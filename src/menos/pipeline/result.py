@@ -143,9 +143,10 @@ def extract_json(text: str) -> dict[str, Any] | None:
     An object nesting deeper than the decoder goes is skipped whole: every `{` inside it
     would be as deep, and retrying each would cost quadratic time."""
     cleaned, reasoning_end = _without_noise(text)
-    return _first_object(cleaned, reasoning_end, reasoning_end) or (
-        _first_object(cleaned, 0, reasoning_end) if reasoning_end else None
-    )
+    found = _first_object(cleaned, reasoning_end, reasoning_end)
+    if found is None and reasoning_end:
+        found = _first_object(cleaned, 0, reasoning_end)
+    return found
 
 
 def _first_object(cleaned: str, start: int, reasoning_end: int) -> dict[str, Any] | None:
