@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import glob
 import json
 import os
 import re
@@ -435,6 +436,25 @@ async def export(
     return EXIT_OK
 
 
+def _remove_left_behind(path: Path) -> None:
+    """Remove the new files of `path` that writes cut short left (a process killed between
+    writing one and renaming it), those of this process or of one that no longer runs."""
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*.new"):
+        pid = left.name[len(path.name) + 2 : -len(".new")]
+        if not pid.isdigit():
+            continue
+        if int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # its process runs: perhaps writing it now
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            left.unlink()
+
+
 def replace_file(path: Path, text: str, *, mode: int = 0o666) -> None:
     """Write `path` whole or not at all: a new file beside it, renamed over it. A symlink at
     `path` is replaced, never followed; a full disk leaves no part of a file behind; the file
@@ -442,8 +462,7 @@ def replace_file(path: Path, text: str, *, mode: int = 0o666) -> None:
     # Named for this process: another one writing `path` at once (two exports into one
     # directory) would remove it, or rename it over `path` half written.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()  # left by a write cut short
+    _remove_left_behind(path)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
