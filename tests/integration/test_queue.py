@@ -1381,6 +1381,8 @@ async def test_a_submission_given_up_on_at_the_deadline_is_never_stored(
             with pytest.raises(errors.DatabaseUnavailable):
                 await api.enqueue(helpers.note(body="given up"))
             proxy.restore()
+            # What is awaited is an absence (no late commit), which has no event to wait on:
+            # the server gets a second to read and run what the proxy held.
             await asyncio.sleep(1.0)
             assert await pool.fetchval("SELECT count(*) FROM menos.content") == 1
             assert await pool.fetchval("SELECT count(*) FROM menos.pipeline_job") == 1
