@@ -13,7 +13,7 @@ from menos import db
 SRC = Path(__file__).resolve().parents[2] / "src" / "menos"
 USE = re.compile(
     r"""(?:_q|queries)\[\s*["']([a-z_0-9]+)["']\s*\]"""
-    r"""|_fetch(?:row|val|_planned)?\(\s*["']([a-z_0-9]+)["']"""
+    r"""|_fetch(?:row|val|_planned|_committed)?\(\s*["']([a-z_0-9]+)["']"""
 )
 
 
