@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import glob
 import json
 import os
 import re
@@ -407,6 +406,7 @@ async def export(
     if fmt == "markdown":
         directory = out or Path("export")
         directory.mkdir(parents=True, exist_ok=True)
+        remove_left_behind(directory)
         written: set[str] = set()
         async for content in items:
             count += 1
@@ -436,21 +436,24 @@ async def export(
     return EXIT_OK
 
 
-def _remove_left_behind(path: Path) -> None:
-    """Remove the new files of `path` that writes cut short left (a process killed between
-    writing one and renaming it), those of this process or of one that no longer runs."""
-    for left in path.parent.glob(f".{glob.escape(path.name)}.*.new"):
-        pid = left.name[len(path.name) + 2 : -len(".new")]
-        if not pid.isdigit():
+_LEFT_BEHIND = re.compile(r"\..+\.([0-9]+)\.new")
+
+
+def remove_left_behind(directory: Path) -> None:
+    """Remove the new files that writes cut short left in `directory` (a process killed
+    between writing one and renaming it over its name), those of processes no longer running.
+    Read once per export: per file, it would read the directory once per item written."""
+    for left in directory.iterdir():
+        match = _LEFT_BEHIND.fullmatch(left.name)
+        if match is None:
             continue
-        if int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-                continue  # its process runs: perhaps writing it now
-            except ProcessLookupError:
-                pass
-            except OSError:
-                continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # its process runs: perhaps writing it now
+        except ProcessLookupError:
+            pass
+        except (OSError, OverflowError):
+            continue
         with contextlib.suppress(FileNotFoundError):
             left.unlink()
 
@@ -462,7 +465,8 @@ def replace_file(path: Path, text: str, *, mode: int = 0o666) -> None:
     # Named for this process: another one writing `path` at once (two exports into one
     # directory) would remove it, or rename it over `path` half written.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
-    _remove_left_behind(path)
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()  # left by a write of this process's pid cut short
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

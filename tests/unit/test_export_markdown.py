@@ -79,16 +79,16 @@ def test_a_file_that_cannot_be_replaced_is_named_not_the_new_file_beside_it(
     assert [p.name for p in tmp_path.iterdir()] == ["note.md"]
 
 
-def test_a_new_file_left_by_a_killed_write_is_removed_by_the_next_one(tmp_path: Path) -> None:
+def test_new_files_left_by_killed_writes_are_removed_before_an_export(tmp_path: Path) -> None:
     """A process killed between writing its new file and renaming it left `.note.md.PID.new`
-    for good; the next write of `note.md` removes it, and one of a running process stays."""
-    target = tmp_path / "note.md"
+    for good; the next export into the directory removes it, and one of a running process
+    stays."""
     gone = multiprocessing.get_context("spawn").Process(target=int)
     gone.start()
     gone.join()
     left = tmp_path / f".note.md.{gone.pid}.new"
     running = tmp_path / f".note.md.{os.getppid()}.new"
-    left.write_text("half")
-    running.write_text("being written")
-    tools.replace_file(target, "whole\n")
+    for path in (left, running, tmp_path / "note.md"):
+        path.write_text("text")
+    tools.remove_left_behind(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "note.md"]
