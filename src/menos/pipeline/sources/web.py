@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import msgspec
 import trafilatura
+from lxml import etree
 
 from menos import errors
 from menos.pipeline import bounded
@@ -50,8 +51,10 @@ _TAG_NAME = re.compile(r"/?([A-Za-z][A-Za-z0-9]*)")
 _PARSER_MAX_CHARS = 1_000_000
 # trafilatura pads each table row to the table's width (at most _SPAN_MAX columns) and finds
 # each cell's column by counting the row so far: one row of 50,000 cells took 16 s, 47,000
-# rows of a 100-column cell 18 s and 790 MB. Above this much work (the squared widths of the
-# rows, as it counts them), a page's tables are left out of the extraction.
+# rows of a 100-column cell 18 s and 790 MB. For each table it also gathers the elements of
+# every table nested in it, once per nested table: 80 nested tables of 110,000 rows in all
+# took 20 s. Above this much work (the squared widths of the rows, as it counts them, plus the
+# elements it gathers), a page's tables are left out of the extraction.
 _TABLE_WORK_MAX = 20_000_000
 _SPAN_MAX = 100  # trafilatura's own cap of a colspan
 _CELL_TAGS = frozenset({"td", "th"})
@@ -272,17 +275,27 @@ def _readable_html(page: str) -> tuple[str, str | None]:
 
 
 def _table_work(tree: Any) -> int:
-    """How much work trafilatura's table handling would do on `tree`: per table, the sum over
-    its rows of the row's width squared, every row at least as wide as the widest (up to
-    _SPAN_MAX). Rows of nested tables count in each table around them too."""
+    """How much work trafilatura's table handling would do on `tree`, in one pass: per table,
+    the sum over its own rows of the row's width squared, every row at least as wide as the
+    widest (up to _SPAN_MAX); and per element, one for each pair of tables around it, as each
+    table gathers the elements of each table nested in it."""
     work = 0
-    for table in tree.iter("table"):
-        widths = [
-            sum(_span(cell.get("colspan")) for cell in row if cell.tag in _CELL_TAGS)
-            for row in table.iter("tr")
-        ]
-        widest = min(max(widths, default=0), _SPAN_MAX)
-        work += sum(max(width, widest) ** 2 for width in widths)
+    open_tables: list[list[int]] = []  # the widths of each open table's rows so far
+    for event, element in etree.iterwalk(tree, events=("start", "end")):
+        if event == "end":
+            if element.tag == "table":
+                widths = open_tables.pop()
+                widest = min(max(widths, default=0), _SPAN_MAX)
+                work += sum(max(width, widest) ** 2 for width in widths)
+            continue
+        if element.tag == "table":
+            open_tables.append([])
+        elif element.tag == "tr" and open_tables:
+            open_tables[-1].append(
+                sum(_span(cell.get("colspan")) for cell in element if cell.tag in _CELL_TAGS)
+            )
+        depth = len(open_tables)
+        work += depth * (depth - 1) // 2
     return work
 
 
