@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import re
+import stat
 import sys
 import unicodedata
 import uuid
@@ -436,7 +437,9 @@ async def export(
     return EXIT_OK
 
 
-_LEFT_BEHIND = re.compile(r"\..+\.([0-9]+)\.new")
+# Only what an export's replace_file leaves: `.<stem>.md.<pid>.new` of a file it names
+# (`<slug>-<12 or 32 hex digits>.md`), never another file a user keeps in the directory.
+_LEFT_BEHIND = re.compile(r"\.[a-z0-9-]+-(?:[0-9a-f]{12}|[0-9a-f]{32})\.md\.([0-9]+)\.new")
 
 
 def remove_left_behind(directory: Path) -> None:
@@ -447,6 +450,11 @@ def remove_left_behind(directory: Path) -> None:
         match = _LEFT_BEHIND.fullmatch(left.name)
         if match is None:
             continue
+        try:
+            if not stat.S_ISREG(left.lstat().st_mode):  # a new file is a regular file
+                continue
+        except FileNotFoundError:
+            continue  # another export removed it
         try:
             os.kill(int(match.group(1)), 0)
             continue  # its process runs: perhaps writing it now

@@ -86,9 +86,24 @@ def test_new_files_left_by_killed_writes_are_removed_before_an_export(tmp_path: 
     gone = multiprocessing.get_context("spawn").Process(target=int)
     gone.start()
     gone.join()
-    left = tmp_path / f".note.md.{gone.pid}.new"
-    running = tmp_path / f".note.md.{os.getppid()}.new"
-    for path in (left, running, tmp_path / "note.md"):
+    left = tmp_path / f".note-0123456789ab.md.{gone.pid}.new"
+    running = tmp_path / f".note-0123456789ab.md.{os.getppid()}.new"
+    for path in (left, running, tmp_path / "note-0123456789ab.md"):
         path.write_text("text")
     tools.remove_left_behind(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "note.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "note-0123456789ab.md"]
+
+
+def test_an_export_leaves_the_users_own_files_named_like_new_files(tmp_path: Path) -> None:
+    """An export into a directory of the user's (`--out ~/notes`) removed any file named
+    `.x.N.new` whose N was no running process (`.journal.20240101.new`), and stopped with
+    `Is a directory` at a directory so named: only the new files of its own names go."""
+    mine = [".journal.20240101.new", ".plan.md.99999999.new"]
+    for name in mine:
+        (tmp_path / name).write_text("the user's")
+    (tmp_path / ".cache.99999999.new").mkdir()
+    (tmp_path / ".link-0123456789ab.md.99999999.new").symlink_to(tmp_path / mine[0])
+    tools.remove_left_behind(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*mine, ".cache.99999999.new", ".link-0123456789ab.md.99999999.new"]
+    )
