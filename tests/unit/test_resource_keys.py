@@ -262,6 +262,9 @@ def test_different_pages_get_different_keys() -> None:
         "https://evil.com\\@youtube.com/",
         "https://exa<mple.com/",
         "https://" + "a" * 2040 + ".com/",
+        "http://999.1.1.1/page",
+        "http://0177.0.0.1/page",
+        "https://8.8.8.08/",
     ],
 )
 def test_invalid_urls_are_rejected_naming_the_field(url: str) -> None:

@@ -9,6 +9,7 @@ import unicodedata
 import urllib.parse
 from typing import Literal
 
+import httpx
 import idna
 import msgspec
 
@@ -129,6 +130,12 @@ def _split(url: str, field: str = _FIELD) -> urllib.parse.SplitResult:
     if _BAD_HOST_CHAR.search(host):
         raise errors.InvalidInput(field, "URL host contains characters a host name cannot have")
     _a_label_host(host, field)
+    # What the worker's httpx cannot request (an IPv4-style host such as `999.1.1.1` or
+    # `0177.0.0.1`) would only fail in the fetch stage: refuse it now, as for callbacks.
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise errors.InvalidInput(field, f"URL cannot be parsed: {exc}") from None
     return parts
 
 
