@@ -284,6 +284,28 @@ async def test_unexpected_youtube_answer_is_fetch_failed() -> None:
     assert caught.value.code == "FETCH_FAILED"
 
 
+class _PlayerNotJson(FakeYouTube):
+    """YouTube answering its player API with an HTML page instead of JSON."""
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        """The watch page as usual; the player API's answer is not JSON."""
+        if "/youtubei/" in (request.url or ""):
+            return self._response(request, 200, b"<html>Sorry, something went wrong</html>")
+        return super().send(request, *args, **kwargs)
+
+
+async def test_a_player_answer_that_is_not_json_is_no_network_error() -> None:
+    """YouTube did answer: the failure says its answer was not JSON, not that the network
+    failed."""
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(_PlayerNotJson())
+    assert caught.value.code == "FETCH_FAILED"
+    assert "network error" not in caught.value.message
+    assert "not the expected JSON" in caught.value.message
+
+
 async def test_supplied_transcript_skips_the_download() -> None:
     """A supplied transcript is used as is and YouTube is not asked for one."""
     fake = FakeYouTube()

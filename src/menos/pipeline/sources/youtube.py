@@ -184,6 +184,13 @@ async def _download_transcript(
         raise errors.PipelineError(
             "FETCH_FAILED", f"could not retrieve the transcript of video {video_id}: {cause}"
         ) from exc
+    # requests counts an answer that is not JSON among its RequestExceptions: YouTube did
+    # answer, so this is no network error.
+    except requests.JSONDecodeError as exc:
+        raise errors.PipelineError(
+            "FETCH_FAILED",
+            f"YouTube's answer about video {video_id} is not the expected JSON: {exc}",
+        ) from exc
     except requests.RequestException as exc:
         raise errors.PipelineError(
             "FETCH_FAILED", f"network error fetching the transcript of video {video_id}: {exc}"
