@@ -6,7 +6,10 @@ import asyncio
 import gzip
 import http.server
 import json
+import pathlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -271,9 +274,42 @@ async def test_a_timed_out_download_sends_no_further_request() -> None:
     with pytest.raises(errors.PipelineError) as caught:
         await _fetch(fake, total_s=0.2)
     assert caught.value.code == "FETCH_FAILED"
-    # Wait for the download's thread to end (this test's loop only: one loop per test).
-    await asyncio.get_running_loop().shutdown_default_executor()
+    # Wait for the download's thread to end.
+    for thread in threading.enumerate():
+        if thread.name == "menos-_download_blocking":
+            await asyncio.to_thread(thread.join, 5.0)
     assert fake.calls == ["GET /watch"]
+
+
+_STOPPING_PROCESS = """
+import asyncio, sys
+from menos import errors
+from tests.unit import test_youtube_source as t
+
+async def main():
+    try:
+        await t._fetch(t.FakeYouTube(delay_s=float(sys.argv[1])), total_s=0.2)
+    except errors.PipelineError as exc:
+        print(exc.code, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_ending_during_a_timed_out_download_does_not_wait_for_it() -> None:
+    """A worker that stops while a transcript download is under way exits once its loop ends:
+    the download's thread (which YouTube may hold for up to the download's deadline) does not
+    keep the process alive after its jobs were given back."""
+    # YouTube's first answer takes an hour; the process ends long before (or the run times out).
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPING_PROCESS, "3600"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+        cwd=pathlib.Path(__file__).parents[2],  # where `tests` is importable
+    )
+    assert done.stdout.strip() == "FETCH_FAILED"
 
 
 async def test_unexpected_youtube_answer_is_fetch_failed() -> None:

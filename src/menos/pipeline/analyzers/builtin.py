@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import math
 import re
@@ -13,7 +12,7 @@ from typing import Any
 import msgspec
 import yake_rust
 
-from menos.pipeline import analyzers, result
+from menos.pipeline import analyzers, result, threads
 
 MODEL_NAME = "builtin"
 # Up to this many characters (tens of ms of work) a text is analyzed on the event loop; a
@@ -149,7 +148,7 @@ class BuiltinAnalyzer:
         if len(request.text) <= INLINE_MAX_CHARS:
             result = self.analyze_text(request)
         else:
-            result = await asyncio.to_thread(self.analyze_text, request)
+            result = await threads.in_daemon_thread(self.analyze_text, request)
         return analyzers.Answer(text=msgspec.json.encode(result).decode(), model=MODEL_NAME)
 
     async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:

@@ -14,7 +14,7 @@ import trafilatura
 from lxml import etree
 
 from menos import errors
-from menos.pipeline import bounded
+from menos.pipeline import bounded, threads
 from menos.pipeline.sources import fetched
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -102,7 +102,7 @@ class _Page(msgspec.Struct, frozen=True):
 async def _readable(page: _Page) -> fetched.Fetched:
     if page.is_html:
         # trafilatura parses with lxml, CPU-bound on large pages: keep the event loop free.
-        body, title = await asyncio.to_thread(_readable_html, page.text)
+        body, title = await threads.in_daemon_thread(_readable_html, page.text)
     else:
         body, title = page.text.strip(), _markdown_title(page.text, page.content_type)
     if not body.strip():

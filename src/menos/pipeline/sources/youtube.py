@@ -15,7 +15,7 @@ import urllib3.response
 import youtube_transcript_api
 
 from menos import errors
-from menos.pipeline import bounded
+from menos.pipeline import bounded, threads
 from menos.pipeline.sources import fetched
 
 _OEMBED_TIMEOUT_S = 10.0  # the whole lookup, answer included
@@ -169,7 +169,7 @@ async def _download_transcript(
     deadline = time.monotonic() + total_s
     try:
         async with asyncio.timeout(total_s):
-            return await asyncio.to_thread(
+            return await threads.in_daemon_thread(
                 _download_blocking, video_id, list(languages), http, deadline
             )
     except TimeoutError:
