@@ -324,3 +324,29 @@ async def test_a_request_the_shutdown_cancels_is_answered_503() -> None:
     assert start["status"] == 503
     assert (b"connection", b"close") in start["headers"]
     assert b"shutting down" in body["body"]
+
+
+async def test_a_database_made_writable_again_is_ready_without_restarting_the_api(
+    pg_admin_dsn: str, database_url: str, repo: repository.Repository
+) -> None:
+    """Sessions opened while default_transaction_read_only was set keep it: once it is reset,
+    /ready said read_only and every write 503 until bin/api was restarted."""
+    key = (await repo.create_key("alice", "user")).api_key
+    name = database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_admin_dsn)
+    await admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    pool = await db.create_pool(database_url, min_size=0, max_size=2)
+    try:
+        async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/ready")).status_code == 503
+            note = {"json": {"text": "# Note"}, "headers": {"authorization": f"Bearer {key}"}}
+            assert (await client.post("/api/v1/content", **note)).status_code == 503
+            await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            ready = await client.get("/ready")
+            assert ready.status_code == 200, ready.text
+            submitted = await client.post("/api/v1/content", **note)
+            assert submitted.status_code == 202, submitted.text
+    finally:
+        await db.close_pool(pool)
+        await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        await admin.close()

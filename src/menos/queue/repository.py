@@ -276,6 +276,11 @@ class _Store:
             # server shuts down mid-operation): never hand this connection out again.
             conn.terminate()
             raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        except asyncpg.exceptions.ReadOnlySQLTransactionError as exc:
+            # A session keeps the default_transaction_read_only it started with: once the
+            # database's setting is reset, only new sessions can write, so these are replaced.
+            await self._pool.expire_connections()
+            raise errors.DatabaseUnavailable(str(exc)) from exc
         except db.CONNECTION_ERRORS as exc:
             raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         finally:
@@ -348,6 +353,8 @@ class Repository(_Store):
         async with self._conn() as conn:
             pending = await db.pending_migrations(conn, self._q)  # type: ignore[arg-type]
             read_only: bool = await conn.fetchval(self._q["database_read_only"])
+            if read_only:  # sessions started read-only stay so: the next probe gets new ones
+                await self._pool.expire_connections()
         return Readiness(pending_migrations=pending, read_only=read_only)
 
     async def ping(self) -> None:
