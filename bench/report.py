@@ -97,6 +97,15 @@ async def httpx_load(
     }
 
 
+def http_failure(result: dict[str, Any]) -> str | None:
+    """Why an HTTP ingest measurement is no measurement (requests refused or none made)."""
+    if not result.get("requests_per_s"):
+        return "no ingest request was answered"
+    if result.get("non_2xx"):
+        return f"{result['non_2xx']} of {result.get('requests')} ingest requests were not 2xx"
+    return None
+
+
 def collapse_profile(raw: str, top: int = 25) -> dict[str, Any]:
     """Inclusive and self sample shares per function from py-spy's raw (collapsed) output."""
     inclusive: Counter[str] = Counter()
@@ -286,10 +295,12 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"| {batch} | {one.get('jobs_per_s')} | {many.get('jobs_per_s')} | {mj} "
                 f"| {frac_one} | {frac_many} |"
             )
-            if batch == 10 and mj and one:
+            # menos completes a claim's jobs in one statement and one commit, as the per-batch
+            # script does: that is its limit (it outruns the per-job one several times over).
+            if batch == 10 and mj and many:
                 targets.append(
-                    ("≥ 25 % of the database's claim+complete limit at batch 10 (per-job)",
-                     frac_one, mj >= 0.25 * one["jobs_per_s"])
+                    ("≥ 25 % of the database's claim+complete limit at batch 10 (per-batch)",
+                     frac_many, mj >= 0.25 * many["jobs_per_s"])
                 )  # fmt: skip
         out.append("")
 
@@ -350,9 +361,12 @@ def markdown(doc: dict[str, Any]) -> str:
         m = _by(latency, side="menos")
         pq = _by(latency, side="pgqueuer")
         if m and pq:
+            # percentiles of the jobs that started say nothing of those that never did
+            whole = all(row["started"] == row["sent"] for row in (m, pq))
             targets.append(
                 ("pickup p99 no worse than pgqueuer's",
-                 f"{m['p99']} ms vs {pq['p99']} ms", m["p99"] <= pq["p99"])
+                 f"{m['p99']} ms vs {pq['p99']} ms" + ("" if whole else " (jobs not started)"),
+                 whole and m["p99"] <= pq["p99"])
             )  # fmt: skip
         out.append("")
 
@@ -369,7 +383,9 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {http.get('non_2xx')} | {http.get('jobs_created')} |"
         )
         rps, p99 = http.get("requests_per_s") or 0, http.get("p99_ms") or 1e9
-        targets.append(("HTTP ingest ≥ 1,000 req/s", f"{rps} req/s", rps >= 1000))
+        refused = http.get("non_2xx") or 0  # a refused request is no ingest, however fast
+        measured = f"{rps} req/s" + (f", {refused} not 2xx" if refused else "")
+        targets.append(("HTTP ingest ≥ 1,000 req/s", measured, rps >= 1000 and not refused))
         targets.append(("HTTP ingest p99 ≤ 50 ms", f"{p99} ms", p99 <= 50))
         out.append("")
 

@@ -423,7 +423,7 @@ class Bench:
             )
             if profile:
                 spy = self.py_spy(procs[0].pid, seconds=max(3.0, jobs / 400))
-            await harness.wait_until_zero(
+            _, polls = await harness.wait_until_zero(
                 dsn,
                 self.remaining_query("menos"),
                 timeout_s=900,
@@ -435,7 +435,9 @@ class Bench:
             window = (await harness.fetch(dsn, self.q["bench_pipeline_window"]))[0]
             delivered_at = time.monotonic()
             delivered = 0
+            reads = 1  # the window; then each look at the outbox
             for _ in range(600 if callbacks else 0):
+                reads += 1
                 row = (await harness.fetch(dsn, self.q["bench_outbox_delivered"]))[0]
                 delivered = int(row["delivered"])
                 if delivered >= jobs:
@@ -446,7 +448,8 @@ class Bench:
             self.stop_all(procs)
             self.stop_all([receiver])
         seconds = float(window["last_finish"] - window["first_start"])
-        figures = await counters.stop(jobs=jobs, own_statements=1, own_writes=1)  # the fill
+        # the harness's own: the fill, the polls and the reads (one statement and commit each)
+        figures = await counters.stop(jobs=jobs, own_statements=1 + polls + reads, own_writes=1)
         result = {
             "workers": workers,
             "callbacks": callbacks,
@@ -599,6 +602,11 @@ class Bench:
         log("latency: menos real bin/worker processes")
         rows.append(await self.latency_once("menos", real_worker=True))
         self.results["latency"] = rows
+        short = [
+            f"{r['side']} {r['started']}/{r['sent']}" for r in rows if r["started"] < r["sent"]
+        ]
+        if short:  # the figures stay in the results; the run fails
+            raise RuntimeError(f"jobs enqueued but never started: {', '.join(short)}")
 
     # -- HTTP ingest -------------------------------------------------------------------------
 
@@ -635,6 +643,9 @@ class Bench:
             self.stop_all([api])
         await self.server.drop_database(name)
         self.results["http"] = result
+        failure = report.http_failure(result)
+        if failure:  # the figures stay in the results; the run fails
+            raise RuntimeError(failure)
 
     @staticmethod
     def install_wrk() -> str | None:
