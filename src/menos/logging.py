@@ -21,7 +21,13 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
     ]
     renderer: structlog.types.Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(),
+            # The default (rich's, when installed) prints every frame's local variables: API
+            # keys, webhook secrets and the LLM's Authorization header sit in frames that an
+            # unexpected error unwinds.
+            exception_formatter=structlog.dev.plain_traceback,
+        )
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     structlog.configure(

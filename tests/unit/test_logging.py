@@ -61,3 +61,34 @@ def test_the_pools_failed_reconnects_are_one_line_each(
     assert "ConnectionRefusedError: Connect call failed" in line
     if fmt == "json":
         assert "exception" not in json.loads(line)
+
+
+def test_a_console_traceback_does_not_print_the_secrets_its_frames_hold(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`make run` logs to a terminal in console format: a logged exception shows where it
+    happened, never the values of the frames' variables (a caller's API key, a webhook
+    secret, the LLM's Authorization header)."""
+
+    def sign(secrets: list[str], headers: dict[str, str]) -> None:
+        raise RuntimeError("unexpected")
+
+    # Made at run time: the traceback shows source lines, where a literal would appear.
+    secret, key = "whsec_" + "c2VjcmV0" * 2, "menos_" + "k3y" * 3
+
+    root = logging.getLogger()
+    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    try:
+        menos_logging.configure("console")
+        try:
+            sign([secret], {"authorization": f"Bearer {key}"})
+        except RuntimeError:
+            structlog.get_logger().exception("callback_attempt_error")
+    finally:
+        root.handlers[:], root.level = handlers, level
+        structlog.configure(**config)
+    err = capsys.readouterr().err
+    assert "callback_attempt_error" in err
+    assert "RuntimeError" in err and "unexpected" in err
+    assert secret not in err
+    assert key not in err
