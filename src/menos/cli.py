@@ -486,7 +486,8 @@ def _dev_key(conf: settings.Settings, dsn: str) -> str:
 
     async def ensure(repo: repository.Repository) -> int:
         if key_file.exists():
-            existing = key_file.read_text(encoding="utf-8").strip()
+            # Not UTF-8 (saved by an editor as UTF-16, say): it is no key of ours, replace it.
+            existing = key_file.read_text(encoding="utf-8", errors="replace").strip()
             if await repo.principal(existing) is not None:
                 key_file.chmod(0o600)  # whatever it was made since
                 return 0

@@ -69,6 +69,19 @@ def test_the_dev_key_file_is_readable_by_its_owner_alone_whatever_it_was(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev_api_key"]
 
 
+def test_a_dev_key_file_that_is_not_utf8_is_replaced_by_a_new_key(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`menos dev` (make run) starts with a working key when its key file holds bytes that
+    are not UTF-8 (the key saved again as UTF-16): it used to stop with a traceback."""
+    conf = settings.Settings(home=tmp_path)
+    key_file = tmp_path / "dev_api_key"
+    key_file.write_bytes("menos_x\n".encode("utf-16"))
+    key = cli._dev_key(conf, database_url)
+    assert key.startswith("menos_") and len(key) > 20
+    assert key_file.read_text(encoding="utf-8").strip() == key
+
+
 async def test_a_markdown_export_writes_every_item_whole_and_only_in_its_directory(
     repo: repository.Repository, pool: asyncpg.Pool[Any], tmp_path: Path, monkeypatch: Any
 ) -> None:
