@@ -350,3 +350,55 @@ async def test_a_database_made_writable_again_is_ready_without_restarting_the_ap
         await db.close_pool(pool)
         await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
         await admin.close()
+
+
+@pytest.mark.parametrize("charset", [b"bogus", b"hex", b"base64"])
+async def test_a_form_field_in_a_charset_without_a_text_codec_is_a_415(
+    pool: asyncpg.Pool[Any], repo: repository.Repository, charset: bytes
+) -> None:
+    """A form field whose part declares a charset Python cannot decode text with is refused
+    like a field that is not UTF-8: a 415, not a 500, and nothing is stored."""
+    key = (await repo.create_key("alice", "user")).api_key
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="title"\r\n'
+        b"Content-Type: text/plain; charset=" + charset + b"\r\n\r\nTitle\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="n.md"\r\n\r\n# note\r\n'
+        b"--b--\r\n"
+    )
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        answer = await client.post(
+            "/api/v1/content",
+            content=form,
+            headers={
+                "authorization": f"Bearer {key}",
+                "content-type": "multipart/form-data; boundary=b",
+            },
+        )
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["detail"] == "form fields must be UTF-8 text"
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
+
+
+async def test_an_upload_tag_fault_names_the_tags_value_the_client_sent(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """Upload tags may be comma-separated: a bad one is named by the index of the `tags` value
+    the client sent, not by its place among the tags split out of them."""
+    key = (await repo.create_key("alice", "user")).api_key
+    long_tag = "y" * 101
+    async with (
+        served(pool) as url,
+        httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {key}"}) as client,
+    ):
+        form = await client.post(
+            "/api/v1/content",
+            files={"file": ("n.md", b"# note", "text/markdown")},
+            data={"tags": ["a,b,c", long_tag]},
+        )
+        blanks = await client.post(
+            "/api/v1/content", json={"text": "# note", "tags": ["", " ", long_tag]}
+        )
+    for answer, field in ((form, "tags[1]"), (blanks, "tags[2]")):
+        assert answer.status_code == 400, answer.text
+        assert [e["field"] for e in answer.json()["errors"]] == [field]

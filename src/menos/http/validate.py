@@ -54,13 +54,17 @@ def text(field: str, value: str | None, *, max_chars: int, required: bool = Fals
     return value
 
 
-def tags(values: Sequence[str] | None, field: str = "tags") -> list[str]:
-    """Submitter tags: trimmed, non-blank, de-duplicated, at most 50 of at most 100 characters."""
+def tags(
+    values: Sequence[str] | None, field: str = "tags", *, comma_separated: bool = False
+) -> list[str]:
+    """Submitter tags: trimmed, non-blank, de-duplicated, at most 50 of at most 100 characters.
+    With `comma_separated`, each value may hold several; a fault names the value as sent."""
     cleaned = []
     for index, value in enumerate(values or []):
-        tag = text(f"{field}[{index}]", value, max_chars=MAX_TAG)
-        if tag is not None:
-            cleaned.append(tag.strip())
+        for part in value.split(",") if comma_separated else [value]:
+            tag = text(f"{field}[{index}]", part, max_chars=MAX_TAG)
+            if tag is not None:
+                cleaned.append(tag.strip())
     distinct = list(dict.fromkeys(cleaned))
     if len(distinct) > MAX_TAGS:
         raise errors.InvalidInput(field, f"at most {MAX_TAGS} tags")
@@ -70,9 +74,10 @@ def tags(values: Sequence[str] | None, field: str = "tags") -> list[str]:
 def merged_tags(
     requested: Sequence[str], from_note: Sequence[str], *, note_field: str
 ) -> list[str]:
-    """The request's tags, then the note's frontmatter tags (already trimmed, non-blank), whose
-    faults are the note's field's: the client may not have sent a `tags` field at all."""
-    first = tags(requested)
+    """The request's tags (each value may be comma-separated), then the note's frontmatter tags
+    (already trimmed, non-blank), whose faults are the note's field's: the client may not have
+    sent a `tags` field at all."""
+    first = tags(requested, comma_separated=True)
     for tag in from_note:
         if len(tag) > MAX_TAG:
             raise errors.InvalidInput(

@@ -53,6 +53,12 @@ class ContentController(Controller):
                 form = await request.form()
             except UnicodeDecodeError:
                 raise http_errors.UnsupportedMedia("form fields must be UTF-8 text") from None
+            except LookupError as exc:
+                # A field is decoded with its part's declared charset; one with no text codec
+                # (`charset=bogus`, `hex`) raises a bare LookupError, never a KeyError.
+                if type(exc) is not LookupError:
+                    raise
+                raise http_errors.UnsupportedMedia("form fields must be UTF-8 text") from None
             except ClientException as exc:
                 # the body over MENOS_MAX_BODY_BYTES (413) has the same detail
                 if exc.status_code != 400 or exc.detail != FORM_LIMIT_REACHED:
@@ -91,7 +97,7 @@ class ContentController(Controller):
             validate.text("title", title, max_chars=validate.MAX_TITLE), note, filename
         )
         tags = validate.merged_tags(
-            markdown.split_tags(tag_values),
+            tag_values,
             markdown.frontmatter_tags(note.metadata),
             note_field=text_field,
         )
