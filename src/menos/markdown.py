@@ -11,10 +11,14 @@ import msgspec
 import yaml
 from frontmatter.default_handlers import JSONHandler, YAMLHandler
 
+from menos.pipeline.sources import fetched
+
 # An ATX heading line. Only spaces and tabs: `\s` also matches newlines, and a lazy text
 # group followed by optional trailing space and `#` runs backtracks in cubic time over a line of
 # spaces (2,000 spaces took 10 s on the API's event loop). The closing `#`s are cut in Python.
 _HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(\S.*)$", re.MULTILINE)
+# A line opening or closing a fenced code block: up to 3 spaces, then 3 or more ` or ~.
+_FENCE = re.compile(r"[ ]{0,3}(`{3,}|~{3,})")
 
 
 class Note(msgspec.Struct, frozen=True):
@@ -29,14 +33,30 @@ class Note(msgspec.Struct, frozen=True):
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class _TextLoader(_SafeLoader):  # type: ignore[misc,valid-type]
+    """The safe loader, but a plain scalar other than null and `true`/`false` is its text as
+    written: YAML 1.1 read the tag `1:1` as 61 (base 60), `3.10` as 3.1, `02134` as an octal
+    number and `yes`, `no`, `on`, `off` as booleans (dropped as tags, a title `true`)."""
+
+
+_RETYPED = {f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp")}
+_TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _RETYPED]
+    for first, resolvers in _SafeLoader.yaml_implicit_resolvers.items()
+}
+_TextLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def _load_without_aliases(block: str) -> Any:
     """YAML's safe loader without aliases: a few hundred bytes of nested aliases expand into
     millions of values. The events are read first, so an alias is refused before anything is
     built."""
-    for event in yaml.parse(block, Loader=_SafeLoader):
+    for event in yaml.parse(block, Loader=_TextLoader):
         if isinstance(event, yaml.AliasEvent):
             raise yaml.YAMLError("aliases are not allowed in frontmatter")
-    return yaml.load(block, Loader=_SafeLoader)
+    return yaml.load(block, Loader=_TextLoader)
 
 
 class _FrontmatterYAML(YAMLHandler):
@@ -65,8 +85,9 @@ def parse(raw: str) -> Note:
     not a mapping, using aliases, nested too deeply, or holding NUL characters or lone
     surrogates, which no text field and no JSON column accepts), or is longer than
     FRONTMATTER_MAX_CHARS, is kept as plain text. A leading UTF-8 byte-order mark is
-    dropped: editors write one, and it hides the frontmatter."""
-    raw = raw.removeprefix("\ufeff")
+    dropped: editors write one, and it hides the frontmatter. Line endings become `\n`: a
+    CR alone ends a line in markdown too, and YAML and the heading search see only `\n`."""
+    raw = raw.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     handler = frontmatter.detect_format(raw.strip(), _HANDLERS)
     if handler is None:
         return Note(metadata={}, text=raw.strip())
@@ -99,8 +120,21 @@ def _holds_nul(value: object) -> bool:
 
 
 def first_heading(text: str) -> str | None:
-    """The first markdown heading's text (its closing `#` sequence removed), if any."""
-    for match in _HEADING.finditer(text):
+    """The first markdown heading's text (its closing `#` sequence removed), if any. A line
+    in fenced code (a shell comment: `# install`) is no heading."""
+    fence = ""
+    for line in text.split("\n"):
+        marks = _FENCE.match(line)
+        if fence:  # inside: only a fence of the same character, as long, with nothing after
+            if marks and marks.group(1).startswith(fence) and not line[marks.end() :].strip():
+                fence = ""
+            continue
+        if marks and not (marks.group(1)[0] == "`" and "`" in line[marks.end() :]):
+            fence = marks.group(1)
+            continue
+        match = _HEADING.match(line)
+        if match is None:
+            continue
         heading = match.group(1).rstrip()
         unclosed = heading.rstrip("#")
         if unclosed != heading and (not unclosed or unclosed[-1] in " \t"):
@@ -151,15 +185,16 @@ def merge_tags(*groups: Iterable[str]) -> list[str]:
 
 
 def choose_title(requested: str | None, note: Note, filename: str | None) -> str | None:
-    """The request's title, else the frontmatter's, else the file name or first heading."""
+    """The request's title, else the frontmatter's, else the file name or first heading. One
+    taken from the note is made one line without control characters, as a fetched page's is."""
     if requested and requested.strip():
         return requested.strip()
-    fm_title = _scalar_text(note.metadata.get("title"))
-    if fm_title is not None and fm_title.strip():
-        return fm_title.strip()
+    fm_title = fetched.one_line(_scalar_text(note.metadata.get("title")))
+    if fm_title is not None:
+        return fm_title
     if filename:
-        stem = filename.rsplit("/", 1)[-1]
-        stem = stem.rsplit(".", 1)[0] if "." in stem else stem
-        if stem.strip():
-            return stem.strip()
-    return first_heading(note.text)
+        name = filename.rsplit("/", 1)[-1]
+        stem = fetched.one_line(name.rsplit(".", 1)[0] if "." in name else name)
+        if stem is not None:
+            return stem
+    return fetched.one_line(first_heading(note.text))

@@ -67,6 +67,16 @@ def test_a_leading_byte_order_mark_does_not_hide_the_frontmatter() -> None:
     assert markdown.parse("\ufeffJust text.").text == "Just text."
 
 
+def test_lines_ended_by_a_carriage_return_alone_are_lines() -> None:
+    """A lone CR ends a line in markdown (classic Mac editors write them): the first heading
+    is the title, not the whole note, and the frontmatter is read."""
+    note = markdown.parse("# Queues\rPostgreSQL makes a job queue.\r\rMore text.\r")
+    assert markdown.choose_title(None, note, None) == "Queues"
+    assert note.text == "# Queues\nPostgreSQL makes a job queue.\n\nMore text."
+    fm = markdown.parse("---\rtitle: Hi\rtags: [a]\r---\rbody\r")
+    assert fm == markdown.Note(metadata={"title": "Hi", "tags": ["a"]}, text="body")
+
+
 @pytest.mark.parametrize(
     ("tags", "expected"),
     [
@@ -94,6 +104,40 @@ def test_a_scalar_frontmatter_title_is_used_as_text(value: str, title: str) -> N
     """`title: 12345` titles the note "12345", not the file name."""
     note = markdown.parse(f"---\ntitle: {value}\n---\nbody")
     assert markdown.choose_title(None, note, "file.md") == title
+
+
+@pytest.mark.parametrize(
+    ("value", "title"),
+    [
+        ("1:1", "1:1"),
+        ("yes", "yes"),
+        ("NO", "NO"),
+        ("02134", "02134"),
+        ("1_000", "1_000"),
+        ("3.10", "3.10"),
+        ("1e3", "1e3"),
+        ("2024-01-02 10:11", "2024-01-02 10:11"),
+        ("0000-01-01", "0000-01-01"),
+    ],
+)
+def test_frontmatter_scalars_are_read_as_editors_write_them(value: str, title: str) -> None:
+    """YAML 1.1 read `1:1` as 61 (base 60), `3.10` as 3.1, `yes`, `no` and `on` as booleans
+    (dropped as tags) and `02134` as an octal number: a one-on-one note tagged `1:1` is
+    tagged `1:1`, a note on Python 3.10 `3.10`."""
+    note = markdown.parse(f"---\ntitle: {value}\ntags: [{value}, on, 7, true]\n---\nbody")
+    assert markdown.choose_title(None, note, "file.md") == title
+    assert markdown.frontmatter_tags(note.metadata) == [title, "on", "7"]
+
+
+def test_a_title_taken_from_the_note_is_one_line_without_control_characters() -> None:
+    """A frontmatter title of two lines, or a file name or heading holding a terminal escape,
+    titles the note on one line (an export's `# title` heading stays one heading)."""
+    note = markdown.parse('---\ntitle: "Two\\nlines\\e[2J"\n---\n# Head\x1b[31m\n')
+    assert markdown.choose_title(None, note, None) == "Two lines[2J"
+    bare = markdown.parse("# Head\x1b[31m ing\n")
+    assert markdown.choose_title(None, bare, "a\x1b]0;x\x07.md") == "a]0;x"
+    assert markdown.choose_title(None, bare, None) == "Head[31m ing"
+    assert markdown.choose_title("As\nasked", bare, None) == "As\nasked"  # the client's own
 
 
 @pytest.mark.parametrize("value", ["[a, b]", "{a: 1}", "null", "''"])
@@ -141,6 +185,24 @@ def test_the_first_heading_is_found_in_linear_time(text: str, heading: str) -> N
     started = time.process_time()
     assert markdown.first_heading(text) == heading
     assert time.process_time() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("text", "heading"),
+    [
+        (
+            "Setup.\n\n```bash\n# install the tools\npip install menos\n```\n\n# Deploying",
+            "Deploying",
+        ),
+        ("~~~~\n# comment\n~~~\n# still code\n~~~~\n## Real", "Real"),
+        ("```python\n# never closed\n", None),
+        ("``inline`` code\n# Title", "Title"),
+    ],
+)
+def test_a_comment_in_fenced_code_is_no_heading(text: str, heading: str | None) -> None:
+    """A note whose code block opens with a shell or Python comment is titled by its first
+    real heading, not by the comment."""
+    assert markdown.first_heading(text) == heading
 
 
 @pytest.mark.parametrize(
