@@ -622,8 +622,19 @@ def test_a_page_too_large_for_the_parser_is_stripped_of_tags() -> None:
         ("<tr>" + "<td>a" * 20_000, False),  # one row: 50,000 cells took 16 s
         ("<tr><td colspan=100>a" * 5_000, False),  # 47,000 such rows: 18 s, 790 MB
         ("<tr>" + "<td>h" * 100 + "<tr><td>a" * 5_000, False),  # one wide row pads the rest
+        ("<td>cell" * 50, True),  # a few cells outside any row
+        ("<td>a" * 20_000, False),  # cells outside any row make one: 100,000 took 28 s
+        ("<tbody><tr><td>h</tr>" + "<td>a" * 20_000, False),  # they join the last row
     ],
-    ids=["data", "one-long-row", "wide-cells", "one-wide-row"],
+    ids=[
+        "data",
+        "one-long-row",
+        "wide-cells",
+        "one-wide-row",
+        "cells-without-a-row",
+        "many-cells-without-a-row",
+        "cells-after-a-row",
+    ],
 )
 def test_tables_that_would_take_the_extractor_minutes_are_left_out(
     table: str, tables_kept: bool, monkeypatch: pytest.MonkeyPatch
