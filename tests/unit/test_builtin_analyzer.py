@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -273,3 +275,45 @@ def test_links_become_their_text() -> None:
         request("See [the docs](https://e.com/Foo_(bar)) and ![a diagram](d.png) here.")
     )
     assert got["summary"] == "See the docs and a diagram here."
+
+
+_STOPPED_DURING_ANALYSES = """
+import asyncio, random, sys
+from menos.pipeline import analyzers
+from menos.pipeline.analyzers import builtin
+
+random.seed(int(sys.argv[1]))
+WORDS = ["".join(random.choices("abcdefghijklmnop", k=random.randint(3, 9))) for _ in range(3000)]
+TEXT = " ".join(" ".join(random.choices(WORDS, k=12)) + "." for _ in range(300))
+analyzer = builtin.BuiltinAnalyzer()
+
+async def slot():
+    request = analyzers.Request(
+        text=TEXT, title="t", content_type="markdown", tags=[], vocabulary=[]
+    )
+    while True:  # a busy worker's slot: one long analysis after another
+        await analyzer.analyze(request)
+
+async def main():
+    slots = [asyncio.create_task(slot()) for _ in range(4)]
+    await asyncio.sleep(0.3)
+    for task in slots:  # a stop gives the jobs back: their analyses are abandoned
+        task.cancel()
+    await asyncio.gather(*slots, return_exceptions=True)
+
+asyncio.run(main())
+print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_process_stopped_during_long_analyses_exits_cleanly(seed: int) -> None:
+    """yake-rust runs without the GIL: in a daemon thread, a call that ended while the
+    interpreter finalized aborted the process (SIGABRT, `FATAL: exception not rethrown`)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPED_DURING_ANALYSES, str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, "stopped\n"), done.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import re
@@ -12,7 +13,7 @@ from typing import Any
 import msgspec
 import yake_rust
 
-from menos.pipeline import analyzers, result, threads
+from menos.pipeline import analyzers, result
 
 MODEL_NAME = "builtin"
 # Up to this many characters (tens of ms of work) a text is analyzed on the event loop; a
@@ -144,11 +145,14 @@ class BuiltinAnalyzer:
 
     async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
         """Analyze the text (CPU-bound, a few ms per kilobyte): a long one in a thread, so the
-        worker's event loop goes on renewing leases; 5 MiB takes seconds."""
+        worker's event loop goes on renewing leases; 5 MiB takes seconds. Not a daemon thread
+        (pipeline.threads): yake-rust runs without the GIL, and one of its calls ending while
+        the interpreter finalized aborted the process (`FATAL: exception not rethrown`), so a
+        stopping worker waits those seconds for it instead."""
         if len(request.text) <= INLINE_MAX_CHARS:
             result = self.analyze_text(request)
         else:
-            result = await threads.in_daemon_thread(self.analyze_text, request)
+            result = await asyncio.to_thread(self.analyze_text, request)
         return analyzers.Answer(text=msgspec.json.encode(result).decode(), model=MODEL_NAME)
 
     async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
