@@ -58,6 +58,9 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    # trafilatura warns about each page it finds no text in ("discarding data: None"): the
+    # job's own CONTENT_EMPTY says so, and a warning per empty page is noise to an operator.
+    logging.getLogger("trafilatura").setLevel(logging.ERROR)
     pool = logging.getLogger("asyncpg.pool")
     if not any(isinstance(f, _OneLineReconnects) for f in pool.filters):
         pool.addFilter(_OneLineReconnects())

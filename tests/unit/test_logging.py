@@ -92,3 +92,24 @@ def test_a_console_traceback_does_not_print_the_secrets_its_frames_hold(
     assert "RuntimeError" in err and "unexpected" in err
     assert secret not in err
     assert key not in err
+
+
+def test_the_extractor_does_not_warn_about_each_page_without_text(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """trafilatura logged `discarding data: None` at warning level for every empty page:
+    255 lines in a half-hour soak, where the job's CONTENT_EMPTY already says it."""
+    from menos.pipeline.sources import web
+
+    root = logging.getLogger()
+    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    extractor = logging.getLogger("trafilatura")
+    extractor_level = extractor.level
+    try:
+        menos_logging.configure("json")
+        assert web._readable_html("<html><body></body></html>") == ("", None)
+    finally:
+        root.handlers[:], root.level = handlers, level
+        extractor.setLevel(extractor_level)
+        structlog.configure(**config)
+    assert capsys.readouterr().err == ""
