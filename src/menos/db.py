@@ -163,9 +163,17 @@ async def create_pool(
     (set on each connection as it is made: a startup parameter would stop a pooler)."""
 
     async def init(conn: asyncpg.Connection[Any]) -> None:
-        await _init_connection(conn)
-        if statement_timeout_s is not None:
-            await conn.execute(f"SET statement_timeout = {round(statement_timeout_s * 1000)}")
+        try:
+            await _init_connection(conn)
+            if statement_timeout_s is not None:
+                await conn.execute(f"SET statement_timeout = {round(statement_timeout_s * 1000)}")
+        except BaseException:
+            # The pool closes a connection whose init failed gracefully, waiting up to the
+            # command timeout (60 s) for a server that may not answer (a pooler that took the
+            # login but has no server for it): a deadline cutting the init short would wait
+            # that long. The connection is given up on anyway.
+            conn.terminate()
+            raise
 
     try:
         pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
