@@ -72,6 +72,38 @@ def test_no_request_produces_a_server_error(fuzzed: tuple[Menos, str]) -> None:
         call()
 
 
+# What an answer must agree on with the served schema: its status is one the operation lists,
+# its media type and body are the ones documented for that status, and no 5xx.
+CONFORMANCE = [
+    schemathesis.checks.not_a_server_error,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+    schemathesis.checks.response_schema_conformance,
+]
+
+
+def test_every_answer_is_the_one_the_schema_documents(fuzzed: tuple[Menos, str]) -> None:
+    """Generated requests, and the seeded job read minimal and verbose, get answers whose
+    status, media type and body the OpenAPI schema documents for that route."""
+    menos, key = fuzzed
+    auth = {"Authorization": f"Bearer {key}"}
+    schema = schemathesis.openapi.from_url(f"{menos.base_url}/schema/openapi.json")
+    with menos.client(key) as client:
+        job_id = client.get("/api/v1/jobs").json()["items"][0]["job_id"]
+    read_job = schema["/api/v1/jobs/{job_id}"]["GET"]
+    for verbose in ("false", "true"):
+        case = read_job.Case(path_parameters={"job_id": job_id}, query={"verbose": verbose})
+        case.call_and_validate(base_url=menos.base_url, headers=auth, checks=CONFORMANCE)
+    for operation in [result.ok() for result in schema.get_all_operations()]:
+
+        @hypothesis.given(case=operation.as_strategy())
+        @budget(EXAMPLES)
+        def call(case: Any) -> None:
+            case.call_and_validate(base_url=menos.base_url, headers=auth, checks=CONFORMANCE)
+
+        call()
+
+
 def test_ingest_of_valid_urls_never_produces_a_server_error(fuzzed: tuple[Menos, str]) -> None:
     """The schema only says `url` is a string, so schema-driven cases almost never hold a URL
     the route accepts and stop at its validation: here every case has one, the other fields

@@ -65,3 +65,179 @@ def test_the_schema_says_which_bodies_are_closed_or_optional() -> None:
     assert reprocess["requestBody"]["required"] is False
     ingest = schema["paths"]["/api/v1/ingest"]["post"]
     assert ingest["requestBody"]["required"] is True
+
+
+def _answer_schema(schema: dict[str, Any], path: str, method: str, status: str) -> Any:
+    """The JSON schema a route's answer must match, its references resolvable on their own."""
+    import json
+
+    import jsonschema_rs
+
+    media = schema["paths"][path][method]["responses"][status]["content"]["application/json"]
+    text = json.dumps({**media["schema"], "$defs": schema["components"]["schemas"]})
+    return jsonschema_rs.Draft202012Validator(
+        json.loads(text.replace("#/components/schemas/", "#/$defs/")), validate_formats=True
+    )
+
+
+def test_the_minimal_and_the_verbose_job_views_both_match_the_schema() -> None:
+    """`GET /api/v1/jobs/{job_id}` answers a minimal or a verbose view: a client validating
+    answers with the served schema accepts both (a verbose one matches the minimal view too,
+    so `oneOf` would refuse it)."""
+    import datetime as dt
+    import uuid
+
+    import msgspec
+
+    from menos.http import schemas
+    from menos.queue import models
+
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    answer = _answer_schema(api.openapi_schema.to_schema(), "/api/v1/jobs/{job_id}", "get", "200")
+    now = dt.datetime.now(dt.UTC)
+    job = models.Job(
+        job_id=models.JobId(uuid.uuid4()),
+        content_id=models.ContentId(uuid.uuid4()),
+        owner=models.Owner("alice"),
+        resource_key="url:DxFdsGK3wN0DCxaH",
+        status="completed",
+        priority=0,
+        attempts=1,
+        worker_id="host:1:a",
+        lease_expires_at=None,
+        cancel_requested_at=None,
+        current_stage="persist",
+        stages=[models.StageTiming(name="fetch", started_at=now, finished_at=now, duration_ms=1.5)],
+        data_tier="full",
+        diagnostics={"analyzer": "builtin"},
+        full_payload={"source_excerpt": "text"},
+        error_code=None,
+        error_stage=None,
+        error_message=None,
+        pipeline_version="0.1.0",
+        callback_url=None,
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+    )
+    for view in (schemas.job_view(job), schemas.job_verbose_view(job, None)):
+        body = msgspec.json.decode(msgspec.json.encode(view))
+        errors = [e.message for e in answer.iter_errors(body)]
+        assert not errors, (type(view).__name__, errors)
+
+
+def test_the_schema_says_metrics_answer_prometheus_text() -> None:
+    """`/metrics` is documented with the media type it is served with (Prometheus text)."""
+    from menos.http import metrics
+
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    answer = api.openapi_schema.to_schema()["paths"]["/metrics"]["get"]["responses"]["200"]
+    assert list(answer["content"]) == [metrics.CONTENT_TYPE.split(";")[0]]
+
+
+def test_the_schema_marks_every_problem_member_required() -> None:
+    """A problem document always has `type`, `title`, `status`, `detail` and `errors`, and the
+    schema says so: a client generated from it need not guess at absent members."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    components = api.openapi_schema.to_schema()["components"]["schemas"]
+    assert sorted(components["Problem"]["required"]) == [
+        "detail",
+        "errors",
+        "status",
+        "title",
+        "type",
+    ]
+    assert components["FieldError"]["required"] == ["field", "message"]
+
+
+def test_each_route_documents_the_statuses_it_answers_and_no_other() -> None:
+    """The schema lists, per route, the statuses it can answer: a body only where one is
+    read (408, 413, 415), 404 only where an id is looked up, 409 only for cancel."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    paths = api.openapi_schema.to_schema()["paths"]
+    documented = {
+        (method.upper(), path): sorted(operation["responses"])
+        for path, item in paths.items()
+        for method, operation in item.items()
+        if path.startswith("/api/v1/")
+    }
+    body = ["400", "401", "408", "413", "415", "503"]
+    assert documented == {
+        ("POST", "/api/v1/ingest"): sorted(["200", "202", *body]),
+        ("POST", "/api/v1/content"): sorted(["202", *body]),
+        ("POST", "/api/v1/content/{content_id}/reprocess"): sorted(["200", "202", "404", *body]),
+        ("GET", "/api/v1/content"): ["200", "400", "401", "503"],
+        ("GET", "/api/v1/jobs"): ["200", "400", "401", "503"],
+        ("GET", "/api/v1/content/{content_id}"): ["200", "400", "401", "404", "503"],
+        ("GET", "/api/v1/jobs/{job_id}"): ["200", "400", "401", "404", "503"],
+        ("POST", "/api/v1/jobs/{job_id}/cancel"): ["200", "202", "400", "401", "404", "409", "503"],
+    }
+
+
+def test_the_schema_lists_the_values_the_list_filters_accept() -> None:
+    """The list routes refuse any other status or content type, and a limit outside 1-100:
+    the schema says so, so a client built from it never sends what is refused."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    paths = api.openapi_schema.to_schema()["paths"]
+    statuses = ["pending", "processing", "completed", "failed", "cancelled"]
+    for path, filters in (
+        ("/api/v1/jobs", {"status": statuses}),
+        (
+            "/api/v1/content",
+            {"processing_status": statuses, "content_type": ["youtube", "web", "markdown"]},
+        ),
+    ):
+        parameters = {p["name"]: p["schema"] for p in paths[path]["get"]["parameters"]}
+        for name, allowed in filters.items():
+            assert parameters[name]["enum"] == allowed, (path, name)
+        assert (parameters["limit"]["minimum"], parameters["limit"]["maximum"]) == (1, 100)
+
+
+def test_the_schema_lists_the_values_of_each_answered_state() -> None:
+    """Statuses, content types and tiers in answers are the documented values, listed in the
+    schema as enums a client can switch on."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    components = api.openapi_schema.to_schema()["components"]["schemas"]
+    statuses = {"pending", "processing", "completed", "failed", "cancelled"}
+
+    def values(component: str, field: str) -> set[str]:
+        schema = components[component]["properties"][field]
+        return set(schema.get("enum") or [schema["const"]])
+
+    for component, field in (
+        ("JobView", "status"),
+        ("JobVerboseView", "status"),
+        ("ContentItem", "processing_status"),
+        ("ContentView", "processing_status"),
+        ("Submitted", "status"),
+    ):
+        assert values(component, field) == statuses, (component, field)
+    for component in ("ContentItem", "ContentView", "Submitted"):
+        assert values(component, "content_type") == {"youtube", "web", "markdown"}, component
+    assert values("JobVerboseView", "data_tier") == {"compact", "full"}
+    assert values("CallbackView", "status") == {"pending", "delivered", "failed"}
+    assert values("CancelView", "status") == {"cancelled", "processing"}
+    assert values("ReprocessView", "status") == {"submitted", "already_active", "already_completed"}
+
+
+def test_the_upload_schema_takes_the_json_bodies_the_route_takes() -> None:
+    """A JSON upload may send null for any field besides `text`, as the route accepts (and as
+    ingest's schema says of its fields): the schema does not call such a body invalid."""
+    import json
+
+    import jsonschema_rs
+    import msgspec
+
+    from menos.http import schemas
+
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    upload = api.openapi_schema.to_schema()["paths"]["/api/v1/content"]["post"]
+    body_schema = upload["requestBody"]["content"]["application/json"]["schema"]
+    validator = jsonschema_rs.Draft202012Validator(json.loads(json.dumps(body_schema)))
+    for body in (
+        {"text": "x", "title": None, "tags": None, "callback_url": None, "data_tier": None},
+        {"text": "x", "title": "t", "tags": ["a"], "data_tier": "full"},
+    ):
+        msgspec.convert(body, schemas.ContentText)  # the route takes it
+        assert validator.is_valid(body), body
+    assert not validator.is_valid({"text": None})

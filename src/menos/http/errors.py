@@ -19,6 +19,7 @@ from menos import errors
 log = structlog.get_logger("menos.http")
 
 PROBLEM_JSON = "application/problem+json"
+ABOUT_BLANK = "about:blank"
 NESTED_TOO_DEEPLY = "the JSON body is nested too deeply"
 NOT_UTF8 = "the JSON body is not valid UTF-8"
 BODY_REQUIRED = "a JSON body is required"
@@ -44,13 +45,14 @@ class FieldError(msgspec.Struct, frozen=True):
 
 
 class Problem(msgspec.Struct, frozen=True):
-    """An RFC 9457 problem-details body."""
+    """An RFC 9457 problem-details body; every member is always sent, so none has a default
+    (the schema then marks them all required)."""
 
     title: str
     status: int
     detail: str
-    type: str = "about:blank"
-    errors: list[FieldError] = msgspec.field(default_factory=list)
+    type: str  # always "about:blank": the status code is the problem type
+    errors: list[FieldError]
 
 
 class TooLarge(errors.MenosError):
@@ -83,7 +85,7 @@ def problem(
     headers: dict[str, str] | None = None,
 ) -> Response[Any]:
     """A problem-details response."""
-    body = Problem(title=title, status=status, detail=detail, errors=fields or [])
+    body = Problem(title=title, status=status, detail=detail, type=ABOUT_BLANK, errors=fields or [])
     return Response(
         content=msgspec.json.encode(body),
         status_code=status,

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 from litestar import Request, Response, get
-from litestar.enums import ScopeType
+from litestar.enums import MediaType, ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 from prometheus_client import (
     CollectorRegistry,
@@ -167,7 +167,8 @@ def queue_read() -> shared_read.SharedRead[_QueueCollector]:
     return shared_read.SharedRead(_read_queue)
 
 
-@get("/metrics", include_in_schema=True, security=[{}])
+# The schema says what the answer is: Prometheus text, not the JSON Litestar would assume.
+@get("/metrics", include_in_schema=True, security=[{}], media_type=MediaType.TEXT)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition (no auth: restrict it at the network edge)."""
     repo: repository.Repository = request.app.state.repo

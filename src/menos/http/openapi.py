@@ -46,24 +46,41 @@ def schema_router(path: str) -> Router:
 
 
 __all__ = [
-    "CONFLICT",
-    "PROBLEMS",
+    "BODY_PROBLEMS",
+    "ITEM_PROBLEMS",
+    "LIST_PROBLEMS",
     "UPLOAD_FORM_FIELDS",
+    "EitherViewOperation",
     "OptionalBodyOperation",
     "ResponseSpec",
     "UploadOperation",
+    "problems",
     "schema_router",
 ]
 
-PROBLEMS: dict[int, ResponseSpec] = {
+_PROBLEMS: dict[int, ResponseSpec] = {
     400: _problem("Invalid input; `errors` names each invalid field"),
     401: _problem("Missing, unknown or revoked API key"),
     404: _problem("Unknown, or not visible to this key"),
+    408: _problem("The request body did not arrive within 60 s"),
+    409: _problem("The job is already terminal"),
     413: _problem("Request body over MENOS_MAX_BODY_BYTES"),
     415: _problem("Unsupported media type or encoding"),
     503: _problem("Database unavailable"),
 }
-CONFLICT = {409: _problem("The job is already terminal")}
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """The problem answers of a route: those it can give, and no other."""
+    return {status: _PROBLEMS[status] for status in statuses}
+
+
+# A list: a bad query parameter or cursor, no key, no database. Its body is never read.
+LIST_PROBLEMS = problems(400, 401, 503)
+# One item by its id: also an id that is not a UUID (400) and one not visible (404).
+ITEM_PROBLEMS = problems(400, 401, 404, 503)
+# A route that reads a body: also a body too slow (408), too large (413) or of another type (415).
+BODY_PROBLEMS = problems(400, 401, 408, 413, 415, 503)
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 COMPONENTS = Components(
@@ -78,6 +95,10 @@ _TAGS = Schema(type=OpenAPIType.ARRAY, items=_TEXT)
 # The upload's fields besides its text (JSON `text`, form `file`); the route refuses any other.
 _NOTE_FIELDS = {"title": _TEXT, "tags": _TAGS, "callback_url": _TEXT, "data_tier": _TIER}
 UPLOAD_FORM_FIELDS = frozenset({"file", *_NOTE_FIELDS})
+_NULLABLE_NOTE_FIELDS = {
+    name: Schema(one_of=[schema, Schema(type=OpenAPIType.NULL)])
+    for name, schema in _NOTE_FIELDS.items()
+}
 
 
 @dataclass
@@ -94,7 +115,8 @@ class UploadOperation(Operation):
                         type=OpenAPIType.OBJECT,
                         additional_properties=False,
                         required=["text"],
-                        properties={"text": _TEXT, **_NOTE_FIELDS},
+                        # as ingest's: JSON may send null for a field it leaves out
+                        properties={"text": _TEXT, **_NULLABLE_NOTE_FIELDS},
                     )
                 ),
                 "multipart/form-data": OpenAPIMediaType(
@@ -119,3 +141,16 @@ class OptionalBodyOperation(Operation):
     def __post_init__(self) -> None:
         if isinstance(self.request_body, RequestBody):
             self.request_body.required = False
+
+
+@dataclass
+class EitherViewOperation(Operation):
+    """`GET /api/v1/jobs/{job_id}`: the minimal view or the verbose one. The minimal view's
+    schema allows more fields, so every verbose answer matches both: `anyOf`, where the `oneOf`
+    Litestar writes for a union would call every verbose answer invalid."""
+
+    def __post_init__(self) -> None:
+        answer = (self.responses or {}).get("200")
+        for media in (getattr(answer, "content", None) or {}).values():
+            if isinstance(media.schema, Schema) and media.schema.one_of:
+                media.schema.any_of, media.schema.one_of = media.schema.one_of, None

@@ -5,15 +5,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import uuid
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 import msgspec
+from litestar.params import QueryParameter
 
 from menos import errors
 
 T = TypeVar("T")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
+# `limit` as a route takes it: its range is in the schema, and `limit()` enforces it, naming it.
+Limit = Annotated[int | None, QueryParameter(schema_extra={"minimum": 1, "maximum": MAX_LIMIT})]
 
 
 class PageView(msgspec.Struct, Generic[T], frozen=True):

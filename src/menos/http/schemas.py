@@ -8,12 +8,12 @@ import json
 import re
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Request
 from litestar.exceptions import SerializationException
-from litestar.params import Body
+from litestar.params import Body, QueryParameter
 
 from menos import errors
 from menos.http import errors as http_errors
@@ -22,6 +22,13 @@ from menos.queue import models
 T = TypeVar("T")
 
 DataTier = Literal["compact", "full"]
+# Filters the routes check themselves, naming the allowed values; the schema lists them too.
+StatusFilter = Annotated[
+    str | None, QueryParameter(schema_extra={"enum": list(models.JOB_STATUSES)})
+]
+ContentTypeFilter = Annotated[
+    str | None, QueryParameter(schema_extra={"enum": list(models.CONTENT_TYPES)})
+]
 _AT = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
@@ -66,7 +73,7 @@ class ReprocessView(msgspec.Struct, frozen=True):
 
     job_id: uuid.UUID | None
     content_id: uuid.UUID
-    status: str
+    status: Literal["submitted", "already_active", "already_completed"]
 
 
 class Submitted(msgspec.Struct, frozen=True):
@@ -74,9 +81,9 @@ class Submitted(msgspec.Struct, frozen=True):
 
     job_id: uuid.UUID | None
     content_id: uuid.UUID
-    content_type: str
+    content_type: models.ContentType
     resource_key: str
-    status: str
+    status: models.JobStatus
     deduplicated: bool
 
 
@@ -84,12 +91,12 @@ class ContentItem(msgspec.Struct, frozen=True):
     """A content item in a list (no result, no body)."""
 
     content_id: uuid.UUID
-    content_type: str
+    content_type: models.ContentType
     title: str | None
     source_url: str | None
     resource_key: str
     tags: list[str]
-    processing_status: str
+    processing_status: models.JobStatus
     processed_at: dt.datetime
     pipeline_version: str
     latest_job_id: uuid.UUID | None
@@ -108,7 +115,7 @@ class JobView(msgspec.Struct, frozen=True):
 
     job_id: uuid.UUID
     content_id: uuid.UUID
-    status: str
+    status: models.JobStatus
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
@@ -129,7 +136,7 @@ class CallbackView(msgspec.Struct, frozen=True):
 
     url: str
     event_id: uuid.UUID
-    status: str
+    status: Literal["pending", "delivered", "failed"]
     attempts: int
     last_status_code: int | None
     last_error: str | None
@@ -147,7 +154,7 @@ class JobVerboseView(JobView, frozen=True, omit_defaults=True):
     cancel_requested_at: dt.datetime | None
     error_stage: str | None
     error_message: str | None
-    data_tier: str
+    data_tier: DataTier
     stages: list[StageView]
     diagnostics: dict[str, Any]
     callback: CallbackView | None
@@ -158,7 +165,7 @@ class CancelView(msgspec.Struct, frozen=True, omit_defaults=True):
     """The answer to a cancel request."""
 
     job_id: uuid.UUID
-    status: str
+    status: Literal["cancelled", "processing"]
     cancel_requested: bool = False
 
 

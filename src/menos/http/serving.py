@@ -112,7 +112,10 @@ def guarded(app: ASGIApp) -> ASGIApp:
 
 
 async def _problem(send: Send, status: int, title: str, detail: str) -> None:
-    body = msgspec.json.encode(http_errors.Problem(title=title, status=status, detail=detail))
+    problem = http_errors.Problem(
+        title=title, status=status, detail=detail, type=http_errors.ABOUT_BLANK, errors=[]
+    )
+    body = msgspec.json.encode(problem)
     headers = [
         (b"content-type", http_errors.PROBLEM_JSON.encode()),
         (b"content-length", str(len(body)).encode()),

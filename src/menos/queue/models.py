@@ -19,6 +19,7 @@ JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "processing", "completed", "fa
 ACTIVE: tuple[JobStatus, ...] = ("pending", "processing")
 TERMINAL: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
 ContentType = Literal["youtube", "web", "markdown"]
+CONTENT_TYPES: tuple[ContentType, ...] = ("youtube", "web", "markdown")
 DataTier = Literal["compact", "full"]
 Role = Literal["user", "admin"]
 

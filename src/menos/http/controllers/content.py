@@ -35,7 +35,7 @@ class ContentController(Controller):
         "/",
         status_code=202,
         operation_class=openapi.UploadOperation,
-        responses=openapi.PROBLEMS,
+        responses=openapi.BODY_PROBLEMS,
     )
     async def upload(
         self, request: Request[Any, Any, Any], who: NamedDependency[models.Principal]
@@ -122,15 +122,15 @@ class ContentController(Controller):
         )
         return schemas.submitted(enqueued)
 
-    @get("/", responses=openapi.PROBLEMS)
+    @get("/", responses=openapi.LIST_PROBLEMS)
     async def index(
         self,
         request: Request[Any, Any, Any],
         who: NamedDependency[models.Principal],
-        processing_status: FromQuery[str | None] = None,
-        content_type: FromQuery[str | None] = None,
+        processing_status: schemas.StatusFilter = None,
+        content_type: schemas.ContentTypeFilter = None,
         tag: FromQuery[str | None] = None,
-        limit: FromQuery[int | None] = None,
+        limit: pagination.Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> pagination.PageView[schemas.ContentItem]:
         """Content newest first; filters `processing_status`, `content_type`, `tag`."""
@@ -138,8 +138,10 @@ class ContentController(Controller):
             raise errors.InvalidInput(
                 "processing_status", "must be one of " + ", ".join(models.JOB_STATUSES)
             )
-        if content_type is not None and content_type not in ("youtube", "web", "markdown"):
-            raise errors.InvalidInput("content_type", "must be one of youtube, web, markdown")
+        if content_type is not None and content_type not in models.CONTENT_TYPES:
+            raise errors.InvalidInput(
+                "content_type", "must be one of " + ", ".join(models.CONTENT_TYPES)
+            )
         repo: repository.Repository = request.app.state.repo
         page = await repo.list_content(
             owner=auth.scope(who),
@@ -159,7 +161,11 @@ class ContentController(Controller):
         status_code=202,
         guards=[http_errors.require_json],
         operation_class=openapi.OptionalBodyOperation,
-        responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.ReprocessView)},
+        responses={
+            **openapi.BODY_PROBLEMS,
+            **openapi.problems(404),
+            200: openapi.ResponseSpec(schemas.ReprocessView),
+        },
     )
     async def reprocess(
         self,
@@ -196,7 +202,7 @@ class ContentController(Controller):
         )
         return Response(view, status_code=202 if outcome.status == "submitted" else 200)
 
-    @get("/{content_id:str}", responses=openapi.PROBLEMS)
+    @get("/{content_id:str}", responses=openapi.ITEM_PROBLEMS)
     async def show(
         self,
         request: Request[Any, Any, Any],

@@ -21,7 +21,7 @@ from menos.settings import Settings
     dependencies={"who": auth.PROVIDE},
     guards=[*auth.GUARDS, http_errors.require_json],
     before_request=validate.query_once,
-    responses={**openapi.PROBLEMS, 200: openapi.ResponseSpec(schemas.Submitted)},
+    responses={**openapi.BODY_PROBLEMS, 200: openapi.ResponseSpec(schemas.Submitted)},
 )
 async def ingest(
     request: Request[Any, Any, Any],

@@ -22,14 +22,14 @@ class JobsController(Controller):
     before_request = staticmethod(validate.query_once)
     dependencies = {"who": auth.PROVIDE}
 
-    @get("/", responses=openapi.PROBLEMS)
+    @get("/", responses=openapi.LIST_PROBLEMS)
     async def index(
         self,
         request: Request[Any, Any, Any],
         who: NamedDependency[models.Principal],
-        status: FromQuery[str | None] = None,
+        status: schemas.StatusFilter = None,
         content_id: FromQuery[uuid.UUID | None] = None,
-        limit: FromQuery[int | None] = None,
+        limit: pagination.Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> pagination.PageView[schemas.JobView]:
         """Jobs newest first; filters `status` and `content_id`; `limit` and `cursor` page."""
@@ -48,7 +48,11 @@ class JobsController(Controller):
             next_cursor=pagination.encode(page.last),
         )
 
-    @get("/{job_id:str}", responses=openapi.PROBLEMS)
+    @get(
+        "/{job_id:str}",
+        operation_class=openapi.EitherViewOperation,
+        responses=openapi.ITEM_PROBLEMS,
+    )
     async def show(
         self,
         request: Request[Any, Any, Any],
@@ -77,8 +81,8 @@ class JobsController(Controller):
         "/{job_id:str}/cancel",
         status_code=200,
         responses={
-            **openapi.PROBLEMS,
-            **openapi.CONFLICT,
+            **openapi.ITEM_PROBLEMS,
+            **openapi.problems(409),
             202: openapi.ResponseSpec(schemas.CancelView),
         },
     )
