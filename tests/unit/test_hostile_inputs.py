@@ -87,6 +87,14 @@ def test_cursor_round_trips_in_utc() -> None:
     assert pagination.decode(pagination.encode(key)) == (key[0].astimezone(dt.UTC), key[1])
 
 
+def test_a_comma_separated_tag_of_the_longest_length_is_kept() -> None:
+    """`a, <100 characters>` holds two tags, the second of 100 characters, as in frontmatter."""
+    longest = "y" * validate.MAX_TAG
+    assert validate.tags([f"a, {longest} ,b"], comma_separated=True) == ["a", longest, "b"]
+    with pytest.raises(errors.InvalidInput):
+        validate.tags([f"a, {longest}y"], comma_separated=True)
+
+
 def test_repeated_tags_count_once() -> None:
     assert validate.tags(["same"] * 51 + ["other"]) == ["same", "other"]
     with pytest.raises(errors.InvalidInput):

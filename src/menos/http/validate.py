@@ -61,7 +61,9 @@ def tags(
     With `comma_separated`, each value may hold several; a fault names the value as sent."""
     cleaned = []
     for index, value in enumerate(values or []):
-        for part in value.split(",") if comma_separated else [value]:
+        # a part's length is its tag's: `a, b` has a space after the comma, as a list in
+        # frontmatter may (split_tags)
+        for part in [p.strip() for p in value.split(",")] if comma_separated else [value]:
             tag = text(f"{field}[{index}]", part, max_chars=MAX_TAG)
             if tag is not None:
                 cleaned.append(tag.strip())
