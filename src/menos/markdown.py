@@ -13,12 +13,17 @@ from frontmatter.default_handlers import JSONHandler, YAMLHandler
 
 from menos.pipeline.sources import fetched
 
-# An ATX heading line. Only spaces and tabs: `\s` also matches newlines, and a lazy text
-# group followed by optional trailing space and `#` runs backtracks in cubic time over a line of
-# spaces (2,000 spaces took 10 s on the API's event loop). The closing `#`s are cut in Python.
-_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(\S.*)$", re.MULTILINE)
-# A line opening or closing a fenced code block: up to 3 spaces, then 3 or more ` or ~.
-_FENCE = re.compile(r"[ ]{0,3}(`{3,}|~{3,})")
+# The lines first_heading looks at: one that may open fenced code (up to 3 spaces, then 3 or
+# more ` or ~, then the rest of the line), or an ATX heading line, whose closing `#`s are cut in
+# Python. Only spaces and tabs: `\s` also matches newlines, and a lazy text group followed by
+# optional trailing space and `#` runs backtracks in cubic time over a line of spaces (2,000
+# spaces took 10 s on the API's event loop). Then the lines that may close the code. Searched
+# for, not split into lines: a Python step for every line of a 5 MiB note of short lines took a
+# second of the API's event loop.
+_FENCE_OR_HEADING = re.compile(
+    r"^(?:[ ]{0,3}(`{3,}|~{3,})(.*)|[ \t]{0,3}#{1,6}[ \t]+(\S.*))$", re.MULTILINE
+)
+_CLOSING_FENCE = re.compile(r"^[ ]{0,3}(`{3,}|~{3,})[ \t]*$", re.MULTILINE)
 
 
 class Note(msgspec.Struct, frozen=True):
@@ -122,20 +127,22 @@ def _holds_nul(value: object) -> bool:
 def first_heading(text: str) -> str | None:
     """The first markdown heading's text (its closing `#` sequence removed), if any. A line
     in fenced code (a shell comment: `# install`) is no heading."""
-    fence = ""
-    for line in text.split("\n"):
-        marks = _FENCE.match(line)
-        if fence:  # inside: only a fence of the same character, as long, with nothing after
-            if marks and marks.group(1).startswith(fence) and not line[marks.end() :].strip():
-                fence = ""
+    pos = 0
+    while (line := _FENCE_OR_HEADING.search(text, pos)) is not None:
+        pos = line.end()
+        fence, after, heading = line.groups()
+        if fence is not None:
+            if fence[0] == "`" and "`" in after:
+                continue  # inline code (```a`), no fence
+            # inside: only a fence of the same character, as long, with nothing after closes it
+            while (closing := _CLOSING_FENCE.search(text, pos)) is not None:
+                pos = closing.end()
+                if closing.group(1).startswith(fence):
+                    break
+            else:
+                return None  # unclosed: code to the end
             continue
-        if marks and not (marks.group(1)[0] == "`" and "`" in line[marks.end() :]):
-            fence = marks.group(1)
-            continue
-        match = _HEADING.match(line)
-        if match is None:
-            continue
-        heading = match.group(1).rstrip()
+        heading = heading.rstrip()
         unclosed = heading.rstrip("#")
         if unclosed != heading and (not unclosed or unclosed[-1] in " \t"):
             heading = unclosed.rstrip()  # `# Title ##`; but `# C#` keeps its `#`
