@@ -625,6 +625,8 @@ def test_a_page_too_large_for_the_parser_is_stripped_of_tags() -> None:
         ("<td>cell" * 50, True),  # a few cells outside any row
         ("<td>a" * 20_000, False),  # cells outside any row make one: 100,000 took 28 s
         ("<tbody><tr><td>h</tr>" + "<td>a" * 20_000, False),  # they join the last row
+        ("<tr><td rowspan=2>cell<td>v" * 2_000, True),  # a data table with a spanning key
+        (("<tr>" + "<td rowspan=100>a" * 100) * 30, False),  # 400 such rows: 58 s, 10 MB
     ],
     ids=[
         "data",
@@ -634,6 +636,8 @@ def test_a_page_too_large_for_the_parser_is_stripped_of_tags() -> None:
         "cells-without-a-row",
         "many-cells-without-a-row",
         "cells-after-a-row",
+        "a-key-spanning-rows",
+        "cells-spanning-rows",
     ],
 )
 def test_tables_that_would_take_the_extractor_minutes_are_left_out(
