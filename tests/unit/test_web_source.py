@@ -615,6 +615,22 @@ def test_a_page_too_large_for_the_parser_is_stripped_of_tags() -> None:
     assert len(body) > 1_000_000  # all of it: the parser kept about 1 000 characters of it
 
 
+def _extracted_recording_tables(
+    page: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, list[bool]]:
+    """The page's readable text, and whether each extraction kept its tables."""
+    seen: list[bool] = []
+    extract = web.trafilatura.bare_extraction
+
+    def recording(page: object, **options: bool) -> object:
+        seen.append(options["include_tables"])
+        return extract(page, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(web.trafilatura, "bare_extraction", recording)
+    body, _ = web._readable_html(page)
+    return body, seen
+
+
 @pytest.mark.parametrize(
     ("table", "tables_kept"),
     [
@@ -646,15 +662,8 @@ def test_tables_that_would_take_the_extractor_minutes_are_left_out(
     """trafilatura pads every row to the table's width and counts each row cell by cell: a
     hostile table under the parser's size limit held a job's fetch for 6 minutes (a cancel
     waited as long). Such tables are left out; the text still comes from the tag strip."""
-    seen: list[bool] = []
-    extract = web.trafilatura.bare_extraction
-
-    def recording(page: object, **options: bool) -> object:
-        seen.append(options["include_tables"])
-        return extract(page, **options)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(web.trafilatura, "bare_extraction", recording)
-    body, _ = web._readable_html(f"<html><body><p>Intro.</p><table>{table}</table></body></html>")
+    page = f"<html><body><p>Intro.</p><table>{table}</table></body></html>"
+    body, seen = _extracted_recording_tables(page, monkeypatch)
     assert seen == [tables_kept]
     assert ("cell" if tables_kept else "a") in body.split()
 
@@ -670,17 +679,9 @@ def test_tables_nested_deeply_are_left_out(
     """For each table, trafilatura gathers the elements of each table nested in it: 80 nested
     tables of 110,000 rows in all took 20 s to extract, and counting their rows took as long
     again (each table's count walked every table inside it)."""
-    seen: list[bool] = []
-    extract = web.trafilatura.bare_extraction
-
-    def recording(page: object, **options: bool) -> object:
-        seen.append(options["include_tables"])
-        return extract(page, **options)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(web.trafilatura, "bare_extraction", recording)
     level = "<table>" + "<tr><td>row " * rows + "<tr><td>"
     page = f"<html><body><p>Intro.</p>{level * levels}end{'</table>' * levels}</body></html>"
-    body, _ = web._readable_html(page)
+    body, seen = _extracted_recording_tables(page, monkeypatch)
     assert seen == [tables_kept]
     assert "row" in body.split() and "end" in body.split()
 
