@@ -248,7 +248,7 @@ async def _refuse_other_charsets(request: Request[Any, Any, Any]) -> None:
                 if (
                     isinstance(event, multipart.MultipartSegment)
                     and not event.filename
-                    and event.charset is not None
+                    and event.charset  # `charset=""` names none: the parser reads UTF-8
                     and not _is_utf8(event.charset)
                 ):
                     raise http_errors.UnsupportedMedia("form fields must be UTF-8 text")
@@ -259,7 +259,7 @@ async def _refuse_other_charsets(request: Request[Any, Any, Any]) -> None:
 def _is_utf8(charset: str) -> bool:
     try:
         return codecs.lookup(charset).name in ("utf-8", "ascii")
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a name with a NUL (`charset="utf-8\0"`)
         return False
 
 
