@@ -391,7 +391,9 @@ async def test_a_form_field_declared_in_another_charset_is_a_415_before_it_is_de
         pool, repo, b"Content-Type: text/plain; charset=" + charset + b"\r\n\r\nab-cd"
     )
     assert answer.status_code == 415, answer.text
-    assert answer.json()["detail"] == "form fields must be UTF-8 text"
+    assert answer.json()["errors"] == [
+        {"field": "title", "message": "form fields must be UTF-8 text"}
+    ]
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
 

@@ -251,7 +251,9 @@ async def _refuse_other_charsets(request: Request[Any, Any, Any]) -> None:
                     and event.charset  # `charset=""` names none: the parser reads UTF-8
                     and not _is_utf8(event.charset)
                 ):
-                    raise http_errors.UnsupportedMedia("form fields must be UTF-8 text")
+                    raise http_errors.UnsupportedMedia(
+                        "form fields must be UTF-8 text", field=event.name
+                    )
     except multipart.MultipartError:
         return
 
