@@ -178,7 +178,7 @@ def _scalar_text(value: Any) -> str | None:
 
 
 def split_tags(values: Iterable[str]) -> list[str]:
-    """Tags given as repeated fields and/or comma-separated strings."""
+    """The tags in comma-separated strings, trimmed, blanks dropped."""
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 

@@ -61,9 +61,8 @@ def tags(
     With `comma_separated`, each value may hold several; a fault names the value as sent."""
     cleaned = []
     for index, value in enumerate(values or []):
-        # a part's length is its tag's: `a, b` has a space after the comma, as a list in
-        # frontmatter may (split_tags)
-        for part in [p.strip() for p in value.split(",")] if comma_separated else [value]:
+        # split and trimmed as frontmatter's tags are: `a, b` has a space after the comma
+        for part in markdown.split_tags([value]) if comma_separated else [value]:
             tag = text(f"{field}[{index}]", part, max_chars=MAX_TAG)
             if tag is not None:
                 cleaned.append(tag.strip())
