@@ -13,17 +13,20 @@ from frontmatter.default_handlers import JSONHandler, YAMLHandler
 
 from menos.pipeline.sources import fetched
 
-# The lines first_heading looks at: one that may open fenced code (up to 3 spaces, then 3 or
-# more ` or ~, then the rest of the line), or an ATX heading line, whose closing `#`s are cut in
+# The lines first_heading looks at: one that may open fenced code (up to 3 spaces, perhaps a
+# list item's marker, then 3 or more ` or ~, then the rest of the line), or an ATX heading line,
+# whose closing `#`s are cut in
 # Python. Only spaces and tabs: `\s` also matches newlines, and a lazy text group followed by
 # optional trailing space and `#` runs backtracks in cubic time over a line of spaces (2,000
 # spaces took 10 s on the API's event loop). Then the lines that may close the code. Searched
 # for, not split into lines: a Python step for every line of a 5 MiB note of short lines took a
 # second of the API's event loop.
 _FENCE_OR_HEADING = re.compile(
-    r"^(?:[ ]{0,3}(`{3,}|~{3,})(.*)|[ \t]{0,3}#{1,6}[ \t]+(\S.*))$", re.MULTILINE
+    r"^(?:([ ]{0,3}(?:[-+*]|\d{1,9}[.)])[ ]{1,4})?[ ]{0,3}(`{3,}|~{3,})(.*)"
+    r"|[ \t]{0,3}#{1,6}[ \t]+(\S.*))$",
+    re.MULTILINE,
 )
-_CLOSING_FENCE = re.compile(r"^[ ]{0,3}(`{3,}|~{3,})[ \t]*$", re.MULTILINE)
+_CLOSING_FENCE = re.compile(r"^([ ]*)(`{3,}|~{3,})[ \t]*$", re.MULTILINE)
 
 
 class Note(msgspec.Struct, frozen=True):
@@ -130,14 +133,17 @@ def first_heading(text: str) -> str | None:
     pos = 0
     while (line := _FENCE_OR_HEADING.search(text, pos)) is not None:
         pos = line.end()
-        fence, after, heading = line.groups()
+        item, fence, after, heading = line.groups()
         if fence is not None:
             if fence[0] == "`" and "`" in after:
                 continue  # inline code (```a`), no fence
-            # inside: only a fence of the same character, as long, with nothing after closes it
+            # inside: only a fence of the same character, as long, with nothing after closes
+            # it; in a list item (`- ```sh`) it is indented up to 3 past the item's text
+            indent = 3 + (len(item) if item else 0)
             while (closing := _CLOSING_FENCE.search(text, pos)) is not None:
                 pos = closing.end()
-                if closing.group(1).startswith(fence):
+                spaces, closer = closing.groups()
+                if len(spaces) <= indent and closer.startswith(fence):
                     break
             else:
                 return None  # unclosed: code to the end

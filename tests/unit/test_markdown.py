@@ -197,6 +197,10 @@ def test_the_first_heading_is_found_in_linear_time(text: str, heading: str) -> N
         ("~~~~\n# comment\n~~~\n# still code\n~~~~\n## Real", "Real"),
         ("```python\n# never closed\n", None),
         ("``inline`` code\n# Title", "Title"),
+        ("Steps:\n\n- ```sh\n  # install\n  make\n  ```\n\n# Setup", "Setup"),
+        ("1. ```\n   # one\n   ```\n2.  ~~~\n    # two\n    ~~~\n## Done", "Done"),
+        ("- ```sh\n  # never closed\n", None),
+        ("-```\n# Title", "Title"),
     ],
 )
 def test_a_comment_in_fenced_code_is_no_heading(text: str, heading: str | None) -> None:
