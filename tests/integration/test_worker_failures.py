@@ -328,6 +328,56 @@ async def test_a_hurried_shutdown_gives_running_jobs_back_without_waiting_the_gr
     assert (job["status"], job["attempts"]) == ("pending", 0)
 
 
+class GatedCompletion(repository.Repository):
+    """A completion held before (or after) its write, until the test opens the gate."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], *, write_first: bool) -> None:
+        super().__init__(pool, db.Queries())
+        self.write_first = write_first
+        self.persisting, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def complete_many(
+        self, runs: Sequence[repository.Completion], *, now: dt.datetime | None = None
+    ) -> list[repository.Persisted | errors.PipelineError]:
+        if self.write_first:
+            answers = await super().complete_many(runs, now=now)
+        self.persisting.set()
+        await self.gate.wait()
+        return answers if self.write_first else await super().complete_many(runs, now=now)
+
+
+@pytest.mark.parametrize("write_first", [False, True])
+async def test_a_hurried_shutdown_during_persist_waits_for_the_completion(
+    pool: asyncpg.Pool[Any], database_url: str, write_first: bool
+) -> None:
+    """A completion once submitted is written even when a second stop signal cuts the run
+    off. The job used to be released meanwhile: its run thrown away when the release came
+    first, or, when the completion did, the job completed but logged `lost`."""
+    repo = GatedCompletion(pool, write_first=write_first)
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    config = helpers.worker_config(
+        concurrency=1, max_processing=1, poll_s=0.2, shutdown_grace_s=3600
+    )
+    async with httpx.AsyncClient() as http:
+        worker = queue_worker.Worker(
+            config, repo, offline_context(http, BuiltinAnalyzer()), dsn=database_url
+        )
+        stop, hurry = asyncio.Event(), asyncio.Event()
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.create_task(worker.run(stop, hurry))
+            await asyncio.wait_for(repo.persisting.wait(), timeout=30)
+            stop.set()
+            hurry.set()
+            await asyncio.sleep(0.5)  # the run is cut off; a release would be written now
+            repo.gate.set()
+            await asyncio.wait_for(running, timeout=30)
+    finished = [entry for entry in logs if entry["event"] == "job_finished"]
+    assert [(e["outcome"], e["stage"]) for e in finished] == [("completed", "persist")]
+    job = await job_row(pool)
+    assert (job["status"], job["attempts"]) == ("completed", 1)
+
+
 class FailRefused(repository.Repository):
     """A repository whose record of a failed run does not get written."""
 

@@ -8,7 +8,7 @@ import datetime as dt
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -22,7 +22,7 @@ log = structlog.get_logger("menos.worker")
 T = TypeVar("T")
 
 
-async def shielded(write: Coroutine[Any, Any, T]) -> T:
+async def shielded(write: Awaitable[T]) -> T:
     """`write` shielded from a cancel of its caller. When the caller is cancelled meanwhile
     (a stop's deadline), the write goes on alone and its outcome is read when it ends, so
     its failure (the database away) is not logged by asyncio as an error "never retrieved",
@@ -71,6 +71,8 @@ class _Slot(stages.Port):
         self.lost = False
         self.held_until = time.monotonic() + worker.config.lease_s
         self.releasing = False
+        # The completion once submitted: it is written even when the run is cut off.
+        self.persisting: asyncio.Future[repository.Persisted | errors.PipelineError] | None = None
 
     async def boundary(self, stage: stages.Stage) -> None:
         if self.lost or time.monotonic() > self.held_until:
@@ -93,16 +95,19 @@ class _Slot(stages.Port):
     async def persist(self, result: dict[str, Any], tags: list[str]) -> None:
         if self.lost:
             raise stages.Lost()
-        outcome = await self.worker.completions.submit(
-            repository.Completion(
-                guard=self.guard,
-                result=result,
-                tags=tags,
-                stages=self.timings(close=True),
-                diagnostics=self.run.diagnostics,
-                full_payload=self.run.full_payload,
+        self.persisting = asyncio.ensure_future(
+            self.worker.completions.submit(
+                repository.Completion(
+                    guard=self.guard,
+                    result=result,
+                    tags=tags,
+                    stages=self.timings(close=True),
+                    diagnostics=self.run.diagnostics,
+                    full_payload=self.run.full_payload,
+                )
             )
         )
+        outcome = await shielded(self.persisting)
         if isinstance(outcome, errors.PipelineError):
             raise outcome
         if outcome is None:
@@ -110,6 +115,17 @@ class _Slot(stages.Port):
         if outcome == "cancelled":  # asked while it persisted: ended cancelled, no result
             raise stages.Cancelled(ended=True)
         self.worker.learn_tags(self.claimed.job.owner, tags)
+
+    async def give_back(self) -> str:
+        """The outcome of a run cut off by a stop. A completion already submitted is written
+        all the same, so its answer is the outcome; else the claim is released: `released`,
+        `cancelled`, or `lost` when that was not written (the database is away, or the job
+        is no longer ours) and its lease gives it back, with the attempt counted."""
+        if self.persisting is not None:
+            answer = await shielded(self.persisting)
+            if isinstance(answer, str):  # completed, or cancelled when asked meanwhile
+                return answer
+        return await shielded(self.worker.repo.release(self.guard)) or "lost"
 
     def timings(self, *, close: bool = False) -> list[models.StageTiming]:
         """Stage timings so far; `close` ends the running stage now (for the final write)."""
@@ -384,12 +400,9 @@ class Worker:
             stage_failed = True
             outcome = await self._fail(slot, exc.code, exc.message)
         except asyncio.CancelledError:
-            # "lost" when the release was not written (the database is away, or the job is
-            # no longer ours): its lease gives it back, with the attempt counted.
             outcome = "lost"
             with contextlib.suppress(Exception):
-                released = await shielded(self.repo.release(slot.guard))
-                outcome = released or "lost"
+                outcome = await slot.give_back()
             raise
         except errors.DatabaseUnavailable as exc:
             outcome = "lost"  # the lease runs out and the rescuer returns the job
