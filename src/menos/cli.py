@@ -890,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"menos: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
     menos_logging.configure(conf.log_format)
+    db.application_name = f"menos {args.command}"
     if sys.stdout is None and args.command not in _SERVICES:  # started with `>&-`
         if getattr(args, "out", None) is None:
             # Refused before acting: a key's secret, say, must not be made and then lost.

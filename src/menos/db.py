@@ -6,6 +6,7 @@ import asyncio
 import functools
 import hashlib
 import re
+import urllib.parse
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -133,10 +134,25 @@ def _unavailable(exc: BaseException, timeout: float) -> errors.DatabaseUnavailab
     return errors.DatabaseUnavailable(str(exc) or type(exc).__name__)
 
 
+# The `application_name` of this process's sessions (`menos worker`, as the command line sets
+# it), so that pg_stat_activity tells an API from a worker; one the DSN gives is kept.
+application_name = "menos"
+
+
+def _server_settings(dsn: str) -> dict[str, str] | None:
+    try:
+        named = "application_name" in urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query)
+    except ValueError:  # not a URL: asyncpg says so
+        named = False
+    return None if named else {"application_name": application_name}
+
+
 async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection[Any]:
     """One connection with menos's JSON codecs; DatabaseUnavailable when it cannot be made."""
     try:
-        conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=timeout)
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(
+            dsn, timeout=timeout, server_settings=_server_settings(dsn)
+        )
     except CONNECT_REFUSALS as exc:
         raise _unavailable(exc, timeout) from exc
     await _init_connection(conn)
@@ -185,6 +201,7 @@ async def create_pool(
             timeout=timeout,
             command_timeout=60,
             max_inactive_connection_lifetime=300,
+            server_settings=_server_settings(dsn),
         )
     except CONNECT_REFUSALS as exc:
         raise _unavailable(exc, timeout) from exc

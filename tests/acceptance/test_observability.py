@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.processes import Menos, sql, wait_for
+from tests.support.processes import BIN, Menos, sql, wait_for
 
 
 def scrape(menos: Menos) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -221,3 +221,29 @@ def test_stopped_and_gone_processes_fold_into_one_metric_total(menos: Menos) -> 
     finish("four")
     wait_for(lambda: fetch_runs() >= 14, what="restarted worker's samples")
     assert fetch_runs() == 14
+
+
+def test_each_process_names_its_sessions_in_pg_stat_activity(menos: Menos) -> None:
+    """pg_stat_activity tells an API from a worker or a dispatcher; a DSN's own
+    `application_name` is kept."""
+    menos.api()
+    assert httpx.get(f"{menos.base_url}/ready", timeout=10).status_code == 200  # a session
+    menos.worker("--worker-id", "named")
+    menos.spawn(str(BIN / "dispatcher"))
+    separator = "&" if "?" in menos.database_url else "?"
+    menos.worker(
+        "--worker-id",
+        "chosen",
+        MENOS_DATABASE_URL=f"{menos.database_url}{separator}application_name=chosen",
+    )
+    expected = {"menos api", "menos worker", "menos dispatcher", "chosen"}
+
+    def named() -> set[str]:
+        rows = sql(
+            menos.database_url,
+            "SELECT DISTINCT application_name FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        return {row["application_name"] for row in rows}
+
+    wait_for(lambda: expected <= named(), timeout=60, what=f"sessions named {expected}")
