@@ -398,6 +398,33 @@ async def test_a_form_field_declared_in_another_charset_is_a_415_before_it_is_de
         assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
 
 
+@pytest.mark.parametrize("charset", [b"hex", b"punycode"])
+async def test_a_field_in_another_charset_before_a_malformed_part_is_a_415(
+    pool: asyncpg.Pool[Any], repo: repository.Repository, charset: bytes
+) -> None:
+    """A malformed part after the field does not skip its check: Litestar's parser decodes
+    the parts before the fault (hex answered 500, punycode stalled the event loop)."""
+    key = (await repo.create_key("alice", "user")).api_key
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="title"\r\n'
+        b"Content-Type: text/plain; charset=" + charset + b"\r\n\r\nab-cd\r\n"
+        b"--b\r\nno header here\r\n\r\nx"
+    )
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        answer = await client.post(
+            "/api/v1/content",
+            content=form,
+            headers={
+                "authorization": f"Bearer {key}",
+                "content-type": "multipart/form-data; boundary=b",
+            },
+        )
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["errors"] == [
+        {"field": "title", "message": "form fields must be UTF-8 text"}
+    ]
+
+
 async def test_a_form_field_with_an_empty_charset_is_read_as_utf_8(
     pool: asyncpg.Pool[Any], repo: repository.Repository
 ) -> None:

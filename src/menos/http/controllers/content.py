@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import itertools
 import uuid
 from typing import Annotated, Any
 
@@ -244,7 +245,9 @@ async def _refuse_other_charsets(request: Request[Any, Any, Any]) -> None:
         with multipart.PushMultipartParser(
             boundary.encode(), max_segment_count=MAX_FORM_PARTS
         ) as parser:
-            for event in [*parser.parse(body), *parser.parse(b"")]:
+            # Each part as it comes: Litestar's parser decodes the parts before a malformed
+            # one, so a fault further on must not skip the check of those.
+            for event in itertools.chain(parser.parse(body), parser.parse(b"")):
                 if (
                     isinstance(event, multipart.MultipartSegment)
                     and not event.filename
