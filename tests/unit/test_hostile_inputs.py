@@ -95,6 +95,14 @@ def test_a_comma_separated_tag_of_the_longest_length_is_kept() -> None:
         validate.tags([f"a, {longest}y"], comma_separated=True)
 
 
+def test_an_ingested_tag_is_measured_trimmed_as_an_uploaded_one_is() -> None:
+    """A JSON list's `"   <100 characters>"` was refused by ingest, kept by upload."""
+    longest = "y" * validate.MAX_TAG
+    assert validate.tags([f"   {longest} "]) == [longest]
+    with pytest.raises(errors.InvalidInput):
+        validate.tags([f" {longest}y"])
+
+
 def test_repeated_tags_count_once() -> None:
     assert validate.tags(["same"] * 51 + ["other"]) == ["same", "other"]
     with pytest.raises(errors.InvalidInput):

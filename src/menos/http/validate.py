@@ -63,9 +63,9 @@ def tags(
     for index, value in enumerate(values or []):
         # split and trimmed as frontmatter's tags are: `a, b` has a space after the comma
         for part in markdown.split_tags([value]) if comma_separated else [value]:
-            tag = text(f"{field}[{index}]", part, max_chars=MAX_TAG)
+            tag = text(f"{field}[{index}]", part.strip(), max_chars=MAX_TAG)  # length trimmed
             if tag is not None:
-                cleaned.append(tag.strip())
+                cleaned.append(tag)
     distinct = list(dict.fromkeys(cleaned))
     if len(distinct) > MAX_TAGS:
         raise errors.InvalidInput(field, f"at most {MAX_TAGS} tags")
