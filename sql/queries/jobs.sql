@@ -44,15 +44,30 @@ SELECT job, content, body_omitted FROM menos.claim_jobs($1, $2, $3, $4, $5::time
 SELECT content_id, body FROM menos.content WHERE content_id = ANY ($1::uuid[]);
 
 -- name: heartbeat
--- Extend the leases of the jobs this worker still holds, record their stage; returns those still held.
-UPDATE menos.pipeline_job j
-   SET lease_expires_at = coalesce($5::timestamptz, now()) + make_interval(secs => $6),
-       current_stage = h.stage,
-       stages = coalesce($4::jsonb -> h.job_id::text, j.stages)
-  FROM unnest($1::uuid[], $2::integer[], $3::text[]) AS h (job_id, attempts, stage)
- WHERE j.job_id = h.job_id AND (j.status = 'processing') IS TRUE AND j.worker_id = $7
-   AND j.attempts = h.attempts
-RETURNING j.job_id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
+-- Extend the leases of the jobs this worker still holds, record their stage; returns those still held, `renewed` false for one whose row another transaction has locked (left as it is: waiting for that lock would hold every other job's lease up with it).
+WITH beat AS (
+    SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[]) AS h (job_id, attempts, stage)
+), free AS (
+    SELECT job_id FROM menos.pipeline_job
+     WHERE job_id = ANY ($1::uuid[])
+       FOR NO KEY UPDATE SKIP LOCKED
+), renewed AS (
+    UPDATE menos.pipeline_job j
+       SET lease_expires_at = coalesce($5::timestamptz, now()) + make_interval(secs => $6),
+           current_stage = h.stage,
+           stages = coalesce($4::jsonb -> h.job_id::text, j.stages)
+      FROM beat AS h
+     WHERE j.job_id = ANY (ARRAY(SELECT job_id FROM free))
+       AND j.job_id = h.job_id AND (j.status = 'processing') IS TRUE AND j.worker_id = $7
+       AND j.attempts = h.attempts
+    RETURNING j.job_id, j.cancel_requested_at IS NOT NULL AS cancel_requested
+)
+SELECT job_id, cancel_requested, true AS renewed FROM renewed
+UNION ALL
+SELECT j.job_id, false, false  -- as last committed: held unless that lock's change takes it
+  FROM menos.pipeline_job j JOIN beat AS h USING (job_id)
+ WHERE j.job_id = ANY ($1::uuid[]) AND j.job_id <> ALL (ARRAY(SELECT job_id FROM free))
+   AND (j.status = 'processing') IS TRUE AND j.worker_id = $7 AND j.attempts = h.attempts;
 
 -- name: save_fetched
 -- Store what the fetch stage got, while this worker still holds the job.
@@ -148,9 +163,9 @@ UPDATE menos.pipeline_job
 RETURNING job_id, status;
 
 -- name: rescue_expired
--- Return expired-lease jobs (all, or only job $3) to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked); names the worker each was lost by.
+-- Return expired-lease jobs (all, or only job $3) to pending, or fail them WORKER_LOST after $2 claims (cancelled if cancel was asked); names the worker each was lost by. One whose content row another transaction holds is passed over until a later sweep.
 WITH expired AS (
-    SELECT job_id, worker_id,
+    SELECT job_id, content_id, worker_id,
            CASE WHEN attempts = 1
                 THEN 'the worker running this job was lost (lease expired)'
                 ELSE format('the workers running this job were lost %s times (lease expired)',
@@ -161,6 +176,12 @@ WITH expired AS (
      ORDER BY lease_expires_at
      LIMIT 500
        FOR UPDATE SKIP LOCKED
+), free AS (
+    -- The status mirror writes each job's content row: waiting for one an open psql session
+    -- holds would keep every other expired job from its rescue, as in the claim (0012).
+    SELECT content_id FROM menos.content
+     WHERE content_id = ANY (ARRAY(SELECT content_id FROM expired))
+       FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE menos.pipeline_job j
    SET status = CASE
@@ -197,6 +218,7 @@ UPDATE menos.pipeline_job j
        lease_expires_at = NULL
   FROM expired
  WHERE j.job_id = expired.job_id
+   AND expired.content_id = ANY (ARRAY(SELECT content_id FROM free))
 RETURNING j.job_id, j.content_id, j.status, j.attempts, expired.worker_id AS lost_worker_id;
 
 -- name: expired_job_ids

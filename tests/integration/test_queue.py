@@ -192,6 +192,31 @@ async def test_rescuer_fails_job_worker_lost_after_max_attempts(
     }
 
 
+async def test_rescue_passes_over_a_job_whose_content_row_is_locked(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """An open transaction holding one expired job's content row (psql: `BEGIN; UPDATE
+    menos.content … WHERE content_id = …`) does not hold up the rescue of the other expired
+    jobs: that one is passed over and taken back by a sweep once the row is free."""
+    await helpers.owner(repo)
+    for _ in range(2):
+        await repo.enqueue(helpers.note())
+    now = dt.datetime.now(dt.UTC)
+    locked, other = await claim(repo, "gone", 2, now=now)
+    later = now + dt.timedelta(seconds=LEASE + 1)
+    async with pool.acquire() as operator, operator.transaction():
+        await operator.execute(
+            "UPDATE menos.content SET title = 'edited' WHERE content_id = $1",
+            locked.content.content_id,
+        )
+        rescued, refused = await asyncio.wait_for(
+            repo.rescue_expired(max_attempts=3, now=later), timeout=10
+        )
+        assert [r.job_id for r in rescued] == [other.job.job_id] and not refused
+    rescued, refused = await repo.rescue_expired(max_attempts=3, now=later)
+    assert [r.job_id for r in rescued] == [locked.job.job_id] and not refused
+
+
 async def test_outbox_row_exists_iff_terminal_transition_committed(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
@@ -1388,3 +1413,38 @@ async def test_a_submission_given_up_on_at_the_deadline_is_never_stored(
             assert await pool.fetchval("SELECT count(*) FROM menos.pipeline_job") == 1
         finally:
             await db.close_pool(through, timeout_s=0.5)
+
+
+async def test_heartbeat_renews_other_leases_while_one_job_row_is_locked(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """An operator's open transaction holding one job's row (psql: `BEGIN; UPDATE
+    menos.pipeline_job … WHERE job_id = …`) does not hold up the worker's heartbeat: the other
+    jobs' leases are renewed, so they are not rescued and failed WORKER_LOST while their
+    worker runs them, and the locked one is still held, its lease left as it is."""
+    await helpers.owner(repo)
+    for _ in range(2):
+        await repo.enqueue(helpers.note())
+    now = dt.datetime.now(dt.UTC)
+    held = await claim(repo, "w", 2, now=now)
+    locked, other = (repository.Guard(h.job.job_id, "w", h.job.attempts) for h in held)
+    async with pool.acquire() as operator, operator.transaction():
+        await operator.execute(
+            "UPDATE menos.pipeline_job SET priority = -1 WHERE job_id = $1", locked.job_id
+        )
+        later = now + dt.timedelta(seconds=LEASE / 2)
+        beats = await asyncio.wait_for(
+            repo.heartbeat(
+                "w", [(locked, "fetch", []), (other, "fetch", [])], lease_s=LEASE, now=later
+            ),
+            timeout=10,
+        )
+    assert beats == {
+        locked.job_id: repository.Beat(renewed=False, cancel_requested=False),
+        other.job_id: repository.Beat(renewed=True, cancel_requested=False),
+    }
+    leases = dict(
+        await pool.fetch("SELECT job_id, lease_expires_at FROM menos.pipeline_job")  # type: ignore[arg-type]
+    )
+    assert leases[other.job_id] == later + dt.timedelta(seconds=LEASE)
+    assert leases[locked.job_id] == now + dt.timedelta(seconds=LEASE)

@@ -116,6 +116,13 @@ class CreatedKey(msgspec.Struct, frozen=True):
     webhook_secret: str
 
 
+class Beat(msgspec.Struct, frozen=True):
+    """A held job's answer to a heartbeat."""
+
+    renewed: bool  # false: another transaction has its row locked, its lease was left as it is
+    cancel_requested: bool
+
+
 class Rescued(msgspec.Struct, frozen=True):
     """A job the rescuer took back from a lost worker."""
 
@@ -481,8 +488,10 @@ class Repository(_Store):
         *,
         lease_s: float,
         now: dt.datetime | None = None,
-    ) -> dict[models.JobId, bool]:
-        """Extend the leases of held jobs; answers {job still held: cancel requested}."""
+    ) -> dict[models.JobId, Beat]:
+        """Extend the leases of held jobs; answers the jobs still held. Never waits for a row
+        lock: one job's row locked elsewhere (an open psql transaction) leaves that lease as
+        it is and renews the others."""
         if not held:
             return {}
         rows = await self._fetch(
@@ -495,7 +504,10 @@ class Repository(_Store):
             lease_s,
             worker_id,
         )
-        return {row["job_id"]: row["cancel_requested"] for row in rows}
+        return {
+            row["job_id"]: Beat(renewed=row["renewed"], cancel_requested=row["cancel_requested"])
+            for row in rows
+        }
 
     async def save_fetched(
         self, guard: Guard, *, body: str, title: str | None, metadata: Mapping[str, Any]

@@ -334,11 +334,13 @@ class Worker:
                 log.warning("heartbeat_failed", error=str(exc))
                 continue
             for slot in slots:
-                if slot.guard.job_id not in held:
+                beat = held.get(slot.guard.job_id)
+                if beat is None:
                     slot.lost = True
                     continue
-                slot.held_until = sent_at + self.config.lease_s
-                slot.cancel_requested = slot.cancel_requested or held[slot.guard.job_id]
+                if beat.renewed:
+                    slot.held_until = sent_at + self.config.lease_s
+                slot.cancel_requested = slot.cancel_requested or beat.cancel_requested
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for new jobs and cancellations; reconnect after any connection loss."""
