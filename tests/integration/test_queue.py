@@ -258,8 +258,8 @@ async def test_outbox_row_exists_iff_terminal_transition_committed(
         tx = conn.transaction()
         await tx.start()
         await conn.execute(
-            "UPDATE menos.pipeline_job SET status = 'failed', lease_expires_at = NULL "
-            "WHERE job_id = $1",
+            "UPDATE menos.pipeline_job SET status = 'failed', lease_expires_at = NULL, "
+            "finished_at = now() WHERE job_id = $1",
             second.job.job_id,
         )
         assert await conn.fetchval("SELECT count(*) FROM menos.callback_outbox") == 2
@@ -940,6 +940,69 @@ async def test_a_job_cannot_leave_processing_keeping_its_lease(
     assert await pool.fetchval("SELECT status FROM menos.pipeline_job") == "cancelled"
 
 
+async def test_a_job_cannot_enter_processing_without_a_lease(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A hand-made UPDATE that puts a pending job in `processing` without a lease (which no
+    worker runs, the rescuer never takes back and a cancel never ends) is refused."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    with pytest.raises(asyncpg.CheckViolationError, match="processing_holds_lease"):
+        await pool.execute("UPDATE menos.pipeline_job SET status = 'processing'")
+    assert await pool.fetchval("SELECT status FROM menos.pipeline_job") == "pending"
+    assert len(await claim(repo, "w", 1)) == 1
+
+
+async def test_a_job_cannot_end_without_its_finish_time(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A hand-made UPDATE that ends a job without `finished_at` (which no purge would ever
+    remove, and the API and its callback would show unfinished) is refused."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    with pytest.raises(asyncpg.CheckViolationError, match="finished_when_finished"):
+        await pool.execute("UPDATE menos.pipeline_job SET status = 'cancelled'")
+    await pool.execute("UPDATE menos.pipeline_job SET status = 'cancelled', finished_at = now()")
+    assert await pool.fetchval("SELECT status FROM menos.pipeline_job") == "cancelled"
+
+
+async def test_migration_0016_mends_the_rows_hand_made_updates_left(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A job left processing without a lease is taken back (cancelled when a cancel was
+    asked), one left finished without a time is stamped; then the checks hold."""
+    await helpers.owner(repo)
+    stuck, asked, ended = [(await repo.enqueue(helpers.note())).job_id for _ in range(3)]
+    version, _, migration = db.migrations()[-1]
+    assert version == 16
+    await pool.execute(
+        "ALTER TABLE menos.pipeline_job DROP CONSTRAINT pipeline_job_processing_holds_lease,"
+        " DROP CONSTRAINT pipeline_job_finished_when_finished"
+    )
+    await pool.execute(
+        "UPDATE menos.pipeline_job SET status = 'processing', worker_id = 'psql'"
+        " WHERE job_id = ANY ($1::uuid[])",
+        [stuck, asked],
+    )
+    await pool.execute(
+        "UPDATE menos.pipeline_job SET cancel_requested_at = now() WHERE job_id = $1", asked
+    )
+    await pool.execute("UPDATE menos.pipeline_job SET status = 'failed' WHERE job_id = $1", ended)
+    await pool.execute(migration)
+    rows = {
+        row["job_id"]: (row["status"], row["worker_id"], row["finished_at"] is not None)
+        for row in await pool.fetch(
+            "SELECT job_id, status, worker_id, finished_at FROM menos.pipeline_job"
+        )
+    }
+    assert rows == {
+        stuck: ("pending", None, False),
+        asked: ("cancelled", "psql", True),
+        ended: ("failed", None, True),
+    }
+    assert len(await claim(repo, "w", 1)) == 1
+
+
 async def test_clearing_full_payloads_reads_only_jobs_that_have_one(database_url: str) -> None:
     """Among 2,000 old compact-tier jobs, a purge batch of full-tier payloads finds the two
     that have one without walking the others (nor, later, the payloads it cleared)."""
@@ -1079,7 +1142,9 @@ async def test_an_audited_action_and_its_audit_event_are_one_transaction(
         if action == "cancel":
             await repo.request_cancel(job.job_id, owner=None, actor=actor)
         else:
-            await pool.execute("UPDATE menos.pipeline_job SET status = 'failed'")
+            await pool.execute(
+                "UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()"
+            )
             await repo.reprocess(
                 job.content_id,
                 owner=None,
