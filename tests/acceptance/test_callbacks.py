@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -284,6 +285,38 @@ def test_receiver_always_failing_ends_failed_and_the_job_keeps_its_status(
     assert shown["callback"]["attempts"] == 3
     assert shown["callback"]["last_status_code"] == 503
     assert shown["callback"]["last_error"].startswith("HTTP 503")
+
+
+def test_a_failed_event_is_delivered_again_by_the_documented_statement(menos: Menos) -> None:
+    """docs/sql.md's statement gives a failed event a new round: the mended receiver gets the
+    same body and `webhook-id`, signed; the event ends delivered."""
+    doc = (processes.ROOT / "docs" / "sql.md").read_text(encoding="utf-8")
+    (statement,) = [
+        block
+        for block in re.findall(r"```sql\n(.*?)```", doc, flags=re.S)
+        if block.startswith("UPDATE menos.callback_outbox")
+    ]
+    with receiving(lambda n: 503 if n <= 3 else 200) as receiver:
+        menos.api()
+        menos.worker()
+        dispatcher(menos, **FAST)
+        key = menos.key("alice")
+        with menos.client(key["api_key"]) as client:
+            job_id = submit(client, receiver)
+            wait_for(lambda: delivery(client, job_id) == "failed", what="the callback to fail")
+            event_id = str(callback_state(menos, job_id)["event_id"])
+            sql(
+                menos.database_url,
+                statement.replace("01a20000-0000-7000-8000-0000000000f1", event_id),
+            )
+            wait_for(lambda: delivery(client, job_id) == "delivered", what="the redelivery")
+            shown = job(client, job_id)["callback"]
+    requests = receiver.seen()
+    assert len(requests) == 4
+    assert requests[3].body == requests[0].body
+    assert requests[3].headers["webhook-id"] == requests[0].headers["webhook-id"] == event_id
+    verify(key["webhook_secret"], requests[3])
+    assert (shown["attempts"], shown["last_status_code"], shown["last_error"]) == (1, 200, None)
 
 
 def test_sigkilled_dispatcher_loses_no_event(menos: Menos) -> None:
