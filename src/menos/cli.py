@@ -877,9 +877,9 @@ def main(argv: list[str] | None = None) -> int:
     # top-level command for both).
     if unknown:
         given = sys.argv[1:] if argv is None else argv
-        before_command = given[: given.index(args.command)]
-        owner = parser if set(unknown) & set(before_command) else args.usage_of
-        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+        _given_to(parser, args.usage_of, given, unknown).error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
     for name, value in vars(args).items():
         for text in value if isinstance(value, list) else [value]:
             if isinstance(text, str) and not _is_utf8(text):
@@ -926,6 +926,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Terminated as exc:
         return 128 + exc.signum
+
+
+def _given_to(
+    top: argparse.ArgumentParser,
+    deepest: argparse.ArgumentParser,
+    given: list[str],
+    unknown: list[str],
+) -> argparse.ArgumentParser:
+    """The command that unknown arguments were given to: the one whose name they follow
+    (`db --force stop` gives `--force` to `db`, which does not know it, not to `db stop`)."""
+    owner, start = top, 0
+    for name in deepest.prog.split()[1:]:  # "menos db stop": db, then stop
+        end = given.index(name, start)
+        if set(unknown) & set(given[start:end]):
+            return owner
+        owner, start = _subcommand(owner, name), end + 1
+    return owner
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise KeyError(name)
 
 
 def _hand_over(secret: str) -> None:
