@@ -207,7 +207,10 @@ async def classify(
             for content_id, _, current in batch:
                 seen += 1
                 after = content_id
-                if dry_run:
+                if dry_run and not bar.disable:
+                    # On a terminal the id would land on the bar's line: it is cleared for it.
+                    bar.write(str(content_id), file=out)
+                elif dry_run:
                     print(str(content_id), file=out)
                 else:
                     # Forced only when it was current as listed (`--status completed`): a

@@ -181,3 +181,38 @@ async def test_classify_stale_leaves_content_made_current_after_it_was_listed(
         "dry_run": False,
     }
     assert await pool.fetchval("SELECT count(*) FROM menos.pipeline_job") == 1
+
+
+class _Terminal(io.StringIO):
+    """stdout and stderr on one terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_classify_dry_run_on_a_terminal_prints_each_id_on_a_line_of_its_own(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], monkeypatch: Any
+) -> None:
+    """The progress bar shares the terminal with the ids: no id is printed after the bar on
+    its line (where a copy of it would take the bar along)."""
+    await helpers.owner(repo)
+    ids = {str((await repo.enqueue(helpers.note(body=f"# n{i}"))).content_id) for i in range(3)}
+    await pool.execute("UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()")
+    await pool.execute("UPDATE menos.content SET processing_status = 'failed'")
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    await tools.classify(
+        repo,
+        owner=None,
+        content_type=None,
+        status=None,
+        stale=False,
+        limit=None,
+        dry_run=True,
+        version="0.1.0",
+        data_tier="compact",
+        out=terminal,
+    )
+    # What the terminal shows last on each line: a carriage return goes back to its start.
+    shown = [line.rsplit("\r", 1)[-1].strip() for line in terminal.getvalue().split("\n")]
+    assert ids <= set(shown), shown
