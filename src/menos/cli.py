@@ -82,11 +82,12 @@ async def _migrate(dsn: str) -> list[int]:
 
 
 def _stop_events() -> tuple[asyncio.Event, asyncio.Event]:
-    """Events set by SIGTERM or SIGINT: the first signal asks for a graceful stop (`stop`),
-    a second one ends its grace period at once (`hurry`)."""
+    """Events set by SIGTERM, SIGINT or SIGHUP (the terminal running the service closed): the
+    first signal asks for a graceful stop (`stop`), a second one ends its grace period at once
+    (`hurry`)."""
     stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stopping.on_signal, stop, hurry)
     return stop, hurry
 
@@ -107,7 +108,8 @@ def cmd_api(conf: settings.Settings, args: argparse.Namespace) -> int:
     # A stop asked while the embedded server starts or the migrations run (they may wait for
     # locks for as long as a session holds them) ends the command there, as a stop: the
     # embedded server it started is stopped, and it exits 0 as when serving.
-    signal.signal(signal.SIGTERM, _terminate)
+    for sig in _TERMINATING:
+        signal.signal(sig, _terminate)
     try:
         return _api(conf)
     except (KeyboardInterrupt, Terminated):
@@ -127,7 +129,7 @@ def _api(conf: settings.Settings) -> int:
         # signal coming before uvicorn listens for them (while the app is made) is kept, and
         # the server stops as soon as it has started.
         stop_requested: list[int] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda signum, _frame: stop_requested.append(signum))
         serving.serve(
             http_app.create_app(conf),

@@ -135,8 +135,12 @@ def test_global_cap_holds_across_three_workers(menos: Menos, llm: fake_llm.FakeL
     assert counts["completed"] == 10
 
 
-def test_sigterm_lets_the_running_job_complete(menos: Menos, llm: fake_llm.FakeLLM) -> None:
-    """SIGTERM stops claiming but the job in progress completes before the worker exits."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_sigterm_lets_the_running_job_complete(
+    menos: Menos, llm: fake_llm.FakeLLM, sig: signal.Signals
+) -> None:
+    """SIGTERM stops claiming but the job in progress completes before the worker exits; so
+    does SIGHUP (the terminal running `bin/worker` closed), which used to kill it at once."""
     env = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url, "MENOS_LLM_MODEL": "slow-1.5"}
     menos.api()
     worker = menos.worker("--worker-id", "polite", **env)
@@ -144,7 +148,7 @@ def test_sigterm_lets_the_running_job_complete(menos: Menos, llm: fake_llm.FakeL
     with menos.client(key["api_key"]) as client:
         job_id = client.post("/api/v1/content", json={"text": "finish me"}).json()["job_id"]
         wait_for(lambda: job_status(client, job_id) == "processing", what="processing")
-        worker.send_signal(signal.SIGTERM)
+        worker.send_signal(sig)
         assert worker.wait(timeout=30) == 0
         assert job_status(client, job_id) == "completed"
 

@@ -157,7 +157,8 @@ class _AcceptErrors:
 
 
 def serve(app: ASGIApp, *, host: str, port: int, stop_requested: Sequence[int] = ()) -> None:
-    """Serve `app` until SIGTERM or SIGINT, then let requests finish for SHUTDOWN_GRACE_S.
+    """Serve `app` until SIGTERM, SIGINT or SIGHUP, then let requests finish for
+    SHUTDOWN_GRACE_S.
 
     `stop_requested` holds the signals that came before this process listened for them: it
     is read once uvicorn listens, and a stop asked there ends the server once it started."""
@@ -180,10 +181,11 @@ def serve(app: ASGIApp, *, host: str, port: int, stop_requested: Sequence[int] =
         await server.serve()
 
     # Until uvicorn's own handlers are in place, a stop signal ends the server once it started.
+    # SIGHUP (the terminal running it closed), which uvicorn leaves alone, stops it so too.
     def stop(_signum: int, _frame: object) -> None:
         server.should_exit = True
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stop)
     if stop_requested:
         server.should_exit = True
