@@ -87,7 +87,7 @@ def _stop_events() -> tuple[asyncio.Event, asyncio.Event]:
     (`hurry`)."""
     stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, *_HANGUP):
         loop.add_signal_handler(sig, stopping.on_signal, stop, hurry)
     return stop, hurry
 
@@ -129,7 +129,7 @@ def _api(conf: settings.Settings) -> int:
         # signal coming before uvicorn listens for them (while the app is made) is kept, and
         # the server stops as soon as it has started.
         stop_requested: list[int] = []
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, *_HANGUP):
             signal.signal(sig, lambda signum, _frame: stop_requested.append(signum))
         serving.serve(
             http_app.create_app(conf),
@@ -554,7 +554,7 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
             stop_children()
 
         # SIGHUP: the terminal running `make run` was closed; its server must not be left.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, *_HANGUP):
             signal.signal(sig, stop)
         host = f"[{conf.host}]" if ":" in conf.host else conf.host  # an IPv6 address
         base = f"http://{host}:{conf.port}"
@@ -829,7 +829,10 @@ class Terminated(BaseException):
         self.signum = signum
 
 
-_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+# SIGHUP ignored when this process started (`nohup bin/worker &`) stays ignored: the command
+# was meant to outlive its terminal, and its shell still sends it SIGHUP when that closes.
+_HANGUP = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+_TERMINATING = (signal.SIGTERM, *_HANGUP)
 
 
 def _terminate(signum: int, _frame: object) -> None:

@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support import fake_llm, processes
@@ -151,6 +152,33 @@ def test_sigterm_lets_the_running_job_complete(
         worker.send_signal(sig)
         assert worker.wait(timeout=30) == 0
         assert job_status(client, job_id) == "completed"
+
+
+def test_services_started_under_nohup_outlive_their_terminal(menos: Menos) -> None:
+    """`nohup bin/worker &`: the shell still sends SIGHUP to its jobs when its terminal
+    closes, and a service started so keeps running; SIGTERM stops it as before."""
+    api_port = str(processes.free_port())
+    services = [
+        menos.spawn("nohup", str(processes.BIN / "api"), MENOS_PORT=api_port),
+        menos.spawn("nohup", str(processes.BIN / "worker")),
+        menos.spawn("nohup", str(processes.BIN / "dispatcher")),
+    ]
+
+    def started() -> bool:
+        try:
+            httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=1).raise_for_status()
+        except httpx.HTTPError:
+            return False
+        return all(f'"{name}_started"' in menos.logs() for name in ("worker", "dispatcher"))
+
+    wait_for(started, timeout=60, what="the services to start")
+    for proc in services:
+        proc.send_signal(signal.SIGHUP)
+    time.sleep(2)
+    assert [proc.poll() for proc in services] == [None, None, None], menos.logs()
+    for proc in services:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
 
 
 @pytest.mark.parametrize("hurried", [False, True], ids=["grace-ends", "second-sigterm"])

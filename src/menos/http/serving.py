@@ -186,7 +186,8 @@ def serve(app: ASGIApp, *, host: str, port: int, stop_requested: Sequence[int] =
         server.should_exit = True
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, stop)
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # SIGHUP under nohup: not a stop
+            signal.signal(sig, stop)
     if stop_requested:
         server.should_exit = True
 
