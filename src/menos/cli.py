@@ -875,7 +875,7 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m menos`."""
     if sys.stderr is None:  # started with `2>&-`
-        _stderr_to_devnull()
+        menos_logging.stderr_to_devnull()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     # Reported by the command they were given to, with its usage (argparse would name the
@@ -968,16 +968,6 @@ def _hand_over(secret: str) -> None:
         raise errors.MenosError(
             f"could not write the result ({exc.strerror or exc}): nothing was changed"
         ) from exc
-
-
-def _stderr_to_devnull() -> None:
-    """Messages and logs have nowhere to go: discard them. Descriptor 2 becomes /dev/null, so
-    no file or socket opened later takes its place (and gets what is written there)."""
-    fd = os.open(os.devnull, os.O_WRONLY)
-    if fd != 2:
-        os.dup2(fd, 2)
-        os.close(fd)
-    sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - for the process
 
 
 def _stdout_gone() -> bool:

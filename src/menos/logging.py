@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -40,7 +41,7 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *_: _StderrLogger(sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Lines of libraries (asyncpg, uvicorn) name their logger, and their traceback is text.
@@ -64,6 +65,32 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
     pool = logging.getLogger("asyncpg.pool")
     if not any(isinstance(f, _OneLineReconnects) for f in pool.filters):
         pool.addFilter(_OneLineReconnects())
+
+
+def stderr_to_devnull() -> None:
+    """Messages and logs have nowhere to go: discard them. Descriptor 2 becomes /dev/null, so
+    no file or socket opened later takes its place (and gets what is written there)."""
+    fd = os.open(os.devnull, os.O_WRONLY)
+    if fd != 2:
+        os.dup2(fd, 2)
+        os.close(fd)
+    sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - for the process
+
+
+class _StderrLogger(structlog.PrintLogger):
+    """structlog's PrintLogger, but a line stderr no longer takes (its terminal closed: EIO;
+    the reader of its pipe gone: EPIPE) is dropped with the ones after it, instead of raising
+    in the code that logs: a service stopped by the SIGHUP of its closed terminal still gives
+    its jobs back."""
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except OSError:
+            stderr_to_devnull()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 class _OneLineReconnects(logging.Filter):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import pty
 import signal
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -179,6 +182,38 @@ def test_services_started_under_nohup_outlive_their_terminal(menos: Menos) -> No
     for proc in services:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_sighup_of_a_closed_terminal_lets_the_running_job_complete(
+    menos: Menos, llm: fake_llm.FakeLLM
+) -> None:
+    """`bin/worker` in a terminal that is closed: SIGHUP comes, and its logs can no longer be
+    written there (EIO). The stop is graceful all the same: the job completes, exit 0."""
+    env = {"MENOS_ANALYZER": "openai", "MENOS_LLM_BASE_URL": llm.url, "MENOS_LLM_MODEL": "slow-1.5"}
+    menos.api()
+    terminal, tty = pty.openpty()
+    worker = subprocess.Popen(
+        [str(processes.BIN / "worker")],
+        env={**menos.env, **env, "MENOS_LOG_FORMAT": "console"},
+        stdin=subprocess.DEVNULL,
+        stdout=tty,
+        stderr=tty,
+        cwd=menos.workdir,
+    )
+    os.close(tty)
+    key = menos.key("alice")
+    try:
+        with menos.client(key["api_key"]) as client:
+            job_id = client.post("/api/v1/content", json={"text": "finish me"}).json()["job_id"]
+            wait_for(lambda: job_status(client, job_id) == "processing", what="processing")
+            os.close(terminal)  # the terminal is gone: writes to it fail with EIO
+            worker.send_signal(signal.SIGHUP)
+            assert worker.wait(timeout=30) == 0
+            assert job_status(client, job_id) == "completed"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
 
 
 @pytest.mark.parametrize("hurried", [False, True], ids=["grace-ends", "second-sigterm"])
