@@ -206,6 +206,17 @@ async def test_no_api_key_sends_no_authorization(analyzer: Make) -> None:
     assert str(server.requests[0].url) == "http://llm.test/v1/chat/completions"
 
 
+async def test_base_url_query_stays_a_query(analyzer: Make) -> None:
+    """`/chat/completions` goes on the base URL's path: a query such as Azure's api-version
+    is kept as the query, not turned into `?api-version=…/chat/completions`."""
+    server = Server()
+    base_url = "http://llm.test/openai/deployments/gpt?api-version=2024-10-21"
+    await analyzer(server, base_url=base_url).analyze(request())
+    sent = server.requests[0].url
+    assert sent.path == "/openai/deployments/gpt/chat/completions"
+    assert sent.params["api-version"] == "2024-10-21"
+
+
 async def test_repair_shows_the_first_answer(analyzer: Make) -> None:
     """The repair call replays the conversation with the model's first answer and asks again."""
     server = Server()

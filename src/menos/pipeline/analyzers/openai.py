@@ -64,7 +64,9 @@ class OpenAIAnalyzer:
         if max_chars <= 0:
             raise ValueError("max_chars must be positive")
         self._client = client
-        self._url = base_url.rstrip("/") + "/chat/completions"
+        # Appended to the path: a query (Azure's `?api-version=…`) stays the query.
+        url = httpx.URL(base_url)
+        self._url = url.copy_with(path=url.path.rstrip("/") + "/chat/completions")
         self._model = model
         self._api_key = api_key or None
         self._timeout_s = timeout_s
