@@ -33,6 +33,13 @@ ErrorCode = Literal[
 MAX_ERROR_MESSAGE = 500
 
 
+def one_line(message: str) -> str:
+    """A job's error message as it is stored and shown (`reprocess --wait` prints it on a
+    terminal): one line of visible text. Control and format characters (the escape sequences
+    of a server's answer, newlines) become spaces, and runs of spaces one."""
+    return " ".join("".join(char if char.isprintable() else " " for char in message).split())
+
+
 def describe(exc: BaseException) -> str:
     """`Type: message`, or only `Type` for an exception without a message (httpx's ReadError
     for a connection reset mid-answer has none)."""
@@ -107,8 +114,9 @@ class PipelineError(MenosError):
     def __init__(
         self, code: ErrorCode, message: str, *, kept: dict[str, str] | None = None
     ) -> None:
-        super().__init__(message[:MAX_ERROR_MESSAGE])
+        message = one_line(message[:MAX_ERROR_MESSAGE])
+        super().__init__(message)
         self.code: ErrorCode = code
-        self.message = message[:MAX_ERROR_MESSAGE]
+        self.message = message
         # What a failed analyzer call sent (`prompt`) and got back (`answer`), for the full tier.
         self.kept: dict[str, str] = dict(kept or {})

@@ -30,7 +30,7 @@ class FailingAnalyzer:
     name = "failing"
 
     async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
-        raise errors.PipelineError("LLM_CALL_ERROR", "model said: bad\x00answer")
+        raise errors.PipelineError("LLM_CALL_ERROR", "model said: bad\x00answer\x1b[2J")
 
     async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
         raise AssertionError("never asked")
@@ -96,15 +96,16 @@ async def until_failed(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
 async def test_a_nul_in_the_error_is_recorded_not_left_processing(
     pool: asyncpg.Pool[Any], build: Build
 ) -> None:
-    """The model's error text (and so the diagnostics) holds a NUL, which PostgreSQL refuses:
-    the job still ends failed, with U+FFFD in its place, and is never run again."""
+    """The model's error text (and so the diagnostics) holds a NUL, which PostgreSQL refuses,
+    and a terminal's escape sequence: the job still ends failed, with a space in their place,
+    and is never run again."""
     repo = repository.Repository(pool, db.Queries())
     await helpers.owner(repo)
     await repo.enqueue(helpers.note())
     row = await run_until_ended(build(repo), pool)
     assert (row["status"], row["attempts"], row["error_code"]) == ("failed", 1, "LLM_CALL_ERROR")
-    assert row["error_message"] == "model said: bad\ufffdanswer"
-    assert row["diagnostics"]["error"]["message"] == "model said: bad\ufffdanswer"
+    assert row["error_message"] == "model said: bad answer [2J"
+    assert row["diagnostics"]["error"]["message"] == "model said: bad answer [2J"
 
 
 async def test_a_failed_jobs_summary_line_names_its_error_code(

@@ -287,6 +287,20 @@ async def test_error_message_is_short_and_never_shows_the_key(analyzer: Make) ->
     assert len(caught.value.message) <= 500
 
 
+async def test_error_message_holds_no_control_characters(analyzer: Make) -> None:
+    """Escape sequences in an error body (a terminal's title, clear screen) do not reach the
+    message that `reprocess --wait` prints: control and format characters become spaces."""
+    message = "overloaded \x1b]0;title\x07\x1b[2J\x1b[31mred\x08\u202e"
+    server = Server(lambda _: httpx.Response(503, json={"error": {"message": message}}))
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(server).analyze(request())
+    assert (
+        caught.value.message
+        == "the model server answered HTTP 503: overloaded ]0;title [2J [31mred"
+    )
+    assert caught.value.message.isprintable()
+
+
 async def test_connection_error_is_llm_call_error(analyzer: Make) -> None:
     """An unreachable server fails the job with LLM_CALL_ERROR."""
 

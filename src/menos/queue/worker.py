@@ -443,6 +443,7 @@ class Worker:
             log.info("job_lost_before_fail")
             return "lost"
         stage = slot.run.current or "fetch"
+        message = errors.one_line(message[: errors.MAX_ERROR_MESSAGE])
         slot.run.diagnostics["error"] = {"code": code, "stage": stage, "message": message}
         try:
             written = await shielded(
