@@ -198,6 +198,14 @@ async def test_a_huge_model_name_and_usage_are_not_stored_whole(analyzer: Make) 
     assert answer.usage is None
 
 
+async def test_finish_reason_is_read(analyzer: Make) -> None:
+    """The choice's finish_reason is kept (`length`: the answer hit the token limit)."""
+    body = completion()
+    body["choices"][0]["finish_reason"] = "length"
+    answer = await analyzer(Server(lambda _: httpx.Response(200, json=body))).analyze(request())
+    assert answer.finish_reason == "length"
+
+
 async def test_no_api_key_sends_no_authorization(analyzer: Make) -> None:
     """A local server without a key gets no Authorization header."""
     server = Server()

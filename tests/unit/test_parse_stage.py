@@ -114,12 +114,13 @@ class TextAnalyzer:
 
     name = "text"
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, finish_reason: str | None = None) -> None:
         self.text = text
+        self.finish_reason = finish_reason
         self.repairs = 0
 
     async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
-        return analyzers.Answer(text=self.text, model="text")
+        return analyzers.Answer(text=self.text, model="text", finish_reason=self.finish_reason)
 
     async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
         self.repairs += 1
@@ -135,6 +136,22 @@ async def test_a_deeply_nested_answer_fails_like_any_answer_without_json() -> No
         with pytest.raises(errors.PipelineError) as caught:
             await stages.run_pipeline(note("# t\n\nSome text."), RecordingPort(set()), ctx, run)
     assert (caught.value.code, run.current, analyzer.repairs) == ("EMPTY_RESPONSE", "parse", 1)
+
+
+async def test_an_answer_cut_off_at_the_token_limit_says_so() -> None:
+    """An answer that ended at the model's token limit (`finish_reason: length`) fails with a
+    message saying so, and the finish reason is in the diagnostics: without it the failure
+    named only the keys of a topic nested in the unfinished result."""
+    whole = json.dumps({"summary": "s", "topics": [{"name": "Queues", "confidence": 0.8}]})
+    analyzer = TextAnalyzer(whole[:-1], finish_reason="length")
+    async with httpx.AsyncClient() as http:
+        ctx = offline_context(http, analyzer, clock=lambda: NOW)
+        run = stages.Run(full=False, clock=ctx.clock)
+        with pytest.raises(errors.PipelineError) as caught:
+            await stages.run_pipeline(note("# t\n\nSome text."), RecordingPort(set()), ctx, run)
+    assert caught.value.code == "PARSE_FAILED"
+    assert "cut off at its token limit" in caught.value.message
+    assert run.diagnostics["finish_reason"] == "length"
 
 
 @pytest.mark.parametrize("body", ["", " \n\t", "\u200b\u200b", "\u200b \u2060\n\u200d\ufeff"])

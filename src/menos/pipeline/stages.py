@@ -196,6 +196,8 @@ async def _analyze(state: _State, port: Port, ctx: Context, run: Run) -> None:
     run.diagnostics["model"] = state.answer.model
     if state.answer.usage is not None:
         run.diagnostics["usage"] = state.answer.usage
+    if state.answer.finish_reason is not None:
+        run.diagnostics["finish_reason"] = state.answer.finish_reason
     run.keep(prompt=state.answer.prompt, raw_answer=state.answer.text)
 
 
@@ -215,15 +217,28 @@ async def _parse(state: _State, port: Port, ctx: Context, run: Run) -> None:
         raw = result.extract_json(repaired.text)
         if raw is None:
             raise errors.PipelineError(
-                "EMPTY_RESPONSE", "the analyzer gave no JSON object, also after one repair call"
+                "EMPTY_RESPONSE",
+                "the analyzer gave no JSON object, also after one repair call"
+                + _cut_off(state.answer, repaired),
             )
     candidates = raw.get("tags") if isinstance(raw.get("tags"), list) else []
     # Only tags that can be kept are asked about: coerce drops the others whatever the answer.
     valid = (result.normalize_tag(tag) for tag in candidates or [] if isinstance(tag, str))
     known = await port.known_tags([tag for tag in valid if tag is not None])
-    state.result = result.coerce(
-        raw, known_tags=known, model=state.answer.model, processed_at=ctx.clock()
-    )
+    try:
+        state.result = result.coerce(
+            raw, known_tags=known, model=state.answer.model, processed_at=ctx.clock()
+        )
+    except errors.PipelineError as exc:
+        # A cut-off answer's first whole object may be one nested in the unfinished result.
+        raise errors.PipelineError(exc.code, exc.message + _cut_off(state.answer)) from exc
+
+
+def _cut_off(*answers: analyzers.Answer) -> str:
+    """What a parse failure's message adds when an answer ended at the model's token limit."""
+    if any(answer.finish_reason == "length" for answer in answers):
+        return " (the model's answer was cut off at its token limit: finish_reason length)"
+    return ""
 
 
 def _keep_failed_call(run: Run, exc: errors.PipelineError, *, prompt: str, answer: str) -> None:

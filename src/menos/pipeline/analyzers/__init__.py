@@ -24,6 +24,7 @@ class Answer(msgspec.Struct, frozen=True):
     model: str
     prompt: str | None = None
     usage: dict[str, Any] | None = None
+    finish_reason: str | None = None  # the server's; `length`: cut off at its token limit
 
 
 class Analyzer(Protocol):

@@ -40,6 +40,7 @@ MAX_DETAIL = 200
 # included) and the model name in the result, where every other string is bounded too.
 MAX_MODEL_CHARS = 200
 MAX_USAGE_BYTES = 4096
+MAX_FINISH_REASON_CHARS = 50  # `stop`, `length`, `content_filter`, …
 # A chat completion's body: a JSON object and perhaps a reasoning trace, far below this.
 MAX_ANSWER_BYTES = 8 * 2**20
 
@@ -149,11 +150,13 @@ class OpenAIAnalyzer:
                 kept={"answer": self._stored(content)},
             )
         try:
-            text, model, usage = self._read(content)
+            text, model, usage, finish_reason = self._read(content)
         except errors.PipelineError as exc:
             exc.kept["answer"] = self._stored(content)
             raise
-        return analyzers.Answer(text=text, model=model, prompt=prompt, usage=usage)
+        return analyzers.Answer(
+            text=text, model=model, prompt=prompt, usage=usage, finish_reason=finish_reason
+        )
 
     async def _post(
         self, body: dict[str, Any], headers: dict[str, str]
@@ -175,15 +178,16 @@ class OpenAIAnalyzer:
                 return response.status_code, None
             return response.status_code, content
 
-    def _read(self, content: bytes) -> tuple[str, str, dict[str, Any] | None]:
-        """Content, model name and usage of a chat-completions body. A lone surrogate escape
-        in its strings becomes U+FFFD rather than failing the call."""
+    def _read(self, content: bytes) -> tuple[str, str, dict[str, Any] | None, str | None]:
+        """Content, model name, usage and finish reason of a chat-completions body. A lone
+        surrogate escape in its strings becomes U+FFFD rather than failing the call."""
         try:
             # The standard library's decoder, not msgspec's: msgspec refuses "\ud800", which
             # JSON allows and some servers send when a model cuts a character in two.
             data = json.loads(content)
             message = data["choices"][0]["message"]
             content_field = message.get("content")
+            finish_reason = data["choices"][0].get("finish_reason")
         except (
             ValueError,  # not JSON, or not UTF-8 (UnicodeDecodeError)
             RecursionError,  # JSON nested deeper than the decoder goes (a few bytes a level)
@@ -220,6 +224,9 @@ class OpenAIAnalyzer:
             if isinstance(model, str) and model
             else self._model,
             storable.anything(usage) if isinstance(usage, dict) else None,
+            storable.text(finish_reason[:MAX_FINISH_REASON_CHARS])
+            if isinstance(finish_reason, str) and finish_reason
+            else None,
         )
 
     def _error_detail(self, content: bytes) -> str:
