@@ -66,6 +66,9 @@ def test_source_url_is_the_submitted_url_without_fragment() -> None:
         "https://youtu.be/",
         f"https://youtu.be/{VIDEO_ID}/extra",
         f"https://music.youtube.com/playlist?list={VIDEO_ID}",
+        "https://www.youtube.com/embed/videoseries?list=PLaaaaaaaaaaaaaaaa",
+        "https://www.youtube-nocookie.com/embed/videoseries?list=PLbbbbbbbbbbbbbbbb",
+        "https://www.youtube.com/embed/live_stream?channel=UCaaaaaaaaaaaaaaaaaaaaaa",
     ],
 )
 def test_youtube_host_without_valid_id_is_rejected(url: str) -> None:

@@ -36,6 +36,10 @@ _YOUTU_BE = "youtu.be"
 _BAD_HOST_CHAR = re.compile(r"[<>\"{}|^`\[\]%/?#@\\]")
 # Path prefixes on the YouTube hosts whose next segment is the video id.
 _ID_PATH_PREFIXES = frozenset({"shorts", "embed", "live", "v"})
+# Embed paths of 11 id characters that name no video: a playlist (`/embed/videoseries?list=`)
+# and a channel's current stream (`/embed/live_stream?channel=`). Taken as ids, every playlist
+# or channel would be one and the same item.
+_NOT_VIDEO_IDS = frozenset({"videoseries", "live_stream"})
 _TRACKING_EXACT = frozenset(
     {
         "msclkid",
@@ -192,7 +196,7 @@ def _video_id(host: str, parts: urllib.parse.SplitResult) -> str | None:
         candidate = values[0] if values else None
     elif len(segments) == 2 and segments[0] in _ID_PATH_PREFIXES:
         candidate = segments[1]
-    if candidate is not None and _VIDEO_ID.fullmatch(candidate):
+    if candidate is not None and _VIDEO_ID.fullmatch(candidate) and candidate not in _NOT_VIDEO_IDS:
         return candidate
     return None
 
