@@ -30,6 +30,9 @@ VIDEO_ID = "dQw4w9WgXcQ"
         f"HTTPS://WWW.YOUTUBE.COM/watch?v={VIDEO_ID}",
         f"https://www.youtube.com:443/watch?v={VIDEO_ID}",
         f"https://user@www.youtube.com/watch?v={VIDEO_ID}",
+        "https://www.youtube.com/watch?v=%64Qw4w9WgXcQ",
+        "https://youtu.be/%64Qw4w9WgXcQ",
+        "https://www.youtube.com/shorts/%64Qw4w9WgXcQ",
     ],
 )
 def test_every_youtube_url_form_gives_the_video_key(url: str) -> None:

@@ -183,7 +183,8 @@ def _a_label_host(host: str, field: str = _FIELD) -> str:
 
 
 def _video_id(host: str, parts: urllib.parse.SplitResult) -> str | None:
-    segments = parts.path.split("/")[1:]
+    # Escapes decoded as in the query (`v=%64Qw…`): `/shorts/%64Qw…` is the same video.
+    segments = [urllib.parse.unquote(segment) for segment in parts.path.split("/")[1:]]
     # One trailing slash is tolerated: /shorts/ID/ is still /shorts/ID.
     if len(segments) > 1 and segments[-1] == "":
         segments = segments[:-1]
