@@ -247,6 +247,30 @@ async def test_youtube_http_errors_are_fetch_failed(status: int) -> None:
     assert len(caught.value.message) <= 500
 
 
+@pytest.mark.parametrize(
+    "fake",
+    [
+        FakeYouTube(watch_status=429),
+        FakeYouTube(
+            player={
+                "playabilityStatus": {
+                    "status": "LOGIN_REQUIRED",
+                    "reason": "Sign in to confirm you’re not a bot",
+                }
+            }
+        ),
+    ],
+)
+async def test_a_block_by_youtube_is_told_in_a_whole_sentence(fake: FakeYouTube) -> None:
+    """Blocked by YouTube (429 or its bot check), the job says so, not "one of the following
+    reasons:" with the reasons cut off."""
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(fake)
+    assert caught.value.code == "FETCH_FAILED"
+    assert "blocking" in caught.value.message
+    assert not caught.value.message.endswith(":")
+
+
 async def test_network_error_is_fetch_failed() -> None:
     """A network failure reaching YouTube fails with FETCH_FAILED."""
     fake = FakeYouTube(fail_with=requests.ConnectionError("network is unreachable"))

@@ -178,6 +178,13 @@ async def _download_transcript(
         ) from None
     except _NOT_FOUND as exc:
         raise errors.PipelineError("SOURCE_NOT_FOUND", _not_found_message(exc, languages)) from exc
+    except youtube_transcript_api.RequestBlocked as exc:
+        # Its message's first line ends "due to one of the following reasons:".
+        raise errors.PipelineError(
+            "FETCH_FAILED",
+            f"YouTube is blocking this machine's requests for video {video_id}"
+            " (too many requests, or an address of a cloud provider)",
+        ) from exc
     except youtube_transcript_api.CouldNotRetrieveTranscript as exc:
         # The library's own messages run to pages of advice; its cause line is what matters.
         cause = exc.cause.strip().splitlines()[0] if exc.cause.strip() else type(exc).__name__
