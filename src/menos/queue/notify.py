@@ -94,6 +94,9 @@ async def listen(
             backoff.succeeded()
             on_connect()
             await first(closed.wait(), stop.wait(), timeout=None)
+            if closed.is_set() and not stop.is_set():
+                # The server ended the session (pg_terminate_backend, a crash, a shutdown).
+                wait = backoff.failed(ConnectionError("the LISTEN connection was closed"))
         except Exception as exc:
             wait = backoff.failed(exc)
         finally:

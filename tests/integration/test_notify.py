@@ -1,0 +1,45 @@
+"""The LISTEN connection, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import structlog.testing
+
+from menos.queue import notify
+
+
+async def test_a_listen_connection_the_server_ends_is_logged_and_restored(
+    database_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """A LISTEN session ended by the server (pg_terminate_backend, a backend's crash) was
+    reconnected without a line: its loss is logged as `listen_failed`, its return as
+    `listen_restored`."""
+    connected = asyncio.Queue[None]()
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(
+            notify.listen(
+                database_url,
+                {"menos_test": lambda *_: None},
+                on_connect=lambda: connected.put_nowait(None),
+                stop=stop,
+                retry_s=0.05,
+            )
+        )
+        try:
+            await asyncio.wait_for(connected.get(), 10)
+            ended = await pool.fetchval(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query = 'LISTEN \"menos_test\"') ended"
+            )
+            assert ended == 1
+            await asyncio.wait_for(connected.get(), 10)
+        finally:
+            stop.set()
+            await running
+    events = [e["event"] for e in logs]
+    assert events == ["listen_failed", "listen_restored"]
+    assert logs[0]["failures"] == 1
