@@ -23,12 +23,14 @@ from tqdm import tqdm
 
 from menos import errors
 from menos.pipeline import resource_keys, ssrf
-from menos.queue import maintenance, models, repository
+from menos.queue import maintenance, models, notify, repository
 
 log = structlog.get_logger("menos.tools")
 
 STAGES = ("fetch", "prepare", "analyze", "parse", "persist")
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 2
+# While the database is away, `follow` waits twice as long before each read, up to this.
+FOLLOW_RETRY_CAP_S = 10.0
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -126,9 +128,22 @@ async def follow(repo: repository.Repository, job_id: uuid.UUID, poll_s: float =
         disable=not sys.stderr.isatty(),
     )
     shown: tuple[str, str | None, int] | None = None
+    outage = notify.Backoff(
+        poll_s,
+        failed="wait_database_unavailable",
+        recovered="wait_database_available",
+        cap_s=FOLLOW_RETRY_CAP_S,
+    )
     try:
         while True:
-            job = await repo.job(job_id, owner=None)
+            try:
+                job = await repo.job(job_id, owner=None)
+            except errors.DatabaseUnavailable as exc:
+                # The job goes on without us (a restart, a freeze): wait for the database
+                # rather than exit 1, which says the job failed.
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            outage.succeeded()
             if job is None:
                 raise errors.NotFound(f"job {job_id} disappeared")
             # A stage that failed ended without being done, and persist is done only when the

@@ -7,13 +7,15 @@ import json
 import os
 import stat
 import tracemalloc
+import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import structlog.testing
 
-from menos import cli, settings, tools
-from menos.queue import repository
+from menos import cli, db, errors, settings, tools
+from menos.queue import models, repository
 from tests.integration import helpers
 
 
@@ -216,3 +218,38 @@ async def test_classify_dry_run_on_a_terminal_prints_each_id_on_a_line_of_its_ow
     # What the terminal shows last on each line: a carriage return goes back to its start.
     shown = [line.rsplit("\r", 1)[-1].strip() for line in terminal.getvalue().split("\n")]
     assert ids <= set(shown), shown
+
+
+class OutageRepository(repository.Repository):
+    """Its first `outage` reads of a job find the database away."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], outage: int) -> None:
+        super().__init__(pool, db.Queries())
+        self.outage = outage
+
+    async def job(self, job_id: uuid.UUID, *, owner: str | None) -> models.Job | None:
+        if self.outage:
+            self.outage -= 1
+            raise errors.DatabaseUnavailable("[Errno 111] Connect call failed")
+        return await super().job(job_id, owner=owner)
+
+
+async def test_waiting_for_a_job_rides_out_a_database_outage(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """`bin/reprocess --wait` exited 1 (its code for a failed job) at the first read the
+    database did not answer (a restart, a freeze), while the job went on and completed: it
+    now logs the outage and keeps following the job."""
+    await helpers.owner(repo)
+    enqueued = await repo.enqueue(helpers.note())
+    assert enqueued.job_id is not None
+    await pool.execute("UPDATE menos.pipeline_job SET status = 'completed', finished_at = now()")
+    waiting = OutageRepository(pool, outage=2)
+    with structlog.testing.capture_logs() as logs:
+        code = await tools.follow(waiting, enqueued.job_id, poll_s=0.01)
+    assert code == tools.EXIT_OK
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "wait_database_unavailable",
+        "wait_database_unavailable",
+    ]
+    assert any(e["event"] == "wait_database_available" for e in logs)
