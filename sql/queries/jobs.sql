@@ -285,6 +285,7 @@ SELECT job_id, status FROM menos.pipeline_job
 
 -- name: insert_reprocess_job
 -- A new pending job for known content, made its latest; nothing when another job is already active.
+-- A supplied transcript ($8) replaces the body, and what the metadata said of the downloaded one.
 WITH job AS (
     INSERT INTO menos.pipeline_job (job_id, content_id, owner, resource_key, data_tier,
                                     callback_url, pipeline_version)
@@ -294,7 +295,10 @@ WITH job AS (
 )
 UPDATE menos.content c
    SET latest_job_id = job.job_id, processing_status = 'pending', processed_at = now(),
-       updated_at = now(), body = coalesce($8, c.body)
+       updated_at = now(), body = coalesce($8, c.body),
+       source_metadata = CASE WHEN $8 IS NULL THEN c.source_metadata
+           ELSE (c.source_metadata - 'language' - 'transcript_generated' - 'duration')
+                || '{"transcript_source": "supplied"}' END
   FROM job
  WHERE c.content_id = job.content_id
 RETURNING job.job_id;

@@ -1513,3 +1513,45 @@ async def test_heartbeat_renews_other_leases_while_one_job_row_is_locked(
     )
     assert leases[other.job_id] == later + dt.timedelta(seconds=LEASE)
     assert leases[locked.job_id] == now + dt.timedelta(seconds=LEASE)
+
+
+async def test_a_transcript_supplied_on_reprocess_replaces_what_the_metadata_said_of_the_old(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """The downloaded transcript's language, generation and duration described a body that
+    a reprocess with `transcript_text` replaced; its metadata now says `supplied`."""
+    await helpers.owner(repo)
+    job = await repo.enqueue(helpers.note())
+    await pool.execute(
+        "UPDATE menos.content SET source_metadata = $1::jsonb",
+        {
+            "video_id": "dQw4w9WgXcQ",
+            "transcript_source": "youtube",
+            "language": "en",
+            "transcript_generated": False,
+            "duration": 12.0,
+        },
+    )
+    await pool.execute("UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()")
+    for transcript, expected in [
+        (None, "youtube"),  # a reprocess without one keeps it all
+        ("A replacement transcript.", "supplied"),
+    ]:
+        await pool.execute(
+            "UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()"
+            " WHERE status = 'pending'"
+        )
+        outcome = await repo.reprocess(
+            job.content_id,
+            owner=None,
+            force=True,
+            pipeline_version=helpers.VERSION,
+            callback_url=None,
+            data_tier="compact",
+            transcript=transcript,
+        )
+        assert outcome is not None and outcome.status == "submitted"
+        metadata = await pool.fetchval("SELECT source_metadata FROM menos.content")
+        assert metadata["transcript_source"] == expected
+    assert metadata == {"video_id": "dQw4w9WgXcQ", "transcript_source": "supplied"}
+    assert await pool.fetchval("SELECT body FROM menos.content") == "A replacement transcript."
