@@ -84,12 +84,14 @@ class EmbeddedError(MenosError):
 
 
 class InvalidInput(MenosError):
-    """A request field is invalid; `field` names it."""
+    """A request field is invalid; `field` names it, and `also` holds the other invalid fields
+    of the same request (a 400 lists each one)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: str, also: tuple[InvalidInput, ...] = ()) -> None:
+        super().__init__("; ".join([f"{field}: {message}", *(str(other) for other in also)]))
         self.field = field
         self.message = message
+        self.also = also
 
 
 class Unresolvable(InvalidInput):

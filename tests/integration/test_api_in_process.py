@@ -475,3 +475,26 @@ async def test_an_upload_tag_fault_names_the_tags_value_the_client_sent(
     for answer, field in ((form, "tags[1]"), (blanks, "tags[2]")):
         assert answer.status_code == 400, answer.text
         assert [e["field"] for e in answer.json()["errors"]] == [field]
+
+
+async def test_a_400_names_every_invalid_field_not_only_the_first(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """A submission with several invalid fields lists each in `errors` (DESIGN §4), so a
+    client fixes them in one round trip, and stores nothing."""
+    key = (await repo.create_key("alice", "user")).api_key
+    headers = {"authorization": f"Bearer {key}"}
+    async with served(pool) as url, httpx.AsyncClient(base_url=url, headers=headers) as client:
+        ingest = await client.post(
+            "/api/v1/ingest",
+            json={"url": "ftp://example.com/a", "title": "t" * 501, "callback_url": " "},
+        )
+        upload = await client.post(
+            "/api/v1/content", json={"text": " ", "tags": ["x" * 101], "callback_url": " "}
+        )
+    assert ingest.status_code == 400, ingest.text
+    assert [e["field"] for e in ingest.json()["errors"]] == ["url", "title", "callback_url"]
+    assert upload.status_code == 400, upload.text
+    assert [e["field"] for e in upload.json()["errors"]] == ["text", "tags[0]", "callback_url"]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0

@@ -105,6 +105,8 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     fields: list[FieldError] = []
     if isinstance(exc, errors.InvalidInput | UnsupportedMedia) and exc.field is not None:
         fields = [FieldError(field=exc.field, message=exc.message)]
+        if isinstance(exc, errors.InvalidInput):
+            fields += [FieldError(field=other.field, message=other.message) for other in exc.also]
     headers = {"www-authenticate": "Bearer"} if status == 401 else None
     if status == 408:
         headers = {"connection": "close"}  # the rest of the body may still be on its way

@@ -88,20 +88,27 @@ class ContentController(Controller):
             text_field = "file"
         else:
             raise http_errors.UnsupportedMedia("send application/json or multipart/form-data")
-        note_text = validate.text(text_field, raw, max_chars=settings.max_body_bytes, required=True)
-        assert note_text is not None
-        note = markdown.parse(note_text)
-        chosen_title = markdown.choose_title(
-            validate.text("title", title, max_chars=validate.MAX_TITLE), note, filename
+        fields = validate.Fields()
+        note_text = fields.check(
+            lambda: validate.text(text_field, raw, max_chars=settings.max_body_bytes, required=True)
         )
-        tags = validate.merged_tags(
-            tag_values,
-            markdown.frontmatter_tags(note.metadata),
-            note_field=text_field,
+        note = markdown.parse(note_text) if note_text is not None else None
+        title_text = fields.check(
+            lambda: validate.text("title", title, max_chars=validate.MAX_TITLE)
         )
-        callback_url = await validate.callback_url(
-            callback, allow_private=settings.callback_allow_private
+        tags = fields.check(
+            lambda: validate.merged_tags(
+                tag_values,
+                markdown.frontmatter_tags(note.metadata) if note is not None else [],
+                note_field=text_field,
+            )
         )
+        callback_url = await fields.check_async(
+            lambda: validate.callback_url(callback, allow_private=settings.callback_allow_private)
+        )
+        fields.raise_invalid()
+        assert note_text is not None and note is not None and tags is not None
+        chosen_title = markdown.choose_title(title_text, note, filename)
         repo: repository.Repository = request.app.state.repo
         enqueued = await repo.enqueue(
             models.NewContent(
@@ -176,12 +183,18 @@ class ContentController(Controller):
         """Run the pipeline again: 202 submitted, or 200 already_active / already_completed."""
         settings: Settings = request.app.state.settings
         body = data or schemas.ReprocessRequest()
-        transcript = validate.text(
-            "transcript_text", body.transcript_text, max_chars=settings.max_body_bytes
+        fields = validate.Fields()
+        transcript = fields.check(
+            lambda: validate.text(
+                "transcript_text", body.transcript_text, max_chars=settings.max_body_bytes
+            )
         )
-        callback_url = await validate.callback_url(
-            body.callback_url, allow_private=settings.callback_allow_private
+        callback_url = await fields.check_async(
+            lambda: validate.callback_url(
+                body.callback_url, allow_private=settings.callback_allow_private
+            )
         )
+        fields.raise_invalid()
         repo: repository.Repository = request.app.state.repo
         outcome = await repo.reprocess(
             content_id,

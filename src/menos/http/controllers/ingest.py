@@ -31,16 +31,27 @@ async def ingest(
     """Submit a URL: 202 with a new job, or 200 `deduplicated: true` for a known resource."""
     settings: Settings = request.app.state.settings
     body = data
-    validate.text("url", body.url, max_chars=resource_keys.MAX_URL_LENGTH, required=True)
-    identified = resource_keys.identify(body.url.strip())
-    transcript = validate.text(
-        "transcript_text", body.transcript_text, max_chars=settings.max_body_bytes
+    fields = validate.Fields()
+    url = fields.check(
+        lambda: validate.text(
+            "url", body.url, max_chars=resource_keys.MAX_URL_LENGTH, required=True
+        )
     )
-    title = validate.text("title", body.title, max_chars=validate.MAX_TITLE)
-    tags = validate.tags(body.tags)
-    callback_url = await validate.callback_url(
-        body.callback_url, allow_private=settings.callback_allow_private
+    identified = fields.check(lambda: resource_keys.identify(body.url.strip())) if url else None
+    transcript = fields.check(
+        lambda: validate.text(
+            "transcript_text", body.transcript_text, max_chars=settings.max_body_bytes
+        )
     )
+    title = fields.check(lambda: validate.text("title", body.title, max_chars=validate.MAX_TITLE))
+    tags = fields.check(lambda: validate.tags(body.tags))
+    callback_url = await fields.check_async(
+        lambda: validate.callback_url(
+            body.callback_url, allow_private=settings.callback_allow_private
+        )
+    )
+    fields.raise_invalid()
+    assert identified is not None and tags is not None
     repo: repository.Repository = request.app.state.repo
     enqueued = await repo.enqueue(
         models.NewContent(
