@@ -193,6 +193,16 @@ def test_the_schema_lists_the_values_the_list_filters_accept() -> None:
         assert (parameters["limit"]["minimum"], parameters["limit"]["maximum"]) == (1, 100)
 
 
+def test_the_schema_gives_the_default_page_size() -> None:
+    """A list without `limit` answers 50 items (DESIGN §4): the schema says so, so a client
+    built from it knows how many a page holds."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    paths = api.openapi_schema.to_schema()["paths"]
+    for path in ("/api/v1/jobs", "/api/v1/content"):
+        parameters = {p["name"]: p["schema"] for p in paths[path]["get"]["parameters"]}
+        assert parameters["limit"].get("default") == 50, path
+
+
 def test_the_schema_lists_the_values_of_each_answered_state() -> None:
     """Statuses, content types and tiers in answers are the documented values, listed in the
     schema as enums a client can switch on."""

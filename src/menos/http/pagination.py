@@ -15,8 +15,12 @@ from menos import errors
 T = TypeVar("T")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
-# `limit` as a route takes it: its range is in the schema, and `limit()` enforces it, naming it.
-Limit = Annotated[int | None, QueryParameter(schema_extra={"minimum": 1, "maximum": MAX_LIMIT})]
+# `limit` as a route takes it: its range and default are in the schema, and `limit()` applies
+# them, naming it.
+Limit = Annotated[
+    int | None,
+    QueryParameter(schema_extra={"minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
+]
 
 
 class PageView(msgspec.Struct, Generic[T], frozen=True):
