@@ -314,8 +314,11 @@ SELECT * FROM menos.pipeline_job
  LIMIT $6;
 
 -- name: list_content
--- A page of content visible to the caller, newest first, after the cursor (created_at, content_id).
-SELECT * FROM menos.content
+-- A page of content visible to the caller, newest first, after the cursor (created_at, content_id), without its body and result: the list shows neither, and bodies run to megabytes.
+SELECT content_id, owner, content_type, resource_key, source_url, title, tags,
+       NULL::text AS body, source_metadata, processing_status, processed_at, pipeline_version,
+       NULL::jsonb AS result, latest_job_id, created_at, updated_at
+  FROM menos.content
  WHERE ($1::text IS NULL OR owner = $1)
    AND ($2::text IS NULL OR processing_status = $2)
    AND ($3::text IS NULL OR content_type = $3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import tracemalloc
 from typing import Any, cast
 
 import asyncpg
@@ -614,6 +615,32 @@ async def test_listings_of_everyone_newest_first_read_no_whole_table(database_ur
         exported = await repo.export_page(owner=None, after=None, limit=100)
         await repo.export_page(owner=None, after=exported.last, limit=100)
         assert await helpers.sequential_scans(one, ("content",)) == before
+
+
+async def test_a_page_of_content_leaves_the_bodies_in_the_database(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A page of 100 items with 1 MiB bodies (which the list never shows) used to read all
+    100 MiB into the API for each request; the page now holds no body."""
+    await helpers.owner(repo)
+    await pool.execute(
+        "INSERT INTO menos.content (content_id, owner, content_type, resource_key,"
+        " pipeline_version, processing_status, title, body, result)"
+        " SELECT gen_random_uuid(), 'alice', 'markdown', 'cid:' || g, '0.1.0', 'completed',"
+        " 'T' || g, repeat(md5(g::text), 32768), jsonb_build_object('summary', 's' || g)"
+        " FROM generate_series(1, 100) AS g"
+    )
+    tracemalloc.start()
+    try:
+        page = await repo.list_content(
+            owner="alice", status=None, content_type=None, tag=None, after=None, limit=100
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(page.items) == 100
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert all(item.body is None for item in page.items)
 
 
 async def test_a_refused_login_is_an_outage(pg_admin_dsn: str, database_url: str) -> None:

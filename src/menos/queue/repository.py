@@ -804,7 +804,8 @@ class Repository(_Store):
         after: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
     ) -> Page[models.Content]:
-        """Content newest first, strictly after the `after` key (keyset pagination)."""
+        """Content newest first, strictly after the `after` key (keyset pagination), without
+        bodies and results (null)."""
         rows = await self._fetch_planned(
             "list_content", owner, status, content_type, tag, *(after or (None, None)), limit + 1
         )
