@@ -246,6 +246,9 @@ async def classify(
                     else:
                         skipped += 1
                 bar.update(1)
+        # The bar's total was the limit, an upper bound: fewer candidates end it at 100 %.
+        bar.total = seen
+        bar.refresh()
     finally:
         bar.close()
     summary = {"candidates": seen, "submitted": submitted, "skipped": skipped, "dry_run": dry_run}

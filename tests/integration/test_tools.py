@@ -220,6 +220,34 @@ async def test_classify_dry_run_on_a_terminal_prints_each_id_on_a_line_of_its_ow
     assert ids <= set(shown), shown
 
 
+async def test_classify_bar_ends_full_when_fewer_candidates_than_the_limit(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], monkeypatch: Any
+) -> None:
+    """`--limit 10` with 3 candidates: the bar used to end at 3/10 (30 %, time left shown)
+    although the run was over; it ends at 3/3."""
+    await helpers.owner(repo)
+    for i in range(3):
+        await repo.enqueue(helpers.note(body=f"# n{i}"))
+    await pool.execute("UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()")
+    await pool.execute("UPDATE menos.content SET processing_status = 'failed'")
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    await tools.classify(
+        repo,
+        owner=None,
+        content_type=None,
+        status=None,
+        stale=False,
+        limit=10,
+        dry_run=False,
+        version="0.1.0",
+        data_tier="compact",
+        out=io.StringIO(),
+    )
+    last = terminal.getvalue().rsplit("\r", 1)[-1]
+    assert "3/3" in last and "100%" in last, last
+
+
 class OutageRepository(repository.Repository):
     """Its first `outage` reads of a job find the database away."""
 
