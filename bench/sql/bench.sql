@@ -40,8 +40,11 @@ INSERT INTO menos.pipeline_job (job_id, content_id, owner, resource_key, status,
                                 worker_id, pipeline_version, stages, created_at, started_at,
                                 finished_at)
 SELECT c.latest_job_id, c.content_id, $2, c.resource_key, 'completed', 1, 'old-worker', $4,
-       '[{"name": "persist", "duration_ms": 1.0}]', c.created_at,
-       c.created_at + interval '1 second', c.created_at + interval '2 seconds'
+       -- a stage timing as a worker writes it: the job views read every field
+       jsonb_build_array(jsonb_build_object(
+           'name', 'persist', 'started_at', c.created_at + interval '1 second',
+           'finished_at', c.created_at + interval '1.001 seconds', 'duration_ms', 1.0)),
+       c.created_at, c.created_at + interval '1 second', c.created_at + interval '2 seconds'
   FROM c;
 
 -- name: bench_menos_remaining
