@@ -435,6 +435,39 @@ async def test_unsupported_content_type_is_content_empty() -> None:
     assert "application/pdf" in error.message
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8,
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n" * 20,
+        b"GIF89a" + b"readable-looking bytes " * 50,
+        b"binary \x00\x01\x02 data " * 100,
+    ],
+)
+async def test_binary_data_without_a_content_type_is_content_empty(body: bytes) -> None:
+    """A body without a Content-Type is sniffed as browsers do: an image, a PDF or bytes no
+    text has are not stored as the page's text (the job would complete on noise)."""
+    error = await _fetch_error(lambda request: httpx.Response(200, content=body))
+    assert error.code == "CONTENT_EMPTY"
+    assert "binary" in error.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ARTICLE.encode(),
+        ARTICLE.encode("utf-16"),
+        "<p>Café déjà vu, tab\tand form feed\x0c lines</p>".encode("cp1252"),
+    ],
+)
+async def test_text_without_a_content_type_is_still_read(body: bytes) -> None:
+    """HTML or text sent without a Content-Type (UTF-16 with its byte-order mark included)
+    is read as a page."""
+    async with _client(lambda request: httpx.Response(200, content=body)) as client:
+        page = await web.fetch_page(client, PUBLIC + "/", max_bytes=MAX)
+    assert page.body
+
+
 async def test_a_page_compressed_twice_over_is_refused_before_reading() -> None:
     """Each encoding layer multiplies what one chunk expands to (a gzip inside a gzip turned
     3.5 KB into 2 GB): more than one layer is refused, nothing is decompressed."""

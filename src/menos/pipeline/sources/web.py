@@ -44,6 +44,21 @@ _WINDOWS_1252_LABELS = frozenset({"iso8859-1", "ascii"})
 _NOT_PAGE_ENCODINGS = frozenset(
     {"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined"}
 )
+# A body sent without a Content-Type is sniffed as browsers do (WHATWG MIME Sniffing): one that
+# starts with a document's or image's signature, or holds a byte no text has in its first
+# 1445 bytes, is binary (a PNG or PDF read as text is noise, not a page).
+_SNIFF_BYTES = 1445
+_BINARY_BYTE = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_BINARY_SIGNATURES = (
+    b"%PDF-",
+    b"%!PS-Adobe-",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"\xff\xd8\xff",
+    b"PK\x03\x04",
+    b"\x1f\x8b\x08",
+)
 # A character a valid UTF-8 sequence of two or more bytes decodes to.
 _DECODED_BEYOND_ASCII = re.compile("[^\\x00-\\x7f\\ufffd]")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
@@ -194,6 +209,10 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         raise errors.PipelineError("FETCH_FAILED", f"the page is {exc}") from None
     if more:
         raise _too_large(max_bytes)
+    if not content_type and _is_binary(raw):
+        raise errors.PipelineError(
+            "CONTENT_EMPTY", "nothing readable: binary data sent without a content type"
+        )
     size = len(raw)
     is_html = content_type not in _VERBATIM_TYPES
     try:
@@ -207,6 +226,12 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         "bytes": size,
     }
     return _Page(text=text, content_type=content_type, is_html=is_html, metadata=metadata)
+
+
+def _is_binary(raw: bytes) -> bool:
+    if raw.startswith(tuple(bom for bom, _name in _BOMS)):  # UTF-16's text holds NUL bytes
+        return False
+    return raw.startswith(_BINARY_SIGNATURES) or bool(_BINARY_BYTE.search(raw, 0, _SNIFF_BYTES))
 
 
 def _too_large(max_bytes: int) -> errors.PipelineError:
