@@ -185,6 +185,33 @@ async def test_a_byte_order_mark_decides_the_encoding(body: bytes, content_type:
     assert page.body == "Un café, ça va."
 
 
+async def test_an_xhtml_page_is_read_in_the_encoding_its_xml_declaration_names() -> None:
+    """application/xhtml+xml is read by an XML parser, which takes the encoding from the
+    declaration in the first line (`<?xml version="1.0" encoding="Shift_JIS"?>`)."""
+    page = (
+        '<?xml version="1.0" encoding="Shift_JIS"?>'
+        '<html xmlns="http://www.w3.org/1999/xhtml"><head><title>日本語のタイトル</title></head>'
+        "<body><div><p>" + "これは日本語の記事です。" * 20 + "</p></div></body></html>"
+    ).encode("shift_jis")
+    response = httpx.Response(200, headers={"content-type": "application/xhtml+xml"}, content=page)
+    async with _client(lambda request: response) as client:
+        fetched = await web.fetch_page(client, PUBLIC + "/", max_bytes=MAX)
+    assert fetched.title == "日本語のタイトル"
+    assert "これは日本語の記事です。" in fetched.body
+
+
+async def test_an_xml_declaration_in_a_text_html_page_is_not_its_charset() -> None:
+    """An HTML parser ignores an XML declaration (WHATWG): a text/html page is read as
+    before, by its bytes."""
+    page = (
+        '<?xml version="1.0" encoding="Shift_JIS"?><html><body><p>Café, déjà vu.</p></body></html>'
+    )
+    response = httpx.Response(200, headers={"content-type": "text/html"}, content=page.encode())
+    async with _client(lambda request: response) as client:
+        fetched = await web.fetch_page(client, PUBLIC + "/", max_bytes=MAX)
+    assert "Café, déjà vu." in fetched.body
+
+
 @pytest.mark.parametrize("content_type", ["text/html", "text/plain", ""])
 async def test_a_legacy_page_without_a_charset_is_read_as_windows_1252(content_type: str) -> None:
     """Bytes that are not UTF-8 and declare nothing are read as browsers read them, not as
@@ -578,6 +605,43 @@ async def test_a_coding_token_that_means_nothing_is_read_as_is(coding: str) -> N
     async with _client(lambda request: page) as client:
         fetched = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
     assert fetched.body == "Hello there, reader."
+
+
+class _Chunks(httpx.AsyncByteStream):
+    """Raw bytes in the network reads given."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+@pytest.mark.parametrize("split", [1, 200, 201, 202, 400])
+async def test_a_gzip_body_of_several_members_is_read_whole(split: int) -> None:
+    """RFC 1952 lets a gzip body be members one after another (`cat a.gz b.gz`, a server
+    compressing each flush): every member is the page, not only the first, wherever the
+    network's chunks cut them."""
+    text = "<p>" + "Words of the first member, then of the next one. " * 40 + "</p>"
+    raw = text.encode()
+    body = gzip.compress(raw[:300]) + gzip.compress(raw[300:600]) + gzip.compress(raw[600:])
+    chunks = [body[i : i + split] for i in range(0, len(body), split)]
+    page = httpx.Response(
+        200,
+        headers={"content-type": "text/html", "content-encoding": "gzip"},
+        stream=_Chunks(chunks),
+    )
+    async with _client(lambda request: page) as client:
+        fetched = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert fetched.body.count("Words of the first member") == 40
+
+
+async def test_bytes_after_a_gzip_body_that_start_no_member_are_ignored() -> None:
+    body = gzip.compress(b"<p>The whole page.</p>") + b"trailing junk"
+    async with _client(lambda request: _encoded("gzip", body, "text/html")) as client:
+        fetched = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert fetched.body == "The whole page."
 
 
 @pytest.mark.parametrize("coding", ["x-gzip", "X-Deflate"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import httpx
 import httpx._decoders
@@ -17,6 +18,7 @@ _ALIASES = {"x-gzip": "gzip", "x-deflate": "deflate"}
 _COMPRESSIONS = frozenset({"br", "zstd", "compress", "x-compress", "pack200-gzip", "aes128gcm"})
 _DECODABLE = frozenset(httpx._decoders.SUPPORTED_DECODERS)
 _PIECE_BYTES = 2**20  # inflated at most this much at a time
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class Undecodable(Exception):
@@ -54,14 +56,25 @@ async def decoded(response: httpx.Response, coding: str, piece_bytes: int) -> As
         async for chunk in response.aiter_bytes():
             yield chunk
         return
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
+    inflater: Any = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
     # As httpx: deflate is meant to be zlib-wrapped, but some servers send it raw.
     retry_raw = coding == "deflate"
     received = False
+    held = b""  # after a gzip member, bytes too few yet to tell whether another one starts
+    ended = False  # bytes after the end of the stream are ignored, as by httpx
     async for chunk in response.aiter_raw():
         data = chunk
         received = received or bool(chunk)
-        while not inflater.eof:  # bytes after the end of the stream are ignored, as by httpx
+        while not ended:
+            if inflater is None:  # RFC 1952: a gzip body may be members one after another
+                data, held = held + data, b""
+                if len(data) < len(_GZIP_MAGIC):
+                    held = data
+                    break
+                if not data.startswith(_GZIP_MAGIC):
+                    ended = True
+                    break
+                inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
             try:
                 piece = inflater.decompress(data, piece_bytes)
             except zlib.error as exc:
@@ -71,12 +84,16 @@ async def decoded(response: httpx.Response, coding: str, piece_bytes: int) -> As
                 raise Undecodable(f"not decodable as {coding}: {exc}") from exc
             retry_raw = False
             data = inflater.unconsumed_tail
+            if inflater.eof:
+                data = inflater.unused_data
+                inflater, ended = (None, False) if coding == "gzip" else (inflater, True)
             if not piece and not data:
                 break  # chunk used up; zlib holds pending output only while pieces come
-            yield piece
+            if piece:
+                yield piece
     # The connection ended (a body read to its close, or a chunked one ended early on
     # purpose) before the compressed data did: what came is only part of the body.
-    if received and not inflater.eof:
+    if received and inflater is not None and not inflater.eof:
         raise Undecodable(f"cut off: its {coding} data ends early")
 
 

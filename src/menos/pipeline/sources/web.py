@@ -21,6 +21,7 @@ from menos.pipeline.sources import fetched
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _GONE_STATUSES = frozenset({404, 410})
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_XML_TYPES = frozenset({"application/xhtml+xml"})
 _VERBATIM_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
 _ACCEPT = "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8"
 # Only the start of a document may declare its encoding in a <meta> tag.
@@ -62,6 +63,9 @@ _BINARY_SIGNATURES = (
 # A character a valid UTF-8 sequence of two or more bytes decodes to.
 _DECODED_BEYOND_ASCII = re.compile("[^\\x00-\\x7f\\ufffd]")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+# An XML document (application/xhtml+xml) declares its encoding in its first line, as the XML
+# parser of a browser reads it; an HTML parser does not (WHATWG), so only XHTML's counts.
+_XML_ENCODING = re.compile(rb"""<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9_.:-]+)["']""")
 _TAG_NAME = re.compile(r"/?([A-Za-z][A-Za-z0-9]*)")
 # trafilatura took 7.6 s on a 2.5 MB page and 24.7 s on a 5 MB one: above this, tags are stripped.
 _PARSER_MAX_CHARS = 1_000_000
@@ -216,7 +220,8 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
     size = len(raw)
     is_html = content_type not in _VERBATIM_TYPES
     try:
-        text = raw.decode(_encoding(response, raw, is_html=is_html), errors="replace")
+        encoding = _encoding(response, raw, is_html=is_html, is_xml=content_type in _XML_TYPES)
+        text = raw.decode(encoding, errors="replace")
     except (LookupError, UnicodeError):  # a codec that is no text encoding (base64, idna, …)
         text = raw.decode("utf-8", errors="replace")
     metadata: dict[str, Any] = {
@@ -238,14 +243,18 @@ def _too_large(max_bytes: int) -> errors.PipelineError:
     return errors.PipelineError("FETCH_FAILED", f"page larger than {max_bytes} bytes")
 
 
-def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool) -> str:
-    """A byte-order mark's encoding, else the header's charset, else an HTML <meta> charset
+def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool, is_xml: bool) -> str:
+    """A byte-order mark's encoding, else the header's charset, else an XHTML page's XML
+    declaration, else an HTML <meta> charset
     (UTF-8 for one naming UTF-16 or UTF-32), else what the bytes look like (`_undeclared`).
     Latin-1 and ASCII labels mean windows-1252, as browsers read them (WHATWG)."""
     for bom, name in _BOMS:
         if raw.startswith(bom):
             return name
     candidate = response.charset_encoding
+    if candidate is None and is_xml:
+        declared = _XML_ENCODING.match(raw)
+        candidate = declared.group(1).decode("ascii") if declared else None
     if candidate is None and is_html:
         match = _META_CHARSET.search(raw[:_META_CHARSET_WINDOW])
         candidate = match.group(1).decode("ascii") if match else None
