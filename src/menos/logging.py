@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -77,17 +78,24 @@ def stderr_to_devnull() -> None:
     sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - for the process
 
 
+# stderr is gone for good: its terminal closed, the reader of its pipe or socket, its
+# descriptor.
+_GONE = frozenset({errno.EIO, errno.EPIPE, errno.ECONNRESET, errno.EBADF})
+
+
 class _StderrLogger(structlog.PrintLogger):
     """structlog's PrintLogger, but a line stderr no longer takes (its terminal closed: EIO;
     the reader of its pipe gone: EPIPE) is dropped with the ones after it, instead of raising
     in the code that logs: a service stopped by the SIGHUP of its closed terminal still gives
-    its jobs back."""
+    its jobs back. A line refused for a while (a full disk: ENOSPC) is dropped alone: the
+    lines after it are written once the disk has room again."""
 
     def msg(self, message: str) -> None:
         try:
             super().msg(message)
-        except OSError:
-            stderr_to_devnull()
+        except OSError as exc:
+            if exc.errno in _GONE:
+                stderr_to_devnull()
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 
@@ -113,3 +114,48 @@ def test_the_extractor_does_not_warn_about_each_page_without_text(
         extractor.setLevel(extractor_level)
         structlog.configure(**config)
     assert capsys.readouterr().err == ""
+
+
+class _FullDisk:
+    """A file whose disk is full for its first write, then has room again."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.full = True
+
+    def write(self, text: str) -> int:
+        if self.full:
+            self.full = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_line_a_full_disk_refuses_leaves_stderr_for_the_lines_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ENOSPC is not stderr gone: the line is dropped, and once the disk has room the next
+    lines are written there, not to /dev/null for the rest of the process."""
+    gone: list[bool] = []
+    monkeypatch.setattr(menos_logging, "stderr_to_devnull", lambda: gone.append(True))
+    file = _FullDisk()
+    logger = menos_logging._StderrLogger(file)  # type: ignore[arg-type]
+    logger.info("refused")
+    logger.info("written")
+    assert gone == []
+    assert "".join(file.lines) == "written\n"
+
+
+@pytest.mark.parametrize("code", [errno.EPIPE, errno.EIO, errno.ECONNRESET, errno.EBADF])
+def test_a_line_stderr_no_longer_takes_sends_the_rest_to_devnull(
+    monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    gone: list[bool] = []
+    monkeypatch.setattr(menos_logging, "stderr_to_devnull", lambda: gone.append(True))
+    file = _FullDisk()
+    file.write = lambda text: (_ for _ in ()).throw(OSError(code, "gone"))  # type: ignore[method-assign]
+    menos_logging._StderrLogger(file).info("lost")  # type: ignore[arg-type]
+    assert gone == [True]
