@@ -225,6 +225,16 @@ async def test_base_url_query_stays_a_query(analyzer: Make) -> None:
     assert sent.params["api-version"] == "2024-10-21"
 
 
+async def test_base_url_path_escapes_are_kept(analyzer: Make) -> None:
+    """An escaped slash in the base URL's path is sent as it is written, not as a `/` that
+    names another path."""
+    server = Server()
+    base_url = "http://llm.test/models/org%2Fmodel/v1?api-version=1"
+    await analyzer(server, base_url=base_url).analyze(request())
+    sent = server.requests[0].url
+    assert sent.raw_path == b"/models/org%2Fmodel/v1/chat/completions?api-version=1"
+
+
 async def test_repair_shows_the_first_answer(analyzer: Make) -> None:
     """The repair call replays the conversation with the model's first answer and asks again."""
     server = Server()

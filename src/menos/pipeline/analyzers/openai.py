@@ -65,9 +65,11 @@ class OpenAIAnalyzer:
         if max_chars <= 0:
             raise ValueError("max_chars must be positive")
         self._client = client
-        # Appended to the path: a query (Azure's `?api-version=…`) stays the query.
+        # Appended to the path as written (an escaped `%2F` stays one): a query (Azure's
+        # `?api-version=…`) stays the query.
         url = httpx.URL(base_url)
-        self._url = url.copy_with(path=url.path.rstrip("/") + "/chat/completions")
+        path, mark, query = url.raw_path.partition(b"?")
+        self._url = url.copy_with(raw_path=path.rstrip(b"/") + b"/chat/completions" + mark + query)
         self._model = model
         self._api_key = api_key or None
         self._timeout_s = timeout_s
