@@ -498,3 +498,26 @@ async def test_a_400_names_every_invalid_field_not_only_the_first(
     assert [e["field"] for e in upload.json()["errors"]] == ["text", "tags[0]", "callback_url"]
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
+
+
+async def test_a_400_names_each_invalid_tag(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """`tags[0]` and `tags[2]` are two invalid fields: both are listed, with the others."""
+    key = (await repo.create_key("alice", "user")).api_key
+    headers = {"authorization": f"Bearer {key}"}
+    long = "x" * 101
+    async with served(pool) as url, httpx.AsyncClient(base_url=url, headers=headers) as client:
+        ingest = await client.post(
+            "/api/v1/ingest",
+            json={"url": "ftp://example.com/a", "tags": [long, "ok", long], "callback_url": " "},
+        )
+        upload = await client.post(
+            "/api/v1/content", json={"text": "note", "tags": [long, "ok", f"a, {long}"]}
+        )
+    assert ingest.status_code == 400, ingest.text
+    fields = [e["field"] for e in ingest.json()["errors"]]
+    assert fields == ["url", "tags[0]", "tags[2]", "callback_url"]
+    assert ingest.json()["detail"].count("tags[2]") == 1
+    assert upload.status_code == 400, upload.text
+    assert [e["field"] for e in upload.json()["errors"]] == ["tags[0]", "tags[2]"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from litestar import Request
@@ -54,7 +55,7 @@ class Fields:
         try:
             return run()
         except errors.InvalidInput as exc:
-            self.failed.append(exc)
+            self.failed += [exc, *exc.also]
             return None
 
     async def check_async(self, run: Callable[[], Awaitable[T]]) -> T | None:
@@ -62,14 +63,15 @@ class Fields:
         try:
             return await run()
         except errors.InvalidInput as exc:
-            self.failed.append(exc)
+            self.failed += [exc, *exc.also]
             return None
 
     def raise_invalid(self) -> None:
         """One InvalidInput naming each field that failed, in the order they were checked."""
         if self.failed:
             first, *others = self.failed
-            raise errors.InvalidInput(first.field, first.message, also=tuple(others))
+            also = tuple(errors.InvalidInput(other.field, other.message) for other in others)
+            raise errors.InvalidInput(first.field, first.message, also=also)
 
 
 def text(field: str, value: str | None, *, max_chars: int, required: bool = False) -> str | None:
@@ -92,12 +94,15 @@ def tags(
     """Submitter tags: trimmed, non-blank, de-duplicated, at most 50 of at most 100 characters.
     With `comma_separated`, each value may hold several; a fault names the value as sent."""
     cleaned = []
+    faults = Fields()  # each invalid tag is named, not only the first
     for index, value in enumerate(values or []):
         # split and trimmed as frontmatter's tags are: `a, b` has a space after the comma
         for part in markdown.split_tags([value]) if comma_separated else [value]:
-            tag = text(f"{field}[{index}]", part.strip(), max_chars=MAX_TAG)  # length trimmed
+            name = f"{field}[{index}]"
+            tag = faults.check(partial(text, name, part.strip(), max_chars=MAX_TAG))  # trimmed
             if tag is not None:
                 cleaned.append(tag)
+    faults.raise_invalid()
     distinct = list(dict.fromkeys(cleaned))
     if len(distinct) > MAX_TAGS:
         raise errors.InvalidInput(field, f"at most {MAX_TAGS} tags")
