@@ -315,3 +315,17 @@ def test_an_idn_and_its_punycode_are_one_resource() -> None:
 def test_host_names_that_are_valid_on_the_web_are_accepted(url: str) -> None:
     """Host names httpx can send to (hyphens, underscores, 63-character labels) are accepted."""
     assert resource_keys.identify(url).content_type == "web"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://www.youtube.com/embed/videoseries?list=PLaaaaaaaaaaaaaaaa",
+        "https://www.youtube.com/embed/live_stream?channel=UCaaaaaaaaaaaaaaaaaaaaaa",
+    ],
+)
+def test_a_playlists_embed_is_refused_as_naming_no_video(url: str) -> None:
+    """`videoseries` is 11 id characters: "expected 11 characters" would not say what is wrong."""
+    with pytest.raises(errors.InvalidInput) as caught:
+        resource_keys.identify(url)
+    assert "names no video" in caught.value.message

@@ -72,6 +72,10 @@ def identify(url: str) -> Identified:
     host = _host(parts)
     if host in _YOUTUBE_HOSTS or host == _YOUTU_BE:
         video_id = _video_id(host, parts)
+        if video_id in _NOT_VIDEO_IDS:
+            raise errors.InvalidInput(
+                _FIELD, "a playlist's or a channel's embed names no video id: send a video's URL"
+            )
         if video_id is None:
             raise errors.InvalidInput(
                 _FIELD,
@@ -197,8 +201,8 @@ def _video_id(host: str, parts: urllib.parse.SplitResult) -> str | None:
         candidate = values[0] if values else None
     elif len(segments) == 2 and segments[0] in _ID_PATH_PREFIXES:
         candidate = segments[1]
-    if candidate is not None and _VIDEO_ID.fullmatch(candidate) and candidate not in _NOT_VIDEO_IDS:
-        return candidate
+    if candidate is not None and _VIDEO_ID.fullmatch(candidate):
+        return candidate  # one of _NOT_VIDEO_IDS too, which `identify` refuses
     return None
 
 
