@@ -154,6 +154,27 @@ async def test_an_answer_cut_off_at_the_token_limit_says_so() -> None:
     assert run.diagnostics["finish_reason"] == "length"
 
 
+class CutRepairAnalyzer(TextAnalyzer):
+    """Prose first; the repair answer is cut off at the token limit inside a nested object."""
+
+    async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
+        self.repairs += 1
+        whole = json.dumps({"topics": [{"name": "Queues", "confidence": 0.8}], "summary": "s"})
+        return analyzers.Answer(text=whole[:-5], model="text", finish_reason="length")
+
+
+async def test_a_repair_answer_cut_off_at_the_token_limit_says_so() -> None:
+    """The object read from a cut-off repair answer is the repair's: the message says so."""
+    analyzer = CutRepairAnalyzer("No JSON here, sorry.", finish_reason="stop")
+    async with httpx.AsyncClient() as http:
+        ctx = offline_context(http, analyzer, clock=lambda: NOW)
+        run = stages.Run(full=False, clock=ctx.clock)
+        with pytest.raises(errors.PipelineError) as caught:
+            await stages.run_pipeline(note("# t\n\nSome text."), RecordingPort(set()), ctx, run)
+    assert (caught.value.code, analyzer.repairs) == ("PARSE_FAILED", 1)
+    assert "cut off at its token limit" in caught.value.message
+
+
 @pytest.mark.parametrize("body", ["", " \n\t", "\u200b\u200b", "\u200b \u2060\n\u200d\ufeff"])
 async def test_a_note_with_nothing_visible_is_content_empty(body: str) -> None:
     """Whitespace and invisible characters such as zero-width spaces are no readable text."""

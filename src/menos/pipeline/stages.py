@@ -203,7 +203,8 @@ async def _analyze(state: _State, port: Port, ctx: Context, run: Run) -> None:
 
 async def _parse(state: _State, port: Port, ctx: Context, run: Run) -> None:
     assert state.answer is not None and state.request is not None
-    raw = result.extract_json(state.answer.text)
+    answer = state.answer  # the one whose object is read
+    raw = result.extract_json(answer.text)
     run.diagnostics["repair_call"] = raw is None
     if raw is None:
         try:
@@ -221,6 +222,7 @@ async def _parse(state: _State, port: Port, ctx: Context, run: Run) -> None:
                 "the analyzer gave no JSON object, also after one repair call"
                 + _cut_off(state.answer, repaired),
             )
+        answer = repaired
     candidates = raw.get("tags") if isinstance(raw.get("tags"), list) else []
     # Only tags that can be kept are asked about: coerce drops the others whatever the answer.
     valid = (result.normalize_tag(tag) for tag in candidates or [] if isinstance(tag, str))
@@ -231,7 +233,7 @@ async def _parse(state: _State, port: Port, ctx: Context, run: Run) -> None:
         )
     except errors.PipelineError as exc:
         # A cut-off answer's first whole object may be one nested in the unfinished result.
-        raise errors.PipelineError(exc.code, exc.message + _cut_off(state.answer)) from exc
+        raise errors.PipelineError(exc.code, exc.message + _cut_off(answer)) from exc
 
 
 def _cut_off(*answers: analyzers.Answer) -> str:
