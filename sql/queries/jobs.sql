@@ -296,7 +296,8 @@ WITH job AS (
 UPDATE menos.content c
    SET latest_job_id = job.job_id, processing_status = 'pending', processed_at = now(),
        updated_at = now(), body = coalesce($8, c.body),
-       source_metadata = CASE WHEN $8 IS NULL THEN c.source_metadata
+       -- the keys youtube.fetch writes of a downloaded transcript
+       source_metadata = CASE WHEN $8 IS NULL OR c.content_type <> 'youtube' THEN c.source_metadata
            ELSE (c.source_metadata - 'language' - 'transcript_generated' - 'duration')
                 || '{"transcript_source": "supplied"}' END
   FROM job

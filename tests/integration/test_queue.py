@@ -1550,7 +1550,7 @@ async def test_a_transcript_supplied_on_reprocess_replaces_what_the_metadata_sai
     await helpers.owner(repo)
     job = await repo.enqueue(helpers.note())
     await pool.execute(
-        "UPDATE menos.content SET source_metadata = $1::jsonb",
+        "UPDATE menos.content SET content_type = 'youtube', source_metadata = $1::jsonb",
         {
             "video_id": "dQw4w9WgXcQ",
             "transcript_source": "youtube",
@@ -1582,3 +1582,22 @@ async def test_a_transcript_supplied_on_reprocess_replaces_what_the_metadata_sai
         assert metadata["transcript_source"] == expected
     assert metadata == {"video_id": "dQw4w9WgXcQ", "transcript_source": "supplied"}
     assert await pool.fetchval("SELECT body FROM menos.content") == "A replacement transcript."
+    # a note's metadata (its frontmatter) says nothing of transcripts: it is left as it is
+    await pool.execute(
+        "UPDATE menos.content SET content_type = 'markdown', source_metadata = '{}'::jsonb"
+    )
+    await pool.execute(
+        "UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()"
+        " WHERE status = 'pending'"
+    )
+    outcome = await repo.reprocess(
+        job.content_id,
+        owner=None,
+        force=True,
+        pipeline_version=helpers.VERSION,
+        callback_url=None,
+        data_tier="compact",
+        transcript="Text.",
+    )
+    assert outcome is not None and outcome.status == "submitted"
+    assert await pool.fetchval("SELECT source_metadata FROM menos.content") == {}

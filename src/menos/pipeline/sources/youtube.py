@@ -98,6 +98,7 @@ async def fetch_video(
             video_id, languages, transcript_http, transcript_total_s
         )
         body = _paragraphs(downloaded.snippets)
+        # A reprocess with a supplied transcript removes these keys (`insert_reprocess_job`).
         metadata["transcript_source"] = "youtube"
         metadata["language"] = downloaded.language_code
         metadata["transcript_generated"] = downloaded.is_generated
