@@ -1549,25 +1549,10 @@ async def test_a_transcript_supplied_on_reprocess_replaces_what_the_metadata_sai
     a reprocess with `transcript_text` replaced; its metadata now says `supplied`."""
     await helpers.owner(repo)
     job = await repo.enqueue(helpers.note())
-    await pool.execute(
-        "UPDATE menos.content SET content_type = 'youtube', source_metadata = $1::jsonb",
-        {
-            "video_id": "dQw4w9WgXcQ",
-            "transcript_source": "youtube",
-            "language": "en",
-            "transcript_generated": False,
-            "duration": 12.0,
-        },
-    )
-    await pool.execute("UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()")
-    for transcript, expected in [
-        (None, "youtube"),  # a reprocess without one keeps it all
-        ("A replacement transcript.", "supplied"),
-    ]:
-        await pool.execute(
-            "UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()"
-            " WHERE status = 'pending'"
-        )
+
+    async def reprocess(transcript: str | None) -> Any:
+        """The item's metadata after a forced reprocess (its job ended first)."""
+        await pool.execute("UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()")
         outcome = await repo.reprocess(
             job.content_id,
             owner=None,
@@ -1578,26 +1563,25 @@ async def test_a_transcript_supplied_on_reprocess_replaces_what_the_metadata_sai
             transcript=transcript,
         )
         assert outcome is not None and outcome.status == "submitted"
-        metadata = await pool.fetchval("SELECT source_metadata FROM menos.content")
-        assert metadata["transcript_source"] == expected
-    assert metadata == {"video_id": "dQw4w9WgXcQ", "transcript_source": "supplied"}
+        return await pool.fetchval("SELECT source_metadata FROM menos.content")
+
+    downloaded = {
+        "video_id": "dQw4w9WgXcQ",
+        "transcript_source": "youtube",
+        "language": "en",
+        "transcript_generated": False,
+        "duration": 12.0,
+    }
+    await pool.execute(
+        "UPDATE menos.content SET content_type = 'youtube', source_metadata = $1::jsonb",
+        downloaded,
+    )
+    assert await reprocess(None) == downloaded  # a reprocess without one keeps it all
+    supplied = await reprocess("A replacement transcript.")
+    assert supplied == {"video_id": "dQw4w9WgXcQ", "transcript_source": "supplied"}
     assert await pool.fetchval("SELECT body FROM menos.content") == "A replacement transcript."
     # a note's metadata (its frontmatter) says nothing of transcripts: it is left as it is
     await pool.execute(
         "UPDATE menos.content SET content_type = 'markdown', source_metadata = '{}'::jsonb"
     )
-    await pool.execute(
-        "UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()"
-        " WHERE status = 'pending'"
-    )
-    outcome = await repo.reprocess(
-        job.content_id,
-        owner=None,
-        force=True,
-        pipeline_version=helpers.VERSION,
-        callback_url=None,
-        data_tier="compact",
-        transcript="Text.",
-    )
-    assert outcome is not None and outcome.status == "submitted"
-    assert await pool.fetchval("SELECT source_metadata FROM menos.content") == {}
+    assert await reprocess("Text.") == {}
