@@ -733,6 +733,23 @@ def test_a_paragraph_crowded_with_inline_elements_is_extracted_in_linear_time(
     assert body.split().count(word) == 20_000
 
 
+def test_a_crowded_paragraph_keeps_its_line_breaks_and_drops_its_scripts() -> None:
+    """An old-style page written as one <p> of lines parted by <br> is not read as one word
+    per line break, and a script in it is no text."""
+    lines = "".join(f"Line {index} of the poem<br>" for index in range(300))
+    page = (
+        "<html><body><article><p>"
+        + lines
+        + "<script>var tracking_code = 1;</script><style>.x { color: red }</style>"
+        + "</p></article></body></html>"
+    )
+    body, _title = web._readable_html(page)
+    assert "poemLine" not in body
+    assert body.split().count("poem") == 300
+    assert "tracking_code" not in body
+    assert "color" not in body
+
+
 def test_a_paragraph_with_some_markup_keeps_it_for_the_extractor() -> None:
     """An ordinary paragraph (a few links and emphasis) is extracted as before."""
     page = (

@@ -81,6 +81,7 @@ _SPAN_MAX = 100  # trafilatura's own cap of a colspan
 # <b> (108 KB) took 8 s to extract, 60,000 <span> (900 KB) over 4 minutes. A paragraph with
 # more elements than this loses its inline markup (never its text) before extraction.
 _PARAGRAPH_ELEMENTS_MAX = 200
+_NOT_TEXT_TAGS = ("script", "style", "noscript", "template")
 _CELL_TAGS = frozenset({"td", "th"})
 # trafilatura strips a table's thead, tbody and tfoot: a cell directly in one is outside any row.
 _ROW_PARENTS = frozenset({"table", "thead", "tbody", "tfoot"})
@@ -327,6 +328,11 @@ def _flatten_crowded_paragraphs(tree: Any) -> None:
         if sum(1 for _ in paragraph.iterdescendants()) > _PARAGRAPH_ELEMENTS_MAX
     ]
     for paragraph in crowded:
+        # A line break stays one (words either side are not glued); a script's or a style's
+        # code is no text, as trafilatura drops those elements.
+        for line_break in paragraph.iter("br"):
+            line_break.tail = "\n" + (line_break.tail or "")
+        etree.strip_elements(paragraph, *_NOT_TEXT_TAGS, with_tail=False)
         text = "".join(paragraph.itertext())
         for child in list(paragraph):
             paragraph.remove(child)
