@@ -485,6 +485,8 @@ async def test_binary_data_without_a_content_type_is_content_empty(body: bytes) 
         ARTICLE.encode(),
         ARTICLE.encode("utf-16"),
         "<p>Café déjà vu, tab\tand form feed\x0c lines</p>".encode("cp1252"),
+        b"\n  <!DOCTYPE html><html><body><p>A stray vertical tab \x0b here</p></body></html>",
+        b"<HTML><body><p>A NUL \x00 pasted in</p></body></HTML>",
     ],
 )
 async def test_text_without_a_content_type_is_still_read(body: bytes) -> None:

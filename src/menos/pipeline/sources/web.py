@@ -60,6 +60,13 @@ _BINARY_SIGNATURES = (
     b"PK\x03\x04",
     b"\x1f\x8b\x08",
 )
+# What a browser takes for HTML before it looks for binary bytes: a page that, after blank
+# bytes, opens with one of these tags is HTML whatever stray control byte it holds.
+_HTML_SIGNATURE = re.compile(
+    rb"[\t\n\x0c\r ]*<(?:!doctype html|html|head|script|iframe|h1|div|font|table|a|style"
+    rb"|title|b|body|br|p|!--)[ >]",
+    re.IGNORECASE,
+)
 # A character a valid UTF-8 sequence of two or more bytes decodes to.
 _DECODED_BEYOND_ASCII = re.compile("[^\\x00-\\x7f\\ufffd]")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
@@ -236,6 +243,8 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
 
 def _is_binary(raw: bytes) -> bool:
     if raw.startswith(tuple(bom for bom, _name in _BOMS)):  # UTF-16's text holds NUL bytes
+        return False
+    if _HTML_SIGNATURE.match(raw):
         return False
     return raw.startswith(_BINARY_SIGNATURES) or bool(_BINARY_BYTE.search(raw, 0, _SNIFF_BYTES))
 
