@@ -200,6 +200,21 @@ async def test_an_xhtml_page_is_read_in_the_encoding_its_xml_declaration_names()
     assert "これは日本語の記事です。" in fetched.body
 
 
+@pytest.mark.parametrize("label", ["UTF-16", "utf-32le"])
+async def test_an_xml_declaration_naming_utf_16_in_ascii_bytes_is_read_as_utf_8(label: str) -> None:
+    """A declaration readable as ASCII cannot be right about UTF-16 or UTF-32 (a serializer's
+    string written out as UTF-8): the page is read as UTF-8, as one naming it in <meta> is."""
+    page = (
+        f'<?xml version="1.0" encoding="{label}"?><html xmlns="http://www.w3.org/1999/xhtml">'
+        "<body><p>Café, déjà vu.</p></body></html>"
+    )
+    headers = {"content-type": "application/xhtml+xml"}
+    response = httpx.Response(200, headers=headers, content=page.encode())
+    async with _client(lambda request: response) as client:
+        fetched = await web.fetch_page(client, PUBLIC + "/", max_bytes=MAX)
+    assert "Café, déjà vu." in fetched.body
+
+
 async def test_an_xml_declaration_in_a_text_html_page_is_not_its_charset() -> None:
     """An HTML parser ignores an XML declaration (WHATWG): a text/html page is read as
     before, by its bytes."""

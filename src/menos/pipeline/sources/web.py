@@ -262,14 +262,13 @@ def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool, is_xml: bo
         if raw.startswith(bom):
             return name
     candidate = response.charset_encoding
-    if candidate is None and is_xml:
-        declared = _XML_ENCODING.match(raw)
+    if candidate is None and (is_xml or is_html):
+        declared = _XML_ENCODING.match(raw) if is_xml else None
+        if declared is None and is_html:
+            declared = _META_CHARSET.search(raw[:_META_CHARSET_WINDOW])
         candidate = declared.group(1).decode("ascii") if declared else None
-    if candidate is None and is_html:
-        match = _META_CHARSET.search(raw[:_META_CHARSET_WINDOW])
-        candidate = match.group(1).decode("ascii") if match else None
-        # A <meta> readable as ASCII cannot be right about UTF-16 or UTF-32: as browsers do
-        # (WHATWG), such a page is read as UTF-8.
+        # A declaration readable as ASCII (<?xml encoding?> or <meta>) cannot be right about
+        # UTF-16 or UTF-32: as browsers do (WHATWG), such a page is read as UTF-8.
         if candidate and candidate.lower().replace("_", "-").startswith(("utf-16", "utf-32")):
             candidate = "utf-8"
     if candidate:
