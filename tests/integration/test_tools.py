@@ -192,11 +192,11 @@ class _Terminal(io.StringIO):
         return True
 
 
-async def test_classify_dry_run_on_a_terminal_prints_each_id_on_a_line_of_its_own(
-    repo: repository.Repository, pool: asyncpg.Pool[Any], monkeypatch: Any
-) -> None:
-    """The progress bar shares the terminal with the ids: no id is printed after the bar on
-    its line (where a copy of it would take the bar along)."""
+async def _three_failed_classified_on_a_terminal(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], monkeypatch: Any, **run: Any
+) -> tuple[set[str], _Terminal]:
+    """Three failed notes given to `classify` (`run`: limit, dry_run, out) with stderr on a
+    terminal: their content ids, and the terminal."""
     await helpers.owner(repo)
     ids = {str((await repo.enqueue(helpers.note(body=f"# n{i}"))).content_id) for i in range(3)}
     await pool.execute("UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()")
@@ -209,11 +209,20 @@ async def test_classify_dry_run_on_a_terminal_prints_each_id_on_a_line_of_its_ow
         content_type=None,
         status=None,
         stale=False,
-        limit=None,
-        dry_run=True,
         version="0.1.0",
         data_tier="compact",
-        out=terminal,
+        **{"out": terminal, **run},
+    )
+    return ids, terminal
+
+
+async def test_classify_dry_run_on_a_terminal_prints_each_id_on_a_line_of_its_own(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], monkeypatch: Any
+) -> None:
+    """The progress bar shares the terminal with the ids: no id is printed after the bar on
+    its line (where a copy of it would take the bar along)."""
+    ids, terminal = await _three_failed_classified_on_a_terminal(
+        repo, pool, monkeypatch, limit=None, dry_run=True
     )
     # What the terminal shows last on each line: a carriage return goes back to its start.
     shown = [line.rsplit("\r", 1)[-1].strip() for line in terminal.getvalue().split("\n")]
@@ -225,24 +234,8 @@ async def test_classify_bar_ends_full_when_fewer_candidates_than_the_limit(
 ) -> None:
     """`--limit 10` with 3 candidates: the bar used to end at 3/10 (30 %, time left shown)
     although the run was over; it ends at 3/3."""
-    await helpers.owner(repo)
-    for i in range(3):
-        await repo.enqueue(helpers.note(body=f"# n{i}"))
-    await pool.execute("UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()")
-    await pool.execute("UPDATE menos.content SET processing_status = 'failed'")
-    terminal = _Terminal()
-    monkeypatch.setattr("sys.stderr", terminal)
-    await tools.classify(
-        repo,
-        owner=None,
-        content_type=None,
-        status=None,
-        stale=False,
-        limit=10,
-        dry_run=False,
-        version="0.1.0",
-        data_tier="compact",
-        out=io.StringIO(),
+    _, terminal = await _three_failed_classified_on_a_terminal(
+        repo, pool, monkeypatch, limit=10, dry_run=False, out=io.StringIO()
     )
     last = terminal.getvalue().rsplit("\r", 1)[-1]
     assert "3/3" in last and "100%" in last, last
