@@ -305,8 +305,14 @@ UPDATE menos.content c
 RETURNING job.job_id;
 
 -- name: list_jobs
--- A page of jobs visible to the caller, newest first, after the cursor (created_at, job_id).
-SELECT * FROM menos.pipeline_job
+-- A page of jobs visible to the caller, newest first, after the cursor (created_at, job_id),
+-- without stages, diagnostics and full payload: the list shows none of them, a full payload
+-- runs to megabytes, and a stage timing written by hand would fail the whole page.
+SELECT job_id, content_id, owner, resource_key, status, priority, attempts, worker_id,
+       lease_expires_at, cancel_requested_at, current_stage, '[]'::jsonb AS stages, data_tier,
+       '{}'::jsonb AS diagnostics, NULL::jsonb AS full_payload, error_code, error_stage,
+       error_message, pipeline_version, callback_url, created_at, started_at, finished_at
+  FROM menos.pipeline_job
  WHERE ($1::text IS NULL OR owner = $1)
    AND ($2::text IS NULL OR status = $2)
    AND ($3::uuid IS NULL OR content_id = $3)

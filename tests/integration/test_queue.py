@@ -643,6 +643,33 @@ async def test_a_page_of_content_leaves_the_bodies_in_the_database(
     assert all(item.body is None for item in page.items)
 
 
+async def test_a_page_of_jobs_reads_neither_payloads_nor_stage_timings(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A page of jobs read every job's full payload (megabytes each, never shown), and one
+    stage timing written by hand without `started_at` made every page holding it fail (500
+    over HTTP). The page reads neither."""
+    await helpers.owner(repo)
+    submitted = await repo.enqueue(helpers.note())
+    await pool.execute(
+        'UPDATE menos.pipeline_job SET stages = \'[{"name": "fetch"}]\','
+        " full_payload = jsonb_build_object('body', repeat('x', 4 * 1024 * 1024))"
+        " WHERE job_id = $1",
+        submitted.job_id,
+    )
+    tracemalloc.start()
+    try:
+        page = await repo.list_jobs(
+            owner="alice", status=None, content_id=None, after=None, limit=10
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [job.job_id for job in page.items] == [submitted.job_id]
+    assert peak < 2 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert page.items[0].full_payload is None
+
+
 async def test_a_refused_login_is_an_outage(pg_admin_dsn: str, database_url: str) -> None:
     """When the server refuses a new connection itself (here: the database does not accept
     connections), callers get DatabaseUnavailable (503 over HTTP), not the server's error,
