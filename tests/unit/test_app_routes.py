@@ -174,6 +174,27 @@ def test_each_route_documents_the_statuses_it_answers_and_no_other() -> None:
     }
 
 
+def test_the_schema_declares_the_headers_of_401_and_503_problems() -> None:
+    """A 401 carries `WWW-Authenticate: Bearer` and a 503 problem `Retry-After`: a client
+    built from the schema knows both are there to read."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    paths = api.openapi_schema.to_schema()["paths"]
+    answers = [
+        (status, answer)
+        for item in paths.values()
+        for operation in item.values()
+        for status, answer in operation["responses"].items()
+        if "application/problem+json" in answer.get("content", {})
+    ]
+    for wanted, header in (("401", "WWW-Authenticate"), ("503", "Retry-After")):
+        declared = [
+            set(answer.get("headers", {})) for status, answer in answers if status == wanted
+        ]
+        assert len(declared) >= 8 and all(header in names for names in declared), wanted
+    ready = paths["/ready"]["get"]["responses"]["503"]
+    assert "headers" not in ready  # the readiness report, not a problem: no Retry-After
+
+
 def test_the_schema_lists_the_values_the_list_filters_accept() -> None:
     """The list routes refuse any other status or content type, and a limit outside 1-100:
     the schema says so, so a client built from it never sends what is refused."""

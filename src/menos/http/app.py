@@ -83,6 +83,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
     # Around the router, not as route middleware: a path or method no route serves (404, 405)
     # is answered before any route's middleware would run, and must be counted too.
     api.asgi_handler = http_metrics.middleware(api.asgi_handler)
+    openapi.declare_problem_headers(api.openapi_schema)
     return api
 
 

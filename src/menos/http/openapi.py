@@ -10,7 +10,10 @@ from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     Components,
+    OpenAPI,
+    OpenAPIHeader,
     OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
     Operation,
     RequestBody,
@@ -54,6 +57,7 @@ __all__ = [
     "OptionalBodyOperation",
     "ResponseSpec",
     "UploadOperation",
+    "declare_problem_headers",
     "problems",
     "schema_router",
 ]
@@ -73,6 +77,36 @@ _PROBLEMS: dict[int, ResponseSpec] = {
 def problems(*statuses: int) -> dict[int, ResponseSpec]:
     """The problem answers of a route: those it can give, and no other."""
     return {status: _PROBLEMS[status] for status in statuses}
+
+
+# The headers problem answers carry (errors.problem_response); ResponseSpec cannot say them.
+_PROBLEM_HEADERS = {
+    "401": {
+        "WWW-Authenticate": OpenAPIHeader(
+            description="`Bearer`: the scheme the API key is sent with",
+            schema=Schema(type=OpenAPIType.STRING, const="Bearer"),
+        )
+    },
+    "503": {
+        "Retry-After": OpenAPIHeader(
+            description="Seconds to wait before trying again",
+            schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+        )
+    },
+}
+
+
+def declare_problem_headers(document: OpenAPI) -> None:
+    """Add to every problem answer of `document` the headers it is sent with."""
+    for item in (document.paths or {}).values():
+        for method in ("get", "put", "post", "delete", "options", "head", "patch", "trace"):
+            operation: Operation | None = getattr(item, method)
+            for status, headers in _PROBLEM_HEADERS.items():
+                answer = (operation.responses or {}).get(status) if operation else None
+                if isinstance(answer, OpenAPIResponse) and http_errors.PROBLEM_JSON in (
+                    answer.content or {}
+                ):
+                    answer.headers = {**(answer.headers or {}), **headers}
 
 
 # A list: a bad query parameter or cursor, no key, no database. Its body is never read.
