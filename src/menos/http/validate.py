@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -52,19 +53,22 @@ class Fields:
 
     def check(self, run: Callable[[], T]) -> T | None:
         """`run()`, or None when it finds its field invalid (kept for `raise_invalid`)."""
-        try:
+        with self._kept():
             return run()
-        except errors.InvalidInput as exc:
-            self.failed += [exc, *exc.also]
-            return None
+        return None
 
     async def check_async(self, run: Callable[[], Awaitable[T]]) -> T | None:
         """As `check`, for a check that awaits (the callback URL's DNS lookup)."""
-        try:
+        with self._kept():
             return await run()
+        return None
+
+    @contextlib.contextmanager
+    def _kept(self) -> Iterator[None]:
+        try:
+            yield
         except errors.InvalidInput as exc:
             self.failed += [exc, *exc.also]
-            return None
 
     def raise_invalid(self) -> None:
         """One InvalidInput naming each field that failed, in the order they were checked."""
