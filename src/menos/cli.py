@@ -167,6 +167,7 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
         transport=ssrf.PinnedTransport(allow_private=conf.callback_allow_private),
         follow_redirects=False,
         timeout=10.0,
+        cookies=ssrf.no_cookies(),
         headers={"user-agent": f"menos/{versions.app_version()}"},
     )
     plain = httpx.AsyncClient(

@@ -40,6 +40,7 @@ class Receiver:
         self.requests: list[Received] = []
         self.lock = threading.Lock()
         self.hang_s = 0.0  # while > 0, requests are held this long before the answer
+        self.set_cookie: str | None = None  # a Set-Cookie header to answer with
 
     @property
     def url(self) -> str:
@@ -73,6 +74,8 @@ def receiving(answer: Callable[[int], int] = lambda _n: 200) -> Iterator[Receive
                 time.sleep(receiver.hang_s)
             try:
                 self.send_response(receiver.answer(n))
+                if receiver.set_cookie is not None:
+                    self.send_header("set-cookie", receiver.set_cookie)
                 self.send_header("content-length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -165,6 +168,23 @@ def test_callback_is_signed_with_the_owner_secret_and_both_during_rotation(menos
     assert len(second.headers["webhook-signature"].split(" ")) == 2
     for secret in (new_secret, alice["webhook_secret"]):
         verify(secret, second)
+
+
+def test_a_cookie_a_receiver_set_for_one_owner_is_not_sent_for_another(menos: Menos) -> None:
+    """A session cookie a receiver answered one owner's callback with never reaches another's."""
+    with receiving() as receiver:
+        menos.api()
+        menos.worker()
+        dispatcher(menos, **FAST)
+        receiver.set_cookie = "session=alice-secret; Path=/"
+        with menos.client(menos.key("alice")["api_key"]) as alice:
+            submit(alice, receiver)
+            wait_for(receiver.seen, what="alice's callback")
+        receiver.set_cookie = None
+        with menos.client(menos.key("bob")["api_key"]) as bob:
+            submit(bob, receiver)
+            wait_for(lambda: receiver.seen()[1:], what="bob's callback")
+    assert [request.headers.get("cookie") for request in receiver.seen()] == [None, None]
 
 
 def test_completed_failed_and_cancelled_jobs_each_send_one_event(

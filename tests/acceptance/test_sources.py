@@ -60,6 +60,23 @@ def test_web_page_is_fetched_reduced_and_deduplicated(menos: Menos, site: web_se
     assert body["source_metadata"]["final_url"] == site.url("/article")
 
 
+def test_a_cookie_a_page_set_for_one_owner_is_not_sent_for_another(
+    menos: Menos, site: web_server.Site
+) -> None:
+    """A session cookie one owner's page set never goes out with another owner's fetch."""
+    menos.api()
+    menos.worker()
+    with menos.client(menos.key("alice")["api_key"]) as alice:
+        assert finished(alice, ingest(alice, url=site.url("/login"))["job_id"])["status"] == (
+            "completed"
+        )
+    with menos.client(menos.key("bob")["api_key"]) as bob:
+        assert finished(bob, ingest(bob, url=site.url("/article"))["job_id"])["status"] == (
+            "completed"
+        )
+    assert site.cookies == {"/login": None, "/article": None}
+
+
 @pytest.mark.parametrize(
     ("path", "code"),
     [

@@ -27,6 +27,7 @@ class Site:
     def __init__(self, server: ThreadingHTTPServer) -> None:
         self.server = server
         self.paths: list[str] = []
+        self.cookies: dict[str, str | None] = {}  # path → the Cookie header it came with
 
     def url(self, path: str) -> str:
         host, port = self.server.server_address[:2]
@@ -44,9 +45,12 @@ def running(big_bytes: int = 6 * 1024 * 1024) -> Iterator[Site]:
 
         def do_GET(self) -> None:
             site.paths.append(self.path)
+            site.cookies[self.path] = self.headers.get("cookie")
             path = self.path.split("?", 1)[0]
             if path == "/article":
                 self._send(200, ARTICLE.encode(), "text/html; charset=utf-8")
+            elif path == "/login":
+                self._send(200, ARTICLE.encode(), "text/html", cookie="session=alice-secret")
             elif path.startswith("/hop/"):
                 left = int(path.rsplit("/", 1)[1])
                 target = "/article" if left <= 0 else f"/hop/{left - 1}"
@@ -67,10 +71,14 @@ def running(big_bytes: int = 6 * 1024 * 1024) -> Iterator[Site]:
             self.send_header("content-length", "0")
             self.end_headers()
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _send(
+            self, status: int, body: bytes, content_type: str, cookie: str | None = None
+        ) -> None:
             try:
                 self.send_response(status)
                 self.send_header("content-type", content_type)
+                if cookie is not None:
+                    self.send_header("set-cookie", f"{cookie}; Path=/")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

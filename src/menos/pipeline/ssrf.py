@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import ipaddress
 import socket
 import ssl
@@ -213,6 +214,14 @@ async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
     if not addresses:
         raise errors.Unresolvable(field, f"host {host} resolves to no IP address")
     return addresses
+
+
+def no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps no cookie, for the clients that fetch users' URLs.
+
+    One client serves every owner's pages (and callbacks): a cookie kept from one owner's
+    fetch would go out with another owner's request to that site, with its session."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 class _Stream(httpcore.AsyncNetworkStream):

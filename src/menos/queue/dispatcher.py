@@ -562,6 +562,7 @@ async def serve(settings: Settings, dsn: str, stop: asyncio.Event, hurry: asynci
         follow_redirects=False,
         timeout=config.timeout_s,
         trust_env=False,  # no proxy or .netrc credentials on callbacks
+        cookies=ssrf.no_cookies(),
         headers={"user-agent": f"menos/{config.app_version}"},
     )
     try:
