@@ -41,6 +41,7 @@ class Receiver:
         self.lock = threading.Lock()
         self.hang_s = 0.0  # while > 0, requests are held this long before the answer
         self.set_cookie: str | None = None  # a Set-Cookie header to answer with
+        self.body = b"ok"  # what every answer holds
 
     @property
     def url(self) -> str:
@@ -76,9 +77,9 @@ def receiving(answer: Callable[[int], int] = lambda _n: 200) -> Iterator[Receive
                 self.send_response(receiver.answer(n))
                 if receiver.set_cookie is not None:
                     self.send_header("set-cookie", receiver.set_cookie)
-                self.send_header("content-length", "2")
+                self.send_header("content-length", str(len(receiver.body)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(receiver.body)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the dispatcher was killed while we held its request
 
@@ -305,6 +306,24 @@ def test_receiver_always_failing_ends_failed_and_the_job_keeps_its_status(
     assert shown["callback"]["attempts"] == 3
     assert shown["callback"]["last_status_code"] == 503
     assert shown["callback"]["last_error"].startswith("HTTP 503")
+
+
+def test_a_refusal_is_recorded_as_one_line_of_visible_text(menos: Menos) -> None:
+    """A receiver's answer is quoted in `last_error` (and the dispatcher's log lines): its
+    escape sequences (a window title, a cleared screen) reached an operator's terminal."""
+    with receiving(lambda _n: 500) as receiver:
+        receiver.body = b"\x1b]0;pwned\x07\x1b[2J\rbusy\x00 now"
+        menos.api()
+        menos.worker()
+        dispatcher(menos, MENOS_CALLBACK_BACKOFF_S="30")
+        with menos.client(menos.key("alice")["api_key"]) as client:
+            job_id = submit(client, receiver)
+            wait_for(
+                lambda: (job(client, job_id)["callback"] or {}).get("attempts") == 1,
+                what="the first attempt to be recorded",
+            )
+            shown = job(client, job_id)
+    assert shown["callback"]["last_error"] == "HTTP 500: ]0;pwned [2J busy now"
 
 
 def test_a_failed_event_is_delivered_again_by_the_documented_statement(menos: Menos) -> None:

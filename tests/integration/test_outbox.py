@@ -1159,7 +1159,8 @@ async def test_receiver_answer_with_nul_characters_is_recorded(
     pool: asyncpg.Pool[Any],
     deliver: Callable[..., Awaitable[tuple[int, list[httpx.Request]]]],
 ) -> None:
-    """An error page holding NUL bytes (which PostgreSQL refuses in text) is still recorded."""
+    """An error page holding NUL bytes (which PostgreSQL refuses in text) is still recorded,
+    each control character quoted as a space."""
 
     async def nul(request: httpx.Request) -> httpx.Response:
         return httpx.Response(500, content=b"bad\x00news")
@@ -1168,7 +1169,7 @@ async def test_receiver_answer_with_nul_characters_is_recorded(
     await deliver(nul)
     state = await row(pool)
     assert (state["status"], state["last_status_code"]) == ("pending", 500)
-    assert state["last_error"] == "HTTP 500: bad\ufffdnews"
+    assert state["last_error"] == "HTTP 500: bad news"
 
 
 async def test_an_error_text_utf8_cannot_encode_is_recorded(

@@ -351,7 +351,7 @@ class Dispatcher:
             where = response.headers.get("location", "")[:ERROR_SNIPPET_CHARS]
             error = f"HTTP {code}: redirects are not followed (location: {where})"
             return Attempt(code, error, counted)
-        snippet = " ".join(answer.decode("utf-8", errors="replace").split())
+        snippet = errors.one_line(answer.decode("utf-8", errors="replace"))
         return Attempt(code, f"HTTP {code}: {snippet[:ERROR_SNIPPET_CHARS]}".rstrip(": "), counted)
 
     def _unanswered(self, event: models.OutboxEvent, exc: Exception, counted: bool) -> Attempt:
