@@ -697,14 +697,14 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         sub,
         "api",
         help="serve the HTTP API (applies migrations first)",
-        more="Listens on MENOS_HOST:MENOS_PORT until SIGTERM/SIGINT. Run several behind a load "
-        "balancer if you like: all state is in PostgreSQL.",
+        more="Listens on MENOS_HOST:MENOS_PORT until SIGTERM/SIGINT/SIGHUP. Run several behind a "
+        "load balancer if you like: all state is in PostgreSQL.",
     )
     w = _command(
         sub,
         "worker",
-        help="claim and run jobs until SIGTERM/SIGINT",
-        more="On SIGTERM/SIGINT it stops claiming, lets running jobs finish within "
+        help="claim and run jobs until SIGTERM/SIGINT/SIGHUP",
+        more="On SIGTERM/SIGINT/SIGHUP it stops claiming, lets running jobs finish within "
         "MENOS_WORKER_SHUTDOWN_GRACE_S and gives the rest back to pending; a second signal "
         "gives them back at once. Any number may run.",
     )
