@@ -55,7 +55,8 @@ def _client(handler: Handler, *, pinned: bool = False) -> httpx.AsyncClient:
         if pinned
         else httpx.MockTransport(handler)
     )
-    return httpx.AsyncClient(transport=transport, follow_redirects=False)
+    # as the worker's: no cookie jar of its own
+    return httpx.AsyncClient(transport=transport, follow_redirects=False, cookies=ssrf.no_cookies())
 
 
 def _html(body: str | bytes, content_type: str = "text/html; charset=utf-8") -> httpx.Response:
@@ -287,6 +288,27 @@ async def test_redirects_are_followed_and_final_url_recorded() -> None:
     assert seen == ["/a", "/b", "/c", "/d", "/e?x=1", "/final"]
     assert page.metadata["final_url"] == f"{PUBLIC}/final"
     assert "Arrived at the final page." in page.body
+
+
+async def test_a_cookie_set_on_a_redirect_goes_with_the_next_hops_of_that_fetch_only() -> None:
+    """A page that sets a session and redirects to itself gets it back (it would otherwise
+    redirect until the fetch gives up); the next fetch starts without it."""
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cookie = request.headers.get("cookie")
+        seen.append((request.url.path, cookie))
+        if cookie != "session=s1":
+            return httpx.Response(
+                302, headers={"location": "/article", "set-cookie": "session=s1; Path=/"}
+            )
+        return _html("<html><body><p>Arrived with a session.</p></body></html>")
+
+    async with _client(handler, pinned=True) as client:
+        first = await web.fetch_page(client, f"{PUBLIC}/start", max_bytes=MAX)
+        second = await web.fetch_page(client, f"{PUBLIC}/start", max_bytes=MAX)
+    assert "Arrived with a session." in first.body and "Arrived with a session." in second.body
+    assert seen == [("/start", None), ("/article", "session=s1")] * 2
 
 
 async def test_more_than_five_redirects_fail() -> None:

@@ -148,20 +148,26 @@ async def _fetch(
     client: httpx.AsyncClient, url: str, max_bytes: int, timeout_s: float, max_redirects: int
 ) -> _Page:
     current = url
+    # This fetch's own cookies: one a hop sets goes with the next hops, as a browser's would
+    # (a page that sets a session and redirects to itself), never with another fetch (the
+    # client serves every owner, and keeps none).
+    cookies = httpx.Cookies()
     for _hop in range(max_redirects + 1):
         try:
-            async with client.stream(
-                "GET",
-                current,
-                headers={"accept": _ACCEPT},
-                follow_redirects=False,
-                timeout=timeout_s,
-            ) as response:
+            request = client.build_request(
+                "GET", current, headers={"accept": _ACCEPT}, timeout=timeout_s
+            )
+            cookies.set_cookie_header(request)
+            response = await client.send(request, stream=True, follow_redirects=False)
+            try:
                 location = response.headers.get("location")
                 if response.status_code in _REDIRECT_STATUSES and location:
+                    cookies.extract_cookies(response)
                     current = _redirect_target(response.url, location)
                     continue
                 return await _read_page(response, current, max_bytes)
+            finally:
+                await response.aclose()
         except errors.Unresolvable as exc:
             raise errors.PipelineError(
                 "FETCH_FAILED", f"could not fetch the page: {exc.message}"
