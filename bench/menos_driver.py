@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.peers import protocol
 from menos import db, errors, versions
-from menos.queue import group_commit, models, repository
+from menos.queue import group_commit, models, repository, worker
 
 BENCH_SQL = Path(__file__).resolve().parent / "sql"
 OWNER = models.Owner("bench")
@@ -53,7 +53,9 @@ Completions = group_commit.GroupCommit[
 
 def completions(repo: repository.Repository, slots: int) -> Completions:
     """A Worker's completion path: jobs finishing together persist in one transaction."""
-    return group_commit.GroupCommit(repo.complete_many, max_batch=slots)
+    return group_commit.GroupCommit(
+        repo.complete_many, max_batch=slots, stall_s=worker.COMPLETION_STALL_S
+    )
 
 
 async def complete(group: Completions, worker_id: str, item: models.Claimed) -> None:

@@ -113,10 +113,13 @@ WITH run AS (
                                ELSE c.processed_at END
       FROM job JOIN run USING (job_id)
      WHERE c.content_id = job.content_id AND job.status = 'completed'
+    RETURNING job.job_id
 ), used AS (
+    -- Read from `saved`, so the content rows are written before any tag row is locked: a
+    -- content row another transaction holds then keeps this statement waiting without
+    -- holding the owner's tag rows, which every other completion of the owner needs.
     SELECT DISTINCT job.owner, job.job_id, tag
-      FROM job JOIN run USING (job_id), unnest(run.tags) AS tag
-     WHERE job.status = 'completed'
+      FROM saved JOIN job USING (job_id) JOIN run USING (job_id), unnest(run.tags) AS tag
 ), counted AS (
     -- In tag order: concurrent completions of one owner lock the same rows in the same
     -- order, so they queue instead of deadlocking.

@@ -14,7 +14,7 @@ import structlog
 import structlog.testing
 
 from menos import db, errors
-from menos.queue import maintenance, models, repository, rescuer
+from menos.queue import group_commit, maintenance, models, repository, rescuer
 from tests.integration import helpers
 from tests.support import tcp_proxy
 from tests.support.processes import ROOT
@@ -443,6 +443,32 @@ def _run(held: models.Claimed, worker: str, summary: str, tags: list[str]) -> re
         diagnostics={},
         full_payload=None,
     )
+
+
+async def test_a_completion_held_up_by_a_locked_row_does_not_hold_up_the_next_ones(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A worker writes its completions one batch at a time: while an open transaction held
+    one job's content row, that job's completion waited, and every completion after it
+    waited behind it, also on the owner's tag rows it had locked first. They are now written
+    alongside it, and it locks no tag row before its content row; it ends once the row is
+    free."""
+    await helpers.owner(repo)
+    for _ in range(2):
+        await repo.enqueue(helpers.note())
+    a, b = await claim(repo, "w", 2)
+    completions = group_commit.GroupCommit(repo.complete_many, max_batch=4, stall_s=0.2)
+    async with pool.acquire() as operator, operator.transaction():
+        await operator.execute(
+            "SELECT 1 FROM menos.content WHERE content_id = $1 FOR UPDATE", a.content.content_id
+        )
+        first = asyncio.create_task(completions.submit(_run(a, "w", "a", ["shared"])))
+        await asyncio.sleep(0.05)
+        later = completions.submit(_run(b, "w", "b", ["shared"]))  # the same tag row
+        assert await asyncio.wait_for(later, 10) == "completed"
+        assert not first.done()
+    assert await asyncio.wait_for(first, 10) == "completed"
+    await completions.close()
 
 
 async def test_a_claim_returns_each_job_with_its_content(repo: repository.Repository) -> None:

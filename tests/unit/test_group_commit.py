@@ -110,3 +110,45 @@ async def test_cancel_drops_what_is_not_written_and_cancels_its_submitters() -> 
     assert rec.batches == [[1]]  # 2 was never written
     rec.gate.set()
     assert await group.submit(3) == 30  # and a new item starts a new writer
+
+
+async def test_a_write_held_past_stall_s_no_longer_holds_up_the_items_after_it() -> None:
+    """A write waiting on a row another transaction holds: the items submitted meanwhile are
+    written alongside it once it has been in flight for `stall_s`, and close waits for both."""
+    release, writing = asyncio.Event(), asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def write(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        writing.set()
+        if 1 in items:
+            await release.wait()
+        return [item * 10 for item in items]
+
+    group = GroupCommit(write, max_batch=10, stall_s=0.05)
+    first = asyncio.create_task(group.submit(1))
+    await writing.wait()
+    assert await asyncio.wait_for(asyncio.gather(group.submit(2), group.submit(3)), 5) == [20, 30]
+    assert not first.done()
+    closing = asyncio.create_task(group.close())
+    await asyncio.wait([closing], timeout=0.05)
+    assert not closing.done()
+    release.set()
+    await closing
+    assert await first == 10
+    assert batches == [[1], [2, 3]]
+
+
+async def test_cancel_also_cancels_a_held_write() -> None:
+    never = asyncio.Event()
+
+    async def write(items: Sequence[int]) -> list[int]:
+        await never.wait()
+        return list(items)
+
+    group = GroupCommit(write, max_batch=10, stall_s=0.01)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0.05)  # past stall_s: the writer has let go of it
+    await group.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first

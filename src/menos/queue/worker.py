@@ -36,6 +36,9 @@ CHANNEL_JOBS = "menos_jobs"
 CHANNEL_CANCEL = "menos_cancel"
 VOCABULARY_TTL_S = 10.0
 KNOWN_TAGS_TTL_S = 60.0  # an owner's known tags are forgotten then: memory, not truth
+# A completion still being written after this long waits on a row another transaction holds
+# (an operator's open psql session): the worker's next completions no longer wait behind it.
+COMPLETION_STALL_S = 1.0
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,7 +170,7 @@ class Worker:
         self._wake = asyncio.Event()
         # Jobs finishing together are persisted in one transaction: one commit, not one each.
         self.completions = group_commit.GroupCommit(
-            self.repo.complete_many, max_batch=config.concurrency
+            self.repo.complete_many, max_batch=config.concurrency, stall_s=COMPLETION_STALL_S
         )
 
     # -- claiming ---------------------------------------------------------------------------
