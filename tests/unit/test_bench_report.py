@@ -90,3 +90,20 @@ def test_jobs_that_never_started_miss_the_pickup_target() -> None:
 def test_every_job_started_meets_the_pickup_target() -> None:
     table = report.markdown(_latency(200))
     assert "| pickup p99 no worse than pgqueuer's | 2.0 ms vs 9.4 ms | met |" in table
+
+
+def test_requests_wrk_gave_up_on_miss_the_http_targets() -> None:
+    """wrk counts a timed-out request in neither its rate nor its percentiles: 16 requests
+    left unanswered for 2 s, p99 2.4 ms, is no pass and fails the run."""
+    out = (
+        "  Latency Distribution\n     50%   98.00us\n     75%  132.00us\n     90%  253.00us\n"
+        "     99%    2.41ms\n  6384 requests in 4.01s, 486.28KB read\n"
+        "  Socket errors: connect 0, read 0, write 0, timeout 16\nRequests/sec:   1592.15\n"
+    )
+    result = report.parse_wrk(out, threads=2, connections=16)
+    table = report.markdown(_http(**{**result, "jobs_created": 6384}))
+    assert "| HTTP ingest ≥ 1,000 req/s | 1592.15 req/s, 16 unanswered | **missed** |" in table
+    assert "| HTTP ingest p99 ≤ 50 ms | 2.41 ms, 16 unanswered | **missed** |" in table
+    assert report.http_failure(result) == (
+        "ingest requests got no answer: socket errors connect 0, read 0, write 0, timeout 16"
+    )
