@@ -115,6 +115,18 @@ def http_failure(result: dict[str, Any]) -> str | None:
     return None
 
 
+def pipeline_failure(rows: list[dict[str, Any]]) -> str | None:
+    """Why a pipeline measurement is no measurement: jobs failed, or callbacks went missing."""
+    short = [
+        f"{row['workers']} workers: {row['failed']} failed, "
+        f"{row['callbacks_delivered']}/{row['jobs']} callbacks delivered"
+        for row in rows
+        if row.get("failed")
+        or (row.get("callbacks", True) and row["callbacks_delivered"] < row["jobs"])
+    ]
+    return "; ".join(short) or None
+
+
 def collapse_profile(raw: str, top: int = 25) -> dict[str, Any]:
     """Inclusive and self sample shares per function from py-spy's raw (collapsed) output."""
     inclusive: Counter[str] = Counter()
@@ -343,9 +355,12 @@ def markdown(doc: dict[str, Any]) -> str:
             )
         two = _by(pipeline, workers=2)
         if two:
+            # a job that failed or whose callback never arrived is no pipeline throughput
+            short = pipeline_failure([two])
             targets.append(
                 ("pipeline ≥ 200 jobs/s with 2 workers on 2 cores",
-                 f"{two['jobs_per_s']} jobs/s", two["jobs_per_s"] >= 200)
+                 f"{two['jobs_per_s']} jobs/s" + (f" ({short})" if short else ""),
+                 two["jobs_per_s"] >= 200 and not short)
             )  # fmt: skip
             out.append("\nStatements per job with 2 workers (pg_stat_statements, top level):\n")
             out.append("| per job | ms/call | statement |")

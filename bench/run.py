@@ -517,6 +517,9 @@ class Bench:
             log(f"pipeline: {workers} bin/worker process(es), builtin analyzer, callbacks on")
             rows.append(await self.pipeline_once(workers, profile=profile and workers == 2))
         self.results["pipeline"] = rows
+        failure = report.pipeline_failure(rows)
+        if failure:  # the figures stay in the results; the run fails
+            raise RuntimeError(failure)
 
     # -- idle pickup latency -----------------------------------------------------------------
 

@@ -107,3 +107,28 @@ def test_requests_wrk_gave_up_on_miss_the_http_targets() -> None:
     assert report.http_failure(result) == (
         "ingest requests got no answer: socket errors connect 0, read 0, write 0, timeout 16"
     )
+
+
+def _pipeline(delivered: int, failed: int = 0) -> dict[str, Any]:
+    row = {
+        "workers": 2, "slots_per_worker": 4, "callbacks": True, "jobs": 300, "failed": failed,
+        "jobs_per_s": 341.7, "statements_per_job": 1.6, "commits_per_job": 2.4,
+        "callbacks_delivered": delivered, "top_statements": [],
+    }  # fmt: skip
+    return _document(pipeline=[row])
+
+
+def test_undelivered_callbacks_miss_the_pipeline_target() -> None:
+    """A dispatcher that delivered nothing: the jobs' rate alone is no pass, and the run fails."""
+    table = report.markdown(_pipeline(delivered=0))
+    assert (
+        "| pipeline ≥ 200 jobs/s with 2 workers on 2 cores | 341.7 jobs/s "
+        "(2 workers: 0 failed, 0/300 callbacks delivered) | **missed** |" in table
+    )
+    assert report.pipeline_failure(_pipeline(delivered=0)["pipeline"]) is not None
+
+
+def test_delivered_callbacks_meet_the_pipeline_target() -> None:
+    table = report.markdown(_pipeline(delivered=300))
+    assert "| pipeline ≥ 200 jobs/s with 2 workers on 2 cores | 341.7 jobs/s | met |" in table
+    assert report.pipeline_failure(_pipeline(delivered=300)["pipeline"]) is None
