@@ -41,6 +41,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     # A standby, or a database set read-only: no write can be done until that changes.
     asyncpg.exceptions.ReadOnlySQLTransactionError,
+    # A full disk or no memory left (SQLSTATE class 53): the same, until space is made.
+    asyncpg.exceptions.InsufficientResourcesError,
     TimeoutError,
 )
 # What connecting can raise besides an outage: the server refusing this login or database

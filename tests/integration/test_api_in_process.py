@@ -173,6 +173,32 @@ async def test_a_database_that_refuses_writes_is_not_ready_and_answers_503(
     assert await repo.principal(key) is not None
 
 
+async def test_a_full_disk_answers_503_not_500(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """A database whose disk is full (SQLSTATE class 53: disk_full, out_of_memory) cannot
+    write until space is made: every submission answered 500 "unexpected error" with a
+    traceback. It is a 503 with Retry-After, as for a database that is away."""
+    key = (await repo.create_key("alice", "user")).api_key
+    await pool.execute(
+        "CREATE FUNCTION menos.test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'"
+        " USING ERRCODE = 'disk_full'; END $$;"
+        " CREATE TRIGGER test_disk_full BEFORE INSERT ON menos.content"
+        " FOR EACH ROW EXECUTE FUNCTION menos.test_disk_full()"
+    )
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        submitted = await client.post(
+            "/api/v1/content",
+            json={"text": "# Note"},
+            headers={"authorization": f"Bearer {key}"},
+        )
+    assert submitted.status_code == 503, submitted.text
+    assert submitted.headers["content-type"] == "application/problem+json"
+    assert submitted.headers["retry-after"] == "1"
+    assert await pool.fetchval("SELECT count(*) FROM menos.content") == 0
+
+
 async def test_http_metrics_count_every_request_and_no_invented_500(
     pool: asyncpg.Pool[Any], repo: repository.Repository
 ) -> None:

@@ -1638,3 +1638,28 @@ async def test_a_transcript_supplied_on_reprocess_replaces_what_the_metadata_sai
         "UPDATE menos.content SET content_type = 'markdown', source_metadata = '{}'::jsonb"
     )
     assert await reprocess("Text.") == {}
+
+
+async def test_a_full_disk_at_persist_is_the_database_unavailable_not_a_failed_job(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """A result that cannot be written for want of disk space (SQLSTATE 53100) ended its
+    job failed with PERSIST_ERROR for good: it is the database unavailable, so the job
+    stays processing and its lease gives it back to be run once space is made."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    (held,) = await repo.claim("w1", 1, max_processing=9, lease_s=30, pipeline_version="v")
+    await pool.execute(
+        "CREATE FUNCTION menos.test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'"
+        " USING ERRCODE = 'disk_full'; END $$;"
+        " CREATE TRIGGER test_disk_full BEFORE UPDATE ON menos.content"
+        " FOR EACH ROW EXECUTE FUNCTION menos.test_disk_full()"
+    )
+    guard = repository.Guard(held.job.job_id, "w1", held.job.attempts)
+    with pytest.raises(errors.DatabaseUnavailable, match="No space left"):
+        await repo.complete(guard, result={}, tags=[], stages=[], diagnostics={}, full_payload=None)
+    status = await pool.fetchval(
+        "SELECT status FROM menos.pipeline_job WHERE job_id = $1", held.job.job_id
+    )
+    assert status == "processing"
