@@ -602,22 +602,33 @@ class _ServerWatch:
             None if conf.database_url else embedded.EmbeddedPostgres(conf.home, conf.pg_bindir)
         )
         self._up = True
+        # The children were given the DSN of this port: a server back on another one (its
+        # port taken meanwhile) is out of their reach until they are started again.
+        started = None if self._server is None else self._server.running()
+        self._port = None if started is None else started.port
 
     def check(self) -> None:
         if self._server is None:
             return
-        up = self._server.running() is not None
-        if up != self._up:
-            self._up = up
-            print(
-                "menos: the embedded PostgreSQL is running again"
-                if up
-                else "menos: the embedded PostgreSQL stopped (see "
-                f"{self._server.log_file}); `bin/menos db start` starts it again, and keeps it"
-                " running after this command ends, until `bin/menos db stop`",
-                file=sys.stderr,
-                flush=True,
+        running = self._server.running()
+        if (running is not None) == self._up:
+            return
+        self._up = running is not None
+        if running is None:
+            message = (
+                f"the embedded PostgreSQL stopped (see {self._server.log_file}); `bin/menos db "
+                "start` starts it again, and keeps it running after this command ends, until "
+                "`bin/menos db stop`"
             )
+        elif self._port in (None, running.port):
+            message = "the embedded PostgreSQL is running again"
+        else:
+            message = (
+                f"the embedded PostgreSQL is running again, but on port {running.port} instead "
+                f"of {self._port}, where the api, worker and dispatcher still look for it: stop "
+                "this command (Ctrl-C) and start it again"
+            )
+        print(f"menos: {message}", file=sys.stderr, flush=True)
 
 
 def _can_listen(conf: settings.Settings) -> bool:

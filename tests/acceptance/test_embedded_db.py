@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -443,6 +444,32 @@ def test_dev_says_when_its_server_stops_under_it_and_when_it_is_back(
     assert log.read_text().count("the embedded PostgreSQL stopped") == 1
     assert "until `bin/menos db stop`" in log.read_text()
     assert menos_db(env, "url").returncode == 0  # db start's server, kept
+
+
+def test_dev_says_when_its_server_is_back_on_a_port_its_children_do_not_use(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """A server killed under `make run` whose port was then taken came back on another port:
+    `make run` said it was "running again" while its children, given the old port, kept
+    answering 503. It says they must be restarted."""
+    home, env = db
+    env = {**env, "MENOS_PORT": str(free_port())}
+    log = tmp_path / "dev.log"
+    with running_dev(env, log) as dev:
+        lines = (home / "pgdata" / "postmaster.pid").read_text().split("\n")
+        pid, port = int(lines[0]), int(lines[3])
+        os.kill(pid, signal.SIGKILL)
+        wait_logged(log, "the embedded PostgreSQL stopped (see")
+        wait_for(lambda: menos_db(env, "url").returncode == 1, timeout=30)
+        with socket.socket() as taken:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            assert menos_db(env, "start").returncode == 0
+            wait_logged(log, f"instead of {port}, where the api, worker and dispatcher")
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=60) == 0, log.read_text()
+    assert menos_db(env, "stop").returncode == 0
 
 
 @pytest.mark.timeout(300)
