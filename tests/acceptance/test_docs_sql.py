@@ -1,11 +1,20 @@
-"""The SQL examples of docs/sql.md run as printed against a migrated database with some jobs."""
+"""The SQL examples of docs/sql.md run as printed against a migrated database with some jobs,
+and the backup of docs/operations.md restores."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from pathlib import Path
+from typing import Any
 
 import asyncpg
+import pytest
 
+from menos import db, embedded
+from menos.queue import repository
+from tests.integration import helpers
+from tests.support import postgres
 from tests.support.processes import ROOT
 
 DOC = ROOT / "docs" / "sql.md"
@@ -168,3 +177,64 @@ def test_docs_name_every_view() -> None:
     created = set(re.findall(r"CREATE (?:OR REPLACE )?VIEW (menos\.\w+)", migrations))
     assert created == set(VIEWS)
     assert all(f"`{view}`" in text for view in created)
+
+
+async def test_the_documented_backup_restores_into_a_new_database(
+    pg_admin_dsn: str, template_db: str, database_url: str, tmp_path: Path
+) -> None:
+    """docs/operations.md's backup and restore, with the commands it prints: the restored
+    database holds the same keys, content and jobs, and has no migration left to apply."""
+    bindir = embedded.default_bindir()
+    pool = await db.create_pool(database_url, max_size=2)
+    try:
+        repo = repository.Repository(pool, db.Queries())
+        key = (await repo.create_key("alice", "user")).api_key
+        for body in ("# One\n\nA note.", "# Two\n\nAnother note."):
+            await repo.enqueue(helpers.note(body=body, callback_url="https://example.com/hook"))
+        before = await _snapshot(pool)
+    finally:
+        await pool.close()
+    server = int(await _scalar(database_url, "SHOW server_version_num")) // 10000
+    if f" {server}." not in await _run(bindir / "pg_dump", "--version"):
+        pytest.skip(f"the backup needs PostgreSQL {server}'s own pg_dump, not {bindir}'s")
+    dump = tmp_path / "menos.dump"
+    await _run(bindir / "pg_dump", "-Fc", "-n", "menos", "-f", dump, database_url)
+    # the new home: migrated as `bin/menos db start` leaves it
+    target = postgres.with_database(
+        pg_admin_dsn, await postgres.create_database(pg_admin_dsn, template=template_db)
+    )
+    await _run(bindir / "pg_restore", "--clean", "--if-exists", "-d", target, dump)
+    pool = await db.create_pool(target, max_size=2)
+    try:
+        restored = repository.Repository(pool, db.Queries())
+        assert await restored.principal(key) is not None
+        assert await _snapshot(pool) == before
+        async with pool.acquire() as conn:
+            assert await db.migrate(conn, db.Queries()) == []
+    finally:
+        await pool.close()
+
+
+async def _snapshot(pool: asyncpg.Pool[Any]) -> list[Any]:
+    return [
+        tuple(await pool.fetch(f"SELECT * FROM menos.{table} ORDER BY 1"))
+        for table in ("owner", "api_key", "content", "pipeline_job", "callback_outbox")
+    ]
+
+
+async def _run(*command: str | Path) -> str:
+    """Run a command; its standard output, or an assertion naming what it said."""
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, (command, err.decode())
+    return out.decode()
+
+
+async def _scalar(dsn: str, query: str) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(query)
+    finally:
+        await conn.close()
