@@ -311,6 +311,29 @@ async def test_a_cookie_set_on_a_redirect_goes_with_the_next_hops_of_that_fetch_
     assert seen == [("/start", None), ("/article", "session=s1")] * 2
 
 
+async def test_a_cookie_with_a_non_ascii_value_goes_back_as_utf8() -> None:
+    """A redirect setting `city=Zürich` failed the fetch (UnicodeEncodeError: the request's
+    headers were ASCII) where a page whose cookie was ignored was fetched."""
+    seen: list[bytes | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(next((v for k, v in request.headers.raw if k.lower() == b"cookie"), None))
+        if request.url.path == "/start":
+            return httpx.Response(
+                302,
+                headers=[
+                    (b"location", b"/article"),
+                    (b"set-cookie", "city=Zürich; Path=/".encode()),
+                ],
+            )
+        return _html("<html><body><p>Arrived with a city.</p></body></html>")
+
+    async with _client(handler) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/start", max_bytes=MAX)
+    assert "Arrived with a city." in page.body
+    assert seen == [None, "city=Zürich".encode()]
+
+
 async def test_more_than_five_redirects_fail() -> None:
     """A sixth redirect fails the fetch instead of looping."""
     count = 0

@@ -157,6 +157,9 @@ async def _fetch(
             request = client.build_request(
                 "GET", current, headers={"accept": _ACCEPT}, timeout=timeout_s
             )
+            # A cookie's value goes back as UTF-8 (the page may have set `city=Zürich`): the
+            # request's headers are ASCII otherwise, and encoding it would fail the fetch.
+            request.headers.encoding = "utf-8"
             cookies.set_cookie_header(request)
             response = await client.send(request, stream=True, follow_redirects=False)
             try:
