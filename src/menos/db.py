@@ -41,8 +41,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     # A standby, or a database set read-only: no write can be done until that changes.
     asyncpg.exceptions.ReadOnlySQLTransactionError,
-    # A full disk or no memory left (SQLSTATE class 53): the same, until space is made.
-    asyncpg.exceptions.InsufficientResourcesError,
+    # A full disk or no memory left: the same, until space is made. Not all of SQLSTATE class
+    # 53: a limit the operator set (temp_file_limit, 53400) fails that statement every time.
+    asyncpg.exceptions.DiskFullError,
+    asyncpg.exceptions.OutOfMemoryError,
     TimeoutError,
 )
 # What connecting can raise besides an outage: the server refusing this login or database

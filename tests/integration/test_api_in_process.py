@@ -199,6 +199,30 @@ async def test_a_full_disk_answers_503_not_500(
     assert await pool.fetchval("SELECT count(*) FROM menos.content") == 0
 
 
+async def test_a_configured_limit_is_not_the_database_unavailable(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """A statement past a limit the operator set (temp_file_limit: SQLSTATE 53400, class 53
+    as a full disk is) fails the same way each time it is sent: it answered 503 "try again
+    shortly" with Retry-After, which a client would follow for ever."""
+    key = (await repo.create_key("alice", "user")).api_key
+    await pool.execute(
+        "CREATE FUNCTION menos.test_limit() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN RAISE EXCEPTION 'temporary file size exceeds temp_file_limit (200kB)'"
+        " USING ERRCODE = 'configuration_limit_exceeded'; END $$;"
+        " CREATE TRIGGER test_limit BEFORE INSERT ON menos.content"
+        " FOR EACH ROW EXECUTE FUNCTION menos.test_limit()"
+    )
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        submitted = await client.post(
+            "/api/v1/content",
+            json={"text": "# Note"},
+            headers={"authorization": f"Bearer {key}"},
+        )
+    assert submitted.status_code == 500, submitted.text
+    assert "retry-after" not in submitted.headers
+
+
 async def test_http_metrics_count_every_request_and_no_invented_500(
     pool: asyncpg.Pool[Any], repo: repository.Repository
 ) -> None:
