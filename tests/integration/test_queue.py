@@ -471,6 +471,32 @@ async def test_a_completion_held_up_by_a_locked_row_does_not_hold_up_the_next_on
     await completions.close()
 
 
+async def test_a_connection_the_server_ends_inside_a_transaction_is_the_database_unavailable(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A transaction (a cancel, an audited action, a submission) whose connection the server
+    ended (a shutdown) finds asyncpg's proxy already given back to the pool: dropping the
+    connection raised InterfaceError out of the repository, answered 500 instead of 503."""
+    await pool.execute("CREATE TABLE held (id integer PRIMARY KEY); INSERT INTO held VALUES (1)")
+
+    async def waits_on_the_row() -> None:
+        async with repo._conn() as conn, conn.transaction():  # as `_audited` does
+            await conn.execute("SELECT 1 FROM held FOR UPDATE")
+
+    async with pool.acquire() as operator, operator.transaction():
+        await operator.execute("SELECT 1 FROM held FOR UPDATE")
+        victim = asyncio.create_task(waits_on_the_row())
+        waiting = None
+        while waiting is None:
+            await asyncio.sleep(0.02)
+            waiting = await pool.fetchval(  # not in a transaction: the view read afresh
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            )
+        await pool.execute("SELECT pg_terminate_backend($1)", waiting)  # as a shutdown does
+        with pytest.raises(errors.DatabaseUnavailable):
+            await asyncio.wait_for(victim, 10)
+
+
 async def test_a_claim_returns_each_job_with_its_content(repo: repository.Repository) -> None:
     """One statement hands over the jobs and their content rows, oldest job first."""
     await helpers.owner(repo)

@@ -237,6 +237,13 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
     detail: dict[str, Any]
 
 
+def _drop(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+    """Close `conn` at once. One the server ended is already back in the pool (asyncpg gives
+    it back as it closes): terminating it then raises InterfaceError, which is no failure."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
 class _Store:
     """Named queries over one asyncpg pool; connection failures become DatabaseUnavailable."""
 
@@ -276,12 +283,12 @@ class _Store:
         except asyncio.CancelledError:
             # Its statement may still be running (or its cancellation waiting on a silent
             # database): giving it back would wait for that, so it is dropped instead.
-            conn.terminate()
+            _drop(conn)
             raise
         except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
             # The client's protocol state no longer matches the server's (seen when the
             # server shuts down mid-operation): never hand this connection out again.
-            conn.terminate()
+            _drop(conn)
             raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         except asyncpg.exceptions.ReadOnlySQLTransactionError as exc:
             # A session keeps the default_transaction_read_only it started with: once the
