@@ -104,22 +104,28 @@ WITH run AS (
     RETURNING j.job_id, j.content_id, j.owner, j.pipeline_version, j.status
 ), saved AS (
     -- The status mirror is written here too, so the trigger leaves the row alone: one new
-    -- version of the content row per completion.
+    -- version of the content row per completion. A cancelled run's too, so that its row is
+    -- not first locked by the trigger, at the end of the statement, after the tag rows.
     UPDATE menos.content c
-       SET result = run.result, pipeline_version = job.pipeline_version, updated_at = now(),
-           processing_status = CASE WHEN c.latest_job_id = job.job_id THEN 'completed'
+       SET result = CASE WHEN job.status = 'completed' THEN run.result ELSE c.result END,
+           pipeline_version = CASE WHEN job.status = 'completed' THEN job.pipeline_version
+                                   ELSE c.pipeline_version END,
+           updated_at = now(),
+           processing_status = CASE WHEN c.latest_job_id = job.job_id THEN job.status
                                     ELSE c.processing_status END,
            processed_at = CASE WHEN c.latest_job_id = job.job_id THEN now()
                                ELSE c.processed_at END
       FROM job JOIN run USING (job_id)
-     WHERE c.content_id = job.content_id AND job.status = 'completed'
-    RETURNING job.job_id
+     WHERE c.content_id = job.content_id
+       AND (job.status = 'completed' OR c.latest_job_id = job.job_id)
+    RETURNING job.job_id, job.status
 ), used AS (
     -- Read from `saved`, so the content rows are written before any tag row is locked: a
     -- content row another transaction holds then keeps this statement waiting without
     -- holding the owner's tag rows, which every other completion of the owner needs.
     SELECT DISTINCT job.owner, job.job_id, tag
       FROM saved JOIN job USING (job_id) JOIN run USING (job_id), unnest(run.tags) AS tag
+     WHERE saved.status = 'completed'
 ), counted AS (
     -- In tag order: concurrent completions of one owner lock the same rows in the same
     -- order, so they queue instead of deadlocking.

@@ -497,6 +497,43 @@ async def test_a_connection_the_server_ends_inside_a_transaction_is_the_database
             await asyncio.wait_for(victim, 10)
 
 
+async def test_a_cancelled_run_whose_content_row_is_held_does_not_hold_up_the_owners_tags(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A batch holding a run whose cancel was asked ended it cancelled, its content row's
+    status written by the status trigger at the end of the statement, after the owner's tag
+    rows were locked: while an open transaction held that row, every other completion of the
+    owner waited for it on those tag rows. The content row is written before any tag row."""
+    await helpers.owner(repo)
+    for _ in range(3):
+        await repo.enqueue(helpers.note())
+    a, b, c = await claim(repo, "w", 3)
+    await repo.request_cancel(b.job.job_id, owner=None)
+    async with pool.acquire() as operator, operator.transaction():
+        await operator.execute(
+            "SELECT 1 FROM menos.content WHERE content_id = $1 FOR UPDATE", b.content.content_id
+        )
+        batch = asyncio.create_task(
+            repo.complete_many([_run(a, "w", "a", ["shared"]), _run(b, "w", "b", ["shared"])])
+        )
+        await asyncio.sleep(0.3)
+        later = repo.complete_many([_run(c, "w", "c", ["shared"])])  # the same tag row
+        assert await asyncio.wait_for(later, 5) == ["completed"]
+        assert not batch.done()
+    assert await asyncio.wait_for(batch, 10) == ["completed", "cancelled"]
+    uses = await pool.fetch("SELECT tag, uses FROM menos.owner_tag")
+    assert [(r["tag"], r["uses"]) for r in uses] == [("shared", 2)]
+    statuses = await pool.fetch(
+        "SELECT j.job_id, j.status, c.processing_status"
+        "  FROM menos.pipeline_job j JOIN menos.content c USING (content_id)"
+    )
+    assert {r["job_id"]: (r["status"], r["processing_status"]) for r in statuses} == {
+        a.job.job_id: ("completed", "completed"),
+        b.job.job_id: ("cancelled", "cancelled"),
+        c.job.job_id: ("completed", "completed"),
+    }
+
+
 async def test_a_claim_returns_each_job_with_its_content(repo: repository.Repository) -> None:
     """One statement hands over the jobs and their content rows, oldest job first."""
     await helpers.owner(repo)
