@@ -152,3 +152,21 @@ async def test_cancel_also_cancels_a_held_write() -> None:
     await group.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+@pytest.mark.parametrize("turns", range(1, 6))
+async def test_cancel_answers_every_submitter_whenever_it_comes(turns: int) -> None:
+    """A writer or a batch's write cancelled before its first step never ran its clean-up:
+    its submitters waited for ever, and no later item was written."""
+
+    async def write(items: Sequence[int]) -> list[int]:
+        await asyncio.sleep(10)
+        return list(items)
+
+    group = GroupCommit(write, max_batch=10, stall_s=0.5)
+    first = asyncio.create_task(group.submit(1))
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await group.cancel()
+    await asyncio.wait([first], timeout=1)
+    assert first.cancelled()

@@ -37,6 +37,7 @@ class GroupCommit(Generic[In, Out]):
         self._queue: list[tuple[In, asyncio.Future[Out]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()  # batches being written
+        self._unanswered: set[asyncio.Future[Out]] = set()  # submitted, not yet answered
 
     async def submit(self, item: In) -> Out:
         """Write `item` with whatever else is waiting; its answer, or the write's exception.
@@ -44,6 +45,8 @@ class GroupCommit(Generic[In, Out]):
         Cancelling the caller does not withdraw the item: it is written all the same.
         """
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        self._unanswered.add(future)
+        future.add_done_callback(self._unanswered.discard)
         self._queue.append((item, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain(), name="group-commit")
@@ -58,9 +61,17 @@ class GroupCommit(Generic[In, Out]):
     async def cancel(self) -> None:
         """Stop writing: every item not yet written is dropped and its submitter cancelled."""
         running = [*self._writes, *([self._writer] if self._writer else [])]
+        unanswered = [*self._unanswered]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        # A task cancelled before its first step never runs its own clean-up: the batch it
+        # was given (or the queue) would be left unanswered, its submitters waiting for ever.
+        for future in unanswered:
+            future.cancel()
+        if self._writer in running:
+            self._writer = None
+            self._queue = [(item, future) for item, future in self._queue if not future.done()]
 
     async def _drain(self) -> None:
         try:
