@@ -171,7 +171,9 @@ async def _run_worker(conf: settings.Settings, dsn: str, worker_id: str) -> int:
         headers={"user-agent": f"menos/{versions.app_version()}"},
     )
     plain = httpx.AsyncClient(
-        timeout=conf.llm_timeout_s, headers={"user-agent": f"menos/{versions.app_version()}"}
+        timeout=conf.llm_timeout_s,
+        cookies=ssrf.no_cookies(),
+        headers={"user-agent": f"menos/{versions.app_version()}"},
     )
     try:
         ctx = stages.Context(

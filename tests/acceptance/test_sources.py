@@ -146,6 +146,23 @@ def test_youtube_with_supplied_transcript_gets_title_from_oembed(
     assert meta["source_metadata"]["channel"] == "Queue Channel"
 
 
+def test_a_cookie_the_oembed_endpoint_set_is_not_sent_again(
+    menos: Menos, site: web_server.Site
+) -> None:
+    """The metadata client keeps no cookie: one owner's oEmbed lookup answered with a cookie
+    does not send it with the next lookup, another owner's."""
+    env = {"MENOS_YOUTUBE_OEMBED_URL": site.url("/oembed")}
+    menos.api(**env)
+    menos.worker(**env)
+    transcript = "A talk about queues, leases and heartbeats in PostgreSQL. " * 5
+    for owner, video in (("alice", "dQw4w9WgXcQ"), ("bob", "9bZkp7q19f0")):
+        with menos.client(menos.key(owner)["api_key"]) as client:
+            submitted = ingest(client, url=f"https://youtu.be/{video}", transcript_text=transcript)
+            assert finished(client, submitted["job_id"])["status"] == "completed"
+    lookups = {path: cookie for path, cookie in site.cookies.items() if path.startswith("/oembed")}
+    assert len(lookups) == 2 and set(lookups.values()) == {None}, lookups
+
+
 def test_youtube_host_without_valid_id_is_rejected(menos: Menos) -> None:
     """A YouTube URL without a valid 11-character id is a 400 naming `url`, nothing stored."""
     menos.api()

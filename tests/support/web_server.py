@@ -61,7 +61,9 @@ def running(big_bytes: int = 6 * 1024 * 1024) -> Iterator[Site]:
                 self._send(404, b"not here", "text/plain")
             elif path == "/oembed":
                 body = {"title": "A talk about queues", "author_name": "Queue Channel"}
-                self._send(200, json.dumps(body).encode(), "application/json")
+                self._send(
+                    200, json.dumps(body).encode(), "application/json", cookie="oembed=alice"
+                )
             else:
                 self._send(500, b"boom", "text/plain")
 

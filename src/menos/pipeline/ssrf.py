@@ -217,10 +217,10 @@ async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
 
 
 def no_cookies() -> http.cookiejar.CookieJar:
-    """A cookie jar that keeps no cookie, for the clients that fetch users' URLs.
+    """A cookie jar that keeps no cookie, for every client that works for many owners.
 
-    One client serves every owner's pages (and callbacks): a cookie kept from one owner's
-    fetch would go out with another owner's request to that site, with its session."""
+    One client serves every owner's pages (callbacks, oEmbed lookups, LLM calls): a cookie
+    kept from one owner's request would go out with another owner's to that site."""
     return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
