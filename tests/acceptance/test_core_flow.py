@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import pty
+import re
 import signal
 import subprocess
 import time
@@ -538,3 +539,23 @@ def test_errors_name_the_field_the_client_sent(menos: Menos) -> None:
             }
         ]
     assert sql(menos.database_url, "SELECT count(*) AS n FROM menos.content")[0]["n"] == 1
+
+
+def test_swagger_ui_needs_nothing_but_the_api(menos: Menos) -> None:
+    """The API docs page loads its scripts and styles from bin/api itself: on a machine
+    without internet it used to be blank (they came from a CDN)."""
+    menos.api()
+    pages = [httpx.get(f"{menos.base_url}{path}") for path in ("/schema", "/schema/swagger")]
+    assert [p.status_code for p in pages] == [200, 200] and pages[0].text == pages[1].text
+    assert "SwaggerUIBundle" in pages[0].text
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", pages[0].text)
+    assert len(assets) == 4 and all(a.startswith("/schema/swagger-assets/") for a in assets)
+    kinds = {"js": "javascript", "css": "css", "png": "image/png"}
+    for asset in assets:
+        served = httpx.get(f"{menos.base_url}{asset}")
+        assert served.status_code == 200, asset
+        assert kinds[asset.rsplit(".", 1)[1]] in served.headers["content-type"], asset
+    for outside in ("nothing.js", "", "..%2F..%2Fcore.py", "../__init__.py"):
+        missing = httpx.get(f"{menos.base_url}/schema/swagger-assets/{outside}")
+        assert missing.status_code == 404, outside
+        assert missing.headers["content-type"] == "application/problem+json", outside

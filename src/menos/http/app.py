@@ -8,7 +8,6 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from menos import db, versions
 from menos.http import errors as http_errors
@@ -74,7 +73,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             openapi_router=openapi.schema_router("/schema"),
             components=openapi.COMPONENTS,
             security=openapi.SECURITY,
-            render_plugins=[SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=[openapi.swagger_ui("/schema")],
         ),
         state=_state(settings, http_metrics),
         debug=False,

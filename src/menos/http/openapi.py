@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from litestar import Response, Router
 from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import (
     Components,
     OpenAPI,
@@ -20,6 +23,7 @@ from litestar.openapi.spec import (
     Schema,
     SecurityScheme,
 )
+from litestar.static_files import create_static_files_router
 
 from menos.http import errors as http_errors
 
@@ -42,10 +46,37 @@ async def _not_found_as_problem(response: Response[Any]) -> Response[Any]:
 
 
 def schema_router(path: str) -> Router:
-    """The router Litestar adds the schema and its viewer to."""
-    return Router(
-        path, route_handlers=[], include_in_schema=False, after_request=_not_found_as_problem
+    """The router Litestar adds the schema and its viewer to, with the viewer's files."""
+    assets = create_static_files_router(
+        SWAGGER_ASSETS, directories=[_swagger_ui_files()], include_in_schema=False
     )
+    return Router(
+        path, route_handlers=[assets], include_in_schema=False, after_request=_not_found_as_problem
+    )
+
+
+SWAGGER_ASSETS = "/swagger-assets"
+
+
+def swagger_ui(schema_path: str) -> SwaggerRenderPlugin:
+    """Swagger UI at `{schema_path}/swagger`, its scripts, styles and icon served by the API
+    itself (Litestar's default loads them from a CDN: a blank page without internet)."""
+    files = f"{schema_path}{SWAGGER_ASSETS}"
+    return SwaggerRenderPlugin(
+        path="/swagger",
+        favicon=f'<link rel="icon" type="image/png" href="{files}/favicon-32x32.png">',
+        js_url=f"{files}/swagger-ui-bundle.js",
+        css_url=f"{files}/swagger-ui.css",
+        standalone_preset_js_url=f"{files}/swagger-ui-standalone-preset.js",
+    )
+
+
+def _swagger_ui_files() -> Path:
+    # Found without importing the package, which would import its web-framework glue.
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed")
+    return Path(spec.submodule_search_locations[0]) / "static"
 
 
 __all__ = [
@@ -60,6 +91,7 @@ __all__ = [
     "declare_problem_headers",
     "problems",
     "schema_router",
+    "swagger_ui",
 ]
 
 _PROBLEMS: dict[int, ResponseSpec] = {
