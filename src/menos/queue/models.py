@@ -16,8 +16,6 @@ Owner = NewType("Owner", str)
 
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "processing", "completed", "failed", "cancelled")
-ACTIVE: tuple[JobStatus, ...] = ("pending", "processing")
-TERMINAL: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
 ContentType = Literal["youtube", "web", "markdown"]
 CONTENT_TYPES: tuple[ContentType, ...] = ("youtube", "web", "markdown")
 DataTier = Literal["compact", "full"]
