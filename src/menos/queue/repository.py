@@ -371,11 +371,6 @@ class Repository(_Store):
                 await self._pool.expire_connections()
         return Readiness(pending_migrations=pending, read_only=read_only)
 
-    async def ping(self) -> None:
-        """Raise DatabaseUnavailable unless the database answers."""
-        async with self._conn() as conn:
-            await conn.fetchval("SELECT 1")
-
     # -- submissions ----------------------------------------------------------------------
 
     async def enqueue(self, new: models.NewContent) -> models.Enqueued:
