@@ -409,6 +409,43 @@ async def test_oembed_failure_is_not_fatal(answer: httpx.Response | Exception, r
     assert not video.metadata["oembed_error"].rstrip().endswith(":")
 
 
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("http://xn--/oembed", "IDNAError"),  # punycode that does not decode
+        ("http://127.0.0.1:99999/oembed", "port must be 0-65535"),
+    ],
+)
+async def test_an_oembed_redirect_to_a_url_that_cannot_be_requested_is_not_fatal(
+    location: str, reason: str
+) -> None:
+    """oEmbed redirecting to a malformed host or port fails the lookup, not the video's job."""
+
+    def redirect(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("location", location)
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    server = _serve_youtube(redirect)
+    try:
+        async with httpx.AsyncClient() as client:
+            video = await youtube.fetch_video(
+                client,
+                VIDEO_ID,
+                SOURCE_URL,
+                oembed_url=f"http://127.0.0.1:{server.server_address[1]}/oembed",
+                languages=["en"],
+                transcript="My own transcript.",
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert video.body == "My own transcript."
+    assert video.title is None
+    assert reason in video.metadata["oembed_error"]
+
+
 class _Dripping(httpx.AsyncByteStream):
     """An answer that sends a byte now and then, forever (or `total` bytes at once)."""
 

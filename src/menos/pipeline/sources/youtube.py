@@ -131,8 +131,17 @@ async def _oembed(client: httpx.AsyncClient, oembed_url: str, watch_url: str) ->
             content = await _oembed_answer(client, oembed_url, watch_url)
     except TimeoutError as exc:
         raise _OEmbedFailed(f"oEmbed gave no answer within {_OEMBED_TIMEOUT_S:g} s") from exc
-    except (httpx.HTTPError, httpx.InvalidURL, errors.InvalidInput) as exc:
-        raise _OEmbedFailed(f"oEmbed request failed: {errors.describe(exc)}") from exc
+    # UnicodeError: a redirect to a host whose punycode does not decode (`xn--`), which idna
+    # refuses only when httpx builds that request; ExceptionGroup: anyio's connect to a port
+    # out of range (`:99999`), which httpx's URL parser lets through.
+    except (
+        httpx.HTTPError,
+        httpx.InvalidURL,
+        errors.InvalidInput,
+        UnicodeError,
+        ExceptionGroup,
+    ) as exc:
+        raise _OEmbedFailed(f"oEmbed request failed: {errors.describe(_first(exc))}") from exc
     try:
         oembed = msgspec.json.decode(content, type=_OEmbed)
     # RecursionError: valid JSON nested deeper than the decoder goes (64 KiB hold 32 000 levels);
@@ -142,6 +151,13 @@ async def _oembed(client: httpx.AsyncClient, oembed_url: str, watch_url: str) ->
     return _OEmbed(
         title=fetched.one_line(oembed.title), author_name=fetched.one_line(oembed.author_name)
     )
+
+
+def _first(exc: BaseException) -> BaseException:
+    """The first exception inside an exception group (anyio's connect), else `exc` itself."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _oembed_answer(client: httpx.AsyncClient, oembed_url: str, watch_url: str) -> bytes:
