@@ -446,6 +446,26 @@ async def test_an_oembed_redirect_to_a_url_that_cannot_be_requested_is_not_fatal
     assert reason in video.metadata["oembed_error"]
 
 
+async def test_the_oembed_urls_own_query_is_kept() -> None:
+    """A MENOS_YOUTUBE_OEMBED_URL with a query (a proxy's key) is asked with that query too."""
+    seen: list[httpx.Request] = []
+    async with _oembed_client(seen=seen) as client:
+        video = await youtube.fetch_video(
+            client,
+            VIDEO_ID,
+            SOURCE_URL,
+            oembed_url=f"{OEMBED_URL}?key=abc&maxwidth=200",
+            languages=["en"],
+            transcript="My own transcript.",
+        )
+    assert video.title == "Never Gonna Give You Up"
+    [request] = seen
+    assert request.url.params["key"] == "abc"
+    assert request.url.params["maxwidth"] == "200"
+    assert request.url.params["url"] == f"https://www.youtube.com/watch?v={VIDEO_ID}"
+    assert request.url.params["format"] == "json"
+
+
 class _Dripping(httpx.AsyncByteStream):
     """An answer that sends a byte now and then, forever (or `total` bytes at once)."""
 

@@ -163,8 +163,9 @@ def _first(exc: BaseException) -> BaseException:
 async def _oembed_answer(client: httpx.AsyncClient, oembed_url: str, watch_url: str) -> bytes:
     async with client.stream(
         "GET",
-        oembed_url,
-        params={"url": watch_url, "format": "json"},
+        # Added to the configured URL's own query (a proxy's key, say): httpx's `params=`
+        # would replace it.
+        httpx.URL(oembed_url).copy_merge_params({"url": watch_url, "format": "json"}),
         headers={"accept-encoding": "identity"},  # the cap below is of the bytes themselves
         timeout=_OEMBED_TIMEOUT_S,
         follow_redirects=True,
