@@ -1529,3 +1529,41 @@ async def test_a_running_dispatcher_stores_its_delivery_counts_within_seconds(
         stop.set()
         await running
     assert stored == 1
+
+
+async def test_deliveries_ending_during_an_outage_do_not_hurry_the_backoff(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """A dispatcher whose last claim filled every slot, then lost its database, tries again
+    after poll_s (then twice as long each time), not once per delivery that ends meanwhile:
+    each of those would count a failure and take the backoff to its cap at once."""
+    await make_events(repo, 8)
+    arrived: list[int] = []
+    answer_now = asyncio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        arrived.append(1)
+        order = len(arrived)
+        await answer_now.wait()
+        await asyncio.sleep(0.15 * order)  # the answers end one by one
+        return httpx.Response(204)
+
+    transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(answer))
+    config = dispatcher.DispatcherConfig(
+        timeout_s=5.0, backoff_s=BACKOFF, poll_s=2.0, app_version="9.9.9", batch_size=4
+    )
+    with tcp_proxy.running(database_url) as (proxy, through):
+        lossy = await db.create_pool(through, min_size=0, max_size=3)
+        outbox = repository.OutboxRepository(lossy, db.Queries())
+        try:
+            with structlog.testing.capture_logs() as logs:
+                async with dispatching(config, outbox, through, transport):
+                    await until(lambda: len(arrived) == 4, "four requests in flight")
+                    proxy.cut()
+                    answer_now.set()
+                    await asyncio.sleep(0.8)  # every answer has ended; poll_s has not passed
+                    proxy.restore()
+        finally:
+            await lossy.close()
+    failures = [e for e in logs if e["event"] == "dispatcher_database_unavailable"]
+    assert [e["retry_in_s"] for e in failures] in ([], [2.0]), failures

@@ -415,7 +415,11 @@ class Dispatcher:
                         self._look_at = min(self._look_at, clock() + look_in)
                 except errors.DatabaseUnavailable as exc:
                     wait = outage.failed(exc)
-                    self._look_at = min(self._look_at, clock() + self.config.poll_s)
+                    # Not again before the backoff: a delivery ending meanwhile wakes the loop,
+                    # and a full claim before the outage is no reason to claim at once.
+                    more = False
+                    self._look_at = min(self._look_at, clock() + wait)
+                    next_sweep = max(next_sweep, clock() + wait)
                     await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
                     continue
                 except Exception:
