@@ -632,6 +632,44 @@ async def test_a_completion_the_database_refuses_fails_alone(
     }
 
 
+async def test_a_statement_the_server_gave_up_on_is_the_database_unavailable(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A statement waiting for a held row that the server gave up on (an operator's
+    pg_cancel_backend, a lock_timeout, a deadlock it broke) came out as the driver's error:
+    a lone completion failed its job PERSIST_ERROR for good, a fetched body's write was a
+    job_exception, a cancel or reprocess answered 500. It is the database unavailable:
+    the job is not ended, the request answers 503."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    (held,) = await claim(repo, "w", 1)
+
+    async def cancelled_while_waiting(write: Any) -> None:
+        task = asyncio.ensure_future(write)
+        waiting = None
+        while waiting is None:
+            await asyncio.sleep(0.02)
+            waiting = await pool.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            )
+        await pool.execute("SELECT pg_cancel_backend($1)", waiting)
+        with pytest.raises(errors.DatabaseUnavailable):
+            await asyncio.wait_for(task, 10)
+
+    async with pool.acquire() as operator, operator.transaction():
+        await operator.execute(
+            "SELECT 1 FROM menos.content WHERE content_id = $1 FOR UPDATE",
+            held.content.content_id,
+        )
+        await cancelled_while_waiting(repo.complete_many([_run(held, "w", "s", ["x"])]))
+        await operator.execute(
+            "SELECT 1 FROM menos.pipeline_job WHERE job_id = $1 FOR UPDATE", held.job.job_id
+        )
+        await cancelled_while_waiting(repo.request_cancel(held.job.job_id, owner=None))
+    row = await pool.fetchrow("SELECT status, cancel_requested_at FROM menos.pipeline_job")
+    assert (row["status"], row["cancel_requested_at"]) == ("processing", None)
+
+
 async def test_a_completion_writes_its_content_row_once(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:

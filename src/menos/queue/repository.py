@@ -191,6 +191,14 @@ class MetricTotal(msgspec.Struct, frozen=True):
 
 Ended = Literal["completed", "cancelled"]
 Persisted = Ended | None  # None: the job was no longer held, nothing was written
+# What the server answers when it gave up on a statement: a lock waited for past lock_timeout,
+# statement_timeout or an operator's pg_cancel_backend, a deadlock or serialization failure
+# it broke. A write then failed nothing of its own: the job or request is tried again.
+_GAVE_UP: tuple[type[asyncpg.PostgresError], ...] = (
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.TransactionRollbackError,
+)
 
 
 class CancelOutcome(msgspec.Struct, frozen=True):
@@ -264,11 +272,6 @@ class _Store:
                 yield conn
         except TimeoutError as exc:  # the deadline's: the driver's own are translated inside
             raise errors.DatabaseUnavailable(f"no answer within {self._deadline_s} s") from exc
-        except asyncpg.exceptions.QueryCanceledError as exc:
-            if self._deadline_s is None:
-                raise
-            # The pool's statement_timeout, set under the deadline: the statement did not run.
-            raise errors.DatabaseUnavailable(str(exc)) from exc
 
     @contextlib.asynccontextmanager
     async def _held(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
@@ -290,6 +293,10 @@ class _Store:
             # server shuts down mid-operation): never hand this connection out again.
             _drop(conn)
             raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        except _GAVE_UP as exc:
+            # The server gave up on the statement without judging it: nothing was written,
+            # and the same statement may well succeed once the row is free.
+            raise errors.DatabaseUnavailable(str(exc)) from exc
         except asyncpg.exceptions.ReadOnlySQLTransactionError as exc:
             # A session keeps the default_transaction_read_only it started with: once the
             # database's setting is reset, only new sessions can write, so these are replaced.
