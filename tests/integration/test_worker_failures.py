@@ -487,3 +487,64 @@ async def test_a_worker_backs_off_during_an_outage_and_claims_once_the_database_
         len([e for e in logs if e["event"] == "claim_database_unavailable"])
     ]
     assert any(e["event"] == "listen_restored" for e in logs)
+
+
+class HeldAnalyzer:
+    """The builtin analyzer, once `release` is set: its n-th call 0.2 n seconds later."""
+
+    name = "held"
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
+        self.calls += 1
+        order = self.calls
+        await self.release.wait()
+        await asyncio.sleep(0.2 * order)  # the jobs end one by one
+        return await BuiltinAnalyzer().analyze(request)
+
+    async def repair(self, request: analyzers.Request, first: analyzers.Answer) -> analyzers.Answer:
+        raise AssertionError("never asked")
+
+
+async def test_jobs_ending_during_an_outage_do_not_hurry_the_claim_backoff(
+    database_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """Each job that ended while the database was away woke the claim loop, which claimed
+    (and logged a failure) at once: four jobs took the backoff from its first wait to its
+    cap in milliseconds. The loop now waits out the backoff, or for the database's return."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    for n in range(4):
+        await repo.enqueue(helpers.note(body=f"note {n} about queues"))
+    analyzer = HeldAnalyzer()
+    with tcp_proxy.running(database_url) as (proxy, through):
+        lossy = await db.create_pool(through, min_size=0, max_size=6)
+        config = helpers.worker_config(concurrency=4, max_processing=4, poll_s=2.0)
+        async with httpx.AsyncClient() as http:
+            worker = queue_worker.Worker(
+                config,
+                repository.Repository(lossy, db.Queries()),
+                offline_context(http, analyzer),
+                dsn=through,
+            )
+            stop = asyncio.Event()
+            with structlog.testing.capture_logs() as logs:
+                running = asyncio.create_task(worker.run(stop))
+                try:
+                    for _ in range(200):
+                        if analyzer.calls == 4:
+                            break
+                        await asyncio.sleep(0.02)
+                    assert analyzer.calls == 4
+                    proxy.cut()
+                    analyzer.release.set()  # the four jobs end, unable to persist
+                    await asyncio.sleep(1.2)  # every job has ended; the first wait has not passed
+                finally:
+                    stop.set()
+                    await running
+                    await lossy.close()
+    failures = [e["retry_in_s"] for e in logs if e["event"] == "claim_database_unavailable"]
+    assert failures in ([], [2.0]), failures

@@ -167,7 +167,8 @@ class Worker:
         self._known_tags: dict[str, tuple[float, set[str]]] = {}
         self._slots: dict[models.JobId, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # a claim may find something: a job ended, NOTIFY, ...
+        self._database_back = asyncio.Event()  # the LISTEN connection (re)connected, NOTIFY
         # Jobs finishing together are persisted in one transaction: one commit, not one each.
         self.completions = group_commit.GroupCommit(
             self.repo.complete_many, max_batch=config.concurrency, stall_s=COMPLETION_STALL_S
@@ -283,8 +284,12 @@ class Worker:
                 try:
                     claimed = await self.run_once()
                 except errors.DatabaseUnavailable as exc:
+                    # Not again before the backoff's wait, unless the database is seen back:
+                    # a job ending meanwhile would claim (and count a failure) at once.
+                    self._database_back.clear()
                     wait = outage.failed(exc)
-                    claimed = 0
+                    await notify.first(self._database_back.wait(), stop.wait(), timeout=wait)
+                    continue
                 except Exception:
                     log.exception("claim_failed")
                     claimed = 0
@@ -350,13 +355,17 @@ class Worker:
         await notify.listen(
             self._dsn,
             {CHANNEL_JOBS: self._on_jobs, CHANNEL_CANCEL: self._on_cancel},
-            on_connect=self._wake.set,
+            on_connect=self._database_seen,
             stop=stop,
             retry_s=self.config.poll_s,
         )
 
-    def _on_jobs(self, *_args: object) -> None:
+    def _database_seen(self) -> None:
+        self._database_back.set()
         self._wake.set()
+
+    def _on_jobs(self, *_args: object) -> None:
+        self._database_seen()
 
     def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         with contextlib.suppress(ValueError):
