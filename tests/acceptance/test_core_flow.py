@@ -559,3 +559,26 @@ def test_swagger_ui_needs_nothing_but_the_api(menos: Menos) -> None:
         missing = httpx.get(f"{menos.base_url}/schema/swagger-assets/{outside}")
         assert missing.status_code == 404, outside
         assert missing.headers["content-type"] == "application/problem+json", outside
+
+
+def test_head_is_answered_wherever_get_is(menos: Menos) -> None:
+    """HEAD on an API route or /metrics answered 405 (RFC 9110: a server that serves GET
+    serves HEAD): it now answers the GET's status and headers, without a body."""
+    menos.api()
+    key = menos.key("alice")["api_key"]
+    with menos.client(key) as client:
+        job = client.post("/api/v1/content", json={"text": "# Head\n\nA note."}).json()["job_id"]
+        paths = ["/api/v1/jobs", f"/api/v1/jobs/{job}", "/api/v1/content", "/health", "/ready"]
+        for path in [*paths, "/metrics", "/schema/openapi.json", "/schema/swagger"]:
+            got, headed = client.get(path), client.head(path)
+            assert (headed.status_code, headed.content) == (got.status_code, b""), path
+            assert headed.headers["content-type"] == got.headers["content-type"], path
+            if path != "/metrics":  # the counts grow between the two requests
+                assert headed.headers["content-length"] == got.headers["content-length"], path
+        for path, status in (("/api/v1/nothing", 404), ("/api/v1/ingest", 405)):
+            assert client.head(path).status_code == status, path
+        assert httpx.head(f"{menos.base_url}/api/v1/jobs").status_code == 401
+        counted = client.get("/metrics").text
+    assert 'menos_http_requests_total{method="HEAD",route="/api/v1/jobs",status="200"} 1.0' in (
+        counted
+    )

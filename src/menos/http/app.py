@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from menos import db, versions
 from menos.http import errors as http_errors
@@ -57,8 +59,6 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             ingest.ingest,
             health.health,
             health.ready,
-            health.health_probe,
-            health.ready_probe,
             metrics.metrics,
         ],
         request_class=schemas.JSONRequest,
@@ -81,7 +81,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
     )
     # Around the router, not as route middleware: a path or method no route serves (404, 405)
     # is answered before any route's middleware would run, and must be counted too.
-    api.asgi_handler = http_metrics.middleware(api.asgi_handler)
+    api.asgi_handler = http_metrics.middleware(_head_as_get(api.asgi_handler))
     openapi.declare_problem_headers(api.openapi_schema)
     return api
 
@@ -97,3 +97,28 @@ def _state(settings: Settings, http_metrics: metrics.HttpMetrics) -> Any:
             "readiness_read": health.readiness_read(),
         }
     )
+
+
+def _head_as_get(app: ASGIApp) -> ASGIApp:
+    """HEAD wherever GET is served (RFC 9110 §9.3.2; load balancers and uptime checks probe
+    with it): the GET's status and headers, its content-length included, and no body."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "HEAD":
+            await app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        # In place, so that the route the app matched is seen by the metrics around it; the
+        # HTTP server sends no body for a HEAD request either way.
+        scope["method"] = "GET"
+        try:
+            await app(scope, receive, headers_only)
+        finally:
+            scope["method"] = "HEAD"
+
+    return serve

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, get, head
+from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.serialization import encode_json
 
 from menos import errors, versions
 from menos.http import schemas, shared_read
@@ -29,31 +28,8 @@ async def ready(request: Request[Any, Any, Any]) -> Response[schemas.Ready]:
     return await _readiness(request)
 
 
-# HEAD as well, as load balancers and uptime checks often probe: the same status, no body.
-# Kept out of the schema, which documents the GET operations under their own ids.
-
-
-@head("/health", sync_to_thread=False, include_in_schema=False)
-def health_probe() -> Response[None]:
-    """Liveness without a body."""
-    return _without_body(Response(_liveness()))
-
-
-@head("/ready", include_in_schema=False)
-async def ready_probe(request: Request[Any, Any, Any]) -> Response[None]:
-    """Readiness without a body."""
-    return _without_body(await _readiness(request))
-
-
 def _liveness() -> schemas.Health:
     return schemas.Health(status="ok", app_version=versions.app_version())
-
-
-def _without_body(answer: Response[Any]) -> Response[None]:
-    """The GET's status and length, and no body (RFC 9110: a HEAD's content-length is the
-    GET's)."""
-    length = len(encode_json(answer.content))
-    return Response(None, status_code=answer.status_code, headers={"content-length": str(length)})
 
 
 def readiness_read() -> shared_read.SharedRead[repository.Readiness]:
