@@ -14,18 +14,29 @@ from frontmatter.default_handlers import JSONHandler, YAMLHandler
 from menos.pipeline.sources import fetched
 
 # The lines first_heading looks at: one that may open fenced code (up to 3 spaces, perhaps a
-# list item's marker, then 3 or more ` or ~, then the rest of the line), or an ATX heading line,
-# whose closing `#`s are cut in
-# Python. Only spaces and tabs: `\s` also matches newlines, and a lazy text group followed by
-# optional trailing space and `#` runs backtracks in cubic time over a line of spaces (2,000
-# spaces took 10 s on the API's event loop). Then the lines that may close the code. Searched
+# list item's marker, then 3 or more ` or ~, then the rest of the line), an ATX heading line,
+# whose closing `#`s are cut in Python, or a setext heading's underline (below). Only spaces
+# and tabs: `\s` also matches newlines, and a lazy text group followed by optional trailing
+# space and `#` runs backtracks in cubic time over a line of spaces (2,000 spaces took 10 s on
+# the API's event loop). Then the lines that may close the code. Searched
 # for, not split into lines: a Python step for every line of a 5 MiB note of short lines took a
 # second of the API's event loop.
-_FENCE_OR_HEADING = re.compile(
+_FENCE_OR_HEADING = (
     r"^(?:([ ]{0,3}(?:[-+*]|\d{1,9}[.)])[ ]{1,4})?[ ]{0,3}(`{3,}|~{3,})(.*)"
-    r"|[ \t]{0,3}#{1,6}[ \t]+(\S.*))$",
-    re.MULTILINE,
+    r"|[ \t]{0,3}#{1,6}[ \t]+(\S.*)"
 )
+_FENCES_AND_HEADINGS = re.compile(_FENCE_OR_HEADING + ")$", re.MULTILINE)
+# The same, and a setext heading's underline (a paragraph above it is its text): looked for
+# in a note's first UNDERLINES_WITHIN characters only, as every line of `-` is one to judge.
+_FENCES_HEADINGS_AND_UNDERLINES = re.compile(
+    _FENCE_OR_HEADING + r"|[ ]{0,3}(?:=+|-+)[ \t]*)$", re.MULTILINE
+)
+UNDERLINES_WITHIN = 64 * 1024
+# Lines that are no paragraph's text, so no underline makes them a heading: a list item or a
+# quote (the underline is then a thematic break, or the item's text), indented code, an HTML
+# block; and a thematic break, which ends the paragraph above it.
+_NOT_PARAGRAPH = re.compile(r"[ ]{0,3}(?:[-+*>]|\d{1,9}[.)])(?:[ \t]|$)|[ ]{4}|\t|[ ]{0,3}<")
+_THEMATIC_BREAK = re.compile(r"[ ]{0,3}([*_])(?:[ \t]*\1){2,}[ \t]*")
 _CLOSING_FENCE = re.compile(r"^([ ]*)(`{3,}|~{3,})[ \t]*$", re.MULTILINE)
 
 
@@ -128,12 +139,19 @@ def _holds_nul(value: object) -> bool:
 
 
 def first_heading(text: str) -> str | None:
-    """The first markdown heading's text (its closing `#` sequence removed), if any. A line
-    in fenced code (a shell comment: `# install`) is no heading."""
+    """The first markdown heading's text, if any: an ATX heading's (its closing `#` sequence
+    removed) or a setext heading's (a paragraph underlined with `=` or `-`, made one line). A
+    line in fenced code (a shell comment: `# install`) is no heading."""
     pos = 0
-    while (line := _FENCE_OR_HEADING.search(text, pos)) is not None:
-        pos = line.end()
+    while (line := _lines_to_judge(pos).search(text, pos)) is not None:
+        start, pos = pos, line.end()
         item, fence, after, heading = line.groups()
+        if fence is None and heading is None:  # an underline
+            if line.start() < UNDERLINES_WITHIN:
+                above = _paragraph_above(text[start : line.start()])
+                if above is not None:
+                    return above
+            continue
         if fence is not None:
             if fence[0] == "`" and "`" in after:
                 continue  # inline code (```a`), no fence
@@ -155,6 +173,23 @@ def first_heading(text: str) -> str | None:
         if heading:
             return heading
     return None
+
+
+def _lines_to_judge(pos: int) -> re.Pattern[str]:
+    return _FENCES_HEADINGS_AND_UNDERLINES if pos < UNDERLINES_WITHIN else _FENCES_AND_HEADINGS
+
+
+def _paragraph_above(text: str) -> str | None:
+    """The paragraph `text` ends with (its last lines, up to a blank line or a thematic
+    break), made one line; None when it ends with none."""
+    lines: list[str] = []
+    for line in reversed(text.split("\n")[:-1]):  # [-1]: what follows the last newline, ""
+        if not line.strip() or _THEMATIC_BREAK.fullmatch(line):
+            break
+        lines.append(line)
+    if not lines or _NOT_PARAGRAPH.match(lines[-1]):  # judged by its first line
+        return None
+    return " ".join(line.strip() for line in reversed(lines))
 
 
 def frontmatter_tags(metadata: dict[str, Any]) -> list[str]:

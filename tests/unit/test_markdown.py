@@ -210,6 +210,47 @@ def test_a_comment_in_fenced_code_is_no_heading(text: str, heading: str | None) 
 
 
 @pytest.mark.parametrize(
+    ("text", "heading"),
+    [
+        ("My Title\n========\n\ntext", "My Title"),
+        ("Intro text\nand more\n---\n", "Intro text and more"),  # a paragraph's lines
+        ("  Indented\n  ---", "Indented"),
+        ("Foo\n===\n# Later", "Foo"),  # the first heading, of either kind
+        ("# First\nFoo\n===", "First"),
+        ("***\nFoo\n---", "Foo"),  # a thematic break ends the paragraph above
+        ("text\n\n---\n\n# Real", "Real"),  # after a blank line: a thematic break
+        ("- item\n---\n# Real", "Real"),  # under a list item: a thematic break
+        ("1. item\n===\n", None),
+        ("> quoted\n---\n", None),
+        ("    code\n===\n", None),
+        ("<div>\n===\n", None),
+        ("```\nFoo\n===\n```\nBar\n-", "Bar"),  # in fenced code: not read
+        ("=\n", None),
+        ("x" * 70_000 + "\nLate\n===\n# Later", "Later"),  # past the first 64 KiB
+    ],
+)
+def test_an_underlined_heading_titles_a_note(text: str, heading: str | None) -> None:
+    """A setext heading (a paragraph underlined with `=` or `-`) is a heading too: a note
+    starting with one had no title."""
+    assert markdown.first_heading(text) == heading
+
+
+def test_only_a_notes_first_64_kib_are_judged_for_underlines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every line of `-` is an underline whose paragraph above must be judged, a Python step
+    each: a 5 MB note of them held the API's event loop for over 2 s. Only the underlines in
+    a note's first UNDERLINES_WITHIN characters are judged."""
+    judged: list[str] = []
+    judge = markdown._paragraph_above
+    monkeypatch.setattr(
+        markdown, "_paragraph_above", lambda text: judged.append(text) or judge(text)
+    )
+    assert markdown.first_heading("-\n" * 1_000_000 + "# End") == "End"
+    assert 0 < len(judged) <= markdown.UNDERLINES_WITHIN // 2
+
+
+@pytest.mark.parametrize(
     ("key", "name"), [("content", "content"), ("handler", "handler"), ("2024", "2024")]
 )
 def test_any_key_keeps_the_frontmatter(key: str, name: str) -> None:
