@@ -1567,3 +1567,50 @@ async def test_deliveries_ending_during_an_outage_do_not_hurry_the_backoff(
             await lossy.close()
     failures = [e for e in logs if e["event"] == "dispatcher_database_unavailable"]
     assert [e["retry_in_s"] for e in failures] in ([], [2.0]), failures
+
+
+async def test_deliveries_ending_after_a_failed_sweep_do_not_hurry_the_backoff(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """A pass sweeps before it claims: when the sweep finds the database gone, a claim due
+    then (or a moment later) is not made by the first delivery that ends meanwhile."""
+    await make_events(repo, 4)
+    arrived: list[int] = []
+    answer_now = asyncio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        arrived.append(1)
+        order = len(arrived)
+        await answer_now.wait()
+        await asyncio.sleep(0.15 * order)  # the answers end one by one
+        return httpx.Response(204)
+
+    transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(answer))
+    config = dispatcher.DispatcherConfig(
+        timeout_s=5.0, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9", batch_size=8
+    )
+    with tcp_proxy.running(database_url) as (proxy, through):
+        lossy = await db.create_pool(through, min_size=0, max_size=3)
+        outbox = repository.OutboxRepository(lossy, db.Queries())
+        sweep = outbox.sweep_exhausted
+        cut_at_sweep = asyncio.Event()
+
+        async def sweep_exhausted(**kwargs: Any) -> list[repository.Swept]:
+            if cut_at_sweep.is_set():
+                proxy.cut()  # the database is gone when the next sweep looks
+            return await sweep(**kwargs)
+
+        outbox.sweep_exhausted = sweep_exhausted  # type: ignore[method-assign]
+        try:
+            with structlog.testing.capture_logs() as logs:
+                async with dispatching(config, outbox, through, transport):
+                    await until(lambda: len(arrived) == 4, "four requests in flight")
+                    cut_at_sweep.set()
+                    await until(lambda: not proxy.up, "the sweep meeting the outage")
+                    answer_now.set()
+                    await asyncio.sleep(0.8)  # every answer has ended; the first wait has not
+                    proxy.restore()
+        finally:
+            await lossy.close()
+    failures = [e for e in logs if e["event"] == "dispatcher_database_unavailable"]
+    assert [e["retry_in_s"] for e in failures] == [1.0], failures

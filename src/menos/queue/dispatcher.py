@@ -416,9 +416,10 @@ class Dispatcher:
                 except errors.DatabaseUnavailable as exc:
                     wait = outage.failed(exc)
                     # Not again before the backoff: a delivery ending meanwhile wakes the loop,
-                    # and a full claim before the outage is no reason to claim at once.
+                    # and neither a full claim nor a claim due when the sweep failed is a
+                    # reason to claim at once.
                     more = False
-                    self._look_at = min(self._look_at, clock() + wait)
+                    self._look_at = clock() + wait
                     next_sweep = max(next_sweep, clock() + wait)
                     await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
                     continue
