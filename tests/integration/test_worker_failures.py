@@ -548,3 +548,65 @@ async def test_jobs_ending_during_an_outage_do_not_hurry_the_claim_backoff(
                     await lossy.close()
     failures = [e["retry_in_s"] for e in logs if e["event"] == "claim_database_unavailable"]
     assert failures in ([], [2.0]), failures
+
+
+async def test_a_listen_connection_restored_while_a_claim_waits_wakes_the_worker(
+    database_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """The LISTEN connection comes back while a claim still waits on a connection that then
+    fails: the database was seen back, so waiting work is claimed at once, not after the
+    backoff."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    with (
+        tcp_proxy.running(database_url) as (claims, through_claims),
+        tcp_proxy.running(database_url) as (listens, through_listens),
+    ):
+        lossy = await db.create_pool(through_claims, min_size=0, max_size=3)
+        config = helpers.worker_config(concurrency=1, max_processing=1, poll_s=3.0)
+        watched = repository.Repository(lossy, db.Queries())
+        claiming = asyncio.Event()
+        claim = watched.claim
+
+        async def claim_watched(*args: Any, **kwargs: Any) -> Any:
+            claiming.set()
+            return await claim(*args, **kwargs)
+
+        watched.claim = claim_watched  # type: ignore[method-assign]
+        async with httpx.AsyncClient() as http:
+            worker = queue_worker.Worker(
+                config, watched, offline_context(http, BuiltinAnalyzer()), dsn=through_listens
+            )
+            stop = asyncio.Event()
+            with structlog.testing.capture_logs() as logs:
+                running = asyncio.create_task(worker.run(stop))
+                try:
+                    await until_logged(logs, "worker_started")
+                    await asyncio.sleep(0.5)  # its first claim found nothing; LISTEN is up
+                    claims.stall()
+                    listens.cut()
+                    await repo.enqueue(helpers.note())  # its NOTIFY reaches no one
+                    claiming.clear()
+                    await asyncio.wait_for(claiming.wait(), 10)  # the next poll's claim waits
+                    listens.restore()
+                    await until_logged(logs, "listen_restored")
+                    claims.cut()  # the waiting claim fails ...
+                    claims.restore()  # ... and the database is back at once
+                    back = asyncio.get_running_loop().time()
+                    row = await until_failed(pool)  # any end: here the job completes
+                    took = asyncio.get_running_loop().time() - back
+                finally:
+                    stop.set()
+                    await running
+                    await lossy.close()
+    assert row["status"] == "completed"
+    assert took < 1.5, took
+
+
+async def until_logged(logs: list[Any], event: str) -> None:
+    """Return once `event` is logged; fail after 10 s."""
+    for _ in range(500):
+        if any(e["event"] == event for e in logs):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{event} never logged")

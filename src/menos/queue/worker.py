@@ -280,13 +280,13 @@ class Worker:
         try:
             while not stop.is_set():
                 self._wake.clear()
+                self._database_back.clear()  # seen back while this claim waits: it counts
                 wait = self.config.poll_s
                 try:
                     claimed = await self.run_once()
                 except errors.DatabaseUnavailable as exc:
                     # Not again before the backoff's wait, unless the database is seen back:
                     # a job ending meanwhile would claim (and count a failure) at once.
-                    self._database_back.clear()
                     wait = outage.failed(exc)
                     await notify.first(self._database_back.wait(), stop.wait(), timeout=wait)
                     continue
