@@ -1614,3 +1614,34 @@ async def test_deliveries_ending_after_a_failed_sweep_do_not_hurry_the_backoff(
             await lossy.close()
     failures = [e for e in logs if e["event"] == "dispatcher_database_unavailable"]
     assert [e["retry_in_s"] for e in failures] == [1.0], failures
+
+
+async def test_a_group_the_server_gave_up_on_is_recorded_outcome_by_outcome(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A group of outcomes whose statement the server gave up on while one waited for a held
+    event row is recorded outcome by outcome: the others are not delivered again."""
+    await make_events(repo, 2)
+    first, second = await claim(outbox, await db_now(pool))
+    async with pool.acquire() as operator:
+        held = operator.transaction()
+        await held.start()
+        await operator.execute(
+            "SELECT 1 FROM menos.callback_outbox WHERE event_id = $1 FOR UPDATE", first.event_id
+        )
+        task = asyncio.ensure_future(
+            outbox.record_outcomes([outcome(first, 204), outcome(second, 204)])
+        )
+        waiting = None
+        while waiting is None:
+            await asyncio.sleep(0.02)
+            waiting = await pool.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            )
+        await pool.execute("SELECT pg_cancel_backend($1)", waiting)
+        await asyncio.sleep(0.3)
+        await held.rollback()
+    statuses = await asyncio.wait_for(task, 10)
+    assert statuses[1] == "delivered"

@@ -1764,3 +1764,37 @@ async def test_a_full_disk_at_persist_is_the_database_unavailable_not_a_failed_j
         "SELECT status FROM menos.pipeline_job WHERE job_id = $1", held.job.job_id
     )
     assert status == "processing"
+
+
+async def test_a_batch_the_server_gave_up_on_is_written_run_by_run(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A batch whose statement the server gave up on while one run waited for a held row
+    (an operator's pg_cancel_backend or lock_timeout) is tried again run by run, as a batch
+    the database refuses is: the runs that waited for nothing are not lost with it."""
+    await helpers.owner(repo)
+    for _ in range(2):
+        await repo.enqueue(helpers.note())
+    a, b = await claim(repo, "w", 2)
+    async with pool.acquire() as operator:
+        held = operator.transaction()
+        await held.start()
+        await operator.execute(
+            "SELECT 1 FROM menos.content WHERE content_id = $1 FOR UPDATE", a.content.content_id
+        )
+        task = asyncio.ensure_future(
+            repo.complete_many([_run(a, "w", "a", ["x"]), _run(b, "w", "b", ["y"])])
+        )
+        waiting = None
+        while waiting is None:
+            await asyncio.sleep(0.02)
+            waiting = await pool.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            )
+        await pool.execute("SELECT pg_cancel_backend($1)", waiting)
+        await asyncio.sleep(0.3)
+        await held.rollback()
+    answers = await asyncio.wait_for(task, 10)
+    assert answers[1] == "completed"
+    statuses = await pool.fetch("SELECT job_id, status FROM menos.pipeline_job")
+    assert {r["job_id"]: r["status"] for r in statuses}[b.job.job_id] == "completed"

@@ -576,8 +576,25 @@ class Repository(_Store):
             if len(runs) == 1:
                 return [errors.PipelineError("PERSIST_ERROR", f"could not persist: {exc}")]
             return [(await self.complete_many([run], now=now))[0] for run in runs]
+        except errors.DatabaseUnavailable as exc:
+            # The server gave up on the batch (one run waited for a held row): the runs that
+            # waited for nothing are not lost with it.
+            if len(runs) == 1 or not isinstance(exc.__cause__, _GAVE_UP):
+                raise
+            return [await self._complete_alone(run, now) for run in runs]
         ended: dict[models.JobId, Ended] = {row["job_id"]: row["status"] for row in rows}
         return [ended.get(run.guard.job_id) for run in runs]
+
+    async def _complete_alone(
+        self, run: Completion, now: dt.datetime | None
+    ) -> Persisted | errors.PipelineError:
+        """One run of a batch the server gave up on; None (lost) if it gives up on it again."""
+        try:
+            return (await self.complete_many([run], now=now))[0]
+        except errors.DatabaseUnavailable as exc:
+            if not isinstance(exc.__cause__, _GAVE_UP):
+                raise
+            return None
 
     async def fail(
         self,
@@ -1186,9 +1203,24 @@ class OutboxRepository(_Store):
             if len(outcomes) == 1:
                 return [errors.Refused(f"outcome not recorded: {exc}")]
             return [(await self.record_outcomes([one]))[0] for one in outcomes]
+        except errors.DatabaseUnavailable as exc:
+            # The server gave up on the group (one outcome waited for a held event row): the
+            # others are recorded all the same, not delivered again.
+            if len(outcomes) == 1 or not isinstance(exc.__cause__, _GAVE_UP):
+                raise
+            return [await self._record_alone(one) for one in outcomes]
         statuses: list[OutboxStatus | errors.Refused | None] = [r["status"] for r in found]
         assert len(statuses) == len(outcomes)
         return statuses
+
+    async def _record_alone(self, outcome: Outcome) -> OutboxStatus | errors.Refused | None:
+        """One outcome of a group the server gave up on; Refused if it gives up on it again."""
+        try:
+            return (await self.record_outcomes([outcome]))[0]
+        except errors.DatabaseUnavailable as exc:
+            if not isinstance(exc.__cause__, _GAVE_UP):
+                raise
+            return errors.Refused(f"outcome not recorded: {exc}")
 
     async def sweep_exhausted(
         self, *, max_attempts: int, now: dt.datetime | None = None
