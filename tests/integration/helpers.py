@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import types
@@ -117,3 +118,15 @@ def clock_ahead(by: dt.timedelta) -> types.ModuleType:
     fast = types.ModuleType("datetime")
     fast.__dict__.update(vars(dt), datetime=FastClock)
     return fast
+
+
+async def cancel_the_lock_waiter(pool: asyncpg.Pool[Any]) -> None:
+    """Once a statement waits for a lock, cancel it as an operator would (pg_cancel_backend);
+    a lock_timeout ends it the same way."""
+    waiting = None
+    while waiting is None:
+        await asyncio.sleep(0.02)
+        waiting = await pool.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        )
+    await pool.execute("SELECT pg_cancel_backend($1)", waiting)

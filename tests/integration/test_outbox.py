@@ -1531,13 +1531,9 @@ async def test_a_running_dispatcher_stores_its_delivery_counts_within_seconds(
     assert stored == 1
 
 
-async def test_deliveries_ending_during_an_outage_do_not_hurry_the_backoff(
-    repo: repository.Repository, pool: asyncpg.Pool[Any], database_url: str
-) -> None:
-    """A dispatcher whose last claim filled every slot, then lost its database, tries again
-    after poll_s (then twice as long each time), not once per delivery that ends meanwhile:
-    each of those would count a failure and take the backoff to its cap at once."""
-    await make_events(repo, 8)
+def answering_one_by_one() -> tuple[list[int], asyncio.Event, ssrf.PinnedTransport]:
+    """A receiver that holds each request until `answer_now` is set, then answers them 204
+    one by one, 0.15 s apart: the requests it got, the event, a transport to it."""
     arrived: list[int] = []
     answer_now = asyncio.Event()
 
@@ -1545,10 +1541,24 @@ async def test_deliveries_ending_during_an_outage_do_not_hurry_the_backoff(
         arrived.append(1)
         order = len(arrived)
         await answer_now.wait()
-        await asyncio.sleep(0.15 * order)  # the answers end one by one
+        await asyncio.sleep(0.15 * order)
         return httpx.Response(204)
 
-    transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(answer))
+    return (
+        arrived,
+        answer_now,
+        ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(answer)),
+    )
+
+
+async def test_deliveries_ending_during_an_outage_do_not_hurry_the_backoff(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """A dispatcher whose last claim filled every slot, then lost its database, tries again
+    after poll_s (then twice as long each time), not once per delivery that ends meanwhile:
+    each of those would count a failure and take the backoff to its cap at once."""
+    await make_events(repo, 8)
+    arrived, answer_now, transport = answering_one_by_one()
     config = dispatcher.DispatcherConfig(
         timeout_s=5.0, backoff_s=BACKOFF, poll_s=2.0, app_version="9.9.9", batch_size=4
     )
@@ -1575,17 +1585,7 @@ async def test_deliveries_ending_after_a_failed_sweep_do_not_hurry_the_backoff(
     """A pass sweeps before it claims: when the sweep finds the database gone, a claim due
     then (or a moment later) is not made by the first delivery that ends meanwhile."""
     await make_events(repo, 4)
-    arrived: list[int] = []
-    answer_now = asyncio.Event()
-
-    async def answer(request: httpx.Request) -> httpx.Response:
-        arrived.append(1)
-        order = len(arrived)
-        await answer_now.wait()
-        await asyncio.sleep(0.15 * order)  # the answers end one by one
-        return httpx.Response(204)
-
-    transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(answer))
+    arrived, answer_now, transport = answering_one_by_one()
     config = dispatcher.DispatcherConfig(
         timeout_s=5.0, backoff_s=BACKOFF, poll_s=1.0, app_version="9.9.9", batch_size=8
     )
@@ -1634,13 +1634,7 @@ async def test_a_group_the_server_gave_up_on_is_recorded_outcome_by_outcome(
         task = asyncio.ensure_future(
             outbox.record_outcomes([outcome(first, 204), outcome(second, 204)])
         )
-        waiting = None
-        while waiting is None:
-            await asyncio.sleep(0.02)
-            waiting = await pool.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            )
-        await pool.execute("SELECT pg_cancel_backend($1)", waiting)
+        await helpers.cancel_the_lock_waiter(pool)
         await asyncio.sleep(0.3)
         await held.rollback()
     statuses = await asyncio.wait_for(task, 10)

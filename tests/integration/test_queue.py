@@ -646,13 +646,7 @@ async def test_a_statement_the_server_gave_up_on_is_the_database_unavailable(
 
     async def cancelled_while_waiting(write: Any) -> None:
         task = asyncio.ensure_future(write)
-        waiting = None
-        while waiting is None:
-            await asyncio.sleep(0.02)
-            waiting = await pool.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            )
-        await pool.execute("SELECT pg_cancel_backend($1)", waiting)
+        await helpers.cancel_the_lock_waiter(pool)
         with pytest.raises(errors.DatabaseUnavailable):
             await asyncio.wait_for(task, 10)
 
@@ -1785,13 +1779,7 @@ async def test_a_batch_the_server_gave_up_on_is_written_run_by_run(
         task = asyncio.ensure_future(
             repo.complete_many([_run(a, "w", "a", ["x"]), _run(b, "w", "b", ["y"])])
         )
-        waiting = None
-        while waiting is None:
-            await asyncio.sleep(0.02)
-            waiting = await pool.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            )
-        await pool.execute("SELECT pg_cancel_backend($1)", waiting)
+        await helpers.cancel_the_lock_waiter(pool)
         await asyncio.sleep(0.3)
         await held.rollback()
     answers = await asyncio.wait_for(task, 10)
