@@ -3,6 +3,7 @@ variable, instead of failing later in a claim, a rescue or a pool."""
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -76,12 +77,26 @@ def test_the_largest_usable_values_are_taken() -> None:
         "postgresql://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write",
         "postgresql:///menos?host=/var/run/postgresql",
         "postgresql://u:p%40ss@[::1]:5432/db",
-        "postgresql://u@[::1],db:5433,other/db",
         "postgresql:///menos?host=h1:5432,[::1]&port=5433",
     ):
         assert settings.from_env({"MENOS_DATABASE_URL": dsn}).database_url == dsn
     conf = settings.from_env({"MENOS_LLM_BASE_URL": "HTTP://[::1]:8080/v1/"})
     assert conf.llm_base_url == "HTTP://[::1]:8080/v1"
+
+
+def test_several_hosts_after_an_ipv6_one_are_taken_where_python_takes_them() -> None:
+    """asyncpg reads a URL with urllib: a Python with the stricter bracketed-host check (the
+    fix of CVE-2024-11168, which Debian 12's 3.11.2 carries) refuses `[::1],db:5433` as a
+    host part, an older one takes it. The setting follows the Python it runs on: it never
+    refuses a URL asyncpg would take, nor takes one asyncpg would refuse."""
+    dsn = "postgresql://u@[::1],db:5433,other/db"
+    try:
+        urllib.parse.urlsplit(dsn)
+    except ValueError:
+        with pytest.raises(errors.SettingsError, match="Invalid IPv6 URL"):
+            settings.from_env({"MENOS_DATABASE_URL": dsn})
+    else:
+        assert settings.from_env({"MENOS_DATABASE_URL": dsn}).database_url == dsn
 
 
 def test_a_dotenv_file_reads_as_shells_and_compose_read_it(tmp_path: Path) -> None:

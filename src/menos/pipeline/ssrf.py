@@ -85,9 +85,11 @@ def is_public_address(ip: IPAddress) -> bool:
         return _is_public_v4(ip)
     if ip.ipv4_mapped is not None or any(ip in net for net in _REFUSED_V6):
         return False
-    embedded: list[ipaddress.IPv4Address] = []
     if ip.sixtofour is not None:
-        embedded.append(ip.sixtofour)
+        # The IPv4 address inside decides. Python's own lists disagree on 2002::/16 (private
+        # before 3.11.4 and 3.12.4, as Debian 12's 3.11.2 still says; not since).
+        return _is_public_v4(ip.sixtofour)
+    embedded: list[ipaddress.IPv4Address] = []
     if ip.teredo is not None:
         embedded.extend(ip.teredo)
     if ip in _NAT64:
