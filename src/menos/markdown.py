@@ -32,6 +32,9 @@ _FENCES_HEADINGS_AND_UNDERLINES = re.compile(
     _FENCE_OR_HEADING + r"|[ ]{0,3}(?:=+|-+)[ \t]*)$", re.MULTILINE
 )
 UNDERLINES_WITHIN = 64 * 1024
+# A `---` line, as python-frontmatter delimits a YAML block; the first opens the note.
+_DELIMITER = re.compile(r"^-{3,}[ \t]*$", re.MULTILINE)
+_OPENING_DELIMITER = re.compile(r"\A\s*^-{3,}[ \t]*$", re.MULTILINE)
 # Lines that are no paragraph's text, so no underline makes them a heading: a list item or a
 # quote (the underline is then a thematic break, or the item's text), indented code, an HTML
 # block; and a thematic break, which ends the paragraph above it.
@@ -143,11 +146,12 @@ def first_heading(text: str) -> str | None:
     removed) or a setext heading's (a paragraph underlined with `=` or `-`, made one line). A
     line in fenced code (a shell comment: `# install`) is no heading."""
     pos = 0
+    frontmatter_end = _kept_frontmatter_end(text)
     while (line := _lines_to_judge(pos).search(text, pos)) is not None:
         start, pos = pos, line.end()
         item, fence, after, heading = line.groups()
         if fence is None and heading is None:  # an underline
-            if line.start() < UNDERLINES_WITHIN:
+            if frontmatter_end <= line.start() < UNDERLINES_WITHIN:
                 above = _paragraph_above(text[start : line.start()])
                 if above is not None:
                     return above
@@ -173,6 +177,17 @@ def first_heading(text: str) -> str | None:
         if heading:
             return heading
     return None
+
+
+def _kept_frontmatter_end(text: str) -> int:
+    """Where a `---` block opening the note ends (0 without one): frontmatter that parse()
+    kept as text (broken YAML, aliases, a NUL), whose `---` lines are no underlines: its
+    first line is not the note's title."""
+    opening = _OPENING_DELIMITER.match(text)
+    if opening is None:
+        return 0
+    closing = _DELIMITER.search(text, opening.end(), UNDERLINES_WITHIN)
+    return closing.end() if closing is not None else 0
 
 
 def _lines_to_judge(pos: int) -> re.Pattern[str]:

@@ -227,6 +227,9 @@ def test_a_comment_in_fenced_code_is_no_heading(text: str, heading: str | None) 
         ("```\nFoo\n===\n```\nBar\n-", "Bar"),  # in fenced code: not read
         ("=\n", None),
         ("x" * 70_000 + "\nLate\n===\n# Later", "Later"),  # past the first 64 KiB
+        # frontmatter kept as text (here for its NUL) is not a heading underlined by `---`
+        ('---\ntitle: "a\\0b"\n---\n# Heading\n', "Heading"),
+        ("\n---\nkey: *alias\n---\nBody\n===\n", "Body"),
     ],
 )
 def test_an_underlined_heading_titles_a_note(text: str, heading: str | None) -> None:
