@@ -39,6 +39,10 @@ _OPENING_DELIMITER = re.compile(r"\A\s*^-{3,}[ \t]*$", re.MULTILINE)
 # quote (the underline is then a thematic break, or the item's text), indented code, an HTML
 # block; and a thematic break, which ends the paragraph above it.
 _NOT_PARAGRAPH = re.compile(r"[ ]{0,3}(?:[-+*>]|\d{1,9}[.)])(?:[ \t]|$)|[ ]{4}|\t|[ ]{0,3}<")
+# Lines that interrupt a paragraph (CommonMark): a list item with text (an ordered one only
+# numbered 1), a quote, an HTML comment. An underline below one belongs to that block, so the
+# paragraph above is no heading's text ("para\n- item\n---" has a thematic break).
+_INTERRUPTS = re.compile(r"[ ]{0,3}(?:(?:[-+*]|1[.)])[ \t]+\S|>|<!--)")
 _THEMATIC_BREAK = re.compile(r"[ ]{0,3}([*_])(?:[ \t]*\1){2,}[ \t]*")
 _CLOSING_FENCE = re.compile(r"^([ ]*)(`{3,}|~{3,})[ \t]*$", re.MULTILINE)
 
@@ -201,6 +205,8 @@ def _paragraph_above(text: str) -> str | None:
     for line in reversed(text.split("\n")[:-1]):  # [-1]: what follows the last newline, ""
         if not line.strip() or _THEMATIC_BREAK.fullmatch(line):
             break
+        if _INTERRUPTS.match(line):
+            return None
         lines.append(line)
     if not lines or _NOT_PARAGRAPH.match(lines[-1]):  # judged by its first line
         return None

@@ -220,6 +220,13 @@ def test_a_comment_in_fenced_code_is_no_heading(text: str, heading: str | None) 
         ("***\nFoo\n---", "Foo"),  # a thematic break ends the paragraph above
         ("text\n\n---\n\n# Real", "Real"),  # after a blank line: a thematic break
         ("- item\n---\n# Real", "Real"),  # under a list item: a thematic break
+        # a list item or quote interrupts the paragraph: the underline is in that block
+        ("Intro\n- item\n---\n# Real", "Real"),
+        ("Intro\n1) item\n===\n", None),
+        ("Intro\n> quoted\n===\n", None),
+        ("Intro\n<!-- note -->\n---\n", None),
+        ("Intro\n2. not a list\n===\n", "Intro 2. not a list"),  # only 1 interrupts
+        ("Intro\n-\n===\n", "Intro"),  # an empty item interrupts nothing: an underline
         ("1. item\n===\n", None),
         ("> quoted\n---\n", None),
         ("    code\n===\n", None),
