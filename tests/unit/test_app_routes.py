@@ -1,5 +1,6 @@
-"""How the routes are declared: nothing a request passes through runs in a worker thread, and
-nothing is declared in a style Litestar 3.0 will no longer take."""
+"""How the routes are declared: nothing a request passes through runs in a worker thread,
+nothing is declared in a style Litestar 3.0 will no longer take, and each answers the methods
+its Allow header names."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from litestar.exceptions import LitestarDeprecationWarning
 from litestar.handlers import HTTPRouteHandler
+from litestar.testing import TestClient
 
 from menos import settings
 from menos.http import app
@@ -272,3 +274,14 @@ def test_the_upload_schema_takes_the_json_bodies_the_route_takes() -> None:
         msgspec.convert(body, schemas.ContentText)  # the route takes it
         assert validator.is_valid(body), body
     assert not validator.is_valid({"text": None})
+
+
+def test_allow_names_head_wherever_get_is_served() -> None:
+    """HEAD is answered wherever GET is, but a 405's and an OPTIONS answer's Allow header
+    said `GET, OPTIONS`: a client reading it would not try HEAD."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    with TestClient(api) as client:
+        for method, path in (("PUT", "/health"), ("OPTIONS", "/metrics"), ("PUT", "/metrics")):
+            allowed = client.request(method, path).headers["allow"]
+            assert allowed == "GET, HEAD, OPTIONS", (method, path)
+        assert client.delete("/api/v1/ingest").headers["allow"] == "POST, OPTIONS"

@@ -104,8 +104,11 @@ def _head_as_get(app: ASGIApp) -> ASGIApp:
     with it): the GET's status and headers, its content-length included, and no body."""
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["method"] != "HEAD":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
+            return
+        if scope["method"] != "HEAD":
+            await app(scope, receive, _allowing_head(send, options=scope["method"] == "OPTIONS"))
             return
 
         async def headers_only(message: Message) -> None:
@@ -122,3 +125,23 @@ def _head_as_get(app: ASGIApp) -> ASGIApp:
             scope["method"] = "HEAD"
 
     return serve
+
+
+def _allowing_head(send: Send, *, options: bool) -> Send:
+    """A 405's or OPTIONS answer's Allow header names HEAD where it names GET; the headers of
+    other answers are passed on unread."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and (options or message["status"] == 405):
+            headers = [_head_allowed(*header) for header in message.get("headers", [])]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
+
+
+def _head_allowed(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    methods = [method.strip() for method in value.split(b",")]
+    if name.lower() != b"allow" or b"GET" not in methods or b"HEAD" in methods:
+        return name, value
+    return name, b", ".join(sorted([*methods, b"HEAD"]))
