@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,42 @@ async def test_job_overview_lists_all_five_statuses(database_url: str) -> None:
         "failed": 1,
         "cancelled": 0,
     }
+
+
+async def test_the_documented_cancel_and_reprocess_act_as_the_api_does(database_url: str) -> None:
+    """docs/sql.md's psql recipes: the pending job ends cancelled and its content shows it; the
+    completed content gets a new pending job that it names (a plain INSERT left it naming the
+    job before, which it mirrored), and no second one while that job is active; both are
+    audited as done through psql."""
+    results = await run_all(database_url)
+    [reprocess] = [s for s in results if "audit.reprocess_trigger" in s]
+    [new_job] = [row["job_id"] for row in results[reprocess]]
+    conn = await asyncpg.connect(database_url)
+    try:
+        cancelled = await conn.fetchrow(
+            "SELECT j.status, j.finished_at, c.processing_status FROM menos.pipeline_job j"
+            " JOIN menos.content c USING (content_id)"
+            " WHERE j.job_id = '01a20000-0000-7000-8000-00000000000a'"
+        )
+        assert cancelled["status"] == cancelled["processing_status"] == "cancelled"
+        assert cancelled["finished_at"] is not None
+        content = await conn.fetchrow(
+            "SELECT c.latest_job_id, c.processing_status, j.status FROM menos.content c"
+            " JOIN menos.pipeline_job j ON j.job_id = c.latest_job_id"
+            " WHERE c.content_id = '01a20000-0000-7000-8000-000000000004'"
+        )
+        assert tuple(content) == (new_job, "pending", "pending")
+        assert await conn.fetch(reprocess) == []  # its job is active: nothing more
+        audited = await conn.fetch(
+            "SELECT event, subject FROM menos.audit_event WHERE detail ->> 'via' = 'psql'"
+            " ORDER BY audit_id"
+        )
+        assert [tuple(row) for row in audited] == [
+            ("audit.cancellation", uuid.UUID("01a20000-0000-7000-8000-00000000000a")),
+            ("audit.reprocess_trigger", uuid.UUID("01a20000-0000-7000-8000-000000000004")),
+        ]
+    finally:
+        await conn.close()
 
 
 def test_docs_name_every_view() -> None:
