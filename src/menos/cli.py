@@ -639,6 +639,8 @@ def _can_listen(conf: settings.Settings) -> bool:
         asyncio.run(_try_listen(conf.host, conf.port))
     except OSError as exc:
         busy = exc.errno == errno.EADDRINUSE
+        # Not a name or an address of this machine (`999.1.1.1`, a typo): the setting at fault.
+        elsewhere = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
         # asyncio words a bind error at length; the system's own words are enough here.
         if isinstance(exc, socket.gaierror) or exc.errno is None:
             reason = exc.strerror or str(exc)
@@ -646,7 +648,8 @@ def _can_listen(conf: settings.Settings) -> bool:
             reason = os.strerror(exc.errno)
         print(
             f"menos: cannot listen on {conf.host} port {conf.port} ({reason})"
-            + ("; set MENOS_PORT to a free port" if busy else ""),
+            + ("; set MENOS_PORT to a free port" if busy else "")
+            + ("; set MENOS_HOST to an address of this machine" if elsewhere else ""),
             file=sys.stderr,
         )
         return False

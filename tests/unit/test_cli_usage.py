@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from menos import cli
+from menos import cli, settings
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,14 @@ def test_a_usage_error_names_the_command_it_belongs_to(
     err = capsys.readouterr().err
     assert err.startswith(f"usage: {usage} "), err
     assert f"{usage}: error: " in err and complaint in err, err
+
+
+def test_an_api_host_it_cannot_listen_on_names_menos_host(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MENOS_HOST that is no address of this machine (here TEST-NET-1, which needs no DNS)
+    stopped `bin/api` with the system's words only; an invalid setting names its variable."""
+    assert not cli._can_listen(settings.Settings(host="192.0.2.1", port=18799))
+    err = capsys.readouterr().err
+    assert "menos: cannot listen on 192.0.2.1 port 18799 (" in err
+    assert "set MENOS_HOST to an address of this machine" in err
