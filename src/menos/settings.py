@@ -63,8 +63,16 @@ MAX_WORKER_SLOTS = 1000
 MAX_SECONDS = 365 * 24 * 3600
 
 
+# Decimal numbers as people write them: Python's float() and int() also take `1_0` (ten) and
+# `1e3`, which a setting documented as a decimal number or an integer should refuse.
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
 def _seconds(name: str, raw: str) -> float:
     try:
+        if not _DECIMAL.fullmatch(raw.strip()):
+            raise ValueError(raw)
         value = float(raw)
     except ValueError:
         raise errors.SettingsError(name, f"expected a number of seconds, got {raw!r}") from None
@@ -77,6 +85,8 @@ def _seconds(name: str, raw: str) -> float:
 
 def _positive_int(name: str, raw: str, maximum: int | None = None) -> int:
     try:
+        if not _INTEGER.fullmatch(raw.strip()):
+            raise ValueError(raw)
         value = int(raw.strip())
     except ValueError:
         raise errors.SettingsError(name, f"expected a positive integer, got {raw!r}") from None
@@ -122,6 +132,8 @@ def _dsn(name: str, raw: str) -> str:
 
 def _port(name: str, raw: str) -> int:
     try:
+        if not _INTEGER.fullmatch(raw.strip()):
+            raise ValueError(raw)
         value = int(raw.strip())
     except ValueError:
         value = 0
