@@ -382,7 +382,7 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
         return (
             f"key_id:         {key.key_id}\nowner:          {key.owner} ({key.role})\n"
             f"api_key:        {key.api_key}\nwebhook_secret: {key.webhook_secret}\n"
-            "Keep both: they are shown only once."
+            "Keep the key: it is shown only once. The secret is the owner's, for every key."
         )
 
     async def create(repo: repository.Repository) -> int:
@@ -733,7 +733,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
 
     keys = _command(sub, "keys", help="API keys and webhook secrets")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    kc = _command(ksub, "create", help="create a key (prints the key and webhook secret once)")
+    kc = _command(ksub, "create", help="a new key (shown once) and the owner's webhook secret")
     kc.add_argument("--owner", required=True)
     kc.add_argument("--admin", action="store_true", help="the key sees and acts on everything")
     kc.add_argument("--json", action="store_true", help="print one compact JSON line")
