@@ -176,6 +176,7 @@ def test_services_started_under_nohup_outlive_their_terminal(menos: Menos) -> No
         return all(f'"{name}_started"' in menos.logs() for name in ("worker", "dispatcher"))
 
     wait_for(started, timeout=60, what="the services to start")
+    assert f'"url":"http://127.0.0.1:{api_port}"' in menos.logs()  # where bin/api listens
     for proc in services:
         proc.send_signal(signal.SIGHUP)
     time.sleep(2)

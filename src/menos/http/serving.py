@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -156,6 +157,16 @@ class _AcceptErrors:
         self._logged_at, self._missed = now, 0
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying where it listens once it does (its own line is not logged)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+            log.info("api_started", url=f"http://{host}:{self.config.port}")
+
+
 def serve(app: ASGIApp, *, host: str, port: int, stop_requested: Sequence[int] = ()) -> None:
     """Serve `app` until SIGTERM, SIGINT or SIGHUP, then let requests finish for
     SHUTDOWN_GRACE_S.
@@ -163,7 +174,7 @@ def serve(app: ASGIApp, *, host: str, port: int, stop_requested: Sequence[int] =
     `stop_requested` holds the signals that came before this process listened for them: it
     is read once uvicorn listens, and a stop asked there ends the server once it started."""
     open_files_to_hard_limit()
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             guarded(app),
             host=host,
