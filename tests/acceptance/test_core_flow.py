@@ -271,8 +271,10 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
             headers={"content-type": "application/json"},
         )
         assert too_big.status_code == 413
+        assert too_big.json()["detail"] == "the request body is over 5242880 bytes"
         big_file = post(files={"file": ("n.md", b"a" * (6 * 1024 * 1024), "text/markdown")})
         assert big_file.status_code == 413, big_file.text
+        assert big_file.json()["detail"] == "the request body is over 5242880 bytes"
         latin1 = post(files={"file": ("n.md", "café".encode("latin-1"), "text/markdown")})
         assert latin1.status_code == 415
         assert latin1.json()["detail"] == "file: the file is not UTF-8 text"

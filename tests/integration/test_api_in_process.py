@@ -556,3 +556,47 @@ async def test_a_400_names_each_invalid_tag(
     assert ingest.json()["detail"].count("tags[2]") == 1
     assert upload.status_code == 400, upload.text
     assert [e["field"] for e in upload.json()["errors"]] == ["tags[0]", "tags[2]"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field", "message"),
+    [
+        ("GET", "/api/v1/jobs/{job}?verbose=yes", None, "verbose", "must be true or false"),
+        ("POST", "/api/v1/content/{content}/reprocess?force=on", None, "force",
+         "must be true or false"),
+        ("GET", "/api/v1/jobs?limit=abc", None, "limit", "must be a whole number"),
+        ("GET", "/api/v1/jobs/not-a-uuid", None, "job_id", "must be a UUID"),
+        ("GET", "/api/v1/jobs?content_id=nope", None, "content_id", "must be a UUID"),
+        ("POST", "/api/v1/ingest", {}, "url", "is required"),
+        ("POST", "/api/v1/ingest", {"url": 5}, "url", "must be a string"),
+        ("POST", "/api/v1/ingest", {"url": "https://a.example/", "data_tier": "huge"},
+         "data_tier", "must be compact or full"),
+        ("POST", "/api/v1/content", {"title": "x"}, "text", "is required"),
+        ("POST", "/api/v1/content", {"text": "x", "tags": ["a", 3]}, "tags[1]", "must be a string"),
+        ("POST", "/api/v1/content", {"text": "x", "data_tier": "big"}, "data_tier",
+         "must be compact or full"),
+    ],
+)  # fmt: skip
+async def test_a_bad_value_is_named_in_the_apis_words(
+    pool: asyncpg.Pool[Any],
+    repo: repository.Repository,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    field: str,
+    message: str,
+) -> None:
+    """The validator's own words reached clients: `?force=yes` was "Expected `bool`, got
+    `str`" (everything in a query string is a string), a bad `data_tier` "Invalid enum value
+    'huge'" in JSON but "must be compact or full" in a form."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with (
+        served(pool) as url,
+        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client,
+    ):
+        submitted = (await client.post("/api/v1/content", json={"text": "# a"})).json()
+        target = path.format(job=submitted["job_id"], content=submitted["content_id"])
+        answer = await client.request(method, target, json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["errors"] == [{"field": field, "message": message}]
+    assert answer.json()["detail"] == f"{field}: {message}"

@@ -26,6 +26,17 @@ BODY_REQUIRED = "a JSON body is required"
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
 UNKNOWN_FIELD = "unknown field"
+# The validator's words for a field's value, as the API says them: everything in a query
+# string is a string (`?force=yes`: "Expected `bool`, got `str`").
+_EXPECTED = re.compile(r"^Expected `(\w+)(?: \| null)?`, got `\w+`")
+_TYPE_WORDS = {
+    "bool": "must be true or false",
+    "int": "must be a whole number",
+    "str": "must be a string",
+    "array": "must be a list",
+    "object": "must be an object",
+}
+DATA_TIERS = "must be compact or full"
 
 STATUS: dict[type[errors.MenosError], tuple[int, str]] = {
     errors.InvalidInput: (400, "Invalid input"),
@@ -55,10 +66,6 @@ class Problem(msgspec.Struct, frozen=True):
     errors: list[FieldError]
 
 
-class TooLarge(errors.MenosError):
-    """The request body is over the limit."""
-
-
 class UnsupportedMedia(errors.MenosError):
     """The request's media type (or encoding) is not accepted; `field`: the part at fault."""
 
@@ -72,7 +79,6 @@ class BodyTimeout(errors.MenosError):
     """The request body did not arrive in time."""
 
 
-STATUS[TooLarge] = (413, "Request body too large")
 STATUS[UnsupportedMedia] = (415, "Unsupported media type")
 STATUS[BodyTimeout] = (408, "Request timeout")
 
@@ -125,6 +131,19 @@ def unknown_field(message: str) -> str | None:
     return found.group(1) if found else None
 
 
+def plain(field: str, message: str) -> str:
+    """The message for `field` in the API's words where the validator's are its own."""
+    if expected := _EXPECTED.match(message):
+        return _TYPE_WORDS.get(expected.group(1), message)
+    if message.startswith("Invalid enum value") and field == "data_tier":
+        return DATA_TIERS
+    if message == "Invalid UUID":
+        return "must be a UUID"
+    if _MISSING.search(message):
+        return "is required"
+    return message
+
+
 def _field_error(item: dict[str, Any]) -> FieldError:
     message = str(item.get("message", "invalid"))
     missing = _MISSING.search(message)
@@ -135,7 +154,8 @@ def _field_error(item: dict[str, Any]) -> FieldError:
         key = missing.group(1) if key in ("", "data") else f"{key}.{missing.group(1)}"
     elif key == "data" and message == "'data'":
         key, message = "body", BODY_REQUIRED
-    return FieldError(field="body" if key in ("", "data") else key, message=message)
+    field = "body" if key in ("", "data") else key
+    return FieldError(field=field, message=plain(field.rsplit(".", 1)[-1], message))
 
 
 def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -160,10 +180,13 @@ def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response
             415: "Unsupported media type",
         }
         body_fields = [FieldError(field="body", message=exc.detail)] if status == 400 else []
+        detail = exc.detail
+        if status == 413:  # "Request Entity Too Large": the limit is what a client needs
+            detail = f"the request body is over {request.app.state.settings.max_body_bytes} bytes"
         return problem(
             status,
             titles.get(status, "Request error"),
-            exc.detail,
+            detail,
             body_fields,
             headers=exc.headers,
         )

@@ -194,8 +194,9 @@ def decode(body: bytes, into: type[T]) -> T:
             raise errors.InvalidInput(unknown, http_errors.UNKNOWN_FIELD) from None
         missing = _MISSING.search(text)
         at = _AT.search(text)
-        field = missing.group(1) if missing else (at.group(1) if at else "body")
-        raise errors.InvalidInput(field or "body", text) from None
+        field = (missing.group(1) if missing else (at.group(1) if at else "body")) or "body"
+        message = text.split(" - at `", 1)[0]
+        raise errors.InvalidInput(field, http_errors.plain(field, message)) from None
     except msgspec.DecodeError as exc:
         raise errors.InvalidInput("body", f"not valid JSON: {_decode_problem(body, exc)}") from None
     except RecursionError:

@@ -83,7 +83,7 @@ class ContentController(Controller):
             callback = _form_text(_one(form, "callback_url"), "callback_url")
             tier_text = _form_text(_one(form, "data_tier"), "data_tier")
             if tier_text not in (None, "compact", "full"):
-                raise errors.InvalidInput("data_tier", "must be compact or full")
+                raise errors.InvalidInput("data_tier", http_errors.DATA_TIERS)
             tier = tier_text  # type: ignore[assignment]
             text_field = "file"
         else:
