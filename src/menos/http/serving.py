@@ -7,8 +7,9 @@
 - The process may open as many files as its hard limit allows, not the 1,024 of most shells.
 - An accept that fails for want of files is logged once in a while, not thousands of times a
   second.
-- A request carrying both Content-Length and Transfer-Encoding is refused and its connection
-  closed (RFC 9112 §6.1): a proxy in front may have read its body differently.
+- A request the parser refuses is answered with problem details and its connection closed:
+  among them one carrying both Content-Length and Transfer-Encoding (RFC 9112 §6.1: a proxy
+  in front may have read its body differently) and control characters in a header.
 - A request still running when the shutdown's grace ends is answered 503, not uvicorn's
   plain-text 500.
 """
@@ -19,6 +20,7 @@ import asyncio
 import resource
 import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +30,7 @@ import structlog
 import uvicorn
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from menos.http import errors as http_errors
 
@@ -39,18 +41,18 @@ SHUTDOWN_GRACE_S = 5
 _ACCEPT_ERRORS_EVERY_S = 10.0
 
 
-class HeadersInTime(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, closing a connection whose next request's head has not
-    arrived within HEADERS_DEADLINE_S."""
+class HeadersInTime(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools' C parser), closing a connection whose next
+    request's head has not arrived within HEADERS_DEADLINE_S."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._headers_due: asyncio.TimerHandle | None = None
         self._wait_for_headers()
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self._headers_due is not None and self._answering():
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._headers_due is not None:
             self._headers_due.cancel()  # the head has arrived
             self._headers_due = None
 
@@ -61,6 +63,17 @@ class HeadersInTime(H11Protocol):
         if not self._answering():
             self._wait_for_headers()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser refused (a control character in a header, Content-Length
+        and Transfer-Encoding both, a bad request line): problem details, not plain text."""
+        reason = sys.exc_info()[1]  # called while uvicorn handles the parser's error
+        detail = "not a valid HTTP/1.1 request" + (f": {reason}" if reason else "")
+        body, headers = _problem_parts(400, "Invalid input", detail)
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in headers]
+        self.transport.write(b"".join(head) + b"\r\n" + body)
+        self.transport.close()
+
     def _answering(self) -> bool:
         """Whether a request's head has arrived and its answer is not complete yet."""
         return self.cycle is not None and not self.cycle.response_complete
@@ -68,6 +81,7 @@ class HeadersInTime(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._headers_due is not None:
             self._headers_due.cancel()
+            self._headers_due = None
         super().connection_lost(exc)
 
     def _wait_for_headers(self) -> None:
@@ -82,17 +96,11 @@ class HeadersInTime(H11Protocol):
 
 
 def guarded(app: ASGIApp) -> ASGIApp:
-    """`app`, refusing ambiguous framing and answering 503 to a request the shutdown cancels."""
+    """`app`, answering 503 to a request the shutdown cancels."""
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
-            return
-        names = {name for name, _ in scope["headers"]}
-        if b"content-length" in names and b"transfer-encoding" in names:
-            await _problem(
-                send, 400, "Invalid input", "send Content-Length or Transfer-Encoding, not both"
-            )
             return
         started = False
 
@@ -113,6 +121,13 @@ def guarded(app: ASGIApp) -> ASGIApp:
 
 
 async def _problem(send: Send, status: int, title: str, detail: str) -> None:
+    body, headers = _problem_parts(status, title, detail)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _problem_parts(status: int, title: str, detail: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body and headers of a problem answered outside the app; the connection closes."""
     problem = http_errors.Problem(
         title=title, status=status, detail=detail, type=http_errors.ABOUT_BLANK, errors=[]
     )
@@ -124,8 +139,7 @@ async def _problem(send: Send, status: int, title: str, detail: str) -> None:
     ]
     if status == 503:
         headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return body, headers
 
 
 def open_files_to_hard_limit() -> None:
