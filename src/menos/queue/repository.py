@@ -43,6 +43,27 @@ def _row(row: asyncpg.Record, into: type[T]) -> T:
     return msgspec.convert(dict(row.items()), into, strict=False)
 
 
+def _job(row: asyncpg.Record) -> models.Job:
+    """One job as read for the API: a stage timing that does not read as one (written by hand,
+    as sql.md lets a user write rows) is left out, and diagnostics or a full payload that is no
+    JSON object reads as none, so that the job itself stays readable; the minimal view does
+    not even show them."""
+    fields = dict(row.items())
+    if not isinstance(fields["diagnostics"], dict):
+        fields["diagnostics"] = {}
+    if not isinstance(fields["full_payload"], dict | None):
+        fields["full_payload"] = None
+    stages = fields["stages"] if isinstance(fields["stages"], list) else []
+    kept = []
+    for stage in stages:
+        try:
+            kept.append(msgspec.convert(stage, models.StageTiming, strict=False))
+        except msgspec.ValidationError:
+            continue
+    fields["stages"] = kept
+    return msgspec.convert(fields, models.Job, strict=False)
+
+
 def _timings(stages: Sequence[models.StageTiming]) -> list[dict[str, Any]]:
     return [msgspec.to_builtins(stage) for stage in stages]
 
@@ -693,7 +714,7 @@ class Repository(_Store):
     async def job(self, job_id: uuid.UUID, *, owner: str | None) -> models.Job | None:
         """One job if visible to `owner` (None: admin)."""
         row = await self._fetchrow("job_by_id", job_id, owner)
-        return _row(row, models.Job) if row else None
+        return _job(row) if row else None
 
     async def callback(self, job_id: uuid.UUID) -> models.Callback | None:
         """The delivery state of a job's callback event."""

@@ -1,0 +1,60 @@
+"""Jobs whose rows were edited by hand in psql stay readable through the API's views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from menos.http import schemas
+from menos.queue import repository
+from tests.integration import helpers
+
+
+async def test_a_stage_timing_written_by_hand_does_not_make_the_job_unreadable(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A job whose `stages` holds a timing without `started_at` (or not a list at all) was a
+    500 on GET /api/v1/jobs/{id}, minimal view included; the job reads, the good timings kept."""
+    await helpers.owner(repo)
+    submitted = await repo.enqueue(helpers.note())
+    assert submitted.job_id is not None
+    cases: list[tuple[str, list[str]]] = [
+        (
+            '[{"name": "fetch"}, {"name": "prepare", "started_at": "2026-01-01T00:00:00Z"}]',
+            ["prepare"],
+        ),
+        ('{"name": "fetch"}', []),
+        ('[{"name": "fetch", "started_at": "2026-01-01"}]', []),
+    ]
+    for stages, kept in cases:
+        await pool.execute(
+            "UPDATE menos.pipeline_job SET stages = $2::text::jsonb WHERE job_id = $1",
+            submitted.job_id,
+            stages,
+        )
+        job = await repo.job(submitted.job_id, owner="alice")
+        assert job is not None
+        assert schemas.job_view(job).job_id == submitted.job_id
+        verbose = schemas.job_verbose_view(job, None)
+        assert [stage.name for stage in verbose.stages] == kept
+
+
+async def test_diagnostics_written_by_hand_as_no_object_do_not_make_the_job_unreadable(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """`diagnostics` set to JSON null (the column is NOT NULL, its JSON need not be an object)
+    or a full payload that is a list made the job view a 500; they read as empty."""
+    await helpers.owner(repo)
+    submitted = await repo.enqueue(helpers.note())
+    assert submitted.job_id is not None
+    await pool.execute(
+        "UPDATE menos.pipeline_job SET diagnostics = 'null', full_payload = '[1]',"
+        " data_tier = 'full' WHERE job_id = $1",
+        submitted.job_id,
+    )
+    job = await repo.job(submitted.job_id, owner="alice")
+    assert job is not None
+    verbose = schemas.job_verbose_view(job, None)
+    assert verbose.diagnostics == {}
+    assert verbose.full_payload is None
