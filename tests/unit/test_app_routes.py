@@ -285,3 +285,15 @@ def test_allow_names_head_wherever_get_is_served() -> None:
             allowed = client.request(method, path).headers["allow"]
             assert allowed == "GET, HEAD, OPTIONS", (method, path)
         assert client.delete("/api/v1/ingest").headers["allow"] == "POST, OPTIONS"
+
+
+def test_an_asset_path_the_disk_cannot_look_up_is_a_404() -> None:
+    """A Swagger UI asset path with a NUL, a name too long for the file system or a path
+    through a file answered 500 (no key needed); it is a 404 problem like any missing file."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    with TestClient(api) as client:
+        assert client.get("/schema/swagger-assets/swagger-ui.css").status_code == 200
+        for name in ("a%00b.js", "a" * 300, "swagger-ui.css/x", "nothing.js"):
+            answer = client.get(f"/schema/swagger-assets/{name}")
+            assert answer.status_code == 404, name
+            assert answer.headers["content-type"] == "application/problem+json", name

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from litestar import Response, Router
+from litestar import Request, Response, Router
 from litestar.enums import MediaType
+from litestar.exceptions import NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import (
@@ -47,8 +48,12 @@ async def _not_found_as_problem(response: Response[Any]) -> Response[Any]:
 
 def schema_router(path: str) -> Router:
     """The router Litestar adds the schema and its viewer to, with the viewer's files."""
+    directory = _swagger_ui_files()
     assets = create_static_files_router(
-        SWAGGER_ASSETS, directories=[_swagger_ui_files()], include_in_schema=False
+        SWAGGER_ASSETS,
+        directories=[directory],
+        include_in_schema=False,
+        before_request=_only_files_of(directory),
     )
     return Router(
         path, route_handlers=[assets], include_in_schema=False, after_request=_not_found_as_problem
@@ -56,6 +61,19 @@ def schema_router(path: str) -> Router:
 
 
 SWAGGER_ASSETS = "/swagger-assets"
+
+
+def _only_files_of(directory: Path) -> Any:
+    """A 404 for any asset path other than a file of `directory` (a flat directory), before
+    Litestar looks it up on disk: a NUL in the path, a name over the system's limit or a path
+    through a file (`swagger-ui.css/x`) made the lookup raise, and the API answer 500."""
+    names = frozenset(entry.name for entry in directory.iterdir() if entry.is_file())
+
+    async def check(request: Request[Any, Any, Any]) -> None:
+        if str(request.path_params.get("file_path", "")).lstrip("/") not in names:
+            raise NotFoundException("Not Found")
+
+    return check
 
 
 def swagger_ui(schema_path: str) -> SwaggerRenderPlugin:
