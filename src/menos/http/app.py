@@ -81,7 +81,14 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
     )
     # Around the router, not as route middleware: a path or method no route serves (404, 405)
     # is answered before any route's middleware would run, and must be counted too.
-    api.asgi_handler = http_metrics.middleware(_head_as_get(api.asgi_handler))
+    # Litestar's own OPTIONS answer names the methods of the first handler registered on a
+    # path (a controller registers its handlers one by one): `/api/v1/content` said GET but
+    # not POST. The route table has them all.
+    allowed = {
+        path: b", ".join(sorted(str(method).encode() for method in served))
+        for path, served in api.route_handler_method_map.items()
+    }
+    api.asgi_handler = http_metrics.middleware(_head_as_get(api.asgi_handler, allowed))
     openapi.declare_problem_headers(api.openapi_schema)
     return api
 
@@ -99,7 +106,7 @@ def _state(settings: Settings, http_metrics: metrics.HttpMetrics) -> Any:
     )
 
 
-def _head_as_get(app: ASGIApp) -> ASGIApp:
+def _head_as_get(app: ASGIApp, allowed: dict[str, bytes]) -> ASGIApp:
     """HEAD wherever GET is served (RFC 9110 §9.3.2; load balancers and uptime checks probe
     with it): the GET's status and headers, its content-length included, and no body."""
 
@@ -108,7 +115,7 @@ def _head_as_get(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         if scope["method"] != "HEAD":
-            await app(scope, receive, _allowing_head(send, options=scope["method"] == "OPTIONS"))
+            await app(scope, receive, _allowing_head(send, scope, allowed))
             return
 
         async def headers_only(message: Message) -> None:
@@ -127,14 +134,21 @@ def _head_as_get(app: ASGIApp) -> ASGIApp:
     return serve
 
 
-def _allowing_head(send: Send, *, options: bool) -> Send:
-    """A 405's or OPTIONS answer's Allow header names HEAD where it names GET; the headers of
-    other answers are passed on unread."""
+def _allowing_head(send: Send, scope: Scope, allowed: dict[str, bytes]) -> Send:
+    """A 405's or OPTIONS answer's Allow header names HEAD where it names GET, and an OPTIONS
+    answer's every method of its path (`allowed`, from the route table); the headers of other
+    answers are passed on unread."""
+    options = scope.get("method") == "OPTIONS"
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start" and (options or message["status"] == 405):
-            headers = [_head_allowed(*header) for header in message.get("headers", [])]
-            message = {**message, "headers": headers}
+            headers = message.get("headers", [])
+            handler = scope.get("route_handler")
+            if options and message["status"] == 204 and handler is not None:
+                served = next((allowed[path] for path in handler.paths if path in allowed), None)
+                if served:
+                    headers = [(n, served if n.lower() == b"allow" else v) for n, v in headers]
+            message = {**message, "headers": [_head_allowed(*header) for header in headers]}
         await send(message)
 
     return sending
