@@ -6,7 +6,9 @@ import asyncio
 
 import asyncpg
 import pytest
+import structlog
 from litestar import get, post
+from litestar.exceptions import InternalServerException
 from litestar.testing import create_test_client
 
 from menos import cli, db, errors
@@ -32,6 +34,22 @@ def test_a_recursion_error_without_a_body_is_a_500_not_a_400() -> None:
         nested = client.post("/boom", json={"a": 1})
     assert nested.status_code == 400
     assert nested.json()["errors"] == [{"field": "body", "message": http_errors.NESTED_TOO_DEEPLY}]
+
+
+@get("/failing", sync_to_thread=False)
+def failing() -> None:
+    raise InternalServerException()
+
+
+def test_a_500_of_litestar_s_own_is_logged() -> None:
+    """Litestar's own 500s (its static files' lookups failing) were answered and not logged:
+    an operator never saw them."""
+    with (
+        structlog.testing.capture_logs() as logs,
+        create_test_client([failing], exception_handlers=http_errors.HANDLERS) as client,
+    ):
+        assert client.get("/failing").status_code == 500
+    assert [(e["event"], e["path"]) for e in logs] == [("request_unhandled_error", "/failing")]
 
 
 def test_an_os_error_without_a_message_is_named(

@@ -179,6 +179,10 @@ def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response
             413: "Request body too large",
             415: "Unsupported media type",
         }
+        if status >= 500:  # Litestar's own failure (a static file it could not look up)
+            log.error(
+                "request_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc
+            )
         body_fields = [FieldError(field="body", message=exc.detail)] if status == 400 else []
         detail = exc.detail
         if status == 413:  # "Request Entity Too Large": the limit is what a client needs
