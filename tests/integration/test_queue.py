@@ -1148,8 +1148,7 @@ async def test_migration_0016_mends_the_rows_hand_made_updates_left(
     asked), one left finished without a time is stamped; then the checks hold."""
     await helpers.owner(repo)
     stuck, asked, ended = [(await repo.enqueue(helpers.note())).job_id for _ in range(3)]
-    version, _, migration = db.migrations()[-1]
-    assert version == 16
+    migration = _migration(16)
     await pool.execute(
         "ALTER TABLE menos.pipeline_job DROP CONSTRAINT pipeline_job_processing_holds_lease,"
         " DROP CONSTRAINT pipeline_job_finished_when_finished"
@@ -1176,6 +1175,32 @@ async def test_migration_0016_mends_the_rows_hand_made_updates_left(
         ended: ("failed", None, True),
     }
     assert len(await claim(repo, "w", 1)) == 1
+
+
+async def test_content_tags_hold_no_null_and_migration_0017_drops_those_left(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A NULL tag written in psql made the item and every content page holding it a 500; the
+    database refuses it, and the migration drops the NULLs earlier UPDATEs left."""
+    await helpers.owner(repo)
+    content_id = (await repo.enqueue(helpers.note())).content_id
+    add_null = "UPDATE menos.content SET tags = array_append(tags, NULL) WHERE content_id = $1"
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute(add_null, content_id)
+    await pool.execute("ALTER TABLE menos.content DROP CONSTRAINT content_tags_hold_no_null")
+    await pool.execute(add_null, content_id)
+    await pool.execute(_migration(17))
+    assert await pool.fetchval(
+        "SELECT tags FROM menos.content WHERE content_id = $1", content_id
+    ) == list(helpers.note().tags)
+    page = await repo.list_content(
+        owner="alice", status=None, content_type=None, tag=None, after=None, limit=10
+    )
+    assert [item.content_id for item in page.items] == [content_id]
+
+
+def _migration(version: int) -> str:
+    return next(sql for number, _, sql in db.migrations() if number == version)
 
 
 async def test_clearing_full_payloads_reads_only_jobs_that_have_one(database_url: str) -> None:
