@@ -397,11 +397,7 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
         return 0
 
     async def revoke(repo: repository.Repository) -> int:
-        try:
-            key_id = uuid.UUID(args.key_id)
-        except ValueError:
-            print(f"menos: not a key id: {args.key_id}", file=sys.stderr)
-            return EXIT_USAGE
+        key_id: uuid.UUID = args.key_id
         if not await repo.revoke_key(key_id):
             print(f"menos: no active key {key_id}", file=sys.stderr)
             return EXIT_FAILURE
@@ -423,7 +419,9 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
         return 0
 
     action = {"create": create, "list": listing, "revoke": revoke, "rotate-secret": rotate}
-    with database(conf, create=True) as dsn:
+    # Only a new key is worth a new cluster: listing, revoking or rotating in an empty one
+    # (run from the wrong directory) would only find nothing there, and leave it behind.
+    with database(conf, create=args.keys_command == "create") as dsn:
         _run(_migrate(dsn))
         return _run(_with_repo(dsn, action[args.keys_command]))
 
@@ -740,7 +738,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     kl = _command(ksub, "list", help="list keys (never the keys themselves)")
     kl.add_argument("--owner")
     kr = _command(ksub, "revoke", help="revoke a key by its key_id")
-    kr.add_argument("key_id")
+    kr.add_argument("key_id", type=_key_id)
     ks = _command(ksub, "rotate-secret", help="new webhook secret; the old one signs for 24 h")
     ks.add_argument("--owner", required=True)
 
@@ -1008,6 +1006,15 @@ def _content_target(text: str) -> str:
     except errors.InvalidInput as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
     return text
+
+
+def _key_id(text: str) -> uuid.UUID:
+    """`keys revoke KEY_ID`: checked while parsing, so that a malformed id is refused before
+    the command starts (or creates) a database."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a key id: {text!r}") from None
 
 
 def _callback_url(text: str) -> str:

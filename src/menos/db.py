@@ -135,7 +135,11 @@ def _unavailable(exc: BaseException, timeout: float) -> errors.DatabaseUnavailab
     but does not answer, a dropped route) is a TimeoutError without a message."""
     if isinstance(exc, TimeoutError) and not str(exc):
         return errors.DatabaseUnavailable(f"the database did not answer within {timeout:g} s")
-    return errors.DatabaseUnavailable(str(exc) or type(exc).__name__)
+    # The driver's words alone ("[Errno 111] Connect call failed ('127.0.0.1', 5432)") do not
+    # say what could not be reached.
+    return errors.DatabaseUnavailable(
+        f"cannot connect to the database: {str(exc) or type(exc).__name__}"
+    )
 
 
 # The `application_name` of this process's sessions (`menos worker`, as the command line sets

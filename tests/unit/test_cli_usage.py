@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from menos import cli, settings
@@ -59,3 +62,59 @@ def test_an_api_host_it_cannot_listen_on_names_menos_host(
     err = capsys.readouterr().err
     assert "menos: cannot listen on 192.0.2.1 port 18799 (" in err
     assert "set MENOS_HOST to an address of this machine" in err
+
+
+def test_a_malformed_key_id_is_refused_before_any_database_is_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys revoke` with a malformed id is a usage error (exit 2, its usage shown) and leaves
+    no database behind: run from the wrong directory, it made and migrated a whole cluster
+    there before saying the id was malformed."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MENOS_HOME", str(home))
+    monkeypatch.delenv("MENOS_DATABASE_URL", raising=False)
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["keys", "revoke", "not-a-key-id"])
+    assert ended.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: menos keys revoke "), err
+    assert "key_id: " in err and "not-a-key-id" in err, err
+    assert not home.exists()
+
+
+def test_a_database_that_cannot_be_reached_is_named_as_such(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MENOS_DATABASE_URL at a port nothing listens on: exit 1 with a message that says it
+    is the database that could not be reached, not only the socket error's words."""
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MENOS_DATABASE_URL", f"postgresql://menos:x@127.0.0.1:{port}/menos")
+    assert cli.main(["jobs", "list"]) == cli.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("menos: cannot connect to the database: "), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keys", "list"],
+        ["keys", "revoke", "01a21ce0-c9b7-70bc-8312-8ccb7d8ead6d"],
+        ["keys", "rotate-secret", "--owner", "alice"],
+    ],
+)
+def test_keys_other_than_create_leave_no_database_where_there_was_none(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Listing, revoking or rotating from the wrong directory says no database is there, as
+    `jobs list` does, instead of creating and migrating an empty cluster that has nothing."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MENOS_HOME", str(home))
+    monkeypatch.delenv("MENOS_DATABASE_URL", raising=False)
+    assert cli.main(argv) == cli.EXIT_FAILURE
+    assert f"menos: no embedded database under {home}" in capsys.readouterr().err
+    assert not (home / "pgdata").exists()
