@@ -891,7 +891,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m menos`."""
     if sys.stderr is None:  # started with `2>&-`
         menos_logging.stderr_to_devnull()
-    parser = build_parser()
+    # The bin/ wrappers say how to run this command again (`bin/menos`); `menos` otherwise.
+    parser = build_parser(os.environ.get("MENOS_PROG") or "menos")
     args, unknown = parser.parse_known_args(argv)
     # Reported by the command they were given to, with its usage (argparse would name the
     # top-level command for both).
@@ -957,7 +958,7 @@ def _given_to(
     """The command that unknown arguments were given to: the one whose name they follow
     (`db --force stop` gives `--force` to `db`, which does not know it, not to `db stop`)."""
     owner, start = top, 0
-    for name in deepest.prog.split()[1:]:  # "menos db stop": db, then stop
+    for name in deepest.prog.removeprefix(top.prog).split():  # "menos db stop": db, then stop
         end = given.index(name, start)
         if set(unknown) & set(given[start:end]):
             return owner
