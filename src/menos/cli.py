@@ -727,7 +727,11 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         type=_whole_number(1, settings.MAX_WORKER_SLOTS),
         help="job slots in this process (default MENOS_WORKER_CONCURRENCY)",
     )
-    w.add_argument("--worker-id", help="name shown in jobs and logs (default host:pid:random)")
+    w.add_argument(
+        "--worker-id",
+        type=_nonblank,
+        help="name shown in jobs and logs (default host:pid:random)",
+    )
 
     keys = _command(sub, "keys", help="API keys and webhook secrets")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -777,7 +781,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     ep.add_argument("--format", choices=["jsonl", "csv", "markdown"], default="jsonl")
     ep.add_argument(
         "--out",
-        type=Path,
+        type=_path,
         help="file (jsonl, csv) or directory (markdown); default stdout or ./export",
     )
     ep.add_argument("--content-id", type=uuid.UUID)
@@ -1007,6 +1011,19 @@ def _content_target(text: str) -> str:
     except errors.InvalidInput as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
     return text
+
+
+def _nonblank(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be blank")
+    return text
+
+
+def _path(text: str) -> Path:
+    """A path given on the command line: an empty one would be the current directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
 
 
 def _key_id(text: str) -> uuid.UUID:

@@ -176,7 +176,8 @@ async def follow(repo: repository.Repository, job_id: uuid.UUID, poll_s: float =
                     return EXIT_OK
                 case "failed":
                     bar.write(
-                        f"failed in {job.error_stage}: {job.error_code}: {job.error_message}",
+                        f"menos: job {job_id} failed in {job.error_stage}: {job.error_code}:"
+                        f" {job.error_message}",
                         file=sys.stderr,
                     )
                     return EXIT_FAILED

@@ -84,7 +84,8 @@ def test_reprocess_wait_exit_codes(menos: Menos, llm: fake_llm.FakeLLM) -> None:
     menos.worker(MENOS_ANALYZER="openai", MENOS_LLM_BASE_URL=llm.url, MENOS_LLM_MODEL="error500")
     failed = menos.command("reprocess", first["content_id"], "--force", "--wait")
     assert failed.returncode == 1
-    assert "LLM_CALL_ERROR" in failed.stderr
+    failure = f"menos: job {json.loads(failed.stdout.splitlines()[0])['job_id']} failed in analyze:"
+    assert f"{failure} LLM_CALL_ERROR" in failed.stderr, failed.stderr
     # stderr is no terminal: progress comes as log lines, and nothing but lines
     assert "\r" not in failed.stderr
     progress = [json.loads(line) for line in failed.stderr.splitlines() if "job_progress" in line]

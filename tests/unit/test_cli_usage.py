@@ -25,6 +25,8 @@ from menos import cli, settings
         (["classify", "--limit", "many"], "menos classify", "--limit: not a whole number"),
         (["jobs", "list", "--limit", "0"], "menos jobs list", "--limit: must be from 1 to 1000"),
         (["keys", "list", "--owner", "\udcff"], "menos keys list", "owner: not valid UTF-8"),
+        (["worker", "--worker-id", " "], "menos worker", "--worker-id: must not be blank"),
+        (["export-summaries", "--out", ""], "menos export-summaries", "--out: an empty path"),
         (["reprocess", "01a21bef-da0d"], "menos reprocess", "neither a content id nor a URL"),
         (["reprocess", "not-a-thing"], "menos reprocess", "neither a content id nor a URL"),
         (["reprocess", "ftp://x"], "menos reprocess", "only http and https URLs are accepted"),
