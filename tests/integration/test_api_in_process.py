@@ -571,6 +571,7 @@ async def test_a_400_names_each_invalid_tag(
         ("GET", "/api/v1/jobs?limit=abc", None, "limit", "must be a whole number"),
         ("GET", "/api/v1/jobs/not-a-uuid", None, "job_id", "must be a UUID"),
         ("GET", "/api/v1/jobs?content_id=nope", None, "content_id", "must be a UUID"),
+        ("GET", "/api/v1/content?tag=%20", None, "tag", "must not be blank"),
         ("POST", "/api/v1/ingest", {}, "url", "is required"),
         ("POST", "/api/v1/ingest", {"url": 5}, "url", "must be a string"),
         ("POST", "/api/v1/ingest", {"url": "https://a.example/", "data_tier": "huge"},
@@ -604,3 +605,20 @@ async def test_a_bad_value_is_named_in_the_apis_words(
     assert answer.status_code == 400, answer.text
     assert answer.json()["errors"] == [{"field": field, "message": message}]
     assert answer.json()["detail"] == f"{field}: {message}"
+
+
+async def test_the_tag_filter_is_trimmed_as_tags_are(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """Submitted tags are trimmed; `?tag=%20notes%20` matched nothing, and `?tag=` listed
+    everything (it is a 400 above)."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with (
+        served(pool) as url,
+        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client,
+    ):
+        await client.post("/api/v1/content", json={"text": "# a", "tags": [" notes "]})
+        await client.post("/api/v1/content", json={"text": "# b", "tags": ["other"]})
+        listed = await client.get("/api/v1/content", params={"tag": " notes "})
+    assert listed.status_code == 200, listed.text
+    assert [item["tags"] for item in listed.json()["items"]] == [["notes"]]

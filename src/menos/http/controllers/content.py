@@ -152,7 +152,7 @@ class ContentController(Controller):
             owner=auth.scope(who),
             status=processing_status,
             content_type=content_type,
-            tag=validate.text("tag", tag, max_chars=validate.MAX_TAG),
+            tag=_tag_filter(tag),
             after=pagination.decode(cursor),
             limit=pagination.limit(limit),
         )
@@ -279,6 +279,14 @@ def _is_utf8(charset: str) -> bool:
         return codecs.lookup(charset).name in ("utf-8", "ascii")
     except (LookupError, ValueError):  # ValueError: a name with a NUL (`charset="utf-8\0"`)
         return False
+
+
+def _tag_filter(tag: str | None) -> str | None:
+    """`?tag=`: trimmed as submitted tags are; a blank one is refused, as an empty value of
+    the other filters is, rather than listing everything."""
+    if tag is not None and not tag.strip():
+        raise errors.InvalidInput("tag", "must not be blank")
+    return validate.text("tag", tag and tag.strip(), max_chars=validate.MAX_TAG)
 
 
 def _form_limit(exc: ClientException) -> str:
