@@ -321,6 +321,30 @@ async def test_a_connection_answered_before_its_body_arrived_is_held_no_longer(
                 await writer.wait_closed()
 
 
+async def test_a_request_head_over_its_limit_is_refused_and_its_connection_closed(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """The parser keeps a header it has not seen the end of: one endless header line, sent
+    within the head's deadline, grew the server's memory without bound. A head over
+    HEAD_MAX_BYTES is a 431; one just under it is served."""
+    async with served(pool) as url:
+        address = url.removeprefix("http://").split(":")
+        for size, status in ((serving.HEAD_MAX_BYTES - 1024, b"200"), (1 << 20, b"431")):
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: menos\r\nX-Big: " + b"a" * size)
+            with contextlib.suppress(ConnectionError):
+                writer.write(b"\r\n\r\n")
+                await writer.drain()
+            answer = await asyncio.wait_for(reader.readuntil(b"}"), timeout=10)
+            assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
+            if status == b"431":
+                assert b"the request head is over 65536 bytes" in answer
+                assert await closed_by_server(reader)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
 async def test_a_request_with_two_framings_is_refused_and_its_connection_closed(
     pool: asyncpg.Pool[Any],
 ) -> None:

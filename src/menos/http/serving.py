@@ -4,6 +4,8 @@
   the connection opening or of the previous answer: otherwise a client sending nothing, or a
   header byte now and then, keeps a connection (a file descriptor) forever, and enough of them
   leave none for anyone else.
+- The head of a request may be at most HEAD_MAX_BYTES: the parser keeps a header it has not
+  seen the end of, so a client sending one endless header line fills the memory.
 - The process may open as many files as its hard limit allows, not the 1,024 of most shells.
 - An accept that fails for want of files is logged once in a while, not thousands of times a
   second.
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import http
 import resource
 import signal
 import socket
@@ -37,6 +40,7 @@ from menos.http import errors as http_errors
 log = structlog.get_logger("menos.http")
 
 HEADERS_DEADLINE_S = 10.0
+HEAD_MAX_BYTES = 64 * 1024
 SHUTDOWN_GRACE_S = 5
 _ACCEPT_ERRORS_EVERY_S = 10.0
 
@@ -48,9 +52,28 @@ class HeadersInTime(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._headers_due: asyncio.TimerHandle | None = None
+        self._head_bytes: int | None = None  # bytes read since a head began, until it ends
         self._wait_for_headers()
 
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        super().data_received(data)
+        if self._head_bytes is None or self.transport.is_closing():
+            return
+        # The whole read counts: what came before the head in it too (a pipelined request's
+        # end), a slight overcount.
+        self._head_bytes += len(data)
+        if self._head_bytes > HEAD_MAX_BYTES:
+            detail = f"the request head is over {HEAD_MAX_BYTES} bytes"
+            self._refuse(431, "Request header fields too large", detail)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+
     def on_headers_complete(self) -> None:
+        self._head_bytes = None
         super().on_headers_complete()
         if self._headers_due is not None:
             self._headers_due.cancel()  # the head has arrived
@@ -68,8 +91,12 @@ class HeadersInTime(HttpToolsProtocol):
         and Transfer-Encoding both, a bad request line): problem details, not plain text."""
         reason = sys.exc_info()[1]  # called while uvicorn handles the parser's error
         detail = "not a valid HTTP/1.1 request" + (f": {reason}" if reason else "")
-        body, headers = _problem_parts(400, "Invalid input", detail)
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        self._refuse(400, "Invalid input", detail)
+
+    def _refuse(self, status: int, title: str, detail: str) -> None:
+        """Answer a request the app never saw with a problem, and close the connection."""
+        body, headers = _problem_parts(status, title, detail)
+        head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
         head += [name + b": " + value + b"\r\n" for name, value in headers]
         self.transport.write(b"".join(head) + b"\r\n" + body)
         self.transport.close()
