@@ -106,7 +106,7 @@ def _up_to(maximum: int) -> Callable[[str, str], int]:
 def _dsn(name: str, raw: str) -> str:
     """A PostgreSQL URL as asyncpg takes it (keyword/value strings are not accepted), each of
     its `host:port`s (there may be several, also in the `host` and `port` query options) with a
-    port from 1 to 65535. Other options in the query are left to asyncpg."""
+    port from 1 to 65535, and an `sslmode` libpq knows. Other options are left to asyncpg."""
     dsn = _text(name, raw)
     expected = "expected a postgresql://user:password@host:port/database URL"
     try:
@@ -127,7 +127,15 @@ def _dsn(name: str, raw: str) -> str:
     for digits in ports:
         if digits and not (digits.isascii() and digits.isdigit() and 0 < int(digits) <= 65535):
             raise errors.SettingsError(name, f"{expected}: {digits!r} is not a TCP port")
+    for mode in options.get("sslmode", []):
+        if mode not in _SSLMODES:
+            raise errors.SettingsError(
+                name, f"sslmode must be one of {', '.join(_SSLMODES)}, not {mode!r}"
+            )
     return dsn
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def _port(name: str, raw: str) -> int:

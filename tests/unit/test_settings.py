@@ -36,6 +36,7 @@ from menos import errors, settings
         ("MENOS_DATABASE_URL", "postgresql://u@[::1]:x/menos"),
         ("MENOS_DATABASE_URL", "postgresql:///menos?host=db:abc"),
         ("MENOS_DATABASE_URL", "postgresql://u@db/menos?port=70000"),
+        ("MENOS_DATABASE_URL", "postgresql://u@db/menos?sslmode=bogus"),
         ("MENOS_DATABASE_URL", "postgresql:///menos?host=h1,h2&port=5432,x"),
         ("MENOS_LLM_BASE_URL", "http://[::1"),
         ("MENOS_LLM_BASE_URL", "http://llm:99999/v1"),
