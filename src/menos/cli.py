@@ -736,7 +736,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     keys = _command(sub, "keys", help="API keys and webhook secrets")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     kc = _command(ksub, "create", help="a new key (shown once) and the owner's webhook secret")
-    kc.add_argument("--owner", required=True)
+    kc.add_argument("--owner", required=True, type=_owner_name)
     kc.add_argument("--admin", action="store_true", help="the key sees and acts on everything")
     kc.add_argument("--json", action="store_true", help="print one compact JSON line")
     kl = _command(ksub, "list", help="list keys (never the keys themselves)")
@@ -1024,6 +1024,14 @@ def _path(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
     return Path(text)
+
+
+def _owner_name(text: str) -> str:
+    """`keys create --owner`: checked while parsing, so that a bad name is refused before
+    the command starts (or creates) a database."""
+    if not repository.OWNER_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(repository.OWNER_NAME_RULE)
+    return text
 
 
 def _key_id(text: str) -> uuid.UUID:
