@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import sys
+import uuid
 from typing import Any
 
 import msgspec
@@ -23,13 +24,18 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
     ]
     renderer: structlog.types.Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(
+        console = structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty(),
             # The default (rich's, when installed) prints every frame's local variables: API
             # keys, webhook secrets and the LLM's Authorization header sit in frames that an
             # unexpected error unwinds.
             exception_formatter=structlog.dev.plain_traceback,
         )
+
+        def renderer(logger: Any, name: str, event: structlog.types.EventDict) -> Any:
+            # Values are shown as repr(): an id read `UUID('01a2…')`, also inside a detail.
+            return console(logger, name, {key: _ids_as_text(v) for key, v in event.items()})
+
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     structlog.configure(
@@ -66,6 +72,16 @@ def configure(fmt: str, *, level: int = logging.INFO) -> None:
     pool = logging.getLogger("asyncpg.pool")
     if not any(isinstance(f, _OneLineReconnects) for f in pool.filters):
         pool.addFilter(_OneLineReconnects())
+
+
+def _ids_as_text(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _ids_as_text(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_ids_as_text(v) for v in value]
+    return value
 
 
 def stderr_to_devnull() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import uuid
 
 import pytest
 import structlog
@@ -93,6 +94,23 @@ def test_a_console_traceback_does_not_print_the_secrets_its_frames_hold(
     assert "RuntimeError" in err and "unexpected" in err
     assert secret not in err
     assert key not in err
+
+
+def test_a_console_line_shows_ids_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """Console values are repr()s: an audit line read `subject=UUID('01a2…')`, and so did
+    every id inside its detail."""
+    subject, job_id = uuid.uuid4(), uuid.uuid4()
+    root = logging.getLogger()
+    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    try:
+        menos_logging.configure("console")
+        structlog.get_logger().info("audit", subject=subject, detail={"jobs": [job_id]})
+    finally:
+        root.handlers[:], root.level = handlers, level
+        structlog.configure(**config)
+    err = capsys.readouterr().err
+    assert f"subject={subject}" in err and f"'jobs': ['{job_id}']" in err, err
+    assert "UUID(" not in err
 
 
 def test_the_extractor_does_not_warn_about_each_page_without_text(
