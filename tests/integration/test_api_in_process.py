@@ -321,6 +321,30 @@ async def test_a_connection_answered_before_its_body_arrived_is_held_no_longer(
                 await writer.wait_closed()
 
 
+async def test_a_head_request_keeps_its_connection_usable(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """HEAD is answered as GET without the body; the server, told GET, waited for that body,
+    failed the answer and closed the connection: the next request on it was lost."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with served(pool) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        for path in ("/health", "/api/v1/jobs", "/nowhere"):
+            for method in ("HEAD", "GET"):
+                writer.write(
+                    f"{method} {path} HTTP/1.1\r\nHost: menos\r\n"
+                    f"Authorization: Bearer {key}\r\n\r\n".encode()
+                )
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                assert length > 0, head
+                if method == "GET":  # HEAD: no body follows, the next answer does
+                    await asyncio.wait_for(reader.readexactly(length), timeout=10)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
 async def test_a_request_head_over_its_limit_is_refused_and_its_connection_closed(
     pool: asyncpg.Pool[Any],
 ) -> None:

@@ -119,12 +119,16 @@ def _head_as_get(app: ASGIApp, allowed: dict[str, bytes]) -> ASGIApp:
             return
 
         async def headers_only(message: Message) -> None:
-            if message["type"] == "http.response.body":
+            if message["type"] == "http.response.start":
+                # The HTTP server reads the method from this scope to leave the body out
+                # (httptools' protocol, unlike h11's, has no other record of it): told GET, it
+                # waited for the body, failed the answer and reset the connection.
+                scope["method"] = "HEAD"
+            elif message["type"] == "http.response.body":
                 message = {**message, "body": b""}
             await send(message)
 
-        # In place, so that the route the app matched is seen by the metrics around it; the
-        # HTTP server sends no body for a HEAD request either way.
+        # In place, so that the route the app matched is seen by the metrics around it.
         scope["method"] = "GET"
         try:
             await app(scope, receive, headers_only)
