@@ -670,3 +670,76 @@ async def test_the_tag_filter_is_trimmed_as_tags_are(
         listed = await client.get("/api/v1/content", params={"tag": " notes "})
     assert listed.status_code == 200, listed.text
     assert [item["tags"] for item in listed.json()["items"]] == [["notes"]]
+
+
+async def test_the_bytes_after_a_request_asking_to_upgrade_are_still_http(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """The parser stops at the end of a request with `Connection: Upgrade` and the rest of
+    its read was dropped: a request pipelined after it went unanswered, and a body arriving
+    in the next read was taken for a request (here a GET answered 200 with alice's jobs)."""
+    key = (await repo.create_key("alice", "user")).api_key
+    inner = b"GET /api/v1/jobs HTTP/1.1\r\nHost: menos\r\nAuthorization: Bearer " + key.encode()
+    inner += b"\r\n\r\n"
+    upgrade = b"GET /health HTTP/1.1\r\nHost: menos\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n"
+    post = b"POST /health HTTP/1.1\r\nHost: menos\r\nContent-Length: %d\r\n\r\n" % len(inner)
+    async with served(pool) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(upgrade + post)
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the body in a read of its own
+        writer.write(inner)
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"}"), timeout=10)
+        second = await asyncio.wait_for(reader.readuntil(b"}"), timeout=10)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert first.startswith(b"HTTP/1.1 200 "), first
+    assert second.startswith(b"HTTP/1.1 405 "), second  # POST /health, its body unread
+
+
+async def test_a_head_over_its_limit_is_refused_even_when_its_last_read_ends_it(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """The head's bytes were counted after each read unless that read ended the head: two
+    pieces of 60 KiB (a 120 KiB head, 30,000 headers) were served."""
+    async with served(pool) as url:
+        address = url.removeprefix("http://").split(":")
+        for header in (b"X-Big: " + b"a" * 60_000 + b"\r\n", b"a:\r\n" * 15_000):
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: menos\r\n" + header)
+            await writer.drain()
+            await asyncio.sleep(0.3)  # read by the server: the next piece ends the head
+            with contextlib.suppress(ConnectionError):
+                writer.write(header + b"\r\n")
+                await writer.drain()
+            answer = await asyncio.wait_for(reader.readuntil(b"}"), timeout=10)
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+            assert b"the request head is over 65536 bytes" in answer
+            assert await closed_by_server(reader)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_a_refused_pipelined_request_does_not_overtake_the_answer_before_it(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """httptools parses a pipelined request before the one ahead of it is answered: its 400
+    was written first and the connection closed, so the valid request's answer was lost and
+    the client read the 400 as that request's."""
+    async with served(pool) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(
+            b"GET /health HTTP/1.1\r\nHost: menos\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: menos\r\nX-Bad: a\x00b\r\n\r\n"
+        )
+        await writer.drain()
+        answers = await asyncio.wait_for(reader.read(), timeout=10)  # to the server's close
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert answers.startswith(b"HTTP/1.1 200 "), answers
+    assert b"}HTTP/1.1 400 " in answers, answers  # after the 200's body
+    assert b"Invalid header value char" in answers

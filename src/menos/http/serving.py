@@ -45,6 +45,10 @@ SHUTDOWN_GRACE_S = 5
 _ACCEPT_ERRORS_EVERY_S = 10.0
 
 
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: the head just parsed is over HEAD_MAX_BYTES."""
+
+
 class HeadersInTime(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol (httptools' C parser), closing a connection whose next
     request's head has not arrived within HEADERS_DEADLINE_S."""
@@ -53,11 +57,30 @@ class HeadersInTime(HttpToolsProtocol):
         super().connection_made(transport)
         self._headers_due: asyncio.TimerHandle | None = None
         self._head_bytes: int | None = None  # bytes read since a head began, until it ends
+        self._read = self._after_upgrade = b""
+        self._refusal: bytes | None = None  # due once the requests before it are answered
         self._wait_for_headers()
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
-            return
+        while data:
+            if self.transport.is_closing() or self._refusal is not None:
+                return
+            self._read, self._after_upgrade = data, b""
+            self._parse(data)
+            # What followed a request asking to switch protocols (answered as HTTP/1.1):
+            # the parser stopped there, and the rest of the read is the next request's.
+            data = self._after_upgrade
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """A request asking to switch protocols (`Upgrade: h2c`, a WebSocket): none is served,
+        it was answered as HTTP/1.1. The parser stops reading at its end, and the rest of
+        the read (a pipelined request, a POST's body) was dropped: the next read's bytes,
+        a body included, were then taken for a request."""
+        upgrade = sys.exc_info()[1]  # called while uvicorn handles HttpParserUpgrade
+        offset = upgrade.args[0] if upgrade is not None else len(self._read)
+        self._after_upgrade = self._read[offset:]
+
+    def _parse(self, data: bytes) -> None:
         super().data_received(data)
         if self._head_bytes is None or self.transport.is_closing():
             return
@@ -73,6 +96,12 @@ class HeadersInTime(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
+        # The count in data_received sees only the reads before the one ending the head: a
+        # head sent as 60 KiB then 60 KiB, or all at once, was served. Its parsed size is
+        # checked here too (raising stops the parser; send_400_response answers).
+        parsed = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if parsed > HEAD_MAX_BYTES:
+            raise _HeadTooLarge
         self._head_bytes = None
         super().on_headers_complete()
         if self._headers_due is not None:
@@ -85,11 +114,17 @@ class HeadersInTime(HttpToolsProtocol):
         # given before reading it: 401, 413): that body, then the next head, are due in time.
         if not self._answering():
             self._wait_for_headers()
+        if self._refusal is not None and not self._answering() and not self.pipeline:
+            self._send_refusal()
 
     def send_400_response(self, msg: str) -> None:
         """A request the parser refused (a control character in a header, Content-Length
         and Transfer-Encoding both, a bad request line): problem details, not plain text."""
         reason = sys.exc_info()[1]  # called while uvicorn handles the parser's error
+        if reason is not None and isinstance(reason.__context__, _HeadTooLarge):
+            detail = f"the request head is over {HEAD_MAX_BYTES} bytes"
+            self._refuse(431, "Request header fields too large", detail)
+            return
         detail = "not a valid HTTP/1.1 request" + (f": {reason}" if reason else "")
         self._refuse(400, "Invalid input", detail)
 
@@ -98,8 +133,18 @@ class HeadersInTime(HttpToolsProtocol):
         body, headers = _problem_parts(status, title, detail)
         head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
         head += [name + b": " + value + b"\r\n" for name, value in headers]
-        self.transport.write(b"".join(head) + b"\r\n" + body)
-        self.transport.close()
+        self._refusal = b"".join(head) + b"\r\n" + body
+        # httptools parses ahead of the answers: the refusal of a pipelined request must not
+        # overtake (and, closing the connection, drop) the answers of the requests before it.
+        if self._answering() or self.pipeline:
+            self.flow.pause_reading()
+            return
+        self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        if self._refusal is not None and not self.transport.is_closing():
+            self.transport.write(self._refusal)
+            self.transport.close()
 
     def _answering(self) -> bool:
         """Whether a request's head has arrived and its answer is not complete yet."""
