@@ -1180,23 +1180,27 @@ async def test_migration_0016_mends_the_rows_hand_made_updates_left(
 async def test_content_tags_hold_no_null_and_migration_0017_drops_those_left(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
-    """A NULL tag written in psql made the item and every content page holding it a 500; the
-    database refuses it, and the migration drops the NULLs earlier UPDATEs left."""
+    """A NULL tag or a second dimension written in psql made the item and every content page
+    holding it a 500; the database refuses both, and the migration mends what UPDATEs left."""
     await helpers.owner(repo)
     content_id = (await repo.enqueue(helpers.note())).content_id
+    other_id = (await repo.enqueue(helpers.note(body="# Other"))).content_id
     add_null = "UPDATE menos.content SET tags = array_append(tags, NULL) WHERE content_id = $1"
-    with pytest.raises(asyncpg.CheckViolationError):
-        await pool.execute(add_null, content_id)
+    two_dimensions = "UPDATE menos.content SET tags = '{{a,NULL},{c,d}}' WHERE content_id = $1"
+    for edit in (add_null, two_dimensions):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await pool.execute(edit, content_id)
     await pool.execute("ALTER TABLE menos.content DROP CONSTRAINT content_tags_hold_no_null")
     await pool.execute(add_null, content_id)
+    await pool.execute(two_dimensions, other_id)
     await pool.execute(_migration(17))
-    assert await pool.fetchval(
-        "SELECT tags FROM menos.content WHERE content_id = $1", content_id
-    ) == list(helpers.note().tags)
+    tags = "SELECT tags FROM menos.content WHERE content_id = $1"
+    assert await pool.fetchval(tags, content_id) == list(helpers.note().tags)
+    assert await pool.fetchval(tags, other_id) == ["a", "c", "d"]
     page = await repo.list_content(
         owner="alice", status=None, content_type=None, tag=None, after=None, limit=10
     )
-    assert [item.content_id for item in page.items] == [content_id]
+    assert {item.content_id for item in page.items} == {content_id, other_id}
 
 
 def _migration(version: int) -> str:
