@@ -743,3 +743,18 @@ async def test_a_refused_pipelined_request_does_not_overtake_the_answer_before_i
     assert answers.startswith(b"HTTP/1.1 200 "), answers
     assert b"}HTTP/1.1 400 " in answers, answers  # after the 200's body
     assert b"Invalid header value char" in answers
+
+
+async def test_a_request_target_uvicorn_cannot_read_is_named(pool: asyncpg.Pool[Any]) -> None:
+    """`CONNECT host:port` failed in uvicorn's own callback: the detail said only "User
+    callback error"; it gives the callback's error."""
+    async with served(pool) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(b"CONNECT menos:443 HTTP/1.1\r\nHost: menos\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # to the server's close
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"not a valid HTTP/1.1 request: invalid url" in answer, answer

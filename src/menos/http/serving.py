@@ -125,11 +125,14 @@ class HeadersInTime(HttpToolsProtocol):
             detail = f"the request head is over {HEAD_MAX_BYTES} bytes"
             self._refuse(431, "Request header fields too large", detail)
             return
+        if reason is not None and reason.__context__ is not None:
+            reason = reason.__context__  # an error in uvicorn's callback ("CONNECT host:port")
         detail = "not a valid HTTP/1.1 request" + (f": {reason}" if reason else "")
         self._refuse(400, "Invalid input", detail)
 
     def _refuse(self, status: int, title: str, detail: str) -> None:
         """Answer a request the app never saw with a problem, and close the connection."""
+        log.info("request_refused", status=status, detail=detail)
         body, headers = _problem_parts(status, title, detail)
         head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
         head += [name + b": " + value + b"\r\n" for name, value in headers]
