@@ -51,7 +51,9 @@ class _HeadTooLarge(Exception):
 
 class HeadersInTime(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol (httptools' C parser), closing a connection whose next
-    request's head has not arrived within HEADERS_DEADLINE_S."""
+    request's head has not arrived within HEADERS_DEADLINE_S or is over HEAD_MAX_BYTES,
+    answering what the parser refuses with a problem once the answers before it are out, and
+    reading on as HTTP after a request asking to switch protocols."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
