@@ -90,15 +90,14 @@ class HeadersInTime(HttpToolsProtocol):
         # end), a slight overcount.
         self._head_bytes += len(data)
         if self._head_bytes > HEAD_MAX_BYTES:
-            detail = f"the request head is over {HEAD_MAX_BYTES} bytes"
-            self._refuse(431, "Request header fields too large", detail)
+            self._refuse_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
-        # The count in data_received sees only the reads before the one ending the head: a
+        # The count in _parse sees only the reads before the one ending the head: a
         # head sent as 60 KiB then 60 KiB, or all at once, was served. Its parsed size is
         # checked here too (raising stops the parser; send_400_response answers).
         parsed = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -124,13 +123,16 @@ class HeadersInTime(HttpToolsProtocol):
         and Transfer-Encoding both, a bad request line): problem details, not plain text."""
         reason = sys.exc_info()[1]  # called while uvicorn handles the parser's error
         if reason is not None and isinstance(reason.__context__, _HeadTooLarge):
-            detail = f"the request head is over {HEAD_MAX_BYTES} bytes"
-            self._refuse(431, "Request header fields too large", detail)
+            self._refuse_head()
             return
         if reason is not None and reason.__context__ is not None:
             reason = reason.__context__  # an error in uvicorn's callback ("CONNECT host:port")
         detail = "not a valid HTTP/1.1 request" + (f": {reason}" if reason else "")
         self._refuse(400, "Invalid input", detail)
+
+    def _refuse_head(self) -> None:
+        detail = f"the request head is over {HEAD_MAX_BYTES} bytes"
+        self._refuse(431, "Request header fields too large", detail)
 
     def _refuse(self, status: int, title: str, detail: str) -> None:
         """Answer a request the app never saw with a problem, and close the connection."""
