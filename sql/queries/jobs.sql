@@ -330,7 +330,7 @@ SELECT job_id, content_id, owner, resource_key, status, priority, attempts, work
  LIMIT $6;
 
 -- name: list_content
--- A page of content visible to the caller, newest first, after the cursor (created_at, content_id), without its body and result: the list shows neither, and bodies run to megabytes.
+-- A page of content visible to the caller, newest first, after the cursor (created_at, content_id), without its body and result: the list shows neither, and bodies run to megabytes. A tag filter matches a submitter tag as given ($4) or a result tag in its normalized form ($8: null when the filter has none).
 SELECT content_id, owner, content_type, resource_key, source_url, title, tags,
        NULL::text AS body, source_metadata, processing_status, processed_at, pipeline_version,
        NULL::jsonb AS result, latest_job_id, created_at, updated_at
@@ -338,7 +338,7 @@ SELECT content_id, owner, content_type, resource_key, source_url, title, tags,
  WHERE ($1::text IS NULL OR owner = $1)
    AND ($2::text IS NULL OR processing_status = $2)
    AND ($3::text IS NULL OR content_type = $3)
-   AND ($4::text IS NULL OR tags @> ARRAY[$4::text] OR coalesce(result -> 'tags', '[]') ? $4)
+   AND ($4::text IS NULL OR tags @> ARRAY[$4::text] OR coalesce(result -> 'tags', '[]') ? $8::text)
    AND ($5::timestamptz IS NULL OR (created_at, content_id) < ($5, $6::uuid))
  ORDER BY created_at DESC, content_id DESC
  LIMIT $7;

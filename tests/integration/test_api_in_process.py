@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -758,3 +759,29 @@ async def test_a_request_target_uvicorn_cannot_read_is_named(pool: asyncpg.Pool[
             await writer.wait_closed()
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b"not a valid HTTP/1.1 request: invalid url" in answer, answer
+
+
+async def test_the_tag_filter_finds_result_tags_as_they_are_written(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """Result tags are kept lower-case with `-` for spaces: `?tag=Machine Learning` found
+    nothing tagged `machine-learning` by the analysis, though a submitter's `Music` is found
+    as written."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with (
+        served(pool) as url,
+        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client,
+    ):
+        analyzed = (await client.post("/api/v1/content", json={"text": "# a"})).json()
+        await client.post("/api/v1/content", json={"text": "# b", "tags": ["Music"]})
+        await pool.execute(
+            'UPDATE menos.content SET result = \'{"tags": ["machine-learning"]}\''
+            " WHERE content_id = $1",
+            uuid.UUID(analyzed["content_id"]),
+        )
+        by_result = await client.get("/api/v1/content", params={"tag": "Machine Learning"})
+        by_submitter = await client.get("/api/v1/content", params={"tag": "Music"})
+        by_other_case = await client.get("/api/v1/content", params={"tag": "music"})
+    assert [i["content_id"] for i in by_result.json()["items"]] == [analyzed["content_id"]]
+    assert [i["tags"] for i in by_submitter.json()["items"]] == [["Music"]]
+    assert by_other_case.json()["items"] == []  # a submitter's tag is matched as written

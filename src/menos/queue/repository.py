@@ -850,11 +850,20 @@ class Repository(_Store):
         tag: str | None,
         after: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
+        result_tag: str | None = None,
     ) -> Page[models.Content]:
         """Content newest first, strictly after the `after` key (keyset pagination), without
-        bodies and results (null)."""
+        bodies and results (null). `tag` matches a submitter tag as it is; `result_tag` (the
+        filter in the form result tags are kept in) matches one of the result's tags."""
         rows = await self._fetch_planned(
-            "list_content", owner, status, content_type, tag, *(after or (None, None)), limit + 1
+            "list_content",
+            owner,
+            status,
+            content_type,
+            tag,
+            *(after or (None, None)),
+            limit + 1,
+            result_tag,
         )
         items = [_row(r, models.Content) for r in rows[:limit]]
         last = (items[-1].created_at, items[-1].content_id) if len(rows) > limit else None

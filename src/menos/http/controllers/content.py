@@ -17,6 +17,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from menos import errors, markdown, versions
 from menos.http import auth, openapi, pagination, schemas, validate
 from menos.http import errors as http_errors
+from menos.pipeline import result
 from menos.queue import models, repository
 from menos.settings import Settings
 
@@ -148,13 +149,16 @@ class ContentController(Controller):
                 "content_type", "must be one of " + ", ".join(models.CONTENT_TYPES)
             )
         repo: repository.Repository = request.app.state.repo
+        wanted = _tag_filter(tag)
         page = await repo.list_content(
             owner=auth.scope(who),
             status=processing_status,
             content_type=content_type,
-            tag=_tag_filter(tag),
+            tag=wanted,
             after=pagination.decode(cursor),
             limit=pagination.limit(limit),
+            # result tags are normalized (`Machine Learning` is `machine-learning`)
+            result_tag=wanted and result.normalize_tag(wanted),
         )
         return pagination.PageView(
             items=[schemas.content_item(item) for item in page.items],
