@@ -164,10 +164,12 @@ async def test_a_well_formed_public_callback_url_is_kept() -> None:
         (b'{"text": "a \\udc00 b"}', "surrogate"),
         (b'{"text": "cut', "truncated"),
         (b'{"text": "x"', "truncated"),
+        (b'\xef\xbb\xbf{"text": "x"}', "starts with a byte order mark"),
     ],
 )
 def test_a_json_body_is_told_what_is_wrong_with_it(body: bytes, problem: str) -> None:
-    """msgspec calls an unpaired high surrogate escape "truncated" input: it is named."""
+    """msgspec calls an unpaired high surrogate escape "truncated" input, and a body after a
+    byte order mark "invalid character (byte 0)": both are named."""
     with pytest.raises(errors.InvalidInput) as refused:
         schemas.decode(body, schemas.ContentText)
     assert refused.value.field == "body"

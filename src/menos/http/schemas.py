@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import datetime as dt
 import json
 import re
@@ -247,7 +248,10 @@ class JSONRequest(Request[Any, Any, Any]):
 def _decode_problem(body: bytes, exc: msgspec.DecodeError) -> str:
     """What is wrong with a body msgspec could not decode, in its words, except that it calls
     an unpaired high surrogate escape (`"\\ud800"`) truncated input: Python's parser reads
-    such a body whole, so that is what it holds."""
+    such a body whole, so that is what it holds; and a byte order mark (which some editors and
+    shells write) an invalid character at byte 0."""
+    if body.startswith(codecs.BOM_UTF8):
+        return "it starts with a byte order mark; send UTF-8 without one"
     if "truncated" in str(exc):
         try:
             json.loads(body)
