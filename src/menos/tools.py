@@ -294,9 +294,9 @@ def _record(content: models.Content) -> dict[str, Any]:
 
 
 def slug(text: str, limit: int = 60) -> str:
-    """A safe file-name stem: ASCII letters, digits and dashes only."""
+    """A safe file-name stem: ASCII letters, digits and dashes only ("" when none are left)."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return _SLUG.sub("-", ascii_text.lower()).strip("-")[:limit].strip("-") or "untitled"
+    return _SLUG.sub("-", ascii_text.lower()).strip("-")[:limit].strip("-")
 
 
 # libyaml's writer (PyYAML's C extension) where it is built: 60 against 280 µs an item, most
@@ -440,7 +440,8 @@ async def export(
             count += 1
             # The id's last 12 hex digits are random (its first ones are a timestamp); two
             # items whose titles and random digits meet get the whole id.
-            name = slug(content.title or content.resource_key)
+            # A title without ASCII letters or digits (日本語) is named by its resource key.
+            name = slug(content.title or "") or slug(content.resource_key)
             stem = f"{name}-{content.content_id.hex[-12:]}"
             if stem in written:
                 stem = f"{name}-{content.content_id.hex}"

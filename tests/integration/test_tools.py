@@ -274,3 +274,22 @@ async def test_waiting_for_a_job_rides_out_a_database_outage(
         "wait_database_unavailable",
     ]
     assert any(e["event"] == "wait_database_available" for e in logs)
+
+
+async def test_a_markdown_export_names_a_title_without_ascii_by_its_resource_key(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], tmp_path: Path
+) -> None:
+    """docs/cli.md names each file by the slug of the title or resource key: a title in
+    another script (日本語) leaves no ASCII to slug, so the resource key names it."""
+    await helpers.owner(repo)
+    await pool.execute(
+        "INSERT INTO menos.content (content_id, owner, content_type, resource_key,"
+        " pipeline_version, processing_status, title, body, result)"
+        " VALUES ('00000000-0000-7000-8000-00000000beef', 'alice', 'web', 'url:AbC_d-E',"
+        " '0.1.0', 'completed', '日本語', 'b', '{\"summary\": \"s\"}')"
+    )
+    out = io.StringIO()
+    await tools.export(repo, owner=None, fmt="markdown", out=tmp_path, content_id=None, stdout=out)
+    assert [Path(line).name for line in out.getvalue().splitlines()] == [
+        "url-abc-d-e-00000000beef.md"
+    ]
