@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 import structlog
+import tqdm
 
 from menos import errors
 
@@ -104,11 +105,16 @@ class _StderrLogger(structlog.PrintLogger):
     the reader of its pipe gone: EPIPE) is dropped with the ones after it, instead of raising
     in the code that logs: a service stopped by the SIGHUP of its closed terminal still gives
     its jobs back. A line refused for a while (a full disk: ENOSPC) is dropped alone: the
-    lines after it are written once the disk has room again."""
+    lines after it are written once the disk has room again. A progress bar drawn on the same
+    terminal (`bin/reprocess --wait`, `bin/classify`) is cleared for the line and drawn again
+    below it, rather than the line continuing the bar's."""
 
     def msg(self, message: str) -> None:
         try:
-            super().msg(message)
+            # nolock: tqdm's lock is a multiprocessing one, made on first use; the bars are
+            # drawn from this thread only.
+            with tqdm.tqdm.external_write_mode(file=self._file, nolock=True):
+                super().msg(message)
         except OSError as exc:
             if exc.errno in _GONE:
                 stderr_to_devnull()

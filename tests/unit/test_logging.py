@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import uuid
 
 import pytest
 import structlog
+import tqdm
 
 from menos import logging as menos_logging
 
@@ -177,3 +179,21 @@ def test_a_line_stderr_no_longer_takes_sends_the_rest_to_devnull(
     file.write = lambda text: (_ for _ in ()).throw(OSError(code, "gone"))  # type: ignore[method-assign]
     menos_logging._StderrLogger(file).info("lost")  # type: ignore[arg-type]
     assert gone == [True]
+
+
+def test_a_line_logged_under_a_progress_bar_starts_a_line_of_its_own() -> None:
+    """`bin/classify` on a terminal: its audit lines were written after the bar's text on
+    the bar's line (`classify: 3item [00:00, …]2026-… [info] audit…`)."""
+    terminal = io.StringIO()
+    bar = tqdm.tqdm(desc="classify", unit="item", file=terminal, mininterval=0)
+    try:
+        bar.update(3)
+        menos_logging._StderrLogger(terminal).info("audit line")  # type: ignore[arg-type]
+        bar.update(1)
+    finally:
+        bar.close()
+    drawn = terminal.getvalue()
+    before, after = drawn.split("audit line\n")
+    assert before.endswith("\r"), repr(before)  # the bar's line was cleared first
+    assert "classify: 3item" in before, repr(drawn)
+    assert after.startswith("\rclassify: 3item"), repr(drawn)  # and drawn again below it
