@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import json
+import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -1386,6 +1389,53 @@ async def test_one_owners_black_hole_receivers_do_not_hold_every_slot(
     assert "alice" in arrivals
     # in the first round of 4 slots: mallory's oldest event, alice's, then two more of mallory's
     assert arrivals.index("alice") < config.batch_size
+
+
+class SilentDNS:
+    """`socket.getaddrinfo` for the tests' names: `fast.example` is 192.0.2.7 at once, any
+    other name answers only once `release` is set (its DNS server went silent)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self, host: str, port: int, *args: object, **kwargs: object) -> list[Any]:
+        if host != "fast.example":
+            self.release.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", port))]
+
+
+async def test_one_owners_silent_dns_does_not_fail_another_owners_deliveries(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lookups of a name whose DNS never answers (they outlive their attempts) leave no
+    other delivery waiting for a lookup thread: another owner's healthy receiver gets its
+    event on the first attempt."""
+    resolver = SilentDNS()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    threads = concurrent.futures.ThreadPoolExecutor(max_workers=2)  # as on a small machine
+    asyncio.get_running_loop().set_default_executor(threads)
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200)
+
+    await make_events(repo, 4, url="http://silent.example/hook", owner="mallory")
+    await make_events(repo, 1, url="http://fast.example/hook", owner="alice")
+    config = dispatcher_config(timeout_s=1.0)
+    client = dispatcher.http_client(config, allow_private=True, network=HandlerNetwork(ok))
+    try:
+        await dispatcher.Dispatcher(config, outbox, client, dsn=database_url).run_once()
+    finally:
+        resolver.release.set()
+        await client.aclose()
+        threads.shutdown(wait=False)
+    found = await pool.fetch("SELECT owner, status, last_error FROM menos.callback_outbox")
+    states = {(r["owner"], r["status"], r["last_error"]) for r in found}
+    assert states == {("alice", "delivered", None), ("mallory", "pending", "no answer within 1 s")}
 
 
 @contextlib.asynccontextmanager

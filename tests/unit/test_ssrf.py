@@ -289,7 +289,7 @@ class _Refusing(HandlerNetwork):
 
 
 def _resolving_to(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> None:
-    async def resolve(host: str, port: int, field: str) -> list[ssrf.IPAddress]:
+    async def resolve(host: str, port: int, field: str, **_: bool) -> list[ssrf.IPAddress]:
         return [ipaddress.ip_address(address) for address in addresses]
 
     monkeypatch.setattr(ssrf, "_resolve", resolve)

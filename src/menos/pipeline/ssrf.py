@@ -17,6 +17,7 @@ import msgspec
 from httpcore._utils import is_socket_readable
 
 from menos import errors
+from menos.pipeline import threads
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -162,10 +163,13 @@ async def checked_address(host: str, port: int, *, allow_private: bool, field: s
     return (await checked_addresses(host, port, allow_private=allow_private, field=field))[0]
 
 
-async def checked_addresses(host: str, port: int, *, allow_private: bool, field: str) -> list[str]:
+async def checked_addresses(
+    host: str, port: int, *, allow_private: bool, field: str, own_thread: bool = False
+) -> list[str]:
     """The addresses to connect to for `host`, in resolver order, once every one of them has
-    passed the SSRF rule (unless `allow_private`); InvalidInput naming `field`."""
-    addresses = await _resolve(host, port, field)
+    passed the SSRF rule (unless `allow_private`); InvalidInput naming `field`. `own_thread`:
+    look the name up in a daemon thread of its own rather than the executor's bounded pool."""
+    addresses = await _resolve(host, port, field, own_thread=own_thread)
     if not allow_private and not all(is_public_address(address) for address in addresses):
         # Not which address: the message reaches the submitter, who would learn the private
         # addresses of the names inside the network one request at a time.
@@ -173,7 +177,7 @@ async def checked_addresses(host: str, port: int, *, allow_private: bool, field:
     return [str(address) for address in addresses]
 
 
-async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
+async def _resolve(host: str, port: int, field: str, *, own_thread: bool) -> list[IPAddress]:
     """IP literals as they are, names through the system resolver, in resolver order (a
     name's root dot dropped, as the check at submission drops it: resolvers differ on it)."""
     host = host.rstrip(".") or host
@@ -192,7 +196,7 @@ async def _resolve(host: str, port: int, field: str) -> list[IPAddress]:
         loop.call_soon_threadsafe(start)
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
-    found = loop.run_in_executor(None, lookup)
+    found = threads.in_daemon_thread(lookup) if own_thread else loop.run_in_executor(None, lookup)
     try:
         waits: list[asyncio.Future[Any]] = [found, began]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -264,9 +268,12 @@ class _PinnedNetwork(httpcore.AsyncNetworkBackend):
     """Opens TCP connections only to checked addresses: each new connection resolves its host
     once, applies the SSRF rule and connects to exactly the address it checked."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend, *, allow_private: bool) -> None:
+    def __init__(
+        self, inner: httpcore.AsyncNetworkBackend, *, allow_private: bool, own_threads: bool
+    ) -> None:
         self._inner = inner
         self._allow_private = allow_private
+        self._own_threads = own_threads
 
     async def connect_tcp(
         self,
@@ -280,7 +287,7 @@ class _PinnedNetwork(httpcore.AsyncNetworkBackend):
         host with an IPv6 address on a machine without an IPv6 route is reached over IPv4);
         InvalidInput("url", …) when refused, the last address's error when none accepts."""
         addresses = await checked_addresses(
-            host, port, allow_private=self._allow_private, field="url"
+            host, port, allow_private=self._allow_private, field="url", own_thread=self._own_threads
         )
         options = list(socket_options or ())  # read once per attempt
         for address in addresses[:-1]:
@@ -333,6 +340,10 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
     `errors.InvalidInput("url", …)`; callers translate it.
 
     `verify` is httpx's; `network` is the backend under the check (a test's fake network).
+    `own_lookup_threads`: each lookup runs in a daemon thread of its own, for a client whose
+    requests in flight are bounded (the dispatcher's slots): a name whose DNS never answers
+    then holds only its own thread, not one of the executor's few that every other request's
+    lookup waits for within its time limit.
     """
 
     def __init__(
@@ -341,6 +352,7 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
         allow_private: bool,
         verify: ssl.SSLContext | bool = True,
         network: httpcore.AsyncNetworkBackend | None = None,
+        own_lookup_threads: bool = False,
     ) -> None:
         tls = httpx.create_ssl_context(verify=verify)
         super().__init__(verify=tls)
@@ -354,6 +366,7 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
             network_backend=_PinnedNetwork(
                 network if network is not None else httpcore.AnyIOBackend(),
                 allow_private=allow_private,
+                own_threads=own_lookup_threads,
             ),
         )
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Literal
 
+import httpcore
 import httpx
 import msgspec
 import structlog
@@ -552,6 +553,26 @@ def config_from(settings: Settings) -> DispatcherConfig:
     )
 
 
+def http_client(
+    config: DispatcherConfig,
+    *,
+    allow_private: bool,
+    network: httpcore.AsyncNetworkBackend | None = None,
+) -> httpx.AsyncClient:
+    """The client every delivery of one dispatcher goes through (`network`: a test's)."""
+    return httpx.AsyncClient(
+        # A receiver's silent DNS must not hold a lookup thread other deliveries wait for.
+        transport=ssrf.PinnedTransport(
+            allow_private=allow_private, network=network, own_lookup_threads=True
+        ),
+        follow_redirects=False,
+        timeout=config.timeout_s,
+        trust_env=False,  # no proxy or .netrc credentials on callbacks
+        cookies=ssrf.no_cookies(),
+        headers={"user-agent": f"menos/{config.app_version}"},
+    )
+
+
 async def serve(settings: Settings, dsn: str, stop: asyncio.Event, hurry: asyncio.Event) -> None:
     """Run one dispatcher on `dsn` until `stop` is set (`hurry`: cut deliveries in flight
     short): the body of `bin/dispatcher`.
@@ -562,14 +583,7 @@ async def serve(settings: Settings, dsn: str, stop: asyncio.Event, hurry: asynci
     queries = db.Queries()
     process_id = f"dispatcher:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     pool = await db.create_pool(dsn, min_size=1, max_size=max(4, config.batch_size // 4))
-    client = httpx.AsyncClient(
-        transport=ssrf.PinnedTransport(allow_private=settings.callback_allow_private),
-        follow_redirects=False,
-        timeout=config.timeout_s,
-        trust_env=False,  # no proxy or .netrc credentials on callbacks
-        cookies=ssrf.no_cookies(),
-        headers={"user-agent": f"menos/{config.app_version}"},
-    )
+    client = http_client(config, allow_private=settings.callback_allow_private)
     try:
         repo = repository.OutboxRepository(pool, queries)
         await stopping.run_until_stopped(
