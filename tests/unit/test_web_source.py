@@ -249,6 +249,33 @@ async def test_latin_1_and_ascii_labels_mean_windows_1252(charset: str) -> None:
     assert page.body == "“Prix” 5 € — café"
 
 
+@pytest.mark.parametrize("in_meta", [False, True], ids=["header", "meta"])
+@pytest.mark.parametrize(
+    ("charset", "codec", "text"),
+    [
+        ("gb2312", "gbk", "朱镕基总理"),
+        ("Shift_JIS", "cp932", "①髙橋さん"),
+        ("windows-31j", "cp932", "①髙橋さん"),
+        ("euc-kr", "cp949", "똠방각하"),
+        ("big5", "big5hkscs", "冇問題㗎"),
+        ("iso-8859-9", "cp1254", "“Türkçe” €"),
+        ("tis-620", "cp874", "“ภาษาไทย”"),
+    ],
+)
+async def test_legacy_labels_are_read_as_browsers_read_them(
+    charset: str, codec: str, text: str, in_meta: bool
+) -> None:
+    """A page labelled gb2312, Shift_JIS, euc-kr, … reads as in a browser, which decodes
+    those labels as their supersets (GBK, Windows' code pages): no U+FFFD in the text."""
+    body = f"<p>{text}</p>".encode(codec)
+    if in_meta:
+        body = f'<meta charset="{charset}">'.encode() + body
+    content_type = "text/html" if in_meta else f"text/html; charset={charset}"
+    async with _client(lambda request: _html(body, content_type)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == text
+
+
 async def test_a_utf_8_page_with_a_stray_byte_stays_utf_8() -> None:
     """One invalid byte in an undeclared UTF-8 page is replaced; the rest is not re-read."""
     body = "naïve café ".encode() + b"\x92 fin"
@@ -770,8 +797,20 @@ def test_a_page_too_large_for_the_parser_is_stripped_of_tags() -> None:
     started = time.process_time()
     body, title = web._readable_html(page)
     assert time.process_time() - started < 5  # the parser took 7.6 s on 2.5 MB
-    assert body.startswith("word0 word1") and title is None
+    assert body.startswith("word0 word1") and title == "T"
     assert len(body) > 1_000_000  # all of it: the parser kept about 1 000 characters of it
+
+
+def test_a_page_too_large_for_the_parser_keeps_its_title() -> None:
+    """A page of over a million characters (most of them its scripts) still has its
+    <title>, entities decoded, as a smaller page has."""
+    script = "<script>" + "var x = 1;" * 110_000 + "</script>"
+    page = (
+        f"<html><head><TITLE data-x=1>Tom &amp; Jerry\n | News</TITLE>{script}</head>"
+        "<body><article><p>The text.</p></article></body></html>"
+    )
+    body, title = web._readable_html(page)
+    assert (body, title) == ("The text.", "Tom & Jerry | News")
 
 
 @pytest.mark.parametrize(

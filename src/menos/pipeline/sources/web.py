@@ -35,10 +35,40 @@ _BOMS = (  # UTF-32's marks first: UTF-32LE's starts with UTF-16LE's
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
-# Browsers read these labels as windows-1252, whose 0x80-0x9F are printable (“ ” € …) where
-# Latin-1 has control characters; Python's names for them after codecs.lookup.
+# windows-1252, whose 0x80-0x9F are printable (“ ” € …) where Latin-1 has control characters:
+# browsers read Latin-1 and ASCII labels as it.
 _WINDOWS_1252 = "cp1252"
-_WINDOWS_1252_LABELS = frozenset({"iso8859-1", "ascii"})
+# Browsers read legacy labels as the supersets the encodings grew into (WHATWG Encoding): a
+# page labelled gb2312 holds GBK's characters (朱镕基), shift_jis Windows' (①, 髙), euc-kr
+# the extended Hangul (똠), and Python's strict codecs of those names made them U+FFFD.
+# Python's names after codecs.lookup, and what a browser decodes with.
+_BROWSER_CODECS = {
+    "iso8859-1": _WINDOWS_1252,
+    "ascii": _WINDOWS_1252,
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "shift_jis": "cp932",
+    "euc_kr": "cp949",
+    "big5": "big5hkscs",
+    "iso8859-9": "cp1254",
+    "tis-620": "cp874",
+    "iso8859-11": "cp874",
+}
+# WHATWG labels that Python's codecs do not know, read by their codec as browsers do.
+_BROWSER_LABELS = {
+    "windows-31j": "cp932",
+    "x-sjis": "cp932",
+    "x-gbk": "gb18030",
+    "csgb2312": "gb18030",
+    "gb_2312-80": "gb18030",
+    "windows-949": "cp949",
+    "x-euc-jp": "euc_jp",
+    "x-x-big5": "big5hkscs",
+    "cn-big5": "big5hkscs",
+    "windows-874": "cp874",
+    "dos-874": "cp874",
+    "x-cp1252": _WINDOWS_1252,
+}
 # Python's own codecs, which no browser reads a page in: a label naming one is ignored.
 # punycode's decoder takes quadratic time (30 s for 1 MB, on the worker's event loop), the
 # escape codecs rewrite backslashes, idna and undefined always fail.
@@ -73,6 +103,9 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)"
 # An XML document (application/xhtml+xml) declares its encoding in its first line, as the XML
 # parser of a browser reads it; an HTML parser does not (WHATWG), so only XHTML's counts.
 _XML_ENCODING = re.compile(rb"""<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9_.:-]+)["']""")
+# A <title> and its end, for a page too large for the parser: no backtracking, one pass each.
+_TITLE_OPEN = re.compile(r"<title[\t\n\f\r />]", re.IGNORECASE)
+_TITLE_CLOSE = re.compile(r"</title", re.IGNORECASE)
 _TAG_NAME = re.compile(r"/?([A-Za-z][A-Za-z0-9]*)")
 # trafilatura took 7.6 s on a 2.5 MB page and 24.7 s on a 5 MB one: above this, tags are stripped.
 _PARSER_MAX_CHARS = 1_000_000
@@ -266,7 +299,8 @@ def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool, is_xml: bo
     """A byte-order mark's encoding, else the header's charset, else an XHTML page's XML
     declaration, else an HTML <meta> charset
     (UTF-8 for one naming UTF-16 or UTF-32), else what the bytes look like (`_undeclared`).
-    Latin-1 and ASCII labels mean windows-1252, as browsers read them (WHATWG)."""
+    Latin-1 and ASCII labels mean windows-1252, gb2312 GBK, shift_jis Windows' code page,
+    and so on, as browsers read them (WHATWG)."""
     for bom, name in _BOMS:
         if raw.startswith(bom):
             return name
@@ -281,13 +315,14 @@ def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool, is_xml: bo
         if candidate and candidate.lower().replace("_", "-").startswith(("utf-16", "utf-32")):
             candidate = "utf-8"
     if candidate:
+        candidate = _BROWSER_LABELS.get(candidate.strip().lower(), candidate)
         try:
             name = codecs.lookup(candidate).name
         except (LookupError, ValueError):  # ValueError: a NUL in the name (RFC 2231's %00)
             pass
         else:
             if name not in _NOT_PAGE_ENCODINGS:
-                return _WINDOWS_1252 if name in _WINDOWS_1252_LABELS else name
+                return _BROWSER_CODECS.get(name, name)
     return _undeclared(raw)
 
 
@@ -309,7 +344,7 @@ def _readable_html(page: str) -> tuple[str, str | None]:
     text = ""
     title: str | None = None
     if len(page) > _PARSER_MAX_CHARS:
-        return _strip_tags(page).strip(), None
+        return _strip_tags(page).strip(), fetched.one_line(_plain_title(page))
     try:
         tree = trafilatura.load_html(page)
         if tree is not None:
@@ -449,6 +484,16 @@ def _strip_tags(page: str) -> str:
     text = html.unescape("".join(pieces))
     lines = (" ".join(line.split()) for line in text.splitlines())
     return "\n".join(line for line in lines if line)
+
+
+def _plain_title(page: str) -> str | None:
+    """The text of an HTML page's first <title>, found without a parser (in linear time)."""
+    opening = _TITLE_OPEN.search(page)
+    tag_end = page.find(">", opening.start()) if opening else -1
+    closing = _TITLE_CLOSE.search(page, tag_end) if tag_end >= 0 else None
+    if closing is None:
+        return None
+    return html.unescape(page[tag_end + 1 : closing.start()])
 
 
 def _markdown_title(text: str, content_type: str) -> str | None:
