@@ -549,3 +549,30 @@ async def test_time_spent_waiting_for_a_lookup_thread_does_not_count(
     finally:
         resolver.release.set()
         threads.shutdown(wait=False)
+
+
+async def test_the_transports_lookups_do_not_wait_for_the_executors_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker's page fetches and a dispatcher's deliveries resolve in threads of their own:
+    with the executor's threads held by names a silent DNS server never answers for, the
+    fetch of a page whose name resolves at once waited for one and ran out of time."""
+    resolver = StubResolver()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    threads = concurrent.futures.ThreadPoolExecutor(max_workers=1)  # as on a small machine
+    asyncio.get_running_loop().set_default_executor(threads)
+    transport = ssrf.PinnedTransport(allow_private=False, network=HandlerNetwork(_ok))
+    try:
+        held = asyncio.create_task(
+            ssrf.checked_address("silent.example", 443, allow_private=False, field="a")
+        )
+        await asyncio.sleep(0.1)  # the executor's one thread waits on the silent name
+        async with httpx.AsyncClient(transport=transport) as client:
+            answer = await asyncio.wait_for(client.get("http://fast.example/page"), timeout=3)
+        assert answer.text == "ok"
+        assert not held.done()
+    finally:
+        resolver.release.set()
+        with contextlib.suppress(errors.Unresolvable):
+            await held
+        threads.shutdown(wait=False)

@@ -268,12 +268,9 @@ class _PinnedNetwork(httpcore.AsyncNetworkBackend):
     """Opens TCP connections only to checked addresses: each new connection resolves its host
     once, applies the SSRF rule and connects to exactly the address it checked."""
 
-    def __init__(
-        self, inner: httpcore.AsyncNetworkBackend, *, allow_private: bool, own_threads: bool
-    ) -> None:
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, *, allow_private: bool) -> None:
         self._inner = inner
         self._allow_private = allow_private
-        self._own_threads = own_threads
 
     async def connect_tcp(
         self,
@@ -287,7 +284,7 @@ class _PinnedNetwork(httpcore.AsyncNetworkBackend):
         host with an IPv6 address on a machine without an IPv6 route is reached over IPv4);
         InvalidInput("url", …) when refused, the last address's error when none accepts."""
         addresses = await checked_addresses(
-            host, port, allow_private=self._allow_private, field="url", own_thread=self._own_threads
+            host, port, allow_private=self._allow_private, field="url", own_thread=True
         )
         options = list(socket_options or ())  # read once per attempt
         for address in addresses[:-1]:
@@ -340,10 +337,10 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
     `errors.InvalidInput("url", …)`; callers translate it.
 
     `verify` is httpx's; `network` is the backend under the check (a test's fake network).
-    `own_lookup_threads`: each lookup runs in a daemon thread of its own, for a client whose
-    requests in flight are bounded (the dispatcher's slots): a name whose DNS never answers
-    then holds only its own thread, not one of the executor's few that every other request's
-    lookup waits for within its time limit.
+    Each lookup runs in a daemon thread of its own: the clients using this transport have
+    their requests in flight bounded (a worker's job slots, a dispatcher's delivery slots), and
+    a name whose DNS never answers then holds only its own thread, not one of the executor's
+    few that every other request's lookup waits for within its time limit.
     """
 
     def __init__(
@@ -352,7 +349,6 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
         allow_private: bool,
         verify: ssl.SSLContext | bool = True,
         network: httpcore.AsyncNetworkBackend | None = None,
-        own_lookup_threads: bool = False,
     ) -> None:
         tls = httpx.create_ssl_context(verify=verify)
         super().__init__(verify=tls)
@@ -366,7 +362,6 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
             network_backend=_PinnedNetwork(
                 network if network is not None else httpcore.AnyIOBackend(),
                 allow_private=allow_private,
-                own_threads=own_lookup_threads,
             ),
         )
 

@@ -20,9 +20,10 @@ def in_daemon_thread(function: Callable[..., T], *args: object) -> asyncio.Futur
     asyncio's default executor, which `asyncio.to_thread` uses, is waited for when
     `asyncio.run` ends and again when the interpreter exits: a worker stopped during a 60 s
     transcript download stayed alive after it had given its jobs back, past its grace period,
-    until a supervisor killed it. A worker's job slots bound the threads started here; DNS
-    lookups, which any client's request may start, keep the executor's bounded pool, except the
-    dispatcher's, which its slots bound (a receiver's silent DNS must not hold the pool). Not for
+    until a supervisor killed it. A worker's job slots and a dispatcher's delivery slots bound
+    the threads started here (their fetches' and deliveries' DNS lookups among them: a silent
+    DNS server must not hold the pool); the API's lookups, which any client's request may
+    start, keep the executor's bounded pool. Not for
     Rust extension code that releases the GIL (yake-rust): a call ending while the interpreter
     finalizes unwinds its frames, which aborts the process."""
     loop = asyncio.get_running_loop()

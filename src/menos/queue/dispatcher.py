@@ -561,10 +561,7 @@ def http_client(
 ) -> httpx.AsyncClient:
     """The client every delivery of one dispatcher goes through (`network`: a test's)."""
     return httpx.AsyncClient(
-        # A receiver's silent DNS must not hold a lookup thread other deliveries wait for.
-        transport=ssrf.PinnedTransport(
-            allow_private=allow_private, network=network, own_lookup_threads=True
-        ),
+        transport=ssrf.PinnedTransport(allow_private=allow_private, network=network),
         follow_redirects=False,
         timeout=config.timeout_s,
         trust_env=False,  # no proxy or .netrc credentials on callbacks
