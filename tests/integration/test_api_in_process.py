@@ -588,6 +588,30 @@ async def test_a_400_names_every_invalid_field_not_only_the_first(
         assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
 
 
+async def test_a_400_names_every_invalid_list_filter_not_only_the_first(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """A list request with several bad query parameters lists each in `errors` (DESIGN §4),
+    in the order of the route's parameters."""
+    key = (await repo.create_key("alice", "user")).api_key
+    headers = {"authorization": f"Bearer {key}"}
+    async with served(pool) as url, httpx.AsyncClient(base_url=url, headers=headers) as client:
+        jobs = await client.get("/api/v1/jobs?status=done&limit=500&cursor=zz")
+        content = await client.get(
+            "/api/v1/content?processing_status=done&content_type=pdf&tag=%20&limit=0&cursor=zz"
+        )
+    assert jobs.status_code == 400, jobs.text
+    assert [e["field"] for e in jobs.json()["errors"]] == ["status", "limit", "cursor"]
+    assert content.status_code == 400, content.text
+    assert [e["field"] for e in content.json()["errors"]] == [
+        "processing_status",
+        "content_type",
+        "tag",
+        "limit",
+        "cursor",
+    ]
+
+
 async def test_a_400_names_each_invalid_tag(
     pool: asyncpg.Pool[Any], repo: repository.Repository
 ) -> None:

@@ -78,6 +78,13 @@ class Fields:
             raise errors.InvalidInput(first.field, first.message, also=also)
 
 
+def choice(field: str, value: str | None, allowed: Sequence[str]) -> str | None:
+    """A filter that takes one of `allowed` values, or none."""
+    if value is not None and value not in allowed:
+        raise errors.InvalidInput(field, "must be one of " + ", ".join(allowed))
+    return value
+
+
 def text(field: str, value: str | None, *, max_chars: int, required: bool = False) -> str | None:
     """A text field: no NUL characters, within its size; blank counts as missing, except for
     the fields whose mere presence asks for something (a supplied transcript, a callback)."""

@@ -140,23 +140,24 @@ class ContentController(Controller):
         cursor: FromQuery[str | None] = None,
     ) -> pagination.PageView[schemas.ContentItem]:
         """Content newest first; filters `processing_status`, `content_type`, `tag`."""
-        if processing_status is not None and processing_status not in models.JOB_STATUSES:
-            raise errors.InvalidInput(
-                "processing_status", "must be one of " + ", ".join(models.JOB_STATUSES)
-            )
-        if content_type is not None and content_type not in models.CONTENT_TYPES:
-            raise errors.InvalidInput(
-                "content_type", "must be one of " + ", ".join(models.CONTENT_TYPES)
-            )
+        fields = validate.Fields()  # each invalid filter is named, not only the first
+        fields.check(
+            lambda: validate.choice("processing_status", processing_status, models.JOB_STATUSES)
+        )
+        fields.check(lambda: validate.choice("content_type", content_type, models.CONTENT_TYPES))
+        wanted = fields.check(lambda: _tag_filter(tag))
+        size = fields.check(lambda: pagination.limit(limit))
+        after = fields.check(lambda: pagination.decode(cursor))
+        fields.raise_invalid()
+        assert size is not None
         repo: repository.Repository = request.app.state.repo
-        wanted = _tag_filter(tag)
         page = await repo.list_content(
             owner=auth.scope(who),
             status=processing_status,
             content_type=content_type,
             tag=wanted,
-            after=pagination.decode(cursor),
-            limit=pagination.limit(limit),
+            after=after,
+            limit=size,
             # result tags are normalized (`Machine Learning` is `machine-learning`)
             result_tag=wanted and result.normalize_tag(wanted),
         )

@@ -33,15 +33,19 @@ class JobsController(Controller):
         cursor: FromQuery[str | None] = None,
     ) -> pagination.PageView[schemas.JobView]:
         """Jobs newest first; filters `status` and `content_id`; `limit` and `cursor` page."""
-        if status is not None and status not in models.JOB_STATUSES:
-            raise errors.InvalidInput("status", "must be one of " + ", ".join(models.JOB_STATUSES))
+        fields = validate.Fields()  # each invalid filter is named, not only the first
+        fields.check(lambda: validate.choice("status", status, models.JOB_STATUSES))
+        size = fields.check(lambda: pagination.limit(limit))
+        after = fields.check(lambda: pagination.decode(cursor))
+        fields.raise_invalid()
+        assert size is not None
         repo: repository.Repository = request.app.state.repo
         page = await repo.list_jobs(
             owner=auth.scope(who),
             status=status,
             content_id=content_id,
-            after=pagination.decode(cursor),
-            limit=pagination.limit(limit),
+            after=after,
+            limit=size,
         )
         return pagination.PageView(
             items=[schemas.job_view(job) for job in page.items],
