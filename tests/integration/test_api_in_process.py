@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import structlog
 import uvicorn
 
 from menos import db, settings
@@ -249,6 +250,34 @@ async def test_http_metrics_count_every_request_and_no_invented_500(
         abandoned,
     } <= counted, counted
     assert not any('status="500"' in line for line in counted), counted
+
+
+@pytest.mark.parametrize("route", ["/api/v1/ingest", "/api/v1/content"])
+async def test_an_upload_its_client_abandoned_is_logged_as_no_error(
+    pool: asyncpg.Pool[Any], repo: repository.Repository, route: str
+) -> None:
+    """A client gone before its body arrived (a dropped connection, a Ctrl-C) was logged as
+    `request_unhandled_error` with a traceback, as if menos had a bug; it is an info line."""
+    key = (await repo.create_key("alice", "user")).api_key
+    with structlog.testing.capture_logs() as logs:
+        async with served(pool) as url:
+            _reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+            writer.write(
+                b"POST " + route.encode() + b" HTTP/1.1\r\nHost: menos\r\n"
+                b"Authorization: Bearer " + key.encode() + b"\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"text": '
+            )
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            for _ in range(100):
+                if any(e["event"].startswith("request_") for e in logs):
+                    break
+                await asyncio.sleep(0.05)
+    events = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("request_")]
+    assert events == [("request_client_gone", "info")], logs
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:

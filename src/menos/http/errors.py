@@ -79,8 +79,13 @@ class BodyTimeout(errors.MenosError):
     """The request body did not arrive in time."""
 
 
+class ClientGone(errors.MenosError):
+    """The client went away before its request body had arrived: nobody is left to answer."""
+
+
 STATUS[UnsupportedMedia] = (415, "Unsupported media type")
 STATUS[BodyTimeout] = (408, "Request timeout")
+STATUS[ClientGone] = (499, "Client closed request")  # nginx's code; never received
 
 
 def problem(
@@ -117,6 +122,9 @@ def _menos_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     if status == 408:
         headers = {"connection": "close"}  # the rest of the body may still be on its way
     detail = str(exc)
+    if isinstance(exc, ClientGone):
+        # An abandoned upload (a dropped connection, a Ctrl-C) is the client's doing, no bug.
+        log.info("request_client_gone", path=request.url.path)
     if isinstance(exc, errors.DatabaseUnavailable):
         # The driver's message names the database's address: it goes to the log only.
         log.warning("request_database_unavailable", path=request.url.path, error=detail)

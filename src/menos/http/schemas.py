@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Request
-from litestar.exceptions import SerializationException
+from litestar.exceptions import InternalServerException, SerializationException
 from litestar.params import Body, QueryParameter
 
 from menos import errors
@@ -214,7 +214,8 @@ BODY_DEADLINE_S = 60.0
 class JSONRequest(Request[Any, Any, Any]):
     """The API's requests: a JSON body that cannot be decoded is refused naming `body` as
     `decode` does, where Litestar would say only msgspec's words; a body (JSON or form) that
-    takes over BODY_DEADLINE_S to arrive is a 408."""
+    takes over BODY_DEADLINE_S to arrive is a 408; one its client abandoned is no error of
+    ours (logged at info, not as an unhandled one with its traceback)."""
 
     async def stream(self) -> AsyncGenerator[bytes]:
         deadline = asyncio.get_running_loop().time() + BODY_DEADLINE_S
@@ -229,6 +230,10 @@ class JSONRequest(Request[Any, Any, Any]):
                 except TimeoutError:
                     raise http_errors.BodyTimeout(
                         f"the request body did not arrive within {BODY_DEADLINE_S:g} s"
+                    ) from None
+                except InternalServerException:  # Litestar's word for `http.disconnect`
+                    raise http_errors.ClientGone(
+                        "the client disconnected before its request body arrived"
                     ) from None
                 yield chunk
         finally:
