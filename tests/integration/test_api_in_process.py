@@ -178,6 +178,26 @@ async def test_a_database_that_refuses_writes_is_not_ready_and_answers_503(
     assert await repo.principal(key) is not None
 
 
+async def test_a_database_migrated_by_another_version_is_not_ready(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A database whose applied migration is not this code's file (restored from another
+    version's backup, say): workers and a restarted API refuse it, but /ready said 200."""
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/ready")).status_code == 200
+        await pool.execute(
+            "UPDATE menos.schema_migrations SET checksum = 'other'"
+            " WHERE version = (SELECT max(version) FROM menos.schema_migrations)"
+        )
+        ready = await client.get("/ready")
+    assert ready.status_code == 503, ready.text
+    assert ready.json() == {
+        "status": "unavailable",
+        "database": "mismatch",
+        "pending_migrations": [],
+    }
+
+
 @pytest.mark.parametrize(
     ("errcode", "message", "status"),
     [

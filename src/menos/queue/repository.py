@@ -124,6 +124,7 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     """What `GET /ready` reports about the database."""
 
     pending_migrations: list[int]
+    mismatch: str | None  # why the applied migrations are not this code's files, if they are not
     read_only: bool
 
 
@@ -394,10 +395,16 @@ class Repository(_Store):
         """Migration versions not yet applied, and whether the database refuses writes."""
         async with self._conn() as conn:
             pending = await db.pending_migrations(conn, self._q)  # type: ignore[arg-type]
+            mismatch = None
+            if not pending:  # as the commands check it: another version's schema is not ours
+                try:
+                    await db.check_applied(conn, self._q)  # type: ignore[arg-type]
+                except errors.SchemaMismatch as exc:
+                    mismatch = str(exc)
             read_only: bool = await conn.fetchval(self._q["database_read_only"])
             if read_only:  # sessions started read-only stay so: the next probe gets new ones
                 await self._pool.expire_connections()
-        return Readiness(pending_migrations=pending, read_only=read_only)
+        return Readiness(pending_migrations=pending, mismatch=mismatch, read_only=read_only)
 
     # -- submissions ----------------------------------------------------------------------
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 
 from menos import errors, versions
 from menos.http import schemas, shared_read
 from menos.queue import repository
+
+log = structlog.get_logger("menos.http")
 
 
 @get("/health", sync_to_thread=False, security=[{}])
@@ -48,6 +51,9 @@ async def _readiness(request: Request[Any, Any, Any]) -> Response[schemas.Ready]
         return _unready("unreachable")
     if found.pending_migrations:
         return _unready("outdated", found.pending_migrations)
+    if found.mismatch is not None:  # workers refuse this database, and so would a new API
+        log.warning("ready_schema_mismatch", error=found.mismatch)
+        return _unready("mismatch")
     if found.read_only:  # every submission and every claim would fail
         return _unready("read_only")
     return Response(schemas.Ready(status="ok", database="ok", pending_migrations=[]))
