@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import json
 import socket
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from menos.queue import dispatcher, group_commit, models, repository, stats
 from tests.integration import helpers
 from tests.support import outage, tcp_proxy
 from tests.support.http_network import HandlerNetwork
+from tests.support.silent_dns import SilentDNS
 
 HOLD = 12.0
 BACKOFF = 2.0
@@ -1389,20 +1389,6 @@ async def test_one_owners_black_hole_receivers_do_not_hold_every_slot(
     assert "alice" in arrivals
     # in the first round of 4 slots: mallory's oldest event, alice's, then two more of mallory's
     assert arrivals.index("alice") < config.batch_size
-
-
-class SilentDNS:
-    """`socket.getaddrinfo` for the tests' names: `fast.example` is 192.0.2.7 at once, any
-    other name answers only once `release` is set (its DNS server went silent)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    def __call__(self, host: str, port: int, *args: object, **kwargs: object) -> list[Any]:
-        if host != "fast.example":
-            self.release.wait(60)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", port))]
 
 
 async def test_one_owners_silent_dns_does_not_fail_another_owners_deliveries(

@@ -9,7 +9,6 @@ import ipaddress
 import pathlib
 import socket
 import ssl
-import threading
 from typing import Any, NamedTuple
 
 import httpcore
@@ -20,6 +19,7 @@ import trustme
 from menos import errors
 from menos.pipeline import ssrf
 from tests.support.http_network import HandlerNetwork
+from tests.support.silent_dns import SilentDNS
 
 REFUSED = [
     "0.0.0.0",
@@ -490,27 +490,13 @@ async def test_a_host_written_with_its_root_dot_resolves_as_without_it() -> None
         await ssrf.checked_address("localhost.", 80, allow_private=False, field="url")
 
 
-class StubResolver:
-    """`socket.getaddrinfo` for names under .example: `fast.example` answers at once, any
-    other name only once `release` is set (a resolver that does not answer)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    def __call__(self, host: str, port: int, *args: object, **kwargs: object) -> list[Any]:
-        if host != "fast.example":
-            self.release.wait(60)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
-
-
 async def test_a_name_the_resolver_does_not_answer_for_is_unresolvable_in_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A silent DNS server does not hold the check: past RESOLVE_TIMEOUT_S the host is
     unresolvable, naming the field (a 400 at submission, a failed attempt at delivery)."""
     monkeypatch.setattr(ssrf, "RESOLVE_TIMEOUT_S", 0.05)
-    resolver = StubResolver()
+    resolver = SilentDNS()
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
     try:
         with pytest.raises(errors.Unresolvable) as refused:
@@ -530,7 +516,7 @@ async def test_time_spent_waiting_for_a_lookup_thread_does_not_count(
     """With every lookup thread busy on a slow name, a name that resolves at once still
     resolves once a thread is free, however long that took: only the lookup is bounded."""
     monkeypatch.setattr(ssrf, "RESOLVE_TIMEOUT_S", 0.05)
-    resolver = StubResolver()
+    resolver = SilentDNS()
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     asyncio.get_running_loop().set_default_executor(threads)
@@ -557,7 +543,7 @@ async def test_the_transports_lookups_do_not_wait_for_the_executors_threads(
     """A worker's page fetches and a dispatcher's deliveries resolve in threads of their own:
     with the executor's threads held by names a silent DNS server never answers for, the
     fetch of a page whose name resolves at once waited for one and ran out of time."""
-    resolver = StubResolver()
+    resolver = SilentDNS()
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=1)  # as on a small machine
     asyncio.get_running_loop().set_default_executor(threads)
