@@ -15,15 +15,16 @@ from menos.pipeline.sources import fetched
 
 # The lines first_heading looks at: one that may open fenced code (up to 3 spaces, perhaps a
 # list item's marker, then 3 or more ` or ~, then the rest of the line), an ATX heading line,
-# whose closing `#`s are cut in Python, or a setext heading's underline (below). Only spaces
-# and tabs: `\s` also matches newlines, and a lazy text group followed by optional trailing
-# space and `#` runs backtracks in cubic time over a line of spaces (2,000 spaces took 10 s on
-# the API's event loop). Then the lines that may close the code. Searched
+# whose closing `#`s are cut in Python (indented by spaces only: a tab makes it indented
+# code), or a setext heading's underline (below). Only spaces and tabs after the `#`: `\s`
+# also matches newlines, and a lazy text group followed by optional trailing space and `#`
+# runs backtracks in cubic time over a line of spaces (2,000 spaces took 10 s on the API's
+# event loop). Then the lines that may close the code. Searched
 # for, not split into lines: a Python step for every line of a 5 MiB note of short lines took a
 # second of the API's event loop.
 _FENCE_OR_HEADING = (
     r"^(?:([ ]{0,3}(?:[-+*]|\d{1,9}[.)])[ ]{1,4})?[ ]{0,3}(`{3,}|~{3,})(.*)"
-    r"|[ \t]{0,3}#{1,6}[ \t]+(\S.*)"
+    r"|[ ]{0,3}#{1,6}[ \t]+(\S.*)"
 )
 _FENCES_AND_HEADINGS = re.compile(_FENCE_OR_HEADING + ")$", re.MULTILINE)
 # The same, and a setext heading's underline (a paragraph above it is its text): looked for
@@ -35,6 +36,9 @@ UNDERLINES_WITHIN = 64 * 1024
 # A `---` line, as python-frontmatter delimits a YAML block; the first opens the note.
 _DELIMITER = re.compile(r"^-{3,}[ \t]*$", re.MULTILINE)
 _OPENING_DELIMITER = re.compile(r"\A\s*^-{3,}[ \t]*$", re.MULTILINE)
+# Blank lines opening a note: dropped, but not the indentation of its first line, which makes
+# that line indented code (`    # install` is no heading).
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
 # Lines that are no paragraph's text, so no underline makes them a heading: a list item or a
 # quote (the underline is then a thematic break, or the item's text), indented code, an HTML
 # block; and a thematic break, which ends the paragraph above it.
@@ -116,14 +120,14 @@ def parse(raw: str) -> Note:
     raw = raw.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     handler = frontmatter.detect_format(raw.strip(), _HANDLERS)
     if handler is None:
-        return Note(metadata={}, text=raw.strip())
+        return Note(metadata={}, text=_trimmed(raw))
     try:
-        block, _ = handler.split(raw)
+        block, rest = handler.split(raw)
         if len(block) > FRONTMATTER_MAX_CHARS:
             raise ValueError("frontmatter over the limit")
         # parse, not loads: loads passes the keys to Post(content, handler, **metadata), which
         # refuses a key that is no string (`2024:`) or is named `content` or `handler`.
-        found, content = frontmatter.parse(raw, handler=handler)
+        found, _ = frontmatter.parse(raw, handler=handler)
         metadata = msgspec.to_builtins(
             {str(k): v for k, v in found.items()}, str_keys=True, enc_hook=str
         )
@@ -132,7 +136,13 @@ def parse(raw: str) -> Note:
             raise ValueError("NUL in frontmatter")
     except Exception:  # the note is still readable as it is
         return Note(metadata={}, text=raw)
-    return Note(metadata=metadata, text=content)
+    # python-frontmatter strips the text after the block, and its first line's indentation
+    return Note(metadata=metadata, text=_trimmed(rest))
+
+
+def _trimmed(text: str) -> str:
+    """The text without its leading blank lines and trailing whitespace."""
+    return _LEADING_BLANK_LINES.sub("", text).rstrip()
 
 
 def _holds_nul(value: object) -> bool:

@@ -210,6 +210,22 @@ def test_a_comment_in_fenced_code_is_no_heading(text: str, heading: str | None) 
 
 
 @pytest.mark.parametrize(
+    ("raw", "title"),
+    [
+        ("    # install deps\n    pip install menos\n\n# Setup guide\n\nText.", "Setup guide"),
+        ("\n\n    # code\n\n# Real", "Real"),
+        ("---\ntags: [a]\n---\n    # code\n\n# Real", "Real"),
+        ("\t# a tab indents code too\n\n# Real", "Real"),
+        ("    code\n===\n\n# Real", "Real"),
+    ],
+)
+def test_a_comment_in_indented_code_opening_a_note_is_no_title(raw: str, title: str) -> None:
+    """A note opening with indented code (a shell comment) is titled by its first real
+    heading, as first_heading judges it: parsing the note keeps its first line's indentation."""
+    assert markdown.choose_title(None, markdown.parse(raw), None) == title
+
+
+@pytest.mark.parametrize(
     ("text", "heading"),
     [
         ("My Title\n========\n\ntext", "My Title"),
