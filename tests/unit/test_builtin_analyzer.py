@@ -146,6 +146,17 @@ async def test_score_and_tier_agree_and_explain_the_figures() -> None:
     assert f"quality score {score}" in " ".join(got["tier_explanation"])
 
 
+async def test_an_underlined_heading_is_a_heading() -> None:
+    """A setext heading (a line underlined with `===` or `---`) counts as a heading and is
+    not summarized as a sentence with its underline."""
+    got = await analyze("Setext title\n===\n\nBody.")
+    assert got["summary"] == "Body."
+    assert "1 heading" in " ".join(got["score_explanation"])
+    got = await analyze("We plan the release.\n\nFirst part\n----------\n\nWe ship on Friday.")
+    assert got["summary"] == "We plan the release. We ship on Friday."
+    assert "1 heading" in " ".join(got["score_explanation"])
+
+
 async def test_structured_article_outranks_a_short_note() -> None:
     """A longer, structured article gets a higher quality score than a one-line note."""
     article = await analyze(ARTICLE)

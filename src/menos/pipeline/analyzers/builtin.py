@@ -47,6 +47,7 @@ TIER_BANDS = (("S", 85, 100), ("A", 70, 84), ("B", 50, 69), ("C", 30, 49), ("D",
 
 _HEADING = re.compile(r"^[ ]{0,3}#{1,6}[ \t]+(?=\S)")
 _LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+•]|\d{1,3}[.)])[ \t]+(?=\S)")
+_UNDERLINE = re.compile(r"[ ]{0,3}(?:=+|-+)[ \t]*")  # a setext heading's second line
 _SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+(?=[^\sa-z])")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
@@ -161,7 +162,7 @@ class BuiltinAnalyzer:
 
     def analyze_text(self, request: analyzers.Request) -> dict[str, Any]:
         """The result object (§5.4 fields without model and processed_at) for one request."""
-        text = request.text
+        text = _setext_as_atx(request.text)
         units = _units(text)
         sentences = [unit for unit, heading in units if not heading]
         # Words of each sentence, lower-cased; the score and the summary both need them.
@@ -383,6 +384,27 @@ def _entity_type(name: str) -> str:
     if words & _PLACE_WORDS:
         return "place"
     return "name"
+
+
+def _setext_as_atx(text: str) -> str:
+    """Text whose setext headings (a one-line paragraph underlined with `=` or `-`) are
+    written as ATX headings (`# Title`), the form the measures below know: else the title
+    and its underline were read as a sentence (a summary `Title === Body.`)."""
+    lines: list[str] = []
+    for line in text.split("\n"):
+        above = lines[-1] if lines else ""
+        if (
+            _UNDERLINE.fullmatch(line)
+            and above.strip()
+            and not _HEADING.match(above)
+            and not _LIST_ITEM.match(above)
+            and not above.lstrip().startswith(">")
+            and (len(lines) < 2 or not lines[-2].strip() or _HEADING.match(lines[-2]))
+        ):
+            lines[-1] = "# " + above.strip()
+            continue
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _units(text: str) -> list[tuple[str, bool]]:
