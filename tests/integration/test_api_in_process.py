@@ -590,6 +590,26 @@ async def test_a_form_of_utf8_fields_is_taken_whatever_its_file_declares(
     assert plain.status_code == 202, plain.text
 
 
+async def test_an_upload_whose_file_part_has_no_file_name_is_the_note(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """A `file` part sent as a text field, without a file name (`curl -F 'file=<note.md'`),
+    is the note itself: stored, and titled by its first heading."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with (
+        served(pool) as url,
+        httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {key}"}) as client,
+    ):
+        answer = await client.post(
+            "/api/v1/content", files={"file": (None, "# Queues\n\nText.")}, data={"tags": "a"}
+        )
+    assert answer.status_code == 202, answer.text
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT title, tags, body FROM menos.content")
+    assert row is not None
+    assert (row["title"], row["tags"], row["body"]) == ("Queues", ["a"], "# Queues\n\nText.")
+
+
 async def test_an_upload_tag_fault_names_the_tags_value_the_client_sent(
     pool: asyncpg.Pool[Any], repo: repository.Repository
 ) -> None:

@@ -67,18 +67,25 @@ class ContentController(Controller):
                 if name not in openapi.UPLOAD_FORM_FIELDS:
                     raise errors.InvalidInput(name, http_errors.UNKNOWN_FIELD)
             upload = _one(form, "file")
-            if not isinstance(upload, UploadFile):
+            if isinstance(upload, str):
+                # A part without a file name (`curl -F 'file=<note.md'`) is a text field:
+                # the note itself, read as UTF-8 by the form parser.
+                raw = upload
+            elif isinstance(upload, UploadFile):
+                if "\x00" in (upload.filename or ""):
+                    raise errors.InvalidInput(
+                        "file", "the file name must not contain NUL characters"
+                    )
+                filename = upload.filename or None
+                data = await upload.read()
+                try:
+                    raw = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise http_errors.UnsupportedMedia(
+                        "the file is not UTF-8 text", field="file"
+                    ) from None
+            else:
                 raise errors.InvalidInput("file", "a markdown file is required")
-            if "\x00" in (upload.filename or ""):
-                raise errors.InvalidInput("file", "the file name must not contain NUL characters")
-            filename = upload.filename or None
-            data = await upload.read()
-            try:
-                raw = data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise http_errors.UnsupportedMedia(
-                    "the file is not UTF-8 text", field="file"
-                ) from None
             title = _form_text(_one(form, "title"), "title")
             tag_values = [_form_text(v, "tags") or "" for v in form.getall("tags", [])]
             callback = _form_text(_one(form, "callback_url"), "callback_url")
