@@ -58,3 +58,33 @@ async def test_diagnostics_written_by_hand_as_no_object_do_not_make_the_job_unre
     verbose = schemas.job_verbose_view(job, None)
     assert verbose.diagnostics == {}
     assert verbose.full_payload is None
+
+
+async def test_rows_written_by_hand_as_no_object_are_claimed_and_read_with_the_others(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A pending job whose `diagnostics` (or its content's `source_metadata`) was set by hand to
+    JSON that is no object made every claim taking it fail after committing: the job and the
+    ones claimed with it stayed processing until their leases ran out, and ended WORKER_LOST;
+    the content view and the listing of that owner's content were a 500. They read as empty."""
+    await helpers.owner(repo)
+    first = await repo.enqueue(helpers.note())
+    second = await repo.enqueue(helpers.note())
+    await pool.execute(
+        "UPDATE menos.pipeline_job SET diagnostics = 'null' WHERE job_id = $1", first.job_id
+    )
+    await pool.execute(
+        "UPDATE menos.content SET source_metadata = '[]', result = '[1]' WHERE content_id = $1",
+        first.content_id,
+    )
+    claimed = await repo.claim(
+        "w1", 2, max_processing=2, lease_s=30.0, pipeline_version=helpers.VERSION
+    )
+    assert sorted(c.job.job_id for c in claimed) == sorted([first.job_id, second.job_id])
+    assert [c.content.source_metadata for c in claimed if c.job.job_id == first.job_id] == [{}]
+    content = await repo.content(first.content_id, owner="alice")
+    assert content is not None and content.source_metadata == {} and content.result is None
+    page = await repo.list_content(
+        owner="alice", status=None, content_type=None, tag=None, after=None, limit=10
+    )
+    assert len(page.items) == 2

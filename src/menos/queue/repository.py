@@ -64,6 +64,18 @@ def _job(row: asyncpg.Record) -> models.Job:
     return msgspec.convert(fields, models.Job, strict=False)
 
 
+def _content(row: asyncpg.Record) -> models.Content:
+    """One content item, read as `_job` reads a job: `source_metadata` that is no JSON object
+    (written by hand, as sql.md lets a user write rows) reads as empty and a `result` that is
+    no object as none, so that the item stays readable and its job can be claimed."""
+    fields = dict(row.items())
+    if not isinstance(fields["source_metadata"], dict):
+        fields["source_metadata"] = {}
+    if not isinstance(fields["result"], dict | None):
+        fields["result"] = None
+    return msgspec.convert(fields, models.Content, strict=False)
+
+
 def _timings(stages: Sequence[models.StageTiming]) -> list[dict[str, Any]]:
     return [msgspec.to_builtins(stage) for stage in stages]
 
@@ -488,12 +500,7 @@ class Repository(_Store):
             pipeline_version,
             CLAIM_INLINE_BYTES,
         )
-        claimed = [
-            models.Claimed(
-                job=_row(r["job"], models.Job), content=_row(r["content"], models.Content)
-            )
-            for r in rows
-        ]
+        claimed = [models.Claimed(job=_job(r["job"]), content=_content(r["content"])) for r in rows]
         omitted = [
             c.content.content_id for c, r in zip(claimed, rows, strict=True) if r["body_omitted"]
         ]
@@ -731,7 +738,7 @@ class Repository(_Store):
     async def content(self, content_id: uuid.UUID, *, owner: str | None) -> models.Content | None:
         """One content item if visible to `owner` (None: admin)."""
         row = await self._fetchrow("content_by_id", content_id, owner)
-        return _row(row, models.Content) if row else None
+        return _content(row) if row else None
 
     async def request_cancel(
         self,
@@ -872,7 +879,7 @@ class Repository(_Store):
             limit + 1,
             result_tag,
         )
-        items = [_row(r, models.Content) for r in rows[:limit]]
+        items = [_content(r) for r in rows[:limit]]
         last = (items[-1].created_at, items[-1].content_id) if len(rows) > limit else None
         return Page(items=items, last=last)
 
@@ -883,7 +890,7 @@ class Repository(_Store):
         rows = await self._fetch_planned(
             "export_content", owner, *(after or (None, None)), limit + 1
         )
-        items = [_row(r, models.Content) for r in rows[:limit]]
+        items = [_content(r) for r in rows[:limit]]
         last = (items[-1].created_at, items[-1].content_id) if len(rows) > limit else None
         return Page(items=items, last=last)
 
@@ -892,7 +899,7 @@ class Repository(_Store):
     ) -> list[models.Content]:
         """Content with this resource key (one per owner), optionally of one owner."""
         rows = await self._fetch("contents_by_resource_key", resource_key, owner)
-        return [_row(r, models.Content) for r in rows]
+        return [_content(r) for r in rows]
 
     async def classify_candidates(
         self,
