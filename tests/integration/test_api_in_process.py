@@ -711,6 +711,8 @@ async def test_a_400_names_each_invalid_tag(
         ("POST", "/api/v1/content/{content}/reprocess?force=on", None, "force",
          "must be true or false"),
         ("GET", "/api/v1/jobs?limit=abc", None, "limit", "must be a whole number"),
+        ("GET", "/api/v1/jobs?limit=1e1", None, "limit", "must be a whole number"),
+        ("GET", "/api/v1/content?limit=2.0", None, "limit", "must be a whole number"),
         ("GET", "/api/v1/jobs/not-a-uuid", None, "job_id", "must be a UUID"),
         ("GET", "/api/v1/jobs?content_id=nope", None, "content_id", "must be a UUID"),
         ("GET", "/api/v1/content?tag=%20", None, "tag", "must not be blank"),
@@ -735,7 +737,7 @@ async def test_a_bad_value_is_named_in_the_apis_words(
 ) -> None:
     """The validator's own words reached clients: `?force=yes` was "Expected `bool`, got
     `str`" (everything in a query string is a string), a bad `data_tier` "Invalid enum value
-    'huge'" in JSON but "must be compact or full" in a form."""
+    'huge'" in JSON but "must be compact or full" in a form; and `?limit=1e1` was taken as 10."""
     key = (await repo.create_key("alice", "user")).api_key
     async with (
         served(pool) as url,

@@ -29,9 +29,10 @@ UNKNOWN_FIELD = "unknown field"
 # The validator's words for a field's value, as the API says them: everything in a query
 # string is a string (`?force=yes`: "Expected `bool`, got `str`").
 _EXPECTED = re.compile(r"^Expected `(\w+)(?: \| null)?`, got `\w+`")
+WHOLE_NUMBER = "must be a whole number"
 _TYPE_WORDS = {
     "bool": "must be true or false",
-    "int": "must be a whole number",
+    "int": WHOLE_NUMBER,
     "str": "must be a string",
     "array": "must be a list",
     "object": "must be an object",

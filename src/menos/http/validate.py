@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -12,6 +13,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.params import QueryParameter
 
 from menos import errors, markdown
+from menos.http import errors as http_errors
 from menos.pipeline import resource_keys, result, ssrf
 
 T = TypeVar("T")
@@ -31,14 +33,22 @@ async def query_once(request: Request[Any, Any, Any]) -> None:
     for name in request.query_params:
         if name not in known:
             raise errors.InvalidInput(name, UNKNOWN_QUERY_PARAMETER)
-        if len(request.query_params.getall(name)) > 1:
+        values = request.query_params.getall(name)
+        if len(values) > 1:
             raise errors.InvalidInput(name, GIVEN_TWICE)
+        # Litestar's conversion takes `1e1` and `2.0` for whole numbers: `?limit=1e1` is 10.
+        if known[name] and not _DIGITS.fullmatch(values[0]):
+            raise errors.InvalidInput(name, http_errors.WHOLE_NUMBER)
 
 
-def _query_names(handler: BaseRouteHandler) -> set[str]:
-    """The query parameters a route handler declares (by their alias when they have one)."""
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _query_names(handler: BaseRouteHandler) -> dict[str, bool]:
+    """The query parameters a route handler declares (by their alias when they have one),
+    each with whether it takes a whole number."""
     return {
-        parameter.kwarg_definition.query or name
+        parameter.kwarg_definition.query or name: parameter.annotation in (int, int | None)
         for name, parameter in handler.parsed_fn_signature.parameters.items()
         if isinstance(parameter.kwarg_definition, QueryParameter)
     }
