@@ -795,6 +795,35 @@ async def test_the_bytes_after_a_request_asking_to_upgrade_are_still_http(
     assert second.startswith(b"HTTP/1.1 405 "), second  # POST /health, its body unread
 
 
+@pytest.mark.parametrize("framing", [b"Content-Length: %d", b"Transfer-Encoding: chunked"])
+async def test_the_body_of_a_request_asking_to_upgrade_is_never_read_as_a_request(
+    pool: asyncpg.Pool[Any], repo: repository.Repository, framing: bytes
+) -> None:
+    """The parser stops at the head's end of a request with `Connection: Upgrade`, body or
+    not: the body was read as the next request (here a GET answered 200 with alice's jobs),
+    and the request itself served without it."""
+    key = (await repo.create_key("alice", "user")).api_key
+    inner = b"GET /api/v1/jobs HTTP/1.1\r\nHost: menos\r\nAuthorization: Bearer " + key.encode()
+    inner += b"\r\n\r\n"
+    if b"chunked" in framing:
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
+    else:
+        framing, body = framing % len(inner), inner
+    upgrade = b"POST /api/v1/content HTTP/1.1\r\nHost: menos\r\nConnection: Upgrade\r\n"
+    upgrade += b"Upgrade: h2c\r\nContent-Type: application/json\r\n" + framing + b"\r\n\r\n"
+    async with served(pool) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(upgrade + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # to the server's close
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"a request asking to switch protocols must not have a body" in answer, answer
+    assert b"HTTP/1.1 200 " not in answer and b"job_id" not in answer, answer
+
+
 async def test_a_head_over_its_limit_is_refused_even_when_its_last_read_ends_it(
     pool: asyncpg.Pool[Any],
 ) -> None:
@@ -839,6 +868,83 @@ async def test_a_refused_pipelined_request_does_not_overtake_the_answer_before_i
     assert answers.startswith(b"HTTP/1.1 200 "), answers
     assert b"}HTTP/1.1 400 " in answers, answers  # after the 200's body
     assert b"Invalid header value char" in answers
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+@pytest.mark.parametrize(
+    ("framing", "body", "reason"),
+    [
+        (
+            b"Transfer-Encoding: chunked",
+            b"zz\r\n{}\r\n0\r\n\r\n",
+            b"Invalid character in chunk size",
+        ),
+        (b"Transfer-Encoding: identity", b"{}", b"Transfer-Encoding"),
+    ],
+)
+async def test_a_request_whose_body_the_parser_refuses_is_answered_at_once(
+    pool: asyncpg.Pool[Any],
+    repo: repository.Repository,
+    framing: bytes,
+    body: bytes,
+    reason: bytes,
+    pipelined: bool,
+) -> None:
+    """A bad chunk size, or a framing other than chunked, fails the parser after the head,
+    while the app already waits for the body (or will, once the request pipelined before it
+    is answered): the refusal waited for its answer, which came only as a 408 once
+    BODY_DEADLINE_S (60 s) had passed."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with served(pool) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        before = b"GET /health HTTP/1.1\r\nHost: menos\r\n\r\n" if pipelined else b""
+        writer.write(
+            before + b"POST /api/v1/content HTTP/1.1\r\nHost: menos\r\n"
+            b"Authorization: Bearer " + key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n" + framing + b"\r\n\r\n" + body
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=5)  # to the server's close
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    if pipelined:
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        answer = answer[answer.index(b"}HTTP/1.1 ") + 1 :]
+    head, _, problem = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower(), answer
+    assert b"not a valid HTTP/1.1 request" in problem and reason in problem, problem
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
+
+
+async def test_a_cancel_whose_body_the_parser_refuses_cancels_nothing(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """A refused request leaves nothing behind, even on a route that never reads its body."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with served(pool) as url:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
+            job_id = (await c.post("/api/v1/content", json={"text": "# a"})).json()["job_id"]
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(
+            b"POST /api/v1/jobs/" + job_id.encode() + b"/cancel HTTP/1.1\r\nHost: menos\r\n"
+            b"Authorization: Bearer " + key.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=5)  # to the server's close
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        await asyncio.sleep(0.2)  # a cancel still running would be done by now
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"Invalid character in chunk size" in answer, answer
+    async with pool.acquire() as conn:
+        status = await conn.fetchval(
+            "SELECT status FROM menos.pipeline_job WHERE job_id = $1", uuid.UUID(job_id)
+        )
+    assert status == "pending", status
 
 
 async def test_a_request_target_uvicorn_cannot_read_is_named(pool: asyncpg.Pool[Any]) -> None:

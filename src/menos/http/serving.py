@@ -49,6 +49,11 @@ class _HeadTooLarge(Exception):
     """Raised in a parser callback: the head just parsed is over HEAD_MAX_BYTES."""
 
 
+class _UpgradeWithBody(Exception):
+    """Raised in a parser callback: a request asking to switch protocols declares a body,
+    which the parser does not read as its body (it stops at the head's end)."""
+
+
 class HeadersInTime(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol (httptools' C parser), closing a connection whose next
     request's head has not arrived within HEADERS_DEADLINE_S or is over HEAD_MAX_BYTES,
@@ -61,6 +66,7 @@ class HeadersInTime(HttpToolsProtocol):
         self._head_bytes: int | None = None  # bytes read since a head began, until it ends
         self._read = self._after_upgrade = b""
         self._refusal: bytes | None = None  # due once the requests before it are answered
+        self._serving: asyncio.Task[None] | None = None  # the app's task of the latest request
         self._wait_for_headers()
 
     def data_received(self, data: bytes) -> None:
@@ -103,11 +109,21 @@ class HeadersInTime(HttpToolsProtocol):
         parsed = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if parsed > HEAD_MAX_BYTES:
             raise _HeadTooLarge
+        # Its body would be read on as the next request (one the client never meant, run
+        # with whatever key it holds), and the request itself served without it.
+        if self.parser.should_upgrade() and self._declares_body():
+            raise _UpgradeWithBody("a request asking to switch protocols must not have a body")
         self._head_bytes = None
         super().on_headers_complete()
         if self._headers_due is not None:
             self._headers_due.cancel()  # the head has arrived
             self._headers_due = None
+
+    def _declares_body(self) -> bool:
+        return any(
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+            for name, value in self.headers
+        )
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -115,8 +131,13 @@ class HeadersInTime(HttpToolsProtocol):
         # given before reading it: 401, 413): that body, then the next head, are due in time.
         if not self._answering():
             self._wait_for_headers()
-        if self._refusal is not None and not self._answering() and not self.pipeline:
-            self._send_refusal()
+        # The request refused may be the one just started from the pipeline, refused in
+        # its body: it is answered now, as _refuse answers one the app already serves.
+        if self._refusal is not None and not self.pipeline:
+            if self._refused_in_body():
+                self._answer_refused_body()
+            elif not self._answering():
+                self._send_refusal()
 
     def send_400_response(self, msg: str) -> None:
         """A request the parser refused (a control character in a header, Content-Length
@@ -141,6 +162,12 @@ class HeadersInTime(HttpToolsProtocol):
         head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
         head += [name + b": " + value + b"\r\n" for name, value in headers]
         self._refusal = b"".join(head) + b"\r\n" + body
+        if self._refused_in_body():
+            # The parser failed in the body of the request the app is reading (a bad chunk
+            # size, a framing other than chunked): the rest of it never comes, and its answer
+            # would be a 408 once the body's deadline passed. This refusal is its answer.
+            self._answer_refused_body()
+            return
         # httptools parses ahead of the answers: the refusal of a pipelined request must not
         # overtake (and, closing the connection, drop) the answers of the requests before it.
         if self._answering() or self.pipeline:
@@ -152,6 +179,34 @@ class HeadersInTime(HttpToolsProtocol):
         if self._refusal is not None and not self.transport.is_closing():
             self.transport.write(self._refusal)
             self.transport.close()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        running = set(self.tasks)
+        super()._start_asgi_task(cycle, app)
+        self._serving = next(iter(self.tasks - running), None)
+
+    def _answer_refused_body(self) -> None:
+        """Send the refusal as the answer of the request the app serves, and stop serving it:
+        a route that does not read the body (a cancel) must not act on a refused request,
+        nor its answer be written after the refusal."""
+        assert self.cycle is not None
+        self.cycle.disconnected = True
+        self.cycle.message_event.set()
+        if self._serving is not None:
+            self._serving.cancel()  # before it began, or while it waits for the body
+        self._send_refusal()
+
+    def _refused_in_body(self) -> bool:
+        """Whether the request refused is the one the app is serving, before its answer began
+        and with its body not all read."""
+        cycle = self.cycle
+        return (
+            cycle is not None
+            and not self.pipeline
+            and cycle.more_body
+            and not cycle.response_started
+            and not cycle.response_complete
+        )
 
     def _answering(self) -> bool:
         """Whether a request's head has arrived and its answer is not complete yet."""
