@@ -40,6 +40,20 @@ async def served(pool: asyncpg.Pool[Any]) -> AsyncIterator[str]:
         sock.close()
 
 
+async def sent_raw(url: str, request: bytes, *, timeout: float = 10) -> bytes:
+    """What the API at `url` answers to `request` (raw bytes, sent at once), read to the
+    server's close."""
+    reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+    writer.write(request)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=timeout)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
 async def test_a_body_held_back_past_the_deadline_is_a_408_and_stores_nothing(
     pool: asyncpg.Pool[Any], repo: repository.Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -425,14 +439,12 @@ async def test_a_request_with_two_framings_is_refused_and_its_connection_closed(
     """Content-Length and Transfer-Encoding together: a proxy in front may read the body by
     the other one, and take what follows for another request (RFC 9112 §6.1)."""
     async with served(pool) as url:
-        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
-        writer.write(
+        answer = await sent_raw(
+            url,
             b"POST /api/v1/content HTTP/1.1\r\nHost: menos\r\nContent-Length: 5\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-            b"GET /health HTTP/1.1\r\nHost: menos\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: menos\r\n\r\n",
         )
-        answer = await asyncio.wait_for(reader.read(), timeout=10)  # to the server's close
-        writer.close()
     head, _, problem = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
     assert b"Transfer-Encoding can't be present with Content-Length" in problem
@@ -812,13 +824,7 @@ async def test_the_body_of_a_request_asking_to_upgrade_is_never_read_as_a_reques
     upgrade = b"POST /api/v1/content HTTP/1.1\r\nHost: menos\r\nConnection: Upgrade\r\n"
     upgrade += b"Upgrade: h2c\r\nContent-Type: application/json\r\n" + framing + b"\r\n\r\n"
     async with served(pool) as url:
-        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
-        writer.write(upgrade + body)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), timeout=10)  # to the server's close
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+        answer = await sent_raw(url, upgrade + body)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b"a request asking to switch protocols must not have a body" in answer, answer
     assert b"HTTP/1.1 200 " not in answer and b"job_id" not in answer, answer
@@ -855,16 +861,11 @@ async def test_a_refused_pipelined_request_does_not_overtake_the_answer_before_i
     was written first and the connection closed, so the valid request's answer was lost and
     the client read the 400 as that request's."""
     async with served(pool) as url:
-        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
-        writer.write(
+        answers = await sent_raw(
+            url,
             b"GET /health HTTP/1.1\r\nHost: menos\r\n\r\n"
-            b"GET /health HTTP/1.1\r\nHost: menos\r\nX-Bad: a\x00b\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: menos\r\nX-Bad: a\x00b\r\n\r\n",
         )
-        await writer.drain()
-        answers = await asyncio.wait_for(reader.read(), timeout=10)  # to the server's close
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
     assert answers.startswith(b"HTTP/1.1 200 "), answers
     assert b"}HTTP/1.1 400 " in answers, answers  # after the 200's body
     assert b"Invalid header value char" in answers
@@ -896,18 +897,14 @@ async def test_a_request_whose_body_the_parser_refuses_is_answered_at_once(
     BODY_DEADLINE_S (60 s) had passed."""
     key = (await repo.create_key("alice", "user")).api_key
     async with served(pool) as url:
-        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
         before = b"GET /health HTTP/1.1\r\nHost: menos\r\n\r\n" if pipelined else b""
-        writer.write(
+        answer = await sent_raw(
+            url,
             before + b"POST /api/v1/content HTTP/1.1\r\nHost: menos\r\n"
             b"Authorization: Bearer " + key.encode() + b"\r\n"
-            b"Content-Type: application/json\r\n" + framing + b"\r\n\r\n" + body
+            b"Content-Type: application/json\r\n" + framing + b"\r\n\r\n" + body,
+            timeout=5,
         )
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), timeout=5)  # to the server's close
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
     if pipelined:
         assert answer.startswith(b"HTTP/1.1 200 "), answer
         answer = answer[answer.index(b"}HTTP/1.1 ") + 1 :]
@@ -926,17 +923,13 @@ async def test_a_cancel_whose_body_the_parser_refuses_cancels_nothing(
     async with served(pool) as url:
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
             job_id = (await c.post("/api/v1/content", json={"text": "# a"})).json()["job_id"]
-        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
-        writer.write(
+        answer = await sent_raw(
+            url,
             b"POST /api/v1/jobs/" + job_id.encode() + b"/cancel HTTP/1.1\r\nHost: menos\r\n"
             b"Authorization: Bearer " + key.encode() + b"\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+            timeout=5,
         )
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), timeout=5)  # to the server's close
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
         await asyncio.sleep(0.2)  # a cancel still running would be done by now
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b"Invalid character in chunk size" in answer, answer
@@ -951,13 +944,7 @@ async def test_a_request_target_uvicorn_cannot_read_is_named(pool: asyncpg.Pool[
     """`CONNECT host:port` failed in uvicorn's own callback: the detail said only "User
     callback error"; it gives the callback's error."""
     async with served(pool) as url:
-        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
-        writer.write(b"CONNECT menos:443 HTTP/1.1\r\nHost: menos\r\n\r\n")
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), timeout=10)  # to the server's close
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+        answer = await sent_raw(url, b"CONNECT menos:443 HTTP/1.1\r\nHost: menos\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b"not a valid HTTP/1.1 request: invalid url" in answer, answer
 
