@@ -85,6 +85,12 @@ async def test_rows_written_by_hand_as_no_object_are_claimed_and_read_with_the_o
     content = await repo.content(first.content_id, owner="alice")
     assert content is not None and content.source_metadata == {} and content.result is None
     page = await repo.list_content(
-        owner="alice", status=None, content_type=None, tag=None, after=None, limit=10
+        owner="alice",
+        status=None,
+        content_type=None,
+        tag=None,
+        result_tag=None,
+        after=None,
+        limit=10,
     )
     assert len(page.items) == 2

@@ -728,10 +728,22 @@ async def test_listings_of_everyone_newest_first_read_no_whole_table(database_ur
         await one.conn.execute("ANALYZE menos.content")  # as autovacuum would have by now
         before = await helpers.sequential_scans(one, ("content",))
         listed = await repo.list_content(
-            owner=None, status=None, content_type=None, tag=None, after=None, limit=50
+            owner=None,
+            status=None,
+            content_type=None,
+            tag=None,
+            result_tag=None,
+            after=None,
+            limit=50,
         )
         await repo.list_content(
-            owner=None, status=None, content_type=None, tag=None, after=listed.last, limit=50
+            owner=None,
+            status=None,
+            content_type=None,
+            tag=None,
+            result_tag=None,
+            after=listed.last,
+            limit=50,
         )
         exported = await repo.export_page(owner=None, after=None, limit=100)
         await repo.export_page(owner=None, after=exported.last, limit=100)
@@ -754,7 +766,13 @@ async def test_a_page_of_content_leaves_the_bodies_in_the_database(
     tracemalloc.start()
     try:
         page = await repo.list_content(
-            owner="alice", status=None, content_type=None, tag=None, after=None, limit=100
+            owner="alice",
+            status=None,
+            content_type=None,
+            tag=None,
+            result_tag=None,
+            after=None,
+            limit=100,
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -960,7 +978,13 @@ async def test_listings_are_planned_for_their_own_filters(database_url: str) -> 
         repo = repository.Repository(pool, db.Queries())
         for owner in [None] * 6 + ["alice"]:
             await repo.list_content(
-                owner=owner, status=None, content_type=None, tag=None, after=None, limit=10
+                owner=owner,
+                status=None,
+                content_type=None,
+                tag=None,
+                result_tag=None,
+                after=None,
+                limit=10,
             )
             await repo.list_jobs(owner=owner, status=None, content_id=None, after=None, limit=10)
             await repo.export_page(owner=owner, after=None, limit=10)
@@ -1198,7 +1222,13 @@ async def test_content_tags_hold_no_null_and_migration_0017_drops_those_left(
     assert await pool.fetchval(tags, content_id) == list(helpers.note().tags)
     assert await pool.fetchval(tags, other_id) == ["a", "c", "d"]
     page = await repo.list_content(
-        owner="alice", status=None, content_type=None, tag=None, after=None, limit=10
+        owner="alice",
+        status=None,
+        content_type=None,
+        tag=None,
+        result_tag=None,
+        after=None,
+        limit=10,
     )
     assert {item.content_id for item in page.items} == {content_id, other_id}
 

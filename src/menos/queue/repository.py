@@ -862,9 +862,9 @@ class Repository(_Store):
         status: str | None,
         content_type: str | None,
         tag: str | None,
+        result_tag: str | None,
         after: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
-        result_tag: str | None = None,
     ) -> Page[models.Content]:
         """Content newest first, strictly after the `after` key (keyset pagination), without
         bodies and results (null). `tag` matches a submitter tag as it is; `result_tag` (the
