@@ -541,11 +541,16 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
             if held is not None:
                 os.close(held)  # the children's copies hold the lock now
         stop_asked = False
+        told: set[str] = set()
 
         def stop_children() -> None:
-            for proc in children.values():
-                if proc.poll() is None:
+            # The dispatcher only once the worker is gone: the callbacks of the jobs the
+            # worker finishes in its grace period are delivered before everything stops.
+            worker_gone = children["worker"].poll() is not None
+            for name, proc in children.items():
+                if proc.poll() is None and (name != "dispatcher" or worker_gone):
                     proc.send_signal(signal.SIGTERM)
+                    told.add(name)
 
         def stop(*_: object) -> None:
             # Passed on at once: the first Ctrl-C stops the children gracefully, a second one
@@ -584,7 +589,9 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
                 children["api"].wait(timeout=0.5)
         if not stop_asked:  # a child exited on its own: stop the others
             stop_children()
-        for proc in children.values():
+        for proc in children.values():  # api, worker, then dispatcher
+            if proc is children["dispatcher"] and "dispatcher" not in told and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=conf.worker_shutdown_grace_s + 5)
             except subprocess.TimeoutExpired:

@@ -472,21 +472,10 @@ def test_dev_says_when_its_server_is_back_on_a_port_its_children_do_not_use(
     assert menos_db(env, "stop").returncode == 0
 
 
-@pytest.mark.timeout(300)
-def test_dev_killed_with_sigkill_lets_its_worker_finish_before_the_server_stops(
-    db: tuple[Path, dict[str, str]], tmp_path: Path
-) -> None:
-    """`make run` killed with SIGKILL: its worker, stopping gracefully, finishes the job it
-    runs before the guard stops the server (the server was stopped at once: the job's result
-    was lost and the job left `processing`, its attempt counted)."""
-    home, env = db
-    port = free_port()
-    env = {
-        **env,
-        "MENOS_PORT": str(port),
-        "MENOS_LOG_FORMAT": "json",
-        "MENOS_CALLBACK_ALLOW_PRIVATE": "true",
-    }
+@contextlib.contextmanager
+def slow_page(seconds: float) -> Iterator[tuple[str, threading.Event]]:
+    """A web page on 127.0.0.1 that answers `seconds` after it is asked: its URL, and an event
+    set once it is asked."""
     asked = threading.Event()
 
     class SlowPage(BaseHTTPRequestHandler):
@@ -495,7 +484,7 @@ def test_dev_killed_with_sigkill_lets_its_worker_finish_before_the_server_stops(
 
         def do_GET(self) -> None:
             asked.set()
-            time.sleep(5)  # dev is killed while the worker waits for this
+            time.sleep(seconds)
             body = b"<html><body><p>" + b"A page that took its time. " * 20 + b"</p></body></html>"
             self.send_response(200)
             self.send_header("content-type", "text/html")
@@ -503,23 +492,75 @@ def test_dev_killed_with_sigkill_lets_its_worker_finish_before_the_server_stops(
             self.end_headers()
             self.wfile.write(body)
 
-    site = ThreadingHTTPServer(("127.0.0.1", 0), SlowPage)
+    with serving(SlowPage) as port:
+        yield f"http://127.0.0.1:{port}/slow", asked
+
+
+@contextlib.contextmanager
+def callback_receiver(bodies: list[bytes]) -> Iterator[str]:
+    """A webhook receiver on 127.0.0.1 that keeps each body it is sent and answers 204."""
+
+    class Receiver(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(204)
+            self.end_headers()
+
+    with serving(Receiver) as port:
+        yield f"http://127.0.0.1:{port}/hook"
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    site = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     site.daemon_threads = True
     threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        yield site.server_address[1]
+    finally:
+        site.shutdown()
+        site.server_close()
+
+
+def dev_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a `menos dev` on a free port that may fetch from and call back to 127.0.0.1."""
+    return {
+        **env,
+        "MENOS_PORT": str(free_port()),
+        "MENOS_LOG_FORMAT": "json",
+        "MENOS_CALLBACK_ALLOW_PRIVATE": "true",
+    }
+
+
+def submit(home: Path, env: dict[str, str], body: dict[str, str]) -> str:
+    """Submit `body` to the running dev's API with its key; the job's id."""
+    answer = httpx.post(
+        f"http://127.0.0.1:{env['MENOS_PORT']}/api/v1/ingest",
+        headers={"Authorization": f"Bearer {(home / 'dev_api_key').read_text().strip()}"},
+        json=body,
+        timeout=30,
+    )
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["job_id"])
+
+
+@pytest.mark.timeout(300)
+def test_dev_killed_with_sigkill_lets_its_worker_finish_before_the_server_stops(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`make run` killed with SIGKILL: its worker, stopping gracefully, finishes the job it
+    runs before the guard stops the server (the server was stopped at once: the job's result
+    was lost and the job left `processing`, its attempt counted)."""
+    home, env = db
+    env = dev_env(env)
     log = tmp_path / "dev.log"
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(site.server_close)
-        cleanup.callback(site.shutdown)
+        page, asked = cleanup.enter_context(slow_page(5))  # dev is killed while it waits
         dev = cleanup.enter_context(running_dev(env, log))
-        key = (home / "dev_api_key").read_text().strip()
-        answer = httpx.post(
-            f"http://127.0.0.1:{port}/api/v1/ingest",
-            headers={"Authorization": f"Bearer {key}"},
-            json={"url": f"http://127.0.0.1:{site.server_address[1]}/slow"},
-            timeout=30,
-        )
-        assert answer.status_code == 202, answer.text
-        job_id = answer.json()["job_id"]
+        job_id = submit(home, env, {"url": page})
         assert asked.wait(60), "the worker never fetched the page"
         dev.kill()
         dev.wait()
@@ -528,6 +569,28 @@ def test_dev_killed_with_sigkill_lets_its_worker_finish_before_the_server_stops(
     dsn = menos_db(env, "start").stdout.strip()
     job = sql(dsn, "SELECT status FROM menos.pipeline_job WHERE job_id = $1", uuid.UUID(job_id))
     assert job == [{"status": "completed"}], log.read_text()
+
+
+@pytest.mark.timeout(300)
+def test_dev_stopped_with_ctrl_c_delivers_the_callbacks_of_the_jobs_its_worker_finishes(
+    db: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Ctrl-C stopped `make run`'s dispatcher at once, while its worker still finished the job
+    it ran: that job's callback waited for the next `make run`. The dispatcher stops after
+    the worker."""
+    home, env = db
+    env = dev_env(env)
+    log = tmp_path / "dev.log"
+    delivered: list[bytes] = []
+    with contextlib.ExitStack() as cleanup:
+        page, asked = cleanup.enter_context(slow_page(3))  # Ctrl-C comes while it waits
+        hook = cleanup.enter_context(callback_receiver(delivered))
+        dev = cleanup.enter_context(running_dev(env, log))
+        job_id = submit(home, env, {"url": page, "callback_url": hook})
+        assert asked.wait(60), "the worker never fetched the page"
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=120) == 0, log.read_text()
+    assert [job_id in body.decode() for body in delivered] == [True], log.read_text()
 
 
 def _serving(data_dir: Path) -> list[int]:
