@@ -1233,6 +1233,57 @@ async def test_content_tags_hold_no_null_and_migration_0017_drops_those_left(
     assert {item.content_id for item in page.items} == {content_id, other_id}
 
 
+async def test_times_outside_rfc3339_are_refused_and_migration_0018_brings_them_in(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A time past year 9999 or before year 1 written in psql made the job and content views
+    and their lists a 500, and a claim taking the job failed after committing, ending it and
+    the jobs claimed with it WORKER_LOST; the database refuses such times, infinities too, and
+    the migration brings in those UPDATEs left, so the claim and the views read them."""
+    await helpers.owner(repo)
+    job_id = (await repo.enqueue(helpers.note())).job_id
+    other = await repo.enqueue(helpers.note(body="# Other"))
+    edits = [
+        "UPDATE menos.pipeline_job SET created_at = '10000-01-01'",
+        "UPDATE menos.pipeline_job SET cancel_requested_at = '4713-01-01 BC'",
+        "UPDATE menos.content SET created_at = 'infinity'",
+        "UPDATE menos.content SET processed_at = '-infinity'",
+    ]
+    for edit in edits:
+        with pytest.raises(asyncpg.CheckViolationError, match="times_within_rfc3339"):
+            await pool.execute(edit)
+    await pool.execute(
+        "ALTER TABLE menos.pipeline_job DROP CONSTRAINT pipeline_job_times_within_rfc3339"
+    )
+    await pool.execute("ALTER TABLE menos.content DROP CONSTRAINT content_times_within_rfc3339")
+    await pool.execute(
+        "ALTER TABLE menos.owner DROP CONSTRAINT owner_times_within_rfc3339;"
+        " ALTER TABLE menos.api_key DROP CONSTRAINT api_key_times_within_rfc3339;"
+        " ALTER TABLE menos.callback_outbox DROP CONSTRAINT callback_outbox_times_within_rfc3339"
+    )
+    await pool.execute(
+        "UPDATE menos.pipeline_job SET created_at = '10000-01-01', priority = -1,"
+        " cancel_requested_at = '4713-01-01 BC' WHERE job_id = $1",
+        job_id,
+    )
+    await pool.execute(
+        "UPDATE menos.content SET created_at = 'infinity', processed_at = '-infinity'"
+        " WHERE content_id = $1",
+        other.content_id,
+    )
+    await pool.execute(_migration(18))
+    utc = dt.UTC
+    job = await repo.job(job_id, owner="alice")
+    assert job is not None
+    assert job.created_at == dt.datetime.max.replace(tzinfo=utc)
+    assert job.cancel_requested_at == dt.datetime.min.replace(tzinfo=utc)
+    content = await repo.content(other.content_id, owner="alice")
+    assert content is not None and content.created_at == dt.datetime.max.replace(tzinfo=utc)
+    assert content.processed_at == dt.datetime.min.replace(tzinfo=utc)
+    claimed = await claim(repo, "w", 2)
+    assert sorted(c.job.job_id for c in claimed) == sorted([job_id, other.job_id])
+
+
 def _migration(version: int) -> str:
     return next(sql for number, _, sql in db.migrations() if number == version)
 
