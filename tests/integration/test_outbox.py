@@ -277,6 +277,27 @@ async def test_failed_attempts_back_off_then_end_failed_leaving_the_job_alone(
     ]
 
 
+async def test_an_event_never_counts_below_zero_attempts(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """An event whose count was set below 0 in psql was sent three more times than at most
+    three; the database refuses that count, and migration 0019 starts such events at 0."""
+    await make_events(repo, 1)
+    negative = "UPDATE menos.callback_outbox SET attempts = -3"
+    with pytest.raises(asyncpg.CheckViolationError, match="callback_outbox_attempts_check"):
+        await pool.execute(negative)
+    await pool.execute(
+        "ALTER TABLE menos.callback_outbox DROP CONSTRAINT callback_outbox_attempts_check"
+    )
+    await pool.execute(negative)
+    await pool.execute(next(sql for number, _, sql in db.migrations() if number == 19))
+    at = await db_now(pool)
+    (event,) = await claim(outbox, at)
+    assert event.attempts == 1
+
+
 async def test_last_attempt_never_recorded_ends_failed(
     repo: repository.Repository,
     outbox: repository.OutboxRepository,
