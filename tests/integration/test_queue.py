@@ -1284,6 +1284,27 @@ async def test_times_outside_rfc3339_are_refused_and_migration_0018_brings_them_
     assert sorted(c.job.job_id for c in claimed) == sorted([job_id, other.job_id])
 
 
+async def test_a_pending_job_leaves_room_to_count_its_next_claim_and_0020_makes_it(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """A pending job whose attempts were set to the largest integer in psql made every claim
+    fail (`integer out of range`), so no job ran; the database refuses that count, and the
+    migration lowers one such an UPDATE left, so the claims take it and the others."""
+    await helpers.owner(repo)
+    full = (await repo.enqueue(helpers.note())).job_id
+    other = (await repo.enqueue(helpers.note(body="# Other"))).job_id
+    overflow = "UPDATE menos.pipeline_job SET attempts = 2147483647 WHERE job_id = $1"
+    with pytest.raises(asyncpg.CheckViolationError, match="pending_attempts_countable"):
+        await pool.execute(overflow, full)
+    await pool.execute(
+        "ALTER TABLE menos.pipeline_job DROP CONSTRAINT pipeline_job_pending_attempts_countable"
+    )
+    await pool.execute(overflow, full)
+    await pool.execute(_migration(20))
+    claimed = {c.job.job_id: c.job.attempts for c in await claim(repo, "w", 2)}
+    assert claimed == {full: 2147483647, other: 1}
+
+
 def _migration(version: int) -> str:
     return next(sql for number, _, sql in db.migrations() if number == version)
 
