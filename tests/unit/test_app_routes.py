@@ -284,7 +284,9 @@ def test_allow_names_head_wherever_get_is_served() -> None:
         for method, path in (("PUT", "/health"), ("OPTIONS", "/metrics"), ("PUT", "/metrics")):
             allowed = client.request(method, path).headers["allow"]
             assert allowed == "GET, HEAD, OPTIONS", (method, path)
-        assert client.delete("/api/v1/ingest").headers["allow"] == "POST, OPTIONS"
+        assert client.delete("/api/v1/ingest").headers["allow"] == "OPTIONS, POST"
+        cancel = "/api/v1/jobs/01a2159d-524a-7593-8d2b-6969448d34eb/cancel"
+        assert client.get(cancel).headers["allow"] == "OPTIONS, POST"
 
 
 def test_an_asset_path_the_disk_cannot_look_up_is_a_404() -> None:
