@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated, Any
 
 import asyncpg
 import pytest
 import structlog
 from litestar import get, post
+from litestar.enums import RequestEncodingType
 from litestar.exceptions import InternalServerException
+from litestar.params import Body
 from litestar.testing import create_test_client
 
 from menos import cli, db, errors
@@ -34,6 +37,27 @@ def test_a_recursion_error_without_a_body_is_a_500_not_a_400() -> None:
         nested = client.post("/boom", json={"a": 1})
     assert nested.status_code == 400
     assert nested.json()["errors"] == [{"field": "body", "message": http_errors.NESTED_TOO_DEEPLY}]
+    assert nested.json()["detail"] == f"body: {http_errors.NESTED_TOO_DEEPLY}"
+
+
+@post("/form", sync_to_thread=False)
+def form(data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)]) -> None:
+    pass
+
+
+def test_a_400_of_litestar_s_own_names_the_body_in_its_detail() -> None:
+    """Every 400's detail is `field: message`; a malformed multipart body's said only
+    `Invalid multipart/form-data`, and one nested too deeply only its message."""
+    with create_test_client([form], exception_handlers=http_errors.HANDLERS) as client:
+        broken = client.post(
+            "/form",
+            content=b"garbage",
+            headers={"content-type": "multipart/form-data; boundary=XX"},
+        )
+    assert broken.status_code == 400
+    (error,) = broken.json()["errors"]
+    assert error["field"] == "body"
+    assert broken.json()["detail"] == f"body: {error['message']}"
 
 
 @get("/failing", sync_to_thread=False)

@@ -193,7 +193,7 @@ def _litestar_error(request: Request[Any, Any, Any], exc: Exception) -> Response
                 "request_unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc
             )
         body_fields = [FieldError(field="body", message=exc.detail)] if status == 400 else []
-        detail = exc.detail
+        detail = f"body: {exc.detail}" if body_fields else exc.detail  # as the other 400s
         if status == 413:  # "Request Entity Too Large": the limit is what a client needs
             detail = f"the request body is over {request.app.state.settings.max_body_bytes} bytes"
         return problem(
@@ -218,7 +218,7 @@ def _body_error(
         if not _has_body(request):
             return _litestar_error(request, exc)
         log.info(event, path=request.url.path)
-        return problem(400, "Invalid input", message, [FieldError("body", message)])
+        return problem(400, "Invalid input", f"body: {message}", [FieldError("body", message)])
 
     return handle
 
