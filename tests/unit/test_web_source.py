@@ -566,6 +566,34 @@ async def test_binary_data_without_a_content_type_is_content_empty(body: bytes) 
     assert "binary" in error.message
 
 
+@pytest.mark.parametrize("content_type", ["text/html", "text/plain; charset=utf-8"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8,
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n" * 20,
+        b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)) * 8,
+        bytes(range(256)) * 8,
+    ],
+)
+async def test_binary_data_sent_as_text_is_content_empty(body: bytes, content_type: str) -> None:
+    """A server that labels every file as text (an image, a PDF, a zip sent as text/html):
+    the bytes are not stored as the page's text, and the job does not complete on noise."""
+    error = await _fetch_error(
+        lambda request: httpx.Response(200, headers={"content-type": content_type}, content=body)
+    )
+    assert error.code == "CONTENT_EMPTY"
+    assert "binary" in error.message
+
+
+async def test_utf16_text_labelled_so_is_read_without_a_byte_order_mark() -> None:
+    """UTF-16 text holds NUL bytes: with its charset declared it is still read as text."""
+    body = ARTICLE.encode("utf-16-le")
+    async with _client(lambda request: _html(body, "text/html; charset=utf-16le")) as client:
+        page = await web.fetch_page(client, PUBLIC + "/", max_bytes=MAX)
+    assert "readable part of a page" in page.body
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -80,6 +80,7 @@ _NOT_PAGE_ENCODINGS = frozenset(
 # 1445 bytes, is binary (a PNG or PDF read as text is noise, not a page).
 _SNIFF_BYTES = 1445
 _BINARY_BYTE = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_NUL_BYTE = re.compile(rb"\x00")
 _BINARY_SIGNATURES = (
     b"%PDF-",
     b"%!PS-Adobe-",
@@ -263,10 +264,15 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
         raise errors.PipelineError("FETCH_FAILED", f"the page is {exc}") from None
     if more:
         raise _too_large(max_bytes)
-    if not content_type and _is_binary(raw):
-        raise errors.PipelineError(
-            "CONTENT_EMPTY", "nothing readable: binary data sent without a content type"
-        )
+    # A server that labels every file text/html (an image, a PDF, an archive) sends noise a
+    # job would complete on: declared text is sniffed too, for a signature or a NUL byte only
+    # (a stray control character is no reason to refuse text said to be text), unless its
+    # charset is UTF-16 or UTF-32, whose text holds NUL bytes without a byte-order mark.
+    if _is_binary(raw, declared=bool(content_type)) and not _wide_charset(
+        response.charset_encoding
+    ):
+        sent = f"sent as {content_type}" if content_type else "sent without a content type"
+        raise errors.PipelineError("CONTENT_EMPTY", f"nothing readable: binary data {sent}")
     size = len(raw)
     is_html = content_type not in _VERBATIM_TYPES
     try:
@@ -283,12 +289,24 @@ async def _read_page(response: httpx.Response, url: str, max_bytes: int) -> _Pag
     return _Page(text=text, content_type=content_type, is_html=is_html, metadata=metadata)
 
 
-def _is_binary(raw: bytes) -> bool:
+def _is_binary(raw: bytes, *, declared: bool = False) -> bool:
+    """Whether `raw` is binary data; for a body `declared` as text, only a file's signature or
+    a NUL byte says so."""
     if raw.startswith(tuple(bom for bom, _name in _BOMS)):  # UTF-16's text holds NUL bytes
         return False
     if _HTML_SIGNATURE.match(raw):
         return False
-    return raw.startswith(_BINARY_SIGNATURES) or bool(_BINARY_BYTE.search(raw, 0, _SNIFF_BYTES))
+    binary_byte = _NUL_BYTE if declared else _BINARY_BYTE
+    return raw.startswith(_BINARY_SIGNATURES) or bool(binary_byte.search(raw, 0, _SNIFF_BYTES))
+
+
+def _wide_charset(label: str | None) -> bool:
+    """Whether a Content-Type's charset names UTF-16 or UTF-32."""
+    try:
+        name = codecs.lookup(label).name if label else ""
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
+        return False
+    return name.startswith(("utf-16", "utf-32"))
 
 
 def _too_large(max_bytes: int) -> errors.PipelineError:
