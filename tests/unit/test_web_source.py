@@ -1003,6 +1003,7 @@ async def test_a_page_title_loses_its_control_characters(body: str, content_type
         ("punycode", b"menos-" + b"z" * 20_000),
         ("unicode-escape", b"C:\\new\\u0041 caf\xc3\xa9"),
         ("raw-unicode-escape", b"C:\\u0041 caf\xc3\xa9"),
+        ("utf-7", b"Hello +2AA- world, caf\xc3\xa9"),
     ],
 )
 async def test_a_charset_that_no_browser_knows_reads_as_the_bytes_say(
@@ -1015,3 +1016,12 @@ async def test_a_charset_that_no_browser_knows_reads_as_the_bytes_say(
     async with _client(lambda request: page) as client:
         fetched = await web.fetch_page(client, f"{PUBLIC}/odd", max_bytes=MAX)
     assert fetched.body == body.decode("utf-8")
+
+
+async def test_a_page_labelled_utf7_keeps_its_text_past_a_surrogate() -> None:
+    """UTF-7 decoded `+2AA-` to a lone surrogate, and the HTML extractor dropped the text
+    from there on: the page is read as its bytes say, whole."""
+    page = _html(b"<html><body><p>Hello +2AA- world.</p></body></html>", "text/html; charset=utf-7")
+    async with _client(lambda request: page) as client:
+        fetched = await web.fetch_page(client, f"{PUBLIC}/odd", max_bytes=MAX)
+    assert fetched.body == "Hello +2AA- world."

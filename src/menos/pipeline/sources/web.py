@@ -71,9 +71,11 @@ _BROWSER_LABELS = {
 }
 # Python's own codecs, which no browser reads a page in: a label naming one is ignored.
 # punycode's decoder takes quadratic time (30 s for 1 MB, on the worker's event loop), the
-# escape codecs rewrite backslashes, idna and undefined always fail.
+# escape codecs rewrite backslashes, idna and undefined always fail. UTF-7, which WHATWG
+# forbids, decodes `+2AA-` to a lone surrogate: no extractor, analyzer or column takes one
+# (lxml cut the text there, the builtin analyzer failed the job PIPELINE_EXCEPTION).
 _NOT_PAGE_ENCODINGS = frozenset(
-    {"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined"}
+    {"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined", "utf-7"}
 )
 # A body sent without a Content-Type is sniffed as browsers do (WHATWG MIME Sniffing): one that
 # starts with a document's or image's signature, or holds a byte no text has in its first
