@@ -157,6 +157,12 @@ async def test_an_underlined_heading_is_a_heading() -> None:
     assert "1 heading" in " ".join(got["score_explanation"])
 
 
+async def test_a_note_of_headings_only_is_summarized_by_them() -> None:
+    """A note that is only a heading ("# Shopping list") got an empty summary."""
+    assert (await analyze("# Shopping list"))["summary"] == "Shopping list"
+    assert (await analyze("# Plans\n\n## Next week"))["summary"].startswith("Plans")
+
+
 async def test_structured_article_outranks_a_short_note() -> None:
     """A longer, structured article gets a higher quality score than a one-line note."""
     article = await analyze(ARTICLE)

@@ -172,8 +172,15 @@ class BuiltinAnalyzer:
         score, score_explanation, points = _quality(features)
         keyphrases = self._keyphrases(request.title, [unit for unit, _ in units])
         candidates = self._candidates(keyphrases, text, tokens)
+        counts = self._content_counts(tokens)
+        summary = self._summary(sentences, sentence_words, counts)
+        if not summary:
+            # A note of headings only ("# Shopping list") is summarized by its headings.
+            headings = [unit for unit, heading in units if heading]
+            heading_words = [[word.lower() for word in _WORD.findall(h)] for h in headings]
+            summary = self._summary(headings, heading_words, counts)
         return {
-            "summary": self._summary(sentences, sentence_words, self._content_counts(tokens)),
+            "summary": summary,
             "tags": self._tags(text, request.vocabulary, candidates),
             "tier": _tier(score),
             "tier_explanation": _tier_explanation(score, points),
