@@ -212,6 +212,35 @@ async def test_language_preference_is_followed() -> None:
     assert video.metadata["duration"] == 4.0
 
 
+async def test_a_language_without_a_region_takes_a_regional_transcript() -> None:
+    """A video captioned only in `en-GB` has an English transcript for `en`, in the order of
+    preference; a language with a region takes only itself."""
+    captions = {"en-GB": CAPTIONS_EN, "de": CAPTIONS_DE}
+    fake = FakeYouTube(
+        player=_player([_track("de", "Deutsch"), _track("en-GB", "English (UK)")]),
+        captions=captions,
+    )
+    video = await _fetch(fake, languages=["en"])
+    assert video.body.startswith("Hello and welcome")
+    assert video.metadata["language"] == "en-GB"
+    fake = FakeYouTube(
+        player=_player([_track("de", "Deutsch"), _track("en-GB", "English (UK)")]),
+        captions=captions,
+    )
+    assert (await _fetch(fake, languages=["de", "en"])).metadata["language"] == "de"
+    fake = FakeYouTube(
+        player=_player([_track("de", "Deutsch"), _track("en-GB", "English (UK)")]),
+        captions=captions,
+    )
+    assert (await _fetch(fake, languages=["en", "de"])).metadata["language"] == "en-GB"
+    with pytest.raises(errors.PipelineError) as caught:
+        await _fetch(
+            FakeYouTube(player=_player([_track("en-GB", "English (UK)")]), captions=captions),
+            languages=["en-US"],
+        )
+    assert caught.value.code == "SOURCE_NOT_FOUND"
+
+
 async def test_no_transcript_in_wanted_languages_is_source_not_found() -> None:
     """A video without a transcript in the configured languages fails with SOURCE_NOT_FOUND."""
     with pytest.raises(errors.PipelineError) as caught:

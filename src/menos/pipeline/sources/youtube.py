@@ -259,7 +259,7 @@ def _download_blocking(
         session.mount(prefix, _BoundedAdapter(adapter, deadline))
     try:
         api = youtube_transcript_api.YouTubeTranscriptApi(http_client=session)
-        result = api.fetch(video_id, languages=languages)
+        result = _find(api.list(video_id), languages).fetch()
         return _Transcript(
             snippets=[
                 _Snippet(text=item.text, start=float(item.start), duration=float(item.duration))
@@ -274,6 +274,22 @@ def _download_blocking(
         else:
             for prefix, adapter in adapters.items():
                 session.mount(prefix, adapter)
+
+
+def _find(
+    transcripts: youtube_transcript_api.TranscriptList, languages: list[str]
+) -> youtube_transcript_api.Transcript:
+    """The transcript in the first of `languages` the video has. A language without a region
+    (`en`) is followed by the video's regional ones (`en-GB`, `en-US`), which the library
+    matches only exactly: a video captioned in `en-GB` alone had no transcript for `en`."""
+    available = [transcript.language_code for transcript in transcripts]
+    wanted: list[str] = []
+    for language in languages:
+        wanted.append(language)
+        if "-" not in language:
+            prefix = language.lower() + "-"
+            wanted += [code for code in available if code.lower().startswith(prefix)]
+    return transcripts.find_transcript(wanted)
 
 
 class _BoundedAdapter(requests.adapters.BaseAdapter):
