@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from menos import errors
-from menos.pipeline import ssrf
+from menos.pipeline import analyzers, ssrf
+from menos.pipeline.analyzers.builtin import BuiltinAnalyzer
 from menos.pipeline.sources import web
 from tests.support import wire
 from tests.support.http_network import HandlerNetwork
@@ -93,6 +94,34 @@ async def test_html_page_becomes_readable_text_with_title_and_metadata() -> None
         "content_type": "text/html",
         "bytes": len(ARTICLE.encode()),
     }
+
+
+async def test_a_pages_headings_paragraphs_and_lists_stay_apart() -> None:
+    """A heading is not run into the paragraph after it, paragraphs stay paragraphs and
+    emphasis gets no markers: the summary's sentences and the structure measure of the score
+    (headings, list items, paragraphs) see the page as it reads."""
+    page_html = (
+        "<html><head><title>Queues</title></head><body><article>"
+        "<h1>Why queues matter</h1><p>A job queue hands <b>slow</b> work to a worker.</p>"
+        "<h2>Durability</h2><p>PostgreSQL holds the queue in rows.</p>"
+        "<ul><li>Leases expire.</li><li>Heartbeats renew them.</li></ul>"
+        "</article></body></html>"
+    )
+    async with _client(lambda request: _html(page_html)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body.split("\n\n") == [
+        "# Why queues matter",
+        "A job queue hands slow work to a worker.",
+        "## Durability",
+        "PostgreSQL holds the queue in rows.",
+        "- Leases expire.\n- Heartbeats renew them.",
+    ]
+    answer = BuiltinAnalyzer().analyze_text(
+        analyzers.Request(
+            text=page.body, title=page.title, content_type="web", tags=[], vocabulary=[]
+        )
+    )
+    assert "Structure: 2 headings, 2 list items," in " ".join(answer["score_explanation"])
 
 
 async def test_title_falls_back_to_the_title_tag() -> None:

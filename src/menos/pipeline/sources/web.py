@@ -125,6 +125,7 @@ _SPAN_MAX = 100  # trafilatura's own cap of a colspan
 # more elements than this loses its inline markup (never its text) before extraction.
 _PARAGRAPH_ELEMENTS_MAX = 200
 _NOT_TEXT_TAGS = ("script", "style", "noscript", "template")
+_EMPHASIS_TAGS = ("b", "strong", "i", "em", "u", "mark")
 _CELL_TAGS = frozenset({"td", "th"})
 # trafilatura strips a table's thead, tbody and tfoot: a cell directly in one is outside any row.
 _ROW_PARENTS = frozenset({"table", "thead", "tbody", "tfoot"})
@@ -369,10 +370,17 @@ def _readable_html(page: str) -> tuple[str, str | None]:
         tree = trafilatura.load_html(page)
         if tree is not None:
             _flatten_crowded_paragraphs(tree)
+            # Emphasis is no structure: trafilatura's markdown would wrap it in `*`. Renamed,
+            # not stripped: the text nodes left by stripping 20,000 <b> took it 15 s.
+            for element in tree.iter(*_EMPHASIS_TAGS):
+                element.tag = "span"
         document = trafilatura.bare_extraction(
             tree,
             with_metadata=True,
             include_comments=False,
+            # Headings, paragraphs and lists kept as markdown: plain text runs a heading into
+            # the paragraph after it, and the analyzers see one paragraph and no heading.
+            include_formatting=True,
             include_tables=tree is None or _table_work(tree) <= _TABLE_WORK_MAX,
         )
         if document is not None and not isinstance(document, dict):
