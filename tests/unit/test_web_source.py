@@ -405,6 +405,70 @@ async def test_more_than_five_redirects_fail() -> None:
     assert count == 6
 
 
+def _refreshing(seconds: int, url: str) -> httpx.Response:
+    return _html(
+        f'<html><head><meta http-equiv="Refresh" content="{seconds}; URL=\'{url}\'">'
+        "<title>Moved</title></head><body></body></html>"
+    )
+
+
+async def test_a_page_that_refreshes_to_another_at_once_is_followed() -> None:
+    """An old site's moved page (`<meta http-equiv="refresh" content="0; url=…">`, no text)
+    failed CONTENT_EMPTY, "no readable text", where a browser shows the page it points to."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.path == "/old":
+            return _refreshing(0, "/new?from=old&amp;x=1")
+        return _html("<html><body><p>The page that moved here.</p></body></html>")
+
+    async with _client(handler, pinned=True) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/old", max_bytes=MAX)
+    assert "The page that moved here." in page.body
+    assert seen == [f"{PUBLIC}/old", f"{PUBLIC}/new?from=old&x=1"]
+    assert page.metadata["final_url"] == f"{PUBLIC}/new?from=old&x=1"
+
+
+async def test_a_slow_refresh_or_one_to_the_page_itself_or_nowhere_is_not_followed() -> None:
+    """A page that reloads itself, moves on only after a while (a front page refreshing
+    every few minutes) or to a URL that cannot be fetched, is read as it is."""
+    for refresh in (
+        _refreshing(300, "/elsewhere"),
+        _refreshing(0, "/front"),
+        _refreshing(0, "javascript:go()"),
+        _refreshing(0, "http://[::1"),
+    ):
+        body = refresh.content.replace(b"<body>", b"<body><p>Today's front page.</p>")
+        async with _client(lambda request, body=body: _html(body)) as client:
+            page = await web.fetch_page(client, f"{PUBLIC}/front", max_bytes=MAX)
+        assert page.body == "Today's front page."
+
+
+async def test_refreshes_count_among_the_redirects_and_pass_the_ssrf_rule() -> None:
+    """A chain of refreshes ends after five hops, as redirects do, and a refresh to a
+    private address is refused before anything is asked of it."""
+    count = 0
+
+    def chain(request: httpx.Request) -> httpx.Response:
+        nonlocal count
+        count += 1
+        return _refreshing(0, f"/hop{count}")
+
+    error = await _fetch_error(chain)
+    assert (error.code, count) == ("FETCH_FAILED", 6)
+    assert "redirects" in error.message
+    hosts: list[str] = []
+
+    def to_metadata(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        return _refreshing(0, "http://169.254.169.254/latest/")
+
+    error = await _fetch_error(to_metadata, pinned=True)
+    assert error.code == "FETCH_FAILED" and "SSRF" in error.message
+    assert hosts == ["93.184.215.14"]
+
+
 async def test_redirect_to_a_private_address_is_refused() -> None:
     """A public page redirecting to cloud metadata fails, and metadata is never requested."""
     hosts: list[str] = []

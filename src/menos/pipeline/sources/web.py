@@ -19,6 +19,18 @@ from menos.pipeline import bounded, threads
 from menos.pipeline.sources import fetched
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# A page's <meta http-equiv="refresh">, looked for in its first characters (the head), as
+# WHATWG parses its content: a delay, then `;` or `,`, an optional `url=`, the URL (quoted or
+# not). Followed like a redirect when it leaves within this many seconds.
+_META_TAG = re.compile(r"<meta\b[^>]*>", re.IGNORECASE)
+_ATTRIBUTE = re.compile(r"""([^\s=/>"']+)\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""")
+_REFRESH = re.compile(
+    r"""\s*(?P<delay>\d{1,9})[\d.]*\s*(?:[;,]\s*(?:url\s*=\s*)?)?"""
+    r"""(?P<quote>["']?)(?P<url>[^"']*)(?P=quote)""",
+    re.IGNORECASE,
+)
+_REFRESH_SCAN_CHARS = 65_536
+_REFRESH_MAX_DELAY_S = 5
 _GONE_STATUSES = frozenset({404, 410})
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _XML_TYPES = frozenset({"application/xhtml+xml"})
@@ -205,7 +217,15 @@ async def _fetch(
                     cookies.extract_cookies(response)
                     current = _redirect_target(response.url, location)
                     continue
-                return await _read_page(response, current, max_bytes)
+                page = await _read_page(response, current, max_bytes)
+                # A page that sends browsers on at once (`<meta http-equiv="refresh">`, an
+                # old site's moved page) is a redirect too, counted among the same hops.
+                target = _refresh_target(page, response.url)
+                if target is None or target == current:
+                    return page
+                cookies.extract_cookies(response)
+                current = target
+                continue
             finally:
                 await response.aclose()
         except errors.Unresolvable as exc:
@@ -234,6 +254,32 @@ async def _fetch(
                 "FETCH_FAILED", f"could not fetch the page: {errors.describe(exc)}"
             ) from exc
     raise errors.PipelineError("FETCH_FAILED", f"more than {max_redirects} redirects")
+
+
+def _refresh_target(page: _Page, base: httpx.URL) -> str | None:
+    """The http(s) URL an HTML page's `<meta http-equiv="refresh" content="N; url=…">`
+    sends a browser to within _REFRESH_MAX_DELAY_S seconds, if any: a refresh without a URL
+    reloads the page itself, a slower one is a page to read first (a front page reloading
+    itself every few minutes), and one to a URL that cannot be fetched is ignored."""
+    if not page.is_html:
+        return None
+    for tag in _META_TAG.finditer(page.text, 0, _REFRESH_SCAN_CHARS):
+        attributes = {
+            name.lower(): html.unescape(value[1:-1] if value[0] in "\"'" else value)
+            for name, value in _ATTRIBUTE.findall(tag.group())
+        }
+        if attributes.get("http-equiv", "").strip().lower() != "refresh":
+            continue
+        refresh = _REFRESH.match(attributes.get("content", ""))
+        if refresh is None or int(refresh["delay"]) > _REFRESH_MAX_DELAY_S:
+            return None
+        try:
+            return (
+                _redirect_target(base, refresh["url"].strip()) if refresh["url"].strip() else None
+            )
+        except (errors.PipelineError, httpx.InvalidURL):
+            return None
+    return None
 
 
 def _redirect_target(base: httpx.URL, location: str) -> str:
