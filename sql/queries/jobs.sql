@@ -70,9 +70,12 @@ SELECT j.job_id, false, false  -- as last committed: held unless that lock's cha
    AND (j.status = 'processing') IS TRUE AND j.worker_id = $7 AND j.attempts = h.attempts;
 
 -- name: save_fetched
--- Store what the fetch stage got, while this worker still holds the job.
+-- Store what the fetch stage got, while this worker still holds the job. Its oEmbed lookup's outcome replaces an earlier one's (`oembed_error` or `channel`); metadata written by hand as something other than an object is replaced.
 UPDATE menos.content c
-   SET body = $4, title = coalesce(c.title, $5), source_metadata = c.source_metadata || $6,
+   SET body = $4, title = coalesce(c.title, $5),
+       source_metadata = CASE jsonb_typeof(c.source_metadata)
+                             WHEN 'object' THEN c.source_metadata - 'oembed_error'
+                             ELSE '{}' END || $6,
        updated_at = now()
   FROM menos.pipeline_job j
  WHERE j.job_id = $1 AND (j.status = 'processing') IS TRUE AND j.worker_id = $2

@@ -146,6 +146,32 @@ def test_youtube_with_supplied_transcript_gets_title_from_oembed(
     assert meta["source_metadata"]["channel"] == "Queue Channel"
 
 
+def test_a_reprocess_asks_oembed_again_for_the_title_it_could_not_get(
+    menos: Menos, site: web_server.Site
+) -> None:
+    """oEmbed failing on a video's first fetch left it untitled for good: the transcript is
+    stored, so no reprocess fetched again. A reprocess asks oEmbed (only) again."""
+    menos.api()
+    first_worker = menos.worker(MENOS_YOUTUBE_OEMBED_URL=site.url("/broken"))
+    transcript = "A talk about queues, leases and heartbeats in PostgreSQL. " * 5
+    with menos.client(menos.key("alice")["api_key"]) as client:
+        submitted = ingest(client, url="https://youtu.be/dQw4w9WgXcQ", transcript_text=transcript)
+        assert finished(client, submitted["job_id"])["status"] == "completed"
+        content_id = submitted["content_id"]
+        assert client.get(f"/api/v1/content/{content_id}").json()["title"] is None
+        first_worker.terminate()
+        assert first_worker.wait(timeout=60) == 0
+        menos.worker(MENOS_YOUTUBE_OEMBED_URL=site.url("/oembed"))
+        again = client.post(f"/api/v1/content/{content_id}/reprocess?force=true")
+        assert again.status_code == 202, again.text
+        assert finished(client, again.json()["job_id"])["status"] == "completed"
+        assert client.get(f"/api/v1/content/{content_id}").json()["title"] == "A talk about queues"
+    (row,) = sql(menos.database_url, "SELECT body, source_metadata FROM menos.content")
+    assert row["body"] == transcript.strip()
+    assert row["source_metadata"]["channel"] == "Queue Channel"
+    assert "oembed_error" not in row["source_metadata"]
+
+
 def test_a_cookie_the_oembed_endpoint_set_is_not_sent_again(
     menos: Menos, site: web_server.Site
 ) -> None:

@@ -150,6 +150,15 @@ async def _fetch(state: _State, port: Port, ctx: Context, run: Run) -> None:
         # Stored by an earlier run (or supplied for a page): never fetched again.
         state.text = item.body
         run.diagnostics["fetch"] = "stored body"
+        if item.content_type == "youtube" and "oembed_error" in item.source_metadata:
+            # Only the title and channel an earlier oEmbed lookup could not get are asked again.
+            title, details = await youtube.video_details(
+                ctx.metadata_http,
+                item.resource_key.removeprefix("yt:"),
+                oembed_url=ctx.oembed_url,
+            )
+            state.title = item.title or title
+            await port.save_fetched(item.body, title, details)
         return
     got: fetched_mod.Fetched
     if item.content_type == "youtube":

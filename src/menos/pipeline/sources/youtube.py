@@ -108,16 +108,20 @@ async def fetch_video(
             )
     if not body:
         raise errors.PipelineError("CONTENT_EMPTY", f"the transcript of video {video_id} is empty")
-    title: str | None = None
+    title, details = await video_details(client, video_id, oembed_url=oembed_url)
+    return fetched.Fetched(body=body, title=title, metadata=metadata | details)
+
+
+async def video_details(
+    client: httpx.AsyncClient, video_id: str, *, oembed_url: str
+) -> tuple[str | None, dict[str, Any]]:
+    """A video's title and its metadata from oEmbed: `channel`, or `oembed_error` saying why
+    the lookup failed (never fatal)."""
     try:
         oembed = await _oembed(client, oembed_url, canonical_url(video_id))
     except _OEmbedFailed as exc:
-        metadata["oembed_error"] = str(exc)
-    else:
-        title = oembed.title
-        if oembed.author_name:
-            metadata["channel"] = oembed.author_name
-    return fetched.Fetched(body=body, title=title, metadata=metadata)
+        return None, {"oembed_error": str(exc)}
+    return oembed.title, {"channel": oembed.author_name} if oembed.author_name else {}
 
 
 class _OEmbedFailed(Exception):
