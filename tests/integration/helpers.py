@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import types
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -16,6 +17,25 @@ from menos.queue import models, repository
 from menos.queue import worker as queue_worker
 
 VERSION = "0.0.0-test"
+
+
+async def unfiltered_content(
+    repo: repository.Repository,
+    *,
+    owner: str | None,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> repository.Page[models.Content]:
+    """A page of `owner`'s content (everyone's for None), no filter applied."""
+    return await repo.list_content(
+        owner=owner,
+        status=None,
+        content_type=None,
+        tag=None,
+        result_tag=None,
+        after=after,
+        limit=limit,
+    )
 
 
 def note(

@@ -84,13 +84,5 @@ async def test_rows_written_by_hand_as_no_object_are_claimed_and_read_with_the_o
     assert [c.content.source_metadata for c in claimed if c.job.job_id == first.job_id] == [{}]
     content = await repo.content(first.content_id, owner="alice")
     assert content is not None and content.source_metadata == {} and content.result is None
-    page = await repo.list_content(
-        owner="alice",
-        status=None,
-        content_type=None,
-        tag=None,
-        result_tag=None,
-        after=None,
-        limit=10,
-    )
+    page = await helpers.unfiltered_content(repo, owner="alice", after=None, limit=10)
     assert len(page.items) == 2

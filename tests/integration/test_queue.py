@@ -727,24 +727,8 @@ async def test_listings_of_everyone_newest_first_read_no_whole_table(database_ur
         )
         await one.conn.execute("ANALYZE menos.content")  # as autovacuum would have by now
         before = await helpers.sequential_scans(one, ("content",))
-        listed = await repo.list_content(
-            owner=None,
-            status=None,
-            content_type=None,
-            tag=None,
-            result_tag=None,
-            after=None,
-            limit=50,
-        )
-        await repo.list_content(
-            owner=None,
-            status=None,
-            content_type=None,
-            tag=None,
-            result_tag=None,
-            after=listed.last,
-            limit=50,
-        )
+        listed = await helpers.unfiltered_content(repo, owner=None, after=None, limit=50)
+        await helpers.unfiltered_content(repo, owner=None, after=listed.last, limit=50)
         exported = await repo.export_page(owner=None, after=None, limit=100)
         await repo.export_page(owner=None, after=exported.last, limit=100)
         assert await helpers.sequential_scans(one, ("content",)) == before
@@ -765,15 +749,7 @@ async def test_a_page_of_content_leaves_the_bodies_in_the_database(
     )
     tracemalloc.start()
     try:
-        page = await repo.list_content(
-            owner="alice",
-            status=None,
-            content_type=None,
-            tag=None,
-            result_tag=None,
-            after=None,
-            limit=100,
-        )
+        page = await helpers.unfiltered_content(repo, owner="alice", after=None, limit=100)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -977,15 +953,7 @@ async def test_listings_are_planned_for_their_own_filters(database_url: str) -> 
     try:
         repo = repository.Repository(pool, db.Queries())
         for owner in [None] * 6 + ["alice"]:
-            await repo.list_content(
-                owner=owner,
-                status=None,
-                content_type=None,
-                tag=None,
-                result_tag=None,
-                after=None,
-                limit=10,
-            )
+            await helpers.unfiltered_content(repo, owner=owner, after=None, limit=10)
             await repo.list_jobs(owner=owner, status=None, content_id=None, after=None, limit=10)
             await repo.export_page(owner=owner, after=None, limit=10)
         generic = await pool.fetchval(
@@ -1221,15 +1189,7 @@ async def test_content_tags_hold_no_null_and_migration_0017_drops_those_left(
     tags = "SELECT tags FROM menos.content WHERE content_id = $1"
     assert await pool.fetchval(tags, content_id) == list(helpers.note().tags)
     assert await pool.fetchval(tags, other_id) == ["a", "c", "d"]
-    page = await repo.list_content(
-        owner="alice",
-        status=None,
-        content_type=None,
-        tag=None,
-        result_tag=None,
-        after=None,
-        limit=10,
-    )
+    page = await helpers.unfiltered_content(repo, owner="alice", after=None, limit=10)
     assert {item.content_id for item in page.items} == {content_id, other_id}
 
 
