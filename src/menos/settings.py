@@ -199,6 +199,13 @@ def _api_key(name: str, raw: str) -> str:
     return key
 
 
+def _pg_bindir(name: str, raw: str) -> Path:
+    path = Path(_text(name, raw))
+    if not (path / "postgres").is_file():
+        raise errors.SettingsError(name, f"expected a directory holding postgres, got {raw!r}")
+    return path
+
+
 def _languages(name: str, raw: str) -> tuple[str, ...]:
     langs = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not langs:
@@ -210,7 +217,7 @@ def _languages(name: str, raw: str) -> tuple[str, ...]:
 _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "MENOS_DATABASE_URL": ("database_url", _dsn),
     "MENOS_HOME": ("home", lambda n, r: Path(_text(n, r))),
-    "MENOS_PG_BINDIR": ("pg_bindir", lambda n, r: Path(_text(n, r))),
+    "MENOS_PG_BINDIR": ("pg_bindir", _pg_bindir),
     "MENOS_HOST": ("host", _text),
     "MENOS_PORT": ("port", _port),
     "MENOS_MAX_CONCURRENCY": ("max_concurrency", _up_to(PG_INTEGER_MAX)),

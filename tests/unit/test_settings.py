@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from menos import errors, settings
+from menos import cli, errors, settings
 
 
 @pytest.mark.parametrize(
@@ -147,3 +147,19 @@ def test_a_port_out_of_range_names_the_range(raw: str) -> None:
     with pytest.raises(errors.SettingsError) as caught:
         settings.from_env({"MENOS_PORT": raw})
     assert str(caught.value) == f"MENOS_PORT: expected a TCP port (1-65535), got {raw!r}"
+
+
+def test_a_pg_bindir_without_postgres_is_an_invalid_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped MENOS_PG_BINDIR stops every command at start with exit 2, naming it, as any
+    other invalid variable does; a directory holding postgres is taken."""
+    with pytest.raises(errors.SettingsError) as caught:
+        settings.from_env({"MENOS_PG_BINDIR": str(tmp_path / "missing")})
+    assert str(caught.value).startswith("MENOS_PG_BINDIR")
+    (tmp_path / "postgres").touch()
+    assert settings.from_env({"MENOS_PG_BINDIR": str(tmp_path)}).pg_bindir == tmp_path
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MENOS_PG_BINDIR", str(tmp_path / "missing"))
+    assert cli.main(["jobs", "list"]) == cli.EXIT_USAGE
+    assert "menos: invalid configuration: MENOS_PG_BINDIR: " in capsys.readouterr().err
