@@ -736,7 +736,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--worker-id",
-        type=_nonblank,
+        type=_worker_id,
         help="name shown in jobs and logs (default host:pid:random)",
     )
 
@@ -1020,9 +1020,14 @@ def _content_target(text: str) -> str:
     return text
 
 
-def _nonblank(text: str) -> str:
+def _worker_id(text: str) -> str:
+    """`--worker-id`: one line of visible text, as it appears in jobs and log lines."""
+    if not _is_utf8(text):
+        raise argparse.ArgumentTypeError("not valid UTF-8")
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be blank")
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError("must not hold control characters")
     return text
 
 

@@ -26,6 +26,8 @@ from menos import cli, settings
         (["jobs", "list", "--limit", "0"], "menos jobs list", "--limit: must be from 1 to 1000"),
         (["keys", "list", "--owner", "\udcff"], "menos keys list", "owner: not valid UTF-8"),
         (["worker", "--worker-id", " "], "menos worker", "--worker-id: must not be blank"),
+        (["worker", "--worker-id", "w\n1"], "menos worker", "--worker-id: must not hold control"),
+        (["worker", "--worker-id", "w\t1"], "menos worker", "--worker-id: must not hold control"),
         (["keys", "create", "--owner", "a b"], "menos keys create", "--owner: use 1-64 characters"),
         (["export-summaries", "--out", ""], "menos export-summaries", "--out: an empty path"),
         (["reprocess", "01a21bef-da0d"], "menos reprocess", "neither a content id nor a URL"),
