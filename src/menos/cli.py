@@ -747,11 +747,11 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     kc.add_argument("--admin", action="store_true", help="the key sees and acts on everything")
     kc.add_argument("--json", action="store_true", help="print one compact JSON line")
     kl = _command(ksub, "list", help="list keys (never the keys themselves)")
-    kl.add_argument("--owner")
+    kl.add_argument("--owner", type=_owner_name)
     kr = _command(ksub, "revoke", help="revoke a key by its key_id")
     kr.add_argument("key_id", type=_key_id)
     ks = _command(ksub, "rotate-secret", help="new webhook secret; the old one signs for 24 h")
-    ks.add_argument("--owner", required=True)
+    ks.add_argument("--owner", required=True, type=_owner_name)
 
     _command(
         sub,
@@ -766,12 +766,12 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         help="re-run one item (exit 0 completed, 1 failed, 2 cancelled with --wait)",
     )
     rp.add_argument("target", metavar="CONTENT_ID|URL", type=_content_target)
-    rp.add_argument("--owner", help="the owner, when a URL is known to several")
+    rp.add_argument("--owner", type=_owner_name, help="the owner, when a URL is known to several")
     rp.add_argument("--force", action="store_true", help="re-run even if current")
     rp.add_argument("--wait", action="store_true", help="follow the job's stages until it ends")
     rp.add_argument("--callback-url", type=_callback_url, help="send a callback when the run ends")
     cp = _command(sub, "classify", help="bulk re-run pending, failed or stale content")
-    cp.add_argument("--owner")
+    cp.add_argument("--owner", type=_owner_name)
     cp.add_argument("--content-type", choices=["youtube", "web", "markdown"])
     cp.add_argument(
         "--status",
@@ -784,7 +784,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     cp.add_argument("--limit", type=_whole_number(1), help="at most N items")
     cp.add_argument("--dry-run", action="store_true", help="list the content ids, enqueue nothing")
     ep = _command(sub, "export-summaries", help="export completed results")
-    ep.add_argument("--owner")
+    ep.add_argument("--owner", type=_owner_name)
     ep.add_argument("--format", choices=["jsonl", "csv", "markdown"], default="jsonl")
     ep.add_argument(
         "--out",
@@ -797,7 +797,7 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     jp = _command(sub, "jobs", help="inspect and cancel jobs")
     jsub = jp.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     jl = _command(jsub, "list", help="newest jobs first")
-    jl.add_argument("--owner")
+    jl.add_argument("--owner", type=_owner_name)
     jl.add_argument("--status", choices=list(models.JOB_STATUSES))
     jl.add_argument(
         "--limit", type=_whole_number(1, 1000), default=50, help="at most N jobs (1-1000)"
@@ -1039,8 +1039,11 @@ def _path(text: str) -> Path:
 
 
 def _owner_name(text: str) -> str:
-    """`keys create --owner`: checked while parsing, so that a bad name is refused before
-    the command starts (or creates) a database."""
+    """`--owner`: checked while parsing, so that a name no owner can have (a typo, an empty
+    value) is refused before the command starts (or creates) a database, rather than
+    matching nothing."""
+    if not _is_utf8(text):
+        raise argparse.ArgumentTypeError("not valid UTF-8")
     if not repository.OWNER_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(repository.OWNER_NAME_RULE)
     return text
