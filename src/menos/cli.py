@@ -694,7 +694,9 @@ def _command(
 ) -> argparse.ArgumentParser:
     """A subcommand whose own `--help` explains it: its one-line help, then `more`."""
     description = f"{help[0].upper()}{help[1:]}." + (f" {more}" if more else "")
-    parser: argparse.ArgumentParser = group.add_parser(name, help=help, description=description)
+    parser: argparse.ArgumentParser = group.add_parser(
+        name, help=help, description=description, allow_abbrev=False
+    )
     parser.set_defaults(usage_of=parser)  # the deepest command given wins: its usage is shown
     return parser
 
@@ -706,6 +708,9 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         description="menos: self-hosted content ingest on a PostgreSQL job queue.",
         epilog="Configuration comes from MENOS_* environment variables (see docs/operations.md). "
         "Exit codes: 0 success, 1 failure, 2 usage error.",
+        # A flag is spelled out: a script's `--forc` must not become another flag once one
+        # with the same beginning is added.
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _command(

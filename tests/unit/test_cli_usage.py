@@ -20,6 +20,8 @@ from menos import cli, settings
         (["db", "--force", "stop"], "menos db", "unrecognized arguments: --force"),
         (["jobs", "--bogus", "list", "--limit", "2"], "menos jobs", "arguments: --bogus"),
         (["keys", "list", "--bogus"], "menos keys list", "unrecognized arguments: --bogus"),
+        (["worker", "--conc", "2"], "menos worker", "unrecognized arguments: --conc"),
+        (["reprocess", "https://x.example/", "--forc"], "menos reprocess", "arguments: --forc"),
         (["worker", "--concurrency", "0"], "menos worker", "--concurrency: must be from 1 to"),
         (["classify", "--limit", "-1"], "menos classify", "--limit: must be 1 or more, not -1"),
         (["classify", "--limit", "many"], "menos classify", "--limit: not a whole number"),
