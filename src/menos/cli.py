@@ -737,26 +737,31 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     w.add_argument(
         "--concurrency",
         type=_whole_number(1, settings.MAX_WORKER_SLOTS),
-        help="job slots in this process (default MENOS_WORKER_CONCURRENCY)",
+        metavar="N",
+        help=f"job slots in this process, 1-{settings.MAX_WORKER_SLOTS} "
+        "(default MENOS_WORKER_CONCURRENCY)",
     )
     w.add_argument(
         "--worker-id",
         type=_worker_id,
+        metavar="ID",
         help="name shown in jobs and logs (default host:pid:random)",
     )
 
     keys = _command(sub, "keys", help="API keys and webhook secrets")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     kc = _command(ksub, "create", help="a new key (shown once) and the owner's webhook secret")
-    kc.add_argument("--owner", required=True, type=_owner_name)
+    kc.add_argument(
+        "--owner", required=True, type=_owner_name, metavar="NAME", help="created if new"
+    )
     kc.add_argument("--admin", action="store_true", help="the key sees and acts on everything")
     kc.add_argument("--json", action="store_true", help="print one compact JSON line")
     kl = _command(ksub, "list", help="list keys (never the keys themselves)")
-    kl.add_argument("--owner", type=_owner_name)
+    kl.add_argument("--owner", type=_owner_name, metavar="NAME", help="only this owner's keys")
     kr = _command(ksub, "revoke", help="revoke a key by its key_id")
     kr.add_argument("key_id", type=_key_id)
     ks = _command(ksub, "rotate-secret", help="new webhook secret; the old one signs for 24 h")
-    ks.add_argument("--owner", required=True, type=_owner_name)
+    ks.add_argument("--owner", required=True, type=_owner_name, metavar="NAME")
 
     _command(
         sub,
@@ -771,13 +776,23 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
         help="re-run one item (exit 0 completed, 1 failed, 2 cancelled with --wait)",
     )
     rp.add_argument("target", metavar="CONTENT_ID|URL", type=_content_target)
-    rp.add_argument("--owner", type=_owner_name, help="the owner, when a URL is known to several")
+    rp.add_argument(
+        "--owner",
+        type=_owner_name,
+        metavar="NAME",
+        help="the owner, when a URL is known to several",
+    )
     rp.add_argument("--force", action="store_true", help="re-run even if current")
     rp.add_argument("--wait", action="store_true", help="follow the job's stages until it ends")
-    rp.add_argument("--callback-url", type=_callback_url, help="send a callback when the run ends")
+    rp.add_argument(
+        "--callback-url",
+        type=_callback_url,
+        metavar="URL",
+        help="send a callback when the run ends",
+    )
     cp = _command(sub, "classify", help="bulk re-run pending, failed or stale content")
-    cp.add_argument("--owner", type=_owner_name)
-    cp.add_argument("--content-type", choices=["youtube", "web", "markdown"])
+    cp.add_argument("--owner", type=_owner_name, metavar="NAME", help="only this owner's content")
+    cp.add_argument("--content-type", choices=["youtube", "web", "markdown"], help="only this type")
     cp.add_argument(
         "--status",
         choices=list(models.JOB_STATUSES),
@@ -786,26 +801,33 @@ def build_parser(prog: str = "menos") -> argparse.ArgumentParser:
     cp.add_argument(
         "--stale", action="store_true", help="also content completed by an older pipeline_version"
     )
-    cp.add_argument("--limit", type=_whole_number(1), help="at most N items")
+    cp.add_argument("--limit", type=_whole_number(1), metavar="N", help="at most N items")
     cp.add_argument("--dry-run", action="store_true", help="list the content ids, enqueue nothing")
     ep = _command(sub, "export-summaries", help="export completed results")
-    ep.add_argument("--owner", type=_owner_name)
-    ep.add_argument("--format", choices=["jsonl", "csv", "markdown"], default="jsonl")
+    ep.add_argument("--owner", type=_owner_name, metavar="NAME", help="only this owner's results")
+    ep.add_argument(
+        "--format", choices=["jsonl", "csv", "markdown"], default="jsonl", help="default jsonl"
+    )
     ep.add_argument(
         "--out",
         type=_path,
+        metavar="PATH",
         help="file (jsonl, csv) or directory (markdown); default stdout or ./export",
     )
-    ep.add_argument("--content-id", type=uuid.UUID)
+    ep.add_argument("--content-id", type=uuid.UUID, metavar="ID", help="only this item")
     pp = _command(sub, "purge", help="apply retention now (MENOS_RETENTION_*_DAYS)")
     pp.add_argument("--dry-run", action="store_true", help="count what would be removed")
     jp = _command(sub, "jobs", help="inspect and cancel jobs")
     jsub = jp.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     jl = _command(jsub, "list", help="newest jobs first")
-    jl.add_argument("--owner", type=_owner_name)
-    jl.add_argument("--status", choices=list(models.JOB_STATUSES))
+    jl.add_argument("--owner", type=_owner_name, metavar="NAME", help="only this owner's jobs")
+    jl.add_argument("--status", choices=list(models.JOB_STATUSES), help="only jobs in this status")
     jl.add_argument(
-        "--limit", type=_whole_number(1, 1000), default=50, help="at most N jobs (1-1000)"
+        "--limit",
+        type=_whole_number(1, 1000),
+        default=50,
+        metavar="N",
+        help="at most N jobs (1-1000, default 50)",
     )
     js = _command(jsub, "show", help="one job as JSON (verbose view)")
     js.add_argument("job_id", type=uuid.UUID)
