@@ -442,7 +442,9 @@ async def export(
             # items whose titles and random digits meet get the whole id.
             # A title without ASCII letters or digits (日本語) is named by its resource key.
             name = slug(content.title or "") or slug(content.resource_key)
-            stem = f"{name}-{content.content_id.hex[-12:]}"
+            tail = content.content_id.hex[-12:]
+            # A note's resource key (`cid:<id>`) holds the id already: its tail once is enough.
+            stem = name if name.endswith(f"-{tail}") else f"{name}-{tail}"
             if stem in written:
                 stem = f"{name}-{content.content_id.hex}"
             written.add(stem)

@@ -280,7 +280,8 @@ async def test_a_markdown_export_names_a_title_without_ascii_by_its_resource_key
     repo: repository.Repository, pool: asyncpg.Pool[Any], tmp_path: Path
 ) -> None:
     """docs/cli.md names each file by the slug of the title or resource key: a title in
-    another script (日本語) leaves no ASCII to slug, so the resource key names it."""
+    another script (日本語) leaves no ASCII to slug, so the resource key names it. An untitled
+    note's file was `cid-<id>-<the id's tail again>.md`."""
     await helpers.owner(repo)
     await pool.execute(
         "INSERT INTO menos.content (content_id, owner, content_type, resource_key,"
@@ -288,8 +289,17 @@ async def test_a_markdown_export_names_a_title_without_ascii_by_its_resource_key
         " VALUES ('00000000-0000-7000-8000-00000000beef', 'alice', 'web', 'url:AbC_d-E',"
         " '0.1.0', 'completed', '日本語', 'b', '{\"summary\": \"s\"}')"
     )
+    await pool.execute(
+        "INSERT INTO menos.content (content_id, owner, content_type, resource_key,"
+        " pipeline_version, processing_status, title, body, result)"
+        " VALUES ('00000000-0000-7000-8000-00000000cafe', 'alice', 'markdown',"
+        " 'cid:00000000-0000-7000-8000-00000000cafe', '0.1.0', 'completed', NULL, 'b',"
+        ' \'{"summary": "s"}\')'
+    )
     out = io.StringIO()
     await tools.export(repo, owner=None, fmt="markdown", out=tmp_path, content_id=None, stdout=out)
-    assert [Path(line).name for line in out.getvalue().splitlines()] == [
-        "url-abc-d-e-00000000beef.md"
+    # An untitled note's key holds its id: the id's tail is not written twice.
+    assert sorted(Path(line).name for line in out.getvalue().splitlines()) == [
+        "cid-00000000-0000-7000-8000-00000000cafe.md",
+        "url-abc-d-e-00000000beef.md",
     ]
