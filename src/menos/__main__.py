@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from menos import cli
+import signal
+
+try:
+    from menos import cli
+except KeyboardInterrupt:  # Ctrl-C while Python loads the command: no traceback of imports
+    raise SystemExit(128 + signal.SIGINT) from None
 
 if __name__ == "__main__":
     raise SystemExit(cli.main())

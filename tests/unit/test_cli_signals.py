@@ -8,7 +8,10 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +146,21 @@ def test_a_stop_asked_while_the_api_migrates_ends_it_with_0_and_its_database_sto
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     assert exited == ["database"]
+
+
+def test_ctrl_c_while_python_loads_a_command_shows_no_traceback() -> None:
+    """Ctrl-C in the first half second of `make run` (or any command), while Python was still
+    importing it, printed a KeyboardInterrupt traceback of the imports; it exits 130 quietly,
+    as a command interrupted later does."""
+    for delay_s in (0.15, 0.3, 0.45):  # Python itself starts in about 0.02 s here
+        command = subprocess.Popen(
+            [sys.executable, "-m", "menos", "jobs", "list"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "MENOS_DATABASE_URL": "postgresql://u@127.0.0.1:1/x"},
+        )
+        time.sleep(delay_s)
+        command.send_signal(signal.SIGINT)
+        _, err = command.communicate(timeout=60)
+        assert b"Traceback" not in err, (delay_s, err.decode())
+        assert command.returncode in (130, 1), (delay_s, err.decode())  # 1: it had ended
