@@ -123,6 +123,34 @@ async def test_a_failed_jobs_summary_line_names_its_error_code(
     assert finished["error_code"] == "LLM_CALL_ERROR"
 
 
+async def test_the_stage_that_failed_has_a_line_with_its_duration(
+    pool: asyncpg.Pool[Any], build: Build
+) -> None:
+    """A log reader sees how long the failing stage ran: one stage line per stage the stage
+    histogram counts, the failed one as `stage_failed` with `stage` and `duration_ms`."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    worker = build(repo)
+    with structlog.testing.capture_logs() as logs:
+        await run_until_ended(worker, pool)
+    lines = [e for e in logs if e["event"] in ("stage_finished", "stage_failed")]
+    assert [(e["event"], e["stage"]) for e in lines] == [
+        ("stage_finished", "fetch"),
+        ("stage_finished", "prepare"),
+        ("stage_failed", "analyze"),
+    ]
+    assert isinstance(lines[-1]["duration_ms"], float)
+    counted = {
+        labels: value
+        for name, labels, value in worker.stats.samples()
+        if name == "menos_stage_duration_seconds_count"
+    }
+    assert counted == {"stage=fetch": 1, "stage=prepare": 1, "stage=analyze": 1}
+    events = [e["event"] for e in logs]
+    assert events.index("stage_failed") < events.index("job_finished")
+
+
 async def test_a_shutdown_during_the_fail_write_still_records_it(
     pool: asyncpg.Pool[Any], build: Build
 ) -> None:

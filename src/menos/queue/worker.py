@@ -436,9 +436,15 @@ class Worker:
                 del self._slots[job.job_id]
             # A stage that failed ended there; one cut off (a stop, a lost lease) did not:
             # its time so far is no stage duration.
-            for stage in slot.timings(close=stage_failed):
+            running = slot.run.stages[-1]["finished_at"] is None if slot.run.stages else False
+            timings = slot.timings(close=stage_failed)
+            for stage in timings:
                 if stage.duration_ms is not None:
                     self.stats.observe_stage(stage.name, stage.duration_ms / 1000)
+            if stage_failed and running:  # its line, as each stage that succeeded has one
+                log.info(
+                    "stage_failed", stage=timings[-1].name, duration_ms=timings[-1].duration_ms
+                )
             failure = slot.run.diagnostics.get("error") if outcome == "failed" else None
             log.info(
                 "job_finished",
