@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from menos import errors
@@ -231,3 +232,17 @@ async def test_a_failed_model_call_keeps_what_was_sent_and_answered_in_the_full_
     assert "Some text." in payload["repair_prompt"]
     assert "bad key ***" in payload["repair_answer"]
     assert "sk-secret-key" not in json.dumps(payload)
+
+
+async def test_the_submitters_own_tags_echoed_back_are_not_new() -> None:
+    """The prompt shows the submitter's tags; echoed back by the model they are the owner's
+    own, so they are not new and do not count against the 3 new tags: only 3 of the 5 were
+    kept before."""
+    given = ["Home Lab", "kubernetes", "networking", "storage", "backups"]
+    answer = {"summary": "s", "tags": [*given, "zfs"]}
+    item = msgspec.structs.replace(note("# t\n\nSome text."), tags=given)
+    port = RecordingPort(set())
+    async with httpx.AsyncClient() as http:
+        ctx = offline_context(http, FixedAnalyzer(answer), clock=lambda: NOW)
+        await stages.run_pipeline(item, port, ctx, stages.Run(full=False, clock=ctx.clock))
+    assert port.persisted == ["home-lab", "kubernetes", "networking", "storage", "backups", "zfs"]

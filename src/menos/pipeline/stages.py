@@ -236,6 +236,8 @@ async def _parse(state: _State, port: Port, ctx: Context, run: Run) -> None:
     # Only tags that can be kept are asked about: coerce drops the others whatever the answer.
     valid = (result.normalize_tag(tag) for tag in candidates or [] if isinstance(tag, str))
     known = await port.known_tags([tag for tag in valid if tag is not None])
+    # The submitter's tags, shown to the model, are the owner's own: echoed back, not new.
+    known |= {tag for tag in map(result.normalize_tag, state.item.tags) if tag is not None}
     try:
         state.result = result.coerce(
             raw, known_tags=known, model=state.answer.model, processed_at=ctx.clock()
