@@ -68,6 +68,31 @@ def test_many_open_objects_over_a_long_tail_are_searched_a_bounded_number_of_tim
     assert len(searched) <= result.MAX_JSON_STARTS
 
 
+def test_an_object_after_prose_with_many_braces_is_found() -> None:
+    """A model that quotes code before its JSON: 70 braces the decoder refuses at once do not
+    use up the search, which found no object and ended the job EMPTY_RESPONSE."""
+    prose = "The note's code: " + "f(x) { return x; } " * 70
+    assert result.extract_json(prose + '\n{"summary": "ok"}') == {"summary": "ok"}
+
+
+def test_an_answer_of_open_objects_over_a_long_tail_is_read_a_few_times_only() -> None:
+    """900 objects opened over an array that never closes: 64 starts each read to the end
+    (at 8 MiB, a minute on the worker's event loop, twice with the repair call); the search
+    stops once it has read the answer a few times over."""
+    text = '{"a":' * 900 + "[" + "1," * 2**20
+    searched: list[int] = []
+    real = result.json.JSONDecoder.raw_decode
+
+    def counting(self: Any, s: str, idx: int = 0) -> Any:
+        searched.append(idx)
+        return real(self, s, idx)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(result.json.JSONDecoder, "raw_decode", counting)
+        assert result.extract_json(text) is None
+    assert len(searched) <= result.SEARCH_PASSES + 1
+
+
 def test_an_integer_too_long_for_python_is_a_value_of_the_wrong_type() -> None:
     """A 5,000-digit quality_score is past what Python converts: the object still reads, with
     that value as text (the wrong type, so the field takes its default)."""

@@ -122,10 +122,16 @@ def _drop_think_blocks(text: str) -> str:
     return "".join(kept)
 
 
-# How many `{` an answer's JSON object is looked for at. Each try may read to the end of the
-# answer: a few suffice for prose around one object, and a bound keeps an answer of many
-# open objects over a long tail from costing quadratic time on the worker's event loop.
+# How many `{` an answer's JSON object is looked for at, not counting those the decoder
+# refuses within CHEAP_START_CHARS (code quoted in prose: `{ return x; }`).
 MAX_JSON_STARTS = 64
+CHEAP_START_CHARS = 32
+# What all tries together may read: SEARCH_PASSES times the answer, plus SEARCH_SLACK_CHARS.
+# Each try may read to the end of the answer: an answer of many open objects over a long
+# tail stops the search after a few such tries (64 of 8 MiB held the worker's event loop for
+# a minute, twice with the repair call) instead of costing quadratic time.
+SEARCH_PASSES = 3
+SEARCH_SLACK_CHARS = 2**16
 # Python refuses to convert an integer of more digits (int_max_str_digits): such a value is
 # kept as its text, a value of the wrong type that the field's rule replaces.
 _MAX_INT_DIGITS = 4000
@@ -137,8 +143,9 @@ def _integer(digits: str) -> int | str:
 
 def extract_json(text: str) -> dict[str, Any] | None:
     """Return the first balanced `{…}` that parses as a JSON object after stripping noise and
-    ends after the reasoning, looking at the first MAX_JSON_STARTS braces after the
-    reasoning, then at those before it (an object quoting `</think>` starts there).
+    ends after the reasoning, looking at the braces after the reasoning (at most
+    MAX_JSON_STARTS that read far, within the search's budget), then at those before it (an
+    object quoting `</think>` starts there).
 
     An object nesting deeper than the decoder goes is skipped whole: every `{` inside it
     would be as deep, and retrying each would cost quadratic time."""
@@ -152,22 +159,28 @@ def extract_json(text: str) -> dict[str, Any] | None:
 def _first_object(cleaned: str, start: int, reasoning_end: int) -> dict[str, Any] | None:
     decoder = json.JSONDecoder(parse_int=_integer)
     start = cleaned.find("{", start)
-    for _ in range(MAX_JSON_STARTS):
-        if start == -1:
-            break
+    counted = 0
+    budget = SEARCH_PASSES * len(cleaned) + SEARCH_SLACK_CHARS
+    while start != -1 and counted < MAX_JSON_STARTS and budget > 0:
         try:
             # raw_decode reads one JSON value and stops at its end, so braces inside strings
             # and trailing prose are handled by the JSON grammar itself.
             value, end = decoder.raw_decode(cleaned, start)
-        except ValueError:
-            pass
+        except json.JSONDecodeError as exc:
+            # An unterminated string is reported where it starts, but was read to the end.
+            end = len(cleaned) if exc.msg.startswith("Unterminated string") else exc.pos
+            following = start + 1
+        except ValueError:  # not the grammar's: counted as read to the end
+            end, following = len(cleaned), start + 1
         except RecursionError:
-            start = cleaned.find("{", _end_of_nesting(cleaned, start))
-            continue
+            end = following = _end_of_nesting(cleaned, start)
         else:
             if isinstance(value, dict) and end > reasoning_end:
                 return value
-        start = cleaned.find("{", start + 1)
+            following = start + 1
+        counted += end - start > CHEAP_START_CHARS
+        budget -= end - start + 1
+        start = cleaned.find("{", following)
     return None
 
 
