@@ -352,6 +352,23 @@ async def test_body_that_is_not_a_chat_completion_is_llm_call_error(
     assert caught.value.code == "LLM_CALL_ERROR"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [{"error": {"message": "model 'llama9' not found"}}, {"error": "model 'llama9' not found"}],
+)
+async def test_an_error_answered_with_200_says_what_the_server_reported(
+    body: dict[str, Any], analyzer: Make
+) -> None:
+    """Some gateways answer an error with HTTP 200 and an `error` object: the job's message
+    says what it reported, not only that the answer is not a chat completion."""
+    with pytest.raises(errors.PipelineError) as caught:
+        await analyzer(Server(lambda _: httpx.Response(200, json=body))).analyze(request())
+    assert caught.value.code == "LLM_CALL_ERROR"
+    assert caught.value.message == (
+        "the model server's answer is not a chat completion: model 'llama9' not found"
+    )
+
+
 @pytest.mark.parametrize("content", [None, "", "   \n"])
 async def test_empty_content_is_returned_for_the_parse_stage(
     content: str | None, analyzer: Make

@@ -183,6 +183,7 @@ class OpenAIAnalyzer:
     def _read(self, content: bytes) -> tuple[str, str, dict[str, Any] | None, str | None]:
         """Content, model name, usage and finish reason of a chat-completions body. A lone
         surrogate escape in its strings becomes U+FFFD rather than failing the call."""
+        data: Any = None
         try:
             # The standard library's decoder, not msgspec's: msgspec refuses "\ud800", which
             # JSON allows and some servers send when a model cuts a character in two.
@@ -198,8 +199,12 @@ class OpenAIAnalyzer:
             TypeError,
             AttributeError,
         ) as exc:
+            # Some gateways answer an error with 200 and an `error` object: say what it is.
+            reported = isinstance(data, dict) and data.get("error") is not None
             raise errors.PipelineError(
-                "LLM_CALL_ERROR", "the model server's answer is not a chat completion"
+                "LLM_CALL_ERROR",
+                "the model server's answer is not a chat completion"
+                + (self._error_detail(content) if reported else ""),
             ) from exc
         if content_field is None:
             text = ""
