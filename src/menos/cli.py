@@ -152,6 +152,7 @@ def _analyzer(conf: settings.Settings, client: httpx.AsyncClient) -> analyzers.A
             api_key=conf.llm_api_key,
             timeout_s=conf.llm_timeout_s,
             max_chars=conf.pipeline_max_chars,
+            json_mode=conf.llm_json_mode,
         )
     return builtin.BuiltinAnalyzer()
 

@@ -40,6 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_model: str = "llama3.1"
     llm_api_key: str | None = None
     llm_timeout_s: float = 120.0
+    llm_json_mode: bool = True
     pipeline_max_chars: int = 10000
     callback_timeout_s: float = 10.0
     callback_backoff_s: float = 2.0
@@ -229,6 +230,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "MENOS_LLM_MODEL": ("llm_model", _text),
     "MENOS_LLM_API_KEY": ("llm_api_key", _api_key),
     "MENOS_LLM_TIMEOUT_S": ("llm_timeout_s", _seconds),
+    "MENOS_LLM_JSON_MODE": ("llm_json_mode", _bool),
     "MENOS_PIPELINE_MAX_CHARS": ("pipeline_max_chars", _positive_int),
     "MENOS_CALLBACK_TIMEOUT_S": ("callback_timeout_s", _seconds),
     "MENOS_CALLBACK_BACKOFF_S": ("callback_backoff_s", _seconds),

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from menos import errors
+from menos import errors, settings
 from menos.pipeline import analyzers
 from menos.pipeline.analyzers import openai
 from tests.support import wire
@@ -79,6 +79,7 @@ class Make:
         api_key: str | None = "sk-secret-key",
         timeout_s: float = 5.0,
         max_chars: int = 1000,
+        json_mode: bool = True,
     ) -> openai.OpenAIAnalyzer:
         client = httpx.AsyncClient(transport=httpx.MockTransport(server))
         self.clients.append(client)
@@ -89,6 +90,7 @@ class Make:
             api_key=api_key,
             timeout_s=timeout_s,
             max_chars=max_chars,
+            json_mode=json_mode,
         )
 
 
@@ -114,6 +116,18 @@ async def test_request_shape(analyzer: Make) -> None:
     assert body["temperature"] == 0
     assert body["response_format"] == {"type": "json_object"}
     assert [message["role"] for message in body["messages"]] == ["system", "user"]
+
+
+async def test_json_mode_off_sends_no_response_format(analyzer: Make) -> None:
+    """LM Studio refuses `response_format: json_object` (400), failing every job:
+    MENOS_LLM_JSON_MODE=false leaves the field out, and the prompt still asks for JSON."""
+    server = Server()
+    await analyzer(server, json_mode=False).analyze(request())
+    body = server.body()
+    assert "response_format" not in body
+    assert "JSON" in body["messages"][0]["content"]
+    assert settings.from_env({"MENOS_LLM_JSON_MODE": "false"}).llm_json_mode is False
+    assert settings.from_env({}).llm_json_mode is True
 
 
 async def test_system_prompt_asks_for_every_result_field(analyzer: Make) -> None:

@@ -59,7 +59,10 @@ class OpenAIAnalyzer:
         api_key: str | None,
         timeout_s: float,
         max_chars: int,
+        json_mode: bool = True,
     ) -> None:
+        """`json_mode` asks the server for a JSON object (`response_format`); some servers
+        (LM Studio) refuse that field, and then only the prompt asks for JSON."""
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         if max_chars <= 0:
@@ -74,6 +77,7 @@ class OpenAIAnalyzer:
         self._api_key = api_key or None
         self._timeout_s = timeout_s
         self._max_chars = max_chars
+        self._json_mode = json_mode
 
     async def analyze(self, request: analyzers.Request) -> analyzers.Answer:
         """Ask the model for the result object; one HTTP call."""
@@ -114,12 +118,9 @@ class OpenAIAnalyzer:
 
     async def _call(self, messages: list[dict[str, str]], prompt: str) -> analyzers.Answer:
         """One POST of the messages and its answer read."""
-        body = {
-            "model": self._model,
-            "messages": messages,
-            "temperature": 0,
-            "response_format": {"type": "json_object"},
-        }
+        body: dict[str, Any] = {"model": self._model, "messages": messages, "temperature": 0}
+        if self._json_mode:
+            body["response_format"] = {"type": "json_object"}
         # identity: the cap in _post is of the bytes themselves (one that compresses anyway
         # is inflated a bounded piece at a time).
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
