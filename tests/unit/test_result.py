@@ -107,6 +107,15 @@ def test_think_block_is_skipped() -> None:
     assert result.extract_json(text) == {"summary": "final"}
 
 
+def test_a_thinking_block_is_skipped_as_a_think_block_is() -> None:
+    """Models that reason in <thinking> had their draft inside it stored as the result."""
+    text = '<thinking>Maybe {"summary": "draft"}?</thinking>\n{"summary": "final"}'
+    assert result.extract_json(text) == {"summary": "final"}
+    assert result.extract_json('</thinking>{"summary": "after a template\'s tag"}') == {
+        "summary": "after a template's tag"
+    }
+
+
 def test_several_think_blocks_around_the_answer_are_removed() -> None:
     """Interleaved reasoning blocks, even after the answer, leave the answer intact."""
     text = '<THINK>plan {"tier": "D"}</THINK>{"tier": "A"}\n<think>check</think>'

@@ -44,9 +44,10 @@ MAX_NAME_CHARS = 200  # a topic's name or level, an entity's type or name
 MAX_TAG_CHARS = 100
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 
-_THINK_TAG = re.compile(r"<think\b", re.IGNORECASE)
-_THINK_CLOSE = re.compile(r"</think\s*>", re.IGNORECASE)
-_THINK_OPEN = re.compile(r"^\s*<think\b[^>]*>", re.IGNORECASE)
+# `<think>` and `<thinking>`: models use both names for their reasoning.
+_THINK_TAG = re.compile(r"<think(?:ing)?\b", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think(?:ing)?\s*>", re.IGNORECASE)
+_THINK_OPEN = re.compile(r"^\s*<think(?:ing)?\b[^>]*>", re.IGNORECASE)
 # Fence markers only at a line start or end: a JSON string cannot span a raw newline, so these
 # never cut into a string value.
 _FENCE_OPEN = re.compile(r"^[ \t]*```[\w.+-]*", re.MULTILINE)
