@@ -41,9 +41,16 @@ def one_line(message: str) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """`Type: message`, or only `Type` for an exception without a message (httpx's ReadError
-    for a connection reset mid-answer has none)."""
-    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+    """`Type: message`; for an exception without a message, the message of the first exception
+    in its chain that has one (httpx's async ReadError for a connection reset has none, its
+    ConnectionResetError says what happened), else only `Type`."""
+    message, seen = str(exc), {id(exc)}
+    cause = exc.__cause__ or exc.__context__
+    while not message and cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        message = str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {message}".rstrip(": ")
 
 
 class MenosError(Exception):

@@ -900,6 +900,20 @@ async def test_a_connection_reset_mid_answer_names_the_error_without_a_dangling_
     assert error.message == "could not fetch the page: ReadError"
 
 
+async def test_a_connection_reset_names_the_reset_its_bare_read_error_leaves_unsaid() -> None:
+    """A reset that httpx's async transport reports as a bare ReadError is named by its cause."""
+
+    def reset(request: httpx.Request) -> httpx.Response:
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError as exc:
+            raise httpx.ReadError("") from exc
+
+    error = await _fetch_error(reset)
+    reset_by_peer = "ReadError: [Errno 104] Connection reset by peer"
+    assert error.message == f"could not fetch the page: {reset_by_peer}"
+
+
 @pytest.mark.parametrize("charset", ["base64", "rot13", "idna", "zlib"])
 async def test_a_charset_that_is_no_text_encoding_reads_as_utf8(charset: str) -> None:
     body = "Plain words, café.".encode()
