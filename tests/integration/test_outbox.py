@@ -840,6 +840,46 @@ async def test_a_sender_that_dies_after_its_request_went_out_keeps_the_attempt_c
     assert (lost["attempt"], lost["outcome"], lost["status"]) == (1, "lost", "pending")
 
 
+async def test_the_log_lines_of_lost_attempts_name_their_url(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+) -> None:
+    """A lost attempt's `audit.callback_delivery` log line names the receiver's URL, as its
+    stored audit row and every other attempt's log line do (found by a claim or by the sweep)."""
+    await make_events(repo, 2)
+    at = await db_now(pool)
+    events = await claim(outbox, at)
+    assert await count(outbox, events, at) == [True, True]
+    last = events[1]
+    for _ in range(MAX - 1):  # the second event's attempts 2 and 3 are counted and lost too
+        await pool.execute(
+            "UPDATE menos.callback_outbox SET next_attempt_at = now() - interval '1 second' "
+            "WHERE event_id = $1",
+            last.event_id,
+        )
+        (last,) = await claim(outbox, await db_now(pool))
+        assert await count(outbox, [last]) == [True]
+    assert last.attempts == MAX
+    await pool.execute(  # as if every hold ran out a second ago
+        "UPDATE menos.callback_outbox SET next_attempt_at = now() - interval '1 second'"
+    )
+
+    async def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(ok)) as client:
+        sender = dispatcher.Dispatcher(dispatcher_config(), outbox, client, dsn=database_url)
+        with structlog.testing.capture_logs() as logs:
+            await sender.run_once()
+    lost = [line for line in logs if line.get("outcome") == "lost"]
+    assert sorted((line["status"], line.get("url")) for line in lost) == [
+        ("failed", HOOK),  # the sweep's
+        ("pending", HOOK),  # the claim's
+    ]
+
+
 class _RowHeldWhileConnecting(HandlerNetwork):
     """Has another transaction lock every outbox row for `hold_s`, then takes `connect_s` to
     connect: the count that follows waits for what is left of the lock."""

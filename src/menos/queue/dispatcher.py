@@ -203,7 +203,14 @@ class Dispatcher:
         """End `failed` the events whose last attempt was never recorded; returns how many."""
         swept = await self.repo.sweep_exhausted(max_attempts=self.config.max_attempts, now=now)
         for event in swept:
-            _log_lost(event.event_id, event.job_id, event.owner, event.attempts, event.last_error)
+            _log_lost(
+                event.event_id,
+                event.job_id,
+                event.owner,
+                event.url,
+                event.attempts,
+                event.last_error,
+            )
             self.stats.count_delivery("failed")
         return len(swept)
 
@@ -217,7 +224,9 @@ class Dispatcher:
         for c in claim.events:
             if c.lost_attempt is not None:
                 e = c.event
-                _log_lost(e.event_id, e.job_id, e.owner, c.lost_attempt, c.lost_error, "pending")
+                _log_lost(
+                    e.event_id, e.job_id, e.owner, e.url, c.lost_attempt, c.lost_error, "pending"
+                )
                 self.stats.count_delivery("retry")
         return claim
 
@@ -599,6 +608,7 @@ def _log_lost(
     event_id: uuid.UUID,
     job_id: models.JobId,
     owner: models.Owner,
+    url: str,
     attempt: int,
     error: str | None,
     status: str = "failed",
@@ -610,6 +620,7 @@ def _log_lost(
         event_id=str(event_id),
         job_id=str(job_id),
         owner=owner,
+        url=url,
         attempt=attempt,
         outcome="lost",
         error=error,
