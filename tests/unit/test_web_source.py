@@ -124,6 +124,24 @@ async def test_a_pages_headings_paragraphs_and_lists_stay_apart() -> None:
     assert "Structure: 2 headings, 2 list items," in " ".join(answer["score_explanation"])
 
 
+async def test_inline_markup_leaves_no_markers_in_a_pages_text() -> None:
+    """Subscripts, struck-out and keyboard text read as a browser shows them: no literal
+    `<sub>` tags, `~~` or backticks in the text the analyzers see (`H2O`, not `H<sub>2</sub>O`)."""
+    page_html = (
+        "<html><head><title>Water</title></head><body><article><h1>Water</h1>"
+        "<p>Water is H<sub>2</sub>O and energy is mc<sup>2</sup>. It cost <del>ten</del> "
+        "<s>nine</s> <strike>eight</strike> dollars; press <kbd>Enter</kbd> to set "
+        "<var>x</var> in <tt>tty</tt>, <samp>ok</samp>.</p></article></body></html>"
+    )
+    async with _client(lambda request: _html(page_html)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body.split("\n\n") == [
+        "# Water",
+        "Water is H2O and energy is mc2. It cost ten nine eight dollars; press Enter to set "
+        "x in tty, ok.",
+    ]
+
+
 async def test_title_falls_back_to_the_title_tag() -> None:
     """A page without og:title still gets its <title>."""
     page_html = (

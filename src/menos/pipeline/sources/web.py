@@ -137,7 +137,13 @@ _SPAN_MAX = 100  # trafilatura's own cap of a colspan
 # more elements than this loses its inline markup (never its text) before extraction.
 _PARAGRAPH_ELEMENTS_MAX = 200
 _NOT_TEXT_TAGS = ("script", "style", "noscript", "template")
-_EMPHASIS_TAGS = ("b", "strong", "i", "em", "u", "mark")
+# Inline markup trafilatura's markdown would mark: emphasis with `*`, strikethrough with `~~`,
+# keyboard and variable text with backticks, and <sub>/<sup> kept as literal HTML tags
+# (`H<sub>2</sub>O`). None is structure; renamed to span, their text reads as in plain text.
+_INLINE_MARKUP_TAGS = (
+    *("b", "strong", "i", "em", "u", "mark"),
+    *("del", "s", "strike", "sub", "sup", "kbd", "samp", "tt", "var"),
+)
 _CELL_TAGS = frozenset({"td", "th"})
 # trafilatura strips a table's thead, tbody and tfoot: a cell directly in one is outside any row.
 _ROW_PARENTS = frozenset({"table", "thead", "tbody", "tfoot"})
@@ -416,9 +422,8 @@ def _readable_html(page: str) -> tuple[str, str | None]:
         tree = trafilatura.load_html(page)
         if tree is not None:
             _flatten_crowded_paragraphs(tree)
-            # Emphasis is no structure: trafilatura's markdown would wrap it in `*`. Renamed,
-            # not stripped: the text nodes left by stripping 20,000 <b> took it 15 s.
-            for element in tree.iter(*_EMPHASIS_TAGS):
+            # Renamed, not stripped: the text nodes left by stripping 20,000 <b> took it 15 s.
+            for element in tree.iter(*_INLINE_MARKUP_TAGS):
                 element.tag = "span"
         document = trafilatura.bare_extraction(
             tree,
