@@ -463,6 +463,30 @@ async def test_a_slow_refresh_or_one_to_the_page_itself_or_nowhere_is_not_follow
         assert page.body == "Today's front page."
 
 
+async def test_a_refresh_a_browser_does_not_parse_is_not_followed() -> None:
+    """A refresh in a comment, a script's string or a no-JavaScript fallback (`<noscript>`)
+    sends no browser anywhere: the page itself is read, nothing else is fetched."""
+    for hidden in (
+        '<noscript><meta http-equiv="refresh" content="0; url=/no-javascript"></noscript>',
+        '<!-- <meta http-equiv="refresh" content="0; url=/old-home"> -->',
+        '<script>var tag = \'<meta http-equiv="refresh" content="0; url=/s">\';</script>',
+    ):
+        seen: list[str] = []
+
+        def handler(
+            request: httpx.Request, hidden: str = hidden, seen: list[str] = seen
+        ) -> httpx.Response:
+            seen.append(request.url.path)
+            return _html(
+                f"<html><head>{hidden}<title>Home</title></head>"
+                "<body><p>Today's front page.</p></body></html>"
+            )
+
+        async with _client(handler) as client:
+            page = await web.fetch_page(client, f"{PUBLIC}/front", max_bytes=MAX)
+        assert (page.body, seen) == ("Today's front page.", ["/front"])
+
+
 async def test_refreshes_count_among_the_redirects_and_pass_the_ssrf_rule() -> None:
     """A chain of refreshes ends after five hops, as redirects do, and a refresh to a
     private address is refused before anything is asked of it."""

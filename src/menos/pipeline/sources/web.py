@@ -30,6 +30,14 @@ _REFRESH = re.compile(
     re.IGNORECASE,
 )
 _REFRESH_SCAN_CHARS = 65_536
+# Where a browser parses no elements: a comment, and the text of these elements (a noscript's,
+# as scripts run). A <meta> written there (commented out, a script's string, a no-JavaScript
+# fallback page) refreshes nothing.
+_RAW_TEXT_TAGS = ("script", "style", "noscript", "template", "textarea", "title", "xmp")
+_RAW_TEXT_OPEN = re.compile(rf"<!--|<({'|'.join(_RAW_TEXT_TAGS)})(?=[\s/>])", re.IGNORECASE)
+_RAW_TEXT_CLOSE = {
+    name: re.compile(rf"</{name}(?=[\s/>])", re.IGNORECASE) for name in _RAW_TEXT_TAGS
+}
 _REFRESH_MAX_DELAY_S = 5
 _GONE_STATUSES = frozenset({404, 410})
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
@@ -269,7 +277,12 @@ def _refresh_target(page: _Page, base: httpx.URL) -> str | None:
     itself every few minutes), and one to a URL that cannot be fetched is ignored."""
     if not page.is_html:
         return None
-    for tag in _META_TAG.finditer(page.text, 0, _REFRESH_SCAN_CHARS):
+    tags = (
+        tag
+        for start, stop in _markup_spans(page.text, _REFRESH_SCAN_CHARS)
+        for tag in _META_TAG.finditer(page.text, start, stop)
+    )
+    for tag in tags:
         attributes = {
             name.lower(): html.unescape(value[1:-1] if value[0] in "\"'" else value)
             for name, value in _ATTRIBUTE.findall(tag.group())
@@ -286,6 +299,23 @@ def _refresh_target(page: _Page, base: httpx.URL) -> str | None:
         except (errors.PipelineError, httpx.InvalidURL):
             return None
     return None
+
+
+def _markup_spans(text: str, end: int) -> list[tuple[int, int]]:
+    """The spans of `text[:end]` a browser reads elements in: outside comments and the text of
+    _RAW_TEXT_TAGS. One pass: each skip ends at its close, or ends the search if it has none."""
+    spans: list[tuple[int, int]] = []
+    position = 0
+    while (opened := _RAW_TEXT_OPEN.search(text, position, end)) is not None:
+        spans.append((position, opened.start()))
+        if opened[1] is None:  # `<!-->` is a whole (empty) comment
+            close = text.find("-->", opened.start() + 2, end)
+            position = end if close == -1 else close + 3
+        else:
+            closing = _RAW_TEXT_CLOSE[opened[1].lower()].search(text, opened.end(), end)
+            position = end if closing is None else closing.end()
+    spans.append((position, end))
+    return spans
 
 
 def _redirect_target(base: httpx.URL, location: str) -> str:
