@@ -487,6 +487,32 @@ async def test_a_refresh_a_browser_does_not_parse_is_not_followed() -> None:
         assert (page.body, seen) == ("Today's front page.", ["/front"])
 
 
+async def test_a_refreshs_content_is_read_as_browsers_read_it() -> None:
+    """`0 url=/x` (no `;`) goes to /x, not to a page named `url=/x`; an unquoted URL keeps its
+    apostrophe; `0abc` is no refresh at all (WHATWG's declarative refresh steps)."""
+    for content, followed in (
+        ("0 url=/moved", "/moved"),
+        ("0; url=/it's-here", "/it's-here"),
+        ("0abc", None),
+    ):
+        seen: list[str] = []
+
+        def handler(
+            request: httpx.Request, content: str = content, seen: list[str] = seen
+        ) -> httpx.Response:
+            seen.append(request.url.path)
+            if request.url.path != "/front":
+                return _html("<html><body><p>The page that moved here.</p></body></html>")
+            return _html(
+                f'<html><head><meta http-equiv="refresh" content="{content}"></head>'
+                "<body><p>Today's front page.</p></body></html>"
+            )
+
+        async with _client(handler) as client:
+            await web.fetch_page(client, f"{PUBLIC}/front", max_bytes=MAX)
+        assert seen == ["/front"] + ([followed] if followed else [])
+
+
 async def test_refreshes_count_among_the_redirects_and_pass_the_ssrf_rule() -> None:
     """A chain of refreshes ends after five hops, as redirects do, and a refresh to a
     private address is refused before anything is asked of it."""

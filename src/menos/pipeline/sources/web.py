@@ -20,14 +20,15 @@ from menos.pipeline.sources import fetched
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # A page's <meta http-equiv="refresh">, looked for in its first characters (the head), as
-# WHATWG parses its content: a delay, then `;` or `,`, an optional `url=`, the URL (quoted or
-# not). Followed like a redirect when it leaves within this many seconds.
+# WHATWG parses its content: a delay, then whitespace, `;` or `,` (anything else makes it no
+# refresh), an optional `url=`, the URL: the rest, or up to its closing quote if quoted.
+# Followed like a redirect when it leaves within this many seconds.
 _META_TAG = re.compile(r"<meta\b[^>]*>", re.IGNORECASE)
 _ATTRIBUTE = re.compile(r"""([^\s=/>"']+)\s*=\s*("[^"]*"|'[^']*'|[^\s>]+)""")
 _REFRESH = re.compile(
-    r"""\s*(?P<delay>\d{1,9})[\d.]*\s*(?:[;,]\s*(?:url\s*=\s*)?)?"""
-    r"""(?P<quote>["']?)(?P<url>[^"']*)(?P=quote)""",
-    re.IGNORECASE,
+    r"""\s*(?P<delay>\d{1,9})[\d.]*"""
+    r"""(?:(?=[\s;,])\s*[;,]?\s*(?:url\s*=\s*)?(?P<quote>["']?)(?P<url>.*))?""",
+    re.IGNORECASE | re.DOTALL,
 )
 _REFRESH_SCAN_CHARS = 65_536
 # Where a browser parses no elements: a comment, and the text of these elements (a noscript's,
@@ -289,13 +290,14 @@ def _refresh_target(page: _Page, base: httpx.URL) -> str | None:
         }
         if attributes.get("http-equiv", "").strip().lower() != "refresh":
             continue
-        refresh = _REFRESH.match(attributes.get("content", ""))
+        refresh = _REFRESH.fullmatch(attributes.get("content", ""))
         if refresh is None or int(refresh["delay"]) > _REFRESH_MAX_DELAY_S:
             return None
+        url = (refresh["url"] or "").strip()
+        if refresh["quote"]:
+            url = url.partition(refresh["quote"])[0].strip()
         try:
-            return (
-                _redirect_target(base, refresh["url"].strip()) if refresh["url"].strip() else None
-            )
+            return _redirect_target(base, url) if url else None
         except (errors.PipelineError, httpx.InvalidURL):
             return None
     return None
