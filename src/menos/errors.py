@@ -45,12 +45,19 @@ def describe(exc: BaseException) -> str:
     in its chain that has one (httpx's async ReadError for a connection reset has none, its
     ConnectionResetError says what happened), else only `Type`."""
     message, seen = str(exc), {id(exc)}
-    cause = exc.__cause__ or exc.__context__
+    cause = _cause(exc)
     while not message and cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         message = str(cause)
-        cause = cause.__cause__ or cause.__context__
+        cause = _cause(cause)
     return f"{type(exc).__name__}: {message}".rstrip(": ")
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """The exception a traceback shows before `exc`: none after `raise … from None`."""
+    if exc.__cause__ is not None or exc.__suppress_context__:
+        return exc.__cause__
+    return exc.__context__
 
 
 class MenosError(Exception):

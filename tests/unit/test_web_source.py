@@ -982,6 +982,20 @@ async def test_a_connection_reset_names_the_reset_its_bare_read_error_leaves_uns
     assert error.message == f"could not fetch the page: {reset_by_peer}"
 
 
+async def test_an_error_raised_from_none_is_not_named_by_what_it_replaced() -> None:
+    """`raise … from None` hides what was being handled, in the job's message as in a
+    traceback: a bare ReadError raised so is not named by the error it replaced."""
+
+    def replaced(request: httpx.Request) -> httpx.Response:
+        try:
+            raise KeyError("internal detail")
+        except KeyError:
+            raise httpx.ReadError("") from None
+
+    error = await _fetch_error(replaced)
+    assert error.message == "could not fetch the page: ReadError"
+
+
 @pytest.mark.parametrize("charset", ["base64", "rot13", "idna", "zlib"])
 async def test_a_charset_that_is_no_text_encoding_reads_as_utf8(charset: str) -> None:
     body = "Plain words, café.".encode()
