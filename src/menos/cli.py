@@ -541,23 +541,24 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
         finally:
             if held is not None:
                 os.close(held)  # the children's copies hold the lock now
-        stop_asked = False
+        stops_asked = 0
         told: set[str] = set()
 
         def stop_children() -> None:
-            # The dispatcher only once the worker is gone: the callbacks of the jobs the
-            # worker finishes in its grace period are delivered before everything stops.
+            # The dispatcher only once the worker is gone, or on a second Ctrl-C: the callbacks
+            # of the jobs the worker finishes in its grace period are delivered before
+            # everything stops.
             worker_gone = children["worker"].poll() is not None
             for name, proc in children.items():
-                if proc.poll() is None and (name != "dispatcher" or worker_gone):
+                if proc.poll() is None and (name != "dispatcher" or worker_gone or stops_asked > 1):
                     proc.send_signal(signal.SIGTERM)
                     told.add(name)
 
         def stop(*_: object) -> None:
             # Passed on at once: the first Ctrl-C stops the children gracefully, a second one
             # (however soon after the first) ends their grace periods.
-            nonlocal stop_asked
-            stop_asked = True
+            nonlocal stops_asked
+            stops_asked += 1
             stop_children()
 
         # SIGHUP: the terminal running `make run` was closed; its server must not be left.
@@ -579,7 +580,7 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
             )
         code = 0
         watch = _ServerWatch(conf)
-        while not stop_asked:
+        while not stops_asked:
             exited = [name for name, proc in children.items() if proc.poll() is not None]
             if exited:
                 print(f"menos: {', '.join(exited)} exited; stopping", file=sys.stderr, flush=True)
@@ -588,7 +589,7 @@ def cmd_dev(conf: settings.Settings, args: argparse.Namespace) -> int:
             watch.check()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 children["api"].wait(timeout=0.5)
-        if not stop_asked:  # a child exited on its own: stop the others
+        if not stops_asked:  # a child exited on its own: stop the others
             stop_children()
         for proc in children.values():  # api, worker, then dispatcher
             if proc is children["dispatcher"] and "dispatcher" not in told and proc.poll() is None:

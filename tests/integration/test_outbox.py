@@ -1387,6 +1387,35 @@ async def test_a_hurried_stop_cuts_deliveries_in_flight_and_keeps_their_events(
     assert await audit_details(pool) == []  # no outcome: the next claim audits it lost
 
 
+async def test_a_stopping_dispatcher_delivers_what_is_due_as_it_stops(
+    repo: repository.Repository,
+    outbox: repository.OutboxRepository,
+    pool: asyncpg.Pool[Any],
+    database_url: str,
+) -> None:
+    """An event written as the stop came (the last job of a worker stopped just before: `make
+    run`'s Ctrl-C stops the dispatcher once the worker has exited) waited for the next
+    dispatcher unless a NOTIFY had won the race; a graceful stop claims what is due once more.
+    A hurried stop does not."""
+    await make_events(repo, 2)
+    received: list[str] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        received.append(request.headers["webhook-id"])
+        return httpx.Response(204)
+
+    transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(receiver))
+    stop = asyncio.Event()
+    stop.set()  # before the dispatcher's first look
+    async with httpx.AsyncClient(transport=transport) as client:
+        for hurry in (stop, None):
+            sender = dispatcher.Dispatcher(dispatcher_config(), outbox, client, dsn=database_url)
+            await asyncio.wait_for(sender.run(stop, hurry), timeout=60)
+            assert len(received) == (0 if hurry else 2)
+    statuses = await pool.fetch("SELECT status FROM menos.callback_outbox")
+    assert [r["status"] for r in statuses] == ["delivered", "delivered"]
+
+
 class _Receiver:
     """A receiver on 127.0.0.1 that records which owner's request came in which order;
     `answers` False: it reads each request and never answers (a black hole)."""

@@ -380,11 +380,11 @@ class Dispatcher:
 
         A finished delivery frees a slot but claims again only when the last claim filled every
         free slot (more may be due): otherwise nothing can have come due before the earliest
-        due time seen at the last look, one of our own retries, or a NOTIFY. On stop,
-        deliveries in flight finish (each is bounded by timeout_s, twice that with the time its
-        count may wait on the database) unless `hurry` is set: then they are cut off, and their
-        events are attempted again once their hold runs out. Errors are logged and the loop
-        goes on.
+        due time seen at the last look, one of our own retries, or a NOTIFY. On stop, what is
+        due then is claimed once more into the free slots, and deliveries in flight finish
+        (each is bounded by timeout_s, twice that with the time its count may wait on the
+        database) unless `hurry` is set: then they are cut off, and their events are attempted
+        again once their hold runs out. Errors are logged and the loop goes on.
         """
         log.info("dispatcher_started", batch_size=self.config.batch_size)
         listener = asyncio.create_task(self._listen(stop), name="listen")
@@ -443,6 +443,8 @@ class Dispatcher:
                 if len(self._tasks) < self.config.batch_size:
                     wait = min(wait, max(self._look_at - clock(), 0.0))
                 await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
+            if not (hurry and hurry.is_set()):
+                await self._last_claim()
             if self._tasks:
                 log.info("dispatcher_stopping", in_flight=len(self._tasks))
                 await notify.first(
@@ -458,6 +460,20 @@ class Dispatcher:
             await self.outcomes.cancel()
             await self._stats_out.retire()
         log.info("dispatcher_stopped")
+
+    async def _last_claim(self) -> None:
+        """On a graceful stop, start what is due now in the free slots: the events written as
+        the stop was asked (the last jobs of a worker stopped just before) go out with the
+        deliveries in flight rather than waiting for the next dispatcher."""
+        free = self.config.batch_size - len(self._tasks)
+        if free <= 0:
+            return
+        try:
+            await self._start(free)
+        except errors.DatabaseUnavailable as exc:
+            log.warning("dispatcher_database_unavailable", error=str(exc))
+        except Exception:
+            log.exception("dispatcher_failed")
 
     async def _start(self, free: int) -> tuple[int, float | None]:
         """Claim up to `free` events and start their deliveries; how many, and the next due.
