@@ -17,7 +17,7 @@ import pytest
 from menos import errors
 from menos.pipeline import analyzers, ssrf
 from menos.pipeline.analyzers.builtin import BuiltinAnalyzer
-from menos.pipeline.sources import web
+from menos.pipeline.sources import fetched, web
 from tests.support import wire
 from tests.support.http_network import HandlerNetwork
 
@@ -96,6 +96,12 @@ async def test_html_page_becomes_readable_text_with_title_and_metadata() -> None
     }
 
 
+async def _fetched(page_html: str) -> fetched.Fetched:
+    """`page_html` as the fetch stage reads it."""
+    async with _client(lambda request: _html(page_html)) as client:
+        return await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+
+
 async def test_a_pages_headings_paragraphs_and_lists_stay_apart() -> None:
     """A heading is not run into the paragraph after it, paragraphs stay paragraphs and
     emphasis gets no markers: the summary's sentences and the structure measure of the score
@@ -107,8 +113,7 @@ async def test_a_pages_headings_paragraphs_and_lists_stay_apart() -> None:
         "<ul><li>Leases expire.</li><li>Heartbeats renew them.</li></ul>"
         "</article></body></html>"
     )
-    async with _client(lambda request: _html(page_html)) as client:
-        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    page = await _fetched(page_html)
     assert page.body.split("\n\n") == [
         "# Why queues matter",
         "A job queue hands slow work to a worker.",
@@ -133,9 +138,7 @@ async def test_inline_markup_leaves_no_markers_in_a_pages_text() -> None:
         "<s>nine</s> <strike>eight</strike> dollars; press <kbd>Enter</kbd> to set "
         "<var>x</var> in <tt>tty</tt>, <samp>ok</samp>.</p></article></body></html>"
     )
-    async with _client(lambda request: _html(page_html)) as client:
-        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
-    assert page.body.split("\n\n") == [
+    assert (await _fetched(page_html)).body.split("\n\n") == [
         "# Water",
         "Water is H2O and energy is mc2. It cost ten nine eight dollars; press Enter to set "
         "x in tty, ok.",
