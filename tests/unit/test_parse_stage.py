@@ -246,3 +246,30 @@ async def test_the_submitters_own_tags_echoed_back_are_not_new() -> None:
         ctx = offline_context(http, FixedAnalyzer(answer), clock=lambda: NOW)
         await stages.run_pipeline(item, port, ctx, stages.Run(full=False, clock=ctx.clock))
     assert port.persisted == ["home-lab", "kubernetes", "networking", "storage", "backups", "zfs"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "resource_key", "code"),
+    [("youtube", "yt:bad", "SOURCE_NOT_FOUND"), ("web", "url:AbC_d-E", "FETCH_FAILED")],
+)
+async def test_a_row_written_by_hand_with_nothing_to_fetch_fails_in_fetch(
+    content_type: str, resource_key: str, code: str
+) -> None:
+    """A video whose key names no video id was asked of YouTube anyway, and a web page
+    without a source_url failed PIPELINE_EXCEPTION: each fails in fetch, saying why, and
+    nothing is requested."""
+    asked: list[httpx.Request] = []
+
+    def anyone(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(500)
+
+    item = msgspec.structs.replace(
+        note(""), content_type=content_type, resource_key=resource_key, body=None
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(anyone)) as http:
+        ctx = offline_context(http, builtin.BuiltinAnalyzer(), clock=lambda: NOW)
+        run = stages.Run(full=False, clock=ctx.clock)
+        with pytest.raises(errors.PipelineError) as caught:
+            await stages.run_pipeline(item, RecordingPort(set()), ctx, run)
+    assert (caught.value.code, run.current, asked) == (code, "fetch", [])

@@ -186,6 +186,11 @@ def _a_label_host(host: str, field: str = _FIELD) -> str:
     return ascii_host
 
 
+def is_video_id(text: str) -> bool:
+    """Whether `text` has the shape of a YouTube video id (11 of `A-Za-z0-9_-`)."""
+    return _VIDEO_ID.fullmatch(text) is not None
+
+
 def _video_id(host: str, parts: urllib.parse.SplitResult) -> str | None:
     # Escapes decoded as in the query (`v=%64Qw…`): `/shorts/%64Qw…` is the same video.
     segments = [urllib.parse.unquote(segment) for segment in parts.path.split("/")[1:]]

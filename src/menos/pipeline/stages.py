@@ -14,7 +14,7 @@ import msgspec
 import structlog
 
 from menos import errors, markdown
-from menos.pipeline import analyzers, result
+from menos.pipeline import analyzers, resource_keys, result
 from menos.pipeline.sources import fetched as fetched_mod
 from menos.pipeline.sources import web, youtube
 
@@ -162,17 +162,24 @@ async def _fetch(state: _State, port: Port, ctx: Context, run: Run) -> None:
         return
     got: fetched_mod.Fetched
     if item.content_type == "youtube":
+        video_id = item.resource_key.removeprefix("yt:")
+        if not resource_keys.is_video_id(video_id):  # a key written by hand: nothing to ask
+            raise errors.PipelineError(
+                "SOURCE_NOT_FOUND", f"{item.resource_key!r} names no YouTube video"
+            )
         # A supplied transcript is used as it is; oEmbed still gives the title and channel.
         got = await youtube.fetch_video(
             ctx.metadata_http,
-            item.resource_key.removeprefix("yt:"),
+            video_id,
             item.source_url or "",
             oembed_url=ctx.oembed_url,
             languages=list(ctx.youtube_languages),
             transcript=item.body or None,
         )
+    elif not item.source_url:  # a row written by hand: no page to ask for
+        raise errors.PipelineError("FETCH_FAILED", "the item has no source_url to fetch")
     else:
-        got = await web.fetch_page(ctx.http, item.source_url or "", max_bytes=ctx.max_body_bytes)
+        got = await web.fetch_page(ctx.http, item.source_url, max_bytes=ctx.max_body_bytes)
     state.text = got.body
     state.title = item.title or got.title
     run.diagnostics["fetched_chars"] = len(got.body)
