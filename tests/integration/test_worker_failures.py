@@ -357,6 +357,41 @@ async def test_a_hurried_shutdown_gives_running_jobs_back_without_waiting_the_gr
     assert (job["status"], job["attempts"]) == ("pending", 0)
 
 
+async def test_a_cancel_cuts_off_the_model_call_in_flight(
+    pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """A cancel asked while the model is being waited for (a call that could take the whole
+    MENOS_LLM_TIMEOUT_S) ends the job cancelled at once, the call abandoned, not at the
+    next stage boundary after the answer."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    analyzer = GatedAnalyzer()  # never opened: the model never answers
+    config = helpers.worker_config(concurrency=1, max_processing=1, poll_s=0.2)
+    async with httpx.AsyncClient() as http:
+        worker = queue_worker.Worker(
+            config, repo, offline_context(http, analyzer), dsn=database_url
+        )
+        stop = asyncio.Event()
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.create_task(worker.run(stop))
+            try:
+                await analyzer.until_called(1)
+                job_id = await pool.fetchval("SELECT job_id FROM menos.pipeline_job")
+                asked = await repo.request_cancel(job_id, owner=None)
+                assert asked is not None and asked.result == "cancel_requested"
+                row = await until_failed(pool)
+            finally:
+                stop.set()
+                await running
+    assert (row["status"], row["attempts"], row["error_code"]) == ("cancelled", 1, None)
+    finished = [entry for entry in logs if entry["event"] == "job_finished"]
+    assert [(e["outcome"], e["stage"]) for e in finished] == [("cancelled", "analyze")]
+    content = await pool.fetchrow("SELECT processing_status, result FROM menos.content")
+    assert content is not None
+    assert dict(content) == {"processing_status": "cancelled", "result": None}
+
+
 class GatedCompletion(repository.Repository):
     """A completion held before (or after) its write, until the test opens the gate."""
 

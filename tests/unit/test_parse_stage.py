@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
@@ -43,6 +44,9 @@ class RecordingPort:
 
     async def boundary(self, stage: stages.Stage) -> None:
         return None
+
+    async def interruptible(self, work: Coroutine[Any, Any, None]) -> None:
+        await work
 
     async def save_fetched(self, body: str, title: str | None, metadata: dict[str, Any]) -> None:
         return None

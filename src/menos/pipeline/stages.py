@@ -6,7 +6,7 @@ import datetime as dt
 import re
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -20,6 +20,8 @@ from menos.pipeline.sources import web, youtube
 
 Stage = Literal["fetch", "prepare", "analyze", "parse", "persist"]
 STAGES: tuple[Stage, ...] = ("fetch", "prepare", "analyze", "parse", "persist")
+# The stages that wait on the network (a page, a transcript, the model): a cancel cuts them off.
+INTERRUPTIBLE: frozenset[Stage] = frozenset({"fetch", "analyze", "parse"})
 EXCERPT_CHARS = 2000
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -57,6 +59,9 @@ class Port(Protocol):
     """What the pipeline needs from the worker running it; Lost/Cancelled come from here."""
 
     async def boundary(self, stage: Stage) -> None: ...
+
+    async def interruptible(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a stage's work; a cancel asked meanwhile may cut it off (raising Cancelled)."""
 
     async def save_fetched(
         self, body: str, title: str | None, metadata: dict[str, Any]
@@ -282,7 +287,8 @@ _RUNNERS = {
 
 
 async def run_pipeline(item: Item, port: Port, ctx: Context, run: Run) -> None:
-    """Walk the five stages; checks the boundary (cancel, lease) before each.
+    """Walk the five stages; checks the boundary (cancel, lease) before each, and lets a
+    cancel cut off a stage that waits on the network.
 
     Raises PipelineError (a job failure), Cancelled or Lost; `run.current` names the stage.
     """
@@ -290,6 +296,7 @@ async def run_pipeline(item: Item, port: Port, ctx: Context, run: Run) -> None:
     for stage in STAGES:
         await port.boundary(stage)
         run.begin(stage)
-        await _RUNNERS[stage](state, port, ctx, run)
+        work = _RUNNERS[stage](state, port, ctx, run)
+        await (port.interruptible(work) if stage in INTERRUPTIBLE else work)
         duration_ms = run.end()
         log.info("stage_finished", stage=stage, duration_ms=duration_ms)

@@ -668,7 +668,7 @@ class Repository(_Store):
         diagnostics: Mapping[str, Any],
         now: dt.datetime | None = None,
     ) -> bool:
-        """End a run as cancelled at a stage boundary."""
+        """End a run as cancelled (at a stage boundary, or its stage cut off)."""
         row = await self._fetchrow(
             "cancel_claimed_job",
             guard.job_id,

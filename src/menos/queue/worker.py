@@ -71,6 +71,7 @@ class _Slot(stages.Port):
         self.guard = repository.Guard(job.job_id, worker.config.worker_id, job.attempts)
         self.run = stages.Run(full=job.data_tier == "full", clock=ctx.clock)
         self.cancel_requested = job.cancel_requested_at is not None
+        self._interruptible: asyncio.Future[None] | None = None  # the stage a cancel cuts off
         self.lost = False
         self.held_until = time.monotonic() + worker.config.lease_s
         self.releasing = False
@@ -83,9 +84,30 @@ class _Slot(stages.Port):
         if self.cancel_requested:
             raise stages.Cancelled()
 
+    async def interruptible(self, work: Coroutine[Any, Any, None]) -> None:
+        self._interruptible = asyncio.ensure_future(work)
+        try:
+            await self._interruptible
+        except asyncio.CancelledError:
+            running = asyncio.current_task()
+            # Cut off by ask_cancel, not by a stop (which cancels this task too): ends here.
+            if self.cancel_requested and running is not None and not running.cancelling():
+                raise stages.Cancelled() from None
+            raise
+        finally:
+            self._interruptible = None
+
+    def ask_cancel(self) -> None:
+        """A cancel was asked: the stage waiting on the network stops now, else the next
+        boundary ends the run."""
+        self.cancel_requested = True
+        if self._interruptible is not None:
+            self._interruptible.cancel()
+
     async def save_fetched(self, body: str, title: str | None, metadata: dict[str, Any]) -> None:
-        if self.lost or not await self.worker.repo.save_fetched(
-            self.guard, body=body, title=title, metadata=metadata
+        # Shielded: a cancel cutting the fetch off leaves this write whole, not half-sent.
+        if self.lost or not await shielded(
+            self.worker.repo.save_fetched(self.guard, body=body, title=title, metadata=metadata)
         ):
             raise stages.Lost()
 
@@ -348,7 +370,8 @@ class Worker:
                     continue
                 if beat.renewed:
                     slot.held_until = sent_at + self.config.lease_s
-                slot.cancel_requested = slot.cancel_requested or beat.cancel_requested
+                if beat.cancel_requested and not slot.cancel_requested:
+                    slot.ask_cancel()
 
     async def _listen(self, stop: asyncio.Event) -> None:
         """LISTEN for new jobs and cancellations; reconnect after any connection loss."""
@@ -371,7 +394,7 @@ class Worker:
         with contextlib.suppress(ValueError):
             slot = self._slots.get(models.JobId(uuid.UUID(str(payload))))
             if slot is not None:
-                slot.cancel_requested = True
+                slot.ask_cancel()
 
     # -- one job ----------------------------------------------------------------------------
 
