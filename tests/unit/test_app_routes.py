@@ -69,6 +69,24 @@ def test_the_schema_says_which_bodies_are_closed_or_optional() -> None:
     assert ingest["requestBody"]["required"] is True
 
 
+def test_the_schema_states_the_length_limits_the_routes_check() -> None:
+    """A client (or a generator of requests) reading the schema learns that a title holds at
+    most 500 characters and a URL 2048, the limits past which the routes answer 400."""
+    api = app.create_app(settings.from_env({"MENOS_DATABASE_URL": "postgresql://u@h/x"}))
+    schema = api.openapi_schema.to_schema()
+    components = schema["components"]["schemas"]
+    ingest = components["IngestRequest"]["properties"]
+    limits = {"url": 2048, "title": 500, "callback_url": 2048}
+    assert {name: ingest[name]["maxLength"] for name in limits} == limits
+    assert components["ReprocessRequest"]["properties"]["callback_url"]["maxLength"] == 2048
+    upload = schema["paths"]["/api/v1/content"]["post"]["requestBody"]["content"]
+    form = upload["multipart/form-data"]["schema"]["properties"]
+    assert (form["title"]["maxLength"], form["callback_url"]["maxLength"]) == (500, 2048)
+    note = upload["application/json"]["schema"]["properties"]
+    assert [s.get("maxLength") for s in note["title"]["oneOf"]] == [500, None]
+    assert [s.get("maxLength") for s in note["callback_url"]["oneOf"]] == [2048, None]
+
+
 def _answer_schema(schema: dict[str, Any], path: str, method: str, status: str) -> Any:
     """The JSON schema a route's answer must match, its references resolvable on their own."""
     import json

@@ -28,6 +28,7 @@ from litestar.openapi.spec import (
 from litestar.static_files import create_static_files_router
 
 from menos.http import errors as http_errors
+from menos.http import validate
 
 
 def _problem(description: str) -> ResponseSpec:
@@ -183,7 +184,12 @@ _TEXT = Schema(type=OpenAPIType.STRING)
 _TIER = Schema(type=OpenAPIType.STRING, enum=["compact", "full"])
 _TAGS = Schema(type=OpenAPIType.ARRAY, items=_TEXT)
 # The upload's fields besides its text (JSON `text`, form `file`); the route refuses any other.
-_NOTE_FIELDS = {"title": _TEXT, "tags": _TAGS, "callback_url": _TEXT, "data_tier": _TIER}
+_NOTE_FIELDS = {
+    "title": Schema(type=OpenAPIType.STRING, max_length=validate.MAX_TITLE),
+    "tags": _TAGS,
+    "callback_url": Schema(type=OpenAPIType.STRING, max_length=validate.MAX_URL),
+    "data_tier": _TIER,
+}
 UPLOAD_FORM_FIELDS = frozenset({"file", *_NOTE_FIELDS})
 _NULLABLE_NOTE_FIELDS = {
     name: Schema(one_of=[schema, Schema(type=OpenAPIType.NULL)])

@@ -14,10 +14,11 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from litestar import Request
 from litestar.exceptions import InternalServerException, SerializationException
-from litestar.params import Body, QueryParameter
+from litestar.params import Body, KwargDefinition, QueryParameter
 
 from menos import errors
 from menos.http import errors as http_errors
+from menos.http import validate
 from menos.queue import models
 
 T = TypeVar("T")
@@ -38,33 +39,36 @@ _MISSING = re.compile(r"missing required field `([^`]+)`")
 # lose its callbacks without a word. A route's body annotated with CLOSED says so in the
 # OpenAPI schema too (`Annotated[Struct, CLOSED]`, and `| None` outside it when optional).
 CLOSED = Body(schema_extra={"additionalProperties": False})
+# The schema states the limits the routes check (validate), which msgspec itself does not.
+Title = Annotated[str | None, KwargDefinition(max_length=validate.MAX_TITLE)]
+CallbackUrl = Annotated[str | None, KwargDefinition(max_length=validate.MAX_URL)]
 
 
 class ContentText(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`POST /api/v1/content` as JSON."""
 
     text: str
-    title: str | None = None
+    title: Title = None
     tags: list[str] | None = None
-    callback_url: str | None = None
+    callback_url: CallbackUrl = None
     data_tier: DataTier | None = None
 
 
 class IngestRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`POST /api/v1/ingest`."""
 
-    url: str
+    url: Annotated[str, KwargDefinition(max_length=validate.MAX_URL)]
     transcript_text: str | None = None
-    title: str | None = None
+    title: Title = None
     tags: list[str] | None = None
-    callback_url: str | None = None
+    callback_url: CallbackUrl = None
     data_tier: DataTier | None = None
 
 
 class ReprocessRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`POST /api/v1/content/{id}/reprocess` (every field optional)."""
 
-    callback_url: str | None = None
+    callback_url: CallbackUrl = None
     data_tier: DataTier | None = None
     transcript_text: str | None = None
 

@@ -19,6 +19,7 @@ from menos.pipeline import resource_keys, result, ssrf
 T = TypeVar("T")
 
 MAX_TITLE = 500
+MAX_URL = resource_keys.MAX_URL_LENGTH  # a page's URL and a callback URL alike
 MAX_TAG = result.MAX_TAG_CHARS  # the tag index's limit, the same for result tags
 MAX_TAGS = 50
 GIVEN_TWICE = "given more than once"
@@ -163,7 +164,7 @@ def merged_tags(
 async def callback_url(value: str | None, *, allow_private: bool) -> str | None:
     """A callback URL as well-formed as `url` must be, that passes the SSRF rule (400 when
     malformed, refused or unresolvable); the one check of every route taking one."""
-    url = text("callback_url", value, max_chars=2048)
+    url = text("callback_url", value, max_chars=MAX_URL)
     if url is None:
         return None
     resource_keys.check_url(url.strip(), "callback_url")

@@ -33,9 +33,7 @@ async def ingest(
     body = data
     fields = validate.Fields()
     url = fields.check(
-        lambda: validate.text(
-            "url", body.url, max_chars=resource_keys.MAX_URL_LENGTH, required=True
-        )
+        lambda: validate.text("url", body.url, max_chars=validate.MAX_URL, required=True)
     )
     identified = fields.check(lambda: resource_keys.identify(body.url.strip())) if url else None
     transcript = fields.check(
