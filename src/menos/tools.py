@@ -307,12 +307,25 @@ _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 class _FrontmatterDumper(_SafeDumper):  # type: ignore[misc,valid-type]
     """safe_dump's rules, except that a string holding a character YAML reads as a line break
     (NEL, U+2028, U+2029) is double-quoted, where it is escaped: PyYAML writes NEL bare in a
-    plain or single-quoted scalar, which reads back folded into a space."""
+    plain or single-quoted scalar, which reads back folded into a space. And a string that
+    YAML 1.2 reads as a number is quoted (`_YAML12_NUMBER`)."""
+
+
+# Text a YAML 1.2 reader (js-yaml, ruamel.yaml, Go's yaml.v3) takes for a number, where
+# PyYAML's YAML 1.1 rules see text and write it plain: a title `0o17` read back as 15, `1e3`
+# as 1000.0. Quoting more than needed costs nothing.
+_YAML12_NUMBER = re.compile(
+    r"[-+]?(?:0[oO][0-7_]+|0[xX][0-9a-fA-F_]+|0[bB][01_]+"
+    r"|(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9_]+)?"
+    r"|\.(?:inf|Inf|INF|nan|NaN|NAN))"
+)
 
 
 def _represent_str(dumper: yaml.representer.SafeRepresenter, data: str) -> yaml.ScalarNode:
     if any(ch in data for ch in "\x85\u2028\u2029"):
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+    if _YAML12_NUMBER.fullmatch(data):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'")
     return dumper.represent_str(data)
 
 

@@ -43,6 +43,37 @@ def test_frontmatter_keeps_characters_yaml_reads_as_line_breaks() -> None:
     assert front["processed_at"] == now.isoformat()
 
 
+@pytest.mark.parametrize("text", ["0o17", "1e3", "1.5e3", "-2E-3", "0X1F", "0B101", "1_0e1"])
+def test_frontmatter_quotes_text_that_yaml_1_2_reads_as_a_number(text: str) -> None:
+    """A title or tag `0o17` or `1e3` was written plain: PyYAML (YAML 1.1) read it back as
+    text, but js-yaml, ruamel.yaml and Go's yaml.v3 (YAML 1.2) as 15 and 1000.0. It is quoted."""
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    content = models.Content(
+        content_id=models.ContentId(uuid.uuid4()),
+        owner=models.Owner("alice"),
+        content_type="markdown",
+        resource_key="cid:x",
+        source_url=None,
+        title=text,
+        tags=[text],
+        body=None,
+        source_metadata={},
+        processing_status="completed",
+        processed_at=now,
+        pipeline_version="0.1.0",
+        result={"summary": "s", "tags": []},
+        latest_job_id=None,
+        created_at=now,
+        updated_at=now,
+    )
+    front = tools.markdown_document(content).split("---\n")[1]
+    assert yaml.safe_load(front)["title"] == text
+    node = yaml.compose(front)
+    values = {key.value: value for key, value in node.value}
+    assert values["title"].style in ("'", '"')
+    assert [tag.style for tag in values["tags"].value] in (["'"], ['"'])
+
+
 def _replace_often(path: str, text: str, times: int) -> int:
     """Replace `path` `times` times; how many of those failed."""
     failed = 0
