@@ -332,6 +332,12 @@ def _represent_str(dumper: yaml.representer.SafeRepresenter, data: str) -> yaml.
 _FrontmatterDumper.add_representer(str, _represent_str)
 
 
+def _one_line(text: str) -> str:
+    """`text` as one line of markdown: a title given with a line break (the API keeps it)
+    made a heading of its first line only, and the rest the document's text."""
+    return " ".join(text.splitlines())
+
+
 def markdown_document(content: models.Content) -> str:
     """One item as markdown with YAML frontmatter (safe_dump: it parses back to the same data)."""
     result = content.result or {}
@@ -352,13 +358,13 @@ def markdown_document(content: models.Content) -> str:
         yaml.dump(front, Dumper=_FrontmatterDumper, sort_keys=False, allow_unicode=True).rstrip(),
         "---",
         "",
-        f"# {content.title or content.resource_key}",
+        f"# {_one_line(content.title or content.resource_key)}",
         "",
         str(result.get("summary", "")),
     ]
     topics = [t.get("name") for t in result.get("topics", []) if isinstance(t, dict)]
     if topics:
-        lines += ["", "## Topics", "", *(f"- {name}" for name in topics)]
+        lines += ["", "## Topics", "", *(f"- {_one_line(str(name))}" for name in topics)]
     return "\n".join(lines) + "\n"
 
 

@@ -138,3 +138,41 @@ def test_an_export_leaves_the_users_own_files_named_like_new_files(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [*mine, ".cache.99999999.new", ".link-0123456789ab.md.99999999.new"]
     )
+
+
+def test_a_title_or_topic_with_line_breaks_stays_one_line_of_the_document() -> None:
+    """A title `Line one\nLine two` (the API keeps line breaks in a title it is given) made
+    the heading `# Line one` and put `Line two` in the text; a topic's break did the same to
+    its list item."""
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    content = models.Content(
+        content_id=models.ContentId(uuid.uuid4()),
+        owner=models.Owner("alice"),
+        content_type="markdown",
+        resource_key="cid:x",
+        source_url=None,
+        title="Line one\nLine two\r\n## Topics",
+        tags=[],
+        body=None,
+        source_metadata={},
+        processing_status="completed",
+        processed_at=now,
+        pipeline_version="0.1.0",
+        result={"summary": "s", "tags": [], "topics": [{"name": "a\u2028b"}]},
+        latest_job_id=None,
+        created_at=now,
+        updated_at=now,
+    )
+    document = tools.markdown_document(content)
+    text = document.split("---\n", 2)[2]
+    assert text.splitlines() == [
+        "",
+        "# Line one Line two ## Topics",
+        "",
+        "s",
+        "",
+        "## Topics",
+        "",
+        "- a b",
+    ]
+    assert yaml.safe_load(document.split("---\n")[1])["title"] == content.title
