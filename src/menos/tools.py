@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -448,6 +449,10 @@ async def export(
     """Write completed results as jsonl, csv, or one markdown file per item."""
     pages = _completed(repo, owner, content_id)
     first = await anext(pages, None)  # an unknown --content-id fails before any output
+    if isinstance(stdout, io.TextIOWrapper):
+        # JSON and CSV text in UTF-8, as --out writes them, whatever the locale's encoding
+        # (LANG=de_DE.ISO-8859-1 stopped at the first emoji with a traceback).
+        stdout.reconfigure(encoding="utf-8")
     items = _then(first, pages)
     count = 0
     if fmt == "markdown":

@@ -303,3 +303,28 @@ async def test_a_markdown_export_names_a_title_without_ascii_by_its_resource_key
         "cid-00000000-0000-7000-8000-00000000cafe.md",
         "url-abc-d-e-00000000beef.md",
     ]
+
+
+async def test_an_export_to_stdout_is_utf8_whatever_the_locale(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """With stdout in the locale's encoding (LANG=de_DE.ISO-8859-1, or PYTHONIOENCODING=ascii)
+    a title with an emoji stopped the export with a traceback: it is written in UTF-8, as
+    --out writes it."""
+    await helpers.owner(repo)
+    await pool.execute(
+        "INSERT INTO menos.content (content_id, owner, content_type, resource_key,"
+        " pipeline_version, processing_status, title, body, result)"
+        " VALUES ('00000000-0000-7000-8000-00000000beef', 'alice', 'markdown',"
+        " 'cid:00000000-0000-7000-8000-00000000beef', '0.1.0', 'completed', 'Café 🎉', 'b',"
+        ' \'{"summary": "s"}\')'
+    )
+    for fmt in ("jsonl", "csv"):
+        raw = io.BytesIO()
+        stdout = io.TextIOWrapper(raw, encoding="latin-1")
+        code = await tools.export(
+            repo, owner=None, fmt=fmt, out=None, content_id=None, stdout=stdout
+        )
+        stdout.flush()
+        assert code == tools.EXIT_OK
+        assert "Café 🎉" in raw.getvalue().decode("utf-8")
