@@ -13,7 +13,7 @@ import stat
 import sys
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -478,11 +478,7 @@ async def export(
         log.info("export_finished", items=count, directory=str(directory))
         return EXIT_OK
     with contextlib.ExitStack() as stack:
-        handle = (
-            stdout
-            if out is None
-            else stack.enter_context(out.open("w", encoding="utf-8", newline=""))
-        )
+        handle = stdout if out is None else stack.enter_context(_export_file(out))
         write = _write_items(handle, fmt)
         async for content in items:
             write(content)
@@ -524,15 +520,43 @@ def replace_file(path: Path, text: str, *, mode: int = 0o666) -> None:
     """Write `path` whole or not at all: a new file beside it, renamed over it. A symlink at
     `path` is replaced, never followed; a full disk leaves no part of a file behind; the file
     has `mode` (less the umask), whatever mode an older one had."""
+    with _replacing(path, mode=mode) as handle:
+        handle.write(text)
+
+
+@contextlib.contextmanager
+def _export_file(path: Path) -> Iterator[TextIO]:
+    """`--out` of a jsonl or csv export: the file it names (a symlink's target) is replaced
+    once the export is whole, keeping its mode, so an export cut short (Ctrl-C, a full disk,
+    the database gone) leaves the previous one as it was. What is not a regular file
+    (`/dev/stdout`, a named pipe) is written to directly."""
+    target = path.resolve()
+    try:
+        found = target.stat()
+    except FileNotFoundError:
+        found = None
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            yield handle
+        return
+    mode = stat.S_IMODE(found.st_mode) if found is not None else 0o666
+    with _replacing(target, mode=mode, newline="") as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, *, mode: int, newline: str | None = None) -> Iterator[TextIO]:
+    """A new file beside `path`, renamed over it once the block has written it; removed
+    when the block fails. Its errors name `path`, not the new file."""
     # Named for this process: another one writing `path` at once (two exports into one
     # directory) would remove it, or rename it over `path` half written.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()  # left by a write of this process's pid cut short
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as handle:
+            yield handle
         os.replace(temporary, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

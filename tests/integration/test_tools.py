@@ -328,3 +328,60 @@ async def test_an_export_to_stdout_is_utf8_whatever_the_locale(
         stdout.flush()
         assert code == tools.EXIT_OK
         assert "Café 🎉" in raw.getvalue().decode("utf-8")
+
+
+class _CutOff(Exception):
+    """The export's reading stops here (as Ctrl-C or a lost database would stop it)."""
+
+
+async def test_an_export_cut_short_leaves_the_previous_file_as_it_was(
+    repo: repository.Repository,
+    pool: asyncpg.Pool[Any],
+    tmp_path: Path,
+    monkeypatch: Any,
+) -> None:
+    """`--out FILE` is replaced only by a whole export: one stopped after its first item
+    left a file cut to that item, the previous export lost. The file keeps its mode, a
+    symlink to it stays a symlink, and what is not a regular file is written to directly."""
+    await helpers.owner(repo)
+    await pool.execute(
+        "INSERT INTO menos.content (content_id, owner, content_type, resource_key,"
+        " pipeline_version, processing_status, title, result)"
+        " SELECT gen_random_uuid(), 'alice', 'markdown', 'cid:' || g, '0.1.0', 'completed',"
+        " 'T' || g, jsonb_build_object('summary', 's' || g) FROM generate_series(1, 3) AS g"
+    )
+    target = tmp_path / "summaries.jsonl"
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(target.name)
+
+    async def export(out: Path) -> int:
+        return await tools.export(
+            repo, owner=None, fmt="jsonl", out=out, content_id=None, stdout=io.StringIO()
+        )
+
+    assert await export(link) == tools.EXIT_OK
+    target.chmod(0o600)
+    previous = target.read_text()
+    assert len(previous.splitlines()) == 3
+    completed = tools._completed
+
+    async def cut_off(*args: Any) -> Any:
+        async for item in completed(*args):
+            yield item
+            raise _CutOff
+
+    monkeypatch.setattr(tools, "_completed", cut_off)
+    for out in (target, link):
+        try:
+            await export(out)
+        except _CutOff:
+            pass
+        else:
+            raise AssertionError("the export was not cut off")
+        assert target.read_text() == previous
+    assert sorted(os.listdir(tmp_path)) == ["latest.jsonl", "summaries.jsonl"]
+    monkeypatch.setattr(tools, "_completed", completed)
+    assert await export(link) == tools.EXIT_OK
+    assert link.is_symlink() and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert await export(Path(os.devnull)) == tools.EXIT_OK
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
