@@ -369,14 +369,16 @@ def markdown_document(content: models.Content) -> str:
     return "\n".join(lines) + "\n"
 
 
-# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection"),
+# quoted or not. Where `;` separates a spreadsheet's list (Excel in German, French or Dutch),
+# it splits the comma-separated file's cells at each `;` too: what follows one is a cell.
+_FORMULA_START = re.compile(r'(^|;)("?)(?=[=+\-@\t\r])')
 
 
 def _cell(text: str) -> str:
-    """Submitted text as a CSV cell a spreadsheet shows as text: a leading `'` before what
-    would start a formula."""
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+    """Submitted text as a CSV cell a spreadsheet shows as text: a `'` before what would
+    start a formula, at its start or after any `;`."""
+    return _FORMULA_START.sub(r"\1\2'", text)
 
 
 _CSV_HEADER = [

@@ -1,12 +1,16 @@
-"""The markdown export's YAML frontmatter parses back to the item's data."""
+"""The exports' files: markdown whose YAML frontmatter parses back to the item's data, CSV
+a spreadsheet shows as text, files replaced whole."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import multiprocessing
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,58 +18,46 @@ import yaml
 from menos import tools
 from menos.queue import models
 
+NOW = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
 
-def test_frontmatter_keeps_characters_yaml_reads_as_line_breaks() -> None:
-    """A title or tag with NEL (U+0085), U+2028 or U+2029 reads back unchanged, not folded."""
-    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
-    title = "Line\x85Two"
-    content = models.Content(
+
+def _item(*, title: str, tags: list[str], result: dict[str, Any]) -> models.Content:
+    """A completed note with this title, submitter's tags and result."""
+    return models.Content(
         content_id=models.ContentId(uuid.uuid4()),
         owner=models.Owner("alice"),
         content_type="markdown",
         resource_key="cid:x",
         source_url=None,
         title=title,
-        tags=["a\x85b"],
+        tags=tags,
         body=None,
         source_metadata={},
         processing_status="completed",
-        processed_at=now,
+        processed_at=NOW,
         pipeline_version="0.1.0",
-        result={"summary": "s", "tags": ["plain"]},
+        result=result,
         latest_job_id=None,
-        created_at=now,
-        updated_at=now,
+        created_at=NOW,
+        updated_at=NOW,
     )
+
+
+def test_frontmatter_keeps_characters_yaml_reads_as_line_breaks() -> None:
+    """A title or tag with NEL (U+0085), U+2028 or U+2029 reads back unchanged, not folded."""
+    title = "Line\x85Two"
+    content = _item(title=title, tags=["a\x85b"], result={"summary": "s", "tags": ["plain"]})
     front = yaml.safe_load(tools.markdown_document(content).split("---\n")[1])
     assert front["title"] == title
     assert front["tags"] == ["a\x85b", "plain"]
-    assert front["processed_at"] == now.isoformat()
+    assert front["processed_at"] == NOW.isoformat()
 
 
 @pytest.mark.parametrize("text", ["0o17", "1e3", "1.5e3", "-2E-3", "0X1F", "0B101", "1_0e1"])
 def test_frontmatter_quotes_text_that_yaml_1_2_reads_as_a_number(text: str) -> None:
     """A title or tag `0o17` or `1e3` was written plain: PyYAML (YAML 1.1) read it back as
     text, but js-yaml, ruamel.yaml and Go's yaml.v3 (YAML 1.2) as 15 and 1000.0. It is quoted."""
-    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
-    content = models.Content(
-        content_id=models.ContentId(uuid.uuid4()),
-        owner=models.Owner("alice"),
-        content_type="markdown",
-        resource_key="cid:x",
-        source_url=None,
-        title=text,
-        tags=[text],
-        body=None,
-        source_metadata={},
-        processing_status="completed",
-        processed_at=now,
-        pipeline_version="0.1.0",
-        result={"summary": "s", "tags": []},
-        latest_job_id=None,
-        created_at=now,
-        updated_at=now,
-    )
+    content = _item(title=text, tags=[text], result={"summary": "s", "tags": []})
     front = tools.markdown_document(content).split("---\n")[1]
     assert yaml.safe_load(front)["title"] == text
     node = yaml.compose(front)
@@ -144,24 +136,10 @@ def test_a_title_or_topic_with_line_breaks_stays_one_line_of_the_document() -> N
     """A title `Line one\nLine two` (the API keeps line breaks in a title it is given) made
     the heading `# Line one` and put `Line two` in the text; a topic's break did the same to
     its list item."""
-    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
-    content = models.Content(
-        content_id=models.ContentId(uuid.uuid4()),
-        owner=models.Owner("alice"),
-        content_type="markdown",
-        resource_key="cid:x",
-        source_url=None,
+    content = _item(
         title="Line one\nLine two\r\n## Topics",
         tags=[],
-        body=None,
-        source_metadata={},
-        processing_status="completed",
-        processed_at=now,
-        pipeline_version="0.1.0",
         result={"summary": "s", "tags": [], "topics": [{"name": "a\u2028b"}]},
-        latest_job_id=None,
-        created_at=now,
-        updated_at=now,
     )
     document = tools.markdown_document(content)
     text = document.split("---\n", 2)[2]
@@ -176,3 +154,24 @@ def test_a_title_or_topic_with_line_breaks_stays_one_line_of_the_document() -> N
         "- a b",
     ]
     assert yaml.safe_load(document.split("---\n")[1])["title"] == content.title
+
+
+def test_a_csv_cell_is_text_also_where_a_spreadsheet_splits_at_semicolons() -> None:
+    """Excel in German, French or Dutch splits a CSV file's cells at `;` too: a title
+    `Budget;=1+1;` ran `=1+1`, and of the tags joined with `;` only the first was guarded.
+    Each part a `;` starts gets the `'` a cell's start gets; result tags never need it."""
+    content = _item(
+        title='Budget;=1+1;"@SUM(A1)"',
+        tags=["ok", "-2+3", "fine;+x"],
+        result={"summary": "a-b; +c", "tags": ["plain"]},
+    )
+    out = io.StringIO()
+    tools._write_items(out, "csv")(content)
+    (row,) = csv.DictReader(io.StringIO(out.getvalue()))
+    assert row["title"] == "Budget;'=1+1;\"'@SUM(A1)\""
+    assert row["tags"] == "ok;'-2+3;fine;'+x"
+    assert row["summary"] == "a-b; +c"  # a space first: shown as text
+    assert row["result_tags"] == "plain"
+    for cell in row.values():
+        for part in cell.split(";"):
+            assert not part.lstrip('"').startswith(("=", "+", "-", "@", "\t", "\r")), cell
