@@ -84,7 +84,7 @@ UPDATE menos.content c
 RETURNING c.content_id;
 
 -- name: complete_jobs
--- Persist runs ($1: one JSON object per job), each guarded by (job, worker, attempts): result and status on the content, job completed with its last stage as current_stage (as every ending write here), owner tag counts; the status trigger writes outbox rows. A job whose cancel was asked before this write ends cancelled instead, keeping no result and counting no tags (its cancel was answered 202: it will end cancelled). Returns the jobs written with the status each ended in.
+-- Persist runs ($1: one JSON object per job), each guarded by (job, worker, attempts): result and status on the content, job completed with its last stage as current_stage (as every ending write here), owner tag counts (a tag counted once per item that gains it); the status trigger writes outbox rows. A job whose cancel was asked before this write ends cancelled instead, keeping no result and counting no tags (its cancel was answered 202: it will end cancelled). Returns the jobs written with the status each ended in.
 WITH run AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS r (
         job_id uuid, worker_id text, attempts integer, stages jsonb, diagnostics jsonb,
@@ -126,9 +126,15 @@ WITH run AS (
     -- Read from `saved`, so the content rows are written before any tag row is locked: a
     -- content row another transaction holds then keeps this statement waiting without
     -- holding the owner's tag rows, which every other completion of the owner needs.
+    -- A tag the content's previous result had already is not counted again: a reprocess
+    -- (or ten) of one item does not make its tags the owner's most used. Read as the
+    -- statement found the row, before `saved` wrote it.
     SELECT DISTINCT job.owner, job.job_id, tag
       FROM saved JOIN job USING (job_id) JOIN run USING (job_id), unnest(run.tags) AS tag
      WHERE saved.status = 'completed'
+       AND NOT EXISTS (SELECT FROM menos.content before
+                        WHERE before.content_id = job.content_id
+                          AND before.result -> 'tags' ? tag)
 ), counted AS (
     -- In tag order: concurrent completions of one owner lock the same rows in the same
     -- order, so they queue instead of deadlocking.

@@ -546,6 +546,42 @@ async def test_a_claim_returns_each_job_with_its_content(repo: repository.Reposi
     assert all(c.content.processing_status == "pending" for c in claimed)  # as seen at claim
 
 
+async def test_a_reprocess_counts_only_the_tags_its_item_gains(
+    repo: repository.Repository, pool: asyncpg.Pool[Any]
+) -> None:
+    """The vocabulary offered to the model is the owner's most used tags: an item run three
+    times with the same tags counted them three times, so one reprocessed item outweighed
+    two others. A tag counts once per item that gains it."""
+    await helpers.owner(repo)
+    first = await repo.enqueue(helpers.note())
+    runs = [["queues", "postgres"], ["queues", "postgres"], ["queues", "sql"]]
+    for tags in runs:
+        (held,) = await claim(repo, "w", 1)
+        assert await repo.complete_many([_run(held, "w", "s", tags)]) == ["completed"]
+        outcome = await repo.reprocess(
+            first.content_id,
+            owner=None,
+            force=True,
+            pipeline_version=helpers.VERSION,
+            callback_url=None,
+            data_tier="compact",
+            transcript=None,
+        )
+        assert outcome is not None and outcome.status == "submitted"
+    (held,) = await claim(repo, "w", 1)  # the last reprocess, with a tag of its first run
+    assert await repo.complete_many([_run(held, "w", "s", ["postgres"])]) == ["completed"]
+    await repo.enqueue(helpers.note())
+    (other,) = await claim(repo, "w", 1)
+    assert await repo.complete_many([_run(other, "w", "s", ["other", "sql"])]) == ["completed"]
+    uses = await pool.fetch("SELECT tag, uses FROM menos.owner_tag ORDER BY tag")
+    assert [(r["tag"], r["uses"]) for r in uses] == [
+        ("other", 1),
+        ("postgres", 2),  # gained again after a run without it
+        ("queues", 1),
+        ("sql", 2),
+    ]
+
+
 async def test_completions_persist_together_each_guarded(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
