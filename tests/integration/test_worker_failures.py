@@ -399,6 +399,17 @@ async def test_a_cancel_cuts_off_the_model_call_in_flight(
     content = await pool.fetchrow("SELECT processing_status, result FROM menos.content")
     assert content is not None
     assert dict(content) == {"processing_status": "cancelled", "result": None}
+    # The stage cut off is not done: bin/reprocess --wait counts the two before it.
+    job = await repo.job(job_id, owner=None)
+    assert job is not None and job.current_stage == "analyze"
+    assert [(s.name, s.finished_at is None) for s in job.stages] == [
+        ("fetch", False),
+        ("prepare", False),
+        ("analyze", True),
+    ]
+    with structlog.testing.capture_logs() as progress:
+        assert await tools.follow(repo, job_id, poll_s=0.01) == tools.EXIT_CANCELLED
+    assert progress[-1]["stages_done"] == 2
 
 
 class GatedCompletion(repository.Repository):

@@ -424,10 +424,11 @@ class Worker:
         except stages.Cancelled as cancelled:
             outcome = "cancelled"
             # Shielded, as every terminal write here: a shutdown's cancel arriving meanwhile
-            # must not leave the job processing (the release below would not run).
+            # must not leave the job processing (the release below would not run). A stage
+            # the cancel cut off stays unfinished in the record: it was not done.
             if not cancelled.ended and not await shielded(
                 self.repo.cancel_claimed(
-                    slot.guard, stages=slot.timings(close=True), diagnostics=slot.run.diagnostics
+                    slot.guard, stages=slot.timings(), diagnostics=slot.run.diagnostics
                 )
             ):
                 outcome = "lost"
