@@ -201,9 +201,14 @@ def _api_key(name: str, raw: str) -> str:
 
 
 def _pg_bindir(name: str, raw: str) -> Path:
+    # initdb too: without it the first start of a new MENOS_HOME failed later, with exit 1
+    # and a message naming a file rather than the variable.
     path = Path(_text(name, raw))
-    if not (path / "postgres").is_file():
-        raise errors.SettingsError(name, f"expected a directory holding postgres, got {raw!r}")
+    for binary in ("postgres", "initdb"):
+        if not (path / binary).is_file():
+            raise errors.SettingsError(
+                name, f"expected a directory holding postgres and initdb, got {raw!r}"
+            )
     return path
 
 

@@ -153,13 +153,32 @@ def test_a_pg_bindir_without_postgres_is_an_invalid_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A mistyped MENOS_PG_BINDIR stops every command at start with exit 2, naming it, as any
-    other invalid variable does; a directory holding postgres is taken."""
+    other invalid variable does; a directory holding postgres and initdb is taken."""
     with pytest.raises(errors.SettingsError) as caught:
         settings.from_env({"MENOS_PG_BINDIR": str(tmp_path / "missing")})
     assert str(caught.value).startswith("MENOS_PG_BINDIR")
     (tmp_path / "postgres").touch()
+    (tmp_path / "initdb").touch()
     assert settings.from_env({"MENOS_PG_BINDIR": str(tmp_path)}).pg_bindir == tmp_path
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MENOS_PG_BINDIR", str(tmp_path / "missing"))
     assert cli.main(["jobs", "list"]) == cli.EXIT_USAGE
     assert "menos: invalid configuration: MENOS_PG_BINDIR: " in capsys.readouterr().err
+
+
+def test_a_pg_bindir_without_initdb_is_an_invalid_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A MENOS_PG_BINDIR holding postgres but no initdb (a runtime-only package) stops every
+    command at start with exit 2, naming it, rather than the first start of a new MENOS_HOME
+    failing with exit 1 on a missing file."""
+    (tmp_path / "postgres").touch()
+    with pytest.raises(errors.SettingsError) as caught:
+        settings.from_env({"MENOS_PG_BINDIR": str(tmp_path)})
+    assert str(caught.value).startswith("MENOS_PG_BINDIR: ")
+    assert "initdb" in str(caught.value)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MENOS_PG_BINDIR", str(tmp_path))
+    assert cli.main(["db", "start"]) == cli.EXIT_USAGE
+    assert "menos: invalid configuration: MENOS_PG_BINDIR: " in capsys.readouterr().err
+    assert not (tmp_path / ".menos").exists()
