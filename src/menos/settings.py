@@ -200,6 +200,22 @@ def _api_key(name: str, raw: str) -> str:
     return key
 
 
+def _home(name: str, raw: str) -> Path:
+    # A file there made every command that needs the database fail with exit 1 and only
+    # the OS's words ("File exists", "Not a directory"), naming neither the variable nor why.
+    path = Path(_text(name, raw))
+    for part in (path, *path.parents):  # the nearest that exists
+        try:
+            if part.is_dir():
+                break
+            is_file = part.exists()
+        except OSError:  # not ours to look into (permissions): the command will say
+            break
+        if is_file:
+            raise errors.SettingsError(name, f"expected a directory, got {raw!r}")
+    return path
+
+
 def _pg_bindir(name: str, raw: str) -> Path:
     # initdb too: without it the first start of a new MENOS_HOME failed later, with exit 1
     # and a message naming a file rather than the variable.
@@ -222,7 +238,7 @@ def _languages(name: str, raw: str) -> tuple[str, ...]:
 # variable → (field, parser)
 _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "MENOS_DATABASE_URL": ("database_url", _dsn),
-    "MENOS_HOME": ("home", lambda n, r: Path(_text(n, r))),
+    "MENOS_HOME": ("home", _home),
     "MENOS_PG_BINDIR": ("pg_bindir", _pg_bindir),
     "MENOS_HOST": ("host", _text),
     "MENOS_PORT": ("port", _port),

@@ -182,3 +182,26 @@ def test_a_pg_bindir_without_initdb_is_an_invalid_variable(
     assert cli.main(["db", "start"]) == cli.EXIT_USAGE
     assert "menos: invalid configuration: MENOS_PG_BINDIR: " in capsys.readouterr().err
     assert not (tmp_path / ".menos").exists()
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_home_that_is_a_file_is_an_invalid_variable(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    inside: bool,
+) -> None:
+    """MENOS_HOME naming a file (or a path under one) stops every command at start with exit
+    2, naming the variable, rather than failing with exit 1 and only "File exists"."""
+    (tmp_path / "notes.txt").write_text("not a directory\n")
+    home = tmp_path / "notes.txt" / "menos" if inside else tmp_path / "notes.txt"
+    with pytest.raises(errors.SettingsError) as caught:
+        settings.from_env({"MENOS_HOME": str(home)})
+    assert str(caught.value).startswith("MENOS_HOME: expected a directory")
+    assert settings.from_env({"MENOS_HOME": str(tmp_path / "new" / "home")}).home == (
+        tmp_path / "new" / "home"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MENOS_HOME", str(home))
+    assert cli.main(["db", "start"]) == cli.EXIT_USAGE
+    assert "menos: invalid configuration: MENOS_HOME: " in capsys.readouterr().err
