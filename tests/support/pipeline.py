@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
@@ -23,3 +24,26 @@ def offline_context(
         youtube_languages=("en",),
         **overrides,
     )
+
+
+class QuietPort:
+    """A worker stand-in that holds the job throughout, is never cancelled and persists
+    nothing; tests override what they watch."""
+
+    async def boundary(self, stage: stages.Stage) -> None:
+        return None
+
+    async def interruptible(self, work: Coroutine[Any, Any, None]) -> None:
+        await work
+
+    async def save_fetched(self, body: str, title: str | None, metadata: dict[str, Any]) -> None:
+        return None
+
+    async def vocabulary(self) -> list[str]:
+        return []
+
+    async def known_tags(self, tags: list[str]) -> set[str]:
+        return set()
+
+    async def persist(self, result: dict[str, Any], tags: list[str]) -> None:
+        return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Coroutine
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from menos import errors
 from menos.pipeline import analyzers, stages
 from menos.pipeline.analyzers import builtin, openai
-from tests.support.pipeline import offline_context
+from tests.support.pipeline import QuietPort, offline_context
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
@@ -34,25 +33,13 @@ class FixedAnalyzer:
         return first
 
 
-class RecordingPort:
+class RecordingPort(QuietPort):
     """A worker stand-in: the owner used `used`; records what it is asked and what is kept."""
 
     def __init__(self, used: set[str]) -> None:
         self.used = used
         self.asked: list[list[str]] = []
         self.persisted: list[str] = []
-
-    async def boundary(self, stage: stages.Stage) -> None:
-        return None
-
-    async def interruptible(self, work: Coroutine[Any, Any, None]) -> None:
-        await work
-
-    async def save_fetched(self, body: str, title: str | None, metadata: dict[str, Any]) -> None:
-        return None
-
-    async def vocabulary(self) -> list[str]:
-        return []
 
     async def known_tags(self, tags: list[str]) -> set[str]:
         self.asked.append(tags)

@@ -14,7 +14,7 @@ import msgspec
 import structlog
 
 from menos import errors, markdown
-from menos.pipeline import analyzers, resource_keys, result
+from menos.pipeline import analyzers, resource_keys, result, threads
 from menos.pipeline.sources import fetched as fetched_mod
 from menos.pipeline.sources import web, youtube
 
@@ -25,6 +25,9 @@ INTERRUPTIBLE: frozenset[Stage] = frozenset({"fetch", "analyze", "parse"})
 EXCERPT_CHARS = 2000
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+# Up to this many characters a text is prepared on the event loop (a few ms at most); a
+# longer one in a thread of its own.
+INLINE_PREPARE_CHARS = 20_000
 
 log = structlog.get_logger("menos.pipeline")
 
@@ -191,10 +194,21 @@ async def _fetch(state: _State, port: Port, ctx: Context, run: Run) -> None:
     await port.save_fetched(got.body, got.title, got.metadata)
 
 
+def _prepared(text: str) -> tuple[str, bool]:
+    """The text with its whitespace normalized, and whether it has any visible text."""
+    text = normalize_whitespace(text)
+    return text, has_visible_text(text)
+
+
 async def _prepare(state: _State, port: Port, ctx: Context, run: Run) -> None:
-    state.text = normalize_whitespace(state.text)
+    if len(state.text) <= INLINE_PREPARE_CHARS:
+        state.text, visible = _prepared(state.text)
+    else:
+        # Most of a second for 5 MiB: on the event loop it held up the heartbeat, and the
+        # leases of a worker preparing a few long texts at once ran out (short leases).
+        state.text, visible = await threads.in_daemon_thread(_prepared, state.text)
     run.diagnostics["prepared_chars"] = len(state.text)
-    if not has_visible_text(state.text):
+    if not visible:
         raise errors.PipelineError("CONTENT_EMPTY", "the content has no readable text")
     run.keep(source_excerpt=state.text[:EXCERPT_CHARS])
 
