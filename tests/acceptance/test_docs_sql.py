@@ -4,6 +4,7 @@ and the backup of docs/operations.md restores."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from pathlib import Path
@@ -203,6 +204,31 @@ async def test_the_documented_cancel_and_reprocess_act_as_the_api_does(database_
         ]
     finally:
         await conn.close()
+
+
+async def test_the_documented_cancel_and_reprocess_audit_what_the_api_does(
+    database_url: str,
+) -> None:
+    """docs/sql.md's psql recipes store the detail docs/operations.md lists for each audit
+    event: a cancellation's outcome and previous status, a reprocess's outcome, job and force."""
+    await run_all(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT event, detail FROM menos.audit_event WHERE detail ->> 'via' = 'psql'"
+            " ORDER BY audit_id"
+        )
+    finally:
+        await conn.close()
+    details = {row["event"]: json.loads(row["detail"]) for row in rows}
+    assert details["audit.cancellation"] == {
+        "via": "psql",
+        "outcome": "cancelled",
+        "previous_status": "pending",
+    }
+    reprocess = details["audit.reprocess_trigger"]
+    assert reprocess.keys() == {"via", "outcome", "job_id", "force"}
+    assert (reprocess["outcome"], reprocess["force"]) == ("submitted", True)
 
 
 def test_docs_name_every_view() -> None:
