@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import os
 import tracemalloc
+import uuid
 from typing import Any, cast
 
 import asyncpg
@@ -33,6 +34,22 @@ async def claim(
     return await repo.claim(
         worker, n, max_processing=cap, lease_s=LEASE, pipeline_version=helpers.VERSION, now=now
     )
+
+
+async def forced_reprocess(
+    repo: repository.Repository, content_id: uuid.UUID, transcript: str | None = None
+) -> None:
+    """A forced reprocess of an item whose job has ended: a new job is submitted."""
+    outcome = await repo.reprocess(
+        content_id,
+        owner=None,
+        force=True,
+        pipeline_version=helpers.VERSION,
+        callback_url=None,
+        data_tier="compact",
+        transcript=transcript,
+    )
+    assert outcome is not None and outcome.status == "submitted"
 
 
 async def test_two_claimers_never_get_the_same_job(repo: repository.Repository) -> None:
@@ -558,16 +575,7 @@ async def test_a_reprocess_counts_only_the_tags_its_item_gains(
     for tags in runs:
         (held,) = await claim(repo, "w", 1)
         assert await repo.complete_many([_run(held, "w", "s", tags)]) == ["completed"]
-        outcome = await repo.reprocess(
-            first.content_id,
-            owner=None,
-            force=True,
-            pipeline_version=helpers.VERSION,
-            callback_url=None,
-            data_tier="compact",
-            transcript=None,
-        )
-        assert outcome is not None and outcome.status == "submitted"
+        await forced_reprocess(repo, first.content_id)
     (held,) = await claim(repo, "w", 1)  # the last reprocess, with a tag of its first run
     assert await repo.complete_many([_run(held, "w", "s", ["postgres"])]) == ["completed"]
     await repo.enqueue(helpers.note())
@@ -1828,16 +1836,7 @@ async def test_a_transcript_supplied_on_reprocess_replaces_what_the_metadata_sai
     async def reprocess(transcript: str | None) -> Any:
         """The item's metadata after a forced reprocess (its job ended first)."""
         await pool.execute("UPDATE menos.pipeline_job SET status = 'failed', finished_at = now()")
-        outcome = await repo.reprocess(
-            job.content_id,
-            owner=None,
-            force=True,
-            pipeline_version=helpers.VERSION,
-            callback_url=None,
-            data_tier="compact",
-            transcript=transcript,
-        )
-        assert outcome is not None and outcome.status == "submitted"
+        await forced_reprocess(repo, job.content_id, transcript)
         return await pool.fetchval("SELECT source_metadata FROM menos.content")
 
     downloaded = {

@@ -64,6 +64,18 @@ async def build(database_url: str) -> AsyncIterator[Build]:
         yield lambda repo: queue_worker.Worker(config, repo, ctx, dsn=database_url)
 
 
+def one_slot_worker(
+    repo: repository.Repository,
+    http: httpx.AsyncClient,
+    analyzer: analyzers.Analyzer,
+    database_url: str,
+    **config: Any,
+) -> queue_worker.Worker:
+    """A worker of one slot (the global cap 1) polling every 0.2 s; `config` overrides."""
+    settings = helpers.worker_config(concurrency=1, max_processing=1, poll_s=0.2, **config)
+    return queue_worker.Worker(settings, repo, offline_context(http, analyzer), dsn=database_url)
+
+
 async def job_row(pool: asyncpg.Pool[Any]) -> dict[str, Any]:
     row = await pool.fetchrow(
         "SELECT status, attempts, error_code, error_message, diagnostics, worker_id"
@@ -253,11 +265,8 @@ async def test_a_cancel_during_persist_ends_the_job_cancelled(
     repo = CancelledWhilePersisting(pool, db.Queries())
     await helpers.owner(repo)
     await repo.enqueue(helpers.note())
-    config = helpers.worker_config(concurrency=1, max_processing=1, poll_s=0.2)
     async with httpx.AsyncClient() as http:
-        worker = queue_worker.Worker(
-            config, repo, offline_context(http, BuiltinAnalyzer()), dsn=database_url
-        )
+        worker = one_slot_worker(repo, http, BuiltinAnalyzer(), database_url)
         with structlog.testing.capture_logs() as logs:
             row = await run_until_ended(worker, pool)
     assert (row["status"], row["attempts"], row["error_code"]) == ("cancelled", 1, None)
@@ -303,13 +312,8 @@ async def test_a_shutdown_logs_released_only_when_the_release_was_written(
     await helpers.owner(repo)
     job_id = (await repo.enqueue(helpers.note())).job_id
     analyzer = GatedAnalyzer()  # never opened: the job runs until the grace ends
-    config = helpers.worker_config(
-        concurrency=1, max_processing=1, poll_s=0.2, shutdown_grace_s=0.1
-    )
     async with httpx.AsyncClient() as http:
-        worker = queue_worker.Worker(
-            config, repo, offline_context(http, analyzer), dsn=database_url
-        )
+        worker = one_slot_worker(repo, http, analyzer, database_url, shutdown_grace_s=0.1)
         stop = asyncio.Event()
         with structlog.testing.capture_logs() as logs:
             running = asyncio.create_task(worker.run(stop))
@@ -337,13 +341,8 @@ async def test_a_hurried_shutdown_gives_running_jobs_back_without_waiting_the_gr
     await helpers.owner(repo)
     await repo.enqueue(helpers.note())
     analyzer = GatedAnalyzer()  # never opened: the job would run for the whole grace
-    config = helpers.worker_config(
-        concurrency=1, max_processing=1, poll_s=0.2, shutdown_grace_s=3600
-    )
     async with httpx.AsyncClient() as http:
-        worker = queue_worker.Worker(
-            config, repo, offline_context(http, analyzer), dsn=database_url
-        )
+        worker = one_slot_worker(repo, http, analyzer, database_url, shutdown_grace_s=3600)
         stop, hurry = asyncio.Event(), asyncio.Event()
         with structlog.testing.capture_logs() as logs:
             running = asyncio.create_task(worker.run(stop, hurry))
@@ -369,11 +368,8 @@ async def test_a_cancel_cuts_off_the_model_call_in_flight(
     await helpers.owner(repo)
     await repo.enqueue(helpers.note())
     analyzer = GatedAnalyzer()  # never opened: the model never answers
-    config = helpers.worker_config(concurrency=1, max_processing=1, poll_s=0.2)
     async with httpx.AsyncClient() as http:
-        worker = queue_worker.Worker(
-            config, repo, offline_context(http, analyzer), dsn=database_url
-        )
+        worker = one_slot_worker(repo, http, analyzer, database_url)
         stop = asyncio.Event()
         with structlog.testing.capture_logs() as logs:
             running = asyncio.create_task(worker.run(stop))
@@ -440,13 +436,8 @@ async def test_a_hurried_shutdown_during_persist_waits_for_the_completion(
     repo = GatedCompletion(pool, write_first=write_first)
     await helpers.owner(repo)
     await repo.enqueue(helpers.note())
-    config = helpers.worker_config(
-        concurrency=1, max_processing=1, poll_s=0.2, shutdown_grace_s=3600
-    )
     async with httpx.AsyncClient() as http:
-        worker = queue_worker.Worker(
-            config, repo, offline_context(http, BuiltinAnalyzer()), dsn=database_url
-        )
+        worker = one_slot_worker(repo, http, BuiltinAnalyzer(), database_url, shutdown_grace_s=3600)
         stop, hurry = asyncio.Event(), asyncio.Event()
         with structlog.testing.capture_logs() as logs:
             running = asyncio.create_task(worker.run(stop, hurry))
@@ -523,11 +514,8 @@ async def test_a_panic_in_the_analyzer_fails_the_job_not_leaves_it_processing(
     repo = repository.Repository(pool, db.Queries())
     await helpers.owner(repo)
     await repo.enqueue(helpers.note(body="a'" * 1_000))
-    config = helpers.worker_config(concurrency=1, max_processing=1, poll_s=0.2)
     async with httpx.AsyncClient() as http:
-        worker = queue_worker.Worker(
-            config, repo, offline_context(http, analyzer), dsn=database_url
-        )
+        worker = one_slot_worker(repo, http, analyzer, database_url)
         row = await run_until_ended(worker, pool)
     assert row["attempts"] == 1
     if isinstance(analyzer, BuiltinAnalyzer):
