@@ -134,6 +134,21 @@ async def test_guarded_complete_after_rescue_changes_nothing(
     assert await pool.fetchval("SELECT result FROM menos.content") is None
 
 
+async def test_the_rescue_line_names_the_jobs_worker(repo: repository.Repository) -> None:
+    """The `job_rescued` log line carries job_id, content_id and worker_id like every line of
+    a job, worker_id being the worker whose lease ran out."""
+    await helpers.owner(repo)
+    await repo.enqueue(helpers.note())
+    (held,) = await claim(repo, "gone", 1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LEASE + 1)
+    with structlog.testing.capture_logs() as logs:
+        await rescuer.Rescuer(repo, max_attempts=3, interval_s=1).run_once(now=later)
+    (line,) = [e for e in logs if e["event"] == "job_rescued"]
+    assert line["job_id"] == str(held.job.job_id)
+    assert line["content_id"] == str(held.job.content_id)
+    assert line["worker_id"] == "gone"
+
+
 async def test_a_row_the_database_refuses_to_rescue_does_not_keep_the_others(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:

@@ -40,6 +40,8 @@ class Rescuer:
                 "job_rescued",
                 job_id=str(job.job_id),
                 content_id=str(job.content_id),
+                # every line of a job names its worker: here the one whose lease ran out
+                worker_id=job.lost_worker_id,
                 status=job.status,
                 attempts=job.attempts,
                 lost_worker_id=job.lost_worker_id,
