@@ -385,6 +385,34 @@ async def test_a_connection_answered_before_its_body_arrived_is_held_no_longer(
                 await writer.wait_closed()
 
 
+async def test_a_client_that_never_reads_its_answers_is_dropped(
+    pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sending requests and reading none of the answers held its connection, and
+    megabytes of the server's send buffer, forever: one that reads nothing for
+    UNREAD_DEADLINE_S is dropped before all its answers are sent."""
+    monkeypatch.setattr(serving, "UNREAD_DEADLINE_S", 1.0)
+    requests = 400  # some 10 MB of answers: more than the kernel's buffers hold
+    async with served(pool) as url:
+        host, port = url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+        writer.write(b"GET /schema/openapi.json HTTP/1.1\r\nHost: menos\r\n\r\n" * requests)
+        await writer.drain()
+        await asyncio.sleep(8)  # reading nothing, well past the deadline
+        received = bytearray()
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), timeout=10):
+                received += chunk
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert received.count(b"HTTP/1.1 200 ") < requests
+
+
 async def test_a_head_request_keeps_its_connection_usable(
     pool: asyncpg.Pool[Any], repo: repository.Repository
 ) -> None:

@@ -4,6 +4,11 @@
   the connection opening or of the previous answer: otherwise a client sending nothing, or a
   header byte now and then, keeps a connection (a file descriptor) forever, and enough of them
   leave none for anyone else.
+- An answer must be read: a connection whose client reads nothing of what it was sent (or
+  whose network acknowledges nothing) for UNREAD_DEADLINE_S is dropped. Otherwise a client
+  that sends requests and never reads the answers holds its connection, the answers queued
+  for it and the kernel's megabytes of send buffer forever, the keep-alive and head
+  deadlines included (the server waits for the answer to drain, or the close to flush).
 - The head of a request may be at most HEAD_MAX_BYTES: the parser keeps a header it has not
   seen the end of, so a client sending one endless header line fills the memory.
 - The process may open as many files as its hard limit allows, not the 1,024 of most shells.
@@ -19,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import resource
 import signal
@@ -41,6 +47,7 @@ log = structlog.get_logger("menos.http")
 
 HEADERS_DEADLINE_S = 10.0
 HEAD_MAX_BYTES = 64 * 1024
+UNREAD_DEADLINE_S = 60.0
 SHUTDOWN_GRACE_S = 5
 _ACCEPT_ERRORS_EVERY_S = 10.0
 
@@ -68,6 +75,13 @@ class HeadersInTime(HttpToolsProtocol):
         self._refusal: bytes | None = None  # due once the requests before it are answered
         self._serving: asyncio.Task[None] | None = None  # the app's task of the latest request
         self._wait_for_headers()
+        sock = transport.get_extra_info("socket")
+        # The kernel ends a connection whose peer's window stays shut (or whose data stays
+        # unacknowledged) this long: every way of not reading, a close waiting to flush too.
+        if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            with contextlib.suppress(OSError):  # not TCP (a Unix socket)
+                timeout_ms = int(UNREAD_DEADLINE_S * 1000)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
 
     def data_received(self, data: bytes) -> None:
         while data:
