@@ -858,6 +858,29 @@ async def test_the_body_of_a_request_asking_to_upgrade_is_never_read_as_a_reques
     assert b"HTTP/1.1 200 " not in answer and b"job_id" not in answer, answer
 
 
+async def test_pipelined_requests_over_the_head_limit_together_are_served(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Small requests sent back to back, more than HEAD_MAX_BYTES of them in one read, were
+    refused as one head over the limit (a 431, the connection reset) when that read ended
+    within a head: only the bytes of a head count towards its limit."""
+    request = b"GET /health HTTP/1.1\r\nHost: menos\r\n\r\n"
+    count = 3 * serving.HEAD_MAX_BYTES // len(request)
+    async with served(pool) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(request * count + b"GET /hea")
+        await writer.drain()
+        await asyncio.sleep(0.5)  # the head of the last request ends in a read of its own
+        writer.write(b"lth HTTP/1.1\r\nHost: menos\r\nConnection: close\r\n\r\n")
+        answers = b""
+        with contextlib.suppress(ConnectionError):
+            answers = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert answers.count(b"HTTP/1.1 200 ") == count + 1, answers[-300:]
+
+
 async def test_a_head_over_its_limit_is_refused_even_when_its_last_read_ends_it(
     pool: asyncpg.Pool[Any],
 ) -> None:

@@ -71,6 +71,7 @@ class HeadersInTime(HttpToolsProtocol):
         super().connection_made(transport)
         self._headers_due: asyncio.TimerHandle | None = None
         self._head_bytes: int | None = None  # bytes read since a head began, until it ends
+        self._head_began = False  # in the read being parsed
         self._read = self._after_upgrade = b""
         self._refusal: bytes | None = None  # due once the requests before it are answered
         self._serving: asyncio.Task[None] | None = None  # the app's task of the latest request
@@ -103,25 +104,35 @@ class HeadersInTime(HttpToolsProtocol):
         self._after_upgrade = self._read[offset:]
 
     def _parse(self, data: bytes) -> None:
+        self._head_began = False
         super().data_received(data)
         if self._head_bytes is None or self.transport.is_closing():
             return
-        # The whole read counts: what came before the head in it too (a pipelined request's
-        # end), a slight overcount.
-        self._head_bytes += len(data)
+        # A head begun in this read counts what the parser took of it, not the whole read:
+        # what came before it (the requests pipelined ahead of it, a body) is no part of it.
+        # The header line it has not seen the end of is left out, at most this one read.
+        # A head begun in an earlier read has all of this one.
+        if self._head_began:
+            self._head_bytes = self._parsed_head_bytes()
+        else:
+            self._head_bytes += len(data)
         if self._head_bytes > HEAD_MAX_BYTES:
             self._refuse_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._head_began = True
+
+    def _parsed_head_bytes(self) -> int:
+        """The size of the request line's target and the headers parsed so far."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_headers_complete(self) -> None:
         # The count in _parse sees only the reads before the one ending the head: a
         # head sent as 60 KiB then 60 KiB, or all at once, was served. Its parsed size is
         # checked here too (raising stops the parser; send_400_response answers).
-        parsed = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if parsed > HEAD_MAX_BYTES:
+        if self._parsed_head_bytes() > HEAD_MAX_BYTES:
             raise _HeadTooLarge
         # Its body would be read on as the next request (one the client never meant, run
         # with whatever key it holds), and the request itself served without it.
