@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -571,6 +572,45 @@ async def test_a_form_field_declared_in_another_charset_is_a_415_before_it_is_de
     assert answer.json()["errors"] == [
         {"field": "title", "message": "form fields must be UTF-8 text"}
     ]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "media"),
+    [
+        ("/api/v1/ingest", b'{"url": "https://example.com/coded"}', "application/json"),
+        ("/api/v1/content", b'{"text": "# Coded"}', "application/json"),
+        (
+            "/api/v1/content",
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="n.md"\r\n\r\n'
+            b"# Coded\r\n--b--\r\n",
+            "multipart/form-data; boundary=b",
+        ),
+    ],
+)
+@pytest.mark.parametrize("compress", [True, False])
+async def test_a_body_in_a_content_coding_is_a_415_and_stores_nothing(
+    pool: asyncpg.Pool[Any],
+    repo: repository.Repository,
+    route: str,
+    body: bytes,
+    media: str,
+    compress: bool,
+) -> None:
+    """Content-Encoding was ignored: a gzipped body was called malformed JSON (an invalid
+    character at byte 0), and a body labelled gzip but sent plain was stored as it was."""
+    key = (await repo.create_key("alice", "user")).api_key
+    headers = {
+        "authorization": f"Bearer {key}",
+        "content-type": media,
+        "content-encoding": "gzip",
+    }
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        sent = gzip.compress(body) if compress else body
+        answer = await client.post(route, content=sent, headers=headers)
+    assert answer.status_code == 415, answer.text
+    assert "Content-Encoding" in answer.json()["detail"]
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
 

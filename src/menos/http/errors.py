@@ -232,9 +232,24 @@ async def require_json(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRo
     """Route guard: a request that carries a body sends it as application/json; 415 is
     answered before the body is read, so no other media type is taken for malformed JSON.
     Async although it awaits nothing: Litestar runs a plain function guard in a thread."""
+    refuse_content_coding(connection)
     media = connection.headers.get("content-type", "").split(";")[0].strip().lower()
     if _has_body(connection) and media != "application/json":
         raise UnsupportedMedia("send the body as application/json")
+
+
+def refuse_content_coding(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """A body in a content coding (`Content-Encoding: gzip`) is a 415: none is decoded here,
+    and read as it came a compressed body was called malformed JSON, and a body merely
+    labelled so was stored as it was."""
+    codings = {
+        coding.strip().lower()
+        for value in connection.headers.getall("content-encoding", [])
+        for coding in value.split(",")
+    } - {"", "identity"}
+    if codings and _has_body(connection):
+        named = ", ".join(sorted(codings))
+        raise UnsupportedMedia(f"send the body without a Content-Encoding (not {named})")
 
 
 HANDLERS: dict[int | type[Exception], Any] = {
@@ -255,5 +270,6 @@ __all__ = [
     "FieldError",
     "MediaType",
     "problem",
+    "refuse_content_coding",
     "require_json",
 ]

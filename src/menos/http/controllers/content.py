@@ -46,6 +46,7 @@ class ContentController(Controller):
     ) -> schemas.Submitted:
         """Upload a markdown note (JSON `{text, …}` or multipart with `file`); 202 with its job."""
         settings: Settings = request.app.state.settings
+        http_errors.refuse_content_coding(request)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         filename: str | None = None
         if media == "application/json":
