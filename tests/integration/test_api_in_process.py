@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -1029,6 +1030,22 @@ async def test_a_cancel_whose_body_the_parser_refuses_cancels_nothing(
             "SELECT status FROM menos.pipeline_job WHERE job_id = $1", uuid.UUID(job_id)
         )
     assert status == "pending", status
+
+
+async def test_a_request_the_parser_refuses_writes_no_warning(
+    pool: asyncpg.Pool[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each request the parser refused also wrote uvicorn's warning "Invalid HTTP request
+    received.": any client could write warning lines at will. The refusal's own
+    `request_refused` line (info) is the one kept."""
+    caplog.set_level(logging.DEBUG, logger="uvicorn.error")
+    async with served(pool) as url:
+        refused = await sent_raw(
+            url, b"GET /health HTTP/1.1\r\nHost: menos\r\nX-Bad: a\x01b\r\n\r\n"
+        )
+    assert refused.startswith(b"HTTP/1.1 400 "), refused
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == [], warned
 
 
 async def test_a_request_target_uvicorn_cannot_read_is_named(pool: asyncpg.Pool[Any]) -> None:

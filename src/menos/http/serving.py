@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import logging
 import resource
 import signal
 import socket
@@ -44,6 +45,17 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from menos.http import errors as http_errors
 
 log = structlog.get_logger("menos.http")
+
+
+class _RefusalLoggedOnce(logging.Filter):
+    """uvicorn's warning at each request its parser refuses: any client could write it at
+    will, and the refusal has its own line (`request_refused`, info)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Invalid HTTP request received."
+
+
+logging.getLogger("uvicorn.error").addFilter(_RefusalLoggedOnce())
 
 HEADERS_DEADLINE_S = 10.0
 HEAD_MAX_BYTES = 64 * 1024
