@@ -329,6 +329,15 @@ def test_bad_input_gets_documented_errors_and_stores_nothing(menos: Menos) -> No
             assert unknown_query.json()["errors"] == [
                 {"field": field, "message": "unknown query parameter"}
             ]
+        # a name or value not UTF-8 once percent-decoded is named: Litestar read it as
+        # replacement characters, and `?tag=%ff` listed nothing without saying why
+        for not_utf8, field in (
+            (client.get("/api/v1/content?tag=%ff%fe"), "tag"),
+            (client.get("/api/v1/jobs?status=caf%e9"), "status"),
+            (client.get("/api/v1/jobs?st%e9tus=x"), "st\ufffdtus"),
+        ):
+            assert not_utf8.status_code == 400, not_utf8.text
+            assert not_utf8.json()["errors"] == [{"field": field, "message": "not valid UTF-8"}]
         assert client.get("/api/v1/jobs?status=failed&limit=5").status_code == 200
         # the probes, /metrics and /schema ignore their query strings, repeated or not
         for path in ("/health", "/ready", "/metrics", "/schema/openapi.json"):

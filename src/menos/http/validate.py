@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -31,6 +32,9 @@ async def query_once(request: Request[Any, Any, Any]) -> None:
     filter is never ignored: `?stauts=failed` would list everything), given once (Litestar
     would keep the last). The probes, /metrics and /schema ignore their query strings."""
     known = _query_names(request.route_handler)
+    query: bytes = request.scope["query_string"]
+    if query:
+        _utf8_query(query)
     for name in request.query_params:
         if name not in known:
             raise errors.InvalidInput(name, UNKNOWN_QUERY_PARAMETER)
@@ -43,6 +47,22 @@ async def query_once(request: Request[Any, Any, Any]) -> None:
 
 
 _DIGITS = re.compile(r"[0-9]+")
+
+
+def _utf8_query(query: bytes) -> None:
+    """Each name and value, percent-decoded, is UTF-8: Litestar reads other bytes as
+    replacement characters, so `?tag=%ff` listed nothing instead of saying why."""
+    for pair in query.split(b"&"):
+        name, _, value = (
+            urllib.parse.unquote_to_bytes(part.replace(b"+", b" ")) for part in pair.partition(b"=")
+        )
+        for part in (name, value):
+            try:
+                part.decode()
+            except UnicodeDecodeError:
+                raise errors.InvalidInput(
+                    name.decode(errors="replace"), "not valid UTF-8"
+                ) from None
 
 
 def _query_names(handler: BaseRouteHandler) -> dict[str, bool]:
