@@ -532,9 +532,11 @@ def _export_file(path: Path) -> Iterator[TextIO]:
     once the export is whole, keeping its mode, so an export cut short (Ctrl-C, a full disk,
     the database gone) leaves the previous one as it was. What is not a regular file
     (`/dev/stdout`, a named pipe) is written to directly."""
-    target = path.resolve()
+    # Looked at through `path` itself: `/dev/stdout` leads to /proc/self/fd/1, whose link
+    # reads `pipe:[…]` when stdout is a pipe, a path that resolves to nothing; a symlink loop
+    # is then an OSError (ELOOP), not resolve's RuntimeError.
     try:
-        found = target.stat()
+        found = path.stat()
     except FileNotFoundError:
         found = None
     if found is not None and not stat.S_ISREG(found.st_mode):
@@ -542,7 +544,7 @@ def _export_file(path: Path) -> Iterator[TextIO]:
             yield handle
         return
     mode = stat.S_IMODE(found.st_mode) if found is not None else 0o666
-    with _replacing(target, mode=mode, newline="") as handle:
+    with _replacing(path.resolve(), mode=mode, newline="") as handle:
         yield handle
 
 

@@ -175,3 +175,28 @@ def test_a_csv_cell_is_text_also_where_a_spreadsheet_splits_at_semicolons() -> N
     for cell in row.values():
         for part in cell.split(";"):
             assert not part.lstrip('"').startswith(("=", "+", "-", "@", "\t", "\r")), cell
+
+
+def test_out_through_a_symlink_to_a_pipe_is_written_to_directly(tmp_path: Path) -> None:
+    """`--out /dev/stdout` with stdout a pipe: /dev/stdout leads to /proc/self/fd/1, whose
+    link reads `pipe:[…]`, a path that resolves to nothing; the pipe is written to."""
+    reader, writer = os.pipe()
+    link = tmp_path / "stdout"
+    link.symlink_to(f"/proc/self/fd/{writer}")
+    try:
+        with tools._export_file(link) as handle:
+            handle.write("x\n")
+        assert os.read(reader, 100) == b"x\n"
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+def test_out_in_a_symlink_loop_fails_as_an_os_error(tmp_path: Path) -> None:
+    """The command's usual one-line message (`Too many levels of symbolic links`), not a
+    RuntimeError's traceback."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(OSError) as raised, tools._export_file(loop):
+        pass
+    assert raised.value.filename == str(loop)
