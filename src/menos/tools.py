@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -530,8 +531,10 @@ def replace_file(path: Path, text: str, *, mode: int = 0o666) -> None:
 def _export_file(path: Path) -> Iterator[TextIO]:
     """`--out` of a jsonl or csv export: the file it names (a symlink's target) is replaced
     once the export is whole, keeping its mode, so an export cut short (Ctrl-C, a full disk,
-    the database gone) leaves the previous one as it was. What is not a regular file
-    (`/dev/stdout`, a named pipe) is written to directly."""
+    the database gone) leaves the previous one as it was. A file a new one renamed over it
+    would not stand for (another user's, or hard-linked), one in a directory the command may
+    not add a file to, and what is not a regular file (`/dev/stdout`, a named pipe) are
+    written to in place, as they were before."""
     # Looked at through `path` itself: `/dev/stdout` leads to /proc/self/fd/1, whose link
     # reads `pipe:[…]` when stdout is a pipe, a path that resolves to nothing; a symlink loop
     # is then an OSError (ELOOP), not resolve's RuntimeError.
@@ -539,13 +542,29 @@ def _export_file(path: Path) -> Iterator[TextIO]:
         found = path.stat()
     except FileNotFoundError:
         found = None
-    if found is not None and not stat.S_ISREG(found.st_mode):
-        with path.open("w", encoding="utf-8", newline="") as handle:
-            yield handle
-        return
-    mode = stat.S_IMODE(found.st_mode) if found is not None else 0o666
-    with _replacing(path.resolve(), mode=mode, newline="") as handle:
+    with contextlib.ExitStack() as stack:
+        handle: TextIO | None = None
+        if found is None or _renamed_over_alike(found):
+            mode = stat.S_IMODE(found.st_mode) if found is not None else 0o666
+            try:
+                handle = stack.enter_context(_replacing(path.resolve(), mode=mode, newline=""))
+            except OSError as exc:
+                if found is None or exc.errno not in _NO_NEW_FILE:
+                    raise
+        if handle is None:
+            handle = stack.enter_context(path.open("w", encoding="utf-8", newline=""))
         yield handle
+
+
+# The directory refuses a new file (its permissions, an immutable directory, a read-only
+# mount) while the file in it may still be written.
+_NO_NEW_FILE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _renamed_over_alike(found: os.stat_result) -> bool:
+    """Whether a new file renamed over this one stands for it: a regular file of this user's
+    with no other name (the new file is this user's, and a hard link would keep the old)."""
+    return stat.S_ISREG(found.st_mode) and found.st_nlink == 1 and found.st_uid == os.geteuid()
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import io
 import multiprocessing
 import os
@@ -200,3 +201,40 @@ def test_out_in_a_symlink_loop_fails_as_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(OSError) as raised, tools._export_file(loop):
         pass
     assert raised.value.filename == str(loop)
+
+
+def test_a_hard_linked_out_file_is_written_in_place(tmp_path: Path) -> None:
+    """A new file renamed over a hard-linked one left the other name with the old export:
+    such a file is written in place, both names seeing the new one."""
+    target, other = tmp_path / "out.jsonl", tmp_path / "same.jsonl"
+    target.write_text("old\n")
+    os.link(target, other)
+    with tools._export_file(target) as handle:
+        handle.write("new\n")
+    assert (target.read_text(), other.read_text(), target.stat().st_nlink) == ("new\n", "new\n", 2)
+
+
+def test_an_out_file_in_a_directory_refusing_new_files_is_written_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file the user may write in a directory they may not add to (its permissions, an
+    immutable directory, a read-only mount) was written before exports replaced files whole;
+    it still is. A file that does not exist there yet fails, naming it."""
+    target = tmp_path / "out.jsonl"
+    target.write_text("old\n")
+    opened = os.open
+
+    def refuse_new_files(name: Any, flags: int, mode: int = 0o777) -> int:
+        if str(name).endswith(".new"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(name))
+        return opened(name, flags, mode)
+
+    monkeypatch.setattr(os, "open", refuse_new_files)
+    with tools._export_file(target) as handle:
+        handle.write("new\n")
+    assert target.read_text() == "new\n"
+    missing = tmp_path / "new.jsonl"
+    with pytest.raises(PermissionError) as refused, tools._export_file(missing):
+        pass
+    assert refused.value.filename == str(missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
