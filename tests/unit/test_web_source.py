@@ -200,6 +200,21 @@ async def test_meta_charset_is_honoured_when_header_has_none() -> None:
     assert "Café “quotes”" in page.body
 
 
+@pytest.mark.parametrize(
+    "header", ["text/html; charset=", "text/html; charset=none", "text/html; charset=utf-7"]
+)
+async def test_a_header_charset_naming_no_encoding_leaves_the_meta_charset_to_decide(
+    header: str,
+) -> None:
+    """A Content-Type whose charset names no page encoding (empty, `none`, UTF-7) is no
+    label, as browsers read it: the page's <meta charset> decides, and Shift_JIS text is
+    not stored as noise."""
+    body = '<meta charset="shift_jis"><p>日本語の文章です。</p>'.encode("cp932")
+    async with _client(lambda request: _html(body, header)) as client:
+        page = await web.fetch_page(client, f"{PUBLIC}/", max_bytes=MAX)
+    assert page.body == "日本語の文章です。"
+
+
 @pytest.mark.parametrize("declared", ["utf-16", "UTF-16LE", "utf-16be", "utf-32"])
 async def test_a_meta_charset_of_utf_16_or_32_is_read_as_utf_8(declared: str) -> None:
     """A <meta> tag can only be read because the page is ASCII-compatible: one naming

@@ -404,13 +404,17 @@ def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool, is_xml: bo
     """A byte-order mark's encoding, else the header's charset, else an XHTML page's XML
     declaration, else an HTML <meta> charset
     (UTF-8 for one naming UTF-16 or UTF-32), else what the bytes look like (`_undeclared`).
+    A label naming no encoding a page is read in (`charset=`, `charset=none`, `utf-7`) counts
+    as no label: the next source decides, as browsers read it (WHATWG).
     Latin-1 and ASCII labels mean windows-1252, gb2312 GBK, shift_jis Windows' code page,
     and so on, as browsers read them (WHATWG)."""
     for bom, name in _BOMS:
         if raw.startswith(bom):
             return name
-    candidate = response.charset_encoding
-    if candidate is None and (is_xml or is_html):
+    from_header = _page_codec(response.charset_encoding)
+    if from_header is not None:
+        return from_header
+    if is_xml or is_html:
         declared = _XML_ENCODING.match(raw) if is_xml else None
         if declared is None and is_html:
             declared = _META_CHARSET.search(raw[:_META_CHARSET_WINDOW])
@@ -419,16 +423,25 @@ def _encoding(response: httpx.Response, raw: bytes, *, is_html: bool, is_xml: bo
         # UTF-16 or UTF-32: as browsers do (WHATWG), such a page is read as UTF-8.
         if candidate and candidate.lower().replace("_", "-").startswith(("utf-16", "utf-32")):
             candidate = "utf-8"
-    if candidate:
-        candidate = _BROWSER_LABELS.get(candidate.strip().lower(), candidate)
-        try:
-            name = codecs.lookup(candidate).name
-        except (LookupError, ValueError):  # ValueError: a NUL in the name (RFC 2231's %00)
-            pass
-        else:
-            if name not in _NOT_PAGE_ENCODINGS:
-                return _BROWSER_CODECS.get(name, name)
+        from_page = _page_codec(candidate)
+        if from_page is not None:
+            return from_page
     return _undeclared(raw)
+
+
+def _page_codec(label: str | None) -> str | None:
+    """The codec a browser decodes a page labelled `label` with; None when the label names
+    no encoding a page is read in."""
+    if not label:
+        return None
+    label = _BROWSER_LABELS.get(label.strip().lower(), label)
+    try:
+        name = codecs.lookup(label).name
+    except (LookupError, ValueError):  # ValueError: a NUL in the name (RFC 2231's %00)
+        return None
+    if name in _NOT_PAGE_ENCODINGS:
+        return None
+    return _BROWSER_CODECS.get(name, name)
 
 
 def _undeclared(raw: bytes) -> str:
