@@ -241,6 +241,18 @@ async def test_a_language_without_a_region_takes_a_regional_transcript() -> None
     assert caught.value.code == "SOURCE_NOT_FOUND"
 
 
+@pytest.mark.parametrize(
+    ("wanted", "track"), [("pt-br", "pt-BR"), ("EN", "en"), ("zh-hans", "zh-Hans")]
+)
+async def test_a_language_matches_the_videos_in_any_case(wanted: str, track: str) -> None:
+    """MENOS_YOUTUBE_LANGUAGES=pt-br takes a video's `pt-BR` transcript: language tags have no
+    case (BCP 47), and the job does not fail SOURCE_NOT_FOUND for a video that has one."""
+    fake = FakeYouTube(player=_player([_track(track, "Captions")]), captions={track: CAPTIONS_EN})
+    video = await _fetch(fake, languages=[wanted])
+    assert video.body.startswith("Hello and welcome")
+    assert video.metadata["language"] == track
+
+
 async def test_no_transcript_in_wanted_languages_is_source_not_found() -> None:
     """A video without a transcript in the configured languages fails with SOURCE_NOT_FOUND."""
     with pytest.raises(errors.PipelineError) as caught:

@@ -285,11 +285,13 @@ def _find(
 ) -> youtube_transcript_api.Transcript:
     """The transcript in the first of `languages` the video has. A language without a region
     (`en`) is followed by the video's regional ones (`en-GB`, `en-US`), which the library
-    matches only exactly: a video captioned in `en-GB` alone had no transcript for `en`."""
+    matches only exactly: a video captioned in `en-GB` alone had no transcript for `en`.
+    Language tags match in any case (BCP 47): `pt-br` is the video's `pt-BR`."""
     available = [transcript.language_code for transcript in transcripts]
     wanted: list[str] = []
     for language in languages:
-        wanted.append(language)
+        same = [code for code in available if code.lower() == language.lower()]
+        wanted += same or [language]
         if "-" not in language:
             prefix = language.lower() + "-"
             wanted += [code for code in available if code.lower().startswith(prefix)]
