@@ -156,6 +156,39 @@ async def test_title_falls_back_to_the_title_tag() -> None:
     assert "Some text." in page.body
 
 
+@pytest.mark.parametrize(
+    ("head", "body", "title"),
+    [
+        # trafilatura cut the <title> at " | " and skipped the part holding a "."
+        ("<title>Python 3.12 released | Blog</title>", "", "Python 3.12 released | Blog"),
+        # a heading no browser shows beat the <title>
+        (
+            "<title>Real title</title>",
+            "<noscript><h1>Enable JavaScript</h1></noscript>",
+            "Real title",
+        ),
+        (
+            "",
+            "<noscript><h1>Enable JavaScript</h1></noscript><h1>Shown heading</h1>",
+            "Shown heading",
+        ),
+        (
+            '<title>Site | Post</title><meta property="og:title" content=" The  Post ">',
+            "",
+            "The Post",
+        ),
+    ],
+)
+async def test_the_title_is_the_pages_own_whole_title(head: str, body: str, title: str) -> None:
+    """og:title, else the whole <title> (as a browser tab shows it, and as a page too large
+    for the parser gets it), else the first <h1> a browser shows."""
+    page_html = (
+        f"<html><head>{head}</head><body>{body}<article><p>{'Queues hold work. ' * 20}</p>"
+        "</article></body></html>"
+    )
+    assert (await _fetched(page_html)).title == title
+
+
 async def test_tag_strip_fallback_when_extractor_finds_nothing() -> None:
     """A page whose only text the extractor discards still yields that text."""
     page_html = "<html><body><footer>Only footer text &amp; nothing else</footer></body></html>"

@@ -466,6 +466,7 @@ def _readable_html(page: str) -> tuple[str, str | None]:
     try:
         tree = trafilatura.load_html(page)
         if tree is not None:
+            title = _page_title(tree)  # before the extraction, which cleans the tree
             _flatten_crowded_paragraphs(tree)
             # Renamed, not stripped: the text nodes left by stripping 20,000 <b> took it 15 s.
             for element in tree.iter(*_INLINE_MARKUP_TAGS):
@@ -481,17 +482,37 @@ def _readable_html(page: str) -> tuple[str, str | None]:
         )
         if document is not None and not isinstance(document, dict):
             text = document.text or ""
-            title = document.title
-        else:
-            # No main text found: trafilatura's metadata still knows <title> and og:title.
-            metadata = trafilatura.extract_metadata(page)
-            title = metadata.title if metadata is not None else None
+            title = title or document.title
     # trafilatura raises assorted parser errors on hostile markup; the tag strip covers them.
     except Exception:
         pass
     if not text.strip():
         text = _strip_tags(page)
     return text.strip(), fetched.one_line(title)
+
+
+def _page_title(tree: Any) -> str | None:
+    """A page's title as its author gave it: its `og:title`, else its whole `<title>` (as a
+    browser's tab shows it, and as a page too large for the parser gets it), else its first
+    `<h1>` a browser shows. trafilatura's own pick cuts `<title>` at ` | ` and skips a part
+    holding a `.`: "Python 3.12 released | Blog" was titled "Blog", and a `<noscript>`
+    heading ("Enable JavaScript") beat the `<title>`."""
+    for meta in tree.iter("meta"):
+        named = (meta.get("property") or meta.get("name") or "").strip().lower()
+        if named == "og:title" and (content := " ".join((meta.get("content") or "").split())):
+            return content
+    for element in tree.iter("title"):
+        if text := " ".join(element.text_content().split()):
+            return text
+    for heading in tree.iter("h1"):
+        if any(parent.tag in _UNSHOWN_TAGS for parent in heading.iterancestors()):
+            continue
+        if text := " ".join(heading.text_content().split()):
+            return text
+    return None
+
+
+_UNSHOWN_TAGS = frozenset({"noscript", "template", "script", "style", "head"})
 
 
 def _flatten_crowded_paragraphs(tree: Any) -> None:
