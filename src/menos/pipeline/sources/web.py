@@ -501,18 +501,28 @@ def _page_title(tree: Any) -> str | None:
         named = (meta.get("property") or meta.get("name") or "").strip().lower()
         if named == "og:title" and (content := " ".join((meta.get("content") or "").split())):
             return content
-    for element in tree.iter("title"):
-        if text := " ".join(element.text_content().split()):
-            return text
-    for heading in tree.iter("h1"):
-        if any(parent.tag in _UNSHOWN_TAGS for parent in heading.iterancestors()):
-            continue
-        if text := " ".join(heading.text_content().split()):
+    return _first_text(tree, "title", _NOT_THE_PAGES_TITLE) or _first_text(
+        tree, "h1", _UNSHOWN_TAGS
+    )
+
+
+def _first_text(tree: Any, tag: str, skipped: frozenset[str]) -> str | None:
+    """The text of the first `tag` element holding any, outside the `skipped` elements. One
+    walk that passes over what they hold: looking up each heading's ancestors took 23 s on a
+    page of 95,000 headings under 250 elements."""
+    walk = etree.iterwalk(tree, events=("start",))
+    for _event, element in walk:
+        if element.tag in skipped:
+            walk.skip_subtree()
+        elif element.tag == tag and (text := " ".join(element.text_content().split())):
             return text
     return None
 
 
 _UNSHOWN_TAGS = frozenset({"noscript", "template", "script", "style", "head"})
+# An SVG's or MathML's <title> is its own (an icon's tooltip), not the page's: a browser's tab
+# shows neither, nor one no browser parses as an element (in a <noscript> or a <template>).
+_NOT_THE_PAGES_TITLE = frozenset({"svg", "math", "noscript", "template", "script", "style"})
 
 
 def _flatten_crowded_paragraphs(tree: Any) -> None:
