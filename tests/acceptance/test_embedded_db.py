@@ -151,7 +151,10 @@ def kill_if_running(process: subprocess.Popen[bytes]) -> None:
 
 
 def wait_logged(log: Path, event: str) -> None:
-    wait_for(lambda: event in log.read_text(), what=event)
+    try:
+        wait_for(lambda: event in log.read_text(), what=event)
+    except AssertionError as missing:  # what the command said instead
+        raise AssertionError(f"{missing}; its output:\n{log.read_text()[-6000:]}") from None
 
 
 @contextlib.contextmanager
