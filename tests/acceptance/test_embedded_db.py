@@ -436,6 +436,10 @@ def test_dev_says_when_its_server_stops_under_it_and_when_it_is_back(
     env = {**env, "MENOS_PORT": str(free_port())}
     log = tmp_path / "dev.log"
     with running_dev(env, log) as dev:
+        # Killed while a child still starts (its banner comes once the API answers), the
+        # child cannot check the schema and exits, and dev stops with it, as it says.
+        wait_logged(log, "worker_started")
+        wait_logged(log, "dispatcher_started")
         pid = int((home / "pgdata" / "postmaster.pid").read_text().split("\n", 1)[0])
         os.kill(pid, signal.SIGKILL)
         wait_logged(log, "the embedded PostgreSQL stopped (see")
