@@ -240,12 +240,7 @@ def cmd_dispatcher(conf: settings.Settings, args: argparse.Namespace) -> int:
 async def _require_schema(dsn: str) -> None:
     conn = await db.connect(dsn)
     try:
-        pending = await db.pending_migrations(conn, db.Queries())
-        if pending:
-            raise errors.SchemaOutdated(
-                f"migrations {pending} are not applied; run `bin/menos migrate` first"
-            )
-        await db.check_applied(conn, db.Queries())
+        await db.require_current(conn, db.Queries())
     finally:
         await conn.close()
 

@@ -270,10 +270,16 @@ async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
             return []
         return await _migrate_locked(conn, queries)
     except CONNECTION_ERRORS as exc:
-        cause: BaseException = exc  # a transaction's exit names only the closed connection
-        while isinstance(cause.__context__, CONNECTION_ERRORS):
-            cause = cause.__context__
-        raise errors.DatabaseUnavailable(f"the database could not be migrated: {cause}") from exc
+        raise _lost(exc, "the database could not be migrated") from exc
+
+
+def _lost(exc: BaseException, what: str) -> errors.DatabaseUnavailable:
+    """DatabaseUnavailable for a connection lost mid-work, naming the first error: a
+    transaction's exit names only the closed connection."""
+    cause: BaseException = exc
+    while isinstance(cause.__context__, CONNECTION_ERRORS):
+        cause = cause.__context__
+    return errors.DatabaseUnavailable(f"{what}: {str(cause) or type(cause).__name__}")
 
 
 async def _migrate_locked(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
@@ -401,6 +407,21 @@ def _same_migration(recorded: asyncpg.Record, name: str, checksum: str) -> None:
             f"migration {file} applied to this database had other contents than this code's: "
             "the database was migrated by another version of menos"
         )
+
+
+async def require_current(conn: asyncpg.Connection[Any], queries: Queries) -> None:
+    """For the commands that do not migrate: SchemaOutdated when a migration is pending,
+    SchemaMismatch when one applied is not this code's, DatabaseUnavailable when the
+    connection is lost meanwhile (the server stopped as the command started)."""
+    try:
+        pending = await pending_migrations(conn, queries)
+        if pending:
+            raise errors.SchemaOutdated(
+                f"migrations {pending} are not applied; run `bin/menos migrate` first"
+            )
+        await check_applied(conn, queries)
+    except CONNECTION_ERRORS as exc:
+        raise _lost(exc, "the database schema could not be checked") from exc
 
 
 async def pending_migrations(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:

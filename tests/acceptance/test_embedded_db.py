@@ -286,6 +286,25 @@ def test_commands_refuse_a_database_migrated_with_other_files(
         assert "Traceback" not in done.stderr
 
 
+def test_commands_that_do_not_migrate_refuse_an_outdated_schema(
+    db: tuple[Path, dict[str, str]],
+) -> None:
+    """A worker, a dispatcher or a `jobs` command on a database that lacks a migration says
+    which, in one line, and how to apply it."""
+    _, env = db
+    dsn = menos_db(env, "start").stdout.strip()
+    latest = sql(dsn, "SELECT max(version) AS v FROM menos.schema_migrations")[0]["v"]
+    sql(dsn, f"DELETE FROM menos.schema_migrations WHERE version = {latest}")
+    for argv in (["worker"], ["dispatcher"], ["menos", "jobs", "list"]):
+        done = subprocess.run(
+            [str(BIN / argv[0]), *argv[1:]], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1, (argv, done.stderr)
+        says = f"menos: migrations [{latest}] are not applied; run `bin/menos migrate` first\n"
+        assert done.stderr.endswith(says), done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_commands_that_only_use_a_database_do_not_make_one(
     db: tuple[Path, dict[str, str]],
 ) -> None:

@@ -965,6 +965,30 @@ async def test_a_database_migrated_with_other_migration_files_is_refused(
         await postgres.drop_database(pg_admin_dsn, name)
 
 
+async def test_the_schema_check_names_what_it_found(database_url: str) -> None:
+    """The check a worker, a dispatcher or a `jobs` command makes at start: a pending
+    migration is named; a connection lost meanwhile (the server stopping as the command
+    starts) is DatabaseUnavailable, one line, where it escaped as the driver's error."""
+    conn = await db.connect(database_url)
+    try:
+        await db.require_current(conn, db.Queries())
+        latest = max(v for v, _, _ in db.migrations())
+        await conn.execute("DELETE FROM menos.schema_migrations WHERE version = $1", latest)
+        with pytest.raises(errors.SchemaOutdated, match=rf"migrations \[{latest}\] are not"):
+            await db.require_current(conn, db.Queries())
+        other = await db.connect(database_url)
+        try:
+            assert await other.fetchval(
+                "SELECT pg_terminate_backend($1, 10000)", conn.get_server_pid()
+            )
+        finally:
+            await other.close()
+        with pytest.raises(errors.DatabaseUnavailable, match="schema could not be checked: "):
+            await db.require_current(conn, db.Queries())
+    finally:
+        await conn.close()
+
+
 async def test_a_role_that_only_reads_and_writes_rows_starts_on_a_migrated_database(
     pg_admin_dsn: str,
 ) -> None:
