@@ -18,7 +18,8 @@
   among them one carrying both Content-Length and Transfer-Encoding (RFC 9112 §6.1: a proxy
   in front may have read its body differently) and control characters in a header.
 - A request still running when the shutdown's grace ends is answered 503, not uvicorn's
-  plain-text 500.
+  plain-text 500; one whose answer had begun (a client reading none of it) has its connection
+  aborted, not logged with a traceback, and the process exits.
 """
 
 from __future__ import annotations
@@ -219,8 +220,28 @@ class HeadersInTime(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         running = set(self.tasks)
-        super()._start_asgi_task(cycle, app)
+        super()._start_asgi_task(cycle, self._cut_off_when_cancelled(cycle, app))
         self._serving = next(iter(self.tasks - running), None)
+
+    def _cut_off_when_cancelled(self, cycle: Any, app: Any) -> Any:
+        """`app`, whose request cancelled once its answer began (the shutdown's grace ended
+        while a client read none of it) has its connection aborted: uvicorn logged the
+        cancellation with a traceback, and a close would wait for the unread answer to flush
+        (`guarded` answers 503 to a request cancelled before its answer began)."""
+
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await app(scope, receive, send)
+            except asyncio.CancelledError:
+                if cycle.disconnected:  # a refused body (_answer_refused_body), a client gone
+                    return
+                log.info("request_cut_off", method=scope.get("method"), path=scope.get("path"))
+                # Set now, not at connection_lost: uvicorn then neither logs the answer as
+                # unfinished nor writes another.
+                cycle.disconnected = True
+                self.transport.abort()
+
+        return serve
 
     def _answer_refused_body(self) -> None:
         """Send the refusal as the answer of the request the app serves, and stop serving it:
