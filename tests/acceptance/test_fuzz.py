@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import schemathesis
 
 from tests.support import postgres
-from tests.support.processes import Menos
+from tests.support.processes import Menos, sql, wait_for
 
 EXAMPLES = int(os.environ.get("MENOS_FUZZ_EXAMPLES", "30"))  # per operation; bounded in make test
 
@@ -34,15 +35,27 @@ def budget(examples: int) -> hypothesis.settings:
 def fuzzed(
     pg_admin_dsn: str, template_db: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Menos, str]]:
-    """One bin/api (and a worker) on a fresh database for the whole module, and a key."""
+    """One bin/api on a fresh database for the whole module, a key, and one completed note.
+
+    The worker that completes the note stops before any fuzzing: fuzzed submissions name
+    public hosts (example.com, youtube.com), which no test may fetch.
+    """
     name = asyncio.run(postgres.create_database(pg_admin_dsn, template=template_db))
     menos = Menos(postgres.with_database(pg_admin_dsn, name), Path(tmp_path_factory.mktemp("fz")))
     try:
         menos.api()
-        menos.worker()
+        worker = menos.worker()
         key = menos.key("fuzzer")["api_key"]
         with menos.client(key) as client:  # something real for the id-taking routes to find
-            client.post("/api/v1/content", json={"text": "# seed\n\nA seeded note."})
+            seeded = client.post("/api/v1/content", json={"text": "# seed\n\nA seeded note."})
+            job = f"/api/v1/jobs/{seeded.json()['job_id']}"
+            wait_for(
+                lambda: client.get(job).json()["status"] == "completed",
+                timeout=60,
+                what="the seeded note to complete",
+            )
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
         yield menos, key
     finally:
         menos.stop()
@@ -220,3 +233,20 @@ def test_raw_body_bytes_never_produce_a_server_error(fuzzed: tuple[Menos, str]) 
         assert answer.status_code < 500, (route, body if not as_upload else upload, answer.text)
 
     call()
+
+
+def test_fuzzed_submissions_are_never_fetched(fuzzed: tuple[Menos, str]) -> None:
+    """No worker is connected while fuzzing, so no fuzzed URL is claimed and no test reaches
+    the public host it names."""
+    menos, _ = fuzzed
+    workers = sql(
+        menos.database_url,
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'menos worker'",
+    )
+    assert workers == [{"n": 0}]
+    started = sql(
+        menos.database_url,
+        "SELECT count(*) AS n FROM menos.pipeline_job j JOIN menos.content c USING (content_id)"
+        " WHERE c.content_type <> 'markdown' AND j.started_at IS NOT NULL",
+    )
+    assert started == [{"n": 0}]
