@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import standardwebhooks
 
 from menos import embedded
 from tests.support import fake_llm
@@ -28,12 +29,19 @@ from tests.support.processes import BIN, Menos, sql, wait_for
 
 
 class Receiver:
-    """Webhook receiver: a few events always fail, some fail once, the rest succeed."""
+    """Webhook receiver: a few events always fail, some fail once, the rest succeed.
+
+    A request whose signature does not verify with the owner's secret is answered 400 and
+    kept in `forged`; every body is kept, by webhook-id, to be compared with the stored one.
+    """
 
     def __init__(self, server: ThreadingHTTPServer) -> None:
         self.server = server
+        self.secret = ""  # the owner's `whsec_` secret, set once its key exists
         self.seen: dict[str, int] = {}
         self.accepted: dict[str, int] = {}  # requests answered 2xx, by webhook-id
+        self.bodies: dict[str, set[bytes]] = {}  # the distinct bodies received, by webhook-id
+        self.forged: list[str] = []  # webhook-ids of requests whose signature did not verify
         self.lock = threading.Lock()
 
     @property
@@ -46,6 +54,20 @@ def _bucket(event_id: str) -> int:
     return hashlib.sha256(event_id.encode()).digest()[0] % 100
 
 
+def authentic(secret: str, body: bytes, headers: dict[str, str]) -> bool:
+    """Whether `body` is signed with `secret` as Standard Webhooks says, for its webhook-id
+    (checked with the independent `standardwebhooks`, not menos's own signing)."""
+    try:
+        signed = standardwebhooks.Webhook(secret).verify(body, headers)
+    except (
+        standardwebhooks.webhooks.WebhookVerificationError,
+        standardwebhooks.webhooks.EmptyWebhookSecretError,  # no key yet: nothing is signed
+        ValueError,  # a malformed header, or a body that is not JSON
+    ):
+        return False
+    return isinstance(signed, dict) and signed.get("event_id") == headers.get("webhook-id")
+
+
 @contextmanager
 def receiver() -> Iterator[Receiver]:
     got: Receiver
@@ -55,16 +77,20 @@ def receiver() -> Iterator[Receiver]:
             pass
 
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length", "0")))
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
             event_id = self.headers.get("webhook-id", "")
+            signed = authentic(got.secret, body, dict(self.headers.items()))
             with got.lock:
                 got.seen[event_id] = got.seen.get(event_id, 0) + 1
+                got.bodies.setdefault(event_id, set()).add(body)
                 count = got.seen[event_id]
                 bucket = _bucket(event_id)
                 failing = bucket < 2 or (bucket < 12 and count == 1)
-                if not failing:
+                if not signed:
+                    got.forged.append(event_id)
+                elif not failing:
                     got.accepted[event_id] = got.accepted.get(event_id, 0) + 1
-            self.send_response(500 if failing else 204)
+            self.send_response(400 if not signed else 500 if failing else 204)
             self.send_header("content-length", "0")
             self.end_headers()
 
@@ -139,7 +165,8 @@ def run(jobs: int, seconds: float, seed: int) -> dict[str, Any]:
             }
             menos.env.update(common)
             menos.api()
-            key = menos.key("chaos")["api_key"]
+            created = menos.key("chaos")
+            key, hook.secret = created["api_key"], created["webhook_secret"]
             workers = [menos.worker("--worker-id", f"w{i}") for i in range(3)]
             dispatchers = [menos.spawn(str(BIN / "dispatcher")) for _ in range(2)]
             kills = restarts = 0
@@ -174,6 +201,7 @@ def run(jobs: int, seconds: float, seed: int) -> dict[str, Any]:
             submitted = submit_all(menos, key, jobs, hook.url)
             killer.join()
             stop.set()
+            assert restarts == 1, "the chaos ended before PostgreSQL was restarted"
 
             def settled() -> bool:
                 row = sql(
@@ -201,6 +229,33 @@ def run(jobs: int, seconds: float, seed: int) -> dict[str, Any]:
 def unaccepted(delivered: list[dict[str, Any]], hook: Receiver) -> list[str]:
     """The `delivered` events the receiver never answered 2xx: callbacks lost, not delivered."""
     return [e["event_id"] for e in delivered if not hook.accepted.get(e["event_id"])]
+
+
+def miscounted(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events whose counted attempts break the rule: a settled event made 1 to 3 of them, and
+    a `failed` one exactly 3."""
+    return [
+        e
+        for e in events
+        if not 1 <= e["attempts"] <= 3 or (e["status"] == "failed" and e["attempts"] != 3)
+    ]
+
+
+def oversent(events: list[dict[str, Any]], hook: Receiver) -> list[dict[str, Any]]:
+    """Events that reached the receiver more times than their counted attempts (an attempt
+    counts before its request goes out)."""
+    return [e for e in events if hook.seen.get(e["event_id"], 0) > e["attempts"]]
+
+
+def unlike_stored(events: list[dict[str, Any]], hook: Receiver) -> list[str]:
+    """Events the receiver got a body for that differs from another attempt's, or that is not
+    the payload stored in the outbox."""
+    return [
+        e["event_id"]
+        for e in events
+        if len(hook.bodies.get(e["event_id"], ())) > 1
+        or any(json.loads(b) != e["payload"] for b in hook.bodies.get(e["event_id"], ()))
+    ]
 
 
 def unexpected_failures(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -231,13 +286,16 @@ def verify(dsn: str, submitted: list[str], hook: Receiver) -> dict[str, Any]:
         "AND c.result IS NOT NULL",
     )[0]["n"]
     assert results == by_status.get("completed", 0), "completed job without its one result"
-    events = sql(dsn, "SELECT event_id::text, status, attempts FROM menos.callback_outbox")
+    events = sql(dsn, "SELECT event_id::text, status, attempts, payload FROM menos.callback_outbox")
     assert len(events) == len(jobs), "a terminal job without exactly one outbox event"
     failed = [e for e in events if e["status"] == "failed"]
-    assert all(e["attempts"] == 3 for e in failed), failed[:5]
-    # An attempt counts before its request goes out: never more requests than attempts.
-    oversent = [e for e in events if hook.seen.get(e["event_id"], 0) > e["attempts"]]
-    assert not oversent, f"more requests than counted attempts: {oversent[:5]}"
+    wrong = miscounted(events)
+    assert not wrong, f"attempts outside 1-3, or failed short of 3: {wrong[:5]}"
+    assert not hook.forged, f"requests whose signature did not verify: {hook.forged[:5]}"
+    altered = unlike_stored(events, hook)
+    assert not altered, f"bodies not identical to the stored payload: {altered[:5]}"
+    sent_more = oversent(events, hook)
+    assert not sent_more, f"more requests than counted attempts: {sent_more[:5]}"
     delivered = [e for e in events if e["status"] == "delivered"]
     missing = unaccepted(delivered, hook)
     assert not missing, f"delivered but never accepted (2xx) by the receiver: {missing[:5]}"
