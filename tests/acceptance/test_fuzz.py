@@ -85,6 +85,34 @@ def test_no_request_produces_a_server_error(fuzzed: tuple[Menos, str]) -> None:
         call()
 
 
+def test_no_request_outside_the_schema_produces_a_server_error(fuzzed: tuple[Menos, str]) -> None:
+    """Requests the OpenAPI schema forbids (wrong types, missing or extra fields, ids that are
+    not UUIDs, out-of-range numbers) are answered below 500 too."""
+    menos, key = fuzzed
+    schema = schemathesis.openapi.from_url(f"{menos.base_url}/schema/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    # an operation without parameters or a body (/health, /ready, /metrics) has nothing to break
+    negatable = [op for op in operations if len(op.path_parameters) + len(op.query) or op.body]
+    assert len(negatable) >= 8
+    for operation in negatable:
+
+        @hypothesis.given(
+            case=operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE)
+        )
+        @budget(EXAMPLES)
+        def call(case: Any) -> None:
+            response = case.call(
+                base_url=menos.base_url, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert response.status_code < 500, (
+                case.method,
+                case.formatted_path,
+                response.text[:500],
+            )
+
+        call()
+
+
 # What an answer must agree on with the served schema: its status is one the operation lists,
 # its media type and body are the ones documented for that status, and no 5xx.
 CONFORMANCE = [
