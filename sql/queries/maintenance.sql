@@ -11,7 +11,7 @@ SELECT pg_advisory_unlock(hashtext($1));
 SELECT now();
 
 -- name: purge_jobs
--- Delete up to $2 terminal jobs finished before $1 whose callback event is not still pending (outbox rows go with them).
+-- Delete up to $2 terminal jobs finished before $1 whose callback event is not still pending (outbox rows go with them); each says whether it took a full payload finished before $3 with it.
 WITH doomed AS (
     SELECT j.job_id FROM menos.pipeline_job j
      WHERE j.status IN ('completed', 'failed', 'cancelled') AND j.finished_at < $1
@@ -22,7 +22,7 @@ WITH doomed AS (
        FOR UPDATE SKIP LOCKED
 )
 DELETE FROM menos.pipeline_job j USING doomed WHERE j.job_id = doomed.job_id
-RETURNING j.job_id;
+RETURNING j.job_id, (j.full_payload IS NOT NULL AND j.finished_at < $3) AS took_payload;
 
 -- name: purge_full_payloads
 -- Clear up to $2 full-tier payloads of jobs finished before $1.

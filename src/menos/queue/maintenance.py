@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from typing import Literal
 
 import msgspec
 import structlog
@@ -69,20 +70,29 @@ class Purger:
     async def run_once(self, now: dt.datetime | None = None) -> repository.PurgeCounts:
         """Purge everything expired, batch by batch; running it again removes nothing more."""
         jobs_before, full_before, quiet_since = await self.cutoffs(now)
-        counts: dict[str, int] = {}
-        steps = (
+        counts = {"jobs": 0, "full_payloads": 0, "audit_events": 0}
+        # Expired jobs go first, payloads and all: clearing a payload rewrites its job's row
+        # (and an entry in each index), wasted on a job deleted next.
+        while True:
+            jobs, payloads = await self._repo.purge_jobs(
+                jobs_before, full_before, self._config.batch
+            )
+            counts["jobs"] += jobs
+            counts["full_payloads"] += payloads
+            if jobs < self._config.batch:
+                break
+        steps: tuple[tuple[Literal["full_payloads", "audit_events"], dt.datetime], ...] = (
             ("full_payloads", full_before),
-            ("jobs", jobs_before),
             ("audit_events", jobs_before),
         )
         for kind, before in steps:
             total = 0
             while True:
-                done = await self._repo.purge_batch(kind, before, self._config.batch)  # type: ignore[arg-type]
+                done = await self._repo.purge_batch(kind, before, self._config.batch)
                 total += done
                 if done < self._config.batch:
                     break
-            counts[kind] = total
+            counts[kind] += total
         counts["metric_processes"] = await self._repo.retire_stats(quiet_since=quiet_since)
         purged = repository.PurgeCounts(**counts)
         log.info("purge_finished", **msgspec.to_builtins(purged))

@@ -1055,16 +1055,22 @@ class Repository(_Store):
         now: dt.datetime = row[0]
         return now
 
+    async def purge_jobs(
+        self, before: dt.datetime, full_before: dt.datetime, batch: int
+    ) -> tuple[int, int]:
+        """One batch of expired jobs deleted: (jobs, full payloads finished before
+        `full_before` they took with them); fewer jobs than `batch`: done."""
+        rows = await self._fetch("purge_jobs", before, batch, full_before)
+        return len(rows), sum(1 for row in rows if row["took_payload"])
+
     async def purge_batch(
         self,
-        kind: Literal["jobs", "full_payloads", "audit_events"],
+        kind: Literal["full_payloads", "audit_events"],
         before: dt.datetime,
         batch: int,
     ) -> int:
         """One batch of one purge step; returns rows touched (fewer than `batch`: done)."""
         match kind:
-            case "jobs":
-                rows = await self._fetch("purge_jobs", before, batch)
             case "full_payloads":
                 rows = await self._fetch("purge_full_payloads", before, batch)
             case "audit_events":
