@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import socket
 import uuid
 
 import httpx
 import standardwebhooks
 
 from tests.chaos import driver
+from tests.support.processes import wait_for
 
 SECRET = "whsec_" + base64.b64encode(b"chaos-test-secret-of-32-bytes!!!").decode()
 
@@ -129,3 +131,21 @@ def test_a_body_other_than_the_stored_payload_is_caught() -> None:
                 httpx.post(hook.url, content=body, headers=_signed(event_id, body))
     events = [{"event_id": e, "payload": stored[e]} for e in (same, changed, foreign)]
     assert driver.unlike_stored(events, hook) == [changed, foreign]
+
+
+def test_a_request_cut_off_by_a_killed_dispatcher_is_no_forgery() -> None:
+    """A dispatcher killed while sending leaves a request without its whole body: the chaos
+    kills dispatchers, so that is no bad signature nor a body other than the stored one."""
+    event_id = _accepted_id(0)
+    body = b'{"event_id": "%s"}' % event_id.encode()
+    head = "".join(f"{name}: {value}\r\n" for name, value in _signed(event_id, body).items())
+    with driver.receiver() as hook:
+        hook.secret = SECRET
+        with socket.create_connection(("127.0.0.1", hook.server.server_address[1])) as client:
+            start = f"POST / HTTP/1.1\r\nhost: receiver\r\ncontent-length: {len(body)}\r\n"
+            client.sendall(f"{start}{head}\r\n".encode() + body[:10])
+        wait_for(lambda: event_id in hook.seen, timeout=5, every=0.01, what="the request")
+    assert hook.seen == {event_id: 1}  # it reached the receiver: an attempt, counted
+    assert hook.forged == []
+    stored = [{"event_id": event_id, "status": "delivered", "attempts": 2, "payload": {}}]
+    assert driver.unlike_stored(stored, hook) == []
