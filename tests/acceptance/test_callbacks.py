@@ -318,11 +318,14 @@ def test_a_refusal_is_recorded_as_one_line_of_visible_text(menos: Menos) -> None
         dispatcher(menos, MENOS_CALLBACK_BACKOFF_S="30")
         with menos.client(menos.key("alice")["api_key"]) as client:
             job_id = submit(client, receiver)
+            # The attempt is counted as its request goes out, its outcome written after the
+            # answer: wait for the outcome.
             wait_for(
-                lambda: (job(client, job_id)["callback"] or {}).get("attempts") == 1,
-                what="the first attempt to be recorded",
+                lambda: (job(client, job_id)["callback"] or {}).get("last_error"),
+                what="the first attempt's outcome to be recorded",
             )
             shown = job(client, job_id)
+    assert shown["callback"]["attempts"] == 1
     assert shown["callback"]["last_error"] == "HTTP 500: ]0;pwned [2J busy now"
 
 
