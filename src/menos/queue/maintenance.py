@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from typing import Literal
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
@@ -70,33 +70,40 @@ class Purger:
     async def run_once(self, now: dt.datetime | None = None) -> repository.PurgeCounts:
         """Purge everything expired, batch by batch; running it again removes nothing more."""
         jobs_before, full_before, quiet_since = await self.cutoffs(now)
-        counts = {"jobs": 0, "full_payloads": 0, "audit_events": 0}
+        batch = self._config.batch
+        taken = 0  # full payloads that went with their jobs
+
+        async def jobs() -> int:
+            nonlocal taken
+            deleted, payloads = await self._repo.purge_jobs(jobs_before, full_before, batch)
+            taken += payloads
+            return deleted
+
         # Expired jobs go first, payloads and all: clearing a payload rewrites its job's row
         # (and an entry in each index), wasted on a job deleted next.
-        while True:
-            jobs, payloads = await self._repo.purge_jobs(
-                jobs_before, full_before, self._config.batch
-            )
-            counts["jobs"] += jobs
-            counts["full_payloads"] += payloads
-            if jobs < self._config.batch:
-                break
-        steps: tuple[tuple[Literal["full_payloads", "audit_events"], dt.datetime], ...] = (
-            ("full_payloads", full_before),
-            ("audit_events", jobs_before),
+        purged_jobs = await self._in_batches(jobs)
+        cleared = await self._in_batches(
+            lambda: self._repo.purge_batch("full_payloads", full_before, batch)
         )
-        for kind, before in steps:
-            total = 0
-            while True:
-                done = await self._repo.purge_batch(kind, before, self._config.batch)
-                total += done
-                if done < self._config.batch:
-                    break
-            counts[kind] += total
-        counts["metric_processes"] = await self._repo.retire_stats(quiet_since=quiet_since)
-        purged = repository.PurgeCounts(**counts)
+        purged = repository.PurgeCounts(
+            jobs=purged_jobs,
+            full_payloads=taken + cleared,
+            audit_events=await self._in_batches(
+                lambda: self._repo.purge_batch("audit_events", jobs_before, batch)
+            ),
+            metric_processes=await self._repo.retire_stats(quiet_since=quiet_since),
+        )
         log.info("purge_finished", **msgspec.to_builtins(purged))
         return purged
+
+    async def _in_batches(self, step: Callable[[], Awaitable[int]]) -> int:
+        """`step` again until a batch comes back short; the rows it touched in all."""
+        total = 0
+        while True:
+            done = await step()
+            total += done
+            if done < self._config.batch:
+                return total
 
     async def run(self, stop: asyncio.Event) -> None:
         """Every interval, purge if no other process is purging; errors are logged."""
