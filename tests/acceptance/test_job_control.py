@@ -340,7 +340,7 @@ def test_a_statement_waiting_past_the_deadline_is_ended_by_the_server_first(
                 not sql(
                     menos.database_url,
                     "SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
-                    " AND (wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND (wait_event_type = 'Lock'"
                     "      OR query LIKE '%cancel_requested_at = coalesce%')"
                     " AND state = 'active'",
                 )

@@ -148,5 +148,6 @@ async def cancel_the_lock_waiter(pool: asyncpg.Pool[Any]) -> None:
         await asyncio.sleep(0.02)
         waiting = await pool.fetchval(
             "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
         )
     await pool.execute("SELECT pg_cancel_backend($1)", waiting)
