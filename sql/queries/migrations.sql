@@ -35,14 +35,21 @@ SELECT set_config('lock_timeout', ($1::float8 * 1000)::bigint::text, true);
 
 -- name: migrations_long_transactions
 -- Other sessions on this database in a transaction for longer than $1 seconds: those that
--- may hold what a migration waits for (query text only where this role may read it).
-SELECT pid, usename AS role, application_name, state,
-       round(extract(epoch FROM now() - xact_start))::integer AS in_transaction_s,
-       left(query, 200) AS query
-  FROM pg_stat_activity
- WHERE datname = current_database() AND pid <> pg_backend_pid()
-   AND xact_start < now() - make_interval(secs => $1)
- ORDER BY xact_start
+-- may hold what a migration waits for (query text only where this role may read it). A
+-- session of a role whose activity this one may not read (its state and times are null) is
+-- named when it holds a lock on a table of this database.
+SELECT a.pid, a.usename AS role, a.application_name, a.state,
+       round(extract(epoch FROM now() - a.xact_start))::integer AS in_transaction_s,
+       left(a.query, 200) AS query
+  FROM pg_stat_activity a
+ WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+   AND (a.xact_start < now() - make_interval(secs => $1)
+        OR (a.xact_start IS NULL AND a.state IS NULL
+            AND EXISTS (SELECT 1 FROM pg_locks l
+                         WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
+                           AND l.database = (SELECT oid FROM pg_database
+                                              WHERE datname = current_database()))))
+ ORDER BY a.xact_start NULLS LAST
  LIMIT 10;
 
 -- name: migrations_record

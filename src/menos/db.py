@@ -47,6 +47,15 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OutOfMemoryError,
     TimeoutError,
 )
+# What the server answers when it gave up on a statement rather than losing the connection: a
+# lock waited for past the role's lock_timeout, its statement_timeout (a migration or a psql
+# session holding a menos table), an operator's pg_cancel_backend, a deadlock or serialization
+# failure it broke. Nothing was written: the statement can be tried again.
+STATEMENT_GAVE_UP: tuple[type[asyncpg.PostgresError], ...] = (
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.TransactionRollbackError,
+)
 # What connecting can raise besides an outage: the server refusing this login or database
 # (wrong password, no such database), or a DSN asyncpg cannot use (a port out of range).
 CONNECT_REFUSALS: tuple[type[BaseException], ...] = (
@@ -115,7 +124,27 @@ def _decode_jsonb(data: bytes) -> Any:
     return msgspec.json.decode(data[1:])
 
 
-async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+# What every menos session sets as it is made, in one round trip (startup parameters would
+# stop a pooler such as PgBouncer), whatever the role or database has set:
+# - search_path: menos names its own objects with their schema; the built-in functions it calls
+#   bare (now(), gen_random_uuid(), pg_notify(), make_interval()) must be PostgreSQL's. A
+#   search_path naming a schema before pg_catalog had that schema's functions of those names
+#   run instead: jobs stamped with its time, every callback event given its one id.
+# - default_transaction_isolation: menos's transactions are written for READ COMMITTED (a
+#   claim sees what committed while it waited for its turn); under repeatable read or
+#   serializable, claims, submissions and outcomes failed with serialization errors.
+_SESSION_SETTINGS = (
+    "SET search_path = pg_catalog, pg_temp; SET default_transaction_isolation = 'read committed'"
+)
+
+
+async def _init_connection(
+    conn: asyncpg.Connection[Any], *, statement_timeout_s: float | None = None
+) -> None:
+    settings = _SESSION_SETTINGS
+    if statement_timeout_s is not None:
+        settings += f"; SET statement_timeout = {round(statement_timeout_s * 1000)}"
+    await conn.execute(settings)
     # Binary, so that rows and composite values holding JSON (a claimed job with its content)
     # decode too; text codecs cannot be used inside a composite.
     await conn.set_type_codec(
@@ -188,9 +217,7 @@ async def create_pool(
 
     async def init(conn: asyncpg.Connection[Any]) -> None:
         try:
-            await _init_connection(conn)
-            if statement_timeout_s is not None:
-                await conn.execute(f"SET statement_timeout = {round(statement_timeout_s * 1000)}")
+            await _init_connection(conn, statement_timeout_s=statement_timeout_s)
         except BaseException:
             # The pool closes a connection whose init failed gracefully, waiting up to the
             # command timeout (60 s) for a server that may not answer (a pooler that took the
@@ -269,7 +296,7 @@ async def migrate(conn: asyncpg.Connection[Any], queries: Queries) -> list[int]:
         if await _up_to_date(conn, queries):
             return []
         return await _migrate_locked(conn, queries)
-    except CONNECTION_ERRORS as exc:
+    except (*CONNECTION_ERRORS, *STATEMENT_GAVE_UP) as exc:
         raise _lost(exc, "the database could not be migrated") from exc
 
 
@@ -412,7 +439,8 @@ def _same_migration(recorded: asyncpg.Record, name: str, checksum: str) -> None:
 async def require_current(conn: asyncpg.Connection[Any], queries: Queries) -> None:
     """For the commands that do not migrate: SchemaOutdated when a migration is pending,
     SchemaMismatch when one applied is not this code's, DatabaseUnavailable when the
-    connection is lost meanwhile (the server stopped as the command started)."""
+    connection is lost meanwhile (the server stopped as the command started) or the server
+    gave up on the check (STATEMENT_GAVE_UP)."""
     try:
         pending = await pending_migrations(conn, queries)
         if pending:
@@ -420,7 +448,7 @@ async def require_current(conn: asyncpg.Connection[Any], queries: Queries) -> No
                 f"migrations {pending} are not applied; run `bin/menos migrate` first"
             )
         await check_applied(conn, queries)
-    except CONNECTION_ERRORS as exc:
+    except (*CONNECTION_ERRORS, *STATEMENT_GAVE_UP) as exc:
         raise _lost(exc, "the database schema could not be checked") from exc
 
 

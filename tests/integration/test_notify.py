@@ -43,3 +43,35 @@ async def test_a_listen_connection_the_server_ends_is_logged_and_restored(
     events = [e["event"] for e in logs]
     assert events == ["listen_failed", "listen_restored"]
     assert logs[0]["failures"] == 1
+
+
+async def test_a_listen_connection_outlives_an_idle_session_timeout(
+    database_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """A role or database with an idle_session_timeout shorter than the time between
+    notifications had the server end the LISTEN session each time: workers and dispatchers
+    lost their wake-ups and logged `listen_failed` every few seconds. It stays connected."""
+    name = database_url.rsplit("/", 1)[1]
+    await pool.execute(f"ALTER DATABASE \"{name}\" SET idle_session_timeout = '200ms'")
+    connected = asyncio.Queue[None]()
+    received = asyncio.Queue[str]()
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(
+            notify.listen(
+                database_url,
+                {"menos_test": lambda _c, _p, _ch, payload: received.put_nowait(payload)},
+                on_connect=lambda: connected.put_nowait(None),
+                stop=stop,
+                retry_s=5.0,
+            )
+        )
+        try:
+            await asyncio.wait_for(connected.get(), 10)
+            await asyncio.sleep(0.6)  # three times the timeout, idle
+            await pool.execute("SELECT pg_notify('menos_test', 'wake')")
+            assert await asyncio.wait_for(received.get(), 10) == "wake"
+        finally:
+            stop.set()
+            await running
+    assert [e["event"] for e in logs] == []

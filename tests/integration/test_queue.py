@@ -503,26 +503,67 @@ async def test_a_completion_held_up_by_a_locked_row_does_not_hold_up_the_next_on
     await completions.close()
 
 
+async def test_a_search_path_naming_a_schema_before_pg_catalog_changes_no_builtin(
+    database_url: str, repo: repository.Repository
+) -> None:
+    """A role or database whose search_path lists another schema before pg_catalog had that
+    schema's now() and gen_random_uuid() run in menos's statements: claimed jobs started in
+    2000 and every callback event got one id. menos's sessions use PostgreSQL's own."""
+    await helpers.owner(repo)
+    name = database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(
+            "CREATE SCHEMA evil;"
+            " CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql"
+            " AS $$ SELECT '2000-01-01 00:00:00+00'::timestamptz $$;"
+            " CREATE FUNCTION evil.gen_random_uuid() RETURNS uuid LANGUAGE sql"
+            " AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid $$;"
+            f' ALTER DATABASE "{name}" SET search_path = evil, pg_catalog, public'
+        )
+    finally:
+        await admin.close()
+    hostile = await db.create_pool(database_url, min_size=0, max_size=2)
+    try:
+        r = repository.Repository(hostile, db.Queries())
+        before = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+        assert await r.database_now() > before
+        for _ in range(2):
+            await r.enqueue(helpers.note(callback_url="https://example.com/hook"))
+        held = await claim(r, "w1", 2)
+        assert [h.job.started_at > before for h in held] == [True, True]
+        for h in held:
+            guard = repository.Guard(h.job.job_id, "w1", h.job.attempts)
+            assert await r.cancel_claimed(guard, stages=[], diagnostics={})
+        events = await hostile.fetch("SELECT DISTINCT event_id FROM menos.callback_outbox")
+        assert len(events) == 2
+    finally:
+        await db.close_pool(hostile)
+
+
 async def test_a_connection_the_server_ends_inside_a_transaction_is_the_database_unavailable(
     repo: repository.Repository, pool: asyncpg.Pool[Any]
 ) -> None:
     """A transaction (a cancel, an audited action, a submission) whose connection the server
     ended (a shutdown) finds asyncpg's proxy already given back to the pool: dropping the
     connection raised InterfaceError out of the repository, answered 500 instead of 503."""
-    await pool.execute("CREATE TABLE held (id integer PRIMARY KEY); INSERT INTO held VALUES (1)")
+    await pool.execute(
+        "CREATE TABLE public.held (id integer PRIMARY KEY); INSERT INTO public.held VALUES (1)"
+    )
 
     async def waits_on_the_row() -> None:
         async with repo._conn() as conn, conn.transaction():  # as `_audited` does
-            await conn.execute("SELECT 1 FROM held FOR UPDATE")
+            await conn.execute("SELECT 1 FROM public.held FOR UPDATE")
 
     async with pool.acquire() as operator, operator.transaction():
-        await operator.execute("SELECT 1 FROM held FOR UPDATE")
+        await operator.execute("SELECT 1 FROM public.held FOR UPDATE")
         victim = asyncio.create_task(waits_on_the_row())
         waiting = None
         while waiting is None:
             await asyncio.sleep(0.02)
             waiting = await pool.fetchval(  # not in a transaction: the view read afresh
                 "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
             )
         await pool.execute("SELECT pg_terminate_backend($1)", waiting)  # as a shutdown does
         with pytest.raises(errors.DatabaseUnavailable):
@@ -965,6 +1006,48 @@ async def test_a_database_migrated_with_other_migration_files_is_refused(
         await postgres.drop_database(pg_admin_dsn, name)
 
 
+async def test_a_claim_sees_what_committed_while_it_waited_whatever_the_default_isolation(
+    pg_admin_dsn: str, database_url: str, repo: repository.Repository
+) -> None:
+    """On a database whose default_transaction_isolation is repeatable read, a claim that
+    waited for another's turn read the queue as it was before: a job cancelled meanwhile
+    made it fail with a serialization error, leaving the pending job. It takes that job."""
+    await helpers.owner(repo)
+    cancelled = await repo.enqueue(helpers.note())
+    pending = await repo.enqueue(helpers.note())
+    assert cancelled.job_id is not None and pending.job_id is not None
+    name = database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(
+            f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
+        )
+        strict = await db.create_pool(database_url, min_size=0, max_size=2)
+        holder = await db.connect(database_url)
+        try:
+            await holder.execute("SELECT pg_advisory_lock(hashtext('menos.claim_jobs'))")
+            claiming = asyncio.create_task(
+                claim(repository.Repository(strict, db.Queries()), "w1", 1)
+            )
+            waiting = False
+            while not waiting:  # the claim has its snapshot and waits for its turn
+                await asyncio.sleep(0.02)
+                waiting = await holder.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND NOT granted)"
+                )
+            assert await repo.request_cancel(cancelled.job_id, owner="alice") is not None
+            await holder.execute("SELECT pg_advisory_unlock(hashtext('menos.claim_jobs'))")
+            claimed = await claiming
+        finally:
+            await holder.close()
+            await db.close_pool(strict)
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_isolation')
+        await admin.close()
+    assert [held.job.job_id for held in claimed] == [pending.job_id]
+
+
 async def test_the_schema_check_names_what_it_found(database_url: str) -> None:
     """The check a worker, a dispatcher or a `jobs` command makes at start: a pending
     migration is named; a connection lost meanwhile (the server stopping as the command
@@ -987,6 +1070,29 @@ async def test_the_schema_check_names_what_it_found(database_url: str) -> None:
             await db.require_current(conn, db.Queries())
     finally:
         await conn.close()
+
+
+async def test_a_schema_check_the_server_gives_up_on_is_one_line(database_url: str) -> None:
+    """With a role's statement_timeout or lock_timeout, the start of every command and
+    service while a session holds menos.schema_migrations (a migration running, a psql
+    transaction) was the driver's traceback; it is DatabaseUnavailable, one line."""
+    holder = await db.connect(database_url)
+    conn = await db.connect(database_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE menos.schema_migrations IN ACCESS EXCLUSIVE MODE")
+            await conn.execute("SET statement_timeout = '100ms'")
+            with pytest.raises(errors.DatabaseUnavailable, match="statement timeout"):
+                await db.require_current(conn, db.Queries())
+            with pytest.raises(errors.DatabaseUnavailable, match="statement timeout"):
+                await db.migrate(conn, db.Queries())
+            await conn.execute("SET statement_timeout = 0; SET lock_timeout = '100ms'")
+            with pytest.raises(errors.DatabaseUnavailable, match="could not be checked: "):
+                await db.require_current(conn, db.Queries())
+        await db.require_current(conn, db.Queries())
+    finally:
+        await conn.close()
+        await holder.close()
 
 
 async def test_a_role_that_only_reads_and_writes_rows_starts_on_a_migrated_database(
@@ -1099,6 +1205,28 @@ async def test_a_migration_blocked_by_a_long_transaction_lets_other_statements_t
             assert await asyncio.wait_for(running, timeout=30) == [99]
     finally:
         for conn in (holder, migrating, reader):
+            await conn.close()
+
+
+async def test_a_waiting_migration_names_a_session_of_a_role_it_may_not_read(
+    database_url: str,
+) -> None:
+    """A migration run by the database's owner, not a superuser, waiting for a psql session
+    of another role that read a menos table logged `sessions: []`: such a session's
+    transaction start is hidden from it. It is named by the lock it holds."""
+    role = f"menos_owner_{database_url.rsplit('/', 1)[1][-12:]}"  # test-only generated name
+    holder, migrating = [await db.connect(database_url) for _ in range(2)]
+    try:
+        await migrating.execute(f"CREATE ROLE {role} NOLOGIN")
+        await migrating.execute(f"SET ROLE {role}")
+        async with holder.transaction():
+            await holder.fetchval("SELECT count(*) FROM menos.pipeline_job")
+            sessions = await migrating.fetch(db.Queries()["migrations_long_transactions"], 0.0)
+        assert holder.get_server_pid() in [s["pid"] for s in sessions]
+    finally:
+        await migrating.execute("RESET ROLE")
+        await migrating.execute(f"DROP ROLE IF EXISTS {role}")
+        for conn in (holder, migrating):
             await conn.close()
 
 

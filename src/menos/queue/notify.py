@@ -88,6 +88,9 @@ async def listen(
         wait = retry_s
         try:
             conn = await db.connect(dsn)
+            # Idle between notifications by design: a role's or database's
+            # idle_session_timeout would end it each time, losing the wake-ups meanwhile.
+            await conn.execute("SET idle_session_timeout = 0")
             conn.add_termination_listener(lambda _c, lost=closed: lost.set())
             for channel, handler in handlers.items():
                 await conn.add_listener(channel, handler)

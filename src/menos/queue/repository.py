@@ -225,14 +225,9 @@ class MetricTotal(msgspec.Struct, frozen=True):
 
 Ended = Literal["completed", "cancelled"]
 Persisted = Ended | None  # None: the job was no longer held, nothing was written
-# What the server answers when it gave up on a statement: a lock waited for past lock_timeout,
-# statement_timeout or an operator's pg_cancel_backend, a deadlock or serialization failure
-# it broke. A write then failed nothing of its own: the job or request is tried again.
-_GAVE_UP: tuple[type[asyncpg.PostgresError], ...] = (
-    asyncpg.exceptions.LockNotAvailableError,
-    asyncpg.exceptions.QueryCanceledError,
-    asyncpg.exceptions.TransactionRollbackError,
-)
+# A statement the server gave up on (db.STATEMENT_GAVE_UP): a write then failed nothing of its
+# own, and the job or request is tried again.
+_GAVE_UP = db.STATEMENT_GAVE_UP
 
 
 class CancelOutcome(msgspec.Struct, frozen=True):
