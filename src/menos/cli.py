@@ -323,7 +323,7 @@ def cmd_jobs(conf: settings.Settings, args: argparse.Namespace) -> int:
         for job in page.items:
             print(
                 f"{job.job_id}  {job.status:<10}  {job.current_stage or '-':<8}  "
-                f"{job.owner}  {job.created_at.isoformat()}  {job.error_code or ''}".rstrip()
+                f"{job.owner}  {tools.rfc3339(job.created_at)}  {job.error_code or ''}".rstrip()
             )
         return 0
 
@@ -389,7 +389,9 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
     async def listing(repo: repository.Repository) -> int:
         for key in await repo.list_keys(args.owner):
             state = "revoked" if key.revoked_at else "active"
-            print(f"{key.key_id}  {key.owner}  {key.role}  {state}  {key.created_at.isoformat()}")
+            print(
+                f"{key.key_id}  {key.owner}  {key.role}  {state}  {tools.rfc3339(key.created_at)}"
+            )
         return 0
 
     async def revoke(repo: repository.Repository) -> int:

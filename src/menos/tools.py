@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import datetime as dt
 import errno
 import io
 import json
@@ -290,9 +291,14 @@ def _record(content: models.Content) -> dict[str, Any]:
         "resource_key": content.resource_key,
         "tags": content.tags,
         "pipeline_version": content.pipeline_version,
-        "processed_at": content.processed_at.isoformat(),
+        "processed_at": rfc3339(content.processed_at),
         "result": content.result,
     }
+
+
+def rfc3339(when: dt.datetime) -> str:
+    """`when` in UTC as the API writes times (`2026-11-29T19:06:46.611892Z`)."""
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def slug(text: str, limit: int = 60) -> str:
@@ -353,7 +359,7 @@ def markdown_document(content: models.Content) -> str:
         "tier": result.get("tier"),
         "quality_score": result.get("quality_score"),
         "pipeline_version": content.pipeline_version,
-        "processed_at": content.processed_at.isoformat(),
+        "processed_at": rfc3339(content.processed_at),
     }
     lines = [
         "---",
@@ -410,7 +416,7 @@ def _csv_row(c: models.Content) -> list[Any]:
         r.get("quality_score", ""),
         ";".join(r.get("tags", [])),  # lower-case letters first: never a formula
         _cell(str(r.get("summary", ""))),
-        c.processed_at.isoformat(),
+        rfc3339(c.processed_at),
     ]
 
 

@@ -47,6 +47,13 @@ async def test_a_large_export_streams_without_the_bodies(
         assert len(lines) == 200 + (fmt == "csv")
         if fmt == "jsonl":
             assert {json.loads(line)["title"] for line in lines} == {f"T{n}" for n in range(1, 201)}
+        # processed_at as the API writes times: UTC with a Z
+        stamps = (
+            [json.loads(line)["processed_at"] for line in lines]
+            if fmt == "jsonl"
+            else [line.rsplit(",", 1)[1] for line in lines[1:]]
+        )
+        assert all(stamp.endswith("Z") for stamp in stamps), stamps[0]
         assert peak < 8 * 2**20, f"{fmt}: peak {peak / 2**20:.0f} MiB"
 
 

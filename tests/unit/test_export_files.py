@@ -51,7 +51,7 @@ def test_frontmatter_keeps_characters_yaml_reads_as_line_breaks() -> None:
     front = yaml.safe_load(tools.markdown_document(content).split("---\n")[1])
     assert front["title"] == title
     assert front["tags"] == ["a\x85b", "plain"]
-    assert front["processed_at"] == NOW.isoformat()
+    assert front["processed_at"] == tools.rfc3339(NOW)
 
 
 @pytest.mark.parametrize("text", ["0o17", "1e3", "1.5e3", "-2E-3", "0X1F", "0B101", "1_0e1"])
@@ -238,3 +238,15 @@ def test_an_out_file_in_a_directory_refusing_new_files_is_written_in_place(
         pass
     assert refused.value.filename == str(missing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_times_are_written_in_utc_with_a_z_as_the_api_writes_them() -> None:
+    """Exports and command output wrote `+00:00` where the API writes `Z`; a time of
+    another zone is written as the same instant in UTC."""
+    kolkata = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    assert tools.rfc3339(dt.datetime(2026, 11, 29, 19, 6, 46, 611892, tzinfo=dt.UTC)) == (
+        "2026-11-29T19:06:46.611892Z"
+    )
+    assert tools.rfc3339(dt.datetime(2026, 11, 30, 0, 36, tzinfo=kolkata)) == (
+        "2026-11-29T19:06:00Z"
+    )
