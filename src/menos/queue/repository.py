@@ -225,9 +225,6 @@ class MetricTotal(msgspec.Struct, frozen=True):
 
 Ended = Literal["completed", "cancelled"]
 Persisted = Ended | None  # None: the job was no longer held, nothing was written
-# A statement the server gave up on (db.STATEMENT_GAVE_UP): a write then failed nothing of its
-# own, and the job or request is tried again.
-_GAVE_UP = db.STATEMENT_GAVE_UP
 
 
 class CancelOutcome(msgspec.Struct, frozen=True):
@@ -322,7 +319,7 @@ class _Store:
             # server shuts down mid-operation): never hand this connection out again.
             _drop(conn)
             raise errors.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
-        except _GAVE_UP as exc:
+        except db.STATEMENT_GAVE_UP as exc:
             # The server gave up on the statement without judging it: nothing was written,
             # and the same statement may well succeed once the row is free.
             raise errors.DatabaseUnavailable(str(exc)) from exc
@@ -609,7 +606,7 @@ class Repository(_Store):
         except errors.DatabaseUnavailable as exc:
             # The server gave up on the batch (one run waited for a held row): the runs that
             # waited for nothing are not lost with it.
-            if len(runs) == 1 or not isinstance(exc.__cause__, _GAVE_UP):
+            if len(runs) == 1 or not isinstance(exc.__cause__, db.STATEMENT_GAVE_UP):
                 raise
             return [await self._complete_alone(run, now) for run in runs]
         ended: dict[models.JobId, Ended] = {row["job_id"]: row["status"] for row in rows}
@@ -622,7 +619,7 @@ class Repository(_Store):
         try:
             return (await self.complete_many([run], now=now))[0]
         except errors.DatabaseUnavailable as exc:
-            if not isinstance(exc.__cause__, _GAVE_UP):
+            if not isinstance(exc.__cause__, db.STATEMENT_GAVE_UP):
                 raise
             return None
 
@@ -1251,7 +1248,7 @@ class OutboxRepository(_Store):
         except errors.DatabaseUnavailable as exc:
             # The server gave up on the group (one outcome waited for a held event row): the
             # others are recorded all the same, not delivered again.
-            if len(outcomes) == 1 or not isinstance(exc.__cause__, _GAVE_UP):
+            if len(outcomes) == 1 or not isinstance(exc.__cause__, db.STATEMENT_GAVE_UP):
                 raise
             return [await self._record_alone(one) for one in outcomes]
         statuses: list[OutboxStatus | errors.Refused | None] = [r["status"] for r in found]
@@ -1263,7 +1260,7 @@ class OutboxRepository(_Store):
         try:
             return (await self.record_outcomes([outcome]))[0]
         except errors.DatabaseUnavailable as exc:
-            if not isinstance(exc.__cause__, _GAVE_UP):
+            if not isinstance(exc.__cause__, db.STATEMENT_GAVE_UP):
                 raise
             return errors.Refused(f"outcome not recorded: {exc}")
 
