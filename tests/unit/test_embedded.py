@@ -77,6 +77,32 @@ def test_the_previous_port_is_kept_when_it_is_free() -> None:
     assert embedded._free_port(port) == port
 
 
+def test_a_server_that_stops_at_start_says_why(tmp_path: Path) -> None:
+    """On a full disk (or a port taken since it was chosen) the server stops at once, and menos
+    said only `postgres exited at start; see …/postgres.log`; it quotes the server's last
+    FATAL line of this start, not one an earlier start left in the log."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    postgres = bindir / "postgres"
+    postgres.write_text(
+        "#!/bin/sh\n"
+        "echo '2026-01-02 03:04:05 UTC [42] FATAL:  could not write lock file"
+        ' "postmaster.pid": No space left on device\'\n'
+        "exit 1\n"
+    )
+    postgres.chmod(0o755)
+    home = tmp_path / "home"
+    (home / "pgdata").mkdir(parents=True)
+    (home / "pgdata" / "PG_VERSION").write_text("18\n")
+    (home / "postgres.log").write_text("2025-01-01 UTC [7] FATAL:  an earlier start's cause\n")
+    with pytest.raises(embedded.errors.EmbeddedError) as raised:
+        embedded.EmbeddedPostgres(home, bindir).start()
+    assert str(raised.value) == (
+        'postgres exited at start: could not write lock file "postmaster.pid": No space left'
+        f" on device; see {home / 'postgres.log'}"
+    )
+
+
 def test_a_refused_user_namespace_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -112,3 +138,29 @@ def test_a_server_under_a_home_that_is_not_utf8_is_found(tmp_path: Path) -> None
     finally:
         server.kill()
         server.wait()
+
+
+def test_binaries_of_another_major_version_are_refused_before_they_run(tmp_path: Path) -> None:
+    """MENOS_PG_BINDIR at PostgreSQL 15 binaries on a cluster PostgreSQL 18 made: the server
+    stopped at start and menos said only `postgres exited at start; see …/postgres.log`, whose
+    last line blamed a setting (`autovacuum_worker_slots`); it names both versions, and the
+    server is never started on the cluster."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    started = tmp_path / "started"
+    postgres = bindir / "postgres"
+    postgres.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "postgres (PostgreSQL) 15.18"; exit 0; fi\n'
+        f"touch {started}\n"
+        "exit 1\n"
+    )
+    postgres.chmod(0o755)
+    data_dir = tmp_path / "home" / "pgdata"
+    data_dir.mkdir(parents=True)
+    (data_dir / "PG_VERSION").write_text("18\n")
+    server = embedded.EmbeddedPostgres(tmp_path / "home", bindir)
+    refused = r"made by PostgreSQL 18;.* are PostgreSQL 15 "
+    with pytest.raises(embedded.errors.EmbeddedError, match=refused):
+        server.start()
+    assert not started.exists()
