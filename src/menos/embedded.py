@@ -31,8 +31,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import structlog
 
 from menos import db, errors
+
+log = structlog.get_logger("menos.embedded")
 
 _PR_SET_PDEATHSIG = 1
 _CLONE_NEWUSER = 0x10000000
@@ -244,8 +247,8 @@ class EmbeddedPostgres:
         staging = self.home / "pgdata.init"
         if staging.exists():
             subprocess.run(["rm", "-rf", str(staging)], check=True)
-        with self.log_file.open("ab") as log:
-            since = log.tell()
+        with self.log_file.open("ab") as server_log:
+            since = server_log.tell()
             process = self._spawn(
                 [
                     str(self.bindir / "initdb"),
@@ -262,7 +265,7 @@ class EmbeddedPostgres:
                 ],
                 die_with_parent=True,
                 detached=False,
-                log=log.fileno(),
+                log=server_log.fileno(),
             )
             if process.wait() != 0:
                 raise self._failure("initdb failed", since)
@@ -446,6 +449,11 @@ class EmbeddedPostgres:
         port_file = self.home / "pg_port"  # the same port across restarts: DSNs stay valid
         previous = port_file.read_text().strip() if port_file.exists() else ""
         port = _free_port(int(previous) if previous.isdigit() else None)
+        if previous.isdigit() and port != int(previous):
+            # A port written there to suit a firewall would otherwise be lost without a word.
+            log.warning(
+                "embedded_port_taken", port=int(previous), instead=port, file=str(port_file)
+            )
         port_file.write_text(str(port))
         if detached:
             self._start_guard()
@@ -455,8 +463,8 @@ class EmbeddedPostgres:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             try:
-                with self.log_file.open("ab") as log:
-                    since = log.tell()
+                with self.log_file.open("ab") as server_log:
+                    since = server_log.tell()
                     self._process = self._spawn(
                         [
                             str(self.bindir / "postgres"),
@@ -477,7 +485,7 @@ class EmbeddedPostgres:
                         ],
                         die_with_parent=not detached,
                         detached=detached,
-                        log=log.fileno(),
+                        log=server_log.fileno(),
                         tell=self._guarded_by,  # which server to stop if this one is killed
                     )
             finally:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from menos import embedded
 
@@ -164,3 +166,29 @@ def test_binaries_of_another_major_version_are_refused_before_they_run(tmp_path:
     with pytest.raises(embedded.errors.EmbeddedError, match=refused):
         server.start()
     assert not started.exists()
+
+
+def test_a_chosen_port_taken_by_another_program_is_replaced_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """A port written into pg_port (one a firewall allows) that another program holds when
+    the server starts is replaced by a free one, and pg_port rewritten: that was silent."""
+    home = tmp_path / "home"
+    (home / "pgdata").mkdir(parents=True)
+    (home / "pgdata" / "PG_VERSION").write_text("18\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "postgres").write_text("#!/bin/sh\nexit 1\n")
+    (bindir / "postgres").chmod(0o755)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        (home / "pg_port").write_text(f"{taken}\n")
+        with structlog.testing.capture_logs() as logs, pytest.raises(embedded.errors.EmbeddedError):
+            embedded.EmbeddedPostgres(home, bindir).start()
+    instead = int((home / "pg_port").read_text())
+    assert instead != taken
+    assert [(e["event"], e["port"], e["instead"]) for e in logs] == [
+        ("embedded_port_taken", taken, instead)
+    ]
