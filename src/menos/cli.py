@@ -408,9 +408,10 @@ def cmd_keys(conf: settings.Settings, args: argparse.Namespace) -> int:
             print(f"menos: no owner {args.owner}", file=sys.stderr)
             return EXIT_FAILURE
         if rotation.dropped_until is not None:
+            until = tools.rfc3339(rotation.dropped_until.replace(microsecond=0))
             print(
                 "menos: warning: the secret used before the last rotation no longer signs"
-                f" (it would have until {rotation.dropped_until.isoformat(timespec='seconds')});"
+                f" (it would have until {until});"
                 " receivers still verifying with it now reject callbacks",
                 file=sys.stderr,
             )

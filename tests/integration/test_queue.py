@@ -1032,9 +1032,11 @@ async def test_a_claim_sees_what_committed_while_it_waited_whatever_the_default_
             waiting = False
             while not waiting:  # the claim has its snapshot and waits for its turn
                 await asyncio.sleep(0.02)
-                waiting = await holder.fetchval(
+                assert not claiming.done(), claiming.result()
+                waiting = await holder.fetchval(  # this database's waiter, not another test's
                     "SELECT EXISTS (SELECT 1 FROM pg_locks"
-                    " WHERE locktype = 'advisory' AND NOT granted)"
+                    " WHERE locktype = 'advisory' AND NOT granted AND database ="
+                    " (SELECT oid FROM pg_database WHERE datname = current_database()))"
                 )
             assert await repo.request_cancel(cancelled.job_id, owner="alice") is not None
             await holder.execute("SELECT pg_advisory_unlock(hashtext('menos.claim_jobs'))")
