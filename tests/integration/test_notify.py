@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -11,35 +13,45 @@ import structlog.testing
 from menos.queue import notify
 
 
-async def test_a_listen_connection_the_server_ends_is_logged_and_restored(
-    database_url: str, pool: asyncpg.Pool[Any]
-) -> None:
-    """A LISTEN session ended by the server (pg_terminate_backend, a backend's crash) was
-    reconnected without a line: its loss is logged as `listen_failed`, its return as
-    `listen_restored`."""
+@contextlib.asynccontextmanager
+async def _listening(
+    database_url: str, handler: Callable[..., None], *, retry_s: float
+) -> AsyncIterator[tuple[asyncio.Queue[None], list[dict[str, Any]]]]:
+    """`notify.listen` on channel `menos_test`, once connected: a queue that gets an item at
+    each (re)connection after the first, and the log lines it wrote (complete on exit)."""
     connected = asyncio.Queue[None]()
     stop = asyncio.Event()
     with structlog.testing.capture_logs() as logs:
         running = asyncio.create_task(
             notify.listen(
                 database_url,
-                {"menos_test": lambda *_: None},
+                {"menos_test": handler},
                 on_connect=lambda: connected.put_nowait(None),
                 stop=stop,
-                retry_s=0.05,
+                retry_s=retry_s,
             )
         )
         try:
             await asyncio.wait_for(connected.get(), 10)
-            ended = await pool.fetchval(
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE query = 'LISTEN \"menos_test\"') ended"
-            )
-            assert ended == 1
-            await asyncio.wait_for(connected.get(), 10)
+            yield connected, logs
         finally:
             stop.set()
             await running
+
+
+async def test_a_listen_connection_the_server_ends_is_logged_and_restored(
+    database_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """A LISTEN session ended by the server (pg_terminate_backend, a backend's crash) was
+    reconnected without a line: its loss is logged as `listen_failed`, its return as
+    `listen_restored`."""
+    async with _listening(database_url, lambda *_: None, retry_s=0.05) as (connected, logs):
+        ended = await pool.fetchval(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE query = 'LISTEN \"menos_test\"') ended"
+        )
+        assert ended == 1
+        await asyncio.wait_for(connected.get(), 10)
     events = [e["event"] for e in logs]
     assert events == ["listen_failed", "listen_restored"]
     assert logs[0]["failures"] == 1
@@ -53,25 +65,13 @@ async def test_a_listen_connection_outlives_an_idle_session_timeout(
     lost their wake-ups and logged `listen_failed` every few seconds. It stays connected."""
     name = database_url.rsplit("/", 1)[1]
     await pool.execute(f"ALTER DATABASE \"{name}\" SET idle_session_timeout = '200ms'")
-    connected = asyncio.Queue[None]()
     received = asyncio.Queue[str]()
-    stop = asyncio.Event()
-    with structlog.testing.capture_logs() as logs:
-        running = asyncio.create_task(
-            notify.listen(
-                database_url,
-                {"menos_test": lambda _c, _p, _ch, payload: received.put_nowait(payload)},
-                on_connect=lambda: connected.put_nowait(None),
-                stop=stop,
-                retry_s=5.0,
-            )
-        )
-        try:
-            await asyncio.wait_for(connected.get(), 10)
-            await asyncio.sleep(0.6)  # three times the timeout, idle
-            await pool.execute("SELECT pg_notify('menos_test', 'wake')")
-            assert await asyncio.wait_for(received.get(), 10) == "wake"
-        finally:
-            stop.set()
-            await running
+
+    def handler(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        received.put_nowait(payload)
+
+    async with _listening(database_url, handler, retry_s=5.0) as (_, logs):
+        await asyncio.sleep(0.6)  # idle for three times the timeout: what is under test
+        await pool.execute("SELECT pg_notify('menos_test', 'wake')")
+        assert await asyncio.wait_for(received.get(), 10) == "wake"
     assert [e["event"] for e in logs] == []
