@@ -448,8 +448,18 @@ class EmbeddedPostgres:
     def _start(self, detached: bool) -> Running:
         port_file = self.home / "pg_port"  # the same port across restarts: DSNs stay valid
         previous = port_file.read_text().strip() if port_file.exists() else ""
-        port = _free_port(int(previous) if previous.isdigit() else None)
-        if previous.isdigit() and port != int(previous):
+        if previous and not (
+            previous.isascii() and previous.isdigit() and 0 < int(previous) < 65536
+        ):
+            # A mistyped port chosen for a firewall ended every command with a traceback
+            # (70000), or moved the server to a port of the ephemeral range (0) with a warning
+            # naming port 0.
+            raise errors.EmbeddedError(
+                f"{port_file} holds {previous!r}, not a TCP port (1-65535): write there the port"
+                " the server is to listen on, or remove the file to have one chosen"
+            )
+        port = _free_port(int(previous) if previous else None)
+        if previous and port != int(previous):
             # A port written there to suit a firewall would otherwise be lost without a word.
             log.warning(
                 "embedded_port_taken", port=int(previous), instead=port, file=str(port_file)

@@ -192,3 +192,28 @@ def test_a_chosen_port_taken_by_another_program_is_replaced_with_a_warning(
     assert [(e["event"], e["port"], e["instead"]) for e in logs] == [
         ("embedded_port_taken", taken, instead)
     ]
+
+
+@pytest.mark.parametrize("written", ["70000", "0", "5433x", "５４３３"])
+def test_a_chosen_port_that_is_no_tcp_port_is_refused_naming_the_file(
+    tmp_path: Path, written: str
+) -> None:
+    """A mistyped port in pg_port stopped every command with an OverflowError's traceback
+    (70000), or put the server on a port of the ephemeral range (0): it is refused, naming
+    the file, before anything starts, and the file is left as it was."""
+    home = tmp_path / "home"
+    (home / "pgdata").mkdir(parents=True)
+    (home / "pgdata" / "PG_VERSION").write_text("18\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    started = tmp_path / "started"
+    (bindir / "postgres").write_text(  # `--version` is asked first; anything else starts it
+        f'#!/bin/sh\n[ "$1" = --version ] && echo "postgres (PostgreSQL) 18" && exit\n'
+        f"touch {started}\nexit 1\n"
+    )
+    (bindir / "postgres").chmod(0o755)
+    (home / "pg_port").write_text(f"{written}\n")
+    with pytest.raises(embedded.errors.EmbeddedError, match=r"pg_port holds .*not a TCP port"):
+        embedded.EmbeddedPostgres(home, bindir).start()
+    assert (home / "pg_port").read_text() == f"{written}\n"
+    assert not started.exists()
