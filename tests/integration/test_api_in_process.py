@@ -738,6 +738,32 @@ async def test_a_400_names_every_invalid_field_not_only_the_first(
         assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
 
 
+async def test_a_note_whose_frontmatter_tag_is_too_long_is_named_beside_the_other_faults(
+    pool: asyncpg.Pool[Any], repo: repository.Repository
+) -> None:
+    """An upload whose frontmatter holds a tag over 100 characters names its `file` (or
+    `text`) in `errors` in the field's place, also when a title or a tag of the request fails
+    too, and stores nothing."""
+    key = (await repo.create_key("alice", "user")).api_key
+    headers = {"authorization": f"Bearer {key}"}
+    note = f"---\ntags: [{'x' * 101}]\n---\nbody\n"
+    async with served(pool) as url, httpx.AsyncClient(base_url=url, headers=headers) as client:
+        form = await client.post(
+            "/api/v1/content",
+            files={"file": ("n.md", note.encode(), "text/markdown")},
+            data={"title": "t" * 501, "tags": ["y" * 101]},
+        )
+        body = await client.post(
+            "/api/v1/content", json={"text": note, "title": "t" * 501, "tags": ["y" * 101]}
+        )
+    assert form.status_code == 400, form.text
+    assert [e["field"] for e in form.json()["errors"]] == ["file", "title", "tags[0]"]
+    assert body.status_code == 400, body.text
+    assert [e["field"] for e in body.json()["errors"]] == ["text", "title", "tags[0]"]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM menos.content") == 0
+
+
 async def test_a_400_names_every_invalid_list_filter_not_only_the_first(
     pool: asyncpg.Pool[Any], repo: repository.Repository
 ) -> None:

@@ -160,22 +160,24 @@ def tags(
     return distinct
 
 
-def merged_tags(
-    requested: Sequence[str], from_note: Sequence[str], *, note_field: str
-) -> list[str]:
-    """The request's tags (each value may be comma-separated), then the note's frontmatter tags
-    (already trimmed, non-blank), whose faults are the note's field's: the client may not have
-    sent a `tags` field at all."""
-    first = tags(requested, comma_separated=True)
+def note_tags(from_note: Sequence[str], *, note_field: str) -> list[str]:
+    """A note's frontmatter tags (already trimmed, non-blank), de-duplicated; their faults are
+    the note's field's: the client may not have sent a `tags` field at all."""
     for tag in from_note:
         if len(tag) > MAX_TAG:
             raise errors.InvalidInput(
                 note_field, f"frontmatter tag {tag[:20]!r}… is over {MAX_TAG} characters"
             )
-    then = markdown.merge_tags(from_note)
-    if len(then) > MAX_TAGS:
+    kept = markdown.merge_tags(from_note)
+    if len(kept) > MAX_TAGS:
         raise errors.InvalidInput(note_field, f"frontmatter tags: at most {MAX_TAGS} tags")
-    merged = markdown.merge_tags(first, then)
+    return kept
+
+
+def merged_tags(requested: Sequence[str], from_note: Sequence[str]) -> list[str]:
+    """The request's checked tags, then the note's: at most 50 in all, duplicates removed
+    keeping the first."""
+    merged = markdown.merge_tags(requested, from_note)
     if len(merged) > MAX_TAGS:
         raise errors.InvalidInput("tags", f"at most {MAX_TAGS} tags, the frontmatter's included")
     return merged

@@ -102,15 +102,21 @@ class ContentController(Controller):
             lambda: validate.text(text_field, raw, max_chars=settings.max_body_bytes, required=True)
         )
         note = markdown.parse(note_text) if note_text is not None else None
-        title_text = fields.check(
-            lambda: validate.text("title", title, max_chars=validate.MAX_TITLE)
-        )
-        tags = fields.check(
-            lambda: validate.merged_tags(
-                tag_values,
+        # The note's frontmatter tags are the note's field's faults, checked in its place.
+        note_tags = fields.check(
+            lambda: validate.note_tags(
                 markdown.frontmatter_tags(note.metadata) if note is not None else [],
                 note_field=text_field,
             )
+        )
+        title_text = fields.check(
+            lambda: validate.text("title", title, max_chars=validate.MAX_TITLE)
+        )
+        request_tags = fields.check(lambda: validate.tags(tag_values, comma_separated=True))
+        tags = (
+            fields.check(lambda: validate.merged_tags(request_tags, note_tags))
+            if request_tags is not None and note_tags is not None
+            else None
         )
         callback_url = await fields.check_async(
             lambda: validate.callback_url(callback, allow_private=settings.callback_allow_private)
