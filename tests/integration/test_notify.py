@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import structlog.testing
 
+from menos import db
 from menos.queue import notify
 
 
@@ -71,7 +72,15 @@ async def test_a_listen_connection_outlives_an_idle_session_timeout(
         received.put_nowait(payload)
 
     async with _listening(database_url, handler, retry_s=5.0) as (_, logs):
-        await asyncio.sleep(0.6)  # idle for three times the timeout: what is under test
+        # A session of its own, idle as long: once the server has ended it, the timeout has
+        # passed for the LISTEN session too.
+        idle = await db.connect(database_url)
+        ended = asyncio.Event()
+        idle.add_termination_listener(lambda _conn: ended.set())
+        try:
+            await asyncio.wait_for(ended.wait(), 10)
+        finally:
+            idle.terminate()
         await pool.execute("SELECT pg_notify('menos_test', 'wake')")
         assert await asyncio.wait_for(received.get(), 10) == "wake"
     assert [e["event"] for e in logs] == []
