@@ -1196,6 +1196,37 @@ async def test_a_dispatcher_backs_off_during_an_outage_and_delivers_once_it_is_b
     ]
 
 
+async def test_a_dispatcher_whose_statements_keep_failing_backs_off_and_delivers_once_they_work(
+    repo: repository.Repository, pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """A dispatcher whose statements no longer fit the schema (a previous version's, on a
+    migrated database) logged the error with its traceback at every poll and every NOTIFY; it
+    now tries less and less often, and delivers once its statements work again."""
+    await make_events(repo, 1)
+    delivered: list[int] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        delivered.append(1)
+        return httpx.Response(204)
+
+    transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(answer))
+    outbox = repository.OutboxRepository(pool, db.Queries())
+    rename = "ALTER TABLE menos.callback_outbox RENAME COLUMN {} TO {}"
+    await pool.execute(rename.format("next_attempt_at", "next_attempt_moved"))
+    with structlog.testing.capture_logs() as logs:
+        async with dispatching(dispatcher_config(poll_s=0.05), outbox, database_url, transport):
+            await outage.backed_off(logs, "dispatcher_failed")
+            await pool.execute(rename.format("next_attempt_moved", "next_attempt_at"))
+            await until(lambda: bool(delivered), "the delivery")
+    assert (await row(pool))["status"] == "delivered"
+    failed = [e for e in logs if e["event"] == "dispatcher_failed"]
+    assert {e["log_level"] for e in failed} == {"error"}
+    assert all(isinstance(e["exc_info"], asyncpg.UndefinedColumnError) for e in failed)
+    assert [e["after_failures"] for e in logs if e["event"] == "dispatcher_recovered"] == [
+        len(failed)
+    ]
+
+
 async def test_an_unsent_attempt_whose_outcome_is_always_refused_still_counts(
     repo: repository.Repository,
     pool: asyncpg.Pool[Any],

@@ -72,7 +72,9 @@ def one_slot_worker(
     **config: Any,
 ) -> queue_worker.Worker:
     """A worker of one slot (the global cap 1) polling every 0.2 s; `config` overrides."""
-    settings = helpers.worker_config(concurrency=1, max_processing=1, poll_s=0.2, **config)
+    settings = helpers.worker_config(
+        **{"concurrency": 1, "max_processing": 1, "poll_s": 0.2} | config
+    )
     return queue_worker.Worker(settings, repo, offline_context(http, analyzer), dsn=database_url)
 
 
@@ -558,6 +560,48 @@ async def test_a_worker_backs_off_during_an_outage_and_claims_once_the_database_
         len([e for e in logs if e["event"] == "claim_database_unavailable"])
     ]
     assert any(e["event"] == "listen_restored" for e in logs)
+
+
+async def rename_functions(pool: asyncpg.Pool[Any], name: str, to: str) -> None:
+    """Rename every function `menos.<name>`, whatever its arguments."""
+    await pool.execute(f"""
+        DO $$
+        DECLARE f regprocedure;
+        BEGIN
+            FOR f IN SELECT oid FROM pg_proc
+                      WHERE proname = '{name}' AND pronamespace = 'menos'::regnamespace LOOP
+                EXECUTE format('ALTER FUNCTION %s RENAME TO {to}', f);
+            END LOOP;
+        END $$""")
+
+
+async def test_a_claim_that_keeps_failing_backs_off_and_claims_once_it_works_again(
+    database_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """A worker whose claim no longer fits the schema (a previous version's, on a migrated
+    database) logged the error with its traceback at every poll; it now tries less and less
+    often, and claims once the claim works again."""
+    repo = repository.Repository(pool, db.Queries())
+    await helpers.owner(repo)
+    await rename_functions(pool, "claim_jobs", "claim_jobs_of_another_version")
+    async with httpx.AsyncClient() as http:
+        worker = one_slot_worker(repo, http, BuiltinAnalyzer(), database_url, poll_s=0.05)
+        stop = asyncio.Event()
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.create_task(worker.run(stop))
+            try:
+                await outage.backed_off(logs, "claim_failed")
+                await rename_functions(pool, "claim_jobs_of_another_version", "claim_jobs")
+                await repo.enqueue(helpers.note())
+                row = await until_failed(pool)  # any end: here the job completes
+            finally:
+                stop.set()
+                await running
+    assert row["status"] == "completed"
+    failed = [e for e in logs if e["event"] == "claim_failed"]
+    assert {e["log_level"] for e in failed} == {"error"}
+    assert all(isinstance(e["exc_info"], asyncpg.UndefinedFunctionError) for e in failed)
+    assert [e["after_failures"] for e in logs if e["event"] == "claim_recovered"] == [len(failed)]
 
 
 class HeldAnalyzer:

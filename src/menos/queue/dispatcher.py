@@ -396,6 +396,12 @@ class Dispatcher:
             failed="dispatcher_database_unavailable",
             recovered="dispatcher_database_available",
         )
+        faults = notify.Backoff(
+            self.config.poll_s,
+            failed="dispatcher_failed",
+            recovered="dispatcher_recovered",
+            unexpected=True,
+        )
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -433,9 +439,18 @@ class Dispatcher:
                     next_sweep = max(next_sweep, clock() + wait)
                     await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
                     continue
-                except Exception:
-                    log.exception("dispatcher_failed")
-                    self._look_at = min(self._look_at, clock() + self.config.poll_s)
+                except Exception as exc:
+                    # An error that stays (a previous version's statements on a migrated
+                    # schema) is not tried again before the backoff's wait, not even at a
+                    # NOTIFY: every job's end would otherwise log it once more.
+                    wait = faults.failed(exc)
+                    more = False
+                    self._look_at = clock() + wait
+                    next_sweep = max(next_sweep, clock() + wait)
+                    await notify.first(stop.wait(), timeout=wait)
+                    continue
+                else:
+                    faults.succeeded()  # the pass after a failure runs both the sweep and a claim
                 if clock() >= next_flush:
                     next_flush = clock() + FLUSH_S
                     await self._stats_out.flush()

@@ -22,31 +22,43 @@ BACKOFF_CAP_S = 10.0  # the longest wait between tries at an unavailable databas
 class Backoff:
     """How long a loop waits before trying again what keeps failing: `base_s`, doubled after
     each failure in a row up to `cap_s`; a success starts over. Each failure is logged as a
-    warning `failed` (`error`, `failures` in a row, `retry_in_s`), and the first success
-    after failures as `recovered` (`after_failures`).
+    warning `failed` (`error`, `failures` in a row, `retry_in_s`), or with `unexpected` as an
+    error with its traceback instead of `error`; the first success after failures is logged as
+    `recovered` (`after_failures`).
 
-    During an outage every process's loops would otherwise try (and log) every `base_s`.
+    During an outage every process's loops would otherwise try (and log) every `base_s`, and
+    an error that stays (statements of a previous version on a migrated schema) at every poll.
     """
 
     def __init__(
-        self, base_s: float, *, failed: str, recovered: str, cap_s: float = BACKOFF_CAP_S
+        self,
+        base_s: float,
+        *,
+        failed: str,
+        recovered: str,
+        cap_s: float = BACKOFF_CAP_S,
+        unexpected: bool = False,
     ) -> None:
         self._base_s = base_s
         self._cap_s = max(cap_s, base_s)
         self._failed = failed
         self._recovered = recovered
+        self._unexpected = unexpected
         self.failures = 0
 
     def failed(self, exc: BaseException) -> float:
         """Count and log a failure; returns the wait before the next try."""
         self.failures += 1
         wait = min(self._cap_s, self._base_s * 2.0 ** min(self.failures - 1, 32))
-        log.warning(
-            self._failed,
-            error=str(exc) or type(exc).__name__,
-            failures=self.failures,
-            retry_in_s=wait,
-        )
+        if self._unexpected:
+            log.error(self._failed, exc_info=exc, failures=self.failures, retry_in_s=wait)
+        else:
+            log.warning(
+                self._failed,
+                error=str(exc) or type(exc).__name__,
+                failures=self.failures,
+                retry_in_s=wait,
+            )
         return wait
 
     def succeeded(self) -> None:

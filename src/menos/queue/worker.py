@@ -299,6 +299,9 @@ class Worker:
             failed="claim_database_unavailable",
             recovered="claim_database_available",
         )
+        faults = notify.Backoff(
+            self.config.poll_s, failed="claim_failed", recovered="claim_recovered", unexpected=True
+        )
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -312,11 +315,15 @@ class Worker:
                     wait = outage.failed(exc)
                     await notify.first(self._database_back.wait(), stop.wait(), timeout=wait)
                     continue
-                except Exception:
-                    log.exception("claim_failed")
-                    claimed = 0
+                except Exception as exc:
+                    # An error that stays (a previous version's claim on a migrated schema)
+                    # is not tried again before the backoff's wait, neither at a NOTIFY nor
+                    # at a job's end.
+                    await notify.first(stop.wait(), timeout=faults.failed(exc))
+                    continue
                 else:
                     outage.succeeded()
+                    faults.succeeded()
                 if claimed and len(self._tasks) < self.config.concurrency:
                     continue  # there may be more waiting
                 await notify.first(self._wake.wait(), stop.wait(), timeout=wait)
