@@ -11,14 +11,27 @@ DO UPDATE SET value = EXCLUDED.value, updated_at = now();
 SELECT name, labels, sum(value)::double precision AS value
   FROM menos.metric_sample GROUP BY name, labels;
 
--- name: job_status_counts
--- Jobs per status, the pending depth and the age of the oldest pending job in seconds.
+-- name: active_job_counts
+-- Pending and processing jobs, and the age of the oldest pending job in seconds (read through the index of active jobs, whatever the number of finished ones).
 SELECT s.status, coalesce(c.jobs, 0) AS jobs, c.oldest_age_s
-  FROM (VALUES ('pending'), ('processing'), ('completed'), ('failed'), ('cancelled')) AS s (status)
+  FROM (VALUES ('pending'), ('processing')) AS s (status)
   LEFT JOIN (
       SELECT status, count(*) AS jobs,
              extract(epoch FROM now() - min(created_at))::double precision AS oldest_age_s
-        FROM menos.pipeline_job GROUP BY status
+        FROM menos.pipeline_job
+       WHERE status IN ('pending', 'processing')
+       GROUP BY status
+  ) AS c USING (status);
+
+-- name: finished_job_counts
+-- Completed, failed and cancelled jobs: a read of the whole table.
+SELECT s.status, coalesce(c.jobs, 0) AS jobs, NULL::double precision AS oldest_age_s
+  FROM (VALUES ('completed'), ('failed'), ('cancelled')) AS s (status)
+  LEFT JOIN (
+      SELECT status, count(*) AS jobs
+        FROM menos.pipeline_job
+       WHERE status NOT IN ('pending', 'processing')
+       GROUP BY status
   ) AS c USING (status);
 
 -- name: retire_metric_samples

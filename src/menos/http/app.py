@@ -47,6 +47,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             yield
         finally:
             await app.state.queue_read.close()
+            await app.state.finished_counts.close()
             await app.state.readiness_read.close()
             if own_pool:
                 await db.close_pool(used)
@@ -101,6 +102,7 @@ def _state(settings: Settings, http_metrics: metrics.HttpMetrics) -> Any:
             "settings": settings,
             "http_metrics": http_metrics,
             "queue_read": metrics.queue_read(),
+            "finished_counts": metrics.FinishedCounts(),
             "readiness_read": health.readiness_read(),
         }
     )

@@ -3,8 +3,11 @@ this API process, stage durations and deliveries flushed by every worker and dis
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -98,7 +101,7 @@ class HttpMetrics:
 
 
 class _QueueCollector(Collector):
-    """Figures read from the database just before the scrape renders them."""
+    """Figures read from the database for the scrape that renders them."""
 
     def __init__(
         self, counts: list[repository.StatusCount], totals: list[repository.MetricTotal]
@@ -158,13 +161,63 @@ def _labels(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
 
 
-async def _read_queue(repo: repository.Repository) -> _QueueCollector:
-    return _QueueCollector(await repo.status_counts(), await repo.metric_totals())
+QueueFigures = tuple[list[repository.StatusCount], list[repository.MetricTotal]]
 
 
-def queue_read() -> shared_read.SharedRead[_QueueCollector]:
-    """The database read behind a scrape, shared by the scrapes that come while it runs."""
+async def _read_queue(repo: repository.Repository) -> QueueFigures:
+    return await repo.active_status_counts(), await repo.metric_totals()
+
+
+def queue_read() -> shared_read.SharedRead[QueueFigures]:
+    """The database read behind a scrape, shared by the scrapes that come while it runs:
+    active jobs and the flushed metrics, whose cost does not grow with the finished jobs."""
     return shared_read.SharedRead(_read_queue)
+
+
+class FinishedCounts:
+    """Completed, failed and cancelled jobs for the scrapes. Counting them reads the whole
+    table (about 250 ms for a million jobs), so a count is taken again only once `SPACING`
+    times the last one's duration has passed; a scrape meanwhile, or one the count does not
+    answer within the read's timeout, gets the last count. On a small table every scrape
+    counts; on a large one counting takes at most 1/`SPACING` of a database core."""
+
+    SPACING = 20.0
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        timeout_s: float = shared_read.TIMEOUT_S,
+    ) -> None:
+        self._clock = clock
+        self._read = shared_read.SharedRead(self._count, timeout_s=timeout_s)
+        self._last: list[repository.StatusCount] | None = None
+        self._next_at = -math.inf
+
+    async def latest(self, repo: repository.Repository) -> list[repository.StatusCount] | None:
+        """The latest count, taken now when one is due; None until a first one has answered."""
+        if self._clock() >= self._next_at:
+            with contextlib.suppress(errors.DatabaseUnavailable):  # the last count stands
+                await self._read.result(repo)
+        return self._last
+
+    async def close(self) -> None:
+        """Stop a count still running at shutdown."""
+        await self._read.close()
+
+    async def _count(self, repo: repository.Repository) -> list[repository.StatusCount]:
+        began = self._clock()
+        try:
+            self._last = await repo.finished_status_counts()
+        except errors.DatabaseUnavailable as exc:
+            # Also a count the server gave up on (the API's statement timeout): spaced out
+            # as well, so that a table too large to count is not read again at every scrape.
+            log.warning("metrics_finished_count_failed", error=str(exc))
+            raise
+        finally:
+            ended = self._clock()
+            self._next_at = ended + self.SPACING * (ended - began)
+        return self._last
 
 
 # The schema says what the answer is: Prometheus text, not the JSON Litestar would assume.
@@ -173,16 +226,23 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition (no auth: restrict it at the network edge)."""
     repo: repository.Repository = request.app.state.repo
     http: HttpMetrics = request.app.state.http_metrics
-    queue_read: shared_read.SharedRead[_QueueCollector] = request.app.state.queue_read
+    queue_read: shared_read.SharedRead[QueueFigures] = request.app.state.queue_read
+    finished: FinishedCounts = request.app.state.finished_counts
     registry = CollectorRegistry()
     # As exporters do, a database out of reach (or too slow to answer in time) still gives a
     # scrape: `menos_database_up 0` and what this process knows, so an alert tells the two apart.
     up = Gauge("menos_database_up", "Whether the database answered", registry=registry)
+    counting = asyncio.ensure_future(finished.latest(repo))  # side by side with the read below
     try:
-        registry.register(await queue_read.result(repo))
+        active, totals = await queue_read.result(repo)
+        counted = await counting
+        registry.register(_QueueCollector([*active, *(counted or [])], totals))
         up.set(1)
     except errors.DatabaseUnavailable as exc:  # any other fault stays a 500
         log.warning("metrics_database_unavailable", error=str(exc))
         up.set(0)
+    finally:
+        counting.cancel()  # ended already, unless the read above failed first
+        await asyncio.gather(counting, return_exceptions=True)
     body = generate_latest(registry) + generate_latest(http.registry)
     return Response(body, media_type=CONTENT_TYPE)

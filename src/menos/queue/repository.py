@@ -1083,9 +1083,13 @@ class Repository(_Store):
         """Every flushed metric summed over processes."""
         return [_row(r, MetricTotal) for r in await self._fetch("metric_totals")]
 
-    async def status_counts(self) -> list[StatusCount]:
-        """Jobs per status (all five), with the oldest pending job's age."""
-        return [_row(r, StatusCount) for r in await self._fetch("job_status_counts")]
+    async def active_status_counts(self) -> list[StatusCount]:
+        """Pending and processing jobs, with the oldest pending job's age."""
+        return [_row(r, StatusCount) for r in await self._fetch("active_job_counts")]
+
+    async def finished_status_counts(self) -> list[StatusCount]:
+        """Completed, failed and cancelled jobs: a read of the whole table."""
+        return [_row(r, StatusCount) for r in await self._fetch("finished_job_counts")]
 
 
 OutboxStatus = Literal["pending", "delivered", "failed"]
