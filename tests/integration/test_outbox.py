@@ -1215,7 +1215,8 @@ async def test_a_dispatcher_whose_statements_keep_failing_backs_off_and_delivers
     await pool.execute(rename.format("next_attempt_at", "next_attempt_moved"))
     with structlog.testing.capture_logs() as logs:
         async with dispatching(dispatcher_config(poll_s=0.05), outbox, database_url, transport):
-            await outage.backed_off(logs, "dispatcher_failed")
+            async with outage.notifying(pool, dispatcher.CHANNEL_OUTBOX):
+                await outage.backed_off(logs, "dispatcher_failed")
             await pool.execute(rename.format("next_attempt_moved", "next_attempt_at"))
             await until(lambda: bool(delivered), "the delivery")
     assert (await row(pool))["status"] == "delivered"

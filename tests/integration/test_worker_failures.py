@@ -579,8 +579,8 @@ async def test_a_claim_that_keeps_failing_backs_off_and_claims_once_it_works_aga
     database_url: str, pool: asyncpg.Pool[Any]
 ) -> None:
     """A worker whose claim no longer fits the schema (a previous version's, on a migrated
-    database) logged the error with its traceback at every poll; it now tries less and less
-    often, and claims once the claim works again."""
+    database) logged the error with its traceback at every poll and every NOTIFY; it now tries
+    less and less often, and claims once the claim works again."""
     repo = repository.Repository(pool, db.Queries())
     await helpers.owner(repo)
     await rename_functions(pool, "claim_jobs", "claim_jobs_of_another_version")
@@ -590,7 +590,8 @@ async def test_a_claim_that_keeps_failing_backs_off_and_claims_once_it_works_aga
         with structlog.testing.capture_logs() as logs:
             running = asyncio.create_task(worker.run(stop))
             try:
-                await outage.backed_off(logs, "claim_failed")
+                async with outage.notifying(pool, queue_worker.CHANNEL_JOBS):
+                    await outage.backed_off(logs, "claim_failed")
                 await rename_functions(pool, "claim_jobs_of_another_version", "claim_jobs")
                 await repo.enqueue(helpers.note())
                 row = await until_failed(pool)  # any end: here the job completes

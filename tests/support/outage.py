@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
+
+import asyncpg
 
 WAITS = [0.05, 0.1, 0.2, 0.4, 0.8]  # a backoff from a 0.05 s poll: each wait twice the last
 
@@ -23,3 +26,21 @@ async def backed_off(logs: Sequence[dict[str, Any]], event: str) -> None:
         await asyncio.sleep(0.05)  # the interval of this poll for the warnings
     assert waits[: len(WAITS)] == WAITS, waits
     assert time.monotonic() - began >= sum(WAITS[:-1])
+
+
+@contextlib.asynccontextmanager
+async def notifying(pool: asyncpg.Pool[Any], channel: str) -> AsyncIterator[None]:
+    """Send a NOTIFY on `channel` every 0.02 s meanwhile: a loop that took each as a reason to
+    try again would not wait out its backoff."""
+
+    async def send() -> None:
+        while True:
+            await pool.execute("SELECT pg_notify($1, '')", channel)
+            await asyncio.sleep(0.02)  # the interval of the notifications
+
+    sending = asyncio.create_task(send())
+    try:
+        yield
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)

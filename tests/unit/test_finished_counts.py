@@ -101,3 +101,23 @@ async def test_a_count_that_fails_is_spaced_out_too_and_the_last_one_stands() ->
     assert counts.calls == 2
     clock.now += 1.0
     assert jobs(await finished.latest(repo)) == 3
+
+
+async def test_a_count_the_database_did_not_answer_does_not_hold_back_the_next_one() -> None:
+    """A count that got no answer before the API's 10 s deadline (the database frozen or out
+    of reach) on a table that counts in 1 ms: the next scrape, with the database back, counts
+    again rather than serving the count from before the outage for 200 s."""
+    clock, counts, finished = setup()
+    repo = cast(repository.Repository, counts)
+    counts.duration_s = 0.001
+    assert jobs(await finished.latest(repo)) == 1
+    clock.now += 15.0
+    fault = errors.DatabaseUnavailable("no answer within 10.0 s")
+    fault.__cause__ = TimeoutError()  # as the repository raises it at its deadline
+    counts.fault = fault
+    counts.duration_s = 10.0
+    assert jobs(await finished.latest(repo)) == 1  # the last count stands meanwhile
+    counts.fault = None
+    counts.duration_s = 0.001
+    clock.now += 15.0  # the next scrape: the database answers again
+    assert jobs(await finished.latest(repo)) == 3

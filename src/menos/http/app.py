@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,9 +47,11 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         try:
             yield
         finally:
-            await app.state.queue_read.close()
-            await app.state.finished_counts.close()
-            await app.state.readiness_read.close()
+            await asyncio.gather(  # each waits up to 1 s for its read to end
+                app.state.queue_read.close(),
+                app.state.finished_counts.close(),
+                app.state.readiness_read.close(),
+            )
             if own_pool:
                 await db.close_pool(used)
 

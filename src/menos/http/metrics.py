@@ -207,16 +207,20 @@ class FinishedCounts:
 
     async def _count(self, repo: repository.Repository) -> list[repository.StatusCount]:
         began = self._clock()
+        measured = True
         try:
             self._last = await repo.finished_status_counts()
         except errors.DatabaseUnavailable as exc:
             # Also a count the server gave up on (the API's statement timeout): spaced out
             # as well, so that a table too large to count is not read again at every scrape.
             log.warning("metrics_finished_count_failed", error=str(exc))
+            # But no answer at all in time (the database away or frozen) says nothing of the
+            # table's size: the next scrape counts again, not 20 times the wait later.
+            measured = not isinstance(exc.__cause__, TimeoutError)
             raise
         finally:
             ended = self._clock()
-            self._next_at = ended + self.SPACING * (ended - began)
+            self._next_at = ended + (self.SPACING * (ended - began) if measured else 0.0)
         return self._last
 
 
