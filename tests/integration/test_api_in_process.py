@@ -925,6 +925,26 @@ async def test_the_body_of_a_request_asking_to_upgrade_is_never_read_as_a_reques
     assert b"HTTP/1.1 200 " not in answer and b"job_id" not in answer, answer
 
 
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"identity, chunked", b"x-rot13 , Chunked"])
+async def test_a_transfer_coding_other_than_chunked_is_501_and_nothing_is_stored(
+    pool: asyncpg.Pool[Any], repo: repository.Repository, coding: bytes
+) -> None:
+    """`Transfer-Encoding: gzip, chunked` was served as chunked alone: its body taken as it
+    stands (here a note stored, 202), where a client meant it compressed."""
+    key = (await repo.create_key("alice", "user")).api_key
+    body = b'{"text": "# Note"}'
+    request = b"POST /api/v1/content HTTP/1.1\r\nHost: menos\r\nAuthorization: Bearer "
+    request += key.encode() + b"\r\nContent-Type: application/json\r\n"
+    request += b"Transfer-Encoding: " + coding + b"\r\n\r\n"
+    request += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    async with served(pool) as url:
+        answer = await sent_raw(url, request)
+    assert answer.startswith(b"HTTP/1.1 501 "), answer
+    assert b"application/problem+json" in answer, answer
+    assert b"is not supported" in answer, answer
+    assert await pool.fetchval("SELECT count(*) FROM menos.content") == 0
+
+
 async def test_pipelined_requests_over_the_head_limit_together_are_served(
     pool: asyncpg.Pool[Any],
 ) -> None:

@@ -16,7 +16,8 @@
   second.
 - A request the parser refuses is answered with problem details and its connection closed:
   among them one carrying both Content-Length and Transfer-Encoding (RFC 9112 §6.1: a proxy
-  in front may have read its body differently) and control characters in a header.
+  in front may have read its body differently), control characters in a header, and a
+  transfer coding other than chunked (501: the parser would pass the body on still coded).
 - A request still running when the shutdown's grace ends is answered 503, not uvicorn's
   plain-text 500; one whose answer had begun (a client reading none of it) has its connection
   aborted, not logged with a traceback, and the process exits.
@@ -72,6 +73,12 @@ class _HeadTooLarge(Exception):
 class _UpgradeWithBody(Exception):
     """Raised in a parser callback: a request asking to switch protocols declares a body,
     which the parser does not read as its body (it stops at the head's end)."""
+
+
+class _UnsupportedCoding(Exception):
+    """Raised in a parser callback: a transfer coding other than chunked (`gzip, chunked`),
+    which the parser passes over, so the app would read the coded body as it stands
+    (RFC 9112 §6.1: a server answers a coding it does not know with 501)."""
 
 
 class HeadersInTime(HttpToolsProtocol):
@@ -151,6 +158,12 @@ class HeadersInTime(HttpToolsProtocol):
         # with whatever key it holds), and the request itself served without it.
         if self.parser.should_upgrade() and self._declares_body():
             raise _UpgradeWithBody("a request asking to switch protocols must not have a body")
+        coding = self._unsupported_coding()
+        if coding is not None:
+            raise _UnsupportedCoding(
+                f"the transfer coding {coding!r} is not supported: send the body as it is,"
+                " or chunked"
+            )
         self._head_bytes = None
         super().on_headers_complete()
         if self._headers_due is not None:
@@ -162,6 +175,20 @@ class HeadersInTime(HttpToolsProtocol):
             name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
             for name, value in self.headers
         )
+
+    def _unsupported_coding(self) -> str | None:
+        """A coding before a final `chunked`; one that is not chunked last is the parser's
+        400 (RFC 9112 §6.3: the body's length cannot be known)."""
+        codings = [
+            coding.strip().decode("latin-1")
+            for name, value in self.headers
+            if name == b"transfer-encoding"
+            for coding in value.lower().split(b",")
+            if coding.strip()
+        ]
+        if not codings or codings[-1] != "chunked":
+            return None
+        return next((coding for coding in codings if coding != "chunked"), None)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -183,6 +210,9 @@ class HeadersInTime(HttpToolsProtocol):
         reason = sys.exc_info()[1]  # called while uvicorn handles the parser's error
         if reason is not None and isinstance(reason.__context__, _HeadTooLarge):
             self._refuse_head()
+            return
+        if reason is not None and isinstance(reason.__context__, _UnsupportedCoding):
+            self._refuse(501, "Transfer coding not supported", str(reason.__context__))
             return
         if reason is not None and reason.__context__ is not None:
             reason = reason.__context__  # an error in uvicorn's callback ("CONNECT host:port")
