@@ -1171,12 +1171,7 @@ async def test_a_dispatcher_backs_off_during_an_outage_and_delivers_once_it_is_b
     """While the database is down the dispatcher tries (and logs) less and less often, not
     once per poll; once it is back, due events are delivered without waiting out the backoff."""
     await make_events(repo, 1)
-    delivered: list[int] = []
-
-    async def answer(request: httpx.Request) -> httpx.Response:
-        delivered.append(1)
-        return httpx.Response(204)
-
+    delivered, answer = _receiving()
     transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(answer))
     with tcp_proxy.running(database_url) as (proxy, through):
         lossy = await db.create_pool(through, min_size=0, max_size=3)
@@ -1203,12 +1198,7 @@ async def test_a_dispatcher_whose_statements_keep_failing_backs_off_and_delivers
     migrated database) logged the error with its traceback at every poll and every NOTIFY; it
     now tries less and less often, and delivers once its statements work again."""
     await make_events(repo, 1)
-    delivered: list[int] = []
-
-    async def answer(request: httpx.Request) -> httpx.Response:
-        delivered.append(1)
-        return httpx.Response(204)
-
+    delivered, answer = _receiving()
     transport = ssrf.PinnedTransport(allow_private=True, network=HandlerNetwork(answer))
     outbox = repository.OutboxRepository(pool, db.Queries())
     rename = "ALTER TABLE menos.callback_outbox RENAME COLUMN {} TO {}"
