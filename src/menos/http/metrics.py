@@ -179,7 +179,7 @@ class FinishedCounts:
     table (about 250 ms for a million jobs), so a count is taken again only once `SPACING`
     times the last one's duration has passed; a scrape meanwhile, or one the count does not
     answer within the read's timeout, gets the last count. On a small table every scrape
-    counts; on a large one counting takes at most 1/`SPACING` of a database core."""
+    counts; on a large one a count is under way at most 1/`SPACING` of the time."""
 
     SPACING = 20.0
 
