@@ -925,6 +925,36 @@ async def test_the_body_of_a_request_asking_to_upgrade_is_never_read_as_a_reques
     assert b"HTTP/1.1 200 " not in answer and b"job_id" not in answer, answer
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/ingest", b'{"url": "https://a.example/", "url": "https://b.example/"}', "url"),
+        ("/api/v1/content", b'{"text": "# A", "title": "a", "text": "# B"}', "text"),
+        (
+            "/api/v1/content/{content_id}/reprocess",
+            b'{"data_tier": "full", "data_tier": "compact"}',
+            "data_tier",
+        ),
+    ],
+)
+async def test_a_json_key_given_twice_is_refused_naming_it(
+    pool: asyncpg.Pool[Any], repo: repository.Repository, path: str, body: bytes, field: str
+) -> None:
+    """A JSON body giving a key twice was served with the last value, where a query
+    parameter or form field given twice is refused: which of two URLs or texts was meant is
+    not for the server to pick."""
+    key = (await repo.create_key("alice", "user")).api_key
+    async with served(pool) as url, httpx.AsyncClient(base_url=url) as client:
+        auth = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        note = await client.post("/api/v1/content", json={"text": "# Note"}, headers=auth)
+        path = path.format(content_id=note.json()["content_id"])
+        before = await pool.fetchval("SELECT count(*) FROM menos.pipeline_job")
+        answer = await client.post(path, content=body, headers=auth)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["errors"] == [{"field": field, "message": "given more than once"}]
+    assert await pool.fetchval("SELECT count(*) FROM menos.pipeline_job") == before
+
+
 @pytest.mark.parametrize("coding", [b"gzip, chunked", b"identity, chunked", b"x-rot13 , Chunked"])
 async def test_a_transfer_coding_other_than_chunked_is_501_and_nothing_is_stored(
     pool: asyncpg.Pool[Any], repo: repository.Repository, coding: bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import datetime as dt
 import json
 import re
@@ -192,7 +193,7 @@ class Ready(msgspec.Struct, frozen=True):
 def decode(body: bytes, into: type[T]) -> T:
     """Decode a JSON body; InvalidInput naming the field on any problem."""
     try:
-        return msgspec.json.decode(body, type=into)
+        decoded = msgspec.json.decode(body, type=into)
     except msgspec.ValidationError as exc:
         text = str(exc)
         if unknown := http_errors.unknown_field(text):
@@ -208,6 +209,25 @@ def decode(body: bytes, into: type[T]) -> T:
         raise errors.InvalidInput("body", http_errors.NESTED_TOO_DEEPLY) from None
     except UnicodeDecodeError:  # inside a string: msgspec lets it through
         raise errors.InvalidInput("body", http_errors.NOT_UTF8) from None
+    refuse_repeated_keys(body)
+    return decoded
+
+
+def refuse_repeated_keys(body: bytes) -> None:
+    """InvalidInput naming a key a decoded JSON body gives twice: msgspec keeps the last one
+    silently, where a query parameter or form field given twice is refused."""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        keys = [key for key, _ in items]
+        repeated.extend(key for i, key in enumerate(keys) if key in keys[:i])
+
+    # Python's parser hands each object's pairs over as they came; it reads what msgspec
+    # read (a body it would refuse was refused already).
+    with contextlib.suppress(ValueError, RecursionError):
+        json.loads(body, object_pairs_hook=pairs)
+    if repeated:
+        raise errors.InvalidInput(repeated[0], validate.GIVEN_TWICE)
 
 
 # How long a request body may take to arrive, from the first read (5 MiB at about 90 KB/s).
@@ -245,13 +265,15 @@ class JSONRequest(Request[Any, Any, Any]):
 
     async def json(self) -> Any:
         try:
-            return await super().json()
+            decoded = await super().json()
         except SerializationException as exc:
             cause = exc.__cause__
             if not isinstance(cause, msgspec.DecodeError):
                 raise
             problem = _decode_problem(await self.body(), cause)
             raise errors.InvalidInput("body", f"not valid JSON: {problem}") from None
+        refuse_repeated_keys(await self.body())
+        return decoded
 
 
 def _decode_problem(body: bytes, exc: msgspec.DecodeError) -> str:
